@@ -1,0 +1,221 @@
+"""The catalog: one embedded DuckDB file that records what every run did to every item.
+
+Only the driver process writes to it; workers return results and the driver records them. Tables are derived
+from the Arrow schemas in `manifests.schemas`, so the catalog and the Parquet manifests never disagree.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import duckdb
+import pyarrow as pa
+
+from manifests.schemas import ARTIFACTS, ITEM_STAGES, ITEMS, RUNS, validate_rows
+
+_PRIMARY_KEYS = {
+    "items": ("item_id",),
+    "item_stages": ("item_id", "stage"),
+    "runs": ("run_id",),
+}
+
+
+class CatalogLockedError(RuntimeError):
+    """Another process holds the catalog open for writing."""
+
+
+def _duck_type(t: pa.DataType) -> str:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "VARCHAR"
+    if pa.types.is_boolean(t):
+        return "BOOLEAN"
+    if pa.types.is_int8(t):
+        return "TINYINT"
+    if pa.types.is_int16(t):
+        return "SMALLINT"
+    if pa.types.is_int32(t):
+        return "INTEGER"
+    if pa.types.is_int64(t):
+        return "BIGINT"
+    if pa.types.is_float32(t):
+        return "FLOAT"
+    if pa.types.is_float64(t):
+        return "DOUBLE"
+    if pa.types.is_timestamp(t):
+        return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
+    if pa.types.is_list(t):
+        return _duck_type(t.value_type) + "[]"
+    raise TypeError(f"no DuckDB type for {t}")
+
+
+def _ddl(name: str, schema: pa.Schema) -> str:
+    cols = [f'"{f.name}" {_duck_type(f.type)}{"" if f.nullable else " NOT NULL"}' for f in schema]
+    pk = _PRIMARY_KEYS.get(name)
+    if pk:
+        cols.append(f"PRIMARY KEY ({', '.join(pk)})")
+    return f"CREATE TABLE IF NOT EXISTS {name} (\n  " + ",\n  ".join(cols) + "\n)"
+
+
+def code_version() -> str:
+    """The git commit of the code (with '+dirty' for local changes), or the package version outside git."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
+        if sha:
+            dirty = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True, text=True, timeout=5,
+            ).stdout.strip()
+            return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        from importlib.metadata import version
+
+        return version("motus-pyramid")
+    except Exception:
+        return "unknown"
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Catalog:
+    """A DuckDB file with the pipeline's tables. Use as a context manager, or call `close()`."""
+
+    def __init__(self, path: str | os.PathLike, read_only: bool = False):
+        self.path = Path(path)
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no catalog at {self.path} (run `pyramid ingest` or `pyramid demo` first)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise CatalogLockedError(
+                    f"catalog {self.path} is held open by another process (a running pyramid job?): {e}"
+                ) from e
+            raise
+        if not read_only:
+            for name, schema in (("runs", RUNS), ("items", ITEMS), ("item_stages", ITEM_STAGES), ("artifacts", ARTIFACTS)):
+                self.con.execute(_ddl(name, schema))
+
+    # --- plumbing -------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> "Catalog":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def sql(self, query: str, params: list[Any] | None = None) -> pa.Table:
+        """Run a query and return its rows as an Arrow table (empty for statements that return nothing)."""
+        rel = self.con.sql(query, params=params or None)
+        return rel.to_arrow_table() if rel is not None else pa.table({})
+
+    def _insert(self, table_name: str, table: pa.Table, on_conflict: str = "") -> None:
+        if table.num_rows == 0:
+            return
+        self.con.register("_incoming", table)
+        try:
+            cols = ", ".join(f'"{c}"' for c in table.column_names)
+            self.con.execute(f"INSERT INTO {table_name} ({cols}) SELECT {cols} FROM _incoming {on_conflict}")
+        finally:
+            self.con.unregister("_incoming")
+
+    # --- runs -----------------------------------------------------------------------------------------------
+    def start_run(self, job: str, config: Mapping[str, Any], engine: str = "") -> str:
+        run_id = f"{_now():%Y%m%dT%H%M%S}-{job}-{uuid.uuid4().hex[:6]}"
+        row = dict(run_id=run_id, job=job, config=json.dumps(config, default=str, sort_keys=True),
+                   code_version=code_version(), engine=engine, started_at=_now(), status="running")
+        self._insert("runs", validate_rows(RUNS, [row]))
+        return run_id
+
+    def finish_run(self, run_id: str, status: str, counts: Mapping[str, int]) -> None:
+        self.con.execute(
+            "UPDATE runs SET ended_at = ?, status = ?, counts = ? WHERE run_id = ?",
+            [_now(), status, json.dumps(dict(counts), sort_keys=True), run_id],
+        )
+
+    # --- items ----------------------------------------------------------------------------------------------
+    def upsert_items(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
+        table = rows if isinstance(rows, pa.Table) else validate_rows(ITEMS, rows)
+        if table.num_rows == 0:
+            return 0
+        # DuckDB cannot update list columns in place under a primary key, so replace = delete + insert.
+        self.con.register("_keys", table.select(["item_id"]))
+        try:
+            self.con.execute("DELETE FROM items WHERE item_id IN (SELECT item_id FROM _keys)")
+        finally:
+            self.con.unregister("_keys")
+        self._insert("items", table)
+        return table.num_rows
+
+    def items(self, where: str = "", params: list[Any] | None = None) -> pa.Table:
+        return self.sql(f"SELECT * FROM items {('WHERE ' + where) if where else ''} ORDER BY item_id", params)
+
+    # --- per-item stage state -------------------------------------------------------------------------------
+    def record_stage_results(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Upsert (item_id, stage) state; `attempts` counts how often the item went through the stage."""
+        latest: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in rows:
+            latest[(r["item_id"], r["stage"])] = {"attempts": 1, "updated_at": _now(), **r}
+        if not latest:
+            return 0
+        table = validate_rows(ITEM_STAGES, latest.values())
+        updates = ", ".join(
+            f'"{c}" = excluded."{c}"' for c in ITEM_STAGES.names if c not in ("item_id", "stage", "attempts")
+        )
+        self._insert(
+            "item_stages", table,
+            f"ON CONFLICT (item_id, stage) DO UPDATE SET {updates}, attempts = item_stages.attempts + 1",
+        )
+        return table.num_rows
+
+    def stage_state(self, stage: str) -> dict[str, tuple[str, str | None]]:
+        """item_id -> (status, input_fingerprint) for one stage."""
+        rows = self.con.execute(
+            "SELECT item_id, status, input_fingerprint FROM item_stages WHERE stage = ?", [stage]
+        ).fetchall()
+        return {item_id: (status, fp) for item_id, status, fp in rows}
+
+    def quarantine(self, stage: str | None = None) -> pa.Table:
+        where = "status IN ('quarantined', 'failed')" + (" AND stage = ?" if stage else "")
+        return self.sql(
+            f"SELECT item_id, stage, status, reason, input_uri, run_id, attempts FROM item_stages WHERE {where} "
+            "ORDER BY stage, item_id",
+            [stage] if stage else None,
+        )
+
+    # --- artifacts ------------------------------------------------------------------------------------------
+    def add_artifacts(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        rows = [{"created_at": _now(), **r} for r in rows]
+        table = validate_rows(ARTIFACTS, rows)
+        self._insert("artifacts", table)
+        return table.num_rows
+
+    # --- reports --------------------------------------------------------------------------------------------
+    def funnel(self) -> pa.Table:
+        """Per source and stage: items in, done, quarantined, failed (the source is the item id's prefix)."""
+        return self.sql(
+            """
+            SELECT split_part(item_id, '/', 1) AS source, stage,
+                   count(*) AS seen,
+                   count(*) FILTER (WHERE status = 'done') AS done,
+                   count(*) FILTER (WHERE status = 'quarantined') AS quarantined,
+                   count(*) FILTER (WHERE status = 'failed') AS failed
+            FROM item_stages GROUP BY ALL ORDER BY stage, source
+            """
+        )

@@ -1,0 +1,39 @@
+"""Parquet manifests: written atomically (temp name, fsync, rename), so a reader never sees a half file."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def write_manifest(table: pa.Table, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if metadata:
+        merged = dict(table.schema.metadata or {})
+        merged.update({k.encode(): v.encode() for k, v in metadata.items()})
+        table = table.replace_schema_metadata(merged)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        pq.write_table(table, tmp, compression="zstd")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_manifest(path: str | os.PathLike, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a manifest; with `schema`, check it has every column the contract names."""
+    table = pq.read_table(path)
+    if schema is not None:
+        missing = [n for n in schema.names if n not in table.column_names]
+        if missing:
+            raise ValueError(f"manifest {path} lacks columns {missing}")
+        table = table.select(schema.names).cast(schema)
+    return table

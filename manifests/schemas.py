@@ -1,0 +1,135 @@
+"""Arrow schemas for every table the pipeline writes: declared once, used by the catalog and the manifests.
+
+The catalog (DuckDB) derives its tables from these schemas, and Parquet manifests are written with them, so a
+column added here shows up everywhere at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+# The six tiers of the Motus data pyramid.
+TIERS: dict[int, str] = {
+    1: "web video",
+    2: "egocentric human video",
+    3: "simulation",
+    4: "task-agnostic robot motion",
+    5: "multi-robot trajectories",
+    6: "target-robot demonstrations",
+}
+
+_STR_LIST = pa.list_(pa.string())
+
+# One row per item (a clip or an episode). `item_id` = "<source>/<native_id>", stable across runs.
+ITEMS = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("native_id", pa.string(), nullable=False),
+        pa.field("tier", pa.int8(), nullable=False),
+        pa.field("group_id", pa.string(), nullable=False),  # source video/episode: the unit of splitting
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("media_uris", _STR_LIST),  # one per camera, same order as `cameras`
+        pa.field("cameras", _STR_LIST),
+        pa.field("fps", pa.float32()),  # the real sample rate (probed), not what a container claims
+        pa.field("frame_count", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("duration_s", pa.float32()),
+        pa.field("start_s", pa.float32()),  # clip window inside the media (0 for whole episodes)
+        pa.field("embodiment", pa.string()),  # robot name, "human" or "unknown"
+        pa.field("action_dim", pa.int16()),
+        pa.field("action_names", _STR_LIST),
+        pa.field("state_dim", pa.int16()),
+        pa.field("state_names", _STR_LIST),
+        pa.field("has_actions", pa.bool_(), nullable=False),
+        pa.field("language", _STR_LIST),  # instruction / narration lines
+        pa.field("licence", pa.string()),
+        pa.field("input_uri", pa.string(), nullable=False),  # the file (or folder) the item was read from
+        pa.field("input_checksum", pa.string()),  # blake2b of the input bytes
+        pa.field("input_bytes", pa.int64()),
+        pa.field("extras", pa.string()),  # JSON: source-specific details (layout version, paths of sim extras, ...)
+    ]
+)
+
+# Per-item stage state: done / failed / quarantined, with the reason and the input that caused it.
+ITEM_STAGES = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # done | failed | quarantined
+        pa.field("reason", pa.string()),
+        pa.field("input_uri", pa.string()),
+        pa.field("input_fingerprint", pa.string()),  # size+mtime at the time of the run: a changed input is redone
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("attempts", pa.int32(), nullable=False),
+        pa.field("duration_s", pa.float32()),
+        pa.field("updated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+# Files a stage produced for an item (flow, latents, ...), or a run produced (shards, checkpoints).
+ARTIFACTS = pa.schema(
+    [
+        pa.field("item_id", pa.string()),
+        pa.field("stage", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("checksum", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+RUNS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("job", pa.string(), nullable=False),
+        pa.field("config", pa.string()),  # JSON of the full resolved config
+        pa.field("code_version", pa.string()),
+        pa.field("engine", pa.string()),
+        pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("ended_at", pa.timestamp("us", tz="UTC")),
+        pa.field("status", pa.string(), nullable=False),  # running | ok | failed
+        pa.field("counts", pa.string()),  # JSON {"done": n, "skipped": n, "quarantined": n, "failed": n}
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "items": ITEMS,
+    "item_stages": ITEM_STAGES,
+    "artifacts": ARTIFACTS,
+    "runs": RUNS,
+}
+
+
+def validate_rows(schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Table:
+    """Build a table from dict rows, failing with the row and column named when a value does not fit.
+
+    Unknown keys are an error (a typo must not silently drop data); missing nullable keys become null.
+    """
+    rows = list(rows)
+    names = set(schema.names)
+    for i, row in enumerate(rows):
+        unknown = set(row) - names
+        if unknown:
+            raise ValueError(f"row {i} ({row.get('item_id', '?')}): unknown columns {sorted(unknown)}")
+        for field in schema:
+            if not field.nullable and row.get(field.name) is None:
+                raise ValueError(f"row {i} ({row.get('item_id', '?')}): column '{field.name}' must not be null")
+    try:
+        return pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as e:
+        # find the offending row/column for a readable message
+        for i, row in enumerate(rows):
+            for field in schema:
+                try:
+                    pa.array([row.get(field.name)], type=field.type)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, OverflowError) as cell_err:
+                    raise ValueError(
+                        f"row {i} ({row.get('item_id', '?')}): column '{field.name}' ({field.type}): {cell_err}"
+                    ) from e
+        raise

@@ -1,0 +1,154 @@
+"""`pyramid`: one command-line entry point, a subcommand per job. Each is a thin shell over a library function."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="motus-pyramid: the Motus data pyramid to labelled training shards.")
+catalog_app = typer.Typer(no_args_is_help=True, help="Query the DuckDB catalog.")
+app.add_typer(catalog_app, name="catalog")
+
+console = Console()
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults, as configs/demo.yaml).")
+WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Where the catalog, manifests and samples live.")
+EngineOpt = typer.Option(None, "--engine", help="ray (default) or local.")
+RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local Ray instance; RAY_ADDRESS also works).")
+
+
+def _config(config: Optional[Path], workdir: Optional[Path], **overrides):
+    from pipelines.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config, workdir=str(workdir) if workdir else None, **overrides)
+    except ConfigError as e:
+        err.print(f"[red]config error:[/red] {e}", highlight=False)
+        raise typer.Exit(2)
+    return cfg
+
+
+def _open_catalog(cfg, read_only: bool = False):
+    from catalog import Catalog, CatalogLockedError
+
+    try:
+        return Catalog(cfg.catalog_path, read_only=read_only)
+    except (CatalogLockedError, FileNotFoundError) as e:
+        err.print(f"[red]{e}[/red]", highlight=False)
+        raise typer.Exit(2)
+
+
+def _runner(cfg):
+    from pipelines.runners import make_runner
+
+    if cfg.runner.engine == "ray":
+        return make_runner("ray", address=cfg.runner.ray_address, num_cpus=cfg.runner.num_cpus,
+                           torch_threads=cfg.runner.torch_threads)
+    return make_runner(cfg.runner.engine)
+
+
+@app.command()
+def samples(
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output folder (default: <workdir>/samples)."),
+    workdir: Optional[Path] = WorkdirOpt,
+    scale: int = typer.Option(1, "--scale", help="Multiplies every tier's item count."),
+    seed: int = typer.Option(0, "--seed"),
+    defects: bool = typer.Option(True, "--defects/--no-defects", help="Add deliberately bad items."),
+):
+    """Generate the sample pyramid (all six-tier formats we can make offline) in official on-disk layouts."""
+    from pipelines.samples.pyramid import generate_sample_pyramid
+
+    cfg = _config(None, workdir)
+    target = out or cfg.path("samples")
+    summary = generate_sample_pyramid(target, scale=scale, seed=seed, defects=defects, console=err)
+    console.print(f"sample pyramid in {summary.root}: {summary.counts}, {len(summary.defects)} defects")
+
+
+@app.command()
+def ingest(
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    engine: Optional[str] = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    force: bool = typer.Option(False, "--force", help="Redo items already done."),
+):
+    """Discover every configured source, probe each item, fill the catalog and the items manifest."""
+    from pipelines.ingest import ingest as run_ingest
+    from pipelines.report import funnel_table
+
+    cfg = _config(config, workdir, **{"runner.engine": engine, "runner.ray_address": ray_address})
+    err.print(cfg.to_yaml(), highlight=False)
+    runner = _runner(cfg)
+    with _open_catalog(cfg) as cat:
+        try:
+            report = run_ingest(cfg, cat, runner, force=force, console=err)
+        finally:
+            runner.close()
+        console.print(funnel_table(cat))
+    console.print(f"items manifest: {report.manifest_path}")
+    if report.source_errors:
+        raise typer.Exit(1)
+
+
+@app.command()
+def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
+    """Print the funnel per source and stage, and the quarantine reasons."""
+    from pipelines.report import funnel_table, reasons_table
+
+    cfg = _config(config, workdir)
+    with _open_catalog(cfg, read_only=True) as cat:
+        console.print(funnel_table(cat))
+        console.print(reasons_table(cat))
+
+
+@catalog_app.command("sql")
+def catalog_sql(
+    query: str = typer.Argument(..., help="SQL over the tables items, item_stages, artifacts, runs."),
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    max_rows: int = typer.Option(200, "--max-rows"),
+):
+    """Run a read-only SQL query on the catalog and print the result as a table."""
+    import duckdb
+
+    from pipelines.report import arrow_to_rich
+
+    cfg = _config(config, workdir)
+    with _open_catalog(cfg, read_only=True) as cat:
+        try:
+            result = cat.sql(query)
+        except duckdb.Error as e:
+            err.print(f"[red]query failed:[/red] {e}", highlight=False)
+            raise typer.Exit(2)
+    console.print(arrow_to_rich(result, max_rows=max_rows))
+
+
+@app.command()
+def demo(
+    workdir: Path = typer.Option(Path("demo_run"), "--workdir", "-w"),
+    scale: int = typer.Option(1, "--scale", help="Sample pyramid size multiplier."),
+    engine: str = typer.Option("ray", "--engine"),
+):
+    """The main job on built-in data: generate the sample pyramid, ingest it with Ray, print the funnel."""
+    from pipelines.demo import run_demo
+
+    cfg = _config(None, workdir, **{"runner.engine": engine, "samples.scale": scale})
+    run_demo(cfg, console=console, err=err)
+
+
+def main() -> None:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""The pipeline's configuration, declared once as dataclasses, loaded from YAML, printed with every run.
+
+Unknown keys and wrong types are errors that name the key: a typo must never silently fall back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunnerConfig:
+    engine: str = "ray"  # ray | local
+    ray_address: str | None = None  # None: a local Ray instance (or RAY_ADDRESS when set)
+    num_cpus: int | None = None  # local Ray instance size (None: all cores)
+    torch_threads: int = 1  # per worker process
+
+
+@dataclass
+class SplitConfig:
+    train: float = 0.8
+    val: float = 0.1
+    test: float = 0.1
+    salt: str = "motus-pyramid/v1"
+
+
+@dataclass
+class SourceConfig:
+    kind: str  # an adapter name: robotwin | task_agnostic | ...
+    root: str  # relative paths are relative to the workdir
+    tier: int | None = None  # override the adapter's default pyramid tier
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SamplesConfig:
+    scale: int = 1  # multiplies every tier's item count
+    seed: int = 0
+    defects: bool = True  # add deliberately bad items (truncated video, missing HDF5 keys, NaN actions)
+
+
+def _default_sources() -> list[SourceConfig]:
+    return [
+        SourceConfig(kind="robotwin", root="samples/robotwin"),
+        SourceConfig(kind="task_agnostic", root="samples/task_agnostic/aloha_random"),
+    ]
+
+
+@dataclass
+class PipelineConfig:
+    workdir: str = "demo_run"
+    catalog: str = "catalog.duckdb"  # relative to workdir
+    manifests: str = "manifests"  # relative to workdir
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    splits: SplitConfig = field(default_factory=SplitConfig)
+    sources: list[SourceConfig] = field(default_factory=_default_sources)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
+
+    # --- derived paths ---
+    def path(self, rel: str | os.PathLike) -> Path:
+        p = Path(rel)
+        return p if p.is_absolute() else Path(self.workdir) / p
+
+    @property
+    def catalog_path(self) -> Path:
+        return self.path(self.catalog)
+
+    @property
+    def manifests_dir(self) -> Path:
+        return self.path(self.manifests)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from plain data, checking keys and types."""
+    if dataclasses.is_dataclass(cls):
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = set(data) - set(fields)
+        if unknown:
+            raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+        try:
+            return cls(**kwargs)
+        except TypeError as e:
+            raise ConfigError(f"{where or 'config'}: {e}") from e
+    origin = typing.get_origin(cls)
+    args = typing.get_args(cls)
+    if origin in (typing.Union, types.UnionType):
+        if data is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _build(inner[0], data, where)
+    if origin is list:
+        if not isinstance(data, list):
+            raise ConfigError(f"{where}: expected a list, got {type(data).__name__}")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data)]
+    if origin is dict:
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
+        return dict(data)
+    if cls is Any:
+        return data
+    if cls is float and isinstance(data, int) and not isinstance(data, bool):
+        return float(data)
+    if not isinstance(data, cls) or (cls is int and isinstance(data, bool)):
+        raise ConfigError(f"{where}: expected {cls.__name__}, got {data!r}")
+    return data
+
+
+def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
+    cfg = _build(PipelineConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> PipelineConfig:
+    """Load YAML (or defaults when `path` is None), then apply top-level dotted overrides like runner.engine."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: top level must be a mapping")
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[leaf] = value
+    return config_from_dict(data)
+
+
+def validate(cfg: PipelineConfig) -> None:
+    from pipelines.runners import ENGINES
+    from manifests.splits import SplitRatios
+
+    if cfg.runner.engine not in ENGINES:
+        raise ConfigError(f"runner.engine: {cfg.runner.engine!r} is not one of {', '.join(ENGINES)}")
+    if cfg.runner.torch_threads < 1:
+        raise ConfigError("runner.torch_threads must be >= 1")
+    try:
+        SplitRatios(cfg.splits.train, cfg.splits.val, cfg.splits.test, cfg.splits.salt)
+    except ValueError as e:
+        raise ConfigError(f"splits: {e}") from e
+    if cfg.samples.scale < 1:
+        raise ConfigError("samples.scale must be >= 1")
+    for i, s in enumerate(cfg.sources):
+        if s.tier is not None and not 1 <= s.tier <= 6:
+            raise ConfigError(f"sources[{i}].tier must be 1..6, got {s.tier}")

@@ -1,0 +1,79 @@
+"""Progress for long stages: items done / quarantined / failed, items/s and ETA.
+
+On a terminal it is a live rich bar; elsewhere (CI, logs) a plain line every `log_every_s` seconds.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+
+class StageProgress:
+    def __init__(self, stage: str, total: int, skipped: int = 0, console: Console | None = None,
+                 log_every_s: float = 10.0, enabled: bool = True):
+        self.stage, self.total, self.skipped = stage, total, skipped
+        self.console = console or Console(stderr=True)
+        self.counts = {"done": 0, "quarantined": 0, "failed": 0}
+        self.enabled = enabled
+        self.log_every_s = log_every_s
+        self._t0 = time.perf_counter()
+        self._last_log = self._t0
+        self._live = enabled and self.console.is_terminal
+        self._progress: Progress | None = None
+        if self._live:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
+                TimeRemainingColumn(), console=self.console, transient=False,
+            )
+            self._task = self._progress.add_task(stage, total=total, counts=self._counts_text(), rate="")
+            self._progress.start()
+        elif enabled:
+            self.console.print(f"[{stage}] {total} to do, {skipped} already done", highlight=False)
+
+    def _counts_text(self) -> str:
+        c = self.counts
+        return f"done {c['done']} · quarantined {c['quarantined']} · failed {c['failed']}"
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts.values())
+
+    def rate(self) -> float:
+        elapsed = time.perf_counter() - self._t0
+        return self.finished / elapsed if elapsed > 0 else 0.0
+
+    def update(self, status: str) -> None:
+        self.counts[status] += 1
+        if not self.enabled:
+            return
+        rate = self.rate()
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, counts=self._counts_text(), rate=f"{rate:.1f} items/s")
+        elif time.perf_counter() - self._last_log >= self.log_every_s:
+            self._last_log = time.perf_counter()
+            left = self.total - self.finished
+            eta = f"{left / rate:.0f}s" if rate > 0 else "?"
+            self.console.print(
+                f"[{self.stage}] {self.finished}/{self.total} ({self._counts_text()}) {rate:.1f} items/s, ETA {eta}",
+                highlight=False,
+            )
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+        if self.enabled:
+            elapsed = time.perf_counter() - self._t0
+            self.console.print(
+                f"[{self.stage}] finished {self.finished}/{self.total} in {elapsed:.1f}s "
+                f"({self._counts_text()}; skipped {self.skipped} already done)",
+                highlight=False,
+            )
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()

@@ -1,0 +1,42 @@
+"""Tables for people: the funnel per source and stage, catalog query results, quarantine reasons."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+from rich.table import Table
+
+from catalog import Catalog
+
+
+def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 200, max_width: int = 80) -> Table:
+    out = Table(title=title, show_lines=False)
+    for name in table.column_names:
+        out.add_column(name, overflow="fold", max_width=max_width)
+    for row in table.slice(0, max_rows).to_pylist():
+        out.add_row(*["" if v is None else str(v) for v in row.values()])
+    if table.num_rows > max_rows:
+        out.caption = f"{table.num_rows - max_rows} more rows not shown"
+    return out
+
+
+def funnel_table(catalog: Catalog) -> Table:
+    """Per source: items discovered by ingest, done, quarantined, failed; then one column pair per later stage."""
+    funnel = catalog.funnel()
+    tiers = dict(catalog.con.execute("SELECT source, min(tier) FROM items GROUP BY source").fetchall())
+    splits = {
+        (s, sp): n for s, sp, n in catalog.con.execute("SELECT source, split, count(*) FROM items GROUP BY ALL").fetchall()
+    }
+    table = Table(title="Funnel per source and stage")
+    for col in ("source", "tier", "stage", "seen", "done", "quarantined", "failed", "train/val/test"):
+        table.add_column(col, justify="left" if col in ("source", "stage") else "right")
+    for row in funnel.to_pylist():
+        src = row["source"]
+        split_text = "/".join(str(splits.get((src, s), 0)) for s in ("train", "val", "test")) if row["stage"] == "ingest" else ""
+        table.add_row(src, str(tiers.get(src, "")), row["stage"], str(row["seen"]), str(row["done"]),
+                      str(row["quarantined"]), str(row["failed"]), split_text)
+    return table
+
+
+def reasons_table(catalog: Catalog) -> Table:
+    q = catalog.quarantine()
+    return arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")

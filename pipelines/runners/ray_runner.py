@@ -1,0 +1,119 @@
+"""The Ray runner: a pool of actors per stage, each running the stage's `setup` once (e.g. loading a model).
+
+Ray schedules the actors on this machine (`ray.init()` starts a local instance) or on a cluster when
+`address` / `RAY_ADDRESS` names one; on a cluster every node needs this package installed from the same lock.
+Only paths and small result dicts cross process boundaries, never frames (anchors.md §6).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any, Iterator, Mapping, Sequence
+
+import ray
+
+from pipelines.stages import Outcome, Stage, batches, execute_batch
+from pipelines.torch_compat import WORKER_ENV
+
+
+@ray.remote
+class _StageWorker:
+    def __init__(self, stage: Stage, torch_threads: int):
+        from pipelines.torch_compat import install_import_hook, set_worker_threads
+
+        install_import_hook()
+        set_worker_threads(torch_threads)
+        self.stage = stage
+        self.context = stage.setup() if stage.setup else None
+
+    def run(self, tasks: list[Mapping[str, Any]]) -> list[Outcome]:
+        return execute_batch(self.stage, tasks, self.context)
+
+
+class RayRunner:
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None, torch_threads: int = 1):
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.num_cpus = num_cpus
+        self.torch_threads = torch_threads
+        self._started_here = False
+
+    def _ensure_started(self) -> None:
+        if ray.is_initialized():
+            return
+        env_vars = dict(WORKER_ENV)
+        for var in ("MUJOCO_GL", "PYOPENGL_PLATFORM", "HF_HUB_OFFLINE", "TORCH_HOME"):
+            if var in os.environ:
+                env_vars[var] = os.environ[var]
+        kwargs: dict[str, Any] = dict(
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            runtime_env={"env_vars": env_vars},
+        )
+        if self.address:
+            kwargs["address"] = self.address
+        else:
+            kwargs["num_cpus"] = self.num_cpus or os.cpu_count()
+        ray.init(**kwargs)
+        self._started_here = True
+
+    def pool_size(self, stage: Stage, n_batches: int) -> int:
+        self._ensure_started()
+        res = ray.cluster_resources()
+        r = stage.resources
+        size = max(1, math.floor(res.get("CPU", 1) / max(r.num_cpus, 1e-3)))
+        if r.num_gpus > 0:
+            gpus = res.get("GPU", 0)
+            if gpus <= 0:
+                raise RuntimeError(f"stage {stage.name} asks for {r.num_gpus} GPU per worker but the Ray cluster has none")
+            size = min(size, max(1, math.floor(gpus / r.num_gpus)))
+        if r.max_workers:
+            size = min(size, r.max_workers)
+        return max(1, min(size, n_batches))
+
+    def map(self, stage: Stage, tasks: Sequence[Mapping[str, Any]]) -> Iterator[Outcome]:
+        """Yield outcomes as batches finish. A worker that dies (OOM, segfault) fails only its own batch;
+        it is replaced, and the stage gives up only when workers keep dying (e.g. `setup` itself raises)."""
+        if not tasks:
+            return
+        work = list(reversed(batches(tasks, stage.resources.batch_size)))
+        size = self.pool_size(stage, len(work))
+        options = dict(num_cpus=stage.resources.num_cpus, num_gpus=stage.resources.num_gpus)
+
+        def spawn():
+            return _StageWorker.options(**options).remote(stage, self.torch_threads)
+
+        idle = [spawn() for _ in range(size)]
+        in_flight: dict[Any, tuple[Any, list[Mapping[str, Any]]]] = {}
+        deaths = 0
+        try:
+            while work or in_flight:
+                while idle and work:
+                    actor, batch = idle.pop(), work.pop()
+                    in_flight[actor.run.remote(batch)] = (actor, batch)
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                actor, batch = in_flight.pop(done[0])
+                try:
+                    outcomes = ray.get(done[0])
+                    idle.append(actor)
+                except ray.exceptions.RayActorError as e:
+                    deaths += 1
+                    if deaths > size + 2:
+                        raise RuntimeError(f"stage {stage.name}: workers keep dying; last error: {e}") from e
+                    reason = f"worker died: {str(e).splitlines()[0][:300]}"
+                    outcomes = [Outcome(t["item_id"], "failed", reason=reason) for t in batch]
+                    ray.kill(actor)
+                    idle.append(spawn())
+                yield from outcomes
+        finally:
+            for actor in idle + [a for a, _ in in_flight.values()]:
+                ray.kill(actor)
+
+    def close(self) -> None:
+        if self._started_here and ray.is_initialized():
+            ray.shutdown()
+        self._started_here = False

@@ -1,0 +1,176 @@
+"""Headless MuJoCo rendering for the sample generators: RGB, metric depth, body segmentation and cameras.
+
+One :class:`SimCamera` owns one ``mujoco.Renderer`` of a fixed size and renders any named camera of the model.
+It is tuned for Mesa llvmpipe (the CPU OpenGL that ``MUJOCO_GL=egl`` gives on machines without a GPU):
+
+* shadows and reflections are switched off and the offscreen MSAA is disabled, which makes rendering
+  10-20x faster on llvmpipe (see ``shared/research/data_sources.md`` §1);
+* all site groups are hidden, so debugging markers (mocap axes, target spheres) never reach the pixels.
+
+Besides pixels it returns the camera geometry in the conventions the rest of the pipeline uses:
+
+* ``K``: 3x3 pinhole intrinsics in pixels, OpenCV convention (pixel centres at integer coordinates, so the
+  principal point of an H x W image is ((W-1)/2, (H-1)/2)); MuJoCo's ``fovy`` is the vertical field of view
+  and pixels are square, so fx = fy = (H/2) / tan(fovy/2);
+* ``world_to_camera``: 4x4 extrinsic in OpenCV camera axes (x right, y down, z forward). MuJoCo cameras look
+  along their local -z with +y up, so the OpenCV frame is the MuJoCo frame rotated by diag(1, -1, -1).
+
+With these, a world point X projects to ``u ~ K @ (world_to_camera @ [X, 1])[:3]`` and the rendered depth
+at that pixel equals the camera-frame z of the closest surface (MuJoCo depth is planar z, not ray length).
+
+Call :meth:`SimCamera.close` (or use it as a context manager): letting the GL context die in ``__del__`` at
+interpreter exit prints ``EGLError`` noise.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+# Rendering must be headless; respect a caller's choice but default to EGL (works on CPU via Mesa).
+os.environ.setdefault("MUJOCO_GL", "egl")
+if os.environ["MUJOCO_GL"] == "egl":
+    os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+
+import mujoco  # noqa: E402  (must come after MUJOCO_GL is set)
+import numpy as np  # noqa: E402
+
+# MuJoCo camera axes (x right, y up, looking along -z) -> OpenCV axes (x right, y down, z forward).
+_MJ_TO_CV = np.diag([1.0, -1.0, -1.0])
+
+
+@dataclass
+class CameraFrame:
+    """Everything rendered for one camera at one instant."""
+
+    rgb: np.ndarray | None  # uint8 [H, W, 3]
+    depth: np.ndarray | None  # float32 [H, W], metres along the optical axis
+    segmentation: np.ndarray | None  # int32 [H, W], body id, -1 where no geom was hit
+    intrinsics: np.ndarray  # float64 [3, 3]
+    world_to_camera: np.ndarray  # float64 [4, 4], OpenCV axes
+
+
+def camera_intrinsics(model: mujoco.MjModel, cam_id: int, height: int, width: int) -> np.ndarray:
+    """OpenCV-style K for a fovy-specified MuJoCo camera rendered at height x width."""
+    if model.cam_sensorsize[cam_id].any():
+        # Cameras specified through sensorsize/focal use a different frustum; none of our models have them.
+        raise NotImplementedError("cameras defined by sensorsize/focal are not supported")
+    fovy = np.deg2rad(model.cam_fovy[cam_id])
+    f = 0.5 * height / np.tan(0.5 * fovy)
+    return np.array([[f, 0.0, (width - 1) / 2.0], [0.0, f, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
+
+
+def camera_extrinsics(data: mujoco.MjData, cam_id: int) -> np.ndarray:
+    """World->camera 4x4 transform in OpenCV axes, from the camera pose computed by the last mj_forward."""
+    r_world_cam = data.cam_xmat[cam_id].reshape(3, 3) @ _MJ_TO_CV  # columns: OpenCV axes in world coords
+    t = np.asarray(data.cam_xpos[cam_id], dtype=np.float64)
+    w2c = np.eye(4)
+    w2c[:3, :3] = r_world_cam.T
+    w2c[:3, 3] = -r_world_cam.T @ t
+    return w2c
+
+
+def cam2world_gl(world_to_camera_cv: np.ndarray) -> np.ndarray:
+    """Camera->world 4x4 in OpenGL axes (x right, y up, z backward), from an OpenCV world->camera."""
+    c2w = np.linalg.inv(world_to_camera_cv)
+    c2w[:3, :3] = c2w[:3, :3] @ _MJ_TO_CV  # flip y and z back to the GL convention
+    return c2w
+
+
+class SimCamera:
+    """A headless renderer of fixed size for one MuJoCo model; renders any of its named cameras.
+
+    Args:
+        model: the MjModel; its ``vis.quality.offsamples`` is set to 0 (no MSAA) as a side effect, and its
+            offscreen buffer is enlarged when the requested size does not fit.
+        height, width: image size in pixels.
+        geom_groups: geom groups to draw (default: MuJoCo's default 0, 1, 2; collision meshes usually sit
+            in group 3).
+    """
+
+    def __init__(self, model: mujoco.MjModel, height: int, width: int, geom_groups: tuple[int, ...] = (0, 1, 2)):
+        self.model = model
+        self.height, self.width = int(height), int(width)
+        model.vis.quality.offsamples = 0  # MSAA costs ~1.5x on llvmpipe and blurs segmentation edges anyway
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        self._renderer = mujoco.Renderer(model, self.height, self.width)
+        self._option = mujoco.MjvOption()
+        self._option.sitegroup[:] = 0
+        self._option.geomgroup[:] = 0
+        for g in geom_groups:
+            self._option.geomgroup[g] = 1
+        self._geom_bodyid = np.asarray(model.geom_bodyid, dtype=np.int32)
+
+    def camera_id(self, name: str) -> int:
+        cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+        if cam_id < 0:
+            names = [self.model.camera(i).name for i in range(self.model.ncam)]
+            raise ValueError(f"camera {name!r} not in model; available: {names}")
+        return cam_id
+
+    def intrinsics(self, camera: str) -> np.ndarray:
+        return camera_intrinsics(self.model, self.camera_id(camera), self.height, self.width)
+
+    def render(
+        self,
+        data: mujoco.MjData,
+        camera: str,
+        rgb: bool = True,
+        depth: bool = True,
+        segmentation: bool = True,
+    ) -> CameraFrame:
+        """Render the requested channels for ``camera`` from ``data``'s current kinematics.
+
+        ``data`` must be consistent (call ``mj_forward`` after changing qpos, or after ``mj_step``, whose
+        positions lag one substep behind qpos), because the scene is built from xpos/xmat/cam_xpos.
+        """
+        cam_id = self.camera_id(camera)
+        r = self._renderer
+        r.update_scene(data, camera=cam_id, scene_option=self._option)
+        # Flags live on the scene and update_scene does not reset them, but set them every time to be safe.
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = 0  # shadows cost ~10x on llvmpipe
+        r.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = 0
+        out_rgb = out_depth = out_seg = None
+        if rgb:
+            out_rgb = r.render().copy()
+        if depth:
+            r.enable_depth_rendering()
+            out_depth = r.render().copy()
+            r.disable_depth_rendering()
+        if segmentation:
+            r.enable_segmentation_rendering()
+            seg = r.render()  # [H, W, 2] = (object id, object type), -1 for background
+            r.disable_segmentation_rendering()
+            out_seg = self._to_body_ids(seg)
+        return CameraFrame(
+            rgb=out_rgb,
+            depth=out_depth,
+            segmentation=out_seg,
+            intrinsics=camera_intrinsics(self.model, cam_id, self.height, self.width),
+            world_to_camera=camera_extrinsics(data, cam_id),
+        )
+
+    def _to_body_ids(self, seg: np.ndarray) -> np.ndarray:
+        """Geom-id segmentation -> body-id segmentation (-1 for background and non-geom objects)."""
+        obj_id, obj_type = seg[..., 0], seg[..., 1]
+        is_geom = (obj_type == int(mujoco.mjtObj.mjOBJ_GEOM)) & (obj_id >= 0)
+        body = np.full(obj_id.shape, -1, dtype=np.int32)
+        body[is_geom] = self._geom_bodyid[obj_id[is_geom]]
+        return body
+
+    def close(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def __enter__(self) -> SimCamera:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def body_names(model: mujoco.MjModel) -> list[str]:
+    """Names of all bodies, index = body id (body 0 is the world)."""
+    return [model.body(i).name for i in range(model.nbody)]

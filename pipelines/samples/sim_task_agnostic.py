@@ -1,0 +1,337 @@
+"""Pyramid tier L4 sample data: task-agnostic random joint motion of the bimanual ALOHA (ViperX) arms.
+
+The MJCF that ships inside ``gym-aloha`` (``assets/bimanual_viperx_transfer_cube.xml``, Apache-2.0) is driven
+directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step).
+Every ``hold_frames`` recorded frames a new random 14-d joint target is drawn around the ALOHA start pose
+(inside the actuator limits, with a span small enough to keep both arms in the camera views); between targets
+the command follows a smoothstep, so commanded positions and velocities are continuous. This mimics
+AnyPos/ATARA-style task-agnostic exploration in joint space, without a planner.
+
+Physics runs at the ALOHA control rate (50 Hz, DT = 0.02 s, 10 substeps of 2 ms) and one frame is recorded
+every ``round(50 / fps)`` control steps. The command is piecewise constant between frames: ``actions[t]`` is
+applied right after frame ``t`` is recorded and held until frame ``t + 1``.
+
+On-disk layout (a contract; the L4 reader depends on it)::
+
+    <root>/dataset.json
+    <root>/episodes/episode_000000/
+        rgb_<cam>.mp4   H.264 (libx264, yuv420p), exactly T frames at the dataset fps
+        joints.npy      float32 [T, 14] measured joint positions (grippers normalised to 0..1)
+        actions.npy     float32 [T, 14] commanded joint targets applied right after each frame
+        sim.h5          depth/<cam> float16 [T,H,W] m; segmentation/<cam> int16 [T,H,W] body id (-1 = none);
+                        camera/<cam>/intrinsics float32 [3,3]; camera/<cam>/world_to_camera float32 [T,4,4]
+                        (OpenCV axes); bodies/names str [B]; bodies/xpos float32 [T,B,3];
+                        bodies/xmat float32 [T,B,3,3]
+
+Every file is written under a temporary name and renamed into place, and ``dataset.json`` is written last
+(and removed first when regenerating), so an interrupted run never looks complete.
+
+The small I/O helpers here (:func:`atomic_path`, :func:`write_h264`, :func:`write_json`) are shared with
+:mod:`pipelines.samples.sim_robotwin`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import h5py
+import numpy as np
+
+from pipelines.samples.mujoco_render import SimCamera, body_names
+
+# mujoco must be imported after mujoco_render has set MUJOCO_GL.
+import mujoco  # noqa: E402  isort: skip
+
+log = logging.getLogger(__name__)
+
+CONTROL_HZ = 50.0  # gym-aloha / ACT control rate
+DT = 1.0 / CONTROL_HZ
+EMBODIMENT = "aloha_viperx_bimanual"
+FORMAT = "motus-pyramid/task_agnostic"
+FORMAT_VERSION = 1
+HOLD_SECONDS = 0.5  # time between random targets: long enough for the servos to get there, short enough to move
+TARGET_SPAN_RAD = 0.5  # max |target - start pose| per arm joint: larger spans swing the arms out of the views
+H5_GZIP_LEVEL = 4  # depth/segmentation compress ~4-10x; higher levels cost time for little gain
+
+# 14-d joint vector: per arm 6 revolute joints (qpos) + 1 normalised gripper computed from the left finger.
+_ARM_QPOS = (np.r_[0:6], np.r_[8:14])  # qpos indices of the two arms' revolute joints
+_FINGER_QPOS = (6, 14)  # left finger slide joint of each gripper (the right finger mirrors it)
+_ARM_DIMS = np.r_[0:6, 7:13]  # positions of the revolute joints inside the 14-d vector
+_GRIPPER_DIMS = np.array([6, 13])
+
+
+# --------------------------------------------------------------------------------------------- I/O helpers
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; on success rename it to ``final`` (atomic on POSIX), else delete it.
+
+    The temporary name starts with a dot and ends in ``.tmp`` so globs like ``*.mp4`` never match it.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_json(path: Path, obj: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def write_npy(path: Path, arr: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file handle: np.save would append ".npy"
+        np.save(fh, arr)
+
+
+def write_h264(path: Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float, crf: int = 20) -> None:
+    """Write RGB uint8 frames [T,H,W,3] as H.264 (libx264, yuv420p) mp4 with PyAV, one packet per frame.
+
+    yuv420p needs even sizes; frames are stamped 0..T-1 in a 1/fps time base so decoders return exactly T.
+    """
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"H.264/yuv420p needs even frame sizes, got {h}x{w}")
+    rate = Fraction(fps).limit_denominator(1001)
+    with atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            # "fast" preset: near-"medium" quality at a fraction of the CPU; small frames, short clips
+            stream.options = {"crf": str(crf), "preset": "fast"}
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():  # flush the encoder's delayed frames
+                container.mux(packet)
+
+
+def h5_compressed(group: h5py.Group, name: str, data: np.ndarray, per_frame_chunks: bool = True) -> h5py.Dataset:
+    """gzip + shuffle dataset, chunked one frame at a time so readers can fetch single frames cheaply."""
+    chunks = (1, *data.shape[1:]) if per_frame_chunks and data.ndim >= 2 else True
+    return group.create_dataset(
+        name, data=data, compression="gzip", compression_opts=H5_GZIP_LEVEL, shuffle=True, chunks=chunks
+    )
+
+
+# ------------------------------------------------------------------------------------------------ the model
+def aloha_model_path() -> Path:
+    import gym_aloha
+
+    return Path(gym_aloha.__file__).parent / "assets" / "bimanual_viperx_transfer_cube.xml"
+
+
+def _aloha_constants():
+    from gym_aloha import constants as c
+
+    return c
+
+
+def measured_joints(data: mujoco.MjData) -> np.ndarray:
+    """14-d measured joint vector: per arm 6 joint angles + gripper normalised to ~0 (closed) .. 1 (open)."""
+    c = _aloha_constants()
+    q = data.qpos
+    out = np.empty(14)
+    for arm in range(2):
+        out[_ARM_DIMS[6 * arm : 6 * arm + 6]] = q[_ARM_QPOS[arm]]
+        out[_GRIPPER_DIMS[arm]] = c.normalize_puppet_gripper_position(q[_FINGER_QPOS[arm]])
+    return out
+
+
+def command_to_ctrl(action: np.ndarray) -> np.ndarray:
+    """14-d joint command -> the 16 position actuators (two mirrored finger actuators per gripper)."""
+    c = _aloha_constants()
+    g = c.unnormalize_puppet_gripper_position(action[_GRIPPER_DIMS])
+    return np.concatenate([action[0:6], [g[0], -g[0]], action[7:13], [g[1], -g[1]]])
+
+
+class RandomJointTargets:
+    """Smooth random 14-d joint commands: a new target every ``hold`` frames, smoothstep in between."""
+
+    def __init__(self, model: mujoco.MjModel, rng: np.random.Generator, hold: int):
+        c = _aloha_constants()
+        self.rng, self.hold = rng, hold
+        start16 = np.asarray(c.START_ARM_POSE, dtype=float)
+        lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
+        arm_act = np.r_[0:6, 8:14]  # actuator (== first 16 qpos) indices of the revolute joints
+        self.centre = start16[arm_act]
+        self.lo, self.hi = lo[arm_act], hi[arm_act]
+        self.span = np.minimum((self.hi - self.lo) / 2, TARGET_SPAN_RAD)
+        self.start = np.empty(14)
+        self.start[_ARM_DIMS] = self.centre
+        self.start[_GRIPPER_DIMS] = c.normalize_puppet_gripper_position(start16[[6, 14]])
+        self.goal = self.start.copy()
+
+    def _draw(self) -> np.ndarray:
+        new = np.empty(14)
+        new[_ARM_DIMS] = np.clip(self.centre + self.rng.uniform(-1, 1, 12) * self.span, self.lo, self.hi)
+        new[_GRIPPER_DIMS] = self.rng.uniform(0.0, 1.0, 2)
+        return new
+
+    def __call__(self, frame: int) -> np.ndarray:
+        """Command to apply right after recorded frame ``frame``."""
+        k = frame % self.hold
+        if k == 0:  # reached the previous goal (as a command): draw the next one
+            self.start, self.goal = self.goal, self._draw()
+        s = (k + 1) / self.hold
+        s = s * s * (3 - 2 * s)  # smoothstep: zero commanded velocity at the knots, no jerks in the servos
+        return (1 - s) * self.start + s * self.goal
+
+
+# ---------------------------------------------------------------------------------------------- one episode
+def _simulate_episode(
+    model: mujoco.MjModel,
+    cam: SimCamera,
+    cameras: Sequence[str],
+    rng: np.random.Generator,
+    n_frames: int,
+    steps_per_frame: int,
+    hold_frames: int,
+) -> dict:
+    """Run one episode; return per-frame arrays (images, joints, actions, depth, segmentation, poses)."""
+    c = _aloha_constants()
+    data = mujoco.MjData(model)
+    n_sub = int(round(DT / model.opt.timestep))
+    data.qpos[:16] = c.START_ARM_POSE
+    data.ctrl[:] = c.START_ARM_POSE
+    mujoco.mj_forward(model, data)
+    policy = RandomJointTargets(model, rng, hold_frames)
+
+    h, w = cam.height, cam.width
+    out = {
+        "rgb": {k: np.empty((n_frames, h, w, 3), np.uint8) for k in cameras},
+        "depth": {k: np.empty((n_frames, h, w), np.float16) for k in cameras},
+        "seg": {k: np.empty((n_frames, h, w), np.int16) for k in cameras},
+        "w2c": {k: np.empty((n_frames, 4, 4), np.float32) for k in cameras},
+        "K": {k: cam.intrinsics(k).astype(np.float32) for k in cameras},
+        "joints": np.empty((n_frames, 14), np.float32),
+        "actions": np.empty((n_frames, 14), np.float32),
+        "xpos": np.empty((n_frames, model.nbody, 3), np.float32),
+        "xmat": np.empty((n_frames, model.nbody, 3, 3), np.float32),
+    }
+    for t in range(n_frames):
+        # mj_step leaves xpos/cam_xpos one substep behind qpos; recompute so pixels, poses and joints agree.
+        mujoco.mj_forward(model, data)
+        for k in cameras:
+            f = cam.render(data, k)
+            out["rgb"][k][t] = f.rgb
+            out["depth"][k][t] = f.depth  # background = far plane (~83 m), still inside float16 range
+            out["seg"][k][t] = f.segmentation
+            out["w2c"][k][t] = f.world_to_camera
+        out["joints"][t] = measured_joints(data)
+        out["xpos"][t] = data.xpos
+        out["xmat"][t] = data.xmat.reshape(-1, 3, 3)
+        action = policy(t)
+        out["actions"][t] = action
+        data.ctrl[:] = command_to_ctrl(action)
+        mujoco.mj_step(model, data, nstep=n_sub * steps_per_frame)
+    return out
+
+
+def _write_episode(ep_dir: Path, ep: dict, names: list[str], cameras: Sequence[str], fps: float) -> None:
+    ep_dir.mkdir(parents=True, exist_ok=True)
+    for k in cameras:
+        write_h264(ep_dir / f"rgb_{k}.mp4", ep["rgb"][k], fps)
+    write_npy(ep_dir / "joints.npy", ep["joints"])
+    write_npy(ep_dir / "actions.npy", ep["actions"])
+    with atomic_path(ep_dir / "sim.h5") as tmp, h5py.File(tmp, "w") as f:
+        for k in cameras:
+            h5_compressed(f.require_group("depth"), k, ep["depth"][k]).attrs["units"] = "m"
+            h5_compressed(f.require_group("segmentation"), k, ep["seg"][k]).attrs["background"] = -1
+            g = f.require_group(f"camera/{k}")
+            g.create_dataset("intrinsics", data=ep["K"][k])
+            g.create_dataset("world_to_camera", data=ep["w2c"][k]).attrs["axes"] = "opencv"
+        b = f.require_group("bodies")
+        b.create_dataset("names", data=names, dtype=h5py.string_dtype("utf-8"))
+        h5_compressed(b, "xpos", ep["xpos"], per_frame_chunks=False)
+        h5_compressed(b, "xmat", ep["xmat"], per_frame_chunks=False)
+
+
+def _remove_stale_episodes(ep_root: Path, keep: int) -> None:
+    """Delete episode_NNNNNN dirs from an earlier, larger run so the folder matches dataset.json."""
+    if not ep_root.is_dir():
+        return
+    for p in ep_root.iterdir():
+        m = re.fullmatch(r"episode_(\d{6})", p.name)
+        if m and int(m.group(1)) >= keep and p.is_dir():
+            shutil.rmtree(p)
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def write_task_agnostic(
+    root: Path,
+    n_episodes: int,
+    n_frames: int,
+    seed: int = 0,
+    fps: float = 25.0,
+    height: int = 240,
+    width: int = 320,
+    cameras: tuple[str, ...] = ("top",),
+) -> list[Path]:
+    """Generate ``n_episodes`` random-joint-motion ALOHA episodes of ``n_frames`` frames under ``root``.
+
+    Episode ``i`` uses ``numpy.random.default_rng([seed, i])``, so episodes are reproducible one by one.
+    Returns the episode directories, in order.
+    """
+    if n_episodes < 1 or n_frames < 2:
+        raise ValueError("need n_episodes >= 1 and n_frames >= 2")
+    steps_per_frame = int(round(CONTROL_HZ / fps))
+    if steps_per_frame < 1 or abs(CONTROL_HZ / steps_per_frame - fps) > 1e-6:
+        raise ValueError(f"fps must divide the {CONTROL_HZ:g} Hz control rate, got {fps}")
+    hold_frames = max(2, int(round(HOLD_SECONDS * fps)))
+
+    root = Path(root)
+    (root / "dataset.json").unlink(missing_ok=True)  # regenerating: never look complete half-way through
+    ep_root = root / "episodes"
+    model = mujoco.MjModel.from_xml_path(str(aloha_model_path()))
+    names = body_names(model)
+    c = _aloha_constants()
+
+    episode_dirs = []
+    with SimCamera(model, height, width) as cam:
+        for k in cameras:
+            cam.camera_id(k)  # fail fast on a bad camera name
+        for i in range(n_episodes):
+            rng = np.random.default_rng([seed, i])
+            ep = _simulate_episode(model, cam, cameras, rng, n_frames, steps_per_frame, hold_frames)
+            ep_dir = ep_root / f"episode_{i:06d}"
+            _write_episode(ep_dir, ep, names, cameras, fps)
+            episode_dirs.append(ep_dir)
+            log.debug("wrote %s", ep_dir)
+    _remove_stale_episodes(ep_root, n_episodes)
+
+    write_json(
+        root / "dataset.json",
+        {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "embodiment": EMBODIMENT,
+            "fps": float(fps),
+            "action_space": "joint_position",
+            "action_names": list(c.ACTIONS),
+            "state_names": list(c.JOINTS),
+            "cameras": list(cameras),
+            "image_size": [int(height), int(width)],
+            "mode": "sequential",
+            "licence": "Apache-2.0 (gym-aloha assets)",
+            "generator": {"name": "aloha_random_joint_targets", "seed": int(seed), "hold_frames": hold_frames},
+            "n_episodes": int(n_episodes),
+        },
+    )
+    return episode_dirs

@@ -1,0 +1,22 @@
+"""Source adapters, one per dataset format, registered by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError
+from pipelines.sources.robotwin import RoboTwinSource
+from pipelines.sources.task_agnostic import TaskAgnosticSource
+
+SOURCES: dict[str, type[SourceAdapter]] = {cls.name: cls for cls in (RoboTwinSource, TaskAgnosticSource)}
+
+
+def make_source(kind: str, root: str, tier: int | None = None, **options: Any) -> SourceAdapter:
+    try:
+        cls = SOURCES[kind]
+    except KeyError:
+        raise SourceError(f"unknown source kind {kind!r}; known: {', '.join(sorted(SOURCES))}") from None
+    return cls(root, tier=tier, **options)
+
+
+__all__ = ["ItemRef", "SOURCES", "SourceAdapter", "SourceError", "make_source"]

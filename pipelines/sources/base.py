@@ -1,0 +1,59 @@
+"""The source-adapter interface every tier plugs into.
+
+An adapter reads one dataset exactly as its publisher ships it. `discover()` runs in the driver and only
+lists inputs (cheap: no decoding); `probe(ref)` runs in workers, opens the input, validates it and returns the
+item's catalog row (without `split`, which the driver assigns from `group_id`). Unusable input raises
+`BadInput(reason)` so the item is quarantined with the reason and the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+
+class SourceError(Exception):
+    """The source as a whole cannot be read (wrong root, missing dataset-level metadata)."""
+
+
+@dataclass(frozen=True)
+class ItemRef:
+    """What discovery knows about an item: enough for a worker to find and probe it."""
+
+    item_id: str
+    native_id: str
+    input_uri: str
+    fingerprint: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class SourceAdapter(ABC):
+    name: ClassVar[str]
+    default_tier: ClassVar[int]
+
+    def __init__(self, root: str | Path, tier: int | None = None, **options: Any):
+        self.root = Path(root)
+        self.tier = tier or self.default_tier
+        self.options = options
+        if not self.root.exists():
+            raise SourceError(f"{self.name}: root {self.root} does not exist")
+
+    def item_id(self, native_id: str) -> str:
+        return f"{self.name}/{native_id}"
+
+    @abstractmethod
+    def discover(self) -> Iterator[ItemRef]: ...
+
+    @abstractmethod
+    def probe(self, ref: ItemRef) -> dict[str, Any]: ...
+
+    def base_row(self, ref: ItemRef) -> dict[str, Any]:
+        return {"item_id": ref.item_id, "source": self.name, "native_id": ref.native_id, "tier": self.tier,
+                "input_uri": ref.input_uri}
+
+
+def dumps_extras(extras: dict[str, Any]) -> str:
+    return json.dumps(extras, sort_keys=True, default=str)

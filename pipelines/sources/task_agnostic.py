@@ -1,0 +1,101 @@
+"""Task-agnostic robot motion (tier L4): Curobo/AnyPos-style random joint exploration, sequential episodes.
+
+The layout (ours, documented in docs/formats.md; the MuJoCo generator writes it):
+`<root>/dataset.json` (embodiment, fps, action/state names, cameras) and `<root>/episodes/<episode>/` with
+`rgb_<cam>.mp4`, `joints.npy` [T, D] measured joint positions, `actions.npy` [T, D] commanded joint targets, and
+optionally `sim.h5` (depth, segmentation, cameras, body poses for exact flow). These are the main labelled data
+for aligning latent actions with real actions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from pipelines.media import check_finite, file_checksum, fingerprint, probe_video
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.stages import BadInput
+
+FORMAT = "motus-pyramid/task_agnostic"
+_REQUIRED_META = ("embodiment", "fps", "action_names", "cameras")
+
+
+class TaskAgnosticSource(SourceAdapter):
+    name = "task_agnostic"
+    default_tier = 4
+
+    def __init__(self, root, tier=None, **options):
+        super().__init__(root, tier, **options)
+        meta_path = self.root / "dataset.json"
+        if not meta_path.exists():
+            raise SourceError(f"task_agnostic: {meta_path} is missing (is {self.root} a task-agnostic dataset root?)")
+        try:
+            self.meta = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as e:
+            raise SourceError(f"task_agnostic: {meta_path} is not valid JSON: {e}") from e
+        missing = [k for k in _REQUIRED_META if k not in self.meta]
+        if missing or self.meta.get("format") != FORMAT:
+            raise SourceError(f"task_agnostic: {meta_path} must have format={FORMAT!r} and fields {list(_REQUIRED_META)}; missing {missing}")
+
+    def _files(self, episode: Path) -> list[Path]:
+        return [episode / "joints.npy", episode / "actions.npy"] + [episode / f"rgb_{c}.mp4" for c in self.meta["cameras"]]
+
+    def discover(self) -> Iterator[ItemRef]:
+        dataset = self.root.name
+        for ep in sorted(p for p in (self.root / "episodes").glob("*") if p.is_dir()):
+            native_id = f"{dataset}/{ep.name}"
+            yield ItemRef(self.item_id(native_id), native_id, str(ep), fingerprint(self._files(ep)))
+
+    def probe(self, ref: ItemRef) -> dict[str, Any]:
+        ep = Path(ref.input_uri)
+        meta = self.meta
+        for f in self._files(ep):
+            if not f.exists():
+                raise BadInput(f"missing {f.relative_to(self.root)}")
+        try:
+            joints = np.load(ep / "joints.npy")
+            actions = np.load(ep / "actions.npy")
+        except (ValueError, OSError) as e:
+            raise BadInput(f"unreadable joints/actions in {ep.name}: {e}") from e
+        dim = len(meta["action_names"])
+        for name, arr in (("actions.npy", actions), ("joints.npy", joints)):
+            if arr.ndim != 2 or arr.shape[1] != dim:
+                raise BadInput(f"{name} has shape {arr.shape}, expected [T, {dim}]")
+            check_finite(name, arr)
+        if joints.shape[0] != actions.shape[0]:
+            raise BadInput(f"joints.npy has {joints.shape[0]} rows but actions.npy has {actions.shape[0]}")
+        frames = actions.shape[0]
+        videos = [probe_video(ep / f"rgb_{c}.mp4") for c in meta["cameras"]]
+        for cam, info in zip(meta["cameras"], videos):
+            if info.frame_count != frames:
+                raise BadInput(f"rgb_{cam}.mp4 has {info.frame_count} frames but the episode has {frames} action rows")
+        fps = float(meta["fps"])
+        files = self._files(ep) + ([ep / "sim.h5"] if (ep / "sim.h5").exists() else [])
+        row = self.base_row(ref)
+        row.update(
+            group_id=ref.item_id,
+            media_uris=[str(ep / f"rgb_{c}.mp4") for c in meta["cameras"]],
+            cameras=list(meta["cameras"]),
+            fps=fps,
+            frame_count=frames,
+            width=videos[0].width,
+            height=videos[0].height,
+            duration_s=frames / fps,
+            start_s=0.0,
+            embodiment=meta["embodiment"],
+            action_dim=dim,
+            action_names=list(meta["action_names"]),
+            state_dim=joints.shape[1],
+            state_names=list(meta.get("state_names", meta["action_names"])),
+            has_actions=True,
+            language=list(meta.get("language", [])),
+            licence=meta.get("licence"),
+            input_checksum=file_checksum(files),
+            input_bytes=sum(f.stat().st_size for f in files),
+            extras=dumps_extras({"action_space": meta.get("action_space"), "mode": meta.get("mode", "sequential"),
+                                 "sim_extras": (ep / "sim.h5").exists()}),
+        )
+        return row

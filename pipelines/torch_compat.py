@@ -1,0 +1,67 @@
+"""Process set-up for torch on this stack: the torchvision CPU shim and one torch thread per worker.
+
+torchvision 0.28.0 on PyPI is a CUDA build; on CPU torch its import dies with
+`RuntimeError: operator torchvision::nms does not exist` unless the two op schemas below exist first
+(shared research deps.md §4). ptlflow (through timm) and lerobot both import torchvision, so the shim must run
+before them in every process, Ray and Beam workers included. `install_import_hook()` arranges that lazily:
+it costs nothing until something imports torchvision, and importing any of our packages installs it.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import os
+import sys
+
+_SHIM_LIB = None
+
+
+def install_torchvision_shim() -> None:
+    """Define torchvision's C++ op schemas when its compiled ops cannot load (CPU torch + CUDA torchvision)."""
+    global _SHIM_LIB
+    if _SHIM_LIB is not None:
+        return
+    import torch
+
+    try:
+        torch.ops.torchvision.nms  # the real ops are loaded (a matching torchvision build)
+        return
+    except (AttributeError, RuntimeError):
+        pass
+    lib = torch.library.Library("torchvision", "DEF")
+    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+    _SHIM_LIB = lib
+
+
+class _ShimBeforeTorchvision(importlib.abc.MetaPathFinder):
+    """Runs the shim when `torchvision` is first imported, then lets the normal finders do the import."""
+
+    def find_spec(self, fullname, path=None, target=None):  # noqa: D102
+        if fullname == "torchvision":
+            sys.meta_path.remove(self)
+            install_torchvision_shim()
+        return None
+
+
+def install_import_hook() -> None:
+    if "torchvision" in sys.modules or any(isinstance(f, _ShimBeforeTorchvision) for f in sys.meta_path):
+        return
+    sys.meta_path.insert(0, _ShimBeforeTorchvision())
+
+
+def set_worker_threads(n: int = 1) -> None:
+    """One torch/OpenCV thread per worker: on 2 cores oversubscription made DPFlow 25-50x slower (deps.md §5)."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    if "torch" in sys.modules:
+        import torch
+
+        torch.set_num_threads(n)
+    if "cv2" in sys.modules:
+        import cv2
+
+        cv2.setNumThreads(n)
+
+
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}

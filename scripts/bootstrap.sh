@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned set from requirements.lock (plus the Debian packages it needs).
+# Idempotent: `make` calls it only when the lock or this script changed (stamp file in .venv).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3.11}"
+VENV=".venv"
+UV_VERSION="0.13.8"
+
+log() { printf '[bootstrap] %s\n' "$*"; }
+
+# --- Debian packages: ffmpeg shared libs for torchcodec; EGL/Mesa for headless MuJoCo rendering.
+deb_pkgs=(ffmpeg libegl1 libegl-mesa0 libgl1-mesa-dri)
+missing=()
+for p in "${deb_pkgs[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    sudo apt-get update -qq
+    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "missing Debian packages: ${missing[*]} (install them with apt-get as root, then rerun)"
+    exit 1
+  fi
+fi
+
+# --- the virtual environment and uv inside it
+if ! command -v "$PYTHON" >/dev/null; then
+  log "$PYTHON not found: this project needs CPython 3.11 (set PYTHON=/path/to/python3.11)"
+  exit 1
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  log "creating $VENV with $("$PYTHON" --version)"
+  "$PYTHON" -m venv "$VENV"
+fi
+# uv lives beside the venv's packages, not in them, so `uv pip sync` never removes itself
+UV="$VENV/.tools/bin/uv"
+if ! "$UV" --version 2>/dev/null | grep -q "$UV_VERSION"; then
+  log "installing uv $UV_VERSION"
+  "$PYTHON" -m pip install -q --target "$VENV/.tools" "uv==$UV_VERSION"
+fi
+
+# --- torch 2.13.0+cpu comes from a find-links folder (uv does not read pip's config, so pass it on).
+# requirements.lock pins the +cpu build, so no resolver can swap in a CUDA torch or nvidia-* packages.
+find_links="${UV_FIND_LINKS:-${PIP_FIND_LINKS:-}}"
+if [ -z "$find_links" ]; then
+  find_links="$("$VENV/bin/python" -m pip config get global.find-links 2>/dev/null || true)"
+fi
+uv_args=()
+for fl in $find_links; do uv_args+=(--find-links "$fl"); done
+
+log "installing the locked set ($(grep -c '==' requirements.lock) packages)"
+VIRTUAL_ENV="$PWD/$VENV" "$UV" pip sync -q --python "$VENV/bin/python" "${uv_args[@]}" requirements.lock
+VIRTUAL_ENV="$PWD/$VENV" "$UV" pip install -q --python "$VENV/bin/python" --no-deps -e .
+log "ready: $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

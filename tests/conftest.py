@@ -1,0 +1,42 @@
+"""Shared fixtures: a small sample pyramid made once per test session with the project's own generators."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("PYOPENGL_PLATFORM", "egl")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def sim_samples(tmp_path_factory) -> Path:
+    """Small RoboTwin and task-agnostic trees (good items only), shared read-only by tests; copy before damaging."""
+    from pipelines.samples.sim_robotwin import write_robotwin
+    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+
+    root = tmp_path_factory.mktemp("samples")
+    write_task_agnostic(root / "task_agnostic" / "aloha_random", n_episodes=3, n_frames=20, seed=1)
+    write_robotwin(root / "robotwin", n_episodes=2, seed=0)
+    return root
+
+
+@pytest.fixture
+def workdir(tmp_path, sim_samples) -> Path:
+    """A fresh workdir holding a private copy of the sample trees."""
+    shutil.copytree(sim_samples, tmp_path / "samples")
+    return tmp_path
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for all Ray tests (starting Ray costs seconds)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield ray
+    ray.shutdown()

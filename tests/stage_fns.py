@@ -1,0 +1,26 @@
+"""Stage functions for runner tests. They live in an importable module so Ray workers can load them."""
+
+import os
+
+from pipelines.stages import BadInput
+
+
+def square_or_complain(task, context):
+    x = task["x"]
+    if x == 3:
+        raise BadInput("three is a bad input")
+    if x == 5:
+        raise ZeroDivisionError("boom")
+    return {"y": x * x, "context": context, "pid": os.getpid()}
+
+
+def make_context():
+    import torch
+
+    return {"threads": torch.get_num_threads()}
+
+
+def die_on_seven(task, context):
+    if task["x"] == 7:
+        os._exit(3)  # a worker crash (segfault/OOM stand-in), not an exception
+    return {"y": task["x"]}

@@ -1,0 +1,94 @@
+import json
+
+import pytest
+
+from catalog import Catalog, CatalogLockedError
+from manifests import validate_rows
+from manifests.schemas import ITEMS
+
+
+def row(i, **kw):
+    base = dict(item_id=f"robotwin/ep{i}", source="robotwin", native_id=f"ep{i}", tier=3, group_id=f"robotwin/ep{i}",
+                split="train", has_actions=True, input_uri=f"/x/ep{i}.hdf5", action_dim=14,
+                action_names=[f"j{k}" for k in range(14)], language=["pick the cube"], fps=16.7, frame_count=100)
+    base.update(kw)
+    return base
+
+
+def test_catalog_round_trip_survives_reopen(tmp_path):
+    path = tmp_path / "c.duckdb"
+    with Catalog(path) as cat:
+        run = cat.start_run("ingest", {"a": 1}, engine="local")
+        cat.upsert_items([row(0), row(1)])
+        cat.record_stage_results([
+            {"item_id": "robotwin/ep0", "stage": "ingest", "status": "done", "run_id": run, "input_fingerprint": "f0"},
+            {"item_id": "robotwin/ep9", "stage": "ingest", "status": "quarantined", "reason": "missing key x",
+             "input_uri": "/x/ep9.hdf5", "run_id": run},
+        ])
+        cat.add_artifacts([{"item_id": "robotwin/ep0", "stage": "flow", "kind": "flow", "path": "/f", "bytes": 3,
+                            "checksum": "abc", "run_id": run}])
+        cat.finish_run(run, "ok", {"done": 1, "quarantined": 1})
+    with Catalog(path, read_only=True) as cat:
+        items = cat.items().to_pylist()
+        assert [r["item_id"] for r in items] == ["robotwin/ep0", "robotwin/ep1"]
+        assert items[0]["language"] == ["pick the cube"] and items[0]["action_dim"] == 14
+        assert cat.stage_state("ingest") == {"robotwin/ep0": ("done", "f0"), "robotwin/ep9": ("quarantined", None)}
+        q = cat.quarantine().to_pylist()
+        assert q[0]["reason"] == "missing key x" and q[0]["input_uri"] == "/x/ep9.hdf5"
+        runs = cat.sql("SELECT status, counts, config, ended_at FROM runs").to_pylist()
+        assert runs[0]["status"] == "ok" and json.loads(runs[0]["counts"]) == {"done": 1, "quarantined": 1}
+        assert json.loads(runs[0]["config"]) == {"a": 1} and runs[0]["ended_at"] is not None
+        assert cat.sql("SELECT count(*) AS n FROM artifacts").column("n")[0].as_py() == 1
+
+
+def test_upsert_replaces_rows_and_counts_attempts(tmp_path):
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.upsert_items([row(0, frame_count=10)])
+        cat.upsert_items(validate_rows(ITEMS, [row(0, frame_count=12, language=["a", "b"])]))
+        items = cat.items().to_pylist()
+        assert len(items) == 1 and items[0]["frame_count"] == 12 and items[0]["language"] == ["a", "b"]
+        for status in ("failed", "done"):
+            cat.record_stage_results([{"item_id": "robotwin/ep0", "stage": "ingest", "status": status, "run_id": "r"}])
+        state = cat.sql("SELECT status, attempts FROM item_stages").to_pylist()
+        assert state == [{"status": "done", "attempts": 2}]
+
+
+def test_funnel_counts_per_source_and_stage(tmp_path):
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.record_stage_results(
+            [{"item_id": f"robotwin/ep{i}", "stage": "ingest", "status": "done", "run_id": "r"} for i in range(3)]
+            + [{"item_id": "task_agnostic/a/e1", "stage": "ingest", "status": "quarantined", "reason": "x", "run_id": "r"}]
+        )
+        funnel = {(r["source"], r["stage"]): r for r in cat.funnel().to_pylist()}
+        assert funnel[("robotwin", "ingest")]["done"] == 3
+        assert funnel[("task_agnostic", "ingest")]["quarantined"] == 1
+
+
+def test_second_writer_gets_a_clear_lock_error(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "c.duckdb"
+    Catalog(path).close()
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_hold_catalog, args=(str(path), ready, release))
+    p.start()
+    try:
+        assert ready.wait(60)
+        with pytest.raises(CatalogLockedError, match="held open by another process"):
+            Catalog(path)
+    finally:
+        release.set()
+        p.join(30)
+
+
+def _hold_catalog(path, ready, release):
+    cat = Catalog(path)
+    ready.set()
+    release.wait(60)
+    cat.close()
+
+
+def test_read_only_open_of_missing_catalog_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pyramid ingest"):
+        Catalog(tmp_path / "none.duckdb", read_only=True)

@@ -1,0 +1,46 @@
+"""The CLI as a user runs it: exit codes, tables, clear errors."""
+
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+
+cli = CliRunner()
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["samples", "--help"], ["ingest", "--help"], ["status", "--help"],
+                 ["catalog", "sql", "--help"], ["demo", "--help"]):
+        result = cli.invoke(app, args)
+        assert result.exit_code == 0, (args, result.output)
+        assert "Usage" in result.output
+
+
+def test_ingest_then_status_and_sql(workdir):
+    result = cli.invoke(app, ["ingest", "--workdir", str(workdir), "--engine", "local"])
+    assert result.exit_code == 0, result.output
+    assert "Funnel per source and stage" in result.output
+    status = cli.invoke(app, ["status", "--workdir", str(workdir)])
+    assert status.exit_code == 0 and "robotwin" in status.output and "task_agnostic" in status.output
+    sql = cli.invoke(app, ["catalog", "sql", "SELECT source, count(*) AS n FROM items GROUP BY source ORDER BY source",
+                           "--workdir", str(workdir)])
+    assert sql.exit_code == 0
+    lines = [l for l in sql.output.splitlines() if "robotwin" in l or "task_agnostic" in l]
+    assert any("2" in l for l in lines if "robotwin" in l) and any("3" in l for l in lines if "task_agnostic" in l)
+
+
+def test_bad_sql_and_missing_catalog_and_bad_config_are_clear_errors(tmp_path):
+    missing = cli.invoke(app, ["status", "--workdir", str(tmp_path)])
+    assert missing.exit_code == 2 and "no catalog" in missing.output
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("runner:\n  engin: ray\n")
+    bad = cli.invoke(app, ["ingest", "--config", str(cfg)])
+    assert bad.exit_code == 2 and "unknown key(s) ['engin']" in bad.output
+    cfg.write_text("splits:\n  train: 0.9\n  val: 0.9\n  test: 0.1\n")
+    bad = cli.invoke(app, ["ingest", "--config", str(cfg)])
+    assert bad.exit_code == 2 and "sum to 1" in bad.output
+
+
+def test_sql_error_is_reported(workdir):
+    cli.invoke(app, ["ingest", "--workdir", str(workdir), "--engine", "local"])
+    result = cli.invoke(app, ["catalog", "sql", "SELECT nope FROM items", "--workdir", str(workdir)])
+    assert result.exit_code == 2 and "query failed" in result.output

@@ -1,0 +1,125 @@
+"""Ingest over real files in their official layouts: catalog rows, manifests, splits, quarantine, reruns."""
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from catalog import Catalog
+from manifests import ITEMS, read_manifest
+from pipelines.config import load_config
+from pipelines.ingest import ingest
+from pipelines.runners import make_runner
+from pipelines.samples import defects
+
+
+def run_ingest(workdir, engine="local", **overrides):
+    cfg = load_config(None, workdir=str(workdir), **{"runner.engine": engine, **overrides})
+    runner = make_runner(engine)
+    with Catalog(cfg.catalog_path) as cat:
+        report = ingest(cfg, cat, runner, progress=False)
+        items = cat.items().to_pylist()
+        state = cat.sql("SELECT * FROM item_stages ORDER BY item_id").to_pylist()
+    return cfg, report, items, state
+
+
+def test_ingest_fills_catalog_and_manifest_from_both_layouts(workdir):
+    cfg, report, items, state = run_ingest(workdir)
+    by_source = {}
+    for it in items:
+        by_source.setdefault(it["source"], []).append(it)
+    assert len(by_source["robotwin"]) == 2 and len(by_source["task_agnostic"]) == 3
+    rt = by_source["robotwin"][0]
+    assert rt["tier"] == 3 and rt["item_id"].startswith("robotwin/transfer_cube/")
+    assert rt["action_dim"] == 12 and len(rt["action_names"]) == 12 and rt["has_actions"]
+    assert rt["fps"] == pytest.approx(50 / 3, rel=1e-3)  # the real control rate, not the mp4's 30 fps
+    assert rt["language"] and all(isinstance(s, str) for s in rt["language"])
+    assert rt["cameras"][0] == "head_camera" and (rt["height"], rt["width"]) == (240, 320)
+    ta = by_source["task_agnostic"][0]
+    assert ta["tier"] == 4 and ta["frame_count"] == 20 and ta["action_dim"] == 14 and ta["embodiment"]
+    assert ta["duration_s"] == pytest.approx(20 / ta["fps"])
+    assert all(len(it["input_checksum"]) == 32 and it["split"] in ("train", "val", "test") for it in items)
+    assert {s["status"] for s in state} == {"done"}
+    manifest = read_manifest(cfg.manifests_dir / "items.parquet", ITEMS)
+    assert sorted(manifest.column("item_id").to_pylist()) == sorted(it["item_id"] for it in items)
+    run_manifest = cfg.manifests_dir / "runs" / report.run_id / "items.parquet"
+    assert pq.read_table(run_manifest).num_rows == 5
+
+
+def test_second_ingest_does_no_work_and_adds_no_rows(workdir):
+    run_ingest(workdir)
+    cfg, report, items, state = run_ingest(workdir)
+    assert report.stage.processed == 0 and report.stage.skipped == 5
+    assert len(items) == 5 and len(state) == 5
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        runs = cat.sql("SELECT status, counts FROM runs ORDER BY started_at").to_pylist()
+    assert [r["status"] for r in runs] == ["ok", "ok"]
+    assert json.loads(runs[1]["counts"])["skipped"] == 5
+
+
+def test_bad_items_are_quarantined_with_reasons_and_the_run_completes(workdir):
+    ta_root = workdir / "samples" / "task_agnostic" / "aloha_random"
+    defects.add_task_agnostic_defects(ta_root)
+    defects.add_robotwin_defects(workdir / "samples" / "robotwin")
+    cfg, report, items, state = run_ingest(workdir)
+    reasons = {s["item_id"].rsplit("/", 1)[-1]: s["reason"] for s in state if s["status"] == "quarantined"}
+    assert set(reasons) == {"episode_900001", "episode_900002", "episode900"}
+    assert "truncated" in reasons["episode_900001"] or "unreadable video" in reasons["episode_900001"]
+    assert "non-finite values" in reasons["episode_900002"] and "actions.npy" in reasons["episode_900002"]
+    assert reasons["episode900"] == "missing key joint_action/vector"
+    assert len(items) == 5  # every good item still ingested; bad ones are not in the items table
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        q = cat.sql("SELECT input_uri FROM item_stages WHERE status = 'quarantined' AND item_id LIKE '%episode900'")
+        assert q.column("input_uri")[0].as_py().endswith("episode900.hdf5")  # the reason is queryable with its input
+
+
+def test_truncated_video_is_quarantined_not_fatal(workdir):
+    ep = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes" / "episode_000001"
+    defects.truncate_file(ep / "rgb_top.mp4", 0.6)
+    _, report, items, state = run_ingest(workdir)
+    bad = [s for s in state if s["item_id"].endswith("episode_000001")][0]
+    assert bad["status"] == "quarantined" and "rgb_top.mp4" in bad["reason"]
+    assert report.stage.counts["done"] == 4
+
+
+def test_hdf5_with_wrong_layout_names_the_keys(workdir):
+    f = sorted((workdir / "samples" / "robotwin").glob("*/*/data/episode1.hdf5"))[0]
+    with h5py.File(f, "r+") as h5:
+        h5.move("observation", "obs")
+    _, _, _, state = run_ingest(workdir)
+    reason = [s for s in state if s["item_id"].endswith("episode1")][0]["reason"]
+    assert "missing key observation/head_camera/rgb" == reason
+
+
+def test_fixed_input_is_redone_on_rerun(workdir):
+    ep = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes" / "episode_000002"
+    good = np.load(ep / "actions.npy")
+    bad = good.copy()
+    bad[3, 2] = np.inf
+    np.save(ep / "actions.npy", bad)
+    _, _, _, state = run_ingest(workdir)
+    assert [s["status"] for s in state if s["item_id"].endswith("episode_000002")] == ["quarantined"]
+    np.save(ep / "actions.npy", good)  # someone repairs the file: its fingerprint changes
+    _, report, items, state = run_ingest(workdir)
+    assert report.stage.processed == 1
+    assert [s["status"] for s in state if s["item_id"].endswith("episode_000002")] == ["done"]
+    assert len(items) == 5
+
+
+def test_missing_source_root_is_reported_and_other_sources_still_ingest(workdir):
+    shutil.rmtree(workdir / "samples" / "robotwin")
+    _, report, items, _ = run_ingest(workdir)
+    assert any("robotwin" in k for k in report.source_errors)
+    assert len(items) == 3
+
+
+def test_ray_and_local_ingest_agree(workdir, ray_session, tmp_path_factory):
+    second = tmp_path_factory.mktemp("second")
+    shutil.copytree(workdir / "samples", second / "samples")
+    _, _, local_items, _ = run_ingest(workdir, "local")
+    _, _, ray_items, _ = run_ingest(second, "ray")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in ("input_uri", "media_uris")} for r in rows]
+    assert strip(local_items) == strip(ray_items)

@@ -1,0 +1,68 @@
+import pytest
+
+from catalog import Catalog
+from pipelines.driver import run_stage
+from pipelines.runners import LocalRunner, make_runner
+from pipelines.stages import Resources, Stage
+from tests import stage_fns
+
+STAGE = Stage("square", stage_fns.square_or_complain, setup=stage_fns.make_context,
+              resources=Resources(num_cpus=1, batch_size=2))
+
+
+def tasks(n=8, fingerprint="v1"):
+    return [{"item_id": f"toy/{i}", "x": i, "input_uri": f"mem://{i}", "input_fingerprint": fingerprint} for i in range(n)]
+
+
+def outcomes_by_id(runner, stage=STAGE, n=8):
+    return {o.item_id: o for o in runner.map(stage, tasks(n))}
+
+
+def check_semantics(out):
+    assert len(out) == 8
+    assert out["toy/2"].status == "done" and out["toy/2"].result["y"] == 4
+    assert out["toy/3"].status == "quarantined" and out["toy/3"].reason == "three is a bad input"
+    assert out["toy/5"].status == "failed" and out["toy/5"].reason.startswith("ZeroDivisionError: boom")
+    assert all(o.status == "done" for k, o in out.items() if k not in ("toy/3", "toy/5"))
+
+
+def test_local_runner_records_each_outcome_and_keeps_going():
+    out = outcomes_by_id(LocalRunner())
+    check_semantics(out)
+    assert out["toy/0"].result["context"] is not None  # setup ran and its value reached the stage
+
+
+def test_ray_runner_same_semantics_one_torch_thread_per_worker(ray_session):
+    runner = make_runner("ray")
+    out = outcomes_by_id(runner)
+    check_semantics(out)
+    assert {o.result["context"]["threads"] for o in out.values() if o.result} == {1}
+    assert len({o.result["pid"] for o in out.values() if o.result}) == 2  # two workers on two CPUs
+
+
+def test_ray_runner_survives_a_worker_crash(ray_session):
+    stage = Stage("crashy", stage_fns.die_on_seven, resources=Resources(num_cpus=1, batch_size=1))
+    out = outcomes_by_id(make_runner("ray"), stage, n=10)
+    assert len(out) == 10
+    assert out["toy/7"].status == "failed" and "worker died" in out["toy/7"].reason
+    assert sum(o.status == "done" for o in out.values()) == 9
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_rerun_skips_done_and_quarantined_redoes_failed_and_changed(tmp_path, engine, request):
+    if engine == "ray":
+        request.getfixturevalue("ray_session")
+    runner = make_runner(engine)
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        first = run_stage(STAGE, tasks(), cat, runner, "run1", progress=False)
+        assert first.as_dict() == {"total": 8, "skipped": 0, "done": 6, "quarantined": 1, "failed": 1}
+        second = run_stage(STAGE, tasks(), cat, runner, "run2", progress=False)
+        assert second.skipped == 7 and second.counts["failed"] == 1 and second.processed == 1
+        changed = tasks()
+        changed[2]["input_fingerprint"] = "v2"  # the input file changed on disk
+        third = run_stage(STAGE, changed, cat, runner, "run3", progress=False)
+        assert third.processed == 2  # item 2 (changed) and item 5 (still failing)
+        rows = cat.sql("SELECT item_id, attempts, run_id FROM item_stages ORDER BY item_id").to_pylist()
+        assert len(rows) == 8  # no duplicate rows, ever
+        attempts = {r["item_id"]: r["attempts"] for r in rows}
+        assert attempts["toy/5"] == 3 and attempts["toy/2"] == 2 and attempts["toy/0"] == 1
