@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
+from rich.markup import escape
+
+from pipelines.progress import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="motus-pyramid: the Motus data pyramid to labelled training shards.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Query the DuckDB catalog.")
 app.add_typer(catalog_app, name="catalog")
 
-console = Console()
-err = Console(stderr=True)
+console = make_console()
+err = make_console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults, as configs/demo.yaml).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Where the catalog, manifests and samples live.")
@@ -30,7 +30,7 @@ def _config(config: Optional[Path], workdir: Optional[Path], **overrides):
     try:
         cfg = load_config(config, workdir=str(workdir) if workdir else None, **overrides)
     except ConfigError as e:
-        err.print(f"[red]config error:[/red] {e}", highlight=False)
+        err.print(f"[red]config error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     return cfg
 
@@ -41,7 +41,7 @@ def _open_catalog(cfg, read_only: bool = False):
     try:
         return Catalog(cfg.catalog_path, read_only=read_only)
     except (CatalogLockedError, FileNotFoundError) as e:
-        err.print(f"[red]{e}[/red]", highlight=False)
+        err.print(f"[red]{escape(str(e))}[/red]", highlight=False)
         raise typer.Exit(2)
 
 
@@ -125,7 +125,7 @@ def catalog_sql(
         try:
             result = cat.sql(query)
         except duckdb.Error as e:
-            err.print(f"[red]query failed:[/red] {e}", highlight=False)
+            err.print(f"[red]query failed:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2)
     console.print(arrow_to_rich(result, max_rows=max_rows))
 

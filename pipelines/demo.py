@@ -7,6 +7,8 @@ import time
 
 from rich.console import Console
 
+from pipelines.progress import make_console
+
 from catalog import Catalog
 from pipelines.config import PipelineConfig
 from pipelines.ingest import ingest
@@ -15,23 +17,21 @@ from pipelines.runners import make_runner
 from pipelines.samples.pyramid import generate_sample_pyramid
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process and of its finished children (Ray workers), in MiB."""
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(own, children) / 1024
+def driver_peak_rss_mb() -> float:
+    """Peak resident memory of the driver process (Ray workers are not its children; measure those outside), MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console | None = None) -> dict[str, float]:
-    console = console or Console()
-    err = err or Console(stderr=True)
+    console = console or make_console()
+    err = err or make_console(stderr=True)
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
     samples_root = cfg.path("samples")
     marker = samples_root / ".complete"
     t0 = time.perf_counter()
     if marker.exists() and marker.read_text().strip() == f"scale={cfg.samples.scale} seed={cfg.samples.seed}":
-        err.print(f"[demo] reusing the sample pyramid in {samples_root}", highlight=False)
+        err.print(f"[demo] reusing the sample pyramid in {samples_root}", highlight=False, markup=False)
     else:
         generate_sample_pyramid(samples_root, cfg.samples.scale, cfg.samples.seed, cfg.samples.defects, console=err)
         marker.write_text(f"scale={cfg.samples.scale} seed={cfg.samples.seed}\n")
@@ -52,7 +52,7 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
     timings["total_s"] = time.perf_counter() - t_start
     console.print(
         f"demo done in {timings['total_s']:.1f}s (samples {timings['samples_s']:.1f}s, ingest {timings['ingest_s']:.1f}s); "
-        f"peak memory {peak_rss_mb():.0f} MiB; catalog {cfg.catalog_path}; items manifest {report.manifest_path}",
+        f"driver peak memory {driver_peak_rss_mb():.0f} MiB; catalog {cfg.catalog_path}; items manifest {report.manifest_path}",
         highlight=False,
     )
     return timings

@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from rich.console import Console
+from rich.markup import escape
+
+from pipelines.progress import make_console
 
 from catalog import Catalog
 from manifests import ITEMS, SplitRatios, assign_split, validate_rows, write_manifest
@@ -61,13 +64,13 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None) -> tuple
         except SourceError as e:
             errors[label] = str(e)
             if console:
-                console.print(f"[red]source {label} skipped:[/red] {e}", highlight=False)
+                console.print(f"[red]source {escape(label)} skipped:[/red] {escape(str(e))}", highlight=False)
     return tasks, errors, counts
 
 
 def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
            console: Console | None = None) -> IngestReport:
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     run_id = catalog.start_run("ingest", cfg.to_dict(), engine=getattr(runner, "name", "?"))
     ratios = SplitRatios(cfg.splits.train, cfg.splits.val, cfg.splits.test, cfg.splits.salt)
     status, report = "failed", None

@@ -33,13 +33,13 @@ def probe_video(path: str | os.PathLike, check_decode: bool = True) -> VideoInfo
     """
     path = Path(path)
     if not path.exists():
-        raise BadInput(f"missing video file {path}")
+        raise BadInput(f"missing video file {path.name}")
     if path.stat().st_size == 0:
-        raise BadInput(f"empty video file {path}")
+        raise BadInput(f"empty video file {path.name}")
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
-                raise BadInput(f"no video stream in {path}")
+                raise BadInput(f"no video stream in {path.name}")
             stream = container.streams.video[0]
             header_frames = int(stream.frames or 0)
             fps = float(stream.average_rate or stream.guessed_rate or 0)
@@ -47,24 +47,24 @@ def probe_video(path: str | os.PathLike, check_decode: bool = True) -> VideoInfo
             width, height = stream.codec_context.width, stream.codec_context.height
             packets = sum(1 for p in container.demux(stream) if p.size > 0)
         if packets == 0:
-            raise BadInput(f"video {path} has no frames")
+            raise BadInput(f"video {path.name} has no frames")
         if check_decode:
-            first, last, decoded = None, None, 0
+            first, decoded = None, 0
             with av.open(str(path)) as container:
                 for frame in container.decode(video=0):
-                    if first is None:
-                        first = frame
-                    last = frame
+                    first = first or frame
                     decoded += 1
             if first is None:
-                raise BadInput(f"video {path}: no frame decodes ({packets} packets)")
+                raise BadInput(f"video {path.name}: no frame decodes ({packets} packets)")
             if decoded < packets:
-                raise BadInput(f"video {path} is truncated: {decoded} of {packets} frames decode")
+                raise BadInput(f"video {path.name} is truncated: {decoded} of {packets} frames decode")
             width, height = first.width, first.height
     except BadInput:
         raise
-    except (av.error.FFmpegError, OSError, ValueError) as e:
-        raise BadInput(f"unreadable video {path}: {type(e).__name__}: {e}") from e
+    except av.error.FFmpegError as e:
+        raise BadInput(f"unreadable video {path.name}: {e.strerror or type(e).__name__}") from e
+    except (OSError, ValueError) as e:
+        raise BadInput(f"unreadable video {path.name}: {type(e).__name__}: {e}") from e
     duration = packets / fps if fps > 0 else 0.0
     return VideoInfo(packets, fps, width, height, duration, codec, header_frames)
 

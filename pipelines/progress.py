@@ -16,7 +16,7 @@ class StageProgress:
     def __init__(self, stage: str, total: int, skipped: int = 0, console: Console | None = None,
                  log_every_s: float = 10.0, enabled: bool = True):
         self.stage, self.total, self.skipped = stage, total, skipped
-        self.console = console or Console(stderr=True)
+        self.console = console or make_console(stderr=True)
         self.counts = {"done": 0, "quarantined": 0, "failed": 0}
         self.enabled = enabled
         self.log_every_s = log_every_s
@@ -33,7 +33,7 @@ class StageProgress:
             self._task = self._progress.add_task(stage, total=total, counts=self._counts_text(), rate="")
             self._progress.start()
         elif enabled:
-            self.console.print(f"[{stage}] {total} to do, {skipped} already done", highlight=False)
+            self.console.print(f"[{stage}] {total} to do, {skipped} already done", highlight=False, markup=False)
 
     def _counts_text(self) -> str:
         c = self.counts
@@ -60,7 +60,7 @@ class StageProgress:
             eta = f"{left / rate:.0f}s" if rate > 0 else "?"
             self.console.print(
                 f"[{self.stage}] {self.finished}/{self.total} ({self._counts_text()}) {rate:.1f} items/s, ETA {eta}",
-                highlight=False,
+                highlight=False, markup=False,
             )
 
     def close(self) -> None:
@@ -71,9 +71,11 @@ class StageProgress:
             self.console.print(
                 f"[{self.stage}] finished {self.finished}/{self.total} in {elapsed:.1f}s "
                 f"({self._counts_text()}; skipped {self.skipped} already done)",
-                highlight=False,
+                highlight=False, markup=False,
             )
 
 
-def is_interactive() -> bool:
-    return sys.stderr.isatty()
+def make_console(stderr: bool = False) -> Console:
+    """A console that wraps at 140 columns when writing to a file or CI log instead of the 80 default."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 140)

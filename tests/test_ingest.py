@@ -91,7 +91,13 @@ def test_hdf5_with_wrong_layout_names_the_keys(workdir):
         h5.move("observation", "obs")
     _, _, _, state = run_ingest(workdir)
     reason = [s for s in state if s["item_id"].endswith("episode1")][0]["reason"]
-    assert "missing key observation/head_camera/rgb" == reason
+    assert "not a RoboTwin 2.0 episode" in reason and "'obs'" in reason and "expected observation/" in reason
+    with h5py.File(f, "r+") as h5:
+        h5.move("obs", "observation")
+        del h5["observation/head_camera/rgb"]
+    _, _, _, state = run_ingest(workdir)
+    reason = [s for s in state if s["item_id"].endswith("episode1")][0]["reason"]
+    assert reason == "missing key observation/head_camera/rgb"
 
 
 def test_fixed_input_is_redone_on_rerun(workdir):

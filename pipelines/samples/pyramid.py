@@ -19,6 +19,8 @@ from typing import Callable
 
 from rich.console import Console
 
+from pipelines.progress import make_console
+
 from pipelines.samples import defects as defects_mod
 
 
@@ -40,7 +42,7 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
     from pipelines.samples.sim_robotwin import write_robotwin
     from pipelines.samples.sim_task_agnostic import write_task_agnostic
 
-    console = console or Console(stderr=True)
+    console = console or make_console(stderr=True)
     root = Path(out)
     sizes = sample_sizes(scale)
     summary = SampleSummary(root)
@@ -55,9 +57,9 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         written = step()
         summary.counts[name] = len(written)
         summary.seconds[name] = time.perf_counter() - t0
-        console.print(f"[samples] {name}: {len(written)} items in {summary.seconds[name]:.1f}s", highlight=False)
+        console.print(f"[samples] {name}: {len(written)} items in {summary.seconds[name]:.1f}s", highlight=False, markup=False)
     if defects:
         summary.defects += defects_mod.add_task_agnostic_defects(root / "task_agnostic" / "aloha_random")
         summary.defects += defects_mod.add_robotwin_defects(root / "robotwin")
-        console.print(f"[samples] added {len(summary.defects)} deliberately bad items", highlight=False)
+        console.print(f"[samples] added {len(summary.defects)} deliberately bad items", highlight=False, markup=False)
     return summary

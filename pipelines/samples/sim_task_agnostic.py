@@ -2,9 +2,10 @@
 
 The MJCF that ships inside ``gym-aloha`` (``assets/bimanual_viperx_transfer_cube.xml``, Apache-2.0) is driven
 directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step).
-Every ``hold_frames`` recorded frames a new random 14-d joint target is drawn around the ALOHA start pose
-(inside the actuator limits, with a span small enough to keep both arms in the camera views); between targets
-the command follows a smoothstep, so commanded positions and velocities are continuous. This mimics
+Every ``hold_frames`` recorded frames a new random 14-d joint target is drawn around the ALOHA start pose,
+inside the actuator limits, and kept only if forward kinematics puts both fingertips above the table, reached
+out, and inside every (static) recording camera; between targets the command follows a smoothstep, so
+commanded positions and velocities are continuous. This mimics
 AnyPos/ATARA-style task-agnostic exploration in joint space, without a planner.
 
 Physics runs at the ALOHA control rate (50 Hz, DT = 0.02 s, 10 substeps of 2 ms) and one frame is recorded
@@ -46,7 +47,7 @@ import av
 import h5py
 import numpy as np
 
-from pipelines.samples.mujoco_render import SimCamera, body_names
+from pipelines.samples.mujoco_render import SimCamera, body_names, camera_extrinsics, run_render_jobs
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip
@@ -59,7 +60,13 @@ EMBODIMENT = "aloha_viperx_bimanual"
 FORMAT = "motus-pyramid/task_agnostic"
 FORMAT_VERSION = 1
 HOLD_SECONDS = 0.5  # time between random targets: long enough for the servos to get there, short enough to move
-TARGET_SPAN_RAD = 0.5  # max |target - start pose| per arm joint: larger spans swing the arms out of the views
+# Per-arm joint target box around the start pose (waist, shoulder, elbow, forearm roll, wrist angle, wrist
+# rotate), in radians; candidates are then filtered by forward kinematics (see RandomJointTargets).
+TARGET_OFFSETS = (np.array([-0.8, -0.3, -0.6, -1.0, -0.8, -1.2]), np.array([0.8, 0.9, 0.4, 1.0, 0.8, 1.2]))
+TIP_Z_RANGE = (0.05, 0.30)  # fingertip height above the table top (z = 0), m: no table strikes, no folding up
+TIP_REACH_RANGE = (0.25, 0.60)  # horizontal fingertip distance from the arm's own base, m
+VIEW_MARGIN = 0.05  # fingertip and wrist must project at least this fraction inside the image borders
+MAX_TARGET_TRIES = 500  # ~20 % of candidates pass, so this practically never runs out
 H5_GZIP_LEVEL = 4  # depth/segmentation compress ~4-10x; higher levels cost time for little gain
 
 # 14-d joint vector: per arm 6 revolute joints (qpos) + 1 normalised gripper computed from the left finger.
@@ -162,27 +169,69 @@ def command_to_ctrl(action: np.ndarray) -> np.ndarray:
 
 
 class RandomJointTargets:
-    """Smooth random 14-d joint commands: a new target every ``hold`` frames, smoothstep in between."""
+    """Smooth random 14-d joint commands: a new target every ``hold`` frames, smoothstep in between.
 
-    def __init__(self, model: mujoco.MjModel, rng: np.random.Generator, hold: int):
+    Targets are drawn per joint in a box around the ALOHA start pose (``TARGET_OFFSETS``) and accepted only if
+    forward kinematics puts both fingertips in a safe, visible workspace (:meth:`_acceptable`): above the
+    table, reached out from the arm's own base, and inside every recording camera's image. That is a cheap
+    stand-in for AnyPos-style "diverse yet safe" sampling; without it the arms often fold up towards the
+    overhead camera or swing out of the frame.
+    """
+
+    def __init__(self, model: mujoco.MjModel, rng: np.random.Generator, hold: int, views: Sequence[tuple]):
         c = _aloha_constants()
-        self.rng, self.hold = rng, hold
+        self.model, self.rng, self.hold, self.views = model, rng, hold, list(views)
+        self.scratch = mujoco.MjData(model)  # for forward kinematics of candidate targets
         start16 = np.asarray(c.START_ARM_POSE, dtype=float)
+        self.start16 = start16
         lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
         arm_act = np.r_[0:6, 8:14]  # actuator (== first 16 qpos) indices of the revolute joints
         self.centre = start16[arm_act]
-        self.lo, self.hi = lo[arm_act], hi[arm_act]
-        self.span = np.minimum((self.hi - self.lo) / 2, TARGET_SPAN_RAD)
+        self.lo = np.maximum(lo[arm_act], self.centre + np.tile(TARGET_OFFSETS[0], 2))
+        self.hi = np.minimum(hi[arm_act], self.centre + np.tile(TARGET_OFFSETS[1], 2))
+        self.tips = [model.body(f"vx300s_{s}/camera_focus").id for s in ("left", "right")]  # between fingertips
+        self.wrists = [model.body(f"vx300s_{s}/wrist_link").id for s in ("left", "right")]
+        self.bases = [model.body(f"vx300s_{s}").id for s in ("left", "right")]
         self.start = np.empty(14)
         self.start[_ARM_DIMS] = self.centre
         self.start[_GRIPPER_DIMS] = c.normalize_puppet_gripper_position(start16[[6, 14]])
         self.goal = self.start.copy()
+        self.rejected = 0
+
+    def _acceptable(self, arm_q: np.ndarray) -> bool:
+        d = self.scratch
+        d.qpos[:16] = self.start16
+        d.qpos[np.r_[0:6, 8:14]] = arm_q
+        mujoco.mj_kinematics(self.model, d)
+        for tip, wrist, base in zip(self.tips, self.wrists, self.bases):
+            p = d.xpos[tip]
+            reach = np.hypot(*(p[:2] - d.xpos[base][:2]))
+            if not (TIP_Z_RANGE[0] <= p[2] <= TIP_Z_RANGE[1] and TIP_REACH_RANGE[0] <= reach <= TIP_REACH_RANGE[1]):
+                return False
+            for k, w2c, (h, w) in self.views:
+                for x in (p, d.xpos[wrist]):
+                    u = k @ (w2c[:3, :3] @ x + w2c[:3, 3])
+                    if u[2] <= 0:
+                        return False
+                    col, row = u[0] / u[2], u[1] / u[2]
+                    if not (VIEW_MARGIN * w <= col <= (1 - VIEW_MARGIN) * w and VIEW_MARGIN * h <= row <= (1 - VIEW_MARGIN) * h):
+                        return False
+        return True
 
     def _draw(self) -> np.ndarray:
-        new = np.empty(14)
-        new[_ARM_DIMS] = np.clip(self.centre + self.rng.uniform(-1, 1, 12) * self.span, self.lo, self.hi)
-        new[_GRIPPER_DIMS] = self.rng.uniform(0.0, 1.0, 2)
-        return new
+        new = self.start16[np.r_[0:6, 8:14]].copy()  # fallback: the start pose (always safe and visible)
+        for _ in range(MAX_TARGET_TRIES):
+            cand = self.rng.uniform(self.lo, self.hi)
+            if self._acceptable(cand):
+                new = cand
+                break
+            self.rejected += 1
+        else:
+            log.warning("no acceptable random target in %d tries; returning to the start pose", MAX_TARGET_TRIES)
+        out = np.empty(14)
+        out[_ARM_DIMS] = new
+        out[_GRIPPER_DIMS] = self.rng.uniform(0.0, 1.0, 2)
+        return out
 
     def __call__(self, frame: int) -> np.ndarray:
         """Command to apply right after recorded frame ``frame``."""
@@ -195,6 +244,17 @@ class RandomJointTargets:
 
 
 # ---------------------------------------------------------------------------------------------- one episode
+def _is_static_camera(model: mujoco.MjModel, cam_id: int) -> bool:
+    """True if the camera never moves (world-fixed, and any tracking target is world-fixed too).
+
+    Only such cameras can be used to test candidate targets for visibility; wrist cameras move with the arm.
+    """
+    if model.body_weldid[model.cam_bodyid[cam_id]] != 0:
+        return False
+    target = model.cam_targetbodyid[cam_id]
+    return target < 0 or model.body_weldid[target] == 0
+
+
 def _simulate_episode(
     model: mujoco.MjModel,
     cam: SimCamera,
@@ -211,7 +271,12 @@ def _simulate_episode(
     data.qpos[:16] = c.START_ARM_POSE
     data.ctrl[:] = c.START_ARM_POSE
     mujoco.mj_forward(model, data)
-    policy = RandomJointTargets(model, rng, hold_frames)
+    views = [
+        (cam.intrinsics(k), camera_extrinsics(data, cam.camera_id(k)), (cam.height, cam.width))
+        for k in cameras
+        if _is_static_camera(model, cam.camera_id(k))
+    ]
+    policy = RandomJointTargets(model, rng, hold_frames, views)
 
     h, w = cam.height, cam.width
     out = {
@@ -263,6 +328,25 @@ def _write_episode(ep_dir: Path, ep: dict, names: list[str], cameras: Sequence[s
         h5_compressed(b, "xmat", ep["xmat"], per_frame_chunks=False)
 
 
+def _make_episode(
+    model: mujoco.MjModel,
+    cam: SimCamera,
+    ep_dir: Path,
+    rng_seed: list[int],
+    n_frames: int,
+    steps_per_frame: int,
+    hold_frames: int,
+    cameras: tuple[str, ...],
+    fps: float,
+) -> Path:
+    """Simulate, render and write one episode (runs in a render worker; see run_render_jobs)."""
+    rng = np.random.default_rng(rng_seed)
+    ep = _simulate_episode(model, cam, cameras, rng, n_frames, steps_per_frame, hold_frames)
+    _write_episode(ep_dir, ep, body_names(model), cameras, fps)
+    log.debug("wrote %s", ep_dir)
+    return ep_dir
+
+
 def _remove_stale_episodes(ep_root: Path, keep: int) -> None:
     """Delete episode_NNNNNN dirs from an earlier, larger run so the folder matches dataset.json."""
     if not ep_root.is_dir():
@@ -283,10 +367,13 @@ def write_task_agnostic(
     height: int = 240,
     width: int = 320,
     cameras: tuple[str, ...] = ("top",),
+    *,
+    workers: int | None = None,
 ) -> list[Path]:
     """Generate ``n_episodes`` random-joint-motion ALOHA episodes of ``n_frames`` frames under ``root``.
 
-    Episode ``i`` uses ``numpy.random.default_rng([seed, i])``, so episodes are reproducible one by one.
+    Episode ``i`` uses ``numpy.random.default_rng([seed, i])``, so each episode is reproducible on its own
+    and the output does not depend on ``workers`` (render processes; default: up to 2, one per core).
     Returns the episode directories, in order.
     """
     if n_episodes < 1 or n_frames < 2:
@@ -300,20 +387,16 @@ def write_task_agnostic(
     (root / "dataset.json").unlink(missing_ok=True)  # regenerating: never look complete half-way through
     ep_root = root / "episodes"
     model = mujoco.MjModel.from_xml_path(str(aloha_model_path()))
-    names = body_names(model)
+    for k in cameras:  # fail fast on a bad camera name, before starting any worker
+        if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, k) < 0:
+            raise ValueError(f"camera {k!r} not in the ALOHA model")
     c = _aloha_constants()
 
-    episode_dirs = []
-    with SimCamera(model, height, width) as cam:
-        for k in cameras:
-            cam.camera_id(k)  # fail fast on a bad camera name
-        for i in range(n_episodes):
-            rng = np.random.default_rng([seed, i])
-            ep = _simulate_episode(model, cam, cameras, rng, n_frames, steps_per_frame, hold_frames)
-            ep_dir = ep_root / f"episode_{i:06d}"
-            _write_episode(ep_dir, ep, names, cameras, fps)
-            episode_dirs.append(ep_dir)
-            log.debug("wrote %s", ep_dir)
+    jobs = [
+        (ep_root / f"episode_{i:06d}", [seed, i], n_frames, steps_per_frame, hold_frames, tuple(cameras), fps)
+        for i in range(n_episodes)
+    ]
+    episode_dirs = run_render_jobs(_make_episode, jobs, aloha_model_path(), height, width, workers)
     _remove_stale_episodes(ep_root, n_episodes)
 
     write_json(

