@@ -269,6 +269,8 @@ def run_render_jobs(
     if not jobs:
         return []
     workers = default_workers() if workers is None else workers
+    if multiprocessing.current_process().daemon:
+        workers = 1  # daemonic processes may not have children
     if workers <= 1 or len(jobs) <= 1:
         model = mujoco.MjModel.from_xml_path(str(xml_path))
         with SimCamera(model, height, width) as cam:

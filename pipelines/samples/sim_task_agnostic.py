@@ -5,8 +5,8 @@ directly through ``mujoco`` (not through the gym env, which renders three 640x48
 Every ``hold_frames`` recorded frames a new random 14-d joint target is drawn around the ALOHA start pose,
 inside the actuator limits, and kept only if forward kinematics puts both fingertips above the table, reached
 out, and inside every (static) recording camera; between targets the command follows a smoothstep, so
-commanded positions and velocities are continuous. This mimics
-AnyPos/ATARA-style task-agnostic exploration in joint space, without a planner.
+commanded positions and velocities are continuous. This mimics AnyPos/ATARA-style task-agnostic exploration
+in joint space, without a planner.
 
 Physics runs at the ALOHA control rate (50 Hz, DT = 0.02 s, 10 substeps of 2 ms) and one frame is recorded
 every ``round(50 / fps)`` control steps. The command is piecewise constant between frames: ``actions[t]`` is
@@ -105,9 +105,10 @@ def write_npy(path: Path, arr: np.ndarray) -> None:
 
 
 def write_h264(path: Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float, crf: int = 20) -> None:
-    """Write RGB uint8 frames [T,H,W,3] as H.264 (libx264, yuv420p) mp4 with PyAV, one packet per frame.
+    """Write RGB uint8 frames [T,H,W,3] as an H.264 (libx264, yuv420p) mp4 with PyAV, tagged ``fps``.
 
-    yuv420p needs even sizes; frames are stamped 0..T-1 in a 1/fps time base so decoders return exactly T.
+    yuv420p needs even sizes. Frames get consecutive timestamps 1/fps apart and the encoder is flushed, so
+    decoders return exactly T frames.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
@@ -182,8 +183,7 @@ class RandomJointTargets:
         c = _aloha_constants()
         self.model, self.rng, self.hold, self.views = model, rng, hold, list(views)
         self.scratch = mujoco.MjData(model)  # for forward kinematics of candidate targets
-        start16 = np.asarray(c.START_ARM_POSE, dtype=float)
-        self.start16 = start16
+        self.start16 = start16 = np.asarray(c.START_ARM_POSE, dtype=float)  # 16 = 2 x (6 joints + 2 fingers)
         lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
         arm_act = np.r_[0:6, 8:14]  # actuator (== first 16 qpos) indices of the revolute joints
         self.centre = start16[arm_act]
@@ -192,11 +192,11 @@ class RandomJointTargets:
         self.tips = [model.body(f"vx300s_{s}/camera_focus").id for s in ("left", "right")]  # between fingertips
         self.wrists = [model.body(f"vx300s_{s}/wrist_link").id for s in ("left", "right")]
         self.bases = [model.body(f"vx300s_{s}").id for s in ("left", "right")]
-        self.start = np.empty(14)
-        self.start[_ARM_DIMS] = self.centre
-        self.start[_GRIPPER_DIMS] = c.normalize_puppet_gripper_position(start16[[6, 14]])
-        self.goal = self.start.copy()
-        self.rejected = 0
+        # the current segment of the command runs from seg_from to goal; the first one starts at the start pose
+        self.goal = np.empty(14)
+        self.goal[_ARM_DIMS] = self.centre
+        self.goal[_GRIPPER_DIMS] = c.normalize_puppet_gripper_position(start16[[6, 14]])
+        self.seg_from = self.goal.copy()
 
     def _acceptable(self, arm_q: np.ndarray) -> bool:
         d = self.scratch
@@ -214,7 +214,9 @@ class RandomJointTargets:
                     if u[2] <= 0:
                         return False
                     col, row = u[0] / u[2], u[1] / u[2]
-                    if not (VIEW_MARGIN * w <= col <= (1 - VIEW_MARGIN) * w and VIEW_MARGIN * h <= row <= (1 - VIEW_MARGIN) * h):
+                    inside_u = VIEW_MARGIN * w <= col <= (1 - VIEW_MARGIN) * w
+                    inside_v = VIEW_MARGIN * h <= row <= (1 - VIEW_MARGIN) * h
+                    if not (inside_u and inside_v):
                         return False
         return True
 
@@ -225,7 +227,6 @@ class RandomJointTargets:
             if self._acceptable(cand):
                 new = cand
                 break
-            self.rejected += 1
         else:
             log.warning("no acceptable random target in %d tries; returning to the start pose", MAX_TARGET_TRIES)
         out = np.empty(14)
@@ -237,10 +238,10 @@ class RandomJointTargets:
         """Command to apply right after recorded frame ``frame``."""
         k = frame % self.hold
         if k == 0:  # reached the previous goal (as a command): draw the next one
-            self.start, self.goal = self.goal, self._draw()
+            self.seg_from, self.goal = self.goal, self._draw()
         s = (k + 1) / self.hold
         s = s * s * (3 - 2 * s)  # smoothstep: zero commanded velocity at the knots, no jerks in the servos
-        return (1 - s) * self.start + s * self.goal
+        return (1 - s) * self.seg_from + s * self.goal
 
 
 # ---------------------------------------------------------------------------------------------- one episode
