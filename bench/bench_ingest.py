@@ -37,12 +37,12 @@ def make_items(root: Path, copies: int, scale: int) -> None:
     rt = root / "samples" / "robotwin"
     write_robotwin(rt, n_episodes=2 * scale, seed=0)
     episodes = sorted((ta / "episodes").iterdir())
+    hdf5s = sorted(rt.glob("*/*/data/episode*.hdf5"))
     for c in range(1, copies):
         for ep in episodes:
             shutil.copytree(ep, ep.with_name(f"{ep.name}_copy{c}"))
-        for f in sorted(rt.glob("*/*/data/episode*.hdf5")):
-            if "_" not in f.stem:
-                shutil.copyfile(f, f.with_name(f"episode{1000 * c + int(f.stem[7:])}.hdf5"))
+        for f in hdf5s:
+            shutil.copyfile(f, f.with_name(f"episode{1000 * c + int(f.stem[7:])}.hdf5"))
 
 
 def timed_ingest(root: Path, engine: str) -> tuple[int, float, float]:
