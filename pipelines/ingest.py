@@ -79,7 +79,9 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
         ingested: list[dict[str, Any]] = []
 
         def record(outcomes: list[Outcome]) -> None:
-            rows = [{**o.result, "split": assign_split(o.result["group_id"], ratios)} for o in outcomes]
+            # an adapter may return the publisher's official split (e.g. SSv2's train/validation/test files)
+            rows = [{**o.result, "split": o.result.get("split") or assign_split(o.result["group_id"], ratios)}
+                    for o in outcomes]
             catalog.upsert_items(rows)
             ingested.extend(rows)
 

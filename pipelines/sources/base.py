@@ -2,7 +2,8 @@
 
 An adapter reads one dataset exactly as its publisher ships it. `discover()` runs in the driver and only
 lists inputs (cheap: no decoding); `probe(ref)` runs in workers, opens the input, validates it and returns the
-item's catalog row (without `split`, which the driver assigns from `group_id`). Unusable input raises
+item's catalog row. The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
+official split (e.g. SSv2's label files) as "train", "val" or "test". Unusable input raises
 `BadInput(reason)` so the item is quarantined with the reason and the run goes on.
 """
 
