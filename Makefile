@@ -19,9 +19,9 @@ $(STAMP): requirements.lock scripts/bootstrap.sh pyproject.toml
 	PYTHON=$(PYTHON) bash scripts/bootstrap.sh
 	@touch $@
 
-## the main job on built-in sample data: generate the sample pyramid, ingest it, print the funnel
+## the main job on built-in sample data: generate the sample pyramid, ingest it, compute flow, print the funnel
 demo: $(STAMP)
-	$(VENV)/bin/pyramid demo --workdir $(WORKDIR) --scale $(SCALE)
+	$(VENV)/bin/pyramid demo --config configs/demo.yaml --workdir $(WORKDIR) --scale $(SCALE)
 
 ## the test suite (slow tests excluded; `make test-all` runs them too)
 test: $(STAMP)

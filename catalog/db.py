@@ -17,12 +17,14 @@ from typing import Any, Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
-from manifests.schemas import ARTIFACTS, ITEM_STAGES, ITEMS, RUNS, validate_rows
+from manifests.schemas import ITEM_STAGES, ITEMS, RUNS, SCHEMAS, validate_rows
 
 _PRIMARY_KEYS = {
     "items": ("item_id",),
     "item_stages": ("item_id", "stage"),
     "runs": ("run_id",),
+    "artifacts": ("path",),
+    "flow_stats": ("item_id",),
 }
 
 
@@ -107,7 +109,7 @@ class Catalog:
                 ) from e
             raise
         if not read_only:
-            for name, schema in (("runs", RUNS), ("items", ITEMS), ("item_stages", ITEM_STAGES), ("artifacts", ARTIFACTS)):
+            for name, schema in SCHEMAS.items():
                 self.con.execute(_ddl(name, schema))
 
     # --- plumbing -------------------------------------------------------------------------------------------
@@ -150,18 +152,24 @@ class Catalog:
         )
 
     # --- items ----------------------------------------------------------------------------------------------
-    def upsert_items(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
-        table = rows if isinstance(rows, pa.Table) else validate_rows(ITEMS, rows)
+    def upsert(self, table_name: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
+        """Insert rows into a keyed table, replacing rows with the same primary key."""
+        table = rows if isinstance(rows, pa.Table) else validate_rows(SCHEMAS[table_name], rows)
         if table.num_rows == 0:
             return 0
+        keys = _PRIMARY_KEYS[table_name]
         # DuckDB cannot update list columns in place under a primary key, so replace = delete + insert.
-        self.con.register("_keys", table.select(["item_id"]))
+        self.con.register("_keys", table.select(list(keys)))
         try:
-            self.con.execute("DELETE FROM items WHERE item_id IN (SELECT item_id FROM _keys)")
+            match = " AND ".join(f't."{k}" = k."{k}"' for k in keys)
+            self.con.execute(f"DELETE FROM {table_name} t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {match})")
         finally:
             self.con.unregister("_keys")
-        self._insert("items", table)
+        self._insert(table_name, table)
         return table.num_rows
+
+    def upsert_items(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
+        return self.upsert("items", rows)
 
     def items(self, where: str = "", params: list[Any] | None = None) -> pa.Table:
         return self.sql(f"SELECT * FROM items {('WHERE ' + where) if where else ''} ORDER BY item_id", params)
@@ -201,10 +209,8 @@ class Catalog:
 
     # --- artifacts ------------------------------------------------------------------------------------------
     def add_artifacts(self, rows: Iterable[Mapping[str, Any]]) -> int:
-        rows = [{"created_at": _now(), **r} for r in rows]
-        table = validate_rows(ARTIFACTS, rows)
-        self._insert("artifacts", table)
-        return table.num_rows
+        """Record produced files; a file rewritten at the same path replaces its old record."""
+        return self.upsert("artifacts", [{"created_at": _now(), **r} for r in rows])
 
     # --- reports --------------------------------------------------------------------------------------------
     def funnel(self) -> pa.Table:
@@ -216,6 +222,6 @@ class Catalog:
                    count(*) FILTER (WHERE status = 'done') AS done,
                    count(*) FILTER (WHERE status = 'quarantined') AS quarantined,
                    count(*) FILTER (WHERE status = 'failed') AS failed
-            FROM item_stages GROUP BY ALL ORDER BY stage, source
+            FROM item_stages GROUP BY ALL ORDER BY source, min(updated_at)
             """
         )

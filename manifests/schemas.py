@@ -98,11 +98,37 @@ RUNS = pa.schema(
     ]
 )
 
+# Output of the flow stage: motion statistics per item (for audits and the motion filter) and what made them.
+FLOW_STATS = pa.schema(
+    [
+        pa.field("item_id", pa.string(), nullable=False),
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("backend", pa.string(), nullable=False),  # dis | dpflow | sim
+        pa.field("checkpoint", pa.string()),  # dpflow weights / dis preset
+        pa.field("delta_s", pa.float32(), nullable=False),
+        pa.field("delta_frames", pa.int32(), nullable=False),
+        pa.field("grid", pa.string(), nullable=False),  # native | delta
+        pa.field("n_pairs", pa.int32(), nullable=False),
+        pa.field("mean_px", pa.float32()),  # flow magnitude in pixels of the working size, over valid pixels
+        pa.field("p50_px", pa.float32()),
+        pa.field("p90_px", pa.float32()),
+        pa.field("p99_px", pa.float32()),
+        pa.field("patch_min_px", pa.float32()),  # min over patches of the per-pixel temporal mean magnitude
+        pa.field("static_pair_fraction", pa.float32()),  # pairs whose mean magnitude is near zero
+        pa.field("jitter_px", pa.float32()),  # median |second difference| of the per-pair mean flow vector
+        pa.field("valid_fraction", pa.float32()),  # share of canvas pixels with a valid flow value
+        pa.field("is_static", pa.bool_(), nullable=False),  # the motion filter's verdict (items are marked, not deleted)
+        pa.field("static_reason", pa.string()),
+        pa.field("artifact_path", pa.string(), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "item_stages": ITEM_STAGES,
     "artifacts": ARTIFACTS,
     "runs": RUNS,
+    "flow_stats": FLOW_STATS,
 }
 
 

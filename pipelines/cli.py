@@ -98,6 +98,39 @@ def ingest(
 
 
 @app.command()
+def flow(
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    engine: Optional[str] = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    backend: Optional[str] = typer.Option(None, "--backend", help="dis (CPU) or dpflow (ptlflow DPFlow)."),
+    force: bool = typer.Option(False, "--force", help="Redo items already done."),
+):
+    """Compute optical flow pairs and motion statistics for every ingested item (one artifact per item)."""
+    from flow_extraction.base import FlowConfigError
+    from pipelines.flow import run_flow
+    from pipelines.report import arrow_to_rich
+
+    cfg = _config(config, workdir, **{"runner.engine": engine, "runner.ray_address": ray_address,
+                                      "flow.backend": backend})
+    err.print(cfg.to_yaml(), highlight=False)
+    runner = _runner(cfg)
+    with _open_catalog(cfg) as cat:
+        try:
+            report = run_flow(cfg, cat, runner, force=force, console=err)
+        except FlowConfigError as e:
+            err.print(f"[red]flow backend cannot start:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2)
+        finally:
+            runner.close()
+        from pipelines.flow import flow_stats_by_source
+
+        console.print(arrow_to_rich(flow_stats_by_source(cat), title="Flow statistics per source"))
+    if report.stage.counts.get("failed"):
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
     """Print the funnel per source and stage, and the quarantine reasons."""
     from pipelines.report import funnel_table, reasons_table
@@ -132,6 +165,7 @@ def catalog_sql(
 
 @app.command()
 def demo(
+    config: Optional[Path] = ConfigOpt,
     workdir: Path = typer.Option(Path("demo_run"), "--workdir", "-w"),
     scale: int = typer.Option(1, "--scale", help="Sample pyramid size multiplier."),
     engine: str = typer.Option("ray", "--engine"),
@@ -139,7 +173,7 @@ def demo(
     """The main job on built-in data: generate the sample pyramid, ingest it with Ray, print the funnel."""
     from pipelines.demo import run_demo
 
-    cfg = _config(None, workdir, **{"runner.engine": engine, "samples.scale": scale})
+    cfg = _config(config, workdir, **{"runner.engine": engine, "samples.scale": scale})
     run_demo(cfg, console=console, err=err)
 
 

@@ -51,6 +51,27 @@ class SamplesConfig:
     defects: bool = True  # add deliberately bad items (truncated video, missing HDF5 keys, NaN actions)
 
 
+@dataclass
+class FlowConfig:
+    backend: str = "dis"  # dis (CPU) | dpflow (ptlflow's DPFlow; GPU in production)
+    sim_for_sim_tiers: bool = False  # exact flow from saved depth/segmentation/poses where an item has them
+    delta_s: float = 0.2  # pair (t, t+Δ) with Δ in seconds, so 12 fps SSv2 and 30 fps Ego4D stay comparable
+    grid: str = "native"  # pair starts: every frame (native) or every Δ (delta)
+    fps: float | None = None  # resample before flow (None: each item's native rate)
+    working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
+    store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
+    camera: int = 0  # which camera of multi-camera items
+    batch_size: int = 8  # pairs per backend call
+    dis_preset: str = "medium"  # ultrafast | fast | medium
+    dpflow_checkpoint: str | None = "things"  # a name (things, sintel, kitti, spring, chairs) or a .ckpt path
+    dpflow_random_init: bool = False  # tests only: never silently random
+    dpflow_allow_download: bool = False
+    num_gpus: float = 0.0  # GPUs per flow worker (set 1 for dpflow on a GPU machine)
+    colour_max_radius: float = 20.0  # px; fixed radius of the flow colour wheel
+    static_pair_px: float = 0.5  # motion filter: a pair whose 99th-percentile flow is below this is near-static
+    max_static_fraction: float = 0.8  # an item with more near-static pairs than this is marked static
+
+
 def _default_sources() -> list[SourceConfig]:
     return [
         SourceConfig(kind="robotwin", root="samples/robotwin"),
@@ -67,6 +88,8 @@ class PipelineConfig:
     splits: SplitConfig = field(default_factory=SplitConfig)
     sources: list[SourceConfig] = field(default_factory=_default_sources)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    artifacts: str = "artifacts"  # relative to workdir
 
     # --- derived paths ---
     def path(self, rel: str | os.PathLike) -> Path:
@@ -76,6 +99,10 @@ class PipelineConfig:
     @property
     def catalog_path(self) -> Path:
         return self.path(self.catalog)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.path(self.artifacts)
 
     @property
     def manifests_dir(self) -> Path:
@@ -173,6 +200,19 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"splits: {e}") from e
     if cfg.samples.scale < 1:
         raise ConfigError("samples.scale must be >= 1")
+    f = cfg.flow
+    if f.backend not in ("dis", "dpflow"):
+        raise ConfigError(f"flow.backend: {f.backend!r} is not one of dis, dpflow")
+    if f.grid not in ("native", "delta"):
+        raise ConfigError(f"flow.grid: {f.grid!r} is not one of native, delta")
+    if f.delta_s <= 0 or (f.fps is not None and f.fps <= 0):
+        raise ConfigError("flow.delta_s and flow.fps must be > 0")
+    for name in ("working_size", "store_size"):
+        size = getattr(f, name)
+        if len(size) != 2 or min(size) < 8:
+            raise ConfigError(f"flow.{name} must be [H, W] with both >= 8, got {size}")
+    if f.dis_preset not in ("ultrafast", "fast", "medium"):
+        raise ConfigError(f"flow.dis_preset: {f.dis_preset!r} is not one of ultrafast, fast, medium")
     for i, s in enumerate(cfg.sources):
         if s.tier is not None and not 1 <= s.tier <= 6:
             raise ConfigError(f"sources[{i}].tier must be 1..6, got {s.tier}")

@@ -11,8 +11,9 @@ from pipelines.progress import make_console
 
 from catalog import Catalog
 from pipelines.config import PipelineConfig
+from pipelines.flow import flow_stats_by_source, run_flow
 from pipelines.ingest import ingest
-from pipelines.report import funnel_table, reasons_table
+from pipelines.report import arrow_to_rich, funnel_table, reasons_table
 from pipelines.runners import make_runner
 from pipelines.samples.pyramid import generate_sample_pyramid
 
@@ -45,13 +46,18 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
             t0 = time.perf_counter()
             report = ingest(cfg, catalog, runner, console=err)
             timings["ingest_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run_flow(cfg, catalog, runner, console=err)
+            timings["flow_s"] = time.perf_counter() - t0
         finally:
             runner.close()
         console.print(funnel_table(catalog))
         console.print(reasons_table(catalog))
+        console.print(arrow_to_rich(flow_stats_by_source(catalog), title="Flow statistics per source"))
     timings["total_s"] = time.perf_counter() - t_start
     console.print(
-        f"demo done in {timings['total_s']:.1f}s (samples {timings['samples_s']:.1f}s, ingest {timings['ingest_s']:.1f}s); "
+        f"demo done in {timings['total_s']:.1f}s (samples {timings['samples_s']:.1f}s, ingest {timings['ingest_s']:.1f}s, "
+        f"flow {timings['flow_s']:.1f}s); "
         f"driver peak memory {driver_peak_rss_mb():.0f} MiB; catalog {cfg.catalog_path}; items manifest {report.manifest_path}",
         highlight=False,
     )

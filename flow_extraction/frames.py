@@ -1,0 +1,138 @@
+"""Stream an item's frames at the working size: decode, resample, aspect-preserving pad. Never a whole video.
+
+Media URIs come from the items table: a video file (mp4/webm, decoded with PyAV, windowed by the item's
+`start_s` and `frame_count`), or `episode.hdf5#observation/<cam>/rgb` (RoboTwin's per-frame JPEG bytes, which
+`cv2.imdecode` returns in RGB order, see pipelines/sources/robotwin.py). Frames are padded like Motus's
+`resize_with_padding`: scale to fit inside the canvas, centre, pad black.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import av
+import cv2
+import h5py
+import numpy as np
+
+from pipelines.stages import BadInput
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """Where a source frame of size (src_h, src_w) lands inside the working canvas (height, width)."""
+
+    height: int
+    width: int
+    src_h: int
+    src_w: int
+    scale: float
+    offset_x: int
+    offset_y: int
+
+    @property
+    def content_hw(self) -> tuple[int, int]:
+        return round(self.src_h * self.scale), round(self.src_w * self.scale)
+
+    def valid_mask(self) -> np.ndarray:
+        """True on pixels that show the source, False on the black padding."""
+        mask = np.zeros((self.height, self.width), bool)
+        h, w = self.content_hw
+        mask[self.offset_y : self.offset_y + h, self.offset_x : self.offset_x + w] = True
+        return mask
+
+
+def fit_canvas(src_hw: tuple[int, int], canvas_hw: tuple[int, int]) -> Canvas:
+    src_h, src_w = src_hw
+    height, width = canvas_hw
+    scale = min(height / src_h, width / src_w)
+    h, w = round(src_h * scale), round(src_w * scale)
+    return Canvas(height, width, src_h, src_w, scale, (width - w) // 2, (height - h) // 2)
+
+
+def to_canvas(frame: np.ndarray, canvas: Canvas) -> np.ndarray:
+    h, w = canvas.content_hw
+    if (h, w) != frame.shape[:2]:
+        interp = cv2.INTER_AREA if canvas.scale < 1 else cv2.INTER_LINEAR
+        frame = cv2.resize(frame, (w, h), interpolation=interp)
+    out = np.zeros((canvas.height, canvas.width, 3), np.uint8)
+    out[canvas.offset_y : canvas.offset_y + h, canvas.offset_x : canvas.offset_x + w] = frame
+    return out
+
+
+def media_uri(row: Mapping[str, Any], camera: int = 0) -> str:
+    uris = row.get("media_uris") or []
+    if not uris:
+        raise BadInput(f"item {row['item_id']} has no media")
+    return uris[min(camera, len(uris) - 1)]
+
+
+def _decode_hdf5_jpegs(path: str, key: str) -> Iterator[np.ndarray]:
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as e:
+        raise BadInput(f"unreadable HDF5 {Path(path).name}: {e}") from e
+    with h5:
+        if key not in h5:
+            raise BadInput(f"missing key {key} in {Path(path).name}")
+        data = h5[key]
+        for i in range(data.shape[0]):
+            img = cv2.imdecode(np.frombuffer(bytes(data[i]), np.uint8), cv2.IMREAD_COLOR)
+            if img is None:
+                raise BadInput(f"{key} frame {i} in {Path(path).name} does not decode")
+            yield img  # RGB order: RoboTwin JPEG-encodes RGB arrays without a BGR swap
+
+
+def _decode_video(path: str, start_s: float) -> Iterator[np.ndarray]:
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if start_s > 0 and stream.time_base:
+                container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else 0.0
+                if t < start_s - 1e-3:
+                    continue  # seek lands on the keyframe before the window
+                yield frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as e:
+        raise BadInput(f"video {Path(path).name} does not decode: {e.strerror or type(e).__name__}") from e
+
+
+def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int = 0,
+                fps: float | None = None) -> Iterator[tuple[int, np.ndarray, Canvas]]:
+    """Yield (frame index, RGB uint8 canvas frame, canvas geometry) for the item's window.
+
+    With `fps` below the item's native rate, frames are picked nearest to a regular grid at `fps` (indices then
+    count resampled frames). Raises BadInput when the stream ends before the item's `frame_count`.
+    """
+    uri = media_uri(row, camera)
+    native_fps = float(row["fps"])
+    expected = int(row["frame_count"])
+    frames = _decode_hdf5_jpegs(*uri.split("#", 1)) if "#" in uri else _decode_video(uri, float(row.get("start_s") or 0.0))
+    step = native_fps / fps if fps and fps < native_fps else 1.0
+    canvas = None
+    next_pick, out_index, seen = 0.0, 0, 0
+    for native_index, frame in enumerate(frames):
+        if native_index >= expected:
+            break
+        seen += 1
+        if native_index + 1e-6 < next_pick:
+            continue
+        if canvas is None:
+            canvas = fit_canvas(frame.shape[:2], canvas_hw)
+        yield out_index, to_canvas(frame, canvas), canvas
+        out_index += 1
+        next_pick += step
+    if seen < expected:
+        raise BadInput(f"media ended after {seen} of {expected} frames ({Path(uri.split('#')[0]).name})")
+
+
+def resampled_count(frame_count: int, native_fps: float, fps: float | None) -> tuple[int, float]:
+    """Frames and rate after resampling (what `iter_frames` yields)."""
+    if not fps or fps >= native_fps:
+        return frame_count, native_fps
+    step = native_fps / fps
+    return int(np.floor((frame_count - 1) / step + 1e-6)) + 1, fps

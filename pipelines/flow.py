@@ -1,0 +1,250 @@
+"""The flow stage: optical flow pairs + motion statistics for every ingested item, one artifact per item.
+
+Workers stream an item's frames (never the whole video), form pairs (t, t+Δ) on the configured grid, run the
+backend in batches, accumulate statistics at the working size and store float16 flow at the store size. Items
+from our simulators can use exact flow instead (`flow.sim_for_sim_tiers`). The driver records artifacts and
+statistics in the catalog; a rerun skips items whose input and flow settings are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+from rich.console import Console
+
+from catalog import Catalog
+from flow_extraction.artifacts import artifact_path, write_flow_artifact
+from flow_extraction.frames import fit_canvas, iter_frames, resampled_count
+from flow_extraction.stats import MotionFilter, StatsAccumulator
+from pipelines.config import FlowConfig, PipelineConfig
+from pipelines.driver import StageReport, run_stage
+from pipelines.progress import make_console
+from pipelines.stages import BadInput, Outcome, Resources, Stage
+
+
+def delta_frames(delta_s: float, fps: float) -> int:
+    return max(1, int(round(delta_s * fps)))
+
+
+def pair_starts(n_frames: int, dframes: int, grid: str) -> np.ndarray:
+    step = 1 if grid == "native" else dframes
+    return np.arange(0, max(n_frames - dframes, 0), step, dtype=np.int64)
+
+
+@dataclass
+class FlowBackends:
+    """What a flow worker loads once: the frame backend (DIS or DPFlow) and, if enabled, the exact sim flow."""
+
+    frames: Any
+    sim: Any | None = None
+
+
+def make_backends(flow_cfg: dict[str, Any]) -> FlowBackends:
+    fc = FlowConfig(**flow_cfg)
+    if fc.backend == "dpflow":
+        from flow_extraction.dpflow import DPFlowBackend
+
+        frames = DPFlowBackend(fc.dpflow_checkpoint, batch_size=fc.batch_size, allow_random=fc.dpflow_random_init,
+                               allow_download=fc.dpflow_allow_download)
+    else:
+        from flow_extraction.dis import DISBackend
+
+        frames = DISBackend(fc.dis_preset)
+    sim = None
+    if fc.sim_for_sim_tiers:
+        from flow_extraction.sim_flow import SimFlowBackend
+
+        sim = SimFlowBackend()
+    return FlowBackends(frames, sim)
+
+
+def sim_media(row: Mapping[str, Any], camera: int) -> tuple[str, str] | None:
+    """(file, camera) holding exact-flow extras for this item, or None when it has none."""
+    extras = json.loads(row.get("extras") or "{}")
+    if not extras.get("sim_extras"):
+        return None
+    cams = row["cameras"]
+    cam = cams[min(camera, len(cams) - 1)]
+    uri = row["media_uris"][min(camera, len(cams) - 1)]
+    if row["source"] == "task_agnostic":
+        return str(Path(uri).parent / "sim.h5"), cam
+    if row["source"] == "robotwin" and cam == "head_camera":
+        return uri.split("#", 1)[0], cam
+    return None
+
+
+class _Writer:
+    """Accumulates pairs' statistics at the working size and their downsampled flow for storage."""
+
+    def __init__(self, n_pairs: int, canvas_hw: tuple[int, int], store_hw: tuple[int, int], motion: MotionFilter):
+        self.stats = StatsAccumulator(canvas_hw, motion)
+        self.store_hw = store_hw
+        self.flow = np.zeros((n_pairs, 2, *store_hw), np.float16)
+        self.valid = np.zeros((n_pairs, *store_hw), bool)
+        self.n = 0
+
+    def add(self, flow: np.ndarray, valid: np.ndarray) -> None:
+        for f, v in zip(flow, valid):
+            self.stats.add(f, v)
+            f = np.where(v, f, 0.0)  # padding and occluded pixels store zero flow, not backend noise
+            size = (self.store_hw[1], self.store_hw[0])
+            self.flow[self.n, 0] = cv2.resize(f[0], size, interpolation=cv2.INTER_AREA)
+            self.flow[self.n, 1] = cv2.resize(f[1], size, interpolation=cv2.INTER_AREA)
+            # a stored pixel is valid only if every canvas pixel under it was
+            self.valid[self.n] = cv2.resize(v.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.999
+            self.n += 1
+
+
+def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory) -> tuple[_Writer, Any]:
+    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs."""
+    canvas_hw = tuple(fc.working_size)
+    starts = set(int(s) for s in pairs[:, 0])
+    dframes = int(pairs[0, 1] - pairs[0, 0])
+    recent: deque = deque(maxlen=dframes + 1)
+    batch_a, batch_b = [], []
+    writer, canvas = None, None
+    for idx, frame, canvas in iter_frames(row, canvas_hw, fc.camera, fc.fps):
+        recent.append(frame)
+        if writer is None:
+            writer = writer_factory(canvas_hw)
+            mask = canvas.valid_mask()
+        if idx - dframes in starts:
+            batch_a.append(recent[0])
+            batch_b.append(frame)
+        if len(batch_a) == fc.batch_size:
+            flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
+            writer.add(flow, np.broadcast_to(mask, (len(flow), *mask.shape)))
+            batch_a, batch_b = [], []
+    if batch_a:
+        flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
+        writer.add(flow, np.broadcast_to(mask, (len(flow), *mask.shape)))
+    return writer, canvas
+
+
+def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarray, writer_factory, step: float):
+    from flow_extraction.sim_flow import to_canvas
+
+    canvas = fit_canvas((int(row["height"]), int(row["width"])), tuple(fc.working_size))
+    writer = writer_factory(tuple(fc.working_size))
+    native_pairs = np.round(pairs * step).astype(np.int64)
+    for i in range(0, len(native_pairs), fc.batch_size):
+        flow, valid = sim.compute_item(media[0], media[1], native_pairs[i : i + fc.batch_size])
+        flow_c, valid_c = to_canvas(flow, valid, canvas.scale, (canvas.offset_x, canvas.offset_y), tuple(fc.working_size))
+        writer.add(flow_c, valid_c)
+    return writer, canvas
+
+
+def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[str, Any]:
+    """Stage function: one item → one flow artifact + its statistics."""
+    row, fc = task["row"], FlowConfig(**task["flow"])
+    n_frames, fps = resampled_count(int(row["frame_count"]), float(row["fps"]), fc.fps)
+    dframes = delta_frames(fc.delta_s, fps)
+    starts = pair_starts(n_frames, dframes, fc.grid)
+    if len(starts) == 0:
+        raise BadInput(f"too short for flow: {n_frames} frames at {fps:.2f} fps, Δ = {dframes} frames")
+    pairs = np.stack([starts, starts + dframes], 1)
+    motion = MotionFilter(fc.static_pair_px, fc.max_static_fraction)
+    def make_writer(canvas_hw):
+        return _Writer(len(pairs), canvas_hw, tuple(fc.store_size), motion)
+
+    media = sim_media(row, fc.camera) if backends.sim is not None else None
+    if media is not None:
+        writer, canvas = _sim_flow(row, fc, backends.sim, media, pairs, make_writer, float(row["fps"]) / fps)
+        describe = backends.sim.describe()
+    else:
+        writer, canvas = _frame_flow(row, fc, backends.frames, pairs, make_writer)
+        describe = backends.frames.describe()
+    if writer is None or writer.n != len(pairs):
+        raise BadInput(f"flow for {writer.n if writer else 0} of {len(pairs)} pairs: the media ended early")
+    stats = writer.stats.finish()
+    meta = {
+        **describe, "item_id": row["item_id"], "delta_s": fc.delta_s, "delta_frames": dframes, "grid": fc.grid,
+        "fps": fps, "n_frames": n_frames, "working_size": list(fc.working_size), "store_size": list(fc.store_size),
+        "units": "pixels of the working canvas, first->second; x right, y down",
+        "canvas": dataclasses.asdict(canvas), "colour_max_radius": fc.colour_max_radius,
+    }
+    path = Path(task["out_path"])
+    size, checksum = write_flow_artifact(path, writer.flow, writer.valid, pairs, meta)
+    return {"path": str(path), "bytes": size, "checksum": checksum, "stats": stats, "describe": describe,
+            "delta_frames": dframes}
+
+
+def flow_stage(fc: FlowConfig) -> Stage:
+    cfg = dataclasses.asdict(fc)
+    return Stage("flow", compute_item_flow, setup=functools.partial(make_backends, cfg),
+                 resources=Resources(num_cpus=1, num_gpus=fc.num_gpus, batch_size=1))
+
+
+def settings_fingerprint(fc: FlowConfig, input_checksum: str | None) -> str:
+    """Changing the input or any flow setting redoes the item; nothing else does."""
+    text = json.dumps({"flow": dataclasses.asdict(fc), "input": input_checksum}, sort_keys=True)
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+@dataclass
+class FlowReport:
+    run_id: str
+    stage: StageReport
+    per_source: list[dict[str, Any]] = field(default_factory=list)
+
+
+def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
+             console: Console | None = None) -> FlowReport:
+    console = console or make_console(stderr=True)
+    fc = cfg.flow
+    if fc.backend == "dpflow":  # fail before any worker starts when the weights cannot be found
+        from flow_extraction.dpflow import resolve_checkpoint
+
+        resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init)
+    run_id = catalog.start_run("flow", cfg.to_dict(), engine=getattr(runner, "name", "?"))
+    status, report = "failed", None
+    try:
+        items = catalog.items().to_pylist()
+        root = cfg.artifacts_dir / "flow"
+        tasks = [
+            {"item_id": r["item_id"], "input_uri": r["input_uri"], "row": r, "flow": dataclasses.asdict(fc),
+             "out_path": str(artifact_path(root, r["item_id"])),
+             "input_fingerprint": settings_fingerprint(fc, r["input_checksum"])}
+            for r in items
+        ]
+
+        def record(outcomes: list[Outcome]) -> None:
+            catalog.add_artifacts(
+                {"item_id": o.item_id, "stage": "flow", "kind": "flow", "path": o.result["path"],
+                 "bytes": o.result["bytes"], "checksum": o.result["checksum"], "run_id": run_id}
+                for o in outcomes
+            )
+            catalog.upsert("flow_stats", [
+                {"item_id": o.item_id, "run_id": run_id, "backend": o.result["describe"]["backend"],
+                 "checkpoint": o.result["describe"].get("checkpoint"), "delta_s": fc.delta_s,
+                 "delta_frames": o.result["delta_frames"], "grid": fc.grid, "artifact_path": o.result["path"],
+                 **o.result["stats"]}
+                for o in outcomes
+            ])
+
+        report = run_stage(flow_stage(fc), tasks, catalog, runner, run_id, on_done=record, force=force,
+                           progress=progress)
+        status = "ok"
+        return FlowReport(run_id, report, flow_stats_by_source(catalog).to_pylist())
+    finally:
+        catalog.finish_run(run_id, status, report.as_dict() if report else {})
+
+
+def flow_stats_by_source(catalog: Catalog):
+    return catalog.sql(
+        """
+        SELECT split_part(item_id, '/', 1) AS source, backend, count(*) AS items, sum(n_pairs) AS pairs,
+               round(avg(mean_px), 2) AS mean_px, round(avg(p90_px), 2) AS p90_px, round(avg(jitter_px), 3) AS jitter_px,
+               count(*) FILTER (WHERE is_static) AS static
+        FROM flow_stats GROUP BY ALL ORDER BY source, backend
+        """
+    )

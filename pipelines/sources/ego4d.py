@@ -1,0 +1,358 @@
+"""Ego4D (tier L2, egocentric human video): clips cut as windows around narrations, read from the Ego4D CLI's output.
+
+Layout read (the root is the CLI's `--output_directory`):
+
+    <root>/<version>/ego4d.json                       {"videos": [{"video_uid", "video_metadata": {"fps",
+                                                        "num_frames", ...}, ...}], "clips": [{"clip_uid",
+                                                        "video_uid", "video_start_sec", "video_end_sec"}, ...]}
+    <root>/<version>/annotations/narration.json       {video_uid: {"narration_pass_1": {"narrations": [
+                                                        {"timestamp_sec", "timestamp_frame", "narration_text",
+                                                        "annotation_uid"}, ...]}, "narration_pass_2": ...}}
+    <root>/<version>/full_scale/<video_uid>.mp4       the whole recording (H.264)
+    <root>/<version>/clips/<clip_uid>.mp4             benchmark clips (only read with `use_clips=True`)
+
+`<version>` is the option `version`, by default the newest `v<N>/` holding an ego4d.json. Facts: shared research
+motus_and_formats.md §2.1.
+
+Items (default): one per narration of the chosen passes (option `narration_passes`: a list of pass numbers, or
+N meaning passes 1..N; default [1]). The window is [t - before_s, t + after_s] (options, default 1 s and 3 s)
+cut to the frames the stream really holds, snapped to whole frames: `start_s` is the first frame's time,
+`frame_count` the frames inside, `duration_s = frame_count / fps`. All clips of one video share the group
+"ego4d/<video_uid>", so they land in one split (the driver's hash split; Ego4D has no overall official split).
+
+With `use_clips=True` the items are the files in `clips/` instead, whole, grouped with their parent video when
+ego4d.json's `clips[]` names it.
+
+- ego4d.json's `num_frames` and the stream disagree in real releases, so the stream is probed and wins; both
+  counts are kept in `extras` when they differ. A window entirely past the real end is quarantined.
+- Each video is probed (and checksummed) once per worker process, not once per clip: see `_video_facts`.
+- The parsed JSON (hundreds of MB for the full release) is used only in `discover()`; each item carries its own
+  narration in its `ItemRef`, because the adapter is pickled with every task sent to a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipelines.media import VideoInfo, file_checksum, fingerprint, probe_video
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.stages import BadInput
+
+DEFAULT_LICENCE = "Ego4D licence agreement, research use"
+CAMERA = "head"  # Ego4D is filmed by a head-mounted camera
+
+
+# ------------------------------------------------------------------------------------------- narration text
+
+_CAMERA_WEARER = re.compile(r"^\s*#C\s+(C\s+)?", re.IGNORECASE)
+# After "#O" Ego4D usually names the person ("#O man X ...", "#O a woman ..."); "Someone man X" would read badly,
+# so the tag is dropped before such a noun phrase and becomes "Someone" only before a verb ("#O talks ...").
+_OTHER_PERSON = re.compile(r"^\s*#O\s+", re.IGNORECASE)
+_PERSON_WORDS = re.compile(r"(a|an|the|man|woman|person|lady|boy|girl|child|kid|people|men|women)\b", re.IGNORECASE)
+_UNSURE = re.compile(r"#unsure\b", re.IGNORECASE)
+# Inside a narration a lone capital "C" is the camera wearer ("#O man X gives the card to C").
+_WEARER_MENTION = re.compile(r"(?<![\w-])C(?![\w-])")
+
+
+def clean_narration(text: str) -> str:
+    """Ego4D's narration markup -> a plain instruction.
+
+    "#C C picks a bag" -> "The person picks a bag"; "#O talks" -> "Someone talks"; "#O man X waves" ->
+    "Man X waves"; "... to C" -> "... to the person"; "#unsure" is removed and whitespace collapsed.
+    """
+    text = _UNSURE.sub(" ", text)
+    if _CAMERA_WEARER.match(text):
+        text = _CAMERA_WEARER.sub("The person ", text, count=1)
+    elif _OTHER_PERSON.match(text):
+        rest = _OTHER_PERSON.sub("", text, count=1)
+        text = rest if _PERSON_WORDS.match(rest) else "Someone " + rest
+    text = _WEARER_MENTION.sub("the person", text)
+    text = " ".join(text.split())
+    return text[:1].upper() + text[1:]
+
+
+# ------------------------------------------------------------------------------------------- probing, cached
+
+
+@dataclass(frozen=True)
+class VideoFacts:
+    info: VideoInfo
+    checksum: str
+    size: int
+
+
+# (path, size, mtime_ns) -> VideoFacts, or the BadInput reason of a bad video (so its other clips fail fast).
+# Module-level, so it lives as long as the worker process; bounded because a worker may see many videos.
+_VIDEO_CACHE: OrderedDict[tuple[str, int, int], VideoFacts | str] = OrderedDict()
+_CACHE_SIZE = 16
+
+
+def clear_video_cache() -> None:
+    _VIDEO_CACHE.clear()
+
+
+def _video_facts(path: Path, missing_reason: str) -> VideoFacts:
+    """Probe and checksum a video once per process; a changed file (size or mtime) is probed again."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise BadInput(missing_reason) from None
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    cached = _VIDEO_CACHE.get(key)
+    if cached is None:
+        try:
+            cached = VideoFacts(probe_video(path), file_checksum(path), st.st_size)
+        except BadInput as e:
+            cached = str(e)
+        _VIDEO_CACHE[key] = cached
+        while len(_VIDEO_CACHE) > _CACHE_SIZE:
+            _VIDEO_CACHE.popitem(last=False)
+    else:
+        _VIDEO_CACHE.move_to_end(key)
+    if isinstance(cached, str):
+        raise BadInput(cached)
+    if cached.info.fps <= 0:
+        raise BadInput(f"video {path.name} declares no frame rate")
+    return cached
+
+
+# ------------------------------------------------------------------------------------------- windows
+
+
+@dataclass(frozen=True)
+class Window:
+    first_frame: int
+    frame_count: int
+    fps: float
+
+    @property
+    def start_s(self) -> float:
+        return self.first_frame / self.fps
+
+    @property
+    def duration_s(self) -> float:
+        return self.frame_count / self.fps
+
+
+def cut_window(start_s: float, end_s: float, fps: float, stream_frames: int) -> Window:
+    """The frames whose timestamps fall in [start_s, end_s), limited to the frames the stream holds."""
+    eps = 1e-6  # a timestamp a rounding error below a frame's time still counts as that frame
+    first = max(0, math.ceil(start_s * fps - eps))
+    stop = min(stream_frames, math.ceil(end_s * fps - eps))
+    return Window(first, max(0, stop - first), fps)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.blake2b(json.dumps(obj, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _passes(option: Any) -> list[int]:
+    """`narration_passes`: [1, 2] or 2 (meaning passes 1 and 2); default pass 1 only."""
+    if option is None:
+        return [1]
+    if isinstance(option, int) and not isinstance(option, bool):
+        return list(range(1, option + 1))
+    if isinstance(option, (list, tuple)) and option:
+        return sorted({int(p) for p in option})
+    raise SourceError(f"ego4d: narration_passes must be a list of pass numbers or a count, got {option!r}")
+
+
+# ------------------------------------------------------------------------------------------- the adapter
+
+
+class Ego4DSource(SourceAdapter):
+    name = "ego4d"
+    default_tier = 2
+
+    def __init__(self, root, tier=None, **options):
+        super().__init__(root, tier, **options)
+        self.version = options.get("version") or self._newest_version()
+        self.base = self.root / self.version
+        if not (self.base / "ego4d.json").exists():
+            raise SourceError(f"ego4d: {self.base / 'ego4d.json'} is missing (download it with the Ego4D CLI's --metadata)")
+        self.use_clips = bool(options.get("use_clips", False))
+        self.passes = _passes(options.get("narration_passes"))
+        self.before_s = float(options.get("before_s", 1.0))
+        self.after_s = float(options.get("after_s", 3.0))
+        self.min_frames = int(options.get("min_frames", 2))  # a 1-frame clip carries no motion
+        if self.before_s < 0 or self.after_s < 0 or self.before_s + self.after_s <= 0:
+            raise SourceError(f"ego4d: before_s={self.before_s} and after_s={self.after_s} give an empty window")
+        if not self.use_clips and not (self.base / "annotations" / "narration.json").exists():
+            raise SourceError(f"ego4d: {self.base / 'annotations' / 'narration.json'} is missing; narration clips need it "
+                              "(download --datasets annotations, or set use_clips=True)")
+
+    def _newest_version(self) -> str:
+        versions = [p.name for p in self.root.glob("v*") if re.fullmatch(r"v\d+", p.name) and (p / "ego4d.json").exists()]
+        if not versions:
+            raise SourceError(f"ego4d: no v<N>/ego4d.json under {self.root} (is it the Ego4D CLI's output directory?)")
+        return max(versions, key=lambda v: int(v[1:]))
+
+    def _load(self, relative: str) -> Any:
+        path = self.base / relative
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise SourceError(f"ego4d: {path} is not valid JSON: {e}") from e
+
+    # --- discovery (driver) ---
+
+    def discover(self) -> Iterator[ItemRef]:
+        meta = self._load("ego4d.json")
+        if not isinstance(meta, dict) or not isinstance(meta.get("videos"), list):
+            raise SourceError(f"ego4d: {self.base / 'ego4d.json'} has no videos[] list")
+        videos = {v["video_uid"]: v for v in meta["videos"] if isinstance(v, dict) and "video_uid" in v}
+        if self.use_clips:
+            yield from self._discover_clip_files(meta.get("clips") or [], videos)
+        else:
+            yield from self._discover_narrations(videos)
+
+    def _discover_narrations(self, videos: dict[str, dict]) -> Iterator[ItemRef]:
+        narrations = self._load("annotations/narration.json")
+        if not isinstance(narrations, dict):
+            raise SourceError(f"ego4d: {self.base / 'annotations' / 'narration.json'} must map video_uid -> passes")
+        window = {"before_s": self.before_s, "after_s": self.after_s, "min_frames": self.min_frames}
+        for uid in sorted(narrations):
+            path = self.base / "full_scale" / f"{uid}.mp4"
+            video_fp = fingerprint(path)  # one stat per video, not per narration
+            vmeta = videos.get(uid, {}).get("video_metadata") or {}
+            common = {"video_uid": uid, "in_ego4d_json": uid in videos, "metadata_frames": vmeta.get("num_frames"),
+                      "metadata_fps": vmeta.get("fps"), "scenarios": videos.get(uid, {}).get("scenarios"), **window}
+            for p in self.passes:
+                entries = (narrations[uid] or {}).get(f"narration_pass_{p}", {}).get("narrations") or []
+                for i, n in enumerate(entries):
+                    key = n.get("annotation_uid") or f"pass{p}-{i}"
+                    native_id = f"{uid}/{key}"
+                    details = {**common, "pass": p, "index": i, "narration": n}
+                    # the narration and the window options are part of the input: changing either redoes the clip
+                    yield ItemRef(self.item_id(native_id), native_id, str(path),
+                                  f"{video_fp}-{_hash([n, window])}", details)
+
+    def _discover_clip_files(self, clips: list, videos: dict[str, dict]) -> Iterator[ItemRef]:
+        parents = {c["clip_uid"]: c for c in clips if isinstance(c, dict) and "clip_uid" in c}
+        narrations = {}
+        if (self.base / "annotations" / "narration.json").exists():
+            narrations = self._load("annotations/narration.json")
+        for path in sorted((self.base / "clips").glob("*.mp4")):
+            clip = parents.get(path.stem, {})
+            uid = clip.get("video_uid")
+            details = {"clip_uid": path.stem, "video_uid": uid,
+                       "video_start_sec": clip.get("video_start_sec"), "video_end_sec": clip.get("video_end_sec"),
+                       "language": self._clip_language(clip, narrations.get(uid) or {})}
+            native_id = f"clips/{path.stem}"
+            yield ItemRef(self.item_id(native_id), native_id, str(path), f"{fingerprint(path)}-{_hash(details)}", details)
+
+    def _clip_language(self, clip: dict, video_narrations: dict) -> list[str]:
+        """The narrations of the parent video that fall inside the clip's span of it."""
+        start, end = clip.get("video_start_sec"), clip.get("video_end_sec")
+        if start is None or end is None:
+            return []
+        lines = []
+        for p in self.passes:
+            for n in (video_narrations.get(f"narration_pass_{p}") or {}).get("narrations") or []:
+                t = n.get("timestamp_sec")
+                if t is not None and start <= t < end and (text := clean_narration(n.get("narration_text", ""))):
+                    lines.append(text)
+        return lines
+
+    # --- probing (workers) ---
+
+    def probe(self, ref: ItemRef) -> dict[str, Any]:
+        return self._probe_clip_file(ref) if self.use_clips else self._probe_narration(ref)
+
+    def _probe_narration(self, ref: ItemRef) -> dict[str, Any]:
+        d = ref.details
+        n = d["narration"]
+        path = Path(ref.input_uri)
+        listed = "listed in ego4d.json" if d["in_ego4d_json"] else "narrated in narration.json"
+        facts = _video_facts(path, f"missing video file {self.version}/full_scale/{path.name} ({listed})")
+        info = facts.info
+        t = self._timestamp(n, d)
+        start, end = t - self.before_s, t + self.after_s
+        stream_end = info.frame_count / info.fps
+        if start >= stream_end:
+            claimed = f"; ego4d.json claims {d['metadata_frames']} frames" if d.get("metadata_frames") else ""
+            raise BadInput(f"narration at {t:.3f} s: window [{start:.3f}, {end:.3f}] s lies entirely beyond the real "
+                           f"stream end ({stream_end:.3f} s = {info.frame_count} frames at {info.fps:g} fps{claimed})")
+        if end <= 0:
+            raise BadInput(f"narration at {t:.3f} s: window [{start:.3f}, {end:.3f}] s ends before the video starts")
+        win = cut_window(start, end, info.fps, info.frame_count)
+        if win.frame_count < self.min_frames:
+            raise BadInput(f"narration at {t:.3f} s: only {win.frame_count} frame(s) of its window lie inside the real "
+                           f"stream ({info.frame_count} frames at {info.fps:g} fps); at least {self.min_frames} needed")
+        extras = {
+            "video_uid": d["video_uid"], "version": self.version, "narration_pass": d["pass"],
+            "narration_index": d["index"], "annotation_uid": n.get("annotation_uid"), "narration_time_s": t,
+            "narration_text_raw": n.get("narration_text"), "start_frame": win.first_frame,
+            "window_requested_s": [start, end],
+            "window_clipped": start < 0 or end > stream_end,  # cut by the video's start or its real end
+            "scenarios": d.get("scenarios"),
+        }
+        extras.update(self._mismatch(d, info))
+        text = clean_narration(n.get("narration_text", ""))
+        return self._row(ref, path, facts, win, [text] if text else [], f"ego4d/{d['video_uid']}", extras)
+
+    def _probe_clip_file(self, ref: ItemRef) -> dict[str, Any]:
+        d = ref.details
+        path = Path(ref.input_uri)
+        facts = _video_facts(path, f"missing clip file {self.version}/clips/{path.name}")
+        win = Window(0, facts.info.frame_count, facts.info.fps)
+        # grouping with the parent video keeps a clip in the same split as the rest of that recording
+        group = f"ego4d/{d['video_uid']}" if d.get("video_uid") else ref.item_id
+        extras = {"clip_uid": d["clip_uid"], "video_uid": d.get("video_uid"), "version": self.version,
+                  "video_start_sec": d.get("video_start_sec"), "video_end_sec": d.get("video_end_sec")}
+        return self._row(ref, path, facts, win, d["language"], group, extras)
+
+    @staticmethod
+    def _timestamp(n: dict, d: dict) -> float:
+        if n.get("timestamp_sec") is not None:
+            return float(n["timestamp_sec"])
+        if n.get("timestamp_frame") is not None and d.get("metadata_fps"):
+            return float(n["timestamp_frame"]) / float(d["metadata_fps"])
+        raise BadInput(f"narration {n.get('annotation_uid') or d['index']} has neither timestamp_sec nor timestamp_frame")
+
+    @staticmethod
+    def _mismatch(d: dict, info: VideoInfo) -> dict[str, Any]:
+        """What ego4d.json claims versus what the stream holds, recorded only where they disagree."""
+        out: dict[str, Any] = {}
+        if d.get("metadata_frames") is not None and int(d["metadata_frames"]) != info.frame_count:
+            out.update(metadata_frames=int(d["metadata_frames"]), stream_frames=info.frame_count)
+        if d.get("metadata_fps") and abs(float(d["metadata_fps"]) - info.fps) > 1e-3:
+            out.update(metadata_fps=float(d["metadata_fps"]), stream_fps=info.fps)
+        return out
+
+    def _row(self, ref: ItemRef, path: Path, facts: VideoFacts, win: Window, language: list[str], group: str,
+             extras: dict[str, Any]) -> dict[str, Any]:
+        row = self.base_row(ref)
+        row.update(
+            group_id=group,
+            media_uris=[str(path)],
+            cameras=[CAMERA],
+            fps=facts.info.fps,
+            frame_count=win.frame_count,
+            width=facts.info.width,
+            height=facts.info.height,
+            duration_s=win.duration_s,
+            start_s=win.start_s,
+            embodiment="human",
+            action_dim=0,
+            action_names=[],
+            state_dim=0,
+            state_names=[],
+            has_actions=False,
+            language=language,
+            licence=self.options.get("licence", DEFAULT_LICENCE),
+            input_checksum=facts.checksum,
+            input_bytes=facts.size,
+            extras=dumps_extras(extras),
+        )
+        return row
+
+
+__all__ = ["Ego4DSource", "clean_narration", "clear_video_cache", "cut_window"]

@@ -1,0 +1,157 @@
+"""Something-Something v2 (tier L1, web video): one item per `<id>.webm`, as 20BN / Qualcomm release it.
+
+Layout read (the root is the folder that holds both):
+
+    <root>/20bn-something-something-v2/<id>.webm   VP9 webm (the concatenated and extracted tar parts)
+    <root>/labels/labels.json                      template without brackets -> class index (a string)
+    <root>/labels/train.json                       [{"id", "label", "template", "placeholders"}, ...]
+    <root>/labels/validation.json                  same fields
+    <root>/labels/test.json                        [{"id"}, ...] (no labels are released for test)
+
+Facts: shared research motus_and_formats.md §2.2.
+
+- Split: the official files decide it (train.json -> "train", validation.json -> "val", test.json -> "test"). A
+  webm listed in none of them gets no split here, so the driver assigns one from the hash of its group.
+- Items are discovered from the label files *and* the video folder, so a webm the labels name but the disk lacks
+  becomes a quarantined item instead of silently disappearing.
+- fps, size and frame count come from probing the stream. SSv2 is said to be 12 fps and 240 px high, but the
+  pipeline checks rather than assumes.
+- The parsed label files are used only during discovery; each item carries its own small label entry in its
+  `ItemRef`. The adapter holds nothing big because it is pickled with every task sent to a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from pipelines.media import file_checksum, fingerprint, probe_video
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.stages import BadInput
+
+VIDEO_DIR = "20bn-something-something-v2"
+LABEL_DIR = "labels"
+# official label file -> the split name the catalog uses
+SPLIT_FILES = {"train.json": "train", "validation.json": "val", "test.json": "test"}
+DEFAULT_LICENCE = "SSv2 licence (Qualcomm / 20BN), research use"
+
+
+def _sort_key(clip_id: str) -> tuple[int, int | str]:
+    """Numeric ids in numeric order (SSv2 ids are integers as strings); anything else after them."""
+    return (0, int(clip_id)) if clip_id.isdigit() else (1, clip_id)
+
+
+def strip_brackets(template: str) -> str:
+    """labels.json keys are templates with the brackets removed: "Holding [something]" -> "Holding something"."""
+    return re.sub(r"\[(.*?)\]", r"\1", template)
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SourceError(f"ssv2: {path} is not valid JSON: {e}") from e
+
+
+def read_label_files(label_dir: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """id -> every (label file name, entry) that lists it. More than one means the release is inconsistent."""
+    listed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name in SPLIT_FILES:
+        path = label_dir / name
+        if not path.exists():
+            continue  # a partial download (e.g. no test.json): its ids fall back to the hash split
+        entries = _read_json(path)
+        if not isinstance(entries, list):
+            raise SourceError(f"ssv2: {path} must be a list of {{'id': ...}} entries, got {type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or "id" not in entry:
+                raise SourceError(f"ssv2: {path} entry {i} has no 'id': {str(entry)[:80]}")
+            listed.setdefault(str(entry["id"]), []).append((name, entry))
+    return listed
+
+
+class SSv2Source(SourceAdapter):
+    name = "ssv2"
+    default_tier = 1
+
+    def __init__(self, root, tier=None, **options):
+        super().__init__(root, tier, **options)
+        self.video_dir = self.root / VIDEO_DIR
+        self.label_dir = self.root / LABEL_DIR
+        # Without labels every split and instruction would be guessed; refuse the source instead.
+        if not self.label_dir.is_dir():
+            raise SourceError(f"ssv2: labels folder {self.label_dir} is missing (expected labels/train.json, "
+                              "validation.json, test.json next to 20bn-something-something-v2/)")
+        if not any((self.label_dir / f).exists() for f in SPLIT_FILES):
+            raise SourceError(f"ssv2: {self.label_dir} holds none of {', '.join(SPLIT_FILES)}")
+        if not self.video_dir.is_dir():
+            raise SourceError(f"ssv2: video folder {self.video_dir} is missing (concatenate and extract the "
+                              "20bn-something-something-v2-?? tar parts into it)")
+
+    def _class_index(self) -> dict[str, str]:
+        path = self.label_dir / "labels.json"
+        return _read_json(path) if path.exists() else {}
+
+    def discover(self) -> Iterator[ItemRef]:
+        listed = read_label_files(self.label_dir)
+        classes = self._class_index()
+        on_disk = {p.stem for p in self.video_dir.glob("*.webm")}
+        for clip_id in sorted(on_disk | set(listed), key=_sort_key):
+            path = self.video_dir / f"{clip_id}.webm"
+            entries = listed.get(clip_id, [])
+            details: dict[str, Any] = {"label_files": [name for name, _ in entries]}
+            if entries:
+                name, entry = entries[0]
+                details.update(split=SPLIT_FILES[name], label=entry.get("label"), template=entry.get("template"),
+                               placeholders=entry.get("placeholders"))
+                if entry.get("template"):
+                    details["class_index"] = classes.get(strip_brackets(entry["template"]))
+            # The label entry is part of the fingerprint so that a relabelled clip is redone on rerun.
+            label_hash = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
+            yield ItemRef(self.item_id(clip_id), clip_id, str(path), f"{fingerprint(path)}-{label_hash}", details)
+
+    def probe(self, ref: ItemRef) -> dict[str, Any]:
+        path = Path(ref.input_uri)
+        details = ref.details
+        label_files = details["label_files"]
+        if len(label_files) > 1:
+            # One clip in two official splits would leak between them; a person has to decide.
+            raise BadInput(f"id {ref.native_id} is listed in {' and '.join(label_files)}: its official split is ambiguous")
+        if not path.exists():
+            where = f" (listed in {label_files[0]})" if label_files else ""
+            raise BadInput(f"missing video file {VIDEO_DIR}/{path.name}{where}")
+        info = probe_video(path)  # BadInput for empty, truncated or undecodable webm
+        if info.fps <= 0:
+            raise BadInput(f"video {path.name} declares no frame rate")
+        label = details.get("label")
+        row = self.base_row(ref)
+        row.update(
+            group_id=ref.item_id,  # every SSv2 clip is its own recording
+            media_uris=[str(path)],
+            cameras=["video"],
+            fps=info.fps,
+            frame_count=info.frame_count,
+            width=info.width,
+            height=info.height,
+            duration_s=info.frame_count / info.fps,
+            start_s=0.0,
+            embodiment="human",
+            action_dim=0,
+            action_names=[],
+            state_dim=0,
+            state_names=[],
+            has_actions=False,
+            language=[label] if label else [],  # test.json releases ids only
+            licence=self.options.get("licence", DEFAULT_LICENCE),
+            input_checksum=file_checksum(path),
+            input_bytes=path.stat().st_size,
+            extras=dumps_extras({"template": details.get("template"), "placeholders": details.get("placeholders"),
+                                 "class_index": details.get("class_index"),
+                                 "label_file": label_files[0] if label_files else None, "codec": info.codec}),
+        )
+        if details.get("split"):
+            row["split"] = details["split"]
+        return row

@@ -1,0 +1,146 @@
+"""Flow building blocks: DIS accuracy on known motion, the colour wheel, statistics, frame streaming."""
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+from flow_extraction.base import end_point_error
+from flow_extraction.colour import flow_to_rgb
+from flow_extraction.dis import DISBackend
+from flow_extraction.frames import fit_canvas, iter_frames, resampled_count, to_canvas
+from flow_extraction.stats import MotionFilter, StatsAccumulator
+from pipelines.stages import BadInput
+
+
+def texture(h=320, w=384, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.random((h // 4, w // 4, 3)).astype(np.float32)
+    img = cv2.resize(base, (w, h), interpolation=cv2.INTER_CUBIC)
+    img += 0.15 * rng.random((h, w, 3)).astype(np.float32)  # fine detail for the coarse-to-fine search
+    return np.clip(img / img.max() * 255, 0, 255).astype(np.uint8)
+
+
+def affine_pair(angle_deg, tx, ty, scale=1.0):
+    first = texture()
+    h, w = first.shape[:2]
+    m = cv2.getRotationMatrix2D((w / 2, h / 2), angle_deg, scale)
+    m[:, 2] += (tx, ty)
+    second = cv2.warpAffine(first, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    moved_x = m[0, 0] * xs + m[0, 1] * ys + m[0, 2]
+    moved_y = m[1, 0] * xs + m[1, 1] * ys + m[1, 2]
+    truth = np.stack([moved_x - xs, moved_y - ys])  # where each pixel of `first` lands in `second`
+    interior = np.zeros((h, w), bool)
+    interior[40:-40, 40:-40] = True
+    return first, second, truth, interior
+
+
+@pytest.mark.parametrize("angle,tx,ty", [(0, 3.0, -2.0), (3, 0, 0), (-2, 4.0, 1.5)])
+def test_dis_recovers_known_translation_and_rotation(angle, tx, ty):
+    first, second, truth, interior = affine_pair(angle, tx, ty)
+    flow = DISBackend("medium").compute(first[None], second[None])
+    assert flow.shape == (1, 2, 320, 384) and flow.dtype == np.float32
+    epe = end_point_error(flow[0], truth, interior)
+    zero = end_point_error(np.zeros_like(truth), truth, interior)
+    assert epe < 0.5, epe
+    assert epe < 0.1 * zero
+
+
+def test_dis_rejects_unknown_preset():
+    with pytest.raises(ValueError, match="unknown DIS preset"):
+        DISBackend("turbo")
+
+
+def test_colour_wheel_fixed_radius_keeps_speed():
+    slow = np.zeros((2, 4, 4), np.float32)
+    slow[0] = 2.0
+    fast = slow * 5
+    rgb_slow, rgb_fast = flow_to_rgb(slow, max_radius=20), flow_to_rgb(fast, max_radius=20)
+    assert rgb_slow.shape == (4, 4, 3) and rgb_slow.dtype == np.uint8
+    assert not np.array_equal(rgb_slow, rgb_fast)  # same direction, different speed → different colour
+    # saturation grows with speed: the fast pixel is further from white
+    assert (255 - rgb_fast.astype(int)).sum() > (255 - rgb_slow.astype(int)).sum()
+    # per-image normalisation (radius = own max) would have made them identical
+    assert np.array_equal(flow_to_rgb(slow, 2.0), flow_to_rgb(fast, 10.0))
+    assert (flow_to_rgb(np.zeros((2, 2, 2)), 20) == 255).all()  # no motion is white
+    left = flow_to_rgb(np.array([[[-5.0]], [[0.0]]]), 20)[0, 0]
+    right = flow_to_rgb(np.array([[[5.0]], [[0.0]]]), 20)[0, 0]
+    assert not np.array_equal(left, right)  # opposite directions differ in hue
+
+
+def test_stats_mark_static_and_moving_items():
+    mask = np.ones((64, 64), bool)
+    still, moving = StatsAccumulator((64, 64)), StatsAccumulator((64, 64))
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        still.add(rng.normal(0, 0.05, (2, 64, 64)).astype(np.float32), mask)
+        f = np.zeros((2, 64, 64), np.float32)
+        f[0] = 3.0
+        moving.add(f, mask)
+    s, m = still.finish(), moving.finish()
+    assert s["is_static"] and "near-static" in s["static_reason"]
+    assert not m["is_static"] and m["static_reason"] is None
+    assert m["mean_px"] == pytest.approx(3.0, abs=0.01) and m["p50_px"] == pytest.approx(3.0, abs=0.06)
+    assert m["jitter_px"] == pytest.approx(0.0, abs=1e-6) and m["n_pairs"] == 10
+    assert m["patch_min_px"] == pytest.approx(3.0, abs=0.01)
+
+
+def test_small_moving_object_on_still_background_is_not_static():
+    acc = StatsAccumulator((64, 64))
+    for _ in range(5):
+        f = np.zeros((2, 64, 64), np.float32)
+        f[:, 10:18, 10:18] = 2.0  # a small arm moving over a still table: 1.6% of the pixels
+        acc.add(f, np.ones((64, 64), bool))
+    out = acc.finish()
+    assert out["mean_px"] < 0.1 and not out["is_static"]
+
+
+def test_stats_ignore_padding():
+    acc = StatsAccumulator((32, 32), MotionFilter(patch_px=8))
+    flow = np.zeros((2, 32, 32), np.float32)
+    flow[0, :16] = 100.0  # garbage in the padding rows
+    flow[0, 16:] = 1.0
+    valid = np.zeros((32, 32), bool)
+    valid[16:] = True
+    acc.add(flow, valid)
+    out = acc.finish()
+    assert out["mean_px"] == pytest.approx(1.0) and out["valid_fraction"] == pytest.approx(0.5)
+
+
+def test_canvas_pads_like_motus():
+    c = fit_canvas((240, 320), (384, 320))  # RoboTwin frames on the Motus canvas
+    assert (c.scale, c.offset_x, c.offset_y, c.content_hw) == (1.0, 0, 72, (240, 320))
+    frame = np.full((240, 320, 3), 200, np.uint8)
+    out = to_canvas(frame, c)
+    assert out.shape == (384, 320, 3) and out[:72].max() == 0 and out[72:312].min() == 200
+    c2 = fit_canvas((720, 640), (384, 320))  # Motus's own example: 720x640 → 360x320 with 12 px bars
+    assert c2.content_hw == (360, 320) and c2.offset_y == 12
+    assert c2.valid_mask().sum() == 360 * 320
+
+
+def write_mp4(path, n=30, fps=30, size=(64, 48)):
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
+        for i in range(n):
+            img = np.full((size[1], size[0], 3), i * 8 % 256, np.uint8)
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+
+
+def test_iter_frames_windows_resamples_and_reports_short_media(tmp_path):
+    path = tmp_path / "v.mp4"
+    write_mp4(path, n=30, fps=30)
+    row = {"item_id": "x/1", "media_uris": [str(path)], "fps": 30.0, "frame_count": 30, "start_s": 0.0}
+    frames = list(iter_frames(row, (48, 64)))
+    assert len(frames) == 30 and frames[0][1].shape == (48, 64, 3)
+    resampled = list(iter_frames(row, (48, 64), fps=10))
+    assert len(resampled) == resampled_count(30, 30.0, 10)[0] == 10
+    window = list(iter_frames({**row, "start_s": 0.5, "frame_count": 10}, (48, 64)))
+    assert len(window) == 10
+    assert abs(int(window[0][1].mean()) - (15 * 8 % 256)) <= 3  # the window starts at frame 15
+    with pytest.raises(BadInput, match="ended after 30 of 40 frames"):
+        list(iter_frames({**row, "frame_count": 40}, (48, 64)))
