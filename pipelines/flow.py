@@ -204,7 +204,8 @@ def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = F
     if fc.backend == "dpflow":  # fail before any worker starts when the weights cannot be found
         from flow_extraction.dpflow import resolve_checkpoint
 
-        resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init)
+        resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init,
+                           allow_download=fc.dpflow_allow_download)
     run_id = catalog.start_run("flow", cfg.to_dict(), engine=getattr(runner, "name", "?"))
     status, report = "failed", None
     try:
