@@ -74,6 +74,8 @@ class FlowConfig:
 
 def _default_sources() -> list[SourceConfig]:
     return [
+        SourceConfig(kind="ssv2", root="samples/ssv2"),
+        SourceConfig(kind="ego4d", root="samples/ego4d"),
         SourceConfig(kind="robotwin", root="samples/robotwin"),
         SourceConfig(kind="task_agnostic", root="samples/task_agnostic/aloha_random"),
     ]

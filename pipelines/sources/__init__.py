@@ -5,10 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError
+from pipelines.sources.ego4d import Ego4DSource
 from pipelines.sources.robotwin import RoboTwinSource
+from pipelines.sources.ssv2 import SSv2Source
 from pipelines.sources.task_agnostic import TaskAgnosticSource
 
-SOURCES: dict[str, type[SourceAdapter]] = {cls.name: cls for cls in (RoboTwinSource, TaskAgnosticSource)}
+SOURCES: dict[str, type[SourceAdapter]] = {
+    cls.name: cls for cls in (SSv2Source, Ego4DSource, RoboTwinSource, TaskAgnosticSource)
+}
 
 
 def make_source(kind: str, root: str, tier: int | None = None, **options: Any) -> SourceAdapter:

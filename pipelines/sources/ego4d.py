@@ -209,7 +209,7 @@ class Ego4DSource(SourceAdapter):
             raise SourceError(f"ego4d: {self.base / 'ego4d.json'} has no videos[] list")
         videos = {v["video_uid"]: v for v in meta["videos"] if isinstance(v, dict) and "video_uid" in v}
         if self.use_clips:
-            yield from self._discover_clip_files(meta.get("clips") or [], videos)
+            yield from self._discover_clip_files(meta.get("clips") or [])
         else:
             yield from self._discover_narrations(videos)
 
@@ -234,7 +234,7 @@ class Ego4DSource(SourceAdapter):
                     yield ItemRef(self.item_id(native_id), native_id, str(path),
                                   f"{video_fp}-{_hash([n, window])}", details)
 
-    def _discover_clip_files(self, clips: list, videos: dict[str, dict]) -> Iterator[ItemRef]:
+    def _discover_clip_files(self, clips: list) -> Iterator[ItemRef]:
         parents = {c["clip_uid"]: c for c in clips if isinstance(c, dict) and "clip_uid" in c}
         narrations = {}
         if (self.base / "annotations" / "narration.json").exists():
