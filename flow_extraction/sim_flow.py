@@ -1,11 +1,11 @@
 """Exact optical flow for the simulated tiers, from rendered depth, body segmentation, cameras and body poses.
 
-Pixel p = (u, v) with depth z in frame t is the camera point X = z · K_t⁻¹ [u, v, 1]ᵀ (MuJoCo depth is planar z,
-so the ray's third component is 1). It lies on body b = seg_t(p), which moves rigidly, so at t+Δ the same
-material point is X' = E_{t+Δ} · T_b(t+Δ) · T_b(t)⁻¹ · E_t⁻¹ · X (E: world→camera, T_b: body→world, 4×4), seen at
-p' = π(K_{t+Δ} X'); flow = p' − p. A pixel is valid if it has geometry, X' lands in front of the camera and
-inside the image, and is not hidden at t+Δ (the depth map there is not closer than X'.z by more than a tolerance).
-Background pixels get the flow of a point at infinity (camera rotation only; 0 for a static camera), invalid.
+Pixel p = (u, v) with depth z in frame t is the camera point X = z · K_t⁻¹ [u, v, 1]ᵀ (MuJoCo depth is planar
+z, so the ray's third component is 1). It lies on body b = seg_t(p), which moves rigidly, so at t+Δ the same
+material point is X' = E_{t+Δ} · T_b(t+Δ) · T_b(t)⁻¹ · E_t⁻¹ · X (E: world→camera, T_b: body→world, 4×4),
+seen at p' = π(K_{t+Δ} X'); flow = p' − p. A pixel is valid if it has geometry, X' lands in front of the
+camera and inside the image, and is not hidden at t+Δ (the depth map there is not closer than X'.z by more
+than a tolerance). Background pixels get the flow of a point at infinity (camera rotation only), invalid.
 
 Conventions are those of :mod:`flow_extraction.base` (float32 [2, H, W], x right / y down, first → second), in
 the pixels of the native render; OpenCV pinhole with pixel centres at integer coordinates, as the generators
@@ -126,7 +126,8 @@ def load_sim_extras(media: str | Path, camera: str, frames: Sequence[int]) -> Si
         n = f[keys["depth"]].shape[0]
         if idx[0] < 0 or idx[-1] >= n:
             raise IndexError(f"{path}: frames must lie in [0, {n}), got {idx[0]}..{idx[-1]}")
-        # h5py fancy indexing wants increasing indices; chunks are one frame, so this reads only those frames.
+        # h5py fancy indexing wants increasing indices; depth and segmentation are chunked one frame each, so
+        # only the requested frames are decompressed (the small pose arrays may come in larger chunks).
         depth = _read_frames(f[keys["depth"]], idx).astype(np.float32)  # float16 → float32 is exact
         seg = _read_frames(f[keys["seg"]], idx).astype(np.int16)
         k_ds = f[keys["K"]]
@@ -182,6 +183,21 @@ def _pixel_maps(a: SimFrame, b: SimFrame) -> np.ndarray:
     return b.intrinsics @ motion[:, :3, :] @ unproject  # composed per body (a few dozen), not per pixel
 
 
+def _apply_per_pixel(maps: np.ndarray, ids: np.ndarray, hom: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """Rows of ``maps[ids] @ hom`` per pixel, for maps [B + 1, 3, 4], ids [H, W] and hom = 4 × [H, W].
+
+    One coefficient at a time: gathering a whole 3×4 matrix per pixel allocates ~7 MB per 240×320 frame and
+    is about 4x slower, mostly in page faults.
+    """
+    rows = []
+    for i in range(3):
+        acc = maps[:, i, 3][ids] * hom[3]
+        for j in range(3):
+            acc += maps[:, i, j][ids] * hom[j]
+        rows.append(acc)
+    return rows
+
+
 def _occluded(z: np.ndarray, col: np.ndarray, row: np.ndarray, depth_b: np.ndarray, abs_tol: float,
               rel_tol: float) -> np.ndarray:
     """True where the depth map of t+Δ at pixel (row, col) is closer than z by more than the tolerance.
@@ -213,25 +229,29 @@ def exact_flow(a: SimFrame, b: SimFrame, abs_tol: float = DEFAULT_ABS_TOL_M,
     u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
     seg = a.segmentation.astype(np.intp)
     z = a.depth.astype(np.float64)
-    has_geom = (seg >= 0) & (seg < n_bodies) & np.isfinite(z) & (z > 0)
+    if seg.max() >= n_bodies:  # ids index the body arrays (body 0 = world); anything else is a format error
+        raise ValueError(f"segmentation id {seg.max()} but only {n_bodies} bodies")
+    has_geom = (seg >= 0) & np.isfinite(z) & (z > 0)
     # Homogeneous inputs (z·u, z·v, z, 1) for geometry, (u, v, 1, 0) for points at infinity.
     zz = np.where(has_geom, z, 1.0)
-    hom = np.stack([zz * u, zz * v, zz, has_geom.astype(np.float64)], axis=-1)  # [H, W, 4]
-    per_pixel = maps[np.where(has_geom, seg, n_bodies)]  # [H, W, 3, 4], one gather
-    p = np.einsum("hwij,hwj->ihw", per_pixel, hom)  # K_b·X' = (z'·u', z'·v', z')
+    hom = (zz * u, zz * v, zz, has_geom.astype(np.float64))
+    p = _apply_per_pixel(maps, np.where(has_geom, seg, n_bodies), hom)  # K_b·X' = (z'·u', z'·v', z')
     z2 = p[2]
 
     ahead = z2 > _MIN_Z
     safe_z = np.where(ahead, z2, 1.0)
     u2, v2 = p[0] / safe_z, p[1] / safe_z
-    flow = np.where(ahead, np.stack([u2 - u, v2 - v]), 0.0)
+    flow = np.empty((2, h, w), np.float32)
+    np.subtract(u2, u, out=flow[0], casting="same_kind")
+    np.subtract(v2, v, out=flow[1], casting="same_kind")
+    flow[:, ~ahead] = 0.0
 
     # Pixel centres are integers, so the image covers [-0.5, W - 0.5) × [-0.5, H - 0.5).
     inside = ahead & (u2 >= -0.5) & (u2 < w - 0.5) & (v2 >= -0.5) & (v2 < h - 0.5)
     col = np.clip(np.floor(u2 + 0.5), 0, w - 1).astype(np.intp)
     row = np.clip(np.floor(v2 + 0.5), 0, h - 1).astype(np.intp)
     valid = has_geom & inside & ~_occluded(z2, col, row, b.depth, abs_tol, rel_tol)
-    return flow.astype(np.float32), valid
+    return flow, valid
 
 
 # ------------------------------------------------------------------------------------------------ canvas
@@ -243,7 +263,8 @@ def to_canvas(flow: np.ndarray, valid: np.ndarray, scale: float, offset_xy: tupl
     axis, the realised size ratio, which is ``scale`` up to rounding), then pasted with its top-left corner at
     ``offset_xy`` = (x, y). Resizing averages only valid vectors (a masked resize), so the meaningless flow of
     invalid pixels never leaks in; a canvas pixel is valid only if every native pixel it draws from is.
-    The padding is flow 0, valid False.
+    Invalid pixels carry flow 0 on the canvas (their native flow, e.g. of an occluded point, is dropped), and
+    so does the padding.
     """
     single = flow.ndim == 3
     flow = flow[None] if single else flow
@@ -270,12 +291,12 @@ def _resize_masked(flow: np.ndarray, valid: np.ndarray, new_h: int, new_w: int) 
     if (new_h, new_w) == (h, w):
         return np.where(valid, flow, 0.0).astype(np.float32), valid.copy()
     interp = cv2.INTER_AREA if new_h < h or new_w < w else cv2.INTER_LINEAR
-    weight = valid.astype(np.float32)
-    stack = np.dstack([flow[0] * weight, flow[1] * weight, weight])  # H, W, 3 for cv2
+    masked = np.where(valid, flow, 0.0)  # zero, not multiply: invalid pixels may hold any value, even NaN
+    stack = np.dstack([masked[0], masked[1], valid]).astype(np.float32)  # H, W, 3 for cv2
     small = cv2.resize(stack, (new_w, new_h), interpolation=interp)
-    wsum = small[..., 2]
-    out = np.where(wsum > 1e-6, small[..., :2] / np.maximum(wsum, 1e-6)[..., None], 0.0)
-    return out.transpose(2, 0, 1).astype(np.float32), wsum > 1.0 - 1e-4
+    wsum = small[..., 2:]
+    out = np.where(wsum > 1e-6, small[..., :2] / np.maximum(wsum, 1e-6), 0.0)
+    return out.transpose(2, 0, 1).astype(np.float32), wsum[..., 0] > 1.0 - 1e-4
 
 
 # ------------------------------------------------------------------------------------------------ backend
@@ -301,8 +322,12 @@ class SimFlowBackend:
     def compute(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
         raise FlowConfigError("the sim backend cannot work from pixels; call compute_item(media, camera, pairs)")
 
-    def compute_item(self, media: str | Path, camera: str | None, pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Exact flow for frame-index pairs [N, 2] (first, second) → flow float32 [N, 2, H, W], valid bool [N, H, W]."""
+    def compute_item(self, media: str | Path, camera: str | None,
+                     pairs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Exact flow for frame pairs [N, 2] (first, second) → flow float32 [N, 2, H, W], valid bool [N, H, W].
+
+        ``camera`` None means the backend's own. Only the frames named in ``pairs`` are read.
+        """
         camera = camera or self.camera
         if camera is None:
             raise ValueError("no camera given (neither to compute_item nor to the backend)")
