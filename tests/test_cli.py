@@ -15,8 +15,17 @@ def test_every_command_has_help():
         assert "Usage" in result.output
 
 
+SIM_SOURCES = """
+sources:
+  - {kind: robotwin, root: samples/robotwin}
+  - {kind: task_agnostic, root: samples/task_agnostic/aloha_random}
+"""
+
+
 def test_ingest_then_status_and_sql(workdir):
-    result = cli.invoke(app, ["ingest", "--workdir", str(workdir), "--engine", "local"])
+    cfg = workdir / "sim.yaml"
+    cfg.write_text(SIM_SOURCES)
+    result = cli.invoke(app, ["ingest", "--config", str(cfg), "--workdir", str(workdir), "--engine", "local"])
     assert result.exit_code == 0, result.output
     assert "Funnel per source and stage" in result.output
     status = cli.invoke(app, ["status", "--workdir", str(workdir)])
@@ -38,6 +47,13 @@ def test_bad_sql_and_missing_catalog_and_bad_config_are_clear_errors(tmp_path):
     cfg.write_text("splits:\n  train: 0.9\n  val: 0.9\n  test: 0.1\n")
     bad = cli.invoke(app, ["ingest", "--config", str(cfg)])
     assert bad.exit_code == 2 and "sum to 1" in bad.output
+
+
+def test_missing_source_is_reported_with_exit_code_1(workdir):
+    result = cli.invoke(app, ["ingest", "--workdir", str(workdir), "--engine", "local"])  # defaults name ssv2/ego4d too
+    assert result.exit_code == 1
+    assert "source ssv2:samples/ssv2 skipped" in result.output and "does not exist" in result.output
+    assert "robotwin" in result.output  # the sources that exist were still ingested
 
 
 def test_sql_error_is_reported(workdir):
