@@ -32,6 +32,7 @@ test-all: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bench_ingest.py
+	$(PY) bench/bench_flow.py
 
 ## re-resolve requirements.lock from pyproject.toml + overrides.txt (needs the torch CPU wheel in find-links)
 lock: $(STAMP)
