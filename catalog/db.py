@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
-from manifests.schemas import ITEM_STAGES, ITEMS, RUNS, SCHEMAS, validate_rows
+from manifests.schemas import ITEM_STAGES, RUNS, SCHEMAS, validate_rows
 
 _PRIMARY_KEYS = {
     "items": ("item_id",),
@@ -32,27 +32,20 @@ class CatalogLockedError(RuntimeError):
     """Another process holds the catalog open for writing."""
 
 
+_DUCK_TYPES = {
+    pa.string(): "VARCHAR", pa.large_string(): "VARCHAR", pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT", pa.float64(): "DOUBLE",
+}
+
+
 def _duck_type(t: pa.DataType) -> str:
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
-        return "VARCHAR"
-    if pa.types.is_boolean(t):
-        return "BOOLEAN"
-    if pa.types.is_int8(t):
-        return "TINYINT"
-    if pa.types.is_int16(t):
-        return "SMALLINT"
-    if pa.types.is_int32(t):
-        return "INTEGER"
-    if pa.types.is_int64(t):
-        return "BIGINT"
-    if pa.types.is_float32(t):
-        return "FLOAT"
-    if pa.types.is_float64(t):
-        return "DOUBLE"
     if pa.types.is_timestamp(t):
         return "TIMESTAMPTZ" if t.tz else "TIMESTAMP"
     if pa.types.is_list(t):
         return _duck_type(t.value_type) + "[]"
+    if t in _DUCK_TYPES:
+        return _DUCK_TYPES[t]
     raise TypeError(f"no DuckDB type for {t}")
 
 

@@ -56,5 +56,9 @@ class SourceAdapter(ABC):
                 "input_uri": ref.input_uri}
 
 
+# The action/state columns of video-only items (human video: nothing to align latent actions with).
+HUMAN_VIDEO = dict(embodiment="human", action_dim=0, action_names=[], state_dim=0, state_names=[], has_actions=False)
+
+
 def dumps_extras(extras: dict[str, Any]) -> str:
     return json.dumps(extras, sort_keys=True, default=str)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines.media import VideoInfo, file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras
 from pipelines.stages import BadInput
 
 DEFAULT_LICENCE = "Ego4D licence agreement, research use"
@@ -340,12 +340,7 @@ class Ego4DSource(SourceAdapter):
             height=facts.info.height,
             duration_s=win.duration_s,
             start_s=win.start_s,
-            embodiment="human",
-            action_dim=0,
-            action_names=[],
-            state_dim=0,
-            state_names=[],
-            has_actions=False,
+            **HUMAN_VIDEO,
             language=language,
             licence=self.options.get("licence", DEFAULT_LICENCE),
             input_checksum=facts.checksum,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines.media import file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras
 from pipelines.stages import BadInput
 
 VIDEO_DIR = "20bn-something-something-v2"
@@ -138,12 +138,7 @@ class SSv2Source(SourceAdapter):
             height=info.height,
             duration_s=info.frame_count / info.fps,
             start_s=0.0,
-            embodiment="human",
-            action_dim=0,
-            action_names=[],
-            state_dim=0,
-            state_names=[],
-            has_actions=False,
+            **HUMAN_VIDEO,
             language=[label] if label else [],  # test.json releases ids only
             licence=self.options.get("licence", DEFAULT_LICENCE),
             input_checksum=file_checksum(path),
