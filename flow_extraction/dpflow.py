@@ -134,7 +134,7 @@ def _build_model(ptlflow_ckpt: str | None):
     """ptlflow's DPFlow with the given weights (a name, a file path, or None for seeded random weights)."""
     import torch
 
-    import flow_extraction  # noqa: F401  (installs the torchvision CPU shim before ptlflow imports torchvision)  # noqa: F401 - installs the torchvision shim first
+    import flow_extraction  # noqa: F401  (installs the torchvision CPU shim before ptlflow imports torchvision)
     import ptlflow
 
     if ptlflow_ckpt is None:

