@@ -72,6 +72,34 @@ class FlowConfig:
     max_static_fraction: float = 0.8  # an item with more near-static pairs than this is marked static
 
 
+@dataclass
+class VAEConfig:
+    """The DC-AE latent-action VAE: flow (64×64) → DC-AE encoder → 4 tokens × 512 → 14-d Gaussian → back."""
+
+    input: str = "flow"  # flow: 2-channel raw flow | colour: 3-channel fixed-radius colour-wheel image
+    image_size: int = 64  # flow is resized to image_size² (vectors stay in working-canvas pixels)
+    flow_scale_px: float = 20.0  # network units = flow / flow_scale_px (also the colour radius)
+    widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 512])  # DC-AE stages (64/2^5 = 2 → 2×2 tokens)
+    latent_channels: int = 512  # token width
+    latent_dim: int = 14
+    hidden: int = 512  # the light encoder/decoder between tokens and the 14-d latent
+    pretrained_dcae: str | None = None  # local folder of a diffusers AutoencoderDC (e.g. dc-ae-f128c512); frozen
+    beta: float = 1e-3  # KL weight
+    lambda_align: float = 1.0  # weight of aligning μ with real normalised action changes
+    labelled_fraction: float = 0.1  # share of each batch drawn from labelled pairs
+    tier_weights: dict[str, float] = field(default_factory=dict)  # {"1": w, ...}; missing tiers weigh 1
+    batch_size: int = 32
+    steps: int = 300
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 100
+    log_every: int = 10
+    threads: int = 2  # torch threads for training (the only process running)
+    eval_max_pairs: int = 4000
+    output: str = "vae"  # relative to workdir: checkpoints, metrics.csv, eval.json, pictures
+
+
 def _default_sources() -> list[SourceConfig]:
     return [
         SourceConfig(kind="ssv2", root="samples/ssv2"),
@@ -91,6 +119,7 @@ class PipelineConfig:
     sources: list[SourceConfig] = field(default_factory=_default_sources)
     samples: SamplesConfig = field(default_factory=SamplesConfig)
     flow: FlowConfig = field(default_factory=FlowConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
     artifacts: str = "artifacts"  # relative to workdir
 
     # --- derived paths ---
@@ -215,6 +244,15 @@ def validate(cfg: PipelineConfig) -> None:
             raise ConfigError(f"flow.{name} must be [H, W] with both >= 8, got {size}")
     if f.dis_preset not in ("ultrafast", "fast", "medium"):
         raise ConfigError(f"flow.dis_preset: {f.dis_preset!r} is not one of ultrafast, fast, medium")
+    v = cfg.vae
+    if v.input not in ("flow", "colour"):
+        raise ConfigError(f"vae.input: {v.input!r} is not one of flow, colour")
+    if v.image_size % 2 ** (len(v.widths) - 1):
+        raise ConfigError(f"vae.image_size {v.image_size} must be divisible by 2^(len(widths)-1) = {2 ** (len(v.widths) - 1)}")
+    if not 0 <= v.labelled_fraction <= 1 or v.beta < 0 or v.lambda_align < 0:
+        raise ConfigError("vae.labelled_fraction must be in [0, 1]; vae.beta and vae.lambda_align must be >= 0")
+    if v.widths[-1] % v.latent_channels:
+        raise ConfigError("vae.widths[-1] must be a multiple of vae.latent_channels (DC-AE's output shortcut)")
     for i, s in enumerate(cfg.sources):
         if s.tier is not None and not 1 <= s.tier <= 6:
             raise ConfigError(f"sources[{i}].tier must be 1..6, got {s.tier}")

@@ -22,6 +22,7 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from manifests import write_manifest
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
 from flow_extraction.frames import fit_canvas, iter_frames, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
@@ -234,10 +235,25 @@ def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = F
 
         report = run_stage(flow_stage(fc), tasks, catalog, runner, run_id, on_done=record, force=force,
                            progress=progress)
+        write_manifest(flow_manifest(catalog), cfg.manifests_dir / "flow.parquet", {"run_id": run_id, "kind": "flow"})
         status = "ok"
         return FlowReport(run_id, report, flow_stats_by_source(catalog).to_pylist())
     finally:
         catalog.finish_run(run_id, status, report.as_dict() if report else {})
+
+
+def flow_manifest(catalog: Catalog):
+    """Items with a flow artifact: what global stages (VAE training, labelling) read instead of listing folders."""
+    return catalog.sql(
+        """
+        SELECT i.item_id, i.source, i.tier, i.group_id, i.split, i.embodiment, i.has_actions, i.action_dim,
+               i.fps AS native_fps, i.frame_count, i.input_uri, i.extras,
+               f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px
+        FROM items i JOIN flow_stats f USING (item_id)
+        JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'flow' AND s.status = 'done'
+        ORDER BY i.item_id
+        """
+    )
 
 
 def flow_stats_by_source(catalog: Catalog):

@@ -23,4 +23,9 @@ def make_source(kind: str, root: str, tier: int | None = None, **options: Any) -
     return cls(root, tier=tier, **options)
 
 
-__all__ = ["ItemRef", "SOURCES", "SourceAdapter", "SourceError", "make_source"]
+def load_actions(row: dict[str, Any]) -> "np.ndarray":
+    """Actions [T, D] of an items-table row, read by the adapter of its source (BadInput when unusable)."""
+    return SOURCES[row["source"]].load_actions(row)
+
+
+__all__ = ["ItemRef", "SOURCES", "SourceAdapter", "SourceError", "load_actions", "make_source"]

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
+import numpy as np
+
 
 class SourceError(Exception):
     """The source as a whole cannot be read (wrong root, missing dataset-level metadata)."""
@@ -50,6 +52,11 @@ class SourceAdapter(ABC):
 
     @abstractmethod
     def probe(self, ref: ItemRef) -> dict[str, Any]: ...
+
+    @classmethod
+    def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
+        """The item's actions, float64 [frame_count, action_dim] at the item's native fps (labelled sources only)."""
+        raise NotImplementedError(f"{cls.name} items carry no actions")
 
     def base_row(self, ref: ItemRef) -> dict[str, Any]:
         return {"item_id": ref.item_id, "source": self.name, "native_id": ref.native_id, "tier": self.tier,

@@ -122,6 +122,16 @@ class RoboTwinSource(SourceAdapter):
         )
         return row
 
+    @classmethod
+    def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
+        path = row["input_uri"]
+        with h5py.File(path, "r") as h5:
+            if "joint_action/vector" not in h5:
+                raise BadInput(f"missing key joint_action/vector in {Path(path).name}")
+            vector = np.asarray(h5["joint_action/vector"][()], dtype=np.float64)
+        check_finite(f"joint_action/vector of {row['item_id']}", vector)
+        return vector
+
     @staticmethod
     def _layout(h5: h5py.File) -> str:
         if "observation" in h5 and "joint_action" in h5:

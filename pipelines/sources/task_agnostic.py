@@ -49,6 +49,16 @@ class TaskAgnosticSource(SourceAdapter):
             native_id = f"{dataset}/{ep.name}"
             yield ItemRef(self.item_id(native_id), native_id, str(ep), fingerprint(self._files(ep)))
 
+    @classmethod
+    def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
+        path = Path(row["input_uri"]) / "actions.npy"
+        try:
+            actions = np.load(path).astype(np.float64)
+        except (OSError, ValueError) as e:
+            raise BadInput(f"unreadable {path}: {e}") from e
+        check_finite(f"actions.npy of {row['item_id']}", actions)
+        return actions
+
     def probe(self, ref: ItemRef) -> dict[str, Any]:
         ep = Path(ref.input_uri)
         meta = self.meta

@@ -1,0 +1,95 @@
+"""The latent-action VAE: flow → DC-AE encoder → tokens (4 × 512 at 64²) → light encoder → 14-d Gaussian,
+and back: 14-d → light decoder → tokens → DC-AE decoder → flow.
+
+The DC-AE is diffusers' `AutoencoderDC` built from a small config (ResBlock stages, widths 8…512; no weights are
+downloaded), trained end to end with the rest. Users with a pretrained DC-AE (e.g. dc-ae-f128c512 at 256²) can
+point `pretrained_dcae` at its local diffusers folder: it is loaded and frozen, and only the light
+encoder/decoder train. Motus's shipped latent stats (2048 = 4 × 512 per row) match this token layout.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from flow_extraction.colour import flow_to_rgb
+from pipelines.config import VAEConfig
+
+
+def build_dcae(cfg: VAEConfig) -> nn.Module:
+    from diffusers import AutoencoderDC
+
+    if cfg.pretrained_dcae:
+        model = AutoencoderDC.from_pretrained(cfg.pretrained_dcae, local_files_only=True)
+        model.requires_grad_(False)
+        return model.eval()
+    n = len(cfg.widths)
+    return AutoencoderDC(
+        in_channels=3 if cfg.input == "colour" else 2,
+        latent_channels=cfg.latent_channels,
+        encoder_block_types="ResBlock",
+        decoder_block_types="ResBlock",
+        encoder_block_out_channels=tuple(cfg.widths),
+        decoder_block_out_channels=tuple(cfg.widths),
+        encoder_layers_per_block=(1,) * n,
+        decoder_layers_per_block=(1,) * n,
+        encoder_qkv_multiscales=((),) * n,
+        decoder_qkv_multiscales=((),) * n,
+        decoder_norm_types="rms_norm",
+        decoder_act_fns="silu",
+    )
+
+
+class LatentActionVAE(nn.Module):
+    def __init__(self, cfg: VAEConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.dcae = build_dcae(cfg)
+        side = cfg.image_size // self.dcae.spatial_compression_ratio
+        self.token_shape = (self.dcae.config.latent_channels, side, side)
+        flat = self.token_shape[0] * side * side
+        self.to_posterior = nn.Sequential(nn.LayerNorm(flat), nn.Linear(flat, cfg.hidden), nn.SiLU(),
+                                          nn.Linear(cfg.hidden, 2 * cfg.latent_dim))
+        self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, flat))
+        # the DC-AE decoder returns its input's channel count; colour inputs still reconstruct 2-channel flow
+        out_ch = self.dcae.config.in_channels
+        self.flow_head = nn.Conv2d(out_ch, 2, 1) if out_ch != 2 else nn.Identity()
+
+    # --- inputs ---------------------------------------------------------------------------------------------
+    def prepare(self, flow_px: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stored flow [B,2,h,w] in canvas pixels + valid [B,h,w] → (network input, target flow, target mask),
+        all at image_size². Targets are in network units (flow / flow_scale_px)."""
+        size = (self.cfg.image_size, self.cfg.image_size)
+        flow = F.interpolate(flow_px.float(), size=size, mode="area")
+        mask = F.interpolate(valid.float()[:, None], size=size, mode="area")[:, 0] > 0.999
+        target = (flow / self.cfg.flow_scale_px).clamp(-3, 3)
+        if self.cfg.input == "colour":
+            rgb = flow_to_rgb(flow.cpu().numpy(), self.cfg.flow_scale_px)  # [B,H,W,3] uint8
+            x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float().to(flow.device) / 127.5 - 1
+        else:
+            x = target
+        return x, target, mask
+
+    # --- model ----------------------------------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens = self.dcae.encode(x).latent
+        mu, logvar = self.to_posterior(tokens.flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-12, 8)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        tokens = self.from_latent(z).view(-1, *self.token_shape)
+        return self.flow_head(self.dcae.decode(tokens).sample)
+
+    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+        mu, logvar = self.encode(x)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        return {"mu": mu, "logvar": logvar, "z": z, "recon": self.decode(z)}
+
+    def describe(self) -> dict[str, Any]:
+        return {"config": asdict(self.cfg), "params": sum(p.numel() for p in self.parameters()),
+                "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
+                "token_shape": list(self.token_shape)}
