@@ -25,6 +25,7 @@ _PRIMARY_KEYS = {
     "runs": ("run_id",),
     "artifacts": ("path",),
     "flow_stats": ("item_id",),
+    "evaluations": ("run_id", "scope", "metric"),
 }
 
 
@@ -204,6 +205,13 @@ class Catalog:
     def add_artifacts(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Record produced files; a file rewritten at the same path replaces its old record."""
         return self.upsert("artifacts", [{"created_at": _now(), **r} for r in rows])
+
+    def add_evaluation(self, run_id: str, results: Mapping[str, Mapping[str, float]]) -> int:
+        """results: {scope: {metric: value}} (non-numeric values are skipped)."""
+        rows = [{"run_id": run_id, "scope": scope, "metric": metric, "value": float(value), "created_at": _now()}
+                for scope, metrics in results.items() for metric, value in metrics.items()
+                if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        return self.upsert("evaluations", rows)
 
     # --- reports --------------------------------------------------------------------------------------------
     def funnel(self) -> pa.Table:

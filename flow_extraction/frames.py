@@ -101,6 +101,13 @@ def _decode_video(path: str, start_s: float) -> Iterator[np.ndarray]:
         raise BadInput(f"video {Path(path).name} does not decode: {e.strerror or type(e).__name__}") from e
 
 
+def native_frame_index(frames, native_fps: float, fps: float | None) -> np.ndarray:
+    """Resampled frame indices → the native frames they were taken from (round half up). The one rule shared
+    by frame streaming, exact sim flow and action lookup, so flow and actions always describe the same frames."""
+    step = native_fps / fps if fps and fps < native_fps else 1.0
+    return np.floor(np.asarray(frames, np.float64) * step + 0.5).astype(np.int64)
+
+
 def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int = 0,
                 fps: float | None = None) -> Iterator[tuple[int, np.ndarray, Canvas]]:
     """Yield (frame index, RGB uint8 canvas frame, canvas geometry) for the item's window.
@@ -112,20 +119,19 @@ def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int 
     native_fps = float(row["fps"])
     expected = int(row["frame_count"])
     frames = _decode_hdf5_jpegs(*uri.split("#", 1)) if "#" in uri else _decode_video(uri, float(row.get("start_s") or 0.0))
-    step = native_fps / fps if fps and fps < native_fps else 1.0
     canvas = None
-    next_pick, out_index, seen = 0.0, 0, 0
+    next_pick, out_index, seen = 0, 0, 0
     for native_index, frame in enumerate(frames):
         if native_index >= expected:
             break
         seen += 1
-        if native_index + 1e-6 < next_pick:
+        if native_index != next_pick:
             continue
         if canvas is None:
             canvas = fit_canvas(frame.shape[:2], canvas_hw)
         yield out_index, to_canvas(frame, canvas), canvas
         out_index += 1
-        next_pick += step
+        next_pick = int(native_frame_index(out_index, native_fps, fps))
     if seen < expected:
         raise BadInput(f"media ended after {seen} of {expected} frames ({Path(uri.split('#')[0]).name})")
 
@@ -134,5 +140,5 @@ def resampled_count(frame_count: int, native_fps: float, fps: float | None) -> t
     """Frames and rate after resampling (what `iter_frames` yields)."""
     if not fps or fps >= native_fps:
         return frame_count, native_fps
-    step = native_fps / fps
-    return int(np.floor((frame_count - 1) / step + 1e-6)) + 1, fps
+    n = int(frame_count * fps / native_fps) + 2  # an upper bound; keep the frames that exist
+    return int((native_frame_index(np.arange(n), native_fps, fps) < frame_count).sum()), fps

@@ -123,12 +123,24 @@ FLOW_STATS = pa.schema(
     ]
 )
 
+# Evaluation results in long form: one row per (run, scope, metric), e.g. (vae-eval run, "robotwin", "probe_r2").
+EVALUATIONS = pa.schema(
+    [
+        pa.field("run_id", pa.string(), nullable=False),
+        pa.field("scope", pa.string(), nullable=False),  # overall | a source | an embodiment
+        pa.field("metric", pa.string(), nullable=False),
+        pa.field("value", pa.float64()),
+        pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "item_stages": ITEM_STAGES,
     "artifacts": ARTIFACTS,
     "runs": RUNS,
     "flow_stats": FLOW_STATS,
+    "evaluations": EVALUATIONS,
 }
 
 

@@ -14,6 +14,8 @@ from pipelines.progress import make_console
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="motus-pyramid: the Motus data pyramid to labelled training shards.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Query the DuckDB catalog.")
 app.add_typer(catalog_app, name="catalog")
+vae_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the latent-action VAE.")
+app.add_typer(vae_app, name="vae")
 
 console = make_console()
 err = make_console(stderr=True)
@@ -126,6 +128,77 @@ def flow(
         from pipelines.flow import flow_stats_by_source
 
         console.print(arrow_to_rich(flow_stats_by_source(cat), title="Flow statistics per source"))
+    if report.stage.counts.get("failed"):
+        raise typer.Exit(1)
+
+
+@vae_app.command("train")
+def vae_train(
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    steps: Optional[int] = typer.Option(None, "--steps", help="Train up to this step (default: vae.steps)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint if present."),
+):
+    """Train the DC-AE latent-action VAE on the flow manifest (90% reconstruction, 10% action alignment, KL)."""
+    from pipelines.vae import run_vae_train
+
+    cfg = _config(config, workdir)
+    err.print(cfg.to_yaml(), highlight=False)
+    with _open_catalog(cfg) as cat:
+        try:
+            result = run_vae_train(cfg, cat, resume=resume, steps=steps, console=err)
+        except (FileNotFoundError, ValueError) as e:
+            err.print(f"[red]vae train:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2)
+    console.print(f"checkpoint {result.checkpoint} at step {result.steps}; metrics {result.metrics_path}; "
+                  f"{result.samples_per_s:.1f} samples/s", highlight=False)
+
+
+@vae_app.command("eval")
+def vae_eval(
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Default: <workdir>/<vae.output>/checkpoints/last.pt"),
+):
+    """Evaluate on held-out groups: probe R²/MSE vs random-init and mean baselines, EPE, active dims."""
+    from pipelines.report import evaluation_table
+    from pipelines.vae import run_vae_eval
+
+    cfg = _config(config, workdir)
+    with _open_catalog(cfg) as cat:
+        try:
+            results = run_vae_eval(cfg, cat, checkpoint=str(checkpoint) if checkpoint else None, console=err)
+        except (FileNotFoundError, ValueError) as e:
+            err.print(f"[red]vae eval:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2)
+    console.print(evaluation_table(results))
+
+
+@app.command()
+def label(
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    engine: Optional[str] = EngineOpt,
+    ray_address: Optional[str] = RayAddressOpt,
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Default: <workdir>/<vae.output>/checkpoints/last.pt"),
+    force: bool = typer.Option(False, "--force", help="Redo items already labelled with this checkpoint."),
+):
+    """Label every item with latent actions [T-1, 14] (row j = motion starting at frame j); print per-dim stats."""
+    from pipelines.label import run_label
+    from pipelines.report import latent_stats_table
+
+    cfg = _config(config, workdir, **{"runner.engine": engine, "runner.ray_address": ray_address})
+    runner = _runner(cfg)
+    with _open_catalog(cfg) as cat:
+        try:
+            report = run_label(cfg, cat, runner, checkpoint=str(checkpoint) if checkpoint else None, force=force,
+                               console=err)
+        except FileNotFoundError as e:
+            err.print(f"[red]label:[/red] {escape(str(e))}", highlight=False)
+            raise typer.Exit(2)
+        finally:
+            runner.close()
+    console.print(latent_stats_table(report.stats))
     if report.stage.counts.get("failed"):
         raise typer.Exit(1)
 

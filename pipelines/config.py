@@ -124,8 +124,9 @@ class PipelineConfig:
 
     # --- derived paths ---
     def path(self, rel: str | os.PathLike) -> Path:
+        """An absolute path: relative ones are under the workdir, so catalog paths work from any directory."""
         p = Path(rel)
-        return p if p.is_absolute() else Path(self.workdir) / p
+        return p if p.is_absolute() else Path(self.workdir).resolve() / p
 
     @property
     def catalog_path(self) -> Path:

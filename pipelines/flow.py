@@ -24,7 +24,7 @@ from rich.console import Console
 from catalog import Catalog
 from manifests import write_manifest
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
-from flow_extraction.frames import fit_canvas, iter_frames, resampled_count
+from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
 from pipelines.config import FlowConfig, PipelineConfig
 from pipelines.driver import StageReport, run_stage
@@ -131,12 +131,12 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
     return writer, canvas
 
 
-def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarray, writer_factory, step: float):
+def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarray, writer_factory, fps: float):
     from flow_extraction.sim_flow import to_canvas
 
     canvas = fit_canvas((int(row["height"]), int(row["width"])), tuple(fc.working_size))
     writer = writer_factory(tuple(fc.working_size))
-    native_pairs = np.round(pairs * step).astype(np.int64)
+    native_pairs = native_frame_index(pairs, float(row["fps"]), fps)
     for i in range(0, len(native_pairs), fc.batch_size):
         flow, valid = sim.compute_item(media[0], media[1], native_pairs[i : i + fc.batch_size])
         flow_c, valid_c = to_canvas(flow, valid, canvas.scale, (canvas.offset_x, canvas.offset_y), tuple(fc.working_size))
@@ -159,7 +159,7 @@ def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[s
 
     media = sim_media(row, fc.camera) if backends.sim is not None else None
     if media is not None:
-        writer, canvas = _sim_flow(row, fc, backends.sim, media, pairs, make_writer, float(row["fps"]) / fps)
+        writer, canvas = _sim_flow(row, fc, backends.sim, media, pairs, make_writer, fps)
         describe = backends.sim.describe()
     else:
         writer, canvas = _frame_flow(row, fc, backends.frames, pairs, make_writer)

@@ -14,8 +14,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 class StageProgress:
     def __init__(self, stage: str, total: int, skipped: int = 0, console: Console | None = None,
-                 log_every_s: float = 10.0, enabled: bool = True):
-        self.stage, self.total, self.skipped = stage, total, skipped
+                 log_every_s: float = 10.0, enabled: bool = True, unit: str = "items"):
+        self.stage, self.total, self.skipped, self.unit = stage, total, skipped, unit
+        self.note = ""
         self.console = console or make_console(stderr=True)
         self.counts = {"done": 0, "quarantined": 0, "failed": 0}
         self.enabled = enabled
@@ -27,16 +28,18 @@ class StageProgress:
         if self._live:
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"),
+                TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[note]}"),
                 TimeRemainingColumn(), console=self.console, transient=False,
             )
-            self._task = self._progress.add_task(stage, total=total, counts=self._counts_text(), rate="")
+            self._task = self._progress.add_task(stage, total=total, counts=self._counts_text(), rate="", note="")
             self._progress.start()
         elif enabled:
             self.console.print(f"[{stage}] {total} to do, {skipped} already done", highlight=False, markup=False)
 
     def _counts_text(self) -> str:
         c = self.counts
+        if self.unit != "items":
+            return ""
         return f"done {c['done']} · quarantined {c['quarantined']} · failed {c['failed']}"
 
     @property
@@ -47,19 +50,22 @@ class StageProgress:
         elapsed = time.perf_counter() - self._t0
         return self.finished / elapsed if elapsed > 0 else 0.0
 
-    def update(self, status: str) -> None:
+    def update(self, status: str, note: str = "") -> None:
         self.counts[status] += 1
+        self.note = note
         if not self.enabled:
             return
         rate = self.rate()
         if self._progress is not None:
-            self._progress.update(self._task, advance=1, counts=self._counts_text(), rate=f"{rate:.1f} items/s")
+            self._progress.update(self._task, advance=1, counts=self._counts_text(), rate=f"{rate:.1f} {self.unit}/s",
+                                  note=note)
         elif time.perf_counter() - self._last_log >= self.log_every_s:
             self._last_log = time.perf_counter()
             left = self.total - self.finished
             eta = f"{left / rate:.0f}s" if rate > 0 else "?"
             self.console.print(
-                f"[{self.stage}] {self.finished}/{self.total} ({self._counts_text()}) {rate:.1f} items/s, ETA {eta}",
+                f"[{self.stage}] {self.finished}/{self.total} {self._counts_text()} {rate:.1f} {self.unit}/s, "
+                f"ETA {eta} {self.note}",
                 highlight=False, markup=False,
             )
 
@@ -68,9 +74,10 @@ class StageProgress:
             self._progress.stop()
         if self.enabled:
             elapsed = time.perf_counter() - self._t0
+            counts = f"{self._counts_text()}; " if self.unit == "items" else ""
             self.console.print(
-                f"[{self.stage}] finished {self.finished}/{self.total} in {elapsed:.1f}s "
-                f"({self._counts_text()}; skipped {self.skipped} already done)",
+                f"[{self.stage}] finished {self.finished}/{self.total} {self.unit} in {elapsed:.1f}s "
+                f"({counts}skipped {self.skipped} already done) {self.note}",
                 highlight=False, markup=False,
             )
 

@@ -40,3 +40,15 @@ def funnel_table(catalog: Catalog) -> Table:
 def reasons_table(catalog: Catalog) -> Table:
     q = catalog.quarantine()
     return arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")
+
+
+def latent_stats_table(stats: dict) -> Table:
+    """Rows and per-dim mean / std (first dims) of the latent actions, for the corpus and per source."""
+    table = Table(title="Latent actions per source (per-dim mean ± std, dims 0-3)")
+    for col in ("scope", "items", "rows", "mean ± std (d0..d3)", "q01..q99 (d0)"):
+        table.add_column(col)
+    scopes = ([("corpus", stats["corpus"])] if stats else []) + sorted(stats.get("per_source", {}).items())
+    for name, s in scopes:
+        dims = ", ".join(f"{m:+.2f}±{d:.2f}" for m, d in zip(s["mean"][:4], s["std"][:4]))
+        table.add_row(name, str(s["items"]), str(s["rows"]), dims, f"{s['q01'][0]:+.2f}..{s['q99'][0]:+.2f}")
+    return table

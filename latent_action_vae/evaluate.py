@@ -1,0 +1,543 @@
+"""Evaluating the latent-action VAE on held-out labelled groups: does μ carry the real action?
+
+Four numbers answer it (shared research `motus_and_formats.md` §3):
+- linear-probe R² and MSE of 14-d μ → normalised action change, fitted on TRAIN labelled pairs and scored on
+  HELD-OUT ones, against the same probe on a randomly initialised model and a mean predictor;
+- flow reconstruction end-point error (pixels) from decoding μ, against the random model and a zero-flow guess;
+- KL per latent dim and the count of active dims (collapse shows up as few active dims);
+- a picture of input flow vs reconstruction for a few held-out pairs.
+
+Results are grouped by scope: `overall` and one entry per source, because the note reports task-agnostic and
+sim groups separately. Probes are fitted per embodiment inside every scope: the same action dim means different
+things on different robots, so one pooled linear map would under-rate a latent that is right for each.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from flow_extraction.colour import flow_to_rgb
+from latent_action_vae.losses import kl_per_dim
+
+UNKNOWN = "unknown"
+PICTURE_NAME = "reconstructions.png"
+JSON_NAME = "eval.json"
+META = "meta"  # the JSON's one top-level key that is not a scope
+
+
+# ================================================================================================ collecting
+@dataclass
+class Example:
+    """One pair kept for the picture: input flow and reconstruction in working-canvas pixels at image_size²."""
+
+    item_id: str
+    pair_index: int
+    source: str
+    flow_px: np.ndarray  # [2, H, W]
+    recon_px: np.ndarray  # [2, H, W]
+    valid: np.ndarray  # [H, W] bool
+    epe_px: float
+    motion_px: float  # mean flow magnitude over valid pixels: the picture prefers pairs that move
+
+
+@dataclass
+class Collected:
+    """Per-pair outputs of one model over one stream of batches (numpy, row i = pair i)."""
+
+    mu: np.ndarray  # [N, D] float64
+    kl: np.ndarray  # [N, D] KL(q(z|x) ‖ N(0, I)) per dim, nats
+    epe_px: np.ndarray  # [N] EPE of decode(μ) over valid pixels; NaN when not decoded or no valid pixel
+    zero_epe_px: np.ndarray  # [N] EPE of predicting zero flow (= mean flow magnitude): a trivial baseline
+    action: np.ndarray  # [N, A] normalised action change
+    action_mask: np.ndarray  # [N, A] bool, real dims of the embodiment
+    labelled: np.ndarray  # [N] bool
+    item_ids: list[str]
+    pair_index: np.ndarray  # [N] int64
+    embodiments: list[str]
+    sources: list[str]
+    examples: list[Example] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.item_ids)
+
+    def select(self, keep: np.ndarray) -> Collected:
+        """The pairs where boolean `keep` is true (examples are filtered by item)."""
+        idx = np.flatnonzero(keep)
+        kept_items = {self.item_ids[i] for i in idx}
+        return replace(
+            self,
+            mu=self.mu[idx], kl=self.kl[idx], epe_px=self.epe_px[idx], zero_epe_px=self.zero_epe_px[idx],
+            action=self.action[idx], action_mask=self.action_mask[idx], labelled=self.labelled[idx],
+            item_ids=[self.item_ids[i] for i in idx], pair_index=self.pair_index[idx],
+            embodiments=[self.embodiments[i] for i in idx], sources=[self.sources[i] for i in idx],
+            examples=[e for e in self.examples if e.item_id in kept_items],
+        )
+
+    @property
+    def probe_ready(self) -> np.ndarray:
+        """Pairs a probe can use: labelled and with at least one real action dim."""
+        return self.labelled & self.action_mask.any(1)
+
+
+def _row_lookup(rows: Any) -> dict[str, Mapping[str, Any]] | None:
+    """item_id → manifest row, from a list of dicts or a pyarrow Table (None stays None)."""
+    if rows is None:
+        return None
+    if hasattr(rows, "to_pylist"):
+        rows = rows.to_pylist()
+    return {str(r["item_id"]): r for r in rows}
+
+
+def _provenance(batch: Mapping[str, Any], lookup: dict[str, Mapping[str, Any]] | None, key: str) -> list[str]:
+    """Per-pair `key` (embodiment or source): from the batch if it carries it, else from the manifest rows.
+
+    With neither this is an error, not a silent 'unknown': a probe pooled over robots and a report without
+    per-source scopes would look like results while measuring something else.
+    """
+    ids = [str(i) for i in batch["item_ids"]]
+    if key in batch:
+        return [str(v) for v in batch[key]]
+    if lookup is None:
+        raise ValueError(f"evaluation needs each pair's {key}: pass the flow-manifest rows (rows=...) "
+                         f"or batches with a {key!r} list")
+    missing = sorted({i for i in ids if i not in lookup})
+    if missing:
+        raise KeyError(f"items not in the manifest rows given to evaluation: {missing[:5]}")
+    return [str(lookup[i].get(key) or UNKNOWN) for i in ids]
+
+
+def _per_pair_epe_px(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale_px: float) -> torch.Tensor:
+    """EPE per pair [B] in pixels over valid pixels (losses.end_point_error_px averages over the batch instead)."""
+    err = (recon - target).pow(2).sum(1).sqrt() * scale_px
+    m = mask.float()
+    n = m.sum((1, 2))
+    return torch.where(n > 0, (err * m).sum((1, 2)) / n.clamp_min(1), torch.full_like(n, float("nan")))
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: Any = None,
+            decode: bool = True, keep_examples: int = 0) -> Collected:
+    """Run `model` (a LatentActionVAE) in eval mode over `batches` and gather per-pair μ, KL per dim, EPE, targets.
+
+    `rows` (flow-manifest dicts or a pyarrow Table) give each pair's embodiment and source by item_id, unless
+    batches carry `embodiment` / `source` lists themselves; one of the two is required. `decode=False` skips the decoder (EPE is then NaN): probes on
+    the train split only need μ. `keep_examples` > 0 keeps, for that many distinct items, the pair with the most
+    motion, for the picture. The model's train/eval mode is restored afterwards.
+    """
+    lookup = _row_lookup(rows)
+    device = _model_device(model)
+    scale = float(model.cfg.flow_scale_px)
+    parts: dict[str, list] = {k: [] for k in ("mu", "kl", "epe", "zero", "action", "amask", "labelled", "pair")}
+    item_ids: list[str] = []
+    embodiments: list[str] = []
+    sources: list[str] = []
+    examples: dict[str, Example] = {}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for batch in batches:
+                ids = [str(i) for i in batch["item_ids"]]
+                flow, valid = batch["flow"].to(device), batch["valid"].to(device)
+                x, target, mask = model.prepare(flow, valid)
+                mu, logvar = model.encode(x)
+                bad = ~torch.isfinite(mu).all(1)
+                if bad.any():  # a NaN μ would silently poison every probe; name the culprits instead
+                    raise ValueError(f"non-finite latent for items {[ids[i] for i in bad.nonzero()[:, 0].tolist()][:5]}")
+                zero_epe = _per_pair_epe_px(torch.zeros_like(target), target, mask, scale)
+                if decode:
+                    recon = model.decode(mu)
+                    epe = _per_pair_epe_px(recon, target, mask, scale)
+                else:
+                    recon, epe = None, torch.full_like(zero_epe, float("nan"))
+                srcs = _provenance(batch, lookup, "source")
+                parts["mu"].append(mu.double().cpu().numpy())
+                parts["kl"].append(kl_per_dim(mu, logvar).double().cpu().numpy())
+                parts["epe"].append(epe.double().cpu().numpy())
+                parts["zero"].append(zero_epe.double().cpu().numpy())
+                parts["action"].append(batch["action"].double().cpu().numpy())
+                parts["amask"].append(batch["action_mask"].bool().cpu().numpy())
+                parts["labelled"].append(batch["labelled"].bool().cpu().numpy())
+                parts["pair"].append(np.asarray(batch["pair_index"], dtype=np.int64).reshape(-1))
+                item_ids += ids
+                embodiments += _provenance(batch, lookup, "embodiment")
+                sources += srcs
+                if recon is not None and keep_examples > 0:
+                    _keep_examples(examples, keep_examples, ids, batch["pair_index"], srcs, target, recon, mask,
+                                   epe, zero_epe, scale)
+    finally:
+        model.train(was_training)
+
+    def cat(key: str, width: int | None = None, dtype: Any = np.float64) -> np.ndarray:
+        if parts[key]:
+            return np.concatenate(parts[key])
+        return np.zeros((0, width) if width is not None else (0,), dtype=dtype)
+
+    d = int(model.cfg.latent_dim)
+    return Collected(mu=cat("mu", d), kl=cat("kl", d), epe_px=cat("epe"), zero_epe_px=cat("zero"),
+                     action=cat("action", d), action_mask=cat("amask", d, bool), labelled=cat("labelled", dtype=bool),
+                     item_ids=item_ids, pair_index=cat("pair", dtype=np.int64), embodiments=embodiments,
+                     sources=sources, examples=list(examples.values()))
+
+
+def _keep_examples(examples: dict[str, Example], limit: int, ids: list[str], pair_index: Any, sources: list[str],
+                   target: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, epe: torch.Tensor,
+                   motion: torch.Tensor, scale: float) -> None:
+    """Keep, per item (the first `limit` items seen), the pair that moves most: a static pair shows nothing."""
+    pairs = np.asarray(pair_index).reshape(-1)
+    for i, item in enumerate(ids):
+        m = float(motion[i])
+        if not math.isfinite(m):
+            continue
+        if item not in examples and len(examples) >= limit:
+            continue
+        if item in examples and examples[item].motion_px >= m:
+            continue
+        examples[item] = Example(item_id=item, pair_index=int(pairs[i]), source=sources[i],
+                                 flow_px=(target[i] * scale).float().cpu().numpy(),
+                                 recon_px=(recon[i] * scale).float().cpu().numpy(),
+                                 valid=mask[i].cpu().numpy(), epe_px=float(epe[i]), motion_px=m)
+
+
+# ================================================================================================ probing
+def _fit_ridge(x: np.ndarray, y: np.ndarray, ridge: float) -> Callable[[np.ndarray], np.ndarray]:
+    """Closed-form ridge regression with an unpenalised bias; returns the predictor.
+
+    Features are standardised by their train mean/std first, so `ridge` means the same for a trained latent
+    (μ of order 1) and a random-init one (μ possibly of order 1e-3): otherwise the penalty would handicap the
+    baseline and flatter the trained model.
+    """
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    if x.shape[1] == 0:  # no features: the mean predictor
+        return lambda q: np.broadcast_to(y_mean, (len(q), y.shape[1])).copy()
+    x_std = x.std(0)
+    x_std = np.where(x_std > 1e-12, x_std, 1.0)  # a constant feature stays constant (zero) after centring
+    xs = (x - x_mean) / x_std
+    n = len(x)
+    gram = xs.T @ xs / n + ridge * np.eye(x.shape[1])
+    w = np.linalg.solve(gram, xs.T @ (y - y_mean) / n)
+    return lambda q: ((q - x_mean) / x_std) @ w + y_mean
+
+
+@dataclass
+class _Scores:
+    """Sums for one embodiment (or the pool of all): per target dim, over held-out masked-in entries."""
+
+    sse: np.ndarray
+    sst: np.ndarray
+    count: np.ndarray  # masked-in entries per dim
+    n_train: int = 0
+    n_test: int = 0
+
+    @classmethod
+    def empty(cls, dims: int) -> _Scores:
+        return cls(np.zeros(dims), np.zeros(dims), np.zeros(dims, dtype=np.int64))
+
+    def r2(self) -> float | None:
+        sst = self.sst.sum()
+        return float(1 - self.sse.sum() / sst) if sst > 1e-12 else None
+
+    def mse(self) -> float | None:
+        n = self.count.sum()
+        return float(self.sse.sum() / n) if n else None
+
+    def per_dim_r2(self) -> list[float | None]:
+        return [float(1 - e / t) if t > 1e-12 else None for e, t in zip(self.sse, self.sst)]
+
+
+def _score_group(train_x, train_y, train_mask, test_x, test_y, test_mask, ridge: float) -> _Scores:
+    """Fit one ridge per target dim on the train rows where that dim is real, score on the held-out ones.
+
+    Per-dim fits let padded dims (and anything stored in them) stay out of both fitting and scoring.
+    """
+    dims = train_y.shape[1]
+    s = _Scores.empty(dims)
+    s.n_train, s.n_test = int(train_mask.any(1).sum()), int(test_mask.any(1).sum())
+    for d in range(dims):
+        tr, te = train_mask[:, d], test_mask[:, d]
+        if not tr.any() or not te.any():
+            continue
+        predict = _fit_ridge(train_x[tr], train_y[tr, d:d + 1], ridge)
+        y = test_y[te, d]
+        s.sse[d] = float(((predict(test_x[te])[:, 0] - y) ** 2).sum())
+        s.sst[d] = float(((y - y.mean()) ** 2).sum())  # held-out mean: a perfect mean guess scores 0
+        s.count[d] = int(te.sum())
+    return s
+
+
+def linear_probe(train_x: np.ndarray, train_y: np.ndarray, train_mask: np.ndarray, test_x: np.ndarray,
+                 test_y: np.ndarray, test_mask: np.ndarray, ridge: float = 1e-3,
+                 train_groups: list[str] | np.ndarray | None = None,
+                 test_groups: list[str] | np.ndarray | None = None) -> dict[str, Any]:
+    """Ridge probe x → y, fitted and scored per group (embodiment), on masked-in dims only.
+
+    R² = 1 − SSE/SST over an embodiment's held-out real dims, SST about the held-out mean; `r2` and `mse` are
+    pair-weighted means over embodiments. `per_dim_r2[d]` pools dim d's SSE and SST over embodiments (None
+    where dim d never varies). Embodiments with no train pairs cannot be probed: they are listed in `skipped`.
+    A feature matrix with 0 columns gives the mean predictor (per-embodiment train mean).
+    """
+    train_x, test_x = np.asarray(train_x, np.float64), np.asarray(test_x, np.float64)
+    train_mask, test_mask = np.asarray(train_mask, bool), np.asarray(test_mask, bool)
+    # padded dims may hold anything (NaN included): zero them so they cannot leak through any arithmetic
+    train_y = np.where(train_mask, np.asarray(train_y, np.float64), 0.0)
+    test_y = np.where(test_mask, np.asarray(test_y, np.float64), 0.0)
+    train_g = np.asarray(train_groups if train_groups is not None else ["all"] * len(train_x), dtype=object)
+    test_g = np.asarray(test_groups if test_groups is not None else ["all"] * len(test_x), dtype=object)
+    dims = train_y.shape[1]
+
+    pooled = _Scores.empty(dims)
+    per_group: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, int] = {}
+    weighted = {"r2": [0.0, 0], "mse": [0.0, 0]}  # [weighted sum, weight]
+    for g in sorted(set(test_g.tolist())):
+        tr, te = train_g == g, test_g == g
+        tr &= train_mask.any(1)
+        te &= test_mask.any(1)
+        if not te.any():
+            continue
+        if not tr.any():
+            skipped[g] = int(te.sum())
+            continue
+        s = _score_group(train_x[tr], train_y[tr], train_mask[tr], test_x[te], test_y[te], test_mask[te], ridge)
+        per_group[g] = {"r2": s.r2(), "mse": s.mse(), "per_dim_r2": s.per_dim_r2(),
+                        "n_train": s.n_train, "n_test": s.n_test}
+        for key in weighted:
+            value = per_group[g][key]
+            if value is not None:
+                weighted[key][0] += value * s.n_test
+                weighted[key][1] += s.n_test
+        pooled.sse += s.sse
+        pooled.sst += s.sst
+        pooled.count += s.count
+        pooled.n_train += s.n_train
+        pooled.n_test += s.n_test
+
+    def mean(key: str) -> float | None:
+        total, weight = weighted[key]
+        return total / weight if weight else None
+
+    return {"r2": mean("r2"), "mse": mean("mse"), "per_dim_r2": pooled.per_dim_r2(),
+            "n_train": pooled.n_train, "n_test": pooled.n_test, "per_embodiment": per_group, "skipped": skipped}
+
+
+def kl_summary(kl: np.ndarray, active_threshold: float = 0.01) -> dict[str, Any]:
+    """Mean KL per dim over pairs [N, D] → per-dim means, total, and how many dims exceed the threshold (nats)."""
+    per_dim = kl.mean(0) if len(kl) else np.full(kl.shape[1], np.nan)
+    return {"per_dim": per_dim.tolist(), "total": float(per_dim.sum()),
+            "active_dims": int((per_dim > active_threshold).sum()), "threshold_nats": active_threshold}
+
+
+def _epe_summary(epe: np.ndarray) -> dict[str, Any]:
+    finite = epe[np.isfinite(epe)]
+    if not len(finite):
+        return {"mean": None, "median": None, "n": 0}
+    return {"mean": float(finite.mean()), "median": float(np.median(finite)), "n": int(len(finite))}
+
+
+# ================================================================================================ evaluating
+def _scope_masks(c: Collected, scopes: list[str]) -> dict[str, np.ndarray]:
+    sources = np.asarray(c.sources, dtype=object)
+    return {s: (np.ones(len(c), bool) if s == "overall" else sources == s) for s in scopes}
+
+
+def _probe(train: Collected, test: Collected, features: str, ridge: float) -> dict[str, Any]:
+    tr, te = train.probe_ready, test.probe_ready
+    if features == "mean":
+        train_x, test_x = np.zeros((int(tr.sum()), 0)), np.zeros((int(te.sum()), 0))
+    else:
+        train_x, test_x = train.mu[tr], test.mu[te]
+    return linear_probe(train_x, train.action[tr], train.action_mask[tr], test_x, test.action[te],
+                        test.action_mask[te], ridge=ridge,
+                        train_groups=[e for e, k in zip(train.embodiments, tr) if k],
+                        test_groups=[e for e, k in zip(test.embodiments, te) if k])
+
+
+def _scope_report(train: Collected, rnd_train: Collected, held: Collected, rnd_held: Collected, ridge: float,
+                  active_threshold: float) -> dict[str, Any]:
+    return {
+        "n_train_labelled": int(train.probe_ready.sum()),
+        "n_heldout_pairs": len(held),
+        "n_heldout_labelled": int(held.probe_ready.sum()),
+        "n_heldout_items": len(set(held.item_ids)),
+        "probe": {"trained": _probe(train, held, "mu", ridge),
+                  "random_init": _probe(rnd_train, rnd_held, "mu", ridge),
+                  "mean": _probe(train, held, "mean", ridge)},
+        "epe_px": {"trained": _epe_summary(held.epe_px), "random_init": _epe_summary(rnd_held.epe_px),
+                   "zero_flow": _epe_summary(held.zero_epe_px)},
+        "kl": kl_summary(held.kl, active_threshold),
+    }
+
+
+def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batches_fn: Callable[[], Iterable],
+             heldout_batches_fn: Callable[[], Iterable], out_dir: str | os.PathLike, flow_scale_px: float,
+             active_threshold: float = 0.01, *, rows: Any = None,
+             ridge: float = 1e-3, n_pictures: int = 6) -> dict[str, Any]:
+    """Probe, EPE, KL and picture for `model` vs `random_model` (same config, random init); writes
+    `out_dir/eval.json` and `out_dir/reconstructions.png` and returns the JSON's dict.
+
+    `train_batches_fn` / `heldout_batches_fn` return fresh iterables of PairSampler batches; each is passed over
+    once per model, so they should yield the same pairs every call (a seeded sampler). Only labelled pairs of the
+    train stream matter (probe fitting); every held-out pair counts for EPE and KL, labelled ones for the probe.
+    `rows` are the flow-manifest rows naming each item's source and embodiment (required unless the batches
+    carry `embodiment` and `source` lists). The JSON's top-level keys are the scopes (`overall`, then one per
+    source of the held-out pairs) plus `meta` (counts, settings, timings, the picture's pairs).
+    """
+    rows = list(_row_lookup(rows).values()) if rows is not None else None  # read a generator / Table once
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], Collected]) -> Collected:
+        t0 = time.perf_counter()
+        result = fn()
+        timings[name] = round(time.perf_counter() - t0, 3)
+        return result
+
+    train = timed("trained_train", lambda: collect(model, train_batches_fn(), rows, decode=False))
+    held = timed("trained_heldout", lambda: collect(model, heldout_batches_fn(), rows, keep_examples=4 * n_pictures))
+    rnd_train = timed("random_train", lambda: collect(random_model, train_batches_fn(), rows, decode=False))
+    rnd_held = timed("random_heldout", lambda: collect(random_model, heldout_batches_fn(), rows))
+    if not len(held):
+        raise ValueError("evaluation: the held-out stream yielded no pairs")
+
+    scopes = ["overall"] + sorted(set(held.sources))
+    if META in scopes:
+        raise ValueError(f"a source named {META!r} would collide with the JSON's metadata key")
+    collected = (train, rnd_train, held, rnd_held)  # the order _scope_report takes them in
+    masks = [_scope_masks(c, scopes) for c in collected]
+    report: dict[str, Any] = {
+        name: _scope_report(*(c.select(m[name]) for c, m in zip(collected, masks)), ridge, active_threshold)
+        for name in scopes}
+    examples = _pick_examples(held.examples, n_pictures)
+    write_bytes_atomic(out_dir / PICTURE_NAME, _encode_png(draw_reconstructions(examples, flow_scale_px)))
+    report[META] = {
+        "scopes": scopes,
+        "counts": {"train_pairs": len(train), "train_labelled": int(train.probe_ready.sum()),
+                   "heldout_pairs": len(held), "heldout_labelled": int(held.probe_ready.sum()),
+                   "heldout_items": len(set(held.item_ids))},
+        "settings": {"ridge": ridge, "active_threshold_nats": active_threshold, "flow_scale_px": flow_scale_px,
+                     "latent_dim": int(model.cfg.latent_dim), "image_size": int(model.cfg.image_size),
+                     "probe": "ridge on standardised mu, per embodiment, masked-in dims; R2 about held-out mean",
+                     "epe": "decode(mu) vs the model's input flow at image_size^2, valid pixels, working-canvas px"},
+        "timings_s": timings,
+        "picture": {"path": PICTURE_NAME, "pairs": [{"item_id": e.item_id, "pair_index": e.pair_index,
+                                                     "source": e.source, "epe_px": e.epe_px} for e in examples]},
+    }
+    report = _json_safe(report)
+    write_bytes_atomic(out_dir / JSON_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    return report
+
+
+# ================================================================================================ picture
+CELL = 128  # px per flow image in the picture (nearest-neighbour upscaling keeps the model's resolution visible)
+LABEL_H = 18  # px of text strip above each row
+HEADER_H = 40  # px of the top strip: column titles + colour key
+GAP = 6
+
+
+def picture_size(n_rows: int) -> tuple[int, int]:
+    """(height, width) of the reconstruction picture with `n_rows` pairs."""
+    return HEADER_H + n_rows * (LABEL_H + CELL + GAP), 3 * GAP + 2 * CELL + HEADER_H
+
+
+def _pick_examples(candidates: list[Example], n: int) -> list[Example]:
+    """Up to n pairs, round-robin over sources so every group shows up, most motion first within a source."""
+    by_source: dict[str, list[Example]] = {}
+    for e in sorted(candidates, key=lambda e: -e.motion_px):
+        by_source.setdefault(e.source, []).append(e)
+    queues = [by_source[s] for s in sorted(by_source)]
+    picked: list[Example] = []
+    while len(picked) < n and any(queues):
+        for q in queues:
+            if q and len(picked) < n:
+                picked.append(q.pop(0))
+    return picked
+
+
+def _flow_image(flow_px: np.ndarray, radius: float, valid: np.ndarray | None = None) -> np.ndarray:
+    """[2,H,W] pixels → BGR uint8 [CELL, CELL, 3]; invalid pixels grey, so excluded areas are visible."""
+    rgb = flow_to_rgb(flow_px, radius)
+    if valid is not None:
+        rgb = np.where(valid[..., None], rgb, np.uint8(128))
+    return cv2.resize(np.ascontiguousarray(rgb[..., ::-1]), (CELL, CELL), interpolation=cv2.INTER_NEAREST)
+
+
+def _colour_key(size: int, radius: float) -> np.ndarray:
+    """The colour wheel itself (flow = position from the centre, up to 1.2 × radius) as a legend."""
+    axis = np.linspace(-1.2 * radius, 1.2 * radius, size)
+    u, v = np.meshgrid(axis, axis)
+    return np.ascontiguousarray(flow_to_rgb(np.stack([u, v]), radius)[..., ::-1])
+
+
+def _text(img: np.ndarray, text: str, x: int, y: int, scale: float = 0.38) -> None:
+    cv2.putText(img, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
+
+
+def draw_reconstructions(examples: list[Example], radius: float) -> np.ndarray:
+    """BGR picture: per pair a label strip (item id, pair, EPE) above input flow | decode(μ), fixed radius."""
+    h, w = picture_size(len(examples))
+    img = np.full((h, w, 3), 255, np.uint8)
+    _text(img, "input flow", GAP, 14)
+    _text(img, "decode(mu)", 2 * GAP + CELL, 14)
+    _text(img, f"radius {radius:g} px", GAP, 32)
+    img[2:HEADER_H - 2, w - HEADER_H + 2:w - 2] = _colour_key(HEADER_H - 4, radius)
+    y = HEADER_H
+    max_chars = (w - 2 * GAP) // 7  # ~7 px per character at this font scale
+    for e in examples:
+        label = f"{e.item_id} #{e.pair_index}  EPE {e.epe_px:.2f}px"
+        if len(label) > max_chars:  # keep the tail: pair index and EPE matter more than an id's prefix
+            label = "..." + label[-(max_chars - 3):]
+        _text(img, label, GAP, y + LABEL_H - 5)
+        y += LABEL_H
+        img[y:y + CELL, GAP:GAP + CELL] = _flow_image(e.flow_px, radius, e.valid)
+        img[y:y + CELL, 2 * GAP + CELL:2 * GAP + 2 * CELL] = _flow_image(e.recon_px, radius)
+        y += CELL + GAP
+    return img
+
+
+# ================================================================================================ output
+def _encode_png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("cv2 could not encode the reconstruction picture")
+    return buf.tobytes()
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write via a temporary sibling + rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN/inf are not JSON: they become null (the same as 'undefined' for R² with no variance)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

@@ -1,0 +1,187 @@
+"""`pyramid vae train`: train the latent-action VAE on flow from every tier, streaming pairs from the flow
+manifest, with exact resume.
+
+Exact resume without saving a data-loader state: batch k is a pure function of (seed, k) (`PairSampler.batch`)
+and so is the reparameterisation noise of step k, so a run restarted from the checkpoint of step k computes the
+same step-k loss as one that never stopped. Checkpoints hold model, optimiser, step, config, action statistics
+and the hash of the flow manifest they were trained on; they are written under a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import torch
+from rich.console import Console
+
+from catalog.db import code_version
+from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
+from latent_action_vae.losses import end_point_error_px, vae_loss
+from latent_action_vae.model import LatentActionVAE
+from pipelines.config import PipelineConfig, VAEConfig
+from pipelines.progress import StageProgress, make_console
+
+CHECKPOINT_KIND = "motus-pyramid/latent-action-vae/v1"
+METRICS = ("step", "loss", "recon", "kl", "align", "epe_px", "labelled", "lr", "samples_per_s", "wall_s")
+
+
+def flow_manifest_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the flow manifest and the hash of its file (recorded in checkpoints)."""
+    path = cfg.manifests_dir / "flow.parquet"
+    if not path.exists():
+        raise FileNotFoundError(f"no flow manifest at {path}: run `pyramid flow` first")
+    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
+    return pq.read_table(path).to_pylist(), digest
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_vae(path: str | os.PathLike) -> tuple[LatentActionVAE, dict[str, Any]]:
+    """Model (eval mode) and the checkpoint's other contents (config, step, action stats, manifest hash)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if state.get("kind") != CHECKPOINT_KIND:
+        raise ValueError(f"{path} is not a latent-action VAE checkpoint (kind={state.get('kind')!r})")
+    model = LatentActionVAE(VAEConfig(**state["vae_config"]))
+    model.load_state_dict(state["model"])
+    return model.eval(), state
+
+
+def lr_at(step: int, vc: VAEConfig, warmup: int = 20) -> float:
+    return vc.lr * min(1.0, (step + 1) / warmup)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest(), "big") >> 1
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    steps: int
+    resumed_from: int
+    last: dict[str, float]
+    samples_per_s: float
+    metrics_path: Path
+
+
+def train_step(model, optimiser, batch, vc: VAEConfig, step: int) -> dict[str, float]:
+    model.train()
+    torch.manual_seed(_step_seed(vc.seed, step))  # the noise of step k is the same on a resumed run
+    for group in optimiser.param_groups:
+        group["lr"] = lr_at(step, vc)
+    x, target, mask = model.prepare(batch["flow"], batch["valid"])
+    out = model(x)
+    losses = vae_loss(out, target, mask, batch["action"], batch["action_mask"], batch["labelled"], vc.beta, vc.lambda_align)
+    optimiser.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimiser.step()
+    with torch.no_grad():
+        epe = end_point_error_px(out["recon"], target, mask, vc.flow_scale_px)
+    return {"loss": losses["loss"].item(), "recon": losses["recon"].item(), "kl": losses["kl"].item(),
+            "align": losses["align"].item(), "epe_px": epe.item(), "labelled": int(batch["labelled"].sum()),
+            "lr": lr_at(step, vc)}
+
+
+def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
+    vc = cfg.vae
+    train_rows = [r for r in rows if r["split"] == "train"]
+    if not train_rows:
+        raise ValueError("the flow manifest has no train-split items to train on")
+    action_stats = compute_action_stats([r for r in train_rows if r["has_actions"]])
+    sampler = PairSampler(train_rows, vc, action_stats, seed=vc.seed)
+    torch.manual_seed(vc.seed)
+    model = LatentActionVAE(vc)
+    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=vc.lr,
+                                  weight_decay=vc.weight_decay)
+    return model, optimiser, sampler, action_stats
+
+
+def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None, progress: bool = True,
+              console: Console | None = None) -> TrainResult:
+    console = console or make_console(stderr=True)
+    vc = cfg.vae
+    steps = vc.steps if steps is None else steps
+    torch.set_num_threads(vc.threads)
+    out_dir = cfg.path(vc.output)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    rows, manifest_hash = flow_manifest_rows(cfg)
+    model, optimiser, sampler, action_stats = build(cfg, rows)
+    start = 0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["vae_config"] != dataclasses.asdict(vc) or state["manifest_hash"] != manifest_hash:
+            raise ValueError(
+                f"{ckpt_path} was trained with another VAE config or flow manifest; "
+                "use --no-resume to start over (or a different vae.output folder)"
+            )
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start = state["step"]
+        console.print(f"[vae] resuming from step {start} ({ckpt_path})", markup=False, highlight=False)
+    metrics_path = out_dir / "metrics.csv"
+    _truncate_metrics(metrics_path, start)
+    console.print(f"[vae] {sampler.summary()}", markup=False, highlight=False)
+
+    def state_at(step: int) -> dict[str, Any]:
+        return {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
+                "step": step, "vae_config": dataclasses.asdict(vc), "manifest_hash": manifest_hash,
+                "action_stats": {k: v.to_dict() for k, v in action_stats.items()},
+                "code_version": code_version(), "describe": model.describe()}
+
+    bar = StageProgress("vae-train", total=max(steps - start, 0), skipped=start, console=console, enabled=progress,
+                        unit="steps")
+    last: dict[str, float] = {}
+    t0 = time.perf_counter()
+    with open(metrics_path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS)
+        if f.tell() == 0:
+            writer.writeheader()
+        for step in range(start, steps):
+            last = train_step(model, optimiser, sampler.batch(step), vc, step)
+            wall = time.perf_counter() - t0
+            last.update(step=step, wall_s=wall, samples_per_s=(step - start + 1) * vc.batch_size / wall)
+            bar.update("done", note=f"loss {last['loss']:.4f} recon {last['recon']:.4f} kl {last['kl']:.2f} "
+                                     f"align {last['align']:.4f} epe {last['epe_px']:.2f}px")
+            if step % vc.log_every == 0 or step == steps - 1:
+                writer.writerow({k: last[k] for k in METRICS})
+                f.flush()
+            if (step + 1) % vc.checkpoint_every == 0 or step == steps - 1:
+                save_checkpoint(ckpt_path, state_at(step + 1))
+    bar.close()
+    if start >= steps and not ckpt_path.exists():
+        save_checkpoint(ckpt_path, state_at(start))
+    rate = last.get("samples_per_s", 0.0)
+    return TrainResult(ckpt_path, steps, start, last, rate, metrics_path)
+
+
+def _truncate_metrics(path: Path, start: int) -> None:
+    """Drop logged rows at or after `start`, so a resumed run does not log steps twice."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) < start]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+__all__ = ["ActionStats", "CHECKPOINT_KIND", "TrainResult", "flow_manifest_rows", "load_vae", "train_vae"]

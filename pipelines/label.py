@@ -1,0 +1,167 @@
+"""The label stage: encode every item's flow pairs with the trained VAE into latent actions.
+
+Output per item: float32 [T−1, 14], row j = the motion starting at frame j (the Motus loader's convention),
+where T is the item's frame count at the flow fps. Densifying rule: row j takes μ of the last flow pair that
+starts at or before frame j. On the native grid (a pair at every frame) that is pair j itself, and the last
+Δ−1 rows, which have no pair of their own, repeat the last pair; on the `delta` grid each pair's μ holds for
+the Δ rows it starts. After the stage the driver computes per-dim statistics (mean, std, q01, q99) for the
+corpus and per source.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from rich.console import Console
+
+from catalog import Catalog
+from flow_extraction.artifacts import artifact_path, read_flow_artifact
+from manifests import write_manifest
+from pipelines.config import PipelineConfig
+from pipelines.driver import StageReport, run_stage
+from pipelines.progress import make_console
+from pipelines.stages import BadInput, Outcome, Resources, Stage
+
+LATENT_FORMAT = "motus-pyramid/latent-action/v1"
+
+
+def densify(mu: np.ndarray, starts: np.ndarray, n_frames: int) -> np.ndarray:
+    """Pair latents [N, D] with start frames [N] → rows [n_frames − 1, D] (see the module docstring)."""
+    rows = np.arange(n_frames - 1)
+    idx = np.clip(np.searchsorted(starts, rows, side="right") - 1, 0, len(starts) - 1)
+    return mu[idx].astype(np.float32)
+
+
+def load_labeller(checkpoint: str, threads: int = 1):
+    import torch
+
+    from latent_action_vae.train import load_vae
+
+    torch.set_num_threads(threads)
+    model, state = load_vae(checkpoint)
+    return model
+
+
+def label_item(task: Mapping[str, Any], model) -> dict[str, Any]:
+    import torch
+
+    art = read_flow_artifact(task["flow_path"])
+    flow = art.flow.astype(np.float32)
+    if not np.isfinite(flow).all():
+        raise BadInput(f"non-finite flow in {task['item_id']} ({task['flow_path']})")
+    mus = []
+    with torch.inference_mode():
+        for i in range(0, len(flow), 128):
+            x, _, _ = model.prepare(torch.from_numpy(flow[i : i + 128]), torch.from_numpy(art.valid[i : i + 128]))
+            mus.append(model.encode(x)[0].numpy())
+    mu = np.concatenate(mus)
+    n_frames = int(art.meta["n_frames"])
+    latents = densify(mu, art.pairs[:, 0], n_frames)
+    meta = {"format": LATENT_FORMAT, "item_id": task["item_id"], "checkpoint": task["checkpoint"],
+            "checkpoint_sha": task["checkpoint_sha"], "fps": art.meta["fps"], "n_frames": n_frames,
+            "delta_frames": art.meta["delta_frames"], "grid": art.meta["grid"], "flow_backend": art.meta["backend"],
+            "rule": "row j = mu of the last flow pair starting at or before frame j"}
+    path = Path(task["out_path"])
+    size, checksum = _write_npz(path, latent_action=latents, pair_mu=mu.astype(np.float32),
+                                meta=np.array(json.dumps(meta, sort_keys=True)))
+    return {"path": str(path), "bytes": size, "checksum": checksum, "rows": len(latents)}
+
+
+def _write_npz(path: Path, **arrays) -> tuple[int, str]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        digest = hashlib.blake2b(tmp.read_bytes(), digest_size=16).hexdigest()
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return size, digest
+
+
+def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    with np.load(path, allow_pickle=False) as z:
+        return z["latent_action"], json.loads(str(z["meta"]))
+
+
+@dataclass
+class LabelReport:
+    run_id: str
+    stage: StageReport
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def latent_statistics(catalog: Catalog) -> dict[str, Any]:
+    """Per-dim mean, std, q01, q99 of every labelled row, for the corpus and per source."""
+    rows = catalog.sql("SELECT item_id, path FROM artifacts WHERE stage = 'label' ORDER BY item_id").to_pylist()
+    by_source: dict[str, list[np.ndarray]] = {}
+    for r in rows:
+        latents, _ = read_latents(r["path"])
+        by_source.setdefault(r["item_id"].split("/", 1)[0], []).append(latents)
+
+    def describe(arrays: list[np.ndarray]) -> dict[str, Any]:
+        x = np.concatenate(arrays)
+        return {"rows": int(len(x)), "items": len(arrays), "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
+                "q01": np.quantile(x, 0.01, axis=0).tolist(), "q99": np.quantile(x, 0.99, axis=0).tolist()}
+
+    if not by_source:
+        return {}
+    return {"corpus": describe([a for arrays in by_source.values() for a in arrays]),
+            "per_source": {s: describe(a) for s, a in sorted(by_source.items())}}
+
+
+def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: str | None = None, force: bool = False,
+              progress: bool = True, console: Console | None = None) -> LabelReport:
+    console = console or make_console(stderr=True)
+    ckpt = Path(checkpoint) if checkpoint else cfg.path(cfg.vae.output) / "checkpoints" / "last.pt"
+    if not ckpt.exists():
+        raise FileNotFoundError(f"no VAE checkpoint at {ckpt}: run `pyramid vae train` first (or pass --checkpoint)")
+    ckpt_sha = hashlib.blake2b(ckpt.read_bytes(), digest_size=16).hexdigest()
+    run_id = catalog.start_run("label", {**cfg.to_dict(), "checkpoint": str(ckpt)}, engine=getattr(runner, "name", "?"))
+    status, report = "failed", None
+    try:
+        flows = catalog.sql(
+            """SELECT f.item_id, f.artifact_path, a.checksum FROM flow_stats f
+               JOIN artifacts a ON a.path = f.artifact_path
+               JOIN item_stages s ON s.item_id = f.item_id AND s.stage = 'flow' AND s.status = 'done'
+               ORDER BY f.item_id"""
+        ).to_pylist()
+        root = cfg.artifacts_dir / "latents"
+        tasks = [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
+                  "checkpoint": str(ckpt), "checkpoint_sha": ckpt_sha,
+                  "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
+                  "input_fingerprint": hashlib.blake2b(f"{r['checksum']}:{ckpt_sha}".encode(), digest_size=8).hexdigest()}
+                 for r in flows]
+        stage = Stage("label", label_item, setup=functools.partial(load_labeller, str(ckpt), cfg.runner.torch_threads),
+                      resources=Resources(num_cpus=1, batch_size=4))
+
+        def record(outcomes: list[Outcome]) -> None:
+            catalog.add_artifacts({"item_id": o.item_id, "stage": "label", "kind": "latent_action",
+                                   "path": o.result["path"], "bytes": o.result["bytes"],
+                                   "checksum": o.result["checksum"], "run_id": run_id} for o in outcomes)
+
+        report = run_stage(stage, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
+        stats = latent_statistics(catalog)
+        out = cfg.manifests_dir / "latent_stats.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps({"run_id": run_id, "checkpoint": str(ckpt), **stats}, indent=1))
+        os.replace(tmp, out)
+        write_manifest(catalog.sql(
+            """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.checksum
+               FROM artifacts a JOIN items i USING (item_id) WHERE a.stage = 'label' ORDER BY a.item_id"""),
+            cfg.manifests_dir / "latents.parquet", {"run_id": run_id, "kind": "latents"})
+        status = "ok"
+        return LabelReport(run_id, report, stats)
+    finally:
+        catalog.finish_run(run_id, status, report.as_dict() if report else {})
