@@ -130,19 +130,40 @@ def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool) -> dict[str, Any]:
+    """One batch through the model: per-pair numpy outputs, plus the tensors the picture needs."""
+    ids = [str(i) for i in batch["item_ids"]]
+    device = _model_device(model)
+    scale = float(model.cfg.flow_scale_px)
+    x, target, mask = model.prepare(batch["flow"].to(device), batch["valid"].to(device))
+    mu, logvar = model.encode(x)
+    bad = ~torch.isfinite(mu).all(1)
+    if bad.any():  # a NaN μ would silently poison every probe; name the culprits instead
+        raise ValueError(f"non-finite latent for items {[ids[i] for i in bad.nonzero()[:, 0].tolist()][:5]}")
+    zero_epe = _per_pair_epe_px(torch.zeros_like(target), target, mask, scale)
+    recon = model.decode(mu) if decode else None
+    epe = _per_pair_epe_px(recon, target, mask, scale) if decode else torch.full_like(zero_epe, float("nan"))
+    as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
+    return {"mu": as_np(mu), "kl": as_np(kl_per_dim(mu, logvar)), "epe": as_np(epe), "zero": as_np(zero_epe),
+            "action": as_np(batch["action"]), "amask": batch["action_mask"].bool().cpu().numpy(),
+            "labelled": batch["labelled"].bool().cpu().numpy(),
+            "pair": np.asarray(batch["pair_index"], dtype=np.int64).reshape(-1),
+            "ids": ids, "picture": (target * scale, None if recon is None else recon * scale, mask)}
+
+
 def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: Any = None,
             decode: bool = True, keep_examples: int = 0) -> Collected:
     """Run `model` (a LatentActionVAE) in eval mode over `batches` and gather per-pair μ, KL per dim, EPE, targets.
 
     `rows` (flow-manifest dicts or a pyarrow Table) give each pair's embodiment and source by item_id, unless
-    batches carry `embodiment` / `source` lists themselves; one of the two is required. `decode=False` skips the decoder (EPE is then NaN): probes on
-    the train split only need μ. `keep_examples` > 0 keeps, for that many distinct items, the pair with the most
-    motion, for the picture. The model's train/eval mode is restored afterwards.
+    batches carry `embodiment` / `source` lists themselves; one of the two is required. `decode=False` skips
+    the decoder (EPE is then NaN): probes on the train split only need μ. `keep_examples` > 0 keeps, for that
+    many distinct items, the pair with the most motion, for the picture. The model's train/eval mode is
+    restored afterwards.
     """
     lookup = _row_lookup(rows)
-    device = _model_device(model)
-    scale = float(model.cfg.flow_scale_px)
-    parts: dict[str, list] = {k: [] for k in ("mu", "kl", "epe", "zero", "action", "amask", "labelled", "pair")}
+    keys = ("mu", "kl", "epe", "zero", "action", "amask", "labelled", "pair")
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     item_ids: list[str] = []
     embodiments: list[str] = []
     sources: list[str] = []
@@ -152,34 +173,15 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
     try:
         with torch.inference_mode():
             for batch in batches:
-                ids = [str(i) for i in batch["item_ids"]]
-                flow, valid = batch["flow"].to(device), batch["valid"].to(device)
-                x, target, mask = model.prepare(flow, valid)
-                mu, logvar = model.encode(x)
-                bad = ~torch.isfinite(mu).all(1)
-                if bad.any():  # a NaN μ would silently poison every probe; name the culprits instead
-                    raise ValueError(f"non-finite latent for items {[ids[i] for i in bad.nonzero()[:, 0].tolist()][:5]}")
-                zero_epe = _per_pair_epe_px(torch.zeros_like(target), target, mask, scale)
-                if decode:
-                    recon = model.decode(mu)
-                    epe = _per_pair_epe_px(recon, target, mask, scale)
-                else:
-                    recon, epe = None, torch.full_like(zero_epe, float("nan"))
-                srcs = _provenance(batch, lookup, "source")
-                parts["mu"].append(mu.double().cpu().numpy())
-                parts["kl"].append(kl_per_dim(mu, logvar).double().cpu().numpy())
-                parts["epe"].append(epe.double().cpu().numpy())
-                parts["zero"].append(zero_epe.double().cpu().numpy())
-                parts["action"].append(batch["action"].double().cpu().numpy())
-                parts["amask"].append(batch["action_mask"].bool().cpu().numpy())
-                parts["labelled"].append(batch["labelled"].bool().cpu().numpy())
-                parts["pair"].append(np.asarray(batch["pair_index"], dtype=np.int64).reshape(-1))
-                item_ids += ids
+                out = _run_batch(model, batch, decode)
+                for k in keys:
+                    parts[k].append(out[k])
+                batch_sources = _provenance(batch, lookup, "source")
+                item_ids += out["ids"]
                 embodiments += _provenance(batch, lookup, "embodiment")
-                sources += srcs
-                if recon is not None and keep_examples > 0:
-                    _keep_examples(examples, keep_examples, ids, batch["pair_index"], srcs, target, recon, mask,
-                                   epe, zero_epe, scale)
+                sources += batch_sources
+                if decode and keep_examples > 0:
+                    _keep_examples(examples, keep_examples, out, batch_sources)
     finally:
         model.train(was_training)
 
@@ -195,23 +197,20 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
                      sources=sources, examples=list(examples.values()))
 
 
-def _keep_examples(examples: dict[str, Example], limit: int, ids: list[str], pair_index: Any, sources: list[str],
-                   target: torch.Tensor, recon: torch.Tensor, mask: torch.Tensor, epe: torch.Tensor,
-                   motion: torch.Tensor, scale: float) -> None:
+def _keep_examples(examples: dict[str, Example], limit: int, out: dict[str, Any], sources: list[str]) -> None:
     """Keep, per item (the first `limit` items seen), the pair that moves most: a static pair shows nothing."""
-    pairs = np.asarray(pair_index).reshape(-1)
-    for i, item in enumerate(ids):
-        m = float(motion[i])
-        if not math.isfinite(m):
+    flow_px, recon_px, mask = out["picture"]
+    for i, item in enumerate(out["ids"]):
+        motion = float(out["zero"][i])  # EPE of a zero guess = mean flow magnitude over valid pixels
+        if not math.isfinite(motion):
             continue
         if item not in examples and len(examples) >= limit:
             continue
-        if item in examples and examples[item].motion_px >= m:
+        if item in examples and examples[item].motion_px >= motion:
             continue
-        examples[item] = Example(item_id=item, pair_index=int(pairs[i]), source=sources[i],
-                                 flow_px=(target[i] * scale).float().cpu().numpy(),
-                                 recon_px=(recon[i] * scale).float().cpu().numpy(),
-                                 valid=mask[i].cpu().numpy(), epe_px=float(epe[i]), motion_px=m)
+        examples[item] = Example(item_id=item, pair_index=int(out["pair"][i]), source=sources[i],
+                                 flow_px=flow_px[i].float().cpu().numpy(), recon_px=recon_px[i].float().cpu().numpy(),
+                                 valid=mask[i].cpu().numpy(), epe_px=float(out["epe"][i]), motion_px=motion)
 
 
 # ================================================================================================ probing

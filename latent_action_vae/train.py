@@ -137,8 +137,14 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         start = state["step"]
         console.print(f"[vae] resuming from step {start} ({ckpt_path})", markup=False, highlight=False)
     metrics_path = out_dir / "metrics.csv"
+    out_dir.mkdir(parents=True, exist_ok=True)
     _truncate_metrics(metrics_path, start)
-    console.print(f"[vae] {sampler.summary()}", markup=False, highlight=False)
+    summary = sampler.summary()
+    tiers = ", ".join(f"L{t}: {v['items']} items/{v['pairs']} pairs" for t, v in sorted(summary["by_tier"].items()))
+    lab = summary["by_labelled"].get("labelled", {"items": 0, "pairs": 0})
+    console.print(f"[vae] training on {summary['items']} train items ({tiers}); labelled {lab['items']} items / "
+                  f"{lab['pairs']} pairs, {summary['labelled_per_batch']} per batch of {summary['batch_size']}",
+                  markup=False, highlight=False)
 
     def state_at(step: int) -> dict[str, Any]:
         return {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimiser": optimiser.state_dict(),

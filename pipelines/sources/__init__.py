@@ -23,7 +23,7 @@ def make_source(kind: str, root: str, tier: int | None = None, **options: Any) -
     return cls(root, tier=tier, **options)
 
 
-def load_actions(row: dict[str, Any]) -> "np.ndarray":
+def load_actions(row: dict[str, Any]):
     """Actions [T, D] of an items-table row, read by the adapter of its source (BadInput when unusable)."""
     return SOURCES[row["source"]].load_actions(row)
 

@@ -1,0 +1,153 @@
+"""VAE training, resume, losses and labelling on real generated items (ingest → flow → VAE → labels)."""
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from catalog import Catalog
+from flow_extraction.frames import resampled_count
+from latent_action_vae.losses import vae_loss
+from pipelines.config import load_config
+from pipelines.flow import run_flow
+from pipelines.ingest import ingest
+from pipelines.label import densify, read_latents, run_label
+from pipelines.runners import make_runner
+from pipelines.vae import run_vae_train
+
+TINY_VAE = {"vae.image_size": 32, "vae.widths": [8, 16, 32, 64, 128], "vae.latent_channels": 64, "vae.hidden": 64,
+            "vae.batch_size": 8, "vae.steps": 4, "vae.log_every": 1, "vae.checkpoint_every": 2, "vae.threads": 1}
+
+
+def prepared(workdir, **overrides):
+    cfg = load_config(None, workdir=str(workdir), **{"runner.engine": "local", "flow.store_size": [32, 32],
+                                                     **TINY_VAE, **overrides})
+    cfg.sources = [s for s in cfg.sources if s.kind in ("robotwin", "task_agnostic")]
+    with Catalog(cfg.catalog_path) as cat:
+        ingest(cfg, cat, make_runner("local"), progress=False)
+        run_flow(cfg, cat, make_runner("local"), progress=False)
+    return cfg
+
+
+def metrics(cfg):
+    with open(cfg.path("vae") / "metrics.csv") as f:
+        return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
+
+
+def test_resume_reproduces_the_next_step_loss(workdir, tmp_path_factory):
+    cfg = prepared(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        full = run_vae_train(cfg, cat, progress=False)
+    straight = metrics(cfg)
+    assert full.steps == 4 and sorted(straight) == [0, 1, 2, 3]
+    assert all(np.isfinite(v) for v in straight.values())
+    # start over, stop after step 2 (a checkpoint), then resume to step 4
+    with Catalog(cfg.catalog_path) as cat:
+        run_vae_train(cfg, cat, resume=False, steps=2, progress=False)
+        resumed = run_vae_train(cfg, cat, resume=True, steps=4, progress=False)
+    assert resumed.resumed_from == 2
+    again = metrics(cfg)
+    assert sorted(again) == [0, 1, 2, 3]  # no step logged twice
+    for step in (2, 3):
+        assert again[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        runs = cat.sql("SELECT status FROM runs WHERE job = 'vae-train'").column(0).to_pylist()
+    assert runs == ["ok", "ok", "ok"]
+
+
+def test_resume_refuses_a_checkpoint_from_another_config(workdir):
+    cfg = prepared(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        run_vae_train(cfg, cat, steps=2, progress=False)
+        cfg.vae.beta = 0.5
+        with pytest.raises(ValueError, match="another VAE config"):
+            run_vae_train(cfg, cat, steps=3, progress=False)
+
+
+def test_labels_have_one_row_per_frame_transition_for_every_item(workdir):
+    cfg = prepared(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        run_vae_train(cfg, cat, steps=2, progress=False)
+        report = run_label(cfg, cat, make_runner("local"), progress=False)
+        items = {r["item_id"]: r for r in cat.items().to_pylist()}
+        arts = cat.sql("SELECT item_id, path FROM artifacts WHERE stage = 'label'").to_pylist()
+    assert report.stage.counts["done"] == len(items) == len(arts) == 5
+    lengths = set()
+    for a in arts:
+        latents, meta = read_latents(a["path"])
+        row = items[a["item_id"]]
+        assert latents.dtype == np.float32 and latents.shape == (row["frame_count"] - 1, 14)
+        assert np.isfinite(latents).all() and meta["fps"] == pytest.approx(row["fps"])
+        lengths.add((row["frame_count"], round(row["fps"], 1)))
+    assert len(lengths) >= 2  # items of different lengths and rates (16.7 Hz RoboTwin, 25 fps task-agnostic)
+    assert set(report.stats["per_source"]) == {"robotwin", "task_agnostic"}
+    corpus = report.stats["corpus"]
+    assert corpus["rows"] == sum(r["frame_count"] - 1 for r in items.values())
+    assert len(corpus["q01"]) == 14 and all(lo <= hi for lo, hi in zip(corpus["q01"], corpus["q99"]))
+    with Catalog(cfg.catalog_path) as cat:  # a rerun with the same checkpoint does nothing
+        again = run_label(cfg, cat, make_runner("local"), progress=False)
+    assert again.stage.processed == 0
+
+
+def test_labels_follow_resampled_fps(workdir):
+    cfg = prepared(workdir, **{"flow.fps": 10.0})
+    with Catalog(cfg.catalog_path) as cat:
+        run_vae_train(cfg, cat, steps=1, progress=False)
+        run_label(cfg, cat, make_runner("local"), progress=False)
+        arts = cat.sql("SELECT a.path, i.frame_count, i.fps FROM artifacts a JOIN items i USING (item_id) "
+                       "WHERE a.stage = 'label'").to_pylist()
+    assert arts
+    for a in arts:
+        latents, meta = read_latents(a["path"])
+        n, fps = resampled_count(a["frame_count"], a["fps"], 10.0)
+        assert meta["fps"] == pytest.approx(fps) == 10.0
+        assert n == meta["n_frames"] and abs(n - a["frame_count"] * 10.0 / a["fps"]) <= 1
+        assert latents.shape == (n - 1, 14)
+
+
+def test_densify_rule_native_and_delta_grids():
+    mu = np.arange(4, dtype=np.float32)[:, None].repeat(14, 1)
+    native = densify(mu, np.array([0, 1, 2, 3]), n_frames=7)  # Δ = 3: pairs start at 0..3, frames 0..6
+    assert native[:, 0].tolist() == [0, 1, 2, 3, 3, 3]  # the last Δ−1 rows repeat the last pair
+    delta = densify(mu[:2], np.array([0, 3]), n_frames=7)
+    assert delta[:, 0].tolist() == [0, 0, 0, 1, 1, 1]  # each pair holds for the Δ rows it starts
+
+
+def batch_tensors(b=4):
+    torch.manual_seed(0)
+    out = {"mu": torch.randn(b, 14), "logvar": torch.randn(b, 14) * 0.1, "recon": torch.randn(b, 2, 8, 8)}
+    target = torch.randn(b, 2, 8, 8)
+    mask = torch.ones(b, 8, 8, dtype=torch.bool)
+    action = torch.randn(b, 14)
+    action_mask = torch.zeros(b, 14, dtype=torch.bool)
+    action_mask[:, :12] = True
+    labelled = torch.tensor([True, True, False, False])
+    return out, target, mask, action, action_mask, labelled
+
+
+def test_alignment_ignores_unlabelled_samples_and_masked_dims():
+    out, target, mask, action, action_mask, labelled = batch_tensors()
+    base = vae_loss(out, target, mask, action, action_mask, labelled, beta=0.1, lambda_align=1.0)
+    changed = action.clone()
+    changed[2:] += 100.0  # unlabelled rows
+    changed[:, 12:] += 100.0  # padded dims of a 12-d embodiment
+    again = vae_loss(out, target, mask, changed, action_mask, labelled, beta=0.1, lambda_align=1.0)
+    assert again["align"].item() == pytest.approx(base["align"].item())
+    changed[0, 0] += 1.0  # a real dim of a labelled row does count
+    moved = vae_loss(out, target, mask, changed, action_mask, labelled, beta=0.1, lambda_align=1.0)
+    assert moved["align"].item() > base["align"].item()
+
+
+def test_zero_weights_switch_terms_off():
+    out, target, mask, action, action_mask, labelled = batch_tensors()
+    full = vae_loss(out, target, mask, action, action_mask, labelled, beta=0.3, lambda_align=2.0)
+    assert full["loss"].item() == pytest.approx((full["recon"] + 0.3 * full["kl"] + 2.0 * full["align"]).item())
+    no_align = vae_loss(out, target, mask, action, action_mask, labelled, beta=0.3, lambda_align=0.0)
+    assert no_align["loss"].item() == pytest.approx((full["recon"] + 0.3 * full["kl"]).item())
+    no_kl = vae_loss(out, target, mask, action, action_mask, labelled, beta=0.0, lambda_align=2.0)
+    assert no_kl["loss"].item() == pytest.approx((full["recon"] + 2.0 * full["align"]).item())
+    out = {k: v.clone().requires_grad_(True) for k, v in out.items()}
+    only_recon = vae_loss(out, target, mask, action, action_mask, labelled, beta=0.0, lambda_align=0.0)
+    grad_mu, grad_recon = torch.autograd.grad(only_recon["loss"], [out["mu"], out["recon"]], allow_unused=True)
+    assert grad_mu is None and grad_recon is not None  # with both off, only reconstruction trains the model
