@@ -52,3 +52,24 @@ def latent_stats_table(stats: dict) -> Table:
         dims = ", ".join(f"{m:+.2f}±{d:.2f}" for m, d in zip(s["mean"][:4], s["std"][:4]))
         table.add_row(name, str(s["items"]), str(s["rows"]), dims, f"{s['q01'][0]:+.2f}..{s['q99'][0]:+.2f}")
     return table
+
+
+def evaluation_table(results: dict) -> Table:
+    """Probe R² (trained / random-init / mean), EPE and active dims per scope of a VAE evaluation."""
+    table = Table(title="Latent-action VAE on held-out groups")
+    for col in ("scope", "held-out pairs", "probe R² trained", "random init", "mean", "EPE px trained", "random init",
+                "zero flow", "active dims"):
+        table.add_column(col, justify="left" if col == "scope" else "right")
+
+    def num(x, fmt="{:.3f}"):
+        return "—" if x is None else fmt.format(x)
+
+    for scope, r in results.items():
+        if scope == "meta":
+            continue
+        probe, epe = r.get("probe", {}), r.get("epe_px", {})
+        table.add_row(scope, str(r.get("n_heldout_pairs", "")),
+                      *(num(probe.get(m, {}).get("r2")) for m in ("trained", "random_init", "mean")),
+                      *(num(epe.get(m, {}).get("mean"), "{:.2f}") for m in ("trained", "random_init", "zero_flow")),
+                      str(r.get("kl", {}).get("active_dims", "")))
+    return table

@@ -69,7 +69,7 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     status = "failed"
     try:
         results = evaluate(model, random_model, batches(train_rows, True), batches(heldout_rows, False),
-                           cfg.path(vc.output) / "eval", vc.flow_scale_px)
+                           cfg.path(vc.output) / "eval", vc.flow_scale_px, rows=rows)
         catalog.add_evaluation(run_id, _flatten(results))
         status = "ok"
         return results
@@ -89,5 +89,6 @@ def _flatten(results: dict[str, Any], prefix: str = "") -> dict[str, dict[str, f
             out.setdefault(scope, {})[name] = float(node)
 
     for scope, node in results.items():
-        walk(node, scope, "")
+        if scope != "meta":  # counts, settings and timings, kept in eval.json only
+            walk(node, scope, "")
     return out
