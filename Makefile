@@ -33,6 +33,7 @@ test-all: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_ingest.py
 	$(PY) bench/bench_flow.py
+	$(PY) bench/bench_vae.py
 
 ## re-resolve requirements.lock from pyproject.toml + overrides.txt (needs the torch CPU wheel in find-links)
 lock: $(STAMP)

@@ -13,7 +13,9 @@ from catalog import Catalog
 from pipelines.config import PipelineConfig
 from pipelines.flow import flow_stats_by_source, run_flow
 from pipelines.ingest import ingest
-from pipelines.report import arrow_to_rich, funnel_table, reasons_table
+from pipelines.label import run_label
+from pipelines.report import arrow_to_rich, evaluation_table, funnel_table, latent_stats_table, reasons_table
+from pipelines.vae import run_vae_eval, run_vae_train
 from pipelines.runners import make_runner
 from pipelines.samples.pyramid import generate_sample_pyramid
 
@@ -49,16 +51,27 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
             t0 = time.perf_counter()
             run_flow(cfg, catalog, runner, console=err)
             timings["flow_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            run_vae_train(cfg, catalog, console=err)
+            timings["vae_train_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            evaluation = run_vae_eval(cfg, catalog, console=err)
+            timings["vae_eval_s"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            labels = run_label(cfg, catalog, runner, console=err)
+            timings["label_s"] = time.perf_counter() - t0
         finally:
             runner.close()
         console.print(funnel_table(catalog))
         console.print(reasons_table(catalog))
         console.print(arrow_to_rich(flow_stats_by_source(catalog), title="Flow statistics per source"))
+        console.print(evaluation_table(evaluation))
+        console.print(latent_stats_table(labels.stats))
     timings["total_s"] = time.perf_counter() - t_start
+    steps = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in timings.items() if k != "total_s")
     console.print(
-        f"demo done in {timings['total_s']:.1f}s (samples {timings['samples_s']:.1f}s, ingest {timings['ingest_s']:.1f}s, "
-        f"flow {timings['flow_s']:.1f}s); "
-        f"driver peak memory {driver_peak_rss_mb():.0f} MiB; catalog {cfg.catalog_path}; items manifest {report.manifest_path}",
+        f"demo done in {timings['total_s']:.1f}s ({steps}); driver peak memory {driver_peak_rss_mb():.0f} MiB; "
+        f"catalog {cfg.catalog_path}; items manifest {report.manifest_path}",
         highlight=False,
     )
     return timings
