@@ -78,19 +78,19 @@ class VAEConfig:
 
     input: str = "flow"  # flow: 2-channel raw flow | colour: 3-channel fixed-radius colour-wheel image
     image_size: int = 64  # flow is resized to image_size² (vectors stay in working-canvas pixels)
-    flow_scale_px: float = 20.0  # network units = flow / flow_scale_px (also the colour radius)
+    flow_scale_px: float = 10.0  # network units = flow / flow_scale_px (also the colour radius)
     widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 512])  # DC-AE stages (64/2^5 = 2 → 2×2 tokens)
     latent_channels: int = 512  # token width
     latent_dim: int = 14
     hidden: int = 512  # the light encoder/decoder between tokens and the 14-d latent
     pretrained_dcae: str | None = None  # local folder of a diffusers AutoencoderDC (e.g. dc-ae-f128c512); frozen
-    beta: float = 1e-3  # KL weight
-    lambda_align: float = 1.0  # weight of aligning μ with real normalised action changes
+    beta: float = 1e-4  # KL weight
+    lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes
     labelled_fraction: float = 0.1  # share of each batch drawn from labelled pairs
     tier_weights: dict[str, float] = field(default_factory=dict)  # {"1": w, ...}; missing tiers weigh 1
     batch_size: int = 32
-    steps: int = 300
-    lr: float = 1e-3
+    steps: int = 600
+    lr: float = 3e-4
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100

@@ -33,7 +33,8 @@ class SampleSummary:
 
 
 def sample_sizes(scale: int) -> dict[str, int]:
-    return {"task_agnostic": 6 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale}
+    # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
+    return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale}
 
 
 def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defects: bool = True,
