@@ -46,7 +46,7 @@ def main() -> None:
             t0 = time.perf_counter()
             flow = run_flow(cfg, cat, runner, progress=False)
             flow_s = time.perf_counter() - t0
-            pairs = sum(r["pairs"] for r in flow.per_source)
+            pairs = int(sum(r["pairs"] for r in flow.per_source))
             train = run_vae_train(cfg, cat, progress=False)
             t0 = time.perf_counter()
             run_label(cfg, cat, runner, progress=False)

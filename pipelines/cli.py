@@ -205,11 +205,12 @@ def label(
 
 @app.command()
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
-    """Print the funnel per source and stage, and the quarantine reasons."""
-    from pipelines.report import funnel_table, reasons_table
+    """Print the inventory (items, frames, hours, labelled share per source and tier), the funnel, quarantine reasons."""
+    from pipelines.report import funnel_table, inventory_table, reasons_table
 
     cfg = _config(config, workdir)
     with _open_catalog(cfg, read_only=True) as cat:
+        console.print(inventory_table(cat))
         console.print(funnel_table(cat))
         console.print(reasons_table(cat))
 

@@ -14,7 +14,8 @@ from pipelines.config import PipelineConfig
 from pipelines.flow import flow_stats_by_source, run_flow
 from pipelines.ingest import ingest
 from pipelines.label import run_label
-from pipelines.report import arrow_to_rich, evaluation_table, funnel_table, latent_stats_table, reasons_table
+from pipelines.report import (arrow_to_rich, evaluation_table, funnel_table, inventory_table, latent_stats_table,
+                              reasons_table)
 from pipelines.vae import run_vae_eval, run_vae_train
 from pipelines.runners import make_runner
 from pipelines.samples.pyramid import generate_sample_pyramid
@@ -62,6 +63,7 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
             timings["label_s"] = time.perf_counter() - t0
         finally:
             runner.close()
+        console.print(inventory_table(catalog))
         console.print(funnel_table(catalog))
         console.print(reasons_table(catalog))
         console.print(arrow_to_rich(flow_stats_by_source(catalog), title="Flow statistics per source"))

@@ -37,6 +37,26 @@ def funnel_table(catalog: Catalog) -> Table:
     return table
 
 
+def inventory_table(catalog: Catalog) -> Table:
+    """Per source and tier: items, frames, hours, share with real actions, share labelled with latent actions."""
+    rows = catalog.sql(
+        """
+        SELECT i.source, i.tier, count(*) AS items, sum(i.frame_count) AS frames,
+               sum(i.duration_s) / 3600.0 AS hours, avg(i.has_actions::INT) AS with_actions,
+               avg((s.status = 'done')::INT) AS latent_labelled
+        FROM items i LEFT JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'label'
+        GROUP BY ALL ORDER BY i.tier, i.source
+        """
+    ).to_pylist()
+    table = Table(title="Inventory per source and tier")
+    for col in ("source", "tier", "items", "frames", "hours", "with actions", "latent-labelled"):
+        table.add_column(col, justify="left" if col == "source" else "right")
+    for r in rows:
+        table.add_row(r["source"], f"L{r['tier']}", str(r["items"]), str(r["frames"] or 0), f"{r['hours'] or 0:.3f}",
+                      f"{(r['with_actions'] or 0):.0%}", f"{(r['latent_labelled'] or 0):.0%}")
+    return table
+
+
 def reasons_table(catalog: Catalog) -> Table:
     q = catalog.quarantine()
     return arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")
