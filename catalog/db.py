@@ -152,14 +152,20 @@ class Catalog:
         if table.num_rows == 0:
             return 0
         keys = _PRIMARY_KEYS[table_name]
-        # DuckDB cannot update list columns in place under a primary key, so replace = delete + insert.
+        # DuckDB cannot update list columns in place under a primary key, so replace = delete + insert,
+        # in one transaction so a crash between the two never loses the row.
         self.con.register("_keys", table.select(list(keys)))
+        self.con.execute("BEGIN TRANSACTION")
         try:
             match = " AND ".join(f't."{k}" = k."{k}"' for k in keys)
             self.con.execute(f"DELETE FROM {table_name} t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {match})")
+            self._insert(table_name, table)
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
         finally:
             self.con.unregister("_keys")
-        self._insert(table_name, table)
         return table.num_rows
 
     def upsert_items(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:

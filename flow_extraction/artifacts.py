@@ -8,16 +8,16 @@ backend, checkpoint, Δ in seconds and frames, grid, fps, working and store size
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from manifests.io import atomic_write
 
 FORMAT = "motus-pyramid/flow/v1"
 
@@ -40,21 +40,9 @@ def artifact_path(root: str | os.PathLike, item_id: str, suffix: str = ".flow.np
 def write_flow_artifact(path: str | os.PathLike, flow: np.ndarray, valid: np.ndarray, pairs: np.ndarray,
                         meta: dict[str, Any]) -> tuple[int, str]:
     """Write atomically; return (bytes, blake2b checksum)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, flow=flow.astype(np.float16), valid=valid.astype(bool), pairs=pairs.astype(np.int32),
-                     meta=np.array(json.dumps({"format": FORMAT, **meta}, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        digest = hashlib.blake2b(tmp.read_bytes(), digest_size=16).hexdigest()
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return size, digest
+    return atomic_write(path, lambda f: np.savez(
+        f, flow=flow.astype(np.float16), valid=valid.astype(bool), pairs=pairs.astype(np.int32),
+        meta=np.array(json.dumps({"format": FORMAT, **meta}, sort_keys=True))))
 
 
 def read_flow_artifact(path: str | os.PathLike) -> FlowArtifact:

@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from flow_extraction.frames import native_frame_index as frames_native_index
+from flow_extraction.frames import native_frame_index
 from pipelines.config import VAEConfig
 from pipelines.sources import load_actions
 from pipelines.stages import BadInput
@@ -79,11 +79,6 @@ def read_pairs(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
         return z["pairs"], json.loads(str(z["meta"]))
 
 
-def native_frame_index(frames: np.ndarray, flow_fps: float, native_fps: float) -> np.ndarray:
-    """Frame indices at the artifact's rate → rows of the item's native-rate actions (the frame streamer's rule)."""
-    return frames_native_index(frames, float(native_fps), float(flow_fps))
-
-
 def _item_actions(row: Mapping[str, Any]) -> np.ndarray:
     """load_actions, with the item named in every failure (the trainer's error must point at the file)."""
     item_id = row["item_id"]
@@ -106,7 +101,7 @@ def _item_actions(row: Mapping[str, Any]) -> np.ndarray:
 def action_changes(row: Mapping[str, Any], pairs: np.ndarray, flow_fps: float) -> np.ndarray:
     """a[t2] − a[t1] for each flow pair (t1, t2) of an item, float64 [N, D]."""
     actions = _item_actions(row)
-    idx = native_frame_index(pairs, flow_fps, float(row["native_fps"]))
+    idx = native_frame_index(pairs, float(row["native_fps"]), flow_fps)
     if len(idx) and (idx.min() < 0 or idx.max() >= len(actions)):
         raise ValueError(f"{row['item_id']}: flow pairs reach native frame {idx.max()} but its actions have "
                          f"{len(actions)} rows")
@@ -393,4 +388,4 @@ class PairSampler:
 
 
 __all__ = ["ACTION_WIDTH", "ActionStats", "PairSampler", "action_changes", "compute_action_stats",
-           "native_frame_index", "normalise_action_change", "read_pairs", "stats_from_dict", "stats_to_dict"]
+           "normalise_action_change", "read_pairs", "stats_from_dict", "stats_to_dict"]

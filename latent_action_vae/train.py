@@ -14,7 +14,6 @@ import dataclasses
 import hashlib
 import os
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ import torch
 from rich.console import Console
 
 from catalog.db import code_version
+from manifests.io import atomic_write
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
 from latent_action_vae.model import LatentActionVAE
@@ -34,23 +34,28 @@ CHECKPOINT_KIND = "motus-pyramid/latent-action-vae/v1"
 METRICS = ("step", "loss", "recon", "kl", "align", "epe_px", "labelled", "lr", "samples_per_s", "wall_s")
 
 
+# VAE settings that do not change what the model learns: a resumed run may change them freely
+RUN_ONLY_SETTINGS = ("steps", "threads", "log_every", "checkpoint_every", "eval_max_pairs", "output")
+
+
 def flow_manifest_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], str]:
-    """Rows of the flow manifest and the hash of its file (recorded in checkpoints)."""
+    """Rows of the flow manifest and a hash of their content (recorded in checkpoints; a rerun of the flow stage
+    that changes nothing keeps the hash)."""
     path = cfg.manifests_dir / "flow.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no flow manifest at {path}: run `pyramid flow` first")
-    digest = hashlib.blake2b(path.read_bytes(), digest_size=16).hexdigest()
-    return pq.read_table(path).to_pylist(), digest
+    rows = pq.read_table(path).to_pylist()
+    keys = [(r["item_id"], r["split"], r["artifact_path"], r["n_pairs"], r["delta_frames"]) for r in rows]
+    digest = hashlib.blake2b(repr(sorted(keys)).encode(), digest_size=16).hexdigest()
+    return rows, digest
+
+
+def _learning_settings(vc: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in vc.items() if k not in RUN_ONLY_SETTINGS}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda f: torch.save(state, f))
 
 
 def load_vae(path: str | os.PathLike) -> tuple[LatentActionVAE, dict[str, Any]]:
@@ -127,10 +132,13 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     start = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["vae_config"] != dataclasses.asdict(vc) or state["manifest_hash"] != manifest_hash:
+        old, new = _learning_settings(state["vae_config"]), _learning_settings(dataclasses.asdict(vc))
+        changed = sorted(k for k in new if old.get(k) != new[k])
+        if changed or state["manifest_hash"] != manifest_hash:
+            what = f"VAE settings {changed}" if changed else "the flow manifest (items or their flow changed)"
             raise ValueError(
-                f"{ckpt_path} was trained with another VAE config or flow manifest; "
-                "use --no-resume to start over (or a different vae.output folder)"
+                f"{ckpt_path} was trained with other {what}; use --no-resume to start over "
+                "(or a different vae.output folder)"
             )
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])

@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> tuple[int, str]:
+    """Write a file through `write(f)` under a temp name in the same folder, fsync, rename; return
+    (bytes, blake2b-128 checksum). A crash leaves no file that looks complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        digest = hashlib.blake2b(tmp.read_bytes(), digest_size=16).hexdigest()
+        size = tmp.stat().st_size
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return size, digest
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> tuple[int, str]:
+    return atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_manifest(table: pa.Table, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:

@@ -48,12 +48,9 @@ def _open_catalog(cfg, read_only: bool = False):
 
 
 def _runner(cfg):
-    from pipelines.runners import make_runner
+    from pipelines.runners import runner_from_config
 
-    if cfg.runner.engine == "ray":
-        return make_runner("ray", address=cfg.runner.ray_address, num_cpus=cfg.runner.num_cpus,
-                           torch_threads=cfg.runner.torch_threads)
-    return make_runner(cfg.runner.engine)
+    return runner_from_config(cfg.runner)
 
 
 @app.command()
@@ -95,7 +92,7 @@ def ingest(
             runner.close()
         console.print(funnel_table(cat))
     console.print(f"items manifest: {report.manifest_path}")
-    if report.source_errors:
+    if report.source_errors or report.stage.counts.get("failed"):
         raise typer.Exit(1)
 
 
@@ -193,7 +190,7 @@ def label(
         try:
             report = run_label(cfg, cat, runner, checkpoint=str(checkpoint) if checkpoint else None, force=force,
                                console=err)
-        except FileNotFoundError as e:
+        except (FileNotFoundError, ValueError) as e:
             err.print(f"[red]label:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2)
         finally:
@@ -240,9 +237,9 @@ def catalog_sql(
 @app.command()
 def demo(
     config: Optional[Path] = ConfigOpt,
-    workdir: Path = typer.Option(Path("demo_run"), "--workdir", "-w"),
-    scale: int = typer.Option(1, "--scale", help="Sample pyramid size multiplier."),
-    engine: str = typer.Option("ray", "--engine"),
+    workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Default: the config's workdir (demo_run)."),
+    scale: Optional[int] = typer.Option(None, "--scale", help="Sample pyramid size multiplier (default: samples.scale)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="ray (default) or local."),
 ):
     """The main job on built-in data: generate the sample pyramid, ingest it with Ray, print the funnel."""
     from pipelines.demo import run_demo

@@ -213,7 +213,11 @@ def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> Pipe
         node = data
         *parents, leaf = dotted.split(".")
         for k in parents:
-            node = node.setdefault(k, {})
+            if node.get(k) is None:
+                node[k] = {}
+            if not isinstance(node[k], dict):
+                raise ConfigError(f"{k}: expected a mapping to set {dotted}, got {node[k]!r}")
+            node = node[k]
         node[leaf] = value
     return config_from_dict(data)
 
@@ -243,6 +247,8 @@ def validate(cfg: PipelineConfig) -> None:
         size = getattr(f, name)
         if len(size) != 2 or min(size) < 8:
             raise ConfigError(f"flow.{name} must be [H, W] with both >= 8, got {size}")
+    if f.batch_size < 1 or f.camera < 0 or f.num_gpus < 0:
+        raise ConfigError("flow.batch_size must be >= 1, flow.camera >= 0 and flow.num_gpus >= 0")
     if f.dis_preset not in ("ultrafast", "fast", "medium"):
         raise ConfigError(f"flow.dis_preset: {f.dis_preset!r} is not one of ultrafast, fast, medium")
     v = cfg.vae
@@ -252,6 +258,13 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"vae.image_size {v.image_size} must be divisible by 2^(len(widths)-1) = {2 ** (len(v.widths) - 1)}")
     if not 0 <= v.labelled_fraction <= 1 or v.beta < 0 or v.lambda_align < 0:
         raise ConfigError("vae.labelled_fraction must be in [0, 1]; vae.beta and vae.lambda_align must be >= 0")
+    for key in ("steps", "checkpoint_every", "log_every", "batch_size", "threads", "eval_max_pairs"):
+        if getattr(v, key) < (0 if key == "steps" else 1):
+            raise ConfigError(f"vae.{key} must be >= {0 if key == 'steps' else 1}, got {getattr(v, key)}")
+    for tier, weight in v.tier_weights.items():
+        if str(tier) not in {str(t) for t in range(1, 7)} or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"vae.tier_weights: keys are tiers 1..6 and weights numbers >= 0, got {tier!r}: {weight!r}")
+    v.tier_weights = {str(t): float(w) for t, w in v.tier_weights.items()}  # YAML may give int keys
     if v.widths[-1] % v.latent_channels:
         raise ConfigError("vae.widths[-1] must be a multiple of vae.latent_channels (DC-AE's output shortcut)")
     for i, s in enumerate(cfg.sources):

@@ -17,7 +17,7 @@ from pipelines.label import run_label
 from pipelines.report import (arrow_to_rich, evaluation_table, funnel_table, inventory_table, latent_stats_table,
                               reasons_table)
 from pipelines.vae import run_vae_eval, run_vae_train
-from pipelines.runners import make_runner
+from pipelines.runners import runner_from_config
 from pipelines.samples.pyramid import generate_sample_pyramid
 
 
@@ -41,9 +41,7 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
         marker.write_text(f"scale={cfg.samples.scale} seed={cfg.samples.seed}\n")
     timings["samples_s"] = time.perf_counter() - t0
 
-    runner = (make_runner("ray", address=cfg.runner.ray_address, num_cpus=cfg.runner.num_cpus,
-                          torch_threads=cfg.runner.torch_threads)
-              if cfg.runner.engine == "ray" else make_runner(cfg.runner.engine))
+    runner = runner_from_config(cfg.runner)
     with Catalog(cfg.catalog_path) as catalog:
         try:
             t0 = time.perf_counter()

@@ -97,8 +97,8 @@ def run_stage(
             if len(pending) >= flush_every or time.perf_counter() - last_flush >= flush_every_s:
                 flush()
                 last_flush = time.perf_counter()
-        flush()
     finally:
+        flush()  # even when the run is interrupted: what finished stays recorded
         bar.close()
     report.wall_s = time.perf_counter() - t0
     return report

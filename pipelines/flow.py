@@ -185,9 +185,16 @@ def flow_stage(fc: FlowConfig) -> Stage:
                  resources=Resources(num_cpus=1, num_gpus=fc.num_gpus, batch_size=1))
 
 
-def settings_fingerprint(fc: FlowConfig, input_checksum: str | None) -> str:
-    """Changing the input or any flow setting redoes the item; nothing else does."""
-    text = json.dumps({"flow": dataclasses.asdict(fc), "input": input_checksum}, sort_keys=True)
+# flow settings that do not change an artifact's content
+_NOT_IN_OUTPUT = ("num_gpus", "batch_size", "colour_max_radius")
+# item fields that decide which frames the flow is computed on (clips of one video share its checksum)
+_ITEM_WINDOW = ("input_checksum", "media_uris", "start_s", "frame_count", "fps", "width", "height", "extras")
+
+
+def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
+    """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else."""
+    flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
+    text = json.dumps({"flow": flow, "item": {k: row.get(k) for k in _ITEM_WINDOW}}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -205,17 +212,19 @@ def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = F
     if fc.backend == "dpflow":  # fail before any worker starts when the weights cannot be found
         from flow_extraction.dpflow import resolve_checkpoint
 
-        resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init,
-                           allow_download=fc.dpflow_allow_download)
+        resolved = resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init,
+                                      allow_download=fc.dpflow_allow_download)
+        if resolved and Path(resolved).exists():  # a file: workers (maybe on other nodes) get its absolute path
+            fc = dataclasses.replace(fc, dpflow_checkpoint=str(Path(resolved).resolve()))
     run_id = catalog.start_run("flow", cfg.to_dict(), engine=getattr(runner, "name", "?"))
     status, report = "failed", None
     try:
-        items = catalog.items().to_pylist()
+        items = catalog.items().to_pylist()  # only items whose ingest is done have rows here
         root = cfg.artifacts_dir / "flow"
         tasks = [
             {"item_id": r["item_id"], "input_uri": r["input_uri"], "row": r, "flow": dataclasses.asdict(fc),
              "out_path": str(artifact_path(root, r["item_id"])),
-             "input_fingerprint": settings_fingerprint(fc, r["input_checksum"])}
+             "input_fingerprint": settings_fingerprint(fc, r)}
             for r in items
         ]
 

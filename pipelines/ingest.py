@@ -3,6 +3,9 @@ items manifest, and quarantine unreadable items with a reason."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -26,7 +29,12 @@ def probe_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
     ref: ItemRef = task["ref"]
     if task.get("duplicate_of"):
         raise BadInput(f"duplicate item id: {ref.input_uri} and {task['duplicate_of']} map to {ref.item_id}")
-    return adapter.probe(ref)
+    row = adapter.probe(ref)
+    try:  # a row that does not fit the contract fails this item here, not the whole run in the driver's sink
+        validate_rows(ITEMS, [{"split": "train", **row}])
+    except ValueError as e:
+        raise BadInput(f"adapter row does not fit the items schema: {e}") from e
+    return row
 
 
 INGEST = Stage("ingest", probe_item, resources=Resources(num_cpus=1, batch_size=4))
@@ -51,8 +59,11 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None) -> tuple
         label = f"{sc.kind}:{sc.root}"
         try:
             adapter = make_source(sc.kind, str(cfg.path(sc.root)), tier=sc.tier, **sc.options)
+            # settings that change an item's row: a changed tier, source option or split rule redoes the items
+            settings = json.dumps([sc.tier, sc.options, dataclasses.asdict(cfg.splits)], sort_keys=True, default=str)
             for ref in adapter.discover():
-                task = {"item_id": ref.item_id, "input_uri": ref.input_uri, "input_fingerprint": ref.fingerprint,
+                fp = hashlib.blake2b(f"{ref.fingerprint}|{settings}".encode(), digest_size=8).hexdigest()
+                task = {"item_id": ref.item_id, "input_uri": ref.input_uri, "input_fingerprint": fp,
                         "adapter": adapter, "ref": ref}
                 if ref.item_id in first_uri:
                     task["duplicate_of"] = first_uri[ref.item_id]
@@ -86,6 +97,9 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
             ingested.extend(rows)
 
         report = run_stage(INGEST, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
+        # an item that was fine before but is quarantined or failed now must not feed later stages
+        catalog.con.execute("DELETE FROM items WHERE item_id IN (SELECT item_id FROM item_stages "
+                            "WHERE stage = 'ingest' AND status <> 'done')")
         manifests = cfg.manifests_dir
         meta = {"run_id": run_id, "kind": "items"}
         if ingested:

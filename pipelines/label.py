@@ -14,7 +14,6 @@ import functools
 import hashlib
 import json
 import os
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +24,7 @@ from rich.console import Console
 from catalog import Catalog
 from flow_extraction.artifacts import artifact_path, read_flow_artifact
 from manifests import write_manifest
+from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
 from pipelines.driver import StageReport, run_stage
 from pipelines.progress import make_console
@@ -76,17 +76,7 @@ def label_item(task: Mapping[str, Any], model) -> dict[str, Any]:
 
 
 def _write_npz(path: Path, **arrays) -> tuple[int, str]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        digest = hashlib.blake2b(tmp.read_bytes(), digest_size=16).hexdigest()
-        size = tmp.stat().st_size
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return size, digest
+    return atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
@@ -103,7 +93,10 @@ class LabelReport:
 
 def latent_statistics(catalog: Catalog) -> dict[str, Any]:
     """Per-dim mean, std, q01, q99 of every labelled row, for the corpus and per source."""
-    rows = catalog.sql("SELECT item_id, path FROM artifacts WHERE stage = 'label' ORDER BY item_id").to_pylist()
+    rows = catalog.sql(
+        """SELECT a.item_id, a.path FROM artifacts a
+           JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
+           WHERE a.stage = 'label' ORDER BY a.item_id""").to_pylist()
     by_source: dict[str, list[np.ndarray]] = {}
     for r in rows:
         latents, _ = read_latents(r["path"])
@@ -123,9 +116,12 @@ def latent_statistics(catalog: Catalog) -> dict[str, Any]:
 def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: str | None = None, force: bool = False,
               progress: bool = True, console: Console | None = None) -> LabelReport:
     console = console or make_console(stderr=True)
-    ckpt = Path(checkpoint) if checkpoint else cfg.path(cfg.vae.output) / "checkpoints" / "last.pt"
+    from latent_action_vae.train import load_vae
+
+    ckpt = (Path(checkpoint) if checkpoint else cfg.path(cfg.vae.output) / "checkpoints" / "last.pt").resolve()
     if not ckpt.exists():
         raise FileNotFoundError(f"no VAE checkpoint at {ckpt}: run `pyramid vae train` first (or pass --checkpoint)")
+    load_vae(ckpt)  # a wrong file fails here, once, not in every worker
     ckpt_sha = hashlib.blake2b(ckpt.read_bytes(), digest_size=16).hexdigest()
     run_id = catalog.start_run("label", {**cfg.to_dict(), "checkpoint": str(ckpt)}, engine=getattr(runner, "name", "?"))
     status, report = "failed", None
@@ -154,12 +150,12 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         stats = latent_statistics(catalog)
         out = cfg.manifests_dir / "latent_stats.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps({"run_id": run_id, "checkpoint": str(ckpt), **stats}, indent=1))
-        os.replace(tmp, out)
+        atomic_write_text(out, json.dumps({"run_id": run_id, "checkpoint": str(ckpt), **stats}, indent=1))
         write_manifest(catalog.sql(
             """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.checksum
-               FROM artifacts a JOIN items i USING (item_id) WHERE a.stage = 'label' ORDER BY a.item_id"""),
+               FROM artifacts a JOIN items i USING (item_id)
+               JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
+               WHERE a.stage = 'label' ORDER BY a.item_id"""),
             cfg.manifests_dir / "latents.parquet", {"run_id": run_id, "kind": "latents"})
         status = "ok"
         return LabelReport(run_id, report, stats)

@@ -47,7 +47,7 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     console = console or make_console(stderr=True)
     vc = cfg.vae
     torch.set_num_threads(vc.threads)
-    ckpt = Path(checkpoint) if checkpoint else cfg.path(vc.output) / "checkpoints" / "last.pt"
+    ckpt = (Path(checkpoint) if checkpoint else cfg.path(vc.output) / "checkpoints" / "last.pt").resolve()
     if not ckpt.exists():
         raise FileNotFoundError(f"no VAE checkpoint at {ckpt}: run `pyramid vae train` first (or pass --checkpoint)")
     model, state = load_vae(ckpt)

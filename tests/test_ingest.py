@@ -49,6 +49,34 @@ def test_ingest_fills_catalog_and_manifest_from_both_layouts(workdir):
     assert pq.read_table(run_manifest).num_rows == 5
 
 
+def test_no_group_straddles_splits_in_the_catalog(workdir):
+    from pipelines.samples.real_clips import write_ego4d, write_ssv2
+
+    write_ssv2(workdir / "samples" / "ssv2", 6, seed=3)
+    write_ego4d(workdir / "samples" / "ego4d", 3, seed=3)
+    cfg, _, items, _ = run_ingest(workdir)
+    assert {it["source"] for it in items} == {"ssv2", "ego4d", "robotwin", "task_agnostic"}
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        straddling = cat.sql("SELECT group_id FROM items GROUP BY 1 HAVING count(DISTINCT split) > 1").num_rows
+        ego_groups = cat.sql("SELECT count(DISTINCT group_id) AS g, count(*) AS n FROM items WHERE source = 'ego4d'").to_pylist()[0]
+    assert straddling == 0
+    assert ego_groups["n"] > ego_groups["g"] == 3  # several narration clips per video, one group each
+
+
+def test_changing_a_source_setting_redoes_its_items(workdir):
+    run_ingest(workdir)
+    cfg, report, items, _ = run_ingest(workdir, **{"splits.salt": "another"})
+    assert report.stage.processed == 5  # the split rule changed: every row is rewritten
+
+
+def test_item_that_goes_bad_leaves_the_items_table(workdir):
+    run_ingest(workdir)
+    ep = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes" / "episode_000000"
+    defects.truncate_file(ep / "rgb_top.mp4", 0.5)
+    _, _, items, state = run_ingest(workdir)
+    assert not any(i["item_id"].endswith("episode_000000") for i in items) and len(items) == 4
+
+
 def test_second_ingest_does_no_work_and_adds_no_rows(workdir):
     run_ingest(workdir)
     cfg, report, items, state = run_ingest(workdir)

@@ -32,11 +32,13 @@ def test_local_runner_records_each_outcome_and_keeps_going():
     assert out["toy/0"].result["context"] is not None  # setup ran and its value reached the stage
 
 
-def test_ray_runner_same_semantics_one_torch_thread_per_worker(ray_session):
-    runner = make_runner("ray")
-    out = outcomes_by_id(runner)
+def test_ray_runner_same_semantics_and_sets_worker_threads(ray_session):
+    out = outcomes_by_id(make_runner("ray"))
     check_semantics(out)
     assert {o.result["context"]["threads"] for o in out.values() if o.result} == {1}
+    # the runner's own setting reaches the workers (not only Ray's OMP_NUM_THREADS default)
+    two = outcomes_by_id(make_runner("ray", torch_threads=2))
+    assert {o.result["context"]["threads"] for o in two.values() if o.result} == {2}
     assert len({o.result["pid"] for o in out.values() if o.result}) == 2  # two workers on two CPUs
 
 

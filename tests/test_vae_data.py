@@ -14,12 +14,14 @@ from pathlib import Path
 
 import h5py
 import numpy as np
+
+from flow_extraction.frames import native_frame_index
 import pytest
 import torch
 
 from flow_extraction.artifacts import write_flow_artifact
 from latent_action_vae.data import (ActionStats, PairSampler, action_changes, compute_action_stats,
-                                    native_frame_index, normalise_action_change, stats_from_dict, stats_to_dict)
+                                    normalise_action_change, stats_from_dict, stats_to_dict)
 from pipelines.config import VAEConfig
 from pipelines.stages import BadInput
 
@@ -130,7 +132,7 @@ def test_frames_map_from_flow_rate_to_native_action_rate(corpus, tmp_path):
     ramp = np.arange(row["frame_count"], dtype=np.float64)[:, None] * np.arange(1, 15)  # a[t] = t·(1..14)
     np.save(Path(row["input_uri"]) / "actions.npy", ramp)
     pairs = np.array([[0, 2], [3, 5], [7, 9]])  # frames at 12.5 fps: native frame = 2 · frame at 25 fps
-    np.testing.assert_array_equal(native_frame_index(pairs, 12.5, 25.0), pairs * 2)
+    np.testing.assert_array_equal(native_frame_index(pairs, 25.0, 12.5), pairs * 2)
     np.testing.assert_allclose(action_changes(row, pairs, 12.5), np.full((3, 1), 4.0) * np.arange(1, 15))
     with pytest.raises(ValueError, match=row["item_id"]):  # pairs beyond the actions' end
         action_changes(row, np.array([[0, 30]]), 12.5)

@@ -61,8 +61,22 @@ def test_resume_refuses_a_checkpoint_from_another_config(workdir):
     with Catalog(cfg.catalog_path) as cat:
         run_vae_train(cfg, cat, steps=2, progress=False)
         cfg.vae.beta = 0.5
-        with pytest.raises(ValueError, match="another VAE config"):
+        with pytest.raises(ValueError, match=r"other VAE settings \['beta'\]"):
             run_vae_train(cfg, cat, steps=3, progress=False)
+        cfg.vae.beta = TINY_BETA
+        cfg.vae.log_every = 5  # run-only settings may change on resume
+        assert run_vae_train(cfg, cat, steps=3, progress=False).resumed_from == 2
+
+
+TINY_BETA = load_config(None).vae.beta
+
+
+def test_flow_rerun_that_changes_nothing_keeps_the_vae_resumable(workdir):
+    cfg = prepared(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        run_vae_train(cfg, cat, steps=2, progress=False)
+        run_flow(cfg, cat, make_runner("local"), progress=False)  # rewrites flow.parquet, same content
+        assert run_vae_train(cfg, cat, steps=3, progress=False).resumed_from == 2
 
 
 def test_labels_have_one_row_per_frame_transition_for_every_item(workdir):

@@ -23,4 +23,12 @@ def make_runner(engine: str = "ray", **options: Any):
     raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
 
 
-__all__ = ["ENGINES", "LocalRunner", "make_runner"]
+def runner_from_config(runner_cfg: Any):
+    """The runner a `RunnerConfig` describes (engine, Ray address, size, torch threads per worker)."""
+    if runner_cfg.engine == "ray":
+        return make_runner("ray", address=runner_cfg.ray_address, num_cpus=runner_cfg.num_cpus,
+                           torch_threads=runner_cfg.torch_threads)
+    return make_runner(runner_cfg.engine)
+
+
+__all__ = ["ENGINES", "LocalRunner", "make_runner", "runner_from_config"]

@@ -100,6 +100,7 @@ class RayRunner:
                 try:
                     outcomes = ray.get(done[0])
                     idle.append(actor)
+                    deaths = 0  # give up only when workers die one after another (e.g. `setup` raises)
                 except ray.exceptions.RayActorError as e:
                     deaths += 1
                     if deaths > size + 2:

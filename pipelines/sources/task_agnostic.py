@@ -45,9 +45,14 @@ class TaskAgnosticSource(SourceAdapter):
 
     def discover(self) -> Iterator[ItemRef]:
         dataset = self.root.name
-        for ep in sorted(p for p in (self.root / "episodes").glob("*") if p.is_dir()):
+        episodes = sorted(p for p in (self.root / "episodes").glob("*") if p.is_dir())
+        if not episodes:
+            raise SourceError(f"task_agnostic: no episode folders under {self.root / 'episodes'}")
+        for ep in episodes:
             native_id = f"{dataset}/{ep.name}"
-            yield ItemRef(self.item_id(native_id), native_id, str(ep), fingerprint(self._files(ep)))
+            # dataset.json and sim.h5 change the row too (names, fps, whether exact flow is possible)
+            watched = self._files(ep) + [self.root / "dataset.json", ep / "sim.h5"]
+            yield ItemRef(self.item_id(native_id), native_id, str(ep), fingerprint(watched))
 
     @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
