@@ -101,6 +101,18 @@ def _decode_video(path: str, start_s: float) -> Iterator[np.ndarray]:
         raise BadInput(f"video {Path(path).name} does not decode: {e.strerror or type(e).__name__}") from e
 
 
+def _open_media(uri: str, start_s: float) -> Iterator[np.ndarray]:
+    """RGB frames of a media URI: a video file, `file.hdf5#key` (per-frame JPEG bytes), or an RLDS episode inside
+    a TFRecord shard (`shard#record=N&offset=B&key=steps/...`, see pipelines/sources/oxe.py)."""
+    from pipelines.sources.oxe import is_tfrecord_uri, iter_tfrecord_frames
+
+    if is_tfrecord_uri(uri):
+        return iter_tfrecord_frames(uri)
+    if "#" in uri:
+        return _decode_hdf5_jpegs(*uri.split("#", 1))
+    return _decode_video(uri, start_s)
+
+
 def native_frame_index(frames, native_fps: float, fps: float | None) -> np.ndarray:
     """Resampled frame indices → the native frames they were taken from (round half up). The one rule shared
     by frame streaming, exact sim flow and action lookup, so flow and actions always describe the same frames."""
@@ -118,7 +130,7 @@ def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int 
     uri = media_uri(row, camera)
     native_fps = float(row["fps"])
     expected = int(row["frame_count"])
-    frames = _decode_hdf5_jpegs(*uri.split("#", 1)) if "#" in uri else _decode_video(uri, float(row.get("start_s") or 0.0))
+    frames = _open_media(uri, float(row.get("start_s") or 0.0))
     canvas = None
     next_pick, out_index, seen = 0, 0, 0
     for native_index, frame in enumerate(frames):

