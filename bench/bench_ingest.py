@@ -64,10 +64,33 @@ def timed_ingest(root: Path, engine: str) -> tuple[int, float, float]:
     return len(tasks), wall, startup
 
 
+def per_source_rates(scale: int) -> dict[str, tuple[int, float]]:
+    """items and items/s per source, local loop, over the whole sample pyramid."""
+    from pipelines.samples.pyramid import generate_sample_pyramid
+
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-src-") as tmp:
+        root = Path(tmp)
+        generate_sample_pyramid(root / "samples", scale=scale, defects=False)
+        base = load_config(None, workdir=str(root), **{"runner.engine": "local"})
+        for sc in base.sources:
+            cfg = load_config(None, workdir=str(root), **{"runner.engine": "local"})
+            cfg.sources = [sc]
+            tasks, errors, _ = discover_tasks(cfg)
+            if errors:
+                continue
+            with Catalog(root / f"bench-{sc.kind}.duckdb") as cat:
+                t0 = time.perf_counter()
+                run_stage(INGEST, tasks, cat, make_runner("local"), f"bench-{sc.kind}", force=True, progress=False)
+                out[sc.kind] = (len(tasks), len(tasks) / (time.perf_counter() - t0))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--copies", type=int, default=8)
     ap.add_argument("--scale", type=int, default=1)
+    ap.add_argument("--no-per-source", action="store_true", help="skip the per-source rates")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         root = Path(tmp)
@@ -79,6 +102,10 @@ def main() -> None:
     print(f"local loop : {local_rate:7.2f} items/s ({local_wall:.2f}s)")
     print(f"ray runner : {ray_rate:7.2f} items/s ({ray_wall:.2f}s, plus {ray_startup:.2f}s ray.init)")
     print(f"ray/local throughput ratio: {ray_rate / local_rate:.2f}  (with start-up: {n / (ray_wall + ray_startup) / local_rate:.2f})")
+    if not args.no_per_source:
+        print("per source (local loop, sample pyramid):")
+        for kind, (n, rate) in per_source_rates(args.scale).items():
+            print(f"  {kind:14s} {n:4d} items  {rate:8.1f} items/s")
     sys.stdout.flush()
 
 
