@@ -62,6 +62,16 @@ def to_canvas(frame: np.ndarray, canvas: Canvas) -> np.ndarray:
     return out
 
 
+def _start_s(row: Mapping[str, Any], camera: int) -> float:
+    """The window start in this camera's file (LeRobot v3 cameras can sit at different offsets)."""
+    import json
+
+    per_camera = json.loads(row.get("extras") or "{}").get("camera_start_s")
+    if isinstance(per_camera, list) and per_camera:
+        return float(per_camera[min(camera, len(per_camera) - 1)])
+    return float(row.get("start_s") or 0.0)
+
+
 def media_uri(row: Mapping[str, Any], camera: int = 0) -> str:
     uris = row.get("media_uris") or []
     if not uris:
@@ -85,7 +95,7 @@ def _decode_hdf5_jpegs(path: str, key: str) -> Iterator[np.ndarray]:
             yield img  # RGB order: RoboTwin JPEG-encodes RGB arrays without a BGR swap
 
 
-def _decode_video(path: str, start_s: float) -> Iterator[np.ndarray]:
+def _decode_video(path: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator[np.ndarray]:
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -94,14 +104,14 @@ def _decode_video(path: str, start_s: float) -> Iterator[np.ndarray]:
                 container.seek(int(start_s / stream.time_base), stream=stream, backward=True)
             for frame in container.decode(stream):
                 t = frame.time if frame.time is not None else 0.0
-                if t < start_s - 1e-3:
+                if t < start_s - tolerance_s:
                     continue  # seek lands on the keyframe before the window
                 yield frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:
         raise BadInput(f"video {Path(path).name} does not decode: {e.strerror or type(e).__name__}") from e
 
 
-def _open_media(uri: str, start_s: float) -> Iterator[np.ndarray]:
+def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator[np.ndarray]:
     """RGB frames of a media URI: a video file, `file.hdf5#key` (per-frame JPEG bytes), or an RLDS episode inside
     a TFRecord shard (`shard#record=N&offset=B&key=steps/...`, see pipelines/sources/oxe.py)."""
     from pipelines.sources.oxe import is_tfrecord_uri, iter_tfrecord_frames
@@ -110,7 +120,7 @@ def _open_media(uri: str, start_s: float) -> Iterator[np.ndarray]:
         return iter_tfrecord_frames(uri)
     if "#" in uri:
         return _decode_hdf5_jpegs(*uri.split("#", 1))
-    return _decode_video(uri, start_s)
+    return _decode_video(uri, start_s, tolerance_s)
 
 
 def native_frame_index(frames, native_fps: float, fps: float | None) -> np.ndarray:
@@ -130,7 +140,7 @@ def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int 
     uri = media_uri(row, camera)
     native_fps = float(row["fps"])
     expected = int(row["frame_count"])
-    frames = _open_media(uri, float(row.get("start_s") or 0.0))
+    frames = _open_media(uri, _start_s(row, camera), 0.5 / native_fps)  # half a frame: float timestamps drift
     canvas = None
     next_pick, out_index, seen = 0, 0, 0
     for native_index, frame in enumerate(frames):

@@ -38,7 +38,7 @@ ITEMS = pa.schema(
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
         pa.field("duration_s", pa.float32()),
-        pa.field("start_s", pa.float32()),  # clip window inside the media (0 for whole episodes)
+        pa.field("start_s", pa.float64()),  # clip window inside the media (0 for whole episodes); float64: hours-long files
         pa.field("embodiment", pa.string()),  # robot name, "human" or "unknown"
         pa.field("action_dim", pa.int16()),
         pa.field("action_names", _STR_LIST),

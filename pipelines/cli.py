@@ -201,6 +201,45 @@ def label(
 
 
 @app.command()
+def fetch(
+    repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. lerobot/aloha_static_cups_open."),
+    out: Path = typer.Option(..., "--out", "-o", help="Local folder to place the files in (links into the hub cache)."),
+    include: Optional[list[str]] = typer.Option(None, "--include", help="allow-patterns, e.g. 'meta/*' 'data/chunk-000/*'."),
+    revision: Optional[str] = typer.Option(None, "--revision"),
+):
+    """Download a dataset (or a subset) from the Hugging Face Hub into the local cache; works offline from it."""
+    from pipelines.hub import HubError, fetch as hub_fetch
+
+    try:
+        path = hub_fetch(repo_id, out, allow_patterns=include, revision=revision)
+    except HubError as e:
+        err.print(f"[red]fetch:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2)
+    console.print(f"{repo_id} → {path}; add it to `sources:` (kind lerobot / oxe / ...) and run `pyramid ingest`")
+
+
+@app.command()
+def push(
+    shards: Path = typer.Argument(..., help="Folder of shards (or any dataset folder) to upload."),
+    repo_id: str = typer.Argument(..., help="Target Hub dataset repo."),
+    public: bool = typer.Option(False, "--public", help="Create the repo public (default private)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and the dataset card; upload nothing."),
+):
+    """Upload a folder to a Hub dataset repo with a generated dataset card (token from HF_TOKEN or the hf login)."""
+    from pipelines.hub import HubError, push as hub_push
+
+    try:
+        plan = hub_push(shards, repo_id, private=not public, dry_run=dry_run)
+    except HubError as e:
+        err.print(f"[red]push:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2)
+    console.print(f"{'would upload' if dry_run else 'uploaded'} {len(plan.files)} files ({plan.total_bytes} bytes) "
+                  f"to {repo_id}" + (f": {plan.commit_url}" if plan.commit_url else ""))
+    if dry_run:
+        console.print(plan.card, markup=False, highlight=False)
+
+
+@app.command()
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
     """Print the inventory (items, frames, hours, labelled share per source and tier), the funnel, quarantine reasons."""
     from pipelines.report import funnel_table, inventory_table, reasons_table

