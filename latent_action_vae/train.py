@@ -110,7 +110,10 @@ def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
     train_rows = [r for r in rows if r["split"] == "train"]
     if not train_rows:
         raise ValueError("the flow manifest has no train-split items to train on")
-    action_stats = compute_action_stats([r for r in train_rows if r["has_actions"]])
+    # only embodiments with action statistics count as labelled (the sampler treats the rest as unlabelled)
+    labelled = [r for r in train_rows if r["has_actions"]
+                and (not vc.align_embodiments or r["embodiment"] in vc.align_embodiments)]
+    action_stats = compute_action_stats(labelled)
     sampler = PairSampler(train_rows, vc, action_stats, seed=vc.seed)
     torch.manual_seed(vc.seed)
     model = LatentActionVAE(vc)

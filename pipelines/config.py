@@ -87,6 +87,7 @@ class VAEConfig:
     beta: float = 1e-4  # KL weight
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes
     labelled_fraction: float = 0.1  # share of each batch drawn from labelled pairs
+    align_embodiments: list[str] = field(default_factory=list)  # embodiments whose actions align μ ([]: all)
     tier_weights: dict[str, float] = field(default_factory=dict)  # {"1": w, ...}; missing tiers weigh 1
     batch_size: int = 32
     steps: int = 600

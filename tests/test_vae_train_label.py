@@ -165,3 +165,15 @@ def test_zero_weights_switch_terms_off():
     only_recon = vae_loss(out, target, mask, action, action_mask, labelled, beta=0.0, lambda_align=0.0)
     grad_mu, grad_recon = torch.autograd.grad(only_recon["loss"], [out["mu"], out["recon"]], allow_unused=True)
     assert grad_mu is None and grad_recon is not None  # with both off, only reconstruction trains the model
+
+
+def test_align_embodiments_limits_which_actions_align_latents(workdir):
+    from latent_action_vae.train import build, flow_manifest_rows
+
+    cfg = prepared(workdir, **{"vae.align_embodiments": ["so100_bimanual"]})
+    rows, _ = flow_manifest_rows(cfg)
+    _, _, sampler, stats = build(cfg, rows)
+    assert set(stats) == {"so100_bimanual"}
+    batch = sampler.batch(0)
+    labelled = [i for i, lab in zip(batch["item_ids"], batch["labelled"].tolist()) if lab]
+    assert labelled and all(i.startswith("robotwin/") for i in labelled)

@@ -71,12 +71,15 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
                           frames_from=_first_episode_video(root), size=(120, 160)),
         ]),
     ]
+    # what the writers return: episode folders/files, except oxe (shards) and lerobot (one folder per dataset)
+    per_item = {"oxe": sizes["oxe"], "lerobot": 2 * sizes["lerobot"]}
     for name, step in steps:
         t0 = time.perf_counter()
         written = step()
-        summary.counts[name] = len(written)
+        summary.counts[name] = per_item.get(name, len(written))
         summary.seconds[name] = time.perf_counter() - t0
-        console.print(f"[samples] {name}: {len(written)} items in {summary.seconds[name]:.1f}s", highlight=False, markup=False)
+        console.print(f"[samples] {name}: {summary.counts[name]} items in {summary.seconds[name]:.1f}s",
+                      highlight=False, markup=False)
     if defects:
         summary.defects += defects_mod.add_task_agnostic_defects(root / "task_agnostic" / "aloha_random")
         summary.defects += defects_mod.add_robotwin_defects(root / "robotwin")
