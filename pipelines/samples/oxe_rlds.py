@@ -23,8 +23,6 @@ removed first when regenerating), so an interrupted run never looks like a compl
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +31,7 @@ import av
 import cv2
 import numpy as np
 
+from pipelines.samples.sim_task_agnostic import atomic_path as _atomic, write_json as _write_json
 from pipelines.sources.tfrecord import TFRecordWriter, encode_example
 
 VERSION = "0.1.0"
@@ -113,22 +112,6 @@ SCHEMAS: dict[str, dict[str, Any]] = {
 
 # ------------------------------------------------------------------------------------------------ files
 
-
-@contextlib.contextmanager
-def _atomic(final: Path) -> Iterator[Path]:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def _features_json(node: Any, doc: str = "") -> dict[str, Any]:
