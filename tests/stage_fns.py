@@ -24,3 +24,7 @@ def die_on_seven(task, context):
     if task["x"] == 7:
         os._exit(3)  # a worker crash (segfault/OOM stand-in), not an exception
     return {"y": task["x"]}
+
+
+def broken_setup():
+    raise FileNotFoundError("no such checkpoint: /nowhere/model.ckpt")

@@ -50,6 +50,15 @@ def test_ray_runner_survives_a_worker_crash(ray_session):
     assert sum(o.status == "done" for o in out.values()) == 9
 
 
+def test_ray_runner_reports_a_failing_setup_before_any_item(ray_session):
+    stage = Stage("broken", stage_fns.square_or_complain, setup=stage_fns.broken_setup)
+    results = []
+    with pytest.raises(RuntimeError, match="worker setup failed.*no such checkpoint"):
+        for outcome in make_runner("ray").map(stage, tasks(4)):
+            results.append(outcome)
+    assert results == []  # no item was marked failed for a setup problem
+
+
 @pytest.mark.parametrize("engine", ["local", "ray"])
 def test_rerun_skips_done_and_quarantined_redoes_failed_and_changed(tmp_path, engine, request):
     if engine == "ray":

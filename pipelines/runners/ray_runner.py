@@ -28,6 +28,9 @@ class _StageWorker:
         self.stage = stage
         self.context = stage.setup() if stage.setup else None
 
+    def ready(self) -> bool:
+        return True
+
     def run(self, tasks: list[Mapping[str, Any]]) -> list[Outcome]:
         return execute_batch(self.stage, tasks, self.context)
 
@@ -88,6 +91,13 @@ class RayRunner:
             return _StageWorker.options(**options).remote(stage, self.torch_threads)
 
         idle = [spawn() for _ in range(size)]
+        try:  # a `setup` that raises (bad checkpoint, no GPU) stops the stage now, before any item is touched
+            ray.get(idle[0].ready.remote())
+        except ray.exceptions.RayActorError as e:
+            for actor in idle:
+                ray.kill(actor)
+            cause = [line for line in str(e).splitlines() if line.strip()][-1]  # the exception, not Ray's framing
+            raise RuntimeError(f"stage {stage.name}: worker setup failed: {cause}") from e
         in_flight: dict[Any, tuple[Any, list[Mapping[str, Any]]]] = {}
         deaths = 0
         try:

@@ -43,15 +43,18 @@ INSTRUCTIONS = ("pick coke can", "move blue chip bag near apple", "open top draw
 
 # Per dataset: image size (H, W), control rate, and the feature tree of one step / of the episode metadata.
 # Leaves: IMAGE, TEXT, or (shape, dtype). Values are produced by `_step_values` from the shared motion.
+# the RT-1 action layout, shared by fractal and kuka
+RT1_ACTION = {
+    "base_displacement_vector": ((2,), F32), "base_displacement_vertical_rotation": ((1,), F32),
+    "gripper_closedness_action": ((1,), F32), "rotation_delta": ((3,), F32),
+    "terminate_episode": ((3,), I32), "world_vector": ((3,), F32),
+}
+
 SCHEMAS: dict[str, dict[str, Any]] = {
     "fractal20220817_data": {
         "size": (256, 320), "fps": 3.0,
         "steps": {
-            "action": {
-                "base_displacement_vector": ((2,), F32), "base_displacement_vertical_rotation": ((1,), F32),
-                "gripper_closedness_action": ((1,), F32), "rotation_delta": ((3,), F32),
-                "terminate_episode": ((3,), I32), "world_vector": ((3,), F32),
-            },
+            "action": RT1_ACTION,
             "is_first": ((), BOOL), "is_last": ((), BOOL), "is_terminal": ((), BOOL),
             "observation": {
                 "base_pose_tool_reached": ((7,), F32), "gripper_closed": ((1,), F32), "image": IMAGE,
@@ -64,11 +67,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "kuka": {
         "size": (512, 640), "fps": 10.0,
         "steps": {
-            "action": {
-                "base_displacement_vector": ((2,), F32), "base_displacement_vertical_rotation": ((1,), F32),
-                "gripper_closedness_action": ((1,), F32), "rotation_delta": ((3,), F32),
-                "terminate_episode": ((3,), I32), "world_vector": ((3,), F32),
-            },
+            "action": RT1_ACTION,
             "is_first": ((), BOOL), "is_last": ((), BOOL), "is_terminal": ((), BOOL),
             "observation": {
                 "clip_function_input": {"base_pose_tool_reached": ((7,), F32), "workspace_bounds": ((3, 3), F32)},
