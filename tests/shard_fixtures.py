@@ -140,7 +140,7 @@ def clip_members(clip: Clip, video_format: str = "jpeg", quality: int = 90, corr
         if corrupt:  # keep the offsets, break every frame after its SOI marker
             video = b"".join(b"\xff\xd8" + b"\x00" * (offsets[i + 1] - offsets[i] - 2) for i in range(T))
     else:
-        video, offsets = encode_mp4(list(clip.frames), clip.fps), None
+        video, offsets = encode_mp4(list(clip.frames), clip.fps)[0], None
         if corrupt:
             video = b"\x00" * len(video)
     lang = bool(clip.language)

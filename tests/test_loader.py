@@ -3,6 +3,8 @@ bad samples. Shard sets are written in the real format by tests/shard_fixtures.p
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -233,13 +235,71 @@ def test_language_line_is_picked_at_random_and_missing_language_is_masked(tmp_pa
     assert lengths == {5, 32}  # both lines picked; the 40-token line truncated to max_text_len
 
 
-def test_bad_samples_are_skipped_and_counted(tmp_path):
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_bad_samples_are_skipped_and_counted(tmp_path, kind):
     clips = footage_clips(6, size=(H, W), n_frames=(14, 16)) + [index_coded_clip("short/one", 1, (H, W))]
     write_shard_set(tmp_path / "s", clips, samples_per_shard=2, corrupt=["clip/002"])
-    loader = make_loader(tmp_path / "s", "train", cfg(), batch_size=1, num_workers=2)
-    got = item_ids(loader)
-    assert sorted(got) == ["clip/000", "clip/001", "clip/003", "clip/004", "clip/005"]
-    assert loader.skipped == {"undecodable_frames": 1, "too_short": 1}  # counted across worker processes
+    loader = make_loader(tmp_path / "s", "train", cfg(worker_kind=kind), batch_size=2, num_workers=2, drop_last=False)
+    got = batches(loader)
+    assert sorted(i for b in got for i in b["item_id"]) == ["clip/000", "clip/001", "clip/003", "clip/004", "clip/005"]
+    assert loader.skipped == {"undecodable_frames": 1, "too_short": 1}  # counted across workers
+    # the corrupt clip's slot went to the next clip: a consumer's batches are full but for its last one
+    assert sorted(len(b["item_id"]) for b in got) in ([1, 2, 2], [1, 1, 1, 2])
+
+
+def test_thread_and_process_workers_give_the_same_batches_in_the_same_order(footage):
+    root, _ = footage
+
+    def run(kind):
+        got = batches(make_loader(root, "train", cfg(worker_kind=kind, windows_per_clip=2), batch_size=3,
+                                  num_workers=2, seed=5, drop_last=False))
+        return ([b["item_id"] for b in got], torch.cat([b["first_frame"] for b in got]),
+                torch.cat([b["video_frames"] for b in got]), torch.cat([b["action_sequence"] for b in got]))
+
+    threads, processes = run("thread"), run("process")
+    assert threads[0] == processes[0] and sum(map(len, threads[0])) == 16  # 8 train clips x 2 windows
+    for a, b in zip(threads[1:], processes[1:]):
+        assert torch.equal(a, b)
+    assert 0.0 <= float(threads[2].min()) and float(threads[2].max()) <= 1.0 and float(threads[2].std()) > 0.05
+
+
+def test_frames_are_the_decoded_jpegs_scaled_to_unit_range(tmp_path):
+    clip = footage_clips(1, size=(H, W), n_frames=(20, 21))[0]
+    write_shard_set(tmp_path / "s", [clip])
+    b = next(iter(make_loader(tmp_path / "s", "train", cfg(normalise="none", video_step=2), batch_size=1)))
+    from training_hooks.shard_format import decode_sample, group_samples, map_tar
+    (key, members), = group_samples(map_tar(next((tmp_path / "s").rglob("*.tar"))))
+    sample = decode_sample(key, members)
+    # the condition index c: the decoded frame the first frame equals
+    T = sample.n_frames
+    decoded = torch.from_numpy(sample.frames(range(T))).permute(0, 3, 1, 2).float() / 255.0
+    c = int(torch.argmin(((decoded - b["first_frame"][0]) ** 2).flatten(1).mean(1)))
+    assert torch.allclose(b["first_frame"][0], decoded[c], atol=1e-6)
+    assert torch.allclose(b["video_frames"][0], decoded[[min(c + 2 * (i + 1), T - 1) for i in range(8)]],
+                          atol=1e-6)
+
+
+def test_mp4_shards_give_the_window_rule_frames(tmp_path):
+    clip = index_coded_clip("probe/mp4", 40, (H, W))
+    write_shard_set(tmp_path / "s", [clip], video_format="mp4")
+    n = 0
+    for b in make_loader(tmp_path / "s", "train", cfg(normalise="none", windows_per_clip=4), batch_size=2):
+        for k in range(2):
+            c = int(decode_index(b["first_frame"][k].numpy()))
+            assert b["action_sequence"][k, 0, 0].item() == c
+            assert decode_index(b["video_frames"][k].numpy()).tolist() == [min(c + 6 * (i + 1), 39) for i in range(8)]
+            n += 1
+    assert n == 4
+
+
+def test_stopping_early_stops_the_worker_threads(footage):
+    root, _ = footage
+    before = threading.active_count()
+    it = iter(make_loader(root, "train", cfg(resampled=True), batch_size=2, num_workers=2))
+    next(it)
+    assert threading.active_count() == before + 2
+    it.close()  # what a training loop's `break` does when the generator is collected
+    assert threading.active_count() == before
 
 
 def test_missing_shard_file_is_a_clear_error(footage, tmp_path):
@@ -252,6 +312,9 @@ def test_missing_shard_file_is_a_clear_error(footage, tmp_path):
         open_shard_index(tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="pyramid-train-000001.tar"):
         make_loader(tmp_path / "s", "train", cfg(), batch_size=1)
+    with pytest.raises(FileNotFoundError, match="pyramid-train-000001.tar"):
+        list(loader)
+    loader.num_workers = 2  # raised in a worker thread, re-raised to the consumer
     with pytest.raises(FileNotFoundError, match="pyramid-train-000001.tar"):
         list(loader)
     with pytest.raises(ValueError, match="no shards for split 'test'"):

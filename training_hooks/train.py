@@ -457,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, help="override steps")
     ap.add_argument("--image-size", type=int, nargs=2, default=[384, 320], metavar=("H", "W"),
                     help="synthetic frame size (default 384 320)")
-    ap.add_argument("--num-workers", type=int, default=0, help="shard loader workers per process")
+    ap.add_argument("--num-workers", type=int, default=0, help="shard loader workers per process (threads unless loader.worker_kind: process)")
     ap.add_argument("--no-resume", action="store_true", help="start over even if checkpoints/last.pt exists")
     ap.add_argument("--quiet", action="store_true", help="no log lines")
     args = ap.parse_args(argv)
