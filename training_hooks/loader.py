@@ -109,6 +109,8 @@ class LoaderConfig:
     resampled: bool = False  # endless stream of shards drawn with replacement (multi-node training)
     text_dim: int | None = None  # language width when the shards carry no embeddings (None: from the index)
     worker_kind: str = "thread"  # what num_workers > 0 starts: decoding threads, or DataLoader worker processes
+    # batches queued per worker; with threads, workers × (prefetch + 1) + 2 float32 batches can exist at once
+    prefetch: int = 2
 
     def validate(self) -> None:
         if self.action_mode not in ACTION_MODES:
@@ -118,7 +120,7 @@ class LoaderConfig:
         if self.worker_kind not in WORKER_KINDS:
             raise ValueError(f"worker_kind {self.worker_kind!r} is not one of {WORKER_KINDS}")
         if min(self.height, self.width, self.num_video_frames, self.video_step, self.action_ratio,
-               self.action_dim, self.max_text_len, self.windows_per_clip) < 1:
+               self.action_dim, self.max_text_len, self.windows_per_clip, self.prefetch) < 1:
             raise ValueError(f"sizes, counts and steps must be >= 1: {self}")
         if self.video_step % self.action_ratio:
             raise ValueError(f"video_step {self.video_step} is not a multiple of action_ratio {self.action_ratio}")
@@ -622,12 +624,11 @@ class ShardLoader:
     JSON and npy parsing hold it. Process workers: a torch DataLoader whose workers send uint8 frames through
     shared memory, widened to float here; for heavier per-sample Python (e.g. mp4 clips)."""
 
-    def __init__(self, dataset: ShardWindows, num_workers: int = 0, worker_kind: str = "thread", prefetch: int = 2):
-        if worker_kind not in WORKER_KINDS:
-            raise ValueError(f"worker_kind {worker_kind!r} is not one of {WORKER_KINDS}")
-        if num_workers < 0 or prefetch < 1:
-            raise ValueError(f"num_workers must be >= 0 and prefetch >= 1, not {num_workers} and {prefetch}")
-        self.dataset, self.num_workers, self.worker_kind, self.prefetch = dataset, num_workers, worker_kind, prefetch
+    def __init__(self, dataset: ShardWindows, num_workers: int = 0):
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, not {num_workers}")
+        self.dataset, self.num_workers = dataset, num_workers
+        self.worker_kind, self.prefetch = dataset.cfg.worker_kind, dataset.cfg.prefetch
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         n = self.num_workers
@@ -697,7 +698,8 @@ def _threaded(dataset: ShardWindows, n: int, pool: _BufferPool, prefetch: int) -
     finally:
         stop.set()  # producers notice within 0.1 s of finishing their batch
         for t in threads:
-            t.join()
+            if t is not threading.current_thread():  # a cycle collected inside a producer closes us there
+                t.join()
 
 
 def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: int, num_workers: int = 0,
@@ -728,4 +730,4 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     log.info("loader: %d %s shard(s) from %s, batch %d, %d %s worker(s), rank %d/%d, seed %d epoch %d, config %s",
              len(chosen), split, root, batch_size, num_workers, cfg.worker_kind, rank, world_size, seed, epoch,
              asdict(cfg))
-    return ShardLoader(dataset, num_workers, cfg.worker_kind)
+    return ShardLoader(dataset, num_workers)
