@@ -1,6 +1,7 @@
-"""Ingest throughput: the Ray runner against a plain in-process loop over the same items, in one run.
+"""Ingest throughput: the Ray and Beam runners against a plain in-process loop over the same items, in one run.
 
-Prints items/s for each and the Ray overhead ratio (local items/s ÷ Ray items/s; >1 means Ray is slower).
+Prints items/s for each and their throughput ratios to the local loop (<1 means the engine is slower). Beam's
+time includes its pipeline start-up (DirectRunner worker processes), which cannot be measured apart.
 The items are the sample pyramid's RoboTwin and task-agnostic episodes, copied `--copies` times so there is
 enough work to amortise start-up. Ray start-up (`ray.init`) is reported separately from the stage time.
 
@@ -97,11 +98,14 @@ def main() -> None:
         make_items(root, args.copies, args.scale)
         n, local_wall, _ = timed_ingest(root, "local")
         _, ray_wall, ray_startup = timed_ingest(root, "ray")
-    local_rate, ray_rate = n / local_wall, n / ray_wall
+        _, beam_wall, _ = timed_ingest(root, "beam")
+    local_rate, ray_rate, beam_rate = n / local_wall, n / ray_wall, n / beam_wall
     print(f"items: {n} (cores: {os.cpu_count()})")
     print(f"local loop : {local_rate:7.2f} items/s ({local_wall:.2f}s)")
     print(f"ray runner : {ray_rate:7.2f} items/s ({ray_wall:.2f}s, plus {ray_startup:.2f}s ray.init)")
+    print(f"beam runner: {beam_rate:7.2f} items/s ({beam_wall:.2f}s, pipeline start-up included)")
     print(f"ray/local throughput ratio: {ray_rate / local_rate:.2f}  (with start-up: {n / (ray_wall + ray_startup) / local_rate:.2f})")
+    print(f"beam/local throughput ratio: {beam_rate / local_rate:.2f}")
     if not args.no_per_source:
         print("per source (local loop, sample pyramid):")
         for kind, (n, rate) in per_source_rates(args.scale).items():

@@ -24,7 +24,7 @@ err = make_console(stderr=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults, as configs/demo.yaml).")
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Where the catalog, manifests and samples live.")
-EngineOpt = typer.Option(None, "--engine", help="ray (default) or local.")
+EngineOpt = typer.Option(None, "--engine", help="ray (default), beam or local.")
 RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local Ray instance; RAY_ADDRESS also works).")
 
 
@@ -357,7 +357,7 @@ def demo(
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = typer.Option(None, "--workdir", "-w", help="Default: the config's workdir (demo_run)."),
     scale: Optional[int] = typer.Option(None, "--scale", help="Sample pyramid size multiplier (default: samples.scale)."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="ray (default) or local."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="ray (default), beam or local."),
 ):
     """The main job on built-in data: generate the sample pyramid, ingest it with Ray, print the funnel."""
     from pipelines.demo import run_demo

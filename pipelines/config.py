@@ -22,10 +22,13 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunnerConfig:
-    engine: str = "ray"  # ray | local
+    engine: str = "ray"  # ray | beam | local
     ray_address: str | None = None  # None: a local Ray instance (or RAY_ADDRESS when set)
-    num_cpus: int | None = None  # local Ray instance size (None: all cores)
+    num_cpus: int | None = None  # local Ray instance size, or Beam DirectRunner worker processes (None: all cores)
     torch_threads: int = 1  # per worker process
+    beam_runner: str = "DirectRunner"  # or FlinkRunner, SparkRunner, DataflowRunner (with beam_options)
+    beam_options: list[str] = field(default_factory=list)  # Beam pipeline flags, e.g. ["--flink_master=host:8081"]
+    beam_temp: str | None = None  # where Beam workers write outcomes: shared storage on a cluster (None: local tmp)
 
 
 @dataclass

@@ -150,10 +150,15 @@ def test_missing_source_root_is_reported_and_other_sources_still_ingest(workdir)
     assert len(items) == 3
 
 
-def test_ray_and_local_ingest_agree(workdir, ray_session, tmp_path_factory):
+@pytest.mark.parametrize("engine", ["ray", "beam"])
+def test_ray_beam_and_local_ingest_agree(workdir, engine, request, tmp_path_factory):
+    if engine == "ray":
+        request.getfixturevalue("ray_session")
     second = tmp_path_factory.mktemp("second")
     shutil.copytree(workdir / "samples", second / "samples")
-    _, _, local_items, _ = run_ingest(workdir, "local")
-    _, _, ray_items, _ = run_ingest(second, "ray")
+    _, _, local_items, local_state = run_ingest(workdir, "local")
+    _, report, items, state = run_ingest(second, engine)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("input_uri", "media_uris")} for r in rows]
-    assert strip(local_items) == strip(ray_items)
+    assert len(items) > 0 and strip(local_items) == strip(items)
+    status = lambda rows: sorted((r["item_id"], r["status"], r["reason"]) for r in rows)
+    assert status(local_state) == status(state)  # the same quarantines, with the same reasons

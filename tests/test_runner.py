@@ -59,7 +59,46 @@ def test_ray_runner_reports_a_failing_setup_before_any_item(ray_session):
     assert results == []  # no item was marked failed for a setup problem
 
 
-@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_beam_runner_same_semantics_in_worker_processes():
+    out = outcomes_by_id(make_runner("beam"))
+    check_semantics(out)
+    assert {o.result["context"]["threads"] for o in out.values() if o.result} == {1}
+    assert len({o.result["pid"] for o in out.values() if o.result}) == 2  # DirectRunner: two worker processes
+    one = outcomes_by_id(make_runner("beam", num_workers=1, torch_threads=2))
+    check_semantics(one)
+    assert {o.result["context"]["threads"] for o in one.values() if o.result} == {2}
+    assert len({o.result["pid"] for o in one.values() if o.result}) == 1
+
+
+def test_beam_runner_reports_a_failing_setup_without_failing_items():
+    stage = Stage("broken", stage_fns.square_or_complain, setup=stage_fns.broken_setup)
+    results = []
+    with pytest.raises(RuntimeError, match="Beam pipeline failed.*no such checkpoint"):
+        for outcome in make_runner("beam").map(stage, tasks(4)):
+            results.append(outcome)
+    assert results == []
+
+
+def test_beam_runner_stops_with_a_clear_error_when_a_worker_dies():
+    stage = Stage("crashy", stage_fns.die_on_seven, resources=Resources(num_cpus=1, batch_size=1))
+    results = []
+    with pytest.raises(RuntimeError, match="Worker subprocess exited with return code 3.*rerun retries them"):
+        for outcome in make_runner("beam").map(stage, tasks(10)):
+            results.append(outcome)
+    # Beam cannot fail just the dead worker's batch (Ray can): what finished is reported, the rest stays to do
+    assert len(results) < 10 and all(o.status == "done" and o.item_id != "toy/7" for o in results)
+
+
+def test_beam_options_reach_the_pipeline():
+    runner = make_runner("beam", options=["--direct_running_mode=multi_threading", "--job_name=pyramid-test"])
+    opts = runner.pipeline_options(STAGE, n_batches=4).get_all_options()
+    assert opts["direct_running_mode"] == "multi_threading" and opts["job_name"] == "pyramid-test"
+    assert opts["direct_num_workers"] == 2 and opts["runner"] == "DirectRunner"
+    with pytest.raises(ValueError, match="unknown engine 'spark'"):
+        make_runner("spark")
+
+
+@pytest.mark.parametrize("engine", ["local", "ray", "beam"])
 def test_rerun_skips_done_and_quarantined_redoes_failed_and_changed(tmp_path, engine, request):
     if engine == "ray":
         request.getfixturevalue("ray_session")
