@@ -60,7 +60,7 @@ def test_ray_runner_reports_a_failing_setup_before_any_item(ray_session):
 
 
 def test_beam_runner_same_semantics_in_worker_processes():
-    out = outcomes_by_id(make_runner("beam"))
+    out = outcomes_by_id(make_runner("beam", num_workers=2))
     check_semantics(out)
     assert {o.result["context"]["threads"] for o in out.values() if o.result} == {1}
     assert len({o.result["pid"] for o in out.values() if o.result}) == 2  # DirectRunner: two worker processes
@@ -90,7 +90,8 @@ def test_beam_runner_stops_with_a_clear_error_when_a_worker_dies():
 
 
 def test_beam_options_reach_the_pipeline():
-    runner = make_runner("beam", options=["--direct_running_mode=multi_threading", "--job_name=pyramid-test"])
+    runner = make_runner("beam", num_workers=2,
+                         options=["--direct_running_mode=multi_threading", "--job_name=pyramid-test"])
     opts = runner.pipeline_options(STAGE, n_batches=4).get_all_options()
     assert opts["direct_running_mode"] == "multi_threading" and opts["job_name"] == "pyramid-test"
     assert opts["direct_num_workers"] == 2 and opts["runner"] == "DirectRunner"

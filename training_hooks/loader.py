@@ -312,9 +312,9 @@ class _Consumer:
                 frames = _FrameBatch(ds.batch_size, cfg, pool)
             try:
                 frames.write(len(labels), sample, [window.condition, *window.video])
-            except Exception as exc:  # noqa: BLE001 - an undecodable frame skips the clip
+            except _Undecodable as exc:  # skips the clip; any other error is a bug or a bad setting: raised
                 self.bad.add(sample.key)
-                self._skip("undecodable_frames", sample.key, exc)
+                self._skip("undecodable_frames", sample.key, exc.__cause__ or exc)
                 continue
             labels.append(item)
             if len(labels) == ds.batch_size:
@@ -446,6 +446,10 @@ def _pad_actions(x: np.ndarray, want: int, embodiment: str | None) -> np.ndarray
 _SCALE = np.float32(1.0 / 255.0)
 
 
+class _Undecodable(Exception):
+    """A sample whose frames do not decode (its cause says why): the clip is skipped and counted."""
+
+
 class _FrameBatch:
     """The frames of one batch being filled, row by row: float32 `first_frame` [B, 3, H, W] and `video_frames`
     [B, F, 3, H, W] from a buffer pool (in the consuming process), or uint8 `frames` [B, F+1, H, W, 3] in shared
@@ -468,12 +472,17 @@ class _FrameBatch:
             self.frames_np = self.frames.numpy()
 
     def write(self, b: int, sample: Sample, wanted: list[int]) -> None:
-        """Row b: frames `wanted` (condition first; clamped repeats at a clip's end are decoded once)."""
-        fitted = sample.frame_size == self.hw
-        canvas = None if fitted else fit_canvas(sample.frame_size, self.hw)
-        jpeg = sample.meta.get("video_format") == "jpeg"
-        unique = sorted(set(wanted))
-        decoded = None if jpeg else dict(zip(unique, sample.frames(unique)))  # mp4: one pass up to the last
+        """Row b: frames `wanted` (condition first; clamped repeats at a clip's end are decoded once). Raises
+        `_Undecodable` when the sample's frames do not decode."""
+        try:
+            size = sample.frame_size
+            jpeg = sample.meta.get("video_format") == "jpeg"
+            unique = sorted(set(wanted))
+            decoded = None if jpeg else dict(zip(unique, sample.frames(unique)))  # mp4: one pass up to the last
+        except Exception as exc:  # noqa: BLE001 - whatever the container library raises
+            raise _Undecodable(sample.key) from exc
+        fitted = size == self.hw
+        canvas = None if fitted else fit_canvas(size, self.hw)
         first_k: dict[int, int] = {}
         for k, i in enumerate(wanted):
             if i in first_k:
@@ -481,8 +490,11 @@ class _FrameBatch:
                 continue
             first_k[i] = k
             if jpeg:
-                target = self._slot_u8(b, k) if fitted else np.empty((*sample.frame_size, 3), np.uint8)
-                frame = decode_jpeg_frame(sample.meta, sample.video, i, target)
+                target = self._slot_u8(b, k) if fitted else np.empty((*size, 3), np.uint8)
+                try:
+                    frame = decode_jpeg_frame(sample.meta, sample.video, i, target)
+                except (ValueError, IndexError, KeyError) as exc:
+                    raise _Undecodable(sample.key) from exc
             else:
                 frame = decoded[i]
             if canvas is not None:
@@ -632,6 +644,8 @@ class ShardLoader:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         n = self.num_workers
+        if len(self.dataset.skips) < max(1, n):  # one skip-counter slot per worker (before any fork)
+            self.dataset.reserve_workers(n)
         if n == 0:
             yield from self.dataset.batches(0, 1, _BufferPool())
         elif self.worker_kind == "thread":
@@ -697,8 +711,10 @@ def _threaded(dataset: ShardWindows, n: int, pool: _BufferPool, prefetch: int) -
                     yield got
     finally:
         stop.set()  # producers notice within 0.1 s of finishing their batch
-        for t in threads:
-            if t is not threading.current_thread():  # a cycle collected inside a producer closes us there
+        # a garbage collection inside a producer can close an abandoned loader there: joining the others from
+        # it could wait on a lock that producer holds (the pool's), so only another thread joins
+        if threading.current_thread() not in threads:
+            for t in threads:
                 t.join()
 
 

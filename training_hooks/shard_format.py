@@ -182,7 +182,9 @@ def map_tar(path: str | Path, suffixes: Sequence[str] | None = None) -> Iterator
     frames of a clip touches only their pages instead of copying the whole clip (the loader's path).
 
     The mapping lives as long as any view does. Shard sets are replaced by renaming folders, never rewritten in
-    place, so a mapped shard does not change under its reader (an unlinked file stays readable while mapped)."""
+    place, so a mapped shard does not change under its reader (on a local filesystem an unlinked file stays
+    readable while mapped). On network filesystems (NFS, FUSE mounts of object stores) an I/O error on a mapped
+    page is a SIGBUS rather than an OSError: copy shards to local disk for training."""
     with open(path, "rb") as f:
         if not f.seek(0, io.SEEK_END):
             raise tarfile.ReadError(f"{path}: empty file")

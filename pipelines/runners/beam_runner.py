@@ -10,7 +10,10 @@ share (`runner.beam_temp`).
 
 Differences from Ray: Beam retries a failing bundle and then fails the whole pipeline, so a batch that keeps
 killing its worker (or a `setup` that raises) stops the stage with the runner's error, where Ray fails only that
-batch. Ordinary item failures never get that far: `execute_batch` turns them into outcomes.
+batch. Ordinary item failures never get that far: `execute_batch` turns them into outcomes. A dead DirectRunner
+worker is noticed through Beam's "Worker subprocess exited with return code N" report (N ≠ 0); without it the
+DirectRunner would wait for that worker forever. A driver that stops early (Ctrl-C, a catalog error) abandons
+the pipeline thread, which runs its remaining batches into a deleted folder before the process exits.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pickle
 import tempfile
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -47,7 +51,7 @@ def _dofn(stage: Stage, out_dir: str, torch_threads: int):
             index, tasks = element
             outcomes = execute_batch(stage, tasks, self.context)
             final = Path(out_dir) / f"{index:08d}.pkl"
-            tmp = final.with_suffix(f".{os.getpid()}.tmp")
+            tmp = final.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique across hosts (retries may overlap)
             tmp.write_bytes(pickle.dumps(outcomes))
             os.replace(tmp, final)
             yield index
