@@ -1,10 +1,13 @@
-"""Evaluating the latent-action VAE on held-out labelled groups: does μ carry the real action?
+"""Evaluating the latent-action VAE on held-out groups: does μ carry the real action, next to baselines that
+cannot flatter it (research `latent_actions.md` §2–4)?
 
-Four numbers answer it (shared research `motus_and_formats.md` §3):
 - linear-probe R² and MSE of 14-d μ → normalised action change, fitted on TRAIN labelled pairs and scored on
-  HELD-OUT ones, against the same probe on a randomly initialised model and a mean predictor;
-- flow reconstruction end-point error (pixels) from decoding μ, against the random model and a zero-flow guess;
-- KL per latent dim and the count of active dims (collapse shows up as few active dims);
+  HELD-OUT ones, beside the same probe on PCA-k of 8×8-pooled flow (k = latent dim, PCA fitted on train pairs),
+  on the pooled flow itself (the linear ceiling), on a random-init model's μ, and a mean predictor; every probe
+  picks its ridge by item-grouped cross-validation on train only;
+- flow end-point error (pixels) of decode(μ) over all valid pixels and over moving ones (|flow| > 0.5 px),
+  against zero flow, a per-source mean field (from train pairs) and the random model;
+- information per latent dim (½·log2(1 + Var μ / E σ²), bits), S-PCFC (CoMo's collapse measure) and KL per dim;
 - a picture of input flow vs reconstruction for a few held-out pairs.
 
 Results are grouped by scope: `overall` and one entry per source, because the note reports task-agnostic and
@@ -29,6 +32,8 @@ import numpy as np
 import torch
 
 from flow_extraction.colour import flow_to_rgb
+from latent_action_vae.baselines import (MOVING_PX, PCA, POOL_GRID, MeanFields, consecutive_pairs, information_bits,
+                                         per_pair_epe_px, pooled_flow, s_pcfc)
 from latent_action_vae.losses import kl_per_dim
 
 UNKNOWN = "unknown"
@@ -60,6 +65,14 @@ class Collected:
     kl: np.ndarray  # [N, D] KL(q(z|x) ‖ N(0, I)) per dim, nats
     epe_px: np.ndarray  # [N] EPE of decode(μ) over valid pixels; NaN when not decoded or no valid pixel
     zero_epe_px: np.ndarray  # [N] EPE of predicting zero flow (= mean flow magnitude): a trivial baseline
+    var: np.ndarray  # [N, D] posterior variance σ²
+    pooled: np.ndarray  # [N, 128] 8×8-pooled input flow (canvas px): the baselines' features
+    frames: np.ndarray  # [N, 2] (t1, t2) of each pair at the artifact's fps
+    mu_reverse: np.ndarray  # [N, D] μ of the negated flow (the reverse motion), for S-PCFC; empty when not run
+    moving_epe_px: np.ndarray  # [N] EPE of decode(μ) over moving pixels (|true flow| > MOVING_PX)
+    zero_moving_epe_px: np.ndarray  # [N] zero flow over moving pixels
+    meanfield_epe_px: np.ndarray  # [N] the source's train mean field, all valid pixels (NaN without fields)
+    meanfield_moving_epe_px: np.ndarray  # [N] ... over moving pixels
     action: np.ndarray  # [N, A] normalised action change
     action_mask: np.ndarray  # [N, A] bool, real dims of the embodiment
     labelled: np.ndarray  # [N] bool
@@ -79,6 +92,10 @@ class Collected:
         return replace(
             self,
             mu=self.mu[idx], kl=self.kl[idx], epe_px=self.epe_px[idx], zero_epe_px=self.zero_epe_px[idx],
+            var=self.var[idx], pooled=self.pooled[idx], frames=self.frames[idx],
+            mu_reverse=self.mu_reverse[idx] if len(self.mu_reverse) else self.mu_reverse,
+            moving_epe_px=self.moving_epe_px[idx], zero_moving_epe_px=self.zero_moving_epe_px[idx],
+            meanfield_epe_px=self.meanfield_epe_px[idx], meanfield_moving_epe_px=self.meanfield_moving_epe_px[idx],
             action=self.action[idx], action_mask=self.action_mask[idx], labelled=self.labelled[idx],
             item_ids=[self.item_ids[i] for i in idx], pair_index=self.pair_index[idx],
             embodiments=[self.embodiments[i] for i in idx], sources=[self.sources[i] for i in idx],
@@ -118,19 +135,12 @@ def _provenance(batch: Mapping[str, Any], lookup: dict[str, Mapping[str, Any]] |
     return [str(lookup[i].get(key) or UNKNOWN) for i in ids]
 
 
-def _per_pair_epe_px(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale_px: float) -> torch.Tensor:
-    """EPE per pair [B] in pixels over valid pixels (losses.end_point_error_px averages over the batch instead)."""
-    err = (recon - target).pow(2).sum(1).sqrt() * scale_px
-    m = mask.float()
-    n = m.sum((1, 2))
-    return torch.where(n > 0, (err * m).sum((1, 2)) / n.clamp_min(1), torch.full_like(n, float("nan")))
-
-
 def _model_device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool) -> dict[str, Any]:
+def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, sources: list[str],
+               mean_fields: MeanFields | None, reverse: bool) -> dict[str, Any]:
     """One batch through the model: per-pair numpy outputs, plus the tensors the picture needs."""
     ids = [str(i) for i in batch["item_ids"]]
     device = _model_device(model)
@@ -140,29 +150,48 @@ def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool) -
     bad = ~torch.isfinite(mu).all(1)
     if bad.any():  # a NaN μ would silently poison every probe; name the culprits instead
         raise ValueError(f"non-finite latent for items {[ids[i] for i in bad.nonzero()[:, 0].tolist()][:5]}")
-    zero_epe = _per_pair_epe_px(torch.zeros_like(target), target, mask, scale)
+    zero = torch.zeros_like(target)
+    nan = torch.full((len(ids),), float("nan"), device=target.device)
     recon = model.decode(mu) if decode else None
-    epe = _per_pair_epe_px(recon, target, mask, scale) if decode else torch.full_like(zero_epe, float("nan"))
+    field = mean_fields.predict(target, sources) if mean_fields is not None else None
+    epe = {name: (per_pair_epe_px(pred, target, mask, scale, moving) if pred is not None else nan)
+           for name, pred, moving in (("epe", recon, None), ("moving", recon, MOVING_PX), ("zero", zero, None),
+                                      ("zero_moving", zero, MOVING_PX), ("field", field, None),
+                                      ("field_moving", field, MOVING_PX))}
+    mu_rev = None
+    if reverse:
+        x_rev, _, _ = model.prepare(-batch["flow"].to(device), batch["valid"].to(device))
+        mu_rev = model.encode(x_rev)[0]
     as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
-    return {"mu": as_np(mu), "kl": as_np(kl_per_dim(mu, logvar)), "epe": as_np(epe), "zero": as_np(zero_epe),
-            "action": as_np(batch["action"]), "amask": batch["action_mask"].bool().cpu().numpy(),
-            "labelled": batch["labelled"].bool().cpu().numpy(),
-            "pair": np.asarray(batch["pair_index"], dtype=np.int64).reshape(-1),
-            "ids": ids, "picture": (target * scale, None if recon is None else recon * scale, mask)}
+    out = {k: as_np(v) for k, v in epe.items()}
+    out.update({"mu": as_np(mu), "kl": as_np(kl_per_dim(mu, logvar)), "var": as_np(logvar.exp()),
+                "pooled": pooled_flow(batch["flow"], batch["valid"]),
+                "frames": np.asarray(batch["pair_frames"], dtype=np.int64).reshape(-1, 2),
+                "action": as_np(batch["action"]), "amask": batch["action_mask"].bool().cpu().numpy(),
+                "labelled": batch["labelled"].bool().cpu().numpy(),
+                "pair": np.asarray(batch["pair_index"], dtype=np.int64).reshape(-1),
+                "ids": ids, "picture": (target * scale, None if recon is None else recon * scale, mask)})
+    if mu_rev is not None:
+        out["mu_rev"] = as_np(mu_rev)
+    return out
 
 
 def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: Any = None,
-            decode: bool = True, keep_examples: int = 0) -> Collected:
-    """Run `model` (a LatentActionVAE) in eval mode over `batches` and gather per-pair μ, KL per dim, EPE, targets.
+            decode: bool = True, keep_examples: int = 0, mean_fields: MeanFields | None = None,
+            reverse: bool = False) -> Collected:
+    """Run `model` (a LatentActionVAE) in eval mode over `batches` and gather per-pair μ, σ², KL, EPEs, pooled
+    flow and targets.
 
     `rows` (flow-manifest dicts or a pyarrow Table) give each pair's embodiment and source by item_id, unless
     batches carry `embodiment` / `source` lists themselves; one of the two is required. `decode=False` skips
-    the decoder (EPE is then NaN): probes on the train split only need μ. `keep_examples` > 0 keeps, for that
+    the decoder (EPE is then NaN): probes on the train split only need μ. `mean_fields` adds the per-source
+    mean-field EPEs; `reverse` also encodes the negated flow (for S-PCFC). `keep_examples` > 0 keeps, for that
     many distinct items, the pair with the most motion, for the picture. The model's train/eval mode is
     restored afterwards.
     """
     lookup = _row_lookup(rows)
-    keys = ("mu", "kl", "epe", "zero", "action", "amask", "labelled", "pair")
+    keys = ("mu", "kl", "var", "pooled", "frames", "epe", "moving", "zero", "zero_moving", "field", "field_moving",
+            "action", "amask", "labelled", "pair") + (("mu_rev",) if reverse else ())
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     item_ids: list[str] = []
     embodiments: list[str] = []
@@ -173,10 +202,10 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
     try:
         with torch.inference_mode():
             for batch in batches:
-                out = _run_batch(model, batch, decode)
+                batch_sources = _provenance(batch, lookup, "source")
+                out = _run_batch(model, batch, decode, batch_sources, mean_fields, reverse)
                 for k in keys:
                     parts[k].append(out[k])
-                batch_sources = _provenance(batch, lookup, "source")
                 item_ids += out["ids"]
                 embodiments += _provenance(batch, lookup, "embodiment")
                 sources += batch_sources
@@ -186,15 +215,44 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
         model.train(was_training)
 
     def cat(key: str, width: int | None = None, dtype: Any = np.float64) -> np.ndarray:
-        if parts[key]:
+        if parts.get(key):
             return np.concatenate(parts[key])
         return np.zeros((0, width) if width is not None else (0,), dtype=dtype)
 
     d = int(model.cfg.latent_dim)
-    return Collected(mu=cat("mu", d), kl=cat("kl", d), epe_px=cat("epe"), zero_epe_px=cat("zero"),
+    return Collected(mu=cat("mu", d), kl=cat("kl", d), epe_px=cat("epe"), zero_epe_px=cat("zero"), var=cat("var", d),
+                     pooled=cat("pooled", 2 * POOL_GRID[0] * POOL_GRID[1]), frames=cat("frames", 2, np.int64), mu_reverse=cat("mu_rev", d),
+                     moving_epe_px=cat("moving"), zero_moving_epe_px=cat("zero_moving"),
+                     meanfield_epe_px=cat("field"), meanfield_moving_epe_px=cat("field_moving"),
                      action=cat("action", d), action_mask=cat("amask", d, bool), labelled=cat("labelled", dtype=bool),
                      item_ids=item_ids, pair_index=cat("pair", dtype=np.int64), embodiments=embodiments,
                      sources=sources, examples=list(examples.values()))
+
+
+@dataclass
+class FlowBaselines:
+    """What the model-free baselines learn from train pairs: per-source mean fields and the PCA of pooled flow."""
+
+    mean_fields: MeanFields
+    pca: PCA
+    n_pairs: int
+
+
+def fit_flow_baselines(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: Any = None) -> FlowBaselines:
+    """Mean fields (at the model's input size, in its target units) and PCA-k of pooled flow (k = latent dim)
+    from train pairs of every source: the same corpus the VAE learns from, labelled or not."""
+    lookup = _row_lookup(rows)
+    fields, pooled = MeanFields(), []
+    device = _model_device(model)
+    with torch.inference_mode():
+        for batch in batches:
+            _, target, mask = model.prepare(batch["flow"].to(device), batch["valid"].to(device))
+            fields.add(target, mask, _provenance(batch, lookup, "source"))
+            pooled.append(pooled_flow(batch["flow"], batch["valid"]))
+    if not pooled:
+        raise ValueError("evaluation: the train stream yielded no pairs to fit the flow baselines on")
+    x = np.concatenate(pooled)
+    return FlowBaselines(fields, PCA.fit(x, int(model.cfg.latent_dim)), len(x))
 
 
 def _keep_examples(examples: dict[str, Example], limit: int, out: dict[str, Any], sources: list[str]) -> None:
@@ -202,7 +260,7 @@ def _keep_examples(examples: dict[str, Example], limit: int, out: dict[str, Any]
     flow_px, recon_px, mask = out["picture"]
     for i, item in enumerate(out["ids"]):
         motion = float(out["zero"][i])  # EPE of a zero guess = mean flow magnitude over valid pixels
-        if not math.isfinite(motion):
+        if not math.isfinite(motion) or recon_px is None:
             continue
         if item not in examples and len(examples) >= limit:
             continue
@@ -354,60 +412,140 @@ def _scope_masks(c: Collected, scopes: list[str]) -> dict[str, np.ndarray]:
     return {s: (np.ones(len(c), bool) if s == "overall" else sources == s) for s in scopes}
 
 
-def _probe(train: Collected, test: Collected, features: str, ridge: float) -> dict[str, Any]:
-    tr, te = train.probe_ready, test.probe_ready
+RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)
+CV_FOLDS = 3
+
+
+def _item_folds(item_ids: list[str], folds: int) -> np.ndarray:
+    """A stable fold per item (never per pair: neighbouring pairs of one clip would leak across folds)."""
+    import zlib
+
+    return np.array([zlib.crc32(i.encode()) % folds for i in item_ids], np.int64)
+
+
+def select_ridge(x: np.ndarray, y: np.ndarray, mask: np.ndarray, groups: list[str], item_ids: list[str],
+                 grid: tuple[float, ...] = RIDGE_GRID, folds: int = CV_FOLDS) -> float:
+    """The ridge with the best item-grouped cross-validated R² on TRAIN pairs (the held-out pairs never choose)."""
+    fold = _item_folds(item_ids, folds)
+    if len(set(fold.tolist())) < 2 or x.shape[1] == 0:
+        return grid[0]
+    best, best_score = grid[0], -np.inf
+    for ridge in grid:
+        sse = sst = 0.0
+        for f in sorted(set(fold.tolist())):
+            tr, te = fold != f, fold == f
+            r = linear_probe(x[tr], y[tr], mask[tr], x[te], y[te], mask[te], ridge=ridge,
+                             train_groups=[g for g, k in zip(groups, tr) if k],
+                             test_groups=[g for g, k in zip(groups, te) if k])
+            for e in r["per_embodiment"].values():
+                if e["r2"] is not None:
+                    sse += (1 - e["r2"]) * e["n_test"]
+                    sst += e["n_test"]
+        score = 1 - sse / sst if sst else -np.inf
+        if score > best_score:
+            best, best_score = ridge, score
+    return best
+
+
+PROBE_FEATURES = ("mu", "pca", "pooled", "mean")
+
+
+def _features(c: Collected, features: str, pca: PCA | None) -> np.ndarray:
     if features == "mean":
-        train_x, test_x = np.zeros((int(tr.sum()), 0)), np.zeros((int(te.sum()), 0))
-    else:
-        train_x, test_x = train.mu[tr], test.mu[te]
-    return linear_probe(train_x, train.action[tr], train.action_mask[tr], test_x, test.action[te],
-                        test.action_mask[te], ridge=ridge,
-                        train_groups=[e for e, k in zip(train.embodiments, tr) if k],
-                        test_groups=[e for e, k in zip(test.embodiments, te) if k])
+        return np.zeros((len(c), 0))
+    if features == "pca":
+        return pca.transform(c.pooled)
+    return c.pooled if features == "pooled" else c.mu
 
 
-def _scope_report(train: Collected, rnd_train: Collected, held: Collected, rnd_held: Collected, ridge: float,
-                  active_threshold: float) -> dict[str, Any]:
+def _probe(train: Collected, test: Collected, features: str, pca: PCA | None = None,
+           ridge: float | None = None) -> dict[str, Any]:
+    """One probe; `ridge` None picks it by cross-validation on train (every probe the same way: fair baselines)."""
+    tr, te = train.probe_ready, test.probe_ready
+    train_x, test_x = _features(train, features, pca)[tr], _features(test, features, pca)[te]
+    train_groups = [e for e, k in zip(train.embodiments, tr) if k]
+    if ridge is None:
+        ridge = select_ridge(train_x, train.action[tr], train.action_mask[tr], train_groups,
+                             [i for i, k in zip(train.item_ids, tr) if k])
+    result = linear_probe(train_x, train.action[tr], train.action_mask[tr], test_x, test.action[te],
+                          test.action_mask[te], ridge=ridge, train_groups=train_groups,
+                          test_groups=[e for e, k in zip(test.embodiments, te) if k])
+    return {**result, "ridge": ridge, "features": int(train_x.shape[1])}
+
+
+def information_summary(mu: np.ndarray, var: np.ndarray, min_bits: float = 0.5) -> dict[str, Any]:
+    bits = information_bits(mu, var) if len(mu) else np.full(mu.shape[1], np.nan)
+    finite = bits[np.isfinite(bits)]
+    return {"per_dim_bits": bits.tolist(), "total_bits": float(finite.sum()) if len(finite) else None,
+            "dims_over_min": int((finite >= min_bits).sum()), "min_bits": min_bits}
+
+
+def _spcfc(held: Collected) -> dict[str, Any]:
+    """S-PCFC over held-out frames t with both (t−Δ → t) and (t → t+Δ) pairs: past→now is μ of the first pair,
+    future→now is μ of the second pair's negated flow (the reverse motion, a first-order stand-in for the
+    backward flow t+Δ → t)."""
+    if not len(held.mu_reverse):
+        return {"value": None, "n": 0}
+    p, q = consecutive_pairs(held.item_ids, held.frames)
+    return {"value": s_pcfc(held.mu[p], held.mu_reverse[q]) if len(p) else None, "n": int(len(p))}
+
+
+def _scope_report(train: Collected, rnd_train: Collected, held: Collected, rnd_held: Collected,
+                  ridge: float | None, active_threshold: float, pca: PCA | None = None) -> dict[str, Any]:
+    probe = {"trained": _probe(train, held, "mu", ridge=ridge),
+             "random_init": _probe(rnd_train, rnd_held, "mu", ridge=ridge),
+             "mean": _probe(train, held, "mean", ridge=ridge)}
+    if pca is not None:
+        probe["pca_k"] = _probe(train, held, "pca", pca, ridge=ridge)
+        probe["pooled_flow"] = _probe(train, held, "pooled", ridge=ridge)
     return {
         "n_train_labelled": int(train.probe_ready.sum()),
         "n_heldout_pairs": len(held),
         "n_heldout_labelled": int(held.probe_ready.sum()),
         "n_heldout_items": len(set(held.item_ids)),
-        "probe": {"trained": _probe(train, held, "mu", ridge),
-                  "random_init": _probe(rnd_train, rnd_held, "mu", ridge),
-                  "mean": _probe(train, held, "mean", ridge)},
+        "n_heldout_labelled_items": len({i for i, k in zip(held.item_ids, held.probe_ready) if k}),
+        "probe": probe,
         "epe_px": {"trained": _epe_summary(held.epe_px), "random_init": _epe_summary(rnd_held.epe_px),
-                   "zero_flow": _epe_summary(held.zero_epe_px)},
+                   "zero_flow": _epe_summary(held.zero_epe_px), "mean_field": _epe_summary(held.meanfield_epe_px)},
+        "moving_epe_px": {"trained": _epe_summary(held.moving_epe_px),
+                          "zero_flow": _epe_summary(held.zero_moving_epe_px),
+                          "mean_field": _epe_summary(held.meanfield_moving_epe_px), "threshold_px": MOVING_PX},
+        "information": information_summary(held.mu, held.var),
+        "s_pcfc": _spcfc(held),
         "kl": kl_summary(held.kl, active_threshold),
     }
 
 
 def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batches_fn: Callable[[], Iterable],
              heldout_batches_fn: Callable[[], Iterable], out_dir: str | os.PathLike, flow_scale_px: float,
-             active_threshold: float = 0.01, *, rows: Any = None,
-             ridge: float = 1e-3, n_pictures: int = 6) -> dict[str, Any]:
-    """Probe, EPE, KL and picture for `model` vs `random_model` (same config, random init); writes
-    `out_dir/eval.json` and `out_dir/reconstructions.png` and returns the JSON's dict.
+             active_threshold: float = 0.01, *, rows: Any = None, train_all_batches_fn: Callable[[], Iterable] | None = None,
+             ridge: float | None = None, n_pictures: int = 6, excluded: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Probes, EPEs, information, S-PCFC, KL and picture for `model` vs `random_model` (same config, random init)
+    and the flow baselines; writes `out_dir/eval.json` and `out_dir/reconstructions.png`, returns the JSON's dict.
 
     `train_batches_fn` / `heldout_batches_fn` return fresh iterables of PairSampler batches; each is passed over
     once per model, so they should yield the same pairs every call (a seeded sampler). Only labelled pairs of the
-    train stream matter (probe fitting); every held-out pair counts for EPE and KL, labelled ones for the probe.
+    train stream matter (probe fitting); every held-out pair counts for EPE and information, labelled ones for the
+    probes. `train_all_batches_fn` (default: the train stream) yields the train pairs of every source that the
+    mean fields and the PCA are fitted on. `ridge` None picks each probe's ridge by item-grouped CV on train.
     `rows` are the flow-manifest rows naming each item's source and embodiment (required unless the batches
-    carry `embodiment` and `source` lists). The JSON's top-level keys are the scopes (`overall`, then one per
-    source of the held-out pairs) plus `meta` (counts, settings, timings, the picture's pairs).
+    carry `embodiment` and `source` lists). `excluded` (item id → reason) is reported in `meta`. The JSON's
+    top-level keys are the scopes (`overall`, then one per source of the held-out pairs) plus `meta`.
     """
     rows = list(_row_lookup(rows).values()) if rows is not None else None  # read a generator / Table once
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
 
-    def timed(name: str, fn: Callable[[], Collected]) -> Collected:
+    def timed(name: str, fn: Callable[[], Any]) -> Any:
         t0 = time.perf_counter()
         result = fn()
         timings[name] = round(time.perf_counter() - t0, 3)
         return result
 
+    fit = timed("flow_baselines", lambda: fit_flow_baselines(model, (train_all_batches_fn or train_batches_fn)(), rows))
     train = timed("trained_train", lambda: collect(model, train_batches_fn(), rows, decode=False))
-    held = timed("trained_heldout", lambda: collect(model, heldout_batches_fn(), rows, keep_examples=4 * n_pictures))
+    held = timed("trained_heldout", lambda: collect(model, heldout_batches_fn(), rows, keep_examples=4 * n_pictures,
+                                                    mean_fields=fit.mean_fields, reverse=True))
     rnd_train = timed("random_train", lambda: collect(random_model, train_batches_fn(), rows, decode=False))
     rnd_held = timed("random_heldout", lambda: collect(random_model, heldout_batches_fn(), rows))
     if not len(held):
@@ -419,19 +557,27 @@ def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batche
     collected = (train, rnd_train, held, rnd_held)  # the order _scope_report takes them in
     masks = [_scope_masks(c, scopes) for c in collected]
     report: dict[str, Any] = {
-        name: _scope_report(*(c.select(m[name]) for c, m in zip(collected, masks)), ridge, active_threshold)
+        name: timed(f"scope_{name}", lambda name=name: _scope_report(
+            *(c.select(m[name]) for c, m in zip(collected, masks)), ridge, active_threshold, fit.pca))
         for name in scopes}
     examples = _pick_examples(held.examples, n_pictures)
     write_bytes_atomic(out_dir / PICTURE_NAME, _encode_png(draw_reconstructions(examples, flow_scale_px)))
     report[META] = {
         "scopes": scopes,
         "counts": {"train_pairs": len(train), "train_labelled": int(train.probe_ready.sum()),
+                   "baseline_fit_pairs": fit.n_pairs,
                    "heldout_pairs": len(held), "heldout_labelled": int(held.probe_ready.sum()),
                    "heldout_items": len(set(held.item_ids))},
-        "settings": {"ridge": ridge, "active_threshold_nats": active_threshold, "flow_scale_px": flow_scale_px,
+        "excluded": dict(sorted((excluded or {}).items())),
+        "settings": {"ridge": "cross-validated per probe" if ridge is None else ridge, "ridge_grid": list(RIDGE_GRID),
+                     "active_threshold_nats": active_threshold, "flow_scale_px": flow_scale_px,
                      "latent_dim": int(model.cfg.latent_dim), "image_size": int(model.cfg.image_size),
-                     "probe": "ridge on standardised mu, per embodiment, masked-in dims; R2 about held-out mean",
-                     "epe": "decode(mu) vs the model's input flow at image_size^2, valid pixels, working-canvas px"},
+                     "pool_grid": list(POOL_GRID), "pca_explained": fit.pca.explained.tolist(),
+                     "probe": "ridge on standardised features, per embodiment, masked-in dims; R2 about held-out "
+                              "mean; features: trained mu, random-init mu, PCA-k of pooled flow, pooled flow, none",
+                     "epe": "vs the model's input flow at image_size^2, valid (or moving) pixels, working-canvas px",
+                     "information": "0.5*log2(1 + Var[mu]/E[sigma^2]) bits per dim, held-out pairs",
+                     "s_pcfc": "mean cos(mu(t-D->t), mu(-flow(t->t+D))) over held-out frames; 1 = collapse"},
         "timings_s": timings,
         "picture": {"path": PICTURE_NAME, "pairs": [{"item_id": e.item_id, "pair_index": e.pair_index,
                                                      "source": e.source, "epe_px": e.epe_px} for e in examples]},

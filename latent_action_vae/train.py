@@ -16,7 +16,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import pyarrow.parquet as pq
 import torch
@@ -38,13 +38,13 @@ METRICS = ("step", "loss", "recon", "kl", "align", "epe_px", "labelled", "lr", "
 RUN_ONLY_SETTINGS = ("steps", "threads", "log_every", "checkpoint_every", "eval_max_pairs", "output")
 
 
-def flow_manifest_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], str]:
-    """Rows of the flow manifest and a hash of their content (recorded in checkpoints; a rerun of the flow stage
-    that changes nothing keeps the hash)."""
+def flow_manifest_rows(cfg: PipelineConfig, exclude: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the flow manifest, less the `exclude`d item ids, and a hash of their content (recorded in
+    checkpoints; a rerun of the flow stage that changes nothing keeps the hash)."""
     path = cfg.manifests_dir / "flow.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no flow manifest at {path}: run `pyramid flow` first")
-    rows = pq.read_table(path).to_pylist()
+    rows = [r for r in pq.read_table(path).to_pylist() if r["item_id"] not in (exclude or {})]
     keys = [(r["item_id"], r["split"], r["artifact_path"], r["n_pairs"], r["delta_frames"]) for r in rows]
     digest = hashlib.blake2b(repr(sorted(keys)).encode(), digest_size=16).hexdigest()
     return rows, digest
@@ -127,14 +127,17 @@ class ResumeMismatch(ValueError):
 
 
 def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None, progress: bool = True,
-              console: Console | None = None) -> TrainResult:
+              console: Console | None = None, exclude: Mapping[str, str] | None = None) -> TrainResult:
+    """Train (or resume) on the flow manifest's train items, less `exclude` (item id → reason: audit-flagged
+    duplicates and static clips, recorded in the checkpoint)."""
     console = console or make_console(stderr=True)
+    exclude = dict(sorted((exclude or {}).items()))
     vc = cfg.vae
     steps = vc.steps if steps is None else steps
     torch.set_num_threads(vc.threads)
     out_dir = cfg.path(vc.output)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    rows, manifest_hash = flow_manifest_rows(cfg)
+    rows, manifest_hash = flow_manifest_rows(cfg, exclude)
     model, optimiser, sampler, action_stats = build(cfg, rows)
     start = 0
     if resume and ckpt_path.exists():
@@ -157,6 +160,9 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     summary = sampler.summary()
     tiers = ", ".join(f"L{t}: {v['items']} items/{v['pairs']} pairs" for t, v in sorted(summary["by_tier"].items()))
     lab = summary["by_labelled"].get("labelled", {"items": 0, "pairs": 0})
+    if exclude:
+        console.print(f"[vae] left out {len(exclude)} audit-flagged items (duplicates, static): "
+                      + ", ".join(list(exclude)[:5]) + (" ..." if len(exclude) > 5 else ""), markup=False, highlight=False)
     console.print(f"[vae] training on {summary['items']} train items ({tiers}); labelled {lab['items']} items / "
                   f"{lab['pairs']} pairs, {summary['labelled_per_batch']} per batch of {summary['batch_size']}",
                   markup=False, highlight=False)
@@ -164,6 +170,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     def state_at(step: int) -> dict[str, Any]:
         return {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "step": step, "vae_config": dataclasses.asdict(vc), "manifest_hash": manifest_hash,
+                "excluded": exclude,
                 "action_stats": {k: v.to_dict() for k, v in action_stats.items()},
                 "code_version": code_version(), "describe": model.describe()}
 

@@ -101,6 +101,7 @@ class VAEConfig:
     log_every: int = 10
     threads: int = 2  # torch threads for training (the only process running)
     eval_max_pairs: int = 4000
+    exclude_flagged: bool = True  # leave audit-flagged items (duplicates, static clips) out of training and eval
     output: str = "vae"  # relative to workdir: checkpoints, metrics.csv, eval.json, pictures
 
 

@@ -75,10 +75,12 @@ def latent_stats_table(stats: dict) -> Table:
 
 
 def evaluation_table(results: dict) -> Table:
-    """Probe R² (trained / random-init / mean), EPE and active dims per scope of a VAE evaluation."""
-    table = Table(title="Latent-action VAE on held-out groups")
-    for col in ("scope", "held-out pairs", "probe R² trained", "random init", "mean", "EPE px trained", "random init",
-                "zero flow", "active dims"):
+    """Per scope of a VAE evaluation: probe R² of μ beside its baselines, EPE beside zero flow and the mean field,
+    information and collapse — the figures that cannot flatter (research `latent_actions.md`)."""
+    table = Table(title="Latent-action VAE on held-out groups (probe R²: μ vs baselines; EPE in px)")
+    columns = ("scope", "pairs / items", "R² μ", "PCA-k", "pooled flow", "random μ", "EPE", "zero", "mean field",
+               "moving EPE", "zero", "bits (dims ≥ ½)", "S-PCFC")
+    for col in columns:
         table.add_column(col, justify="left" if col == "scope" else "right")
 
     def num(x, fmt="{:.3f}"):
@@ -87,11 +89,18 @@ def evaluation_table(results: dict) -> Table:
     for scope, r in results.items():
         if scope == "meta":
             continue
-        probe, epe = r.get("probe", {}), r.get("epe_px", {})
-        table.add_row(scope, str(r.get("n_heldout_pairs", "")),
-                      *(num(probe.get(m, {}).get("r2")) for m in ("trained", "random_init", "mean")),
-                      *(num(epe.get(m, {}).get("mean"), "{:.2f}") for m in ("trained", "random_init", "zero_flow")),
-                      str(r.get("kl", {}).get("active_dims", "")))
+        probe, epe, moving = r.get("probe", {}), r.get("epe_px", {}), r.get("moving_epe_px", {})
+        info = r.get("information", {})
+        table.add_row(scope, f"{r.get('n_heldout_pairs', '')} / {r.get('n_heldout_items', '')}",
+                      *(num(probe.get(m, {}).get("r2")) for m in ("trained", "pca_k", "pooled_flow", "random_init")),
+                      *(num(epe.get(m, {}).get("mean"), "{:.2f}") for m in ("trained", "zero_flow", "mean_field")),
+                      *(num(moving.get(m, {}).get("mean"), "{:.2f}") for m in ("trained", "zero_flow")),
+                      f"{num(info.get('total_bits'), '{:.1f}')} ({info.get('dims_over_min', '—')})",
+                      num(r.get("s_pcfc", {}).get("value")))
+    excluded = results.get("meta", {}).get("excluded") or {}
+    if excluded:
+        table.caption = f"left out (audit-flagged): {len(excluded)} items — " + "; ".join(
+            f"{k}: {v}" for k, v in list(excluded.items())[:3]) + (" ..." if len(excluded) > 3 else "")
     return table
 
 

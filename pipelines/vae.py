@@ -13,6 +13,15 @@ from pipelines.config import PipelineConfig
 from pipelines.progress import make_console
 
 
+def excluded_items(cfg: PipelineConfig, catalog: Catalog) -> dict[str, str]:
+    """Items VAE training and evaluation leave out (item id → reason); empty when `vae.exclude_flagged` is off."""
+    if not cfg.vae.exclude_flagged:
+        return {}
+    from audit.flags import flagged_items
+
+    return flagged_items(cfg, catalog)
+
+
 def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, steps: int | None = None,
                   progress: bool = True, console: Console | None = None):
     from latent_action_vae.train import train_vae
@@ -21,7 +30,8 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
     run_id = catalog.start_run("vae-train", cfg.to_dict(), engine="torch")
     status, counts = "failed", {}
     try:
-        result = train_vae(cfg, resume=resume, steps=steps, progress=progress, console=console)
+        result = train_vae(cfg, resume=resume, steps=steps, progress=progress, console=console,
+                           exclude=excluded_items(cfg, catalog))
         ckpt = result.checkpoint
         catalog.add_artifacts([{"item_id": None, "stage": "vae-train", "kind": "vae_checkpoint", "path": str(ckpt),
                                 "bytes": ckpt.stat().st_size,
@@ -36,7 +46,8 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
 
 def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None = None,
                  console: Console | None = None) -> dict[str, Any]:
-    """Probe R² / MSE (trained vs random-init vs mean), EPE and active dims on held-out (val + test) groups."""
+    """Probes (trained μ / PCA-k / pooled flow / random init / mean), EPEs against zero flow and mean fields,
+    information per dim and S-PCFC on held-out (val + test) groups, audit-flagged items left out."""
     import torch
 
     from latent_action_vae.data import ActionStats, PairSampler
@@ -54,7 +65,8 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     torch.manual_seed(vc.seed + 1)
     random_model = LatentActionVAE(model.cfg).eval()
     stats = {k: ActionStats.from_dict(v) for k, v in state["action_stats"].items()}
-    rows, _ = flow_manifest_rows(cfg)
+    excluded = excluded_items(cfg, catalog)
+    rows, _ = flow_manifest_rows(cfg, excluded)
     train_rows = [r for r in rows if r["split"] == "train"]
     heldout_rows = [r for r in rows if r["split"] in ("val", "test")]
     if not heldout_rows:
@@ -69,7 +81,8 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     status = "failed"
     try:
         results = evaluate(model, random_model, batches(train_rows, True), batches(heldout_rows, False),
-                           cfg.path(vc.output) / "eval", vc.flow_scale_px, rows=rows)
+                           cfg.path(vc.output) / "eval", vc.flow_scale_px, rows=rows,
+                           train_all_batches_fn=batches(train_rows, False), excluded=excluded)
         catalog.add_evaluation(run_id, _flatten(results))
         status = "ok"
         return results

@@ -14,7 +14,9 @@ import torch
 
 from flow_extraction.artifacts import write_flow_artifact
 from latent_action_vae.data import PairSampler, compute_action_stats
-from latent_action_vae.evaluate import collect, evaluate, kl_summary, linear_probe, picture_size
+from latent_action_vae.baselines import PCA, consecutive_pairs, information_bits, s_pcfc
+from latent_action_vae.evaluate import (collect, evaluate, information_summary, kl_summary, linear_probe,
+                                        picture_size, select_ridge)
 from latent_action_vae.losses import kl_per_dim
 from latent_action_vae.model import LatentActionVAE
 from pipelines.config import VAEConfig
@@ -115,6 +117,62 @@ def test_active_dims_count_the_dims_whose_mean_kl_exceeds_the_threshold():
     assert out["per_dim"][3] == pytest.approx(0.005)
     assert out["per_dim"][5:] == [0.0] * 9
     assert kl_summary(kl_per_dim(mu, logvar).numpy(), active_threshold=0.02)["active_dims"] == 3
+
+
+# ---------------------------------------------------------------------------------------------------- baselines
+def test_pca_k_keeps_the_top_directions_of_synthetic_features():
+    rng = np.random.default_rng(0)
+    basis = np.linalg.qr(rng.normal(size=(128, 3)))[0].T  # 3 orthonormal directions in 128-d
+    x = (rng.normal(size=(500, 3)) * [5.0, 3.0, 1.0]) @ basis + 0.01 * rng.normal(size=(500, 128)) + 7.0
+    pca = PCA.fit(x, 14)
+    assert pca.components.shape == (14, 128)
+    assert pca.explained[:3].sum() > 0.99 and pca.explained[0] > pca.explained[1] > pca.explained[2]
+    scores = pca.transform(x)
+    assert scores.shape == (500, 14) and np.allclose(scores.mean(0), 0, atol=1e-9)
+    # the top 3 scores span the generating directions: a linear read-out recovers them
+    back = scores[:, :3] @ pca.components[:3] + pca.mean
+    assert np.abs(back - x).max() < 0.1
+
+
+def test_information_per_dim_is_the_gaussian_channel_bound():
+    rng = np.random.default_rng(1)
+    mu = np.zeros((20000, 3))
+    mu[:, 0] = rng.normal(scale=np.sqrt(3.0), size=20000)  # Var μ = 3, σ² = 1 → ½·log2(4) = 1 bit
+    mu[:, 1] = rng.normal(scale=np.sqrt(15.0), size=20000)  # Var μ = 15 → 2 bits
+    var = np.ones((20000, 3))
+    var[:, 1] = 1.0
+    bits = information_bits(mu, var)
+    assert bits[0] == pytest.approx(1.0, abs=0.03) and bits[1] == pytest.approx(2.0, abs=0.03)
+    assert bits[2] == 0.0  # a constant μ carries nothing, whatever its σ
+    out = information_summary(mu, var)
+    assert out["dims_over_min"] == 2 and out["total_bits"] == pytest.approx(3.0, abs=0.05)
+
+
+def test_s_pcfc_is_one_for_a_collapsed_latent_and_low_for_one_that_sees_direction():
+    rng = np.random.default_rng(2)
+    const = np.tile(rng.normal(size=(1, 14)), (100, 1))
+    assert s_pcfc(const, const) == pytest.approx(1.0)
+    motion = rng.normal(size=(100, 14))
+    assert s_pcfc(motion, -motion) == pytest.approx(-1.0)  # a reversed motion maps to the opposite latent
+    # consecutive pairs: (t−1 → t) ends where (t → t+1) starts, per item
+    frames = np.array([[0, 2], [2, 4], [4, 6], [0, 2]])
+    p, q = consecutive_pairs(["a", "a", "a", "b"], frames)
+    assert p.tolist() == [0, 1] and q.tolist() == [1, 2]
+
+
+def test_ridge_is_chosen_on_train_folds_and_saves_an_overfit_probe():
+    rng = np.random.default_rng(3)
+    n, p = 120, 128  # fewer pairs than features: ordinary least squares overfits
+    x, tx = rng.normal(size=(n, p)), rng.normal(size=(400, p))
+    w = np.zeros((p, 1))
+    w[:4] = 1.0
+    y, ty = x @ w + 0.5 * rng.normal(size=(n, 1)), tx @ w + 0.5 * rng.normal(size=(400, 1))
+    m, tm = np.ones_like(y, bool), np.ones_like(ty, bool)
+    items = [f"item{i // 10}" for i in range(n)]
+    ridge = select_ridge(x, y, m, ["e"] * n, items)
+    assert ridge >= 0.1  # the smallest ridges in the grid overfit 128 features on 120 pairs
+    chosen = linear_probe(x, y, m, tx, ty, tm, ridge=ridge)["r2"]
+    assert chosen > linear_probe(x, y, m, tx, ty, tm, ridge=1e-3)["r2"] + 0.1
 
 
 # ---------------------------------------------------------------------------------------------------- corpus
@@ -235,8 +293,18 @@ def test_evaluate_end_to_end(corpus, tmp_path):
     for scope in ("overall", "robotwin", "task_agnostic"):
         s = out[scope]
         assert set(s) >= {"probe", "epe_px", "kl", "n_heldout_pairs", "n_heldout_labelled"}
-        assert set(s["probe"]) == {"trained", "random_init", "mean"}
+        assert set(s["probe"]) == {"trained", "random_init", "mean", "pca_k", "pooled_flow"}
         assert s["probe"]["trained"]["r2"] > 0.9  # μ holds the motion that each embodiment's action is a map of
+        # uniform translations: pooled flow and its PCA hold the motion too, so the baselines reach it as well
+        assert s["probe"]["pooled_flow"]["r2"] > 0.9 and s["probe"]["pca_k"]["r2"] > 0.9
+        assert s["probe"]["pca_k"]["features"] == D and s["probe"]["pooled_flow"]["features"] == 128
+        assert s["moving_epe_px"]["trained"]["mean"] < 0.05 < s["moving_epe_px"]["zero_flow"]["mean"]
+        assert np.isfinite(s["epe_px"]["mean_field"]["mean"])
+        # oracle: σ = 1 and μ[:2] = motion / 20 px (std ≈ 0.4) → ½·log2(1 + 0.16) ≈ 0.1 bit in 2 dims, 0 elsewhere
+        bits = s["information"]["per_dim_bits"]
+        assert all(0.03 < b < 0.3 for b in bits[:2]) and bits[2:] == [0.0] * (D - 2)
+        # motions of successive pairs are independent: past→now and future→now latents are uncorrelated
+        assert s["s_pcfc"]["n"] > 0 and abs(s["s_pcfc"]["value"]) < 0.5
         assert -0.5 < s["probe"]["mean"]["r2"] <= 0.0
         assert np.isfinite(s["probe"]["random_init"]["r2"]) and np.isfinite(s["probe"]["random_init"]["mse"])
         assert s["probe"]["trained"]["mse"] < s["probe"]["mean"]["mse"]
@@ -249,6 +317,7 @@ def test_evaluate_end_to_end(corpus, tmp_path):
     # human video: EPE and KL but no labelled pair to probe
     assert out["ssv2"]["n_heldout_labelled"] == 0 and out["ssv2"]["probe"]["trained"]["r2"] is None
     assert out["ssv2"]["epe_px"]["trained"]["n"] == 10
+    assert out["meta"]["counts"]["baseline_fit_pairs"] == 80  # the train stream (labelled_only here)
 
     img = cv2.imread(str(tmp_path / "reconstructions.png"))
     assert img is not None and img.shape[:2] == picture_size(5)  # 5 held-out items, one row each

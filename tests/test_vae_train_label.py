@@ -177,3 +177,27 @@ def test_align_embodiments_limits_which_actions_align_latents(workdir):
     batch = sampler.batch(0)
     labelled = [i for i, lab in zip(batch["item_ids"], batch["labelled"].tolist()) if lab]
     assert labelled and all(i.startswith("robotwin/") for i in labelled)
+
+
+def test_audit_flagged_copies_stay_out_of_vae_training_and_evaluation(workdir):
+    import shutil
+
+    from pipelines.vae import run_vae_eval
+
+    episodes = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes"
+    original = sorted(p.name for p in episodes.iterdir())[0]
+    shutil.copytree(episodes / original, episodes / "episode_900004")  # a byte copy, as the sample defects plant
+    cfg = prepared(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        ids = set(cat.items().column("item_id").to_pylist())
+        copy_id = next(i for i in ids if i.endswith("episode_900004"))
+        original_id = next(i for i in ids if i.endswith(original))
+        run_vae_train(cfg, cat, steps=1, progress=False)
+        results = run_vae_eval(cfg, cat)
+    state = torch.load(cfg.path("vae") / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["excluded"] == {copy_id: f"exact copy of {original_id}"}
+    assert results["meta"]["excluded"] == state["excluded"]
+    assert copy_id not in {e["item_id"] for e in results["meta"]["picture"]["pairs"]}
+    cfg.vae.exclude_flagged = False  # switched off, the copy is back in (and the checkpoint no longer resumes)
+    with Catalog(cfg.catalog_path) as cat, pytest.raises(ValueError, match="exclude_flagged"):
+        run_vae_train(cfg, cat, steps=2, progress=False)
