@@ -96,7 +96,7 @@ class MeanFields:
 
     def add(self, target: torch.Tensor, mask: torch.Tensor, sources: list[str]) -> None:
         for s in dict.fromkeys(sources):
-            rows = torch.tensor([x == s for x in sources])
+            rows = torch.tensor([x == s for x in sources], device=target.device)
             m = mask[rows].float()
             t = (target[rows] * m[:, None]).sum(0)
             if s in self._sum:

@@ -14,10 +14,24 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
-def reconstruction(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Squared error summed over the 2 flow channels, averaged over valid pixels ([B,2,H,W], mask [B,H,W])."""
+def reconstruction(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                   sample_weight: torch.Tensor | None = None, moving_weight: float = 1.0,
+                   moving_threshold: float = 0.0) -> torch.Tensor:
+    """Squared error summed over the 2 flow channels, averaged over valid pixels ([B,2,H,W], mask [B,H,W]).
+
+    `sample_weight` [B] scales each pair's error (per-source balancing); pixels whose true |flow| exceeds
+    `moving_threshold` (network units) weigh `moving_weight` times as much, in the error and in the average, so
+    a field that is mostly static cannot be fitted by painting "no motion".
+    """
     err = (recon - target).pow(2).sum(1)
-    return (err * mask).sum() / mask.sum().clamp_min(1)
+    weight = mask.float()
+    if moving_weight != 1.0:
+        moving = target.pow(2).sum(1) > moving_threshold ** 2
+        weight = weight * torch.where(moving, moving_weight, 1.0)
+    norm = weight.sum()
+    if sample_weight is not None:
+        weight = weight * sample_weight[:, None, None]
+    return (err * weight).sum() / norm.clamp_min(1)
 
 
 def alignment(mu: torch.Tensor, action: torch.Tensor, action_mask: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
@@ -27,8 +41,10 @@ def alignment(mu: torch.Tensor, action: torch.Tensor, action_mask: torch.Tensor,
 
 
 def vae_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, action: torch.Tensor,
-             action_mask: torch.Tensor, labelled: torch.Tensor, beta: float, lambda_align: float) -> dict[str, torch.Tensor]:
-    recon = reconstruction(out["recon"], target, mask)
+             action_mask: torch.Tensor, labelled: torch.Tensor, beta: float, lambda_align: float,
+             sample_weight: torch.Tensor | None = None, moving_weight: float = 1.0,
+             moving_threshold: float = 0.0) -> dict[str, torch.Tensor]:
+    recon = reconstruction(out["recon"], target, mask, sample_weight, moving_weight, moving_threshold)
     kl_dims = kl_per_dim(out["mu"], out["logvar"])
     kl = kl_dims.sum(1).mean()
     align = alignment(out["mu"], action, action_mask, labelled)

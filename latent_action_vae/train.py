@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -22,7 +23,6 @@ import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 
-from catalog.db import code_version
 from manifests.io import atomic_write, truncate_metrics_csv
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
@@ -69,7 +69,30 @@ def load_vae(path: str | os.PathLike) -> tuple[LatentActionVAE, dict[str, Any]]:
 
 
 def lr_at(step: int, vc: VAEConfig, warmup: int = 20) -> float:
-    return vc.lr * min(1.0, (step + 1) / warmup)
+    """Linear warmup, then constant — or a cosine decay to 10% over `lr_decay_steps` (a learning setting, not
+    `steps`, so a run resumed with more steps keeps the schedule it started with)."""
+    lr = vc.lr * min(1.0, (step + 1) / warmup)
+    if vc.lr_decay_steps:
+        progress = min(1.0, step / vc.lr_decay_steps)
+        lr *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    return lr
+
+
+def source_balance(rows: list[dict[str, Any]], vc: VAEConfig) -> dict[str, float]:
+    """item id → reconstruction weight. `per_source`: 1 / (the source's pair-weighted train mean |flow|, in
+    network units)², floored at `recon_floor_px`, so every source's zero-flow error is about the same size;
+    `none`: 1 for every item."""
+    if vc.recon_balance == "none":
+        return {r["item_id"]: 1.0 for r in rows}
+    sums: dict[str, list[float]] = {}
+    for r in rows:
+        if r.get("mean_px") is None:
+            raise ValueError(f"{r['item_id']}: the flow manifest has no mean_px (rerun `pyramid flow`)")
+        acc = sums.setdefault(r["source"], [0.0, 0.0])
+        acc[0] += float(r["mean_px"]) * int(r["n_pairs"])
+        acc[1] += int(r["n_pairs"])
+    scale = {s: max(total / max(n, 1), vc.recon_floor_px) / vc.flow_scale_px for s, (total, n) in sums.items()}
+    return {r["item_id"]: 1.0 / scale[r["source"]] ** 2 for r in rows}
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -86,14 +109,19 @@ class TrainResult:
     metrics_path: Path
 
 
-def train_step(model, optimiser, batch, vc: VAEConfig, step: int) -> dict[str, float]:
+def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
+               item_weights: dict[str, float] | None = None) -> dict[str, float]:
     model.train()
     torch.manual_seed(_step_seed(vc.seed, step))  # the noise of step k is the same on a resumed run
     for group in optimiser.param_groups:
         group["lr"] = lr_at(step, vc)
     x, target, mask = model.prepare(batch["flow"], batch["valid"])
     out = model(x)
-    losses = vae_loss(out, target, mask, batch["action"], batch["action_mask"], batch["labelled"], vc.beta, vc.lambda_align)
+    weight = None
+    if item_weights is not None and vc.recon_balance != "none":
+        weight = torch.tensor([item_weights[i] for i in batch["item_ids"]], dtype=target.dtype, device=target.device)
+    losses = vae_loss(out, target, mask, batch["action"], batch["action_mask"], batch["labelled"], vc.beta,
+                      vc.lambda_align, weight, vc.moving_weight, vc.moving_px / vc.flow_scale_px)
     optimiser.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -119,7 +147,7 @@ def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
     model = LatentActionVAE(vc)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=vc.lr,
                                   weight_decay=vc.weight_decay)
-    return model, optimiser, sampler, action_stats
+    return model, optimiser, sampler, action_stats, source_balance(train_rows, vc)
 
 
 class ResumeMismatch(ValueError):
@@ -138,7 +166,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     out_dir = cfg.path(vc.output)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     rows, manifest_hash = flow_manifest_rows(cfg, exclude)
-    model, optimiser, sampler, action_stats = build(cfg, rows)
+    model, optimiser, sampler, action_stats, item_weights = build(cfg, rows)
     start = 0
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -168,6 +196,8 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
                   markup=False, highlight=False)
 
     def state_at(step: int) -> dict[str, Any]:
+        from catalog.db import code_version  # here, not at import: train_step runs where DuckDB is not installed
+
         return {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "step": step, "vae_config": dataclasses.asdict(vc), "manifest_hash": manifest_hash,
                 "excluded": exclude,
@@ -183,7 +213,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         if f.tell() == 0:
             writer.writeheader()
         for step in range(start, steps):
-            last = train_step(model, optimiser, sampler.batch(step), vc, step)
+            last = train_step(model, optimiser, sampler.batch(step), vc, step, item_weights)
             wall = time.perf_counter() - t0
             last.update(step=step, wall_s=wall, samples_per_s=(step - start + 1) * vc.batch_size / wall)
             bar.update("done", note=f"loss {last['loss']:.4f} recon {last['recon']:.4f} kl {last['kl']:.2f} "

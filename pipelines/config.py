@@ -88,6 +88,11 @@ class VAEConfig:
     hidden: int = 512  # the light encoder/decoder between tokens and the 14-d latent
     pretrained_dcae: str | None = None  # local folder of a diffusers AutoencoderDC (e.g. dc-ae-f128c512); frozen
     beta: float = 1e-4  # KL weight
+    recon_balance: str = "none"  # none | per_source: each source's pairs weigh 1 / (its train mean |flow|)², so
+    #   sparse robot motion counts as much as big human-video flow (research latent_actions.md §4)
+    recon_floor_px: float = 0.05  # per_source: mean |flow| below this counts as this (near-static sources)
+    moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
+    moving_px: float = 0.5
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes
     labelled_fraction: float = 0.1  # share of each batch drawn from labelled pairs
     align_embodiments: list[str] = field(default_factory=list)  # embodiments whose actions align μ ([]: all)
@@ -95,6 +100,7 @@ class VAEConfig:
     batch_size: int = 32
     steps: int = 600
     lr: float = 3e-4
+    lr_decay_steps: int = 0  # > 0: cosine decay of lr to 10% over this many steps (0: constant after warmup)
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
@@ -292,6 +298,11 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"vae.image_size {v.image_size} must be divisible by 2^(len(widths)-1) = {2 ** (len(v.widths) - 1)}")
     if not 0 <= v.labelled_fraction <= 1 or v.beta < 0 or v.lambda_align < 0:
         raise ConfigError("vae.labelled_fraction must be in [0, 1]; vae.beta and vae.lambda_align must be >= 0")
+    if v.recon_balance not in ("none", "per_source"):
+        raise ConfigError(f"vae.recon_balance: {v.recon_balance!r} is not one of none, per_source")
+    if v.recon_floor_px <= 0 or v.moving_weight < 1 or v.moving_px < 0 or v.lr_decay_steps < 0:
+        raise ConfigError("vae.recon_floor_px must be > 0, vae.moving_weight >= 1, vae.moving_px >= 0 and "
+                          "vae.lr_decay_steps >= 0")
     for key in ("steps", "checkpoint_every", "log_every", "batch_size", "threads", "eval_max_pairs"):
         if getattr(v, key) < (0 if key == "steps" else 1):
             raise ConfigError(f"vae.{key} must be >= {0 if key == 'steps' else 1}, got {getattr(v, key)}")

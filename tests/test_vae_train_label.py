@@ -172,7 +172,7 @@ def test_align_embodiments_limits_which_actions_align_latents(workdir):
 
     cfg = prepared(workdir, **{"vae.align_embodiments": ["so100_bimanual"]})
     rows, _ = flow_manifest_rows(cfg)
-    _, _, sampler, stats = build(cfg, rows)
+    _, _, sampler, stats, _ = build(cfg, rows)
     assert set(stats) == {"so100_bimanual"}
     batch = sampler.batch(0)
     labelled = [i for i, lab in zip(batch["item_ids"], batch["labelled"].tolist()) if lab]
@@ -201,3 +201,57 @@ def test_audit_flagged_copies_stay_out_of_vae_training_and_evaluation(workdir):
     cfg.vae.exclude_flagged = False  # switched off, the copy is back in (and the checkpoint no longer resumes)
     with Catalog(cfg.catalog_path) as cat, pytest.raises(ValueError, match="exclude_flagged"):
         run_vae_train(cfg, cat, steps=2, progress=False)
+
+
+def test_per_source_balance_gives_each_source_the_same_zero_flow_error():
+    from latent_action_vae.losses import reconstruction
+    from latent_action_vae.train import source_balance
+    from pipelines.config import VAEConfig
+
+    vc = VAEConfig(recon_balance="per_source", flow_scale_px=10.0, recon_floor_px=0.05)
+    rows = [{"item_id": "ego/a", "source": "ego4d", "mean_px": 4.0, "n_pairs": 10},
+            {"item_id": "ego/b", "source": "ego4d", "mean_px": 2.0, "n_pairs": 30},  # pair-weighted mean: 2.5 px
+            {"item_id": "rt/a", "source": "robotwin", "mean_px": 0.25, "n_pairs": 5},
+            {"item_id": "st/a", "source": "static", "mean_px": 0.0, "n_pairs": 5}]  # floored at 0.05 px
+    w = source_balance(rows, vc)
+    assert w["ego/a"] == w["ego/b"] == pytest.approx((10 / 2.5) ** 2)
+    assert w["rt/a"] == pytest.approx((10 / 0.25) ** 2) and w["st/a"] == pytest.approx((10 / 0.05) ** 2)
+    assert set(source_balance(rows, VAEConfig()).values()) == {1.0}  # recon_balance: none
+    # uniform fields of each source's mean magnitude: with the weights, zero flow costs every source the same
+    target = torch.zeros(2, 2, 4, 4)
+    target[0, 0], target[1, 0] = 2.5 / 10, 0.25 / 10
+    mask = torch.ones(2, 4, 4, dtype=torch.bool)
+    weights = torch.tensor([w["ego/a"], w["rt/a"]])
+    per_pair = [reconstruction(torch.zeros(1, 2, 4, 4), target[i:i + 1], mask[i:i + 1], weights[i:i + 1])
+                for i in range(2)]
+    assert per_pair[0].item() == pytest.approx(per_pair[1].item()) == pytest.approx(1.0)
+    unweighted = [reconstruction(torch.zeros(1, 2, 4, 4), target[i:i + 1], mask[i:i + 1]) for i in range(2)]
+    assert unweighted[0].item() == pytest.approx(100 * unweighted[1].item())  # what it was: robot motion ~ignored
+
+
+def test_moving_pixels_weigh_more_and_the_schedule_decays():
+    from latent_action_vae.losses import reconstruction
+    from latent_action_vae.train import lr_at
+    from pipelines.config import VAEConfig
+
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, 0, 0, :2] = 1.0  # 2 moving pixels of 16
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    zero = torch.zeros_like(target)
+    plain = reconstruction(zero, target, mask).item()
+    weighted = reconstruction(zero, target, mask, moving_weight=8.0, moving_threshold=0.05).item()
+    assert plain == pytest.approx(2 / 16)
+    assert weighted == pytest.approx(2 * 8 / (2 * 8 + 14))  # the moving pixels' share of the average rises
+    flat, cosine = VAEConfig(lr=1e-3), VAEConfig(lr=1e-3, lr_decay_steps=100)
+    assert lr_at(50, flat) == lr_at(99, flat) == pytest.approx(1e-3)
+    assert lr_at(100, cosine) == pytest.approx(1e-4) and lr_at(500, cosine) == pytest.approx(1e-4)
+    assert lr_at(19, cosine) > lr_at(60, cosine) > lr_at(99, cosine)
+
+
+def test_bad_objective_settings_name_the_key():
+    from pipelines.config import ConfigError
+
+    with pytest.raises(ConfigError, match="vae.recon_balance"):
+        load_config(None, **{"vae.recon_balance": "per_pixel"})
+    with pytest.raises(ConfigError, match="vae.moving_weight"):
+        load_config(None, **{"vae.moving_weight": 0.5})
