@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import importlib.machinery
 import json
 import os
 import platform
@@ -40,11 +41,16 @@ if str(REPO) not in sys.path:
 def _stub_missing_av() -> str:
     """flow_extraction.frames imports av at module level; no row decodes video, so a stub is enough."""
     try:
+        if os.environ.get("GPU_CHECK_STUB_AV") == "1":  # to test the stub where PyAV is installed
+            raise ImportError("GPU_CHECK_STUB_AV=1")
         import av  # noqa: F401
 
         return "installed"
     except ImportError:
         stub = types.ModuleType("av")
+        # a spec, so that importlib.util.find_spec("av") works (diffusers probes it at import); with no
+        # distribution metadata behind it, diffusers then counts av as not available
+        stub.__spec__ = importlib.machinery.ModuleSpec("av", None)
 
         def _missing(*_a, **_k):
             raise RuntimeError("PyAV is not installed on this machine (gpu_check stub): no video decoding here")
