@@ -28,10 +28,35 @@ def install_torchvision_shim() -> None:
         return
     except (AttributeError, RuntimeError):
         pass
+    if _torchvision_ops_load():
+        return
     lib = torch.library.Library("torchvision", "DEF")
     lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
     _SHIM_LIB = lib
+
+
+def _torchvision_ops_load() -> bool:
+    """Load torchvision's compiled ops (`_C`) if they load with this torch (a matching build, e.g. CUDA torch with
+    its own torchvision): then they register the real op schemas and the shim must stay out, since defining the
+    schemas first would make that registration abort the process. False when they cannot load (CPU torch with the
+    CUDA torchvision wheel: a failed dlopen registers nothing) or torchvision is not installed."""
+    import importlib.machinery
+    import importlib.util
+
+    import torch
+
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+            path = os.path.join(folder, "_C" + suffix)
+            if os.path.exists(path):
+                try:
+                    torch.ops.load_library(path)
+                except (OSError, RuntimeError):
+                    return False
+                return True
+    return False
 
 
 class _ShimBeforeTorchvision(importlib.abc.MetaPathFinder):
