@@ -60,9 +60,14 @@ def inventory_table(catalog: Catalog) -> Table:
 
 def semantics_table(catalog: Catalog) -> Table:
     """Per source and embodiment with actions: what the action dims mean, their timing, and where that came from."""
+    have = {r["column_name"] for r in catalog.sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'items'").to_pylist()}
+    # a catalog written before semantics were recorded, opened read-only, cannot gain the columns: say so per source
+    cols = ("action_semantics, action_timing" if "action_semantics" in have
+            else "NULL::VARCHAR[] AS action_semantics, NULL::VARCHAR AS action_timing")
     rows = catalog.sql(
-        """
-        SELECT source, embodiment, action_semantics, action_timing,
+        f"""
+        SELECT source, embodiment, {cols},
                regexp_extract(coalesce(extras, ''), '"action_semantics_source": "([^"]*)"', 1) AS came_from,
                count(*) AS items
         FROM items WHERE has_actions GROUP BY ALL ORDER BY source, embodiment, items DESC
