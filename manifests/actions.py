@@ -22,7 +22,6 @@ Under `after` the position at frame 0 was never commanded; a[0] stands in for it
 from __future__ import annotations
 
 import re
-from collections import Counter
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -193,9 +192,5 @@ def summary(semantics: Iterable[str] | None) -> str:
     return ", ".join(out)
 
 
-def kinds_count(semantics: Iterable[str]) -> dict[str, int]:
-    return dict(Counter(parse(s)[0] for s in semantics))
-
-
-__all__ = ["CONTROL", "KINDS", "LEGACY", "PARTS", "TIMINGS", "expand", "infer_kinds", "kinds_count", "pair_action", "parse",
+__all__ = ["CONTROL", "KINDS", "LEGACY", "PARTS", "TIMINGS", "expand", "infer_kinds", "pair_action", "parse",
            "part_from_name", "row_semantics", "summary", "validate"]
