@@ -107,6 +107,15 @@ class Catalog:
         if not read_only:
             for name, schema in SCHEMAS.items():
                 self.con.execute(_ddl(name, schema))
+                self._add_missing_columns(name, schema)
+
+    def _add_missing_columns(self, name: str, schema: pa.Schema) -> None:
+        """A catalog written by an older version gains the columns added since (as NULL), so it stays usable."""
+        have = {r[0] for r in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [name]).fetchall()}
+        for f in schema:
+            if f.name not in have and f.nullable:
+                self.con.execute(f'ALTER TABLE {name} ADD COLUMN "{f.name}" {_duck_type(f.type)}')
 
     # --- plumbing -------------------------------------------------------------------------------------------
     def close(self) -> None:

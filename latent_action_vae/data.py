@@ -1,10 +1,10 @@
 """Training data for the latent-action VAE: flow pairs streamed from per-item artifacts, with alignment targets.
 
 What a batch holds (see `losses.py`): stored flow in working-canvas pixels + its valid mask, and for alignment the
-real action CHANGE over the same pair window, normalised per embodiment and padded to the latent width (14) with
-a mask so only dims an embodiment really has count.
+real action over the same pair window (by the item's action semantics, `manifests/actions.py`), normalised per
+embodiment and padded to the latent width (14) with a mask so only dims an embodiment really has count.
 
-- `ActionStats` / `compute_action_stats`: per embodiment, q01 and q99 of a[t2] − a[t1] over every flow pair
+- `ActionStats` / `compute_action_stats`: per embodiment, q01 and q99 of the action over every flow pair
   (t1, t2) of the TRAIN split (the only split allowed in, so val/test never leak into normalisation).
 - `normalise_action_change`: q01 → −1, q99 → +1, clipped; constant dims are masked out.
 - `PairSampler`: batches that are a pure function of (seed, step) — resuming at step k replays the same batch
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from flow_extraction.frames import native_frame_index
+from manifests.actions import pair_action, row_semantics
 from pipelines.config import VAEConfig
 from pipelines.sources import load_actions
 from pipelines.stages import BadInput
@@ -99,13 +100,13 @@ def _item_actions(row: Mapping[str, Any]) -> np.ndarray:
 
 
 def action_changes(row: Mapping[str, Any], pairs: np.ndarray, flow_fps: float) -> np.ndarray:
-    """a[t2] − a[t1] for each flow pair (t1, t2) of an item, float64 [N, D]."""
+    """The action over each flow pair (t1, t2) of an item, float64 [N, D], by the item's recorded semantics
+    (a[t2] − a[t1] for absolute dims, Σ a[t1:t2] for deltas, ...: `manifests.actions.pair_action`)."""
     actions = _item_actions(row)
-    idx = native_frame_index(pairs, float(row["native_fps"]), flow_fps)
-    if len(idx) and (idx.min() < 0 or idx.max() >= len(actions)):
-        raise ValueError(f"{row['item_id']}: flow pairs reach native frame {idx.max()} but its actions have "
-                         f"{len(actions)} rows")
-    return actions[idx[:, 1]] - actions[idx[:, 0]]
+    native_fps = float(row["native_fps"])
+    idx = native_frame_index(pairs, native_fps, flow_fps)
+    semantics, timing = row_semantics(row)
+    return pair_action(actions, semantics, idx, native_fps, timing, where=str(row["item_id"]))
 
 
 def _check_pair_count(row: Mapping[str, Any], n: int, path: Any) -> None:
@@ -122,9 +123,17 @@ def compute_action_stats(rows: Any) -> dict[str, ActionStats]:
         raise ValueError(f"compute_action_stats takes train rows only; got {len(leaked)} others, e.g. {leaked[0]} "
                          f"(split {next(r['split'] for r in rows if r['item_id'] == leaked[0])!r})")
     per_embodiment: dict[str, list[np.ndarray]] = {}
+    meaning: dict[str, tuple[tuple[list[str], str], str]] = {}
     for row in rows:
         if not row["has_actions"]:
             continue
+        # one embodiment's quantiles must pool one kind of number: a delta dim next to an absolute one is not
+        sem = row_semantics(row)
+        first = meaning.setdefault(row["embodiment"], (sem, row["item_id"]))
+        if first[0] != sem:
+            raise ValueError(f"embodiment {row['embodiment']}: {row['item_id']} has action semantics {sem[0]} "
+                             f"(timing {sem[1]}) but {first[1]} has {first[0][0]} (timing {first[0][1]}); give "
+                             "the sources different embodiment names or the same semantics")
         pairs, meta = read_pairs(row["artifact_path"])
         _check_pair_count(row, len(pairs), row["artifact_path"])
         per_embodiment.setdefault(row["embodiment"], []).append(action_changes(row, pairs, meta["fps"]))

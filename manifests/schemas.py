@@ -42,6 +42,10 @@ ITEMS = pa.schema(
         pa.field("embodiment", pa.string()),  # robot name, "human" or "unknown"
         pa.field("action_dim", pa.int16()),
         pa.field("action_names", _STR_LIST),
+        # per action dim, `<kind>:<part>` (absolute | delta | velocity; manifests/actions.py), and whether row t
+        # acts after frame t or is what frame t shows: what "the action over a flow pair" is derived from
+        pa.field("action_semantics", _STR_LIST),
+        pa.field("action_timing", pa.string()),
         pa.field("state_dim", pa.int16()),
         pa.field("state_names", _STR_LIST),
         pa.field("has_actions", pa.bool_(), nullable=False),

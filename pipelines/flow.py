@@ -256,6 +256,7 @@ def flow_manifest(catalog: Catalog):
     return catalog.sql(
         """
         SELECT i.item_id, i.source, i.tier, i.group_id, i.split, i.embodiment, i.has_actions, i.action_dim,
+               i.action_semantics, i.action_timing,
                i.fps AS native_fps, i.frame_count, i.input_uri, i.extras,
                f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px
         FROM items i JOIN flow_stats f USING (item_id)

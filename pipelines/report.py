@@ -6,6 +6,7 @@ import pyarrow as pa
 from rich.table import Table
 
 from catalog import Catalog
+from manifests.actions import summary
 
 
 def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 200, max_width: int = 80) -> Table:
@@ -54,6 +55,30 @@ def inventory_table(catalog: Catalog) -> Table:
     for r in rows:
         table.add_row(r["source"], f"L{r['tier']}", str(r["items"]), str(r["frames"] or 0), f"{r['hours'] or 0:.3f}",
                       f"{(r['with_actions'] or 0):.0%}", f"{(r['latent_labelled'] or 0):.0%}")
+    return table
+
+
+def semantics_table(catalog: Catalog) -> Table:
+    """Per source and embodiment with actions: what the action dims mean, their timing, and where that came from."""
+    have = {r["column_name"] for r in catalog.sql(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'items'").to_pylist()}
+    # a catalog written before semantics were recorded, opened read-only, cannot gain the columns: say so per source
+    cols = ("action_semantics, action_timing" if "action_semantics" in have
+            else "NULL::VARCHAR[] AS action_semantics, NULL::VARCHAR AS action_timing")
+    rows = catalog.sql(
+        f"""
+        SELECT source, embodiment, {cols},
+               regexp_extract(coalesce(extras, ''), '"action_semantics_source": "([^"]*)"', 1) AS came_from,
+               count(*) AS items
+        FROM items WHERE has_actions GROUP BY ALL ORDER BY source, embodiment, items DESC
+        """
+    ).to_pylist()
+    table = Table(title="Action semantics per source (manifests/actions.py)")
+    for col in ("source", "embodiment", "items", "per-dim semantics", "timing", "from"):
+        table.add_column(col, justify="right" if col == "items" else "left")
+    for r in rows:
+        table.add_row(r["source"], r["embodiment"] or "", str(r["items"]), summary(r["action_semantics"]),
+                      r["action_timing"] or "—", r["came_from"] or "—")
     return table
 
 

@@ -30,6 +30,7 @@ from rich.console import Console
 from catalog import Catalog
 from flow_extraction.artifacts import artifact_path
 from flow_extraction.frames import iter_frames, native_frame_index
+from manifests.actions import row_semantics
 from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
@@ -93,6 +94,10 @@ def build_sample(task: Mapping[str, Any], encoder) -> dict[str, Any]:
         "vae_checkpoint_sha": latent_meta["checkpoint_sha"], "latent_dim": int(latents.shape[1]),
         "action_dim": int(actions.shape[1]) if actions is not None else 0,
         "action_names": list(row.get("action_names") or []) if actions is not None else [],
+        # what each dim means and whether row t acts after frame t (manifests/actions.py): a trainer that derives
+        # the action over a window from actions.npy needs it
+        "action_semantics": row_semantics(row)[0] if actions is not None else [],
+        "action_timing": row_semantics(row)[1] if actions is not None else None,
         "language_encoder": encoder.name if (encoder is not None and lines) else None,
         "language_dim": encoder.dim if (encoder is not None and lines) else None,
     }

@@ -81,6 +81,17 @@ def test_quarantined_items_are_reported_by_the_check_their_reason_belongs_to(wor
     assert out["quarantined_other"].failures == {f"{TA}/episode_000002": "failed at flow: worker lost"}
 
 
+def test_items_without_action_semantics_or_with_bad_ones_are_named(workdir):
+    cfg = ingested(workdir)
+    with Catalog(cfg.catalog_path) as cat:  # as an older version left it, and a hand edit with one dim too few
+        cat.con.execute(f"UPDATE items SET action_semantics = NULL WHERE item_id = '{TA}/episode_000000'")
+        cat.con.execute(f"UPDATE items SET action_semantics = action_semantics[2:] WHERE item_id = '{TA}/episode_000001'")
+    out = run_checks(cfg, "missing_fields")["missing_fields"].failures
+    assert "action semantics not recorded" in out[f"{TA}/episode_000000"]
+    assert "13 entries for 14 action dims" in out[f"{TA}/episode_000001"]
+    assert len(out) == 2
+
+
 def test_media_changed_after_ingest_is_found_by_decoding_again(workdir):
     cfg = ingested(workdir)
     defects.truncate_file(episode(workdir, "episode_000001") / "rgb_top.mp4", 0.4)

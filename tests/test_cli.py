@@ -30,6 +30,9 @@ def test_ingest_then_status_and_sql(workdir):
     assert "Funnel per source and stage" in result.output
     status = cli.invoke(app, ["status", "--workdir", str(workdir)])
     assert status.exit_code == 0 and "robotwin" in status.output and "task_agnostic" in status.output
+    # what each source's action dims mean: sim joint targets, sent after each frame
+    semantics = status.output.split("Action semantics per source", 1)[1].split("Funnel", 1)[0]
+    assert "absolute:joint" in semantics.replace("\n", "") and "after" in semantics
     sql = cli.invoke(app, ["catalog", "sql", "SELECT source, count(*) AS n FROM items GROUP BY source ORDER BY source",
                            "--workdir", str(workdir)])
     assert sql.exit_code == 0

@@ -76,6 +76,8 @@ def test_every_labelled_item_is_in_exactly_one_shard_of_its_split_with_its_value
             np.testing.assert_array_equal(s.latent_action, expected)
             assert s.n_frames == item["frame_count"] == len(expected) + 1
             np.testing.assert_allclose(s.actions, load_actions(item).astype(np.float32), rtol=0, atol=0)
+            assert s.meta["action_semantics"] == item["action_semantics"] and len(item["action_semantics"]) == \
+                s.actions.shape[1] and s.meta["action_timing"] == item["action_timing"] == "after"
             first = s.frames([0])[0]
             _, source_first, _ = next(iter_frames(item, (384, 320)))
             assert first.shape == (384, 320, 3) and np.abs(first.astype(int) - source_first).mean() < 3

@@ -9,7 +9,7 @@ by `_`, so it never contains a dot):
 
 | member | content |
 |---|---|
-| `<key>.json` | metadata: item id, source, tier, embodiment, split, fps, frame count, frame size, Δ, flow backend, VAE checkpoint, language encoder, and `frame_offsets` for `frames.mjpeg` |
+| `<key>.json` | metadata: item id, source, tier, embodiment, split, fps, frame count, frame size, Δ, flow backend, VAE checkpoint, language encoder, `action_names` / `action_semantics` / `action_timing` (what each action dim means: manifests/actions.py), and `frame_offsets` for `frames.mjpeg` |
 | `<key>.frames.mjpeg` | the T frames at the working size as one Motion-JPEG stream (concatenated JPEGs; byte offsets in the JSON) — or `<key>.mp4` (H.264) with `video_format: mp4` |
 | `<key>.la14.npy` | float32 [T−1, 14]: latent actions, row j = the motion starting at frame j |
 | `<key>.actions.npy` | float32 [T, D]: real actions aligned to the stored frames (items that have them) |

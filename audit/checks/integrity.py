@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from audit.context import AuditContext
 from audit.registry import Outcome, check
 from flow_extraction.artifacts import artifact_path
+from manifests.actions import validate as validate_semantics
 
 QUARANTINE_RULES: list[tuple[str, re.Pattern]] = [
     ("duplicate_item_ids", re.compile(r"duplicate item id")),
@@ -153,7 +154,8 @@ def values_in_bounds(ctx: AuditContext) -> Outcome:
 
 @check("missing_fields", "integrity", "error",
        "Required keys, columns or files are absent (an HDF5 without its action group, a LeRobot table without its "
-       "action column), or the catalog row lacks what its flags promise (actions without names, no media).")
+       "action column), or the catalog row lacks what its flags promise (actions without names or without their "
+       "per-dim semantics, no media).")
 def missing_fields(ctx: AuditContext) -> Outcome:
     out = from_quarantine(ctx, "missing_fields", Outcome(checked=_ids(ctx.items)))
     for row in ctx.items:
@@ -162,6 +164,14 @@ def missing_fields(ctx: AuditContext) -> Outcome:
         if row["has_actions"] and (not row["action_dim"] or len(row["action_names"] or []) != row["action_dim"]):
             out.fail(row["item_id"], f"has_actions but action_dim {row['action_dim']} and "
                                      f"{len(row['action_names'] or [])} action names")
+        if row["has_actions"] and row.get("action_semantics") is None:
+            out.fail(row["item_id"], "action semantics not recorded (ingested by an older version; ingest again): "
+                                     "alignment and probes read its actions as absolute positions")
+        elif row["has_actions"]:
+            try:
+                validate_semantics(row["action_semantics"], int(row["action_dim"] or 0), row.get("action_timing"))
+            except ValueError as e:
+                out.fail(row["item_id"], str(e))
     return out
 
 

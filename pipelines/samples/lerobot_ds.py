@@ -7,8 +7,8 @@
   mp4 per episode and camera (H.264 through PyAV, where lerobot 0.3 used AV1: the reader does not care).
 
 The episodes are ALOHA-like: a head camera `observation.images.cam_high` (optionally two wrist cameras),
-a 14-d `observation.state` and `action` (left arm 6 + gripper, right arm 6 + gripper), 20-40 frames each, one
-task sentence each. Frames are either taken from an existing mp4 (`frames_from`, e.g. a task-agnostic episode's
+a 14-d `observation.state` and `action` (left arm 6 + gripper, right arm 6 + gripper; absolute joint targets, or
+per-step deltas with `actions="delta"`), 20-40 frames each, one task sentence each. Frames are either taken from an existing mp4 (`frames_from`, e.g. a task-agnostic episode's
 `rgb_top.mp4`) or drawn: a background whose colour depends on the episode and brightens by `RAMP` per frame,
 with a moving square, so every frame has its own mean colour and a window that is off by one frame shows.
 `sample_episodes` returns exactly what `write_lerobot` writes, for tests to compare against.
@@ -91,8 +91,14 @@ def _resize_all(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def sample_episodes(n_episodes: int, seed: int = 0, fps: int = 30, size: tuple[int, int] = (96, 128),
-                    wrists: bool = False, frames_from: Path | None = None) -> list[Episode]:
-    """The episodes `write_lerobot` writes for these arguments (deterministic in `seed`)."""
+                    wrists: bool = False, frames_from: Path | None = None, actions: str = "absolute") -> list[Episode]:
+    """The episodes `write_lerobot` writes for these arguments (deterministic in `seed`).
+
+    `actions`: "absolute" (joint targets; the state reaches action[t] at t+1) or "delta" (action[t] = state[t+1] −
+    state[t], the last step 0): the two conventions LeRobot datasets use.
+    """
+    if actions not in ("absolute", "delta"):
+        raise ValueError(f"actions must be 'absolute' or 'delta', not {actions!r}")
     rng = np.random.default_rng(seed)
     source = _read_mp4(Path(frames_from)) if frames_from is not None else None
     offset = 0
@@ -115,8 +121,12 @@ def sample_episodes(n_episodes: int, seed: int = 0, fps: int = 30, size: tuple[i
                 cams[WRISTS[1]] = _drawn(e + 13, length, size, rng)
         # smooth joint targets; the measured state lags the command by one step, as a servo would
         steps = rng.normal(0.0, 0.05, size=(length, 14)).cumsum(axis=0) + rng.uniform(-0.5, 0.5, size=14)
-        action = steps.astype(np.float32)
-        state = np.vstack([action[:1], action[:-1]]).astype(np.float32)
+        if actions == "absolute":
+            action = steps.astype(np.float32)
+            state = np.vstack([action[:1], action[:-1]]).astype(np.float32)
+        else:
+            state = steps.astype(np.float32)
+            action = np.diff(state, axis=0, append=state[-1:]).astype(np.float32)
         episodes.append(Episode(e, TASKS[(e + seed) % len(TASKS)], cams, state, action))
     return episodes
 
@@ -165,9 +175,9 @@ def _replace_dir(root: Path) -> Iterator[Path]:
 
 def write_lerobot(root: str | Path, n_episodes: int, seed: int = 0, version: str = "v3.0",
                   frames_from: Path | None = None, *, fps: int = 30, size: tuple[int, int] = (96, 128),
-                  wrists: bool = False) -> Path:
+                  wrists: bool = False, actions: str = "absolute") -> Path:
     """Write a small LeRobot dataset at `root` (its folder name is the repo name) and return `root`."""
-    episodes = sample_episodes(n_episodes, seed, fps, size, wrists, frames_from)
+    episodes = sample_episodes(n_episodes, seed, fps, size, wrists, frames_from, actions)
     cameras = [HEAD] + (list(WRISTS) if wrists else [])
     root = Path(root)
     with _replace_dir(root) as tmp:

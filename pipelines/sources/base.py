@@ -13,9 +13,11 @@ import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from manifests import actions
 
 
 class SourceError(Exception):
@@ -64,7 +66,22 @@ class SourceAdapter(ABC):
 
 
 # The action/state columns of video-only items (human video: nothing to align latent actions with).
-HUMAN_VIDEO = dict(embodiment="human", action_dim=0, action_names=[], state_dim=0, state_names=[], has_actions=False)
+HUMAN_VIDEO = dict(embodiment="human", action_dim=0, action_names=[], action_semantics=[], action_timing=None,
+                   state_dim=0, state_names=[], has_actions=False)
+
+
+def action_meaning(options: Mapping[str, Any], names: Sequence[str], default: Any, timing: str,
+                   where: str) -> tuple[list[str], str, str]:
+    """(per-dim semantics, timing, where they came from) of a source's actions: the source options
+    `action_semantics` (one `kind[:part]` for all dims, or a list per dim) and `action_timing` win over the
+    adapter's own reading `default` (same forms). Bad values are a SourceError naming the source."""
+    spec, came_from = (options["action_semantics"], "option") if options.get("action_semantics") else (default, "")
+    timing = str(options.get("action_timing") or timing)
+    try:
+        semantics = actions.validate(actions.expand(spec, names, where), len(names), timing, where)
+    except ValueError as e:
+        raise SourceError(str(e)) from None
+    return semantics, timing, came_from
 
 
 def dumps_extras(extras: dict[str, Any]) -> str:

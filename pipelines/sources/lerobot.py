@@ -50,6 +50,15 @@ Options
     embodiment, licence        default info.json `robot_type` / `license`, or the dataset card's `license:`
     check_decode: bool         decode every frame of each camera window (default true); false counts the
                                window's packets by timestamp and decodes only its first frame
+    action_semantics           what the action dims mean (manifests/actions.py): one `kind[:part]` for all dims
+                               ("delta", "absolute:joint") or a list per dim. Default: the data check below
+    action_timing              "after" (default: row t is sent after frame t, as lerobot records) or "at"
+
+Action semantics: unless the option says, the first data file is checked once per source: per dim, does action[t]
+track state[t+1] (absolute), state[t+1] − state[t] (delta) or that × fps (velocity)? (rms error over the spread
+of each target; within episodes only). Dims that never move follow the majority; the part (joint, gripper, ee_pos,
+ee_rot) comes from the feature names. Extras record `action_semantics_source` (option | data check | assumed) and
+the check's median errors.
 
 Known traps
 - Timestamps are floats written by the recorder: a window is [from - half a frame, to - half a frame) and the
@@ -83,7 +92,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.media import check_finite, fingerprint
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from manifests import actions as action_semantics
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.stages import BadInput
 
 V2_VERSIONS = ("v2.0", "v2.1")
@@ -352,12 +362,56 @@ class LeRobotSource(SourceAdapter):
         self.video_path = str(info.get("video_path") or (V3_VIDEO_PATH if self.v3 else V2_VIDEO_PATH))
         self.chunks_size = int(info.get("chunks_size") or 1000)
         self.check_decode = bool(options.get("check_decode", True))
+        self.action_semantics, self.action_timing, self.semantics_from, self.action_check = self._action_meaning()
 
     @property
     def v3(self) -> bool:
         return self.version in V3_VERSIONS
 
     # ---------------------------------------------------------------------------------------- set-up
+    def _action_meaning(self) -> tuple[list[str], str, str, dict[str, Any]]:
+        """What the action dims mean: the `action_semantics` option, else the data check on the first data file
+        (does action[t] track state[t+1], state[t+1] − state[t], or that × fps?), else absolute (assumed)."""
+        if not self.action_key:
+            return [], "after", "", {}
+        check: dict[str, Any] = {}
+        kinds: list[str | None] = [None] * self.action_dim
+        if not self.options.get("action_semantics"):
+            kinds, check = self._check_actions()
+        decided = [k for k in kinds if k]
+        # a dim the check cannot decide (it never moves) follows the others; nothing decided: joint targets,
+        # what most LeRobot datasets record (assumed, and said so)
+        majority = max(set(decided), key=decided.count) if decided else "absolute"
+        spec = [f"{k or majority}:{action_semantics.part_from_name(n)}" for k, n in zip(kinds, self.action_names)]
+        semantics, timing, came_from = action_meaning(self.options, self.action_names, spec, "after",
+                                                      f"lerobot {self.repo_name}")
+        return semantics, timing, came_from or ("data check" if decided else "assumed"), check
+
+    def _check_actions(self, max_rows: int = 20000) -> tuple[list[str | None], dict[str, Any]]:
+        """The data check on up to `max_rows` rows of the first data file; ([None] * D, reason) when impossible."""
+        undecided: list[str | None] = [None] * self.action_dim
+        if not self.state_key or self.state_dim != self.action_dim:
+            return undecided, {"skipped": f"no state of the action's width ({self.state_key}: {self.state_dim} dims)"}
+        files = sorted((self.root / "data").rglob("*.parquet"))
+        if not files:
+            return undecided, {"skipped": "no data parquet"}
+        try:
+            pf = pq.ParquetFile(files[0])
+            cols = [c for c in (self.action_key, self.state_key, "episode_index") if c in pf.schema_arrow.names]
+            batch = next(pf.iter_batches(batch_size=max_rows, columns=cols), None)
+            if batch is None or self.action_key not in cols or self.state_key not in cols:
+                return undecided, {"skipped": f"{files[0].name} lacks {self.action_key} or {self.state_key}"}
+            table = pa.Table.from_batches([batch])
+            a = _column_2d(table, self.action_key, self.action_dim, files[0].name)
+            st = _column_2d(table, self.state_key, self.state_dim, files[0].name)
+        except (BadInput, pa.ArrowException, OSError) as e:
+            return undecided, {"skipped": f"unreadable {files[0].name}: {e}"}
+        episode = (table.column("episode_index").to_numpy(zero_copy_only=False) if "episode_index" in table.column_names
+                   else np.zeros(len(a)))
+        kinds, medians = action_semantics.infer_kinds(a, st, episode[1:] == episode[:-1], self.fps)
+        return kinds, {"file": str(files[0].relative_to(self.root)), "rows": int(len(a)),
+                       "median_error": {k: round(v, 4) for k, v in medians.items()}}
+
 
     def _select_cameras(self, features: dict[str, Any]) -> list[str]:
         videos = [k for k, f in features.items() if isinstance(f, dict) and f.get("dtype") == "video"]
@@ -565,6 +619,7 @@ class LeRobotSource(SourceAdapter):
             "layout": f"lerobot {self.version}", "episode_index": index, "data_file": ep["data_file"],
             "camera_keys": list(self.camera_keys), "camera_start_s": camera_start, "camera_sizes": sizes,
             "action_key": self.action_key, "state_key": self.state_key,
+            "action_semantics_source": self.semantics_from, "action_check": self.action_check,
         }
         if self.v3:
             extras["video_windows"] = {short_camera(k): [ep["videos"][k]["from"], ep["videos"][k]["to"]]
@@ -589,6 +644,8 @@ class LeRobotSource(SourceAdapter):
             embodiment=self.embodiment,
             action_dim=self.action_dim,
             action_names=list(self.action_names),
+            action_semantics=list(self.action_semantics),
+            action_timing=self.action_timing if self.action_key else None,
             state_dim=self.state_dim,
             state_names=list(self.state_names),
             has_actions=self.action_key is not None,

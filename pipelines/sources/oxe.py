@@ -26,7 +26,11 @@ are relative to `steps/`), extendable with the `key_maps` option; a dataset not 
 Items: `oxe/<dataset>/<split>/<episode index>`, the index counting episodes in file order over the split's
 shards (shard 0 first). `episode_metadata/file_path`, when the dataset has it, is kept in extras. Split:
 `train` -> train, `val`/`validation` -> val, `test` -> test, any other name -> the driver's hash split.
-Actions: RLDS step t holds observation t and the action taken after it, so `actions[t]` belongs to frame t.
+Actions: RLDS step t holds observation t and the action taken after it, so `actions[t]` belongs to frame t
+(timing `after`). What each dim means comes from the table's `action_semantics` (per action key), else it is
+assumed (per-step delta, velocity or gripper by key name; extras `action_semantics_source: assumed`); the
+`action_semantics` / `action_timing` options (or a `key_maps` entry's `action_semantics`) override it. Episode
+control fields (`terminate_episode`) stay out of the action vector; extras `episode_control` names them.
 
 Media: frames stay inside the record. `media_uris` hold one URI per camera:
 
@@ -59,7 +63,8 @@ import cv2
 import numpy as np
 
 from pipelines.media import check_finite, fingerprint
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from manifests import actions
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.sources.tfrecord import ExampleDecodeError, TFRecordError, parse_example, read_record_at, scan_records
 from pipelines.stages import BadInput
 
@@ -68,6 +73,13 @@ STEPS = "steps/"
 # Per-dataset key maps. Keys are relative to `steps/`; `cameras[0]` is the primary camera (required), the others
 # are used when present. Control rates: the OXE dataset overview sheet (fractal 3 Hz, kuka 10 Hz, bridge 5 Hz,
 # droid 15 Hz); keys: OpenVLA/Octo OXE_DATASET_CONFIGS and the released features.json files.
+# `action_semantics`: per action key, one `kind:part` for all its dims or a list per dim (manifests/actions.py);
+# `control`: episode-control keys, recorded in extras and never part of the action vector. Sources: RT-1/kuka
+# command the end effector by per-step deltas (OpenVLA configs.py ActionEncoding.EEF_POS), and their
+# gripper_closedness_action is relative (+1 close, −1 open, 0 keep: Octo oxe_standardization_transforms.py
+# rt1_/kuka_dataset_transform make it absolute with rel2abs_gripper_actions); bridge's last dim is an absolute
+# gripper (Octo's bridge transform binarizes it as is); DROID's action_dict holds cartesian_velocity and an
+# absolute gripper_position (DROID RLDS features.json).
 OXE_DATASETS: dict[str, dict[str, Any]] = {
     "fractal20220817_data": {  # RT-1 (Google Robot); images 256x320 JPEG
         "embodiment": "google_robot",
@@ -75,8 +87,10 @@ OXE_DATASETS: dict[str, dict[str, Any]] = {
         "cameras": ["observation/image"],
         "state": ["observation/base_pose_tool_reached", "observation/gripper_closed"],
         "action": ["action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"],
+        "action_semantics": {"action/world_vector": "delta:ee_pos", "action/rotation_delta": "delta:ee_rot",
+                             "action/gripper_closedness_action": "delta:gripper"},
+        "control": ["action/terminate_episode"],
         "language": "observation/natural_language_instruction",
-        "action_space": "EEF delta: world_vector (3), rotation_delta (3), gripper_closedness_action (1)",
         "licence": "CC-BY-4.0",
     },
     "kuka": {  # QT-Opt grasping (KUKA iiwa); images 512x640 JPEG
@@ -85,8 +99,10 @@ OXE_DATASETS: dict[str, dict[str, Any]] = {
         "cameras": ["observation/image"],
         "state": ["observation/clip_function_input/base_pose_tool_reached", "observation/gripper_closed"],
         "action": ["action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"],
+        "action_semantics": {"action/world_vector": "delta:ee_pos", "action/rotation_delta": "delta:ee_rot",
+                             "action/gripper_closedness_action": "delta:gripper"},
+        "control": ["action/terminate_episode"],
         "language": "observation/natural_language_instruction",
-        "action_space": "EEF delta: world_vector (3), rotation_delta (3), gripper_closedness_action (1)",
         "licence": "CC-BY-4.0",
     },
     "bridge_dataset": {  # BridgeData V2 RLDS (WidowX 250); images 256x256 JPEG, image_1..3 optional
@@ -98,7 +114,7 @@ OXE_DATASETS: dict[str, dict[str, Any]] = {
         "action_names": ["x", "y", "z", "roll", "pitch", "yaw", "gripper"],
         "state_names": ["x", "y", "z", "roll", "pitch", "yaw", "gripper"],
         "language": "language_instruction",
-        "action_space": "EEF delta (6) + absolute gripper (1)",
+        "action_semantics": {"action": ["delta:ee_pos"] * 3 + ["delta:ee_rot"] * 3 + ["absolute:gripper"]},
         "licence": "CC-BY-4.0",
     },
     "droid": {  # DROID (Franka Panda); images 180x320 JPEG
@@ -109,7 +125,8 @@ OXE_DATASETS: dict[str, dict[str, Any]] = {
         "state": ["observation/cartesian_position", "observation/gripper_position"],
         "action": ["action_dict/cartesian_velocity", "action_dict/gripper_position"],
         "language": "language_instruction",
-        "action_space": "EEF velocity (6) + absolute gripper position (1)",
+        "action_semantics": {"action_dict/cartesian_velocity": ["velocity:ee_pos"] * 3 + ["velocity:ee_rot"] * 3,
+                             "action_dict/gripper_position": "absolute:gripper"},
         "licence": "CC-BY-4.0",
     },
 }
@@ -196,7 +213,8 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
         "language": STEPS + entry["language"] if entry.get("language") else None,
         "action_names": list(entry.get("action_names", [])),
         "state_names": list(entry.get("state_names", [])),
-        "action_space": entry.get("action_space", ""),
+        "action_semantics": {STEPS + k: v for k, v in (entry.get("action_semantics") or {}).items()},
+        "control": [STEPS + k for k in entry.get("control", [])],
         "licence": licence or entry.get("licence") or "unknown (see the dataset card)",
     }
     if fps:
@@ -205,7 +223,15 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
         km["fps"], km["fps_source"] = float(entry["control_hz"]), "table"
     else:
         km["fps"], km["fps_source"] = FALLBACK_HZ, "assumed"
-    km["dims"] = {k: _size(specs.get(k)) for k in km["state"] + km["action"]}
+    missing = [k for k in km["action"] if k not in km["action_semantics"]]
+    # a dataset outside the table: most of OXE commands per-step end-effector deltas (Octo's transforms), so
+    # that is assumed, by key name where it says more, and marked so; the source option overrides it
+    for k in missing:
+        leaf = _leaf(k)
+        km["action_semantics"][k] = ("velocity" if "velocity" in leaf else
+                                     "absolute:gripper" if "gripper" in leaf and "delta" not in leaf else "delta")
+    km["semantics_source"] = "assumed" if missing else source
+    km["dims"] = {k: _size(specs.get(k)) for k in km["state"] + km["action"] + km["control"]}
     return km
 
 
@@ -219,14 +245,20 @@ def _fallback_keys(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         return 0 if leaf == "image" else 2 if any(w in leaf for w in ("wrist", "hand", "depth")) else 1
 
     images.sort(key=rank)  # stable: features.json order inside each rank
+    control = [k[len(STEPS):] for k in specs if k.startswith(STEPS + "action/") and _is_control(k)]
     if "steps/action" in specs:
         action = ["action"]
     else:
         action = [k[len(STEPS):] for k, s in specs.items() if k.startswith(STEPS + "action/")
-                  and s["kind"] == "tensor" and str(s.get("dtype", "")).startswith("float")]
+                  and s["kind"] == "tensor" and str(s.get("dtype", "")).startswith("float") and not _is_control(k)]
     state = ["observation/state"] if "steps/observation/state" in specs else []
     language = next((c for c in _LANGUAGE_CANDIDATES if specs.get(STEPS + c, {}).get("kind") == "text"), None)
-    return {"cameras": images, "action": action, "state": state, "language": language}
+    return {"cameras": images, "action": action, "state": state, "language": language, "control": control}
+
+
+def _is_control(key: str) -> bool:
+    """Episode-control fields inside an action dict (RT-1's terminate_episode): never part of the action vector."""
+    return any(w in _leaf(key) for w in ("terminate", "is_terminal", "episode_end"))
 
 
 # ------------------------------------------------------------------------------------------------ media URIs
@@ -325,6 +357,15 @@ def _names(keys: list[str], dims: list[int], given: list[str]) -> list[str]:
     if given and len(given) == sum(dims):
         return list(given)
     return [(_leaf(k) if d == 1 else f"{_leaf(k)}_{i}") for k, d in zip(keys, dims) for i in range(d)]
+
+
+def _table_semantics(km: Mapping[str, Any], dims: list[int], names: list[str]) -> list[str]:
+    """Per-dim semantics from the key map's per-key specs (one string for a key's dims, or a list per dim)."""
+    out, at = [], 0
+    for key, d in zip(km["action"], dims):
+        out += actions.expand(km["action_semantics"][key], names[at:at + d], f"{km['dataset']} {key}")
+        at += d
+    return out
 
 
 def _per_step(feats: Mapping[str, Any], key: str, km: Mapping[str, Any], steps: int) -> tuple[int | None, str]:
@@ -582,6 +623,14 @@ class OXESource(SourceAdapter):
         cams = list(images)
         height, width = images[cams[0]][:2]
         fps = float(km["fps"])
+        action_names = _names(km["action"], ep.action_dims, km["action_names"])
+        try:
+            semantics, timing, came_from = action_meaning(
+                self.options, action_names, _table_semantics(km, ep.action_dims, action_names), "after",
+                f"oxe {km['dataset']}")
+        except (SourceError, ValueError) as e:
+            raise BadInput(str(e)) from None
+        control = {k: len(feats[k]) // ep.steps for k in km["control"] if k in feats and not isinstance(feats[k], list)}
         file_path = _text(feats.get("episode_metadata/file_path"))
         row = self.base_row(ref)
         row.update(
@@ -596,7 +645,9 @@ class OXESource(SourceAdapter):
             start_s=0.0,
             embodiment=km["embodiment"],
             action_dim=int(ep.actions.shape[1]),
-            action_names=_names(km["action"], ep.action_dims, km["action_names"]),
+            action_names=action_names,
+            action_semantics=semantics,
+            action_timing=timing,
             state_dim=int(ep.state.shape[1]),
             state_names=_names(km["state"], ep.state_dims, km["state_names"]),
             has_actions=True,
@@ -611,7 +662,8 @@ class OXESource(SourceAdapter):
                 "action_keys": km["action"], "action_dims": ep.action_dims,
                 "state_keys": km["state"], "state_dims": ep.state_dims,
                 "language_key": km["language"], "key_map_source": km["source"],
-                "action_space": km["action_space"], "fps_source": km["fps_source"],
+                "action_semantics_source": came_from or km["semantics_source"], "episode_control": control,
+                "fps_source": km["fps_source"],
                 "camera_sizes": {_leaf(c): list(s[:2]) for c, s in images.items()},
             }),
         )

@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from pipelines.media import check_finite, file_checksum, fingerprint
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.stages import BadInput
 
 ROBOTWIN_HZ = 250.0 / 15.0
@@ -285,6 +285,12 @@ class RoboTwinSource(SourceAdapter):
         language = self._instructions(path) or facts.pop("embedded_language", [])
         height, width = facts["first"].shape[:2]
         frames, fps = facts["frames"], facts["fps"]
+        try:  # joint targets in both layouts: 2.0's joint_action is the commanded target, 2026's action[t] = state[t+1]
+            semantics, timing, came_from = action_meaning(self.options, facts["action_names"], "absolute", "after",
+                                                          f"robotwin {ref.details['task']}")
+        except SourceError as e:
+            raise BadInput(str(e)) from None
+        facts["extras"]["action_semantics_source"] = came_from or "layout"
         row = self.base_row(ref)
         row.update(
             group_id=ref.item_id,
@@ -299,6 +305,8 @@ class RoboTwinSource(SourceAdapter):
             embodiment=embodiment,
             action_dim=len(facts["action_names"]),
             action_names=facts["action_names"],
+            action_semantics=semantics,
+            action_timing=timing,
             state_dim=len(facts["state_names"]),
             state_names=facts["state_names"],
             has_actions=True,

@@ -4,7 +4,8 @@ The layout (ours, documented in docs/formats.md; the MuJoCo generator writes it)
 `<root>/dataset.json` (embodiment, fps, action/state names, cameras) and `<root>/episodes/<episode>/` with
 `rgb_<cam>.mp4`, `joints.npy` [T, D] measured joint positions, `actions.npy` [T, D] commanded joint targets, and
 optionally `sim.h5` (depth, segmentation, cameras, body poses for exact flow). These are the main labelled data
-for aligning latent actions with real actions.
+for aligning latent actions with real actions: absolute joint targets applied after each frame, unless dataset.json
+has `action_semantics` / `action_timing` (manifests/actions.py) or the source options override them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipelines.media import check_finite, file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.stages import BadInput
 
 FORMAT = "motus-pyramid/task_agnostic"
@@ -39,6 +40,13 @@ class TaskAgnosticSource(SourceAdapter):
         missing = [k for k in _REQUIRED_META if k not in self.meta]
         if missing or self.meta.get("format") != FORMAT:
             raise SourceError(f"task_agnostic: {meta_path} must have format={FORMAT!r} and fields {list(_REQUIRED_META)}; missing {missing}")
+        # commanded joint targets applied right after each frame (the generator's contract), unless dataset.json
+        # or the source options say otherwise
+        default = self.meta.get("action_semantics") or "absolute"
+        timing = self.meta.get("action_timing") or "after"
+        self.action_semantics, self.action_timing, came_from = action_meaning(
+            options, self.meta["action_names"], default, timing, f"task_agnostic {self.root.name}")
+        self.semantics_from = came_from or ("dataset.json" if self.meta.get("action_semantics") else "layout")
 
     def _files(self, episode: Path) -> list[Path]:
         return [episode / "joints.npy", episode / "actions.npy"] + [episode / f"rgb_{c}.mp4" for c in self.meta["cameras"]]
@@ -103,6 +111,8 @@ class TaskAgnosticSource(SourceAdapter):
             embodiment=meta["embodiment"],
             action_dim=dim,
             action_names=list(meta["action_names"]),
+            action_semantics=self.action_semantics,
+            action_timing=self.action_timing,
             state_dim=joints.shape[1],
             state_names=list(meta.get("state_names", meta["action_names"])),
             has_actions=True,
@@ -111,6 +121,7 @@ class TaskAgnosticSource(SourceAdapter):
             input_checksum=file_checksum(files),
             input_bytes=sum(f.stat().st_size for f in files),
             extras=dumps_extras({"action_space": meta.get("action_space"), "mode": meta.get("mode", "sequential"),
+                                 "action_semantics_source": self.semantics_from,
                                  "sim_extras": (ep / "sim.h5").exists()}),
         )
         return row
