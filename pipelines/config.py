@@ -88,7 +88,7 @@ class VAEConfig:
     hidden: int = 512  # the light encoder/decoder between tokens and the 14-d latent
     pretrained_dcae: str | None = None  # local folder of a diffusers AutoencoderDC (e.g. dc-ae-f128c512); frozen
     beta: float = 1e-4  # KL weight
-    recon_balance: str = "none"  # none | per_source: each source's pairs weigh 1 / (its train mean |flow|)², so
+    recon_balance: str = "per_source"  # none | per_source: each source's pairs weigh 1 / (its train mean |flow|)², so
     #   sparse robot motion counts as much as big human-video flow (research latent_actions.md §4)
     recon_floor_px: float = 0.05  # per_source: mean |flow| below this counts as this (near-static sources)
     moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
@@ -100,7 +100,7 @@ class VAEConfig:
     batch_size: int = 32
     steps: int = 600
     lr: float = 3e-4
-    lr_decay_steps: int = 0  # > 0: cosine decay of lr to 10% over this many steps (0: constant after warmup)
+    lr_decay_steps: int = 600  # > 0: cosine decay of lr to 10% over this many steps (0: constant after warmup)
     weight_decay: float = 0.01
     seed: int = 0
     checkpoint_every: int = 100
