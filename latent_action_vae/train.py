@@ -35,7 +35,7 @@ METRICS = ("step", "loss", "recon", "kl", "align", "epe_px", "labelled", "lr", "
 
 
 # VAE settings that do not change what the model learns: a resumed run may change them freely
-RUN_ONLY_SETTINGS = ("steps", "threads", "log_every", "checkpoint_every", "eval_max_pairs", "output")
+RUN_ONLY_SETTINGS = ("steps", "threads", "log_every", "checkpoint_every", "eval_max_pairs", "cache_items", "output")
 
 
 def flow_manifest_rows(cfg: PipelineConfig, exclude: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
@@ -142,7 +142,7 @@ def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
     labelled = [r for r in train_rows if r["has_actions"]
                 and (not vc.align_embodiments or r["embodiment"] in vc.align_embodiments)]
     action_stats = compute_action_stats(labelled)
-    sampler = PairSampler(train_rows, vc, action_stats, seed=vc.seed)
+    sampler = PairSampler(train_rows, vc, action_stats, seed=vc.seed, cache_items=vc.cache_items)
     torch.manual_seed(vc.seed)
     model = LatentActionVAE(vc)
     optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=vc.lr,

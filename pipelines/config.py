@@ -107,6 +107,8 @@ class VAEConfig:
     log_every: int = 10
     threads: int = 2  # torch threads for training (the only process running)
     eval_max_pairs: int = 4000
+    cache_items: int = 256  # flow artifacts the pair sampler keeps in memory (~2-3 MB each at the demo's sizes);
+    #   random batches over more items than this reread artifacts from disk every step
     exclude_flagged: bool = True  # leave audit-flagged items (duplicates, static clips) out of training and eval
     output: str = "vae"  # relative to workdir: checkpoints, metrics.csv, eval.json, pictures
 
@@ -303,7 +305,7 @@ def validate(cfg: PipelineConfig) -> None:
     if v.recon_floor_px <= 0 or v.moving_weight < 1 or v.moving_px < 0 or v.lr_decay_steps < 0:
         raise ConfigError("vae.recon_floor_px must be > 0, vae.moving_weight >= 1, vae.moving_px >= 0 and "
                           "vae.lr_decay_steps >= 0")
-    for key in ("steps", "checkpoint_every", "log_every", "batch_size", "threads", "eval_max_pairs"):
+    for key in ("steps", "checkpoint_every", "log_every", "batch_size", "threads", "eval_max_pairs", "cache_items"):
         if getattr(v, key) < (0 if key == "steps" else 1):
             raise ConfigError(f"vae.{key} must be >= {0 if key == 'steps' else 1}, got {getattr(v, key)}")
     for tier, weight in v.tier_weights.items():
