@@ -76,6 +76,8 @@ def sim_media(row: Mapping[str, Any], camera: int) -> tuple[str, str] | None:
     cams = row["cameras"]
     cam = cams[min(camera, len(cams) - 1)]
     uri = row["media_uris"][min(camera, len(cams) - 1)]
+    if cam not in extras.get("sim_cameras", cams):  # e.g. a wrist view rendered without depth: flow from pixels
+        return None
     if row["source"] == "task_agnostic":
         return str(Path(uri).parent / "sim.h5"), cam
     if row["source"] == "robotwin" and cam == "head_camera":

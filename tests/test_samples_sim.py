@@ -148,7 +148,8 @@ def test_task_agnostic_files_and_arrays(ta_root, ta_meta):
             nb = len(names)
             assert f["bodies/xpos"].shape == (t, nb, 3) and f["bodies/xpos"].dtype == np.float32
             assert f["bodies/xmat"].shape == (t, nb, 3, 3) and f["bodies/xmat"].dtype == np.float32
-            for cam in ta_meta["cameras"]:
+            assert set(f["depth"]) == set(ta_meta["sim_cameras"]), "depth for exactly the sim cameras"
+            for cam in ta_meta["sim_cameras"]:
                 assert f[f"depth/{cam}"].shape == (t, h, w) and f[f"depth/{cam}"].dtype == np.float16
                 assert f[f"depth/{cam}"].compression == "gzip"
                 assert f[f"segmentation/{cam}"].shape == (t, h, w) and f[f"segmentation/{cam}"].dtype == np.int16
@@ -174,7 +175,7 @@ def test_task_agnostic_segmentation_depth_geometry(ta_root, ta_meta):
             xpos = f["bodies/xpos"][()]
             xmat = f["bodies/xmat"][()]
             assert np.allclose(xmat @ np.swapaxes(xmat, -1, -2), np.eye(3), atol=1e-4), "xmat not rotations"
-            for cam in ta_meta["cameras"]:
+            for cam in ta_meta["sim_cameras"]:
                 seg, depth = f[f"segmentation/{cam}"][()], f[f"depth/{cam}"][()].astype(np.float32)
                 k, w2c = f[f"camera/{cam}/intrinsics"][()], f[f"camera/{cam}/world_to_camera"][()]
                 # the robot's bodies are in every frame, for both arms
