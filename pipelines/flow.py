@@ -136,11 +136,13 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
 def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarray, writer_factory, fps: float):
     from flow_extraction.sim_flow import to_canvas
 
-    canvas = fit_canvas((int(row["height"]), int(row["width"])), tuple(fc.working_size))
     writer = writer_factory(tuple(fc.working_size))
     native_pairs = native_frame_index(pairs, float(row["fps"]), fps)
+    canvas = None
     for i in range(0, len(native_pairs), fc.batch_size):
         flow, valid = sim.compute_item(media[0], media[1], native_pairs[i : i + fc.batch_size])
+        if canvas is None:  # the camera's own size: a wrist view may be smaller than the main one (row height/width)
+            canvas = fit_canvas(flow.shape[-2:], tuple(fc.working_size))
         flow_c, valid_c = to_canvas(flow, valid, canvas.scale, (canvas.offset_x, canvas.offset_y), tuple(fc.working_size))
         writer.add(flow_c, valid_c)
     return writer, canvas

@@ -273,8 +273,9 @@ def test_moving_camera_flow_matches_pixels(tmp_path):
     """A wrist camera moves with the arm: the whole scene flows, and the camera term is what explains it."""
     from pipelines.samples.sim_task_agnostic import write_task_agnostic
 
+    # wrist views render at half the main size: ask for 480×640 to get a 240×320 wrist picture
     (ep,) = write_task_agnostic(tmp_path / "wrist", n_episodes=1, n_frames=5, seed=3, cameras=("left_wrist",),
-                                workers=1)
+                                height=480, width=640, workers=1)
     rgb = decode_mp4(ep / "rgb_left_wrist.mp4")
     extras = load_sim_extras(ep, "left_wrist", range(len(rgb)))
     assert np.abs(np.diff(extras.world_to_camera, axis=0)).max() > 0.01, "the wrist camera should move"

@@ -113,6 +113,17 @@ class SimCamera:
         self._fused_ok = all(hasattr(self._renderer, a) for a in ("_rect", "_mjr_context", "_gl_context"))
         self._id_buf = np.empty((self.height, self.width, 3), np.uint8)
         self._depth_buf = np.empty((self.height, self.width), np.float32)
+        self._geom_groups = tuple(geom_groups)
+        self._other_sizes: dict[tuple[int, int], SimCamera] = {}
+
+    def sized(self, height: int, width: int) -> SimCamera:
+        """This camera's twin at another image size (made on first use, closed with this one)."""
+        key = (int(height), int(width))
+        if key == (self.height, self.width):
+            return self
+        if key not in self._other_sizes:
+            self._other_sizes[key] = SimCamera(self.model, *key, geom_groups=self._geom_groups)
+        return self._other_sizes[key]
 
     def camera_id(self, name: str) -> int:
         cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, name)
@@ -216,6 +227,9 @@ class SimCamera:
         return body
 
     def close(self) -> None:
+        for other in self._other_sizes.values():
+            other.close()
+        self._other_sizes.clear()
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None

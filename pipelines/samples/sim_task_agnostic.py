@@ -1,25 +1,31 @@
 """Pyramid tier L4 sample data: task-agnostic random joint motion of the bimanual ALOHA (ViperX) arms.
 
 The MJCF that ships inside ``gym-aloha`` (``assets/bimanual_viperx_transfer_cube.xml``, Apache-2.0) is driven
-directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step).
-Every ``hold_frames`` recorded frames a new random 14-d joint target is drawn around the ALOHA start pose,
-inside the actuator limits, and kept only if forward kinematics puts both fingertips above the table, reached
-out, and inside every (static) recording camera; between targets the command follows a smoothstep, so
-commanded positions and velocities are continuous. This mimics AnyPos/ATARA-style task-agnostic exploration
-in joint space, without a planner.
+directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step),
+with cameras of our own (:func:`aloha_model`): a "front" main view that frames both arms large, and the two
+wrist cameras rigidly mounted and widened as on the real ALOHA. Every ``hold_frames`` recorded frames a new
+random 14-d joint target is drawn inside the actuator limits and kept only if forward kinematics puts both
+fingertips above the table, reached out, and inside every (static) recording camera; between targets the
+command follows a smoothstep, so commanded positions and velocities are continuous. With ``motion="varied"``
+(the default) each episode has its own speed and per-joint amplitudes and its targets walk around a working
+pose in view; ``"uniform"`` is the generator before issue 21 (one speed, anywhere in a box around the start
+pose). This mimics AnyPos/ATARA-style task-agnostic exploration in joint space, without a planner.
 
 Physics runs at the ALOHA control rate (50 Hz, DT = 0.02 s, 10 substeps of 2 ms) and one frame is recorded
 every ``round(50 / fps)`` control steps. The command is piecewise constant between frames: ``actions[t]`` is
-applied right after frame ``t`` is recorded and held until frame ``t + 1``.
+the target commanded after observing frame ``t``, held until frame ``t + 1`` (``dataset.json``:
+``action_applied = "after_frame"``), so the motion between frames t1 < t2 is driven by ``actions[t1:t2]``.
 
 On-disk layout (a contract; the L4 reader depends on it)::
 
     <root>/dataset.json
     <root>/episodes/episode_000000/
-        rgb_<cam>.mp4   H.264 (libx264, yuv420p), exactly T frames at the dataset fps
+        rgb_<cam>.mp4   H.264 (libx264, yuv420p), exactly T frames at the dataset fps, one per camera; the
+                        first camera in dataset.json is the main view
         joints.npy      float32 [T, 14] measured joint positions (grippers normalised to 0..1)
-        actions.npy     float32 [T, 14] commanded joint targets applied right after each frame
-        sim.h5          depth/<cam> float16 [T,H,W] m; segmentation/<cam> int16 [T,H,W] body id (-1 = none);
+        actions.npy     float32 [T, 14] joint targets commanded after observing each frame
+        sim.h5          for each of dataset.json's sim_cameras (default: the main view only):
+                        depth/<cam> float16 [T,H,W] m; segmentation/<cam> int16 [T,H,W] body id (-1 = none);
                         camera/<cam>/intrinsics float32 [3,3]; camera/<cam>/world_to_camera float32 [T,4,4]
                         (OpenCV axes); bodies/names str [B]; bodies/xpos float32 [T,B,3];
                         bodies/xmat float32 [T,B,3,3]
@@ -85,6 +91,10 @@ FRONT_CAMERA = {"pos": (0.0, 0.05, 0.62), "target": (0.0, 0.5, 0.12), "fovy": 52
 # mode); ALOHA's real wrist cameras (and AnyPos's) are rigidly mounted and wide-angle, showing the fingers and
 # what lies ahead, so ours are fixed to the gripper (same place, looking at the same point) and widened.
 WRIST_FOVY = 75.0
+# Cameras that move with the arm are rendered at this fraction of the main view's size: each view costs a draw
+# per frame whatever its size, but at half size its read-back and encoding cost a quarter, which keeps the demo's
+# generation time near what one camera cost.
+MOVING_CAMERA_SCALE = 0.5
 DEFAULT_CAMERAS = ("front", "left_wrist", "right_wrist")
 TIP_Z_RANGE = (0.05, 0.30)  # fingertip height above the table top (z = 0), m: no table strikes, no folding up
 TIP_REACH_RANGE = (0.25, 0.60)  # horizontal fingertip distance from the arm's own base, m
@@ -327,6 +337,19 @@ def _is_static_camera(model: mujoco.MjModel, cam_id: int) -> bool:
     return target < 0 or model.body_weldid[target] == 0
 
 
+def camera_size(model: mujoco.MjModel, name: str, height: int, width: int) -> tuple[int, int]:
+    """Image size of camera ``name``: the main size for static cameras, MOVING_CAMERA_SCALE of it otherwise."""
+    cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+    if _is_static_camera(model, cam_id):
+        return int(height), int(width)
+    return tuple(2 * round(x * MOVING_CAMERA_SCALE / 2) for x in (height, width))  # H.264 wants even sizes
+
+
+def camera_renderer(model: mujoco.MjModel, cam: SimCamera, name: str) -> SimCamera:
+    """The renderer for camera ``name``: ``cam`` itself, or its twin at the camera's own size."""
+    return cam.sized(*camera_size(model, name, cam.height, cam.width))
+
+
 def _simulate_episode(
     model: mujoco.MjModel,
     cam: SimCamera,
@@ -365,13 +388,13 @@ def _simulate_episode(
     ]
     policy = RandomJointTargets(model, rng, hold_frames, views, amplitude, box)
 
-    h, w = cam.height, cam.width
+    cams = {k: camera_renderer(model, cam, k) for k in cameras}
     out = {
-        "rgb": {k: np.empty((n_frames, h, w, 3), np.uint8) for k in cameras},
-        "depth": {k: np.empty((n_frames, h, w), np.float16) for k in sim_cameras},
-        "seg": {k: np.empty((n_frames, h, w), np.int16) for k in sim_cameras},
+        "rgb": {k: np.empty((n_frames, r.height, r.width, 3), np.uint8) for k, r in cams.items()},
+        "depth": {k: np.empty((n_frames, cams[k].height, cams[k].width), np.float16) for k in sim_cameras},
+        "seg": {k: np.empty((n_frames, cams[k].height, cams[k].width), np.int16) for k in sim_cameras},
         "w2c": {k: np.empty((n_frames, 4, 4), np.float32) for k in sim_cameras},
-        "K": {k: cam.intrinsics(k).astype(np.float32) for k in sim_cameras},
+        "K": {k: cams[k].intrinsics(k).astype(np.float32) for k in sim_cameras},
         "hold_frames": hold_frames,
         "joints": np.empty((n_frames, 14), np.float32),
         "actions": np.empty((n_frames, 14), np.float32),
@@ -383,7 +406,7 @@ def _simulate_episode(
         mujoco.mj_forward(model, data)
         for k in cameras:
             with_sim = k in out["depth"]
-            f = cam.render(data, k, depth=with_sim, segmentation=with_sim)
+            f = cams[k].render(data, k, depth=with_sim, segmentation=with_sim)
             out["rgb"][k][t] = f.rgb
             if with_sim:
                 out["depth"][k][t] = f.depth  # background = far plane (~83 m), still inside float16 range
@@ -526,7 +549,8 @@ def write_task_agnostic(
             "state_names": list(c.JOINTS),
             "cameras": list(cameras),
             "sim_cameras": list(sim_cameras),
-            "image_size": [int(height), int(width)],
+            "image_size": [int(height), int(width)],  # the main view's; camera_sizes has every camera's
+            "camera_sizes": {k: list(camera_size(model, k, height, width)) for k in cameras},
             "mode": "sequential",
             "licence": "Apache-2.0 (gym-aloha assets)",
             "generator": {
