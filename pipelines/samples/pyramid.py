@@ -36,7 +36,7 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 2
+SAMPLES_VERSION = 3  # 3: task-agnostic front + wrist views, varied motion
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items

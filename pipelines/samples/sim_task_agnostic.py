@@ -395,7 +395,6 @@ def _simulate_episode(
         "seg": {k: np.empty((n_frames, cams[k].height, cams[k].width), np.int16) for k in sim_cameras},
         "w2c": {k: np.empty((n_frames, 4, 4), np.float32) for k in sim_cameras},
         "K": {k: cams[k].intrinsics(k).astype(np.float32) for k in sim_cameras},
-        "hold_frames": hold_frames,
         "joints": np.empty((n_frames, 14), np.float32),
         "actions": np.empty((n_frames, 14), np.float32),
         "xpos": np.empty((n_frames, model.nbody, 3), np.float32),
