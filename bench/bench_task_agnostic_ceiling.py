@@ -1,19 +1,25 @@
 """Pooled-flow probe ceiling of the task-agnostic tier on held-out episodes: the generator before issue 21
 (gym-aloha's top camera, uniform motion) against today's (front camera, wrist views, varied motion), one run.
 
-Both corpora are generated fresh, read through the adapter, and get flow from the flow stage's own function
-(exact sim flow, or DIS with `--backend dis`) on the working canvas, stored at the store size. Each pair (t, t+Δ)
-becomes 8×8 average-pooled flow (2×8×8 = 128 features); a ridge regression (alpha picked by grouped 4-fold CV on
-train episodes only) predicts the action change a[t+Δ] − a[t]; R² is reported on held-out episodes (every third).
+Both corpora are generated fresh (a seed the demo does not use), read through the adapter, and get flow of the
+main view (camera 0) from the flow stage's own function (exact sim flow, or DIS with `--backend dis`) on the
+working canvas, stored at the store size. Each pair (t, t+Δ) becomes 8×8 average-pooled flow (2×8×8 = 128
+features); a ridge regression per action dim (alpha picked by grouped 4-fold CV on train episodes only) predicts
+the action change a[t+Δ] − a[t]; R² is reported on held-out episodes (every third), per-dim mean and overall
+(pooled over dims). Also printed: the same probe for a[t+Δ−1] − a[t−1] (the commands that drive the pair under
+the layout's `action_applied = after_frame`) and for the measured joints, and with `--wrist` each wrist view and
+all views together (the wrist views then get sim extras, so exact flow, too).
 
     PYTHONPATH=. .venv/bin/python bench/bench_task_agnostic_ceiling.py [--episodes 24] [--frames 75] [--wrist]
+
+`--keep DIR --reuse` keeps corpora and flow for a rerun with the same flags.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import dataclasses
+import json
 import os
 import tempfile
 import time
@@ -104,14 +110,13 @@ def flow_features(root: Path, camera: int, backend: str, work: Path) -> tuple[li
     fc = FlowConfig(backend="dis", sim_for_sim_tiers=backend == "sim", camera=camera)
     backends = make_backends(dataclasses.asdict(fc))
     src = TaskAgnosticSource(root)
-    rows, out = [], []
+    out = []
     for ref in src.discover():
         row = src.probe(ref)
         out_path = work / f"{ref.native_id}.{camera}.npz"
         if not out_path.exists():
-            res = compute_item_flow({"row": row, "flow": dataclasses.asdict(fc), "out_path": str(out_path)}, backends)
+            compute_item_flow({"row": row, "flow": dataclasses.asdict(fc), "out_path": str(out_path)}, backends)
         art = read_flow_artifact(out_path)
-        rows.append(row)
         out.append((art.pairs.astype(np.int64), pooled(art.flow)))
     return out, {"backend": art.meta["backend"], "camera": row["cameras"][min(camera, len(row["cameras"]) - 1)]}
 
@@ -156,8 +161,6 @@ def main() -> None:
         CONFIGS["after"] = {**CONFIGS["after"], "front_camera": {
             "pos": tuple(map(float, pos.split(","))), "target": tuple(map(float, target.split(","))), "fovy": float(fovy)}}
 
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic  # noqa: F401  (fail before timing)
-
     kinds = ("a[t2]-a[t1]", "a[t2-1]-a[t1-1]", "joints[t2]-joints[t1]")
     results: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench-ta-ceiling-") as tmp:
@@ -191,9 +194,10 @@ def main() -> None:
     a = results["after"]
     b = results.get("before", a)  # --only-after: compare the settings with themselves
     ev = b[(0, kinds[0])]
+    n_test_eps = len(range(2, args.episodes, 3))
     print(f"task-agnostic probe ceiling: {args.episodes} new episodes × {args.frames} frames (seed {args.seed}), "
-          f"{ev['n_train']} train / {ev['n_test']} held-out pairs ({args.episodes - args.episodes // 3} / "
-          f"{args.episodes // 3} episodes), flow: {a['backend']} at the flow stage's canvas, "
+          f"{ev['n_train']} train / {ev['n_test']} held-out pairs ({args.episodes - n_test_eps} / {n_test_eps} "
+          f"episodes), flow: {a['backend']} at the flow stage's canvas, "
           f"{POOL}×{POOL} avg-pooled → ridge")
     for cfg, r in results.items():
         print(f"  {cfg:6s}: cameras {r['cameras']}, generation {r['gen_s']:.1f}s "
