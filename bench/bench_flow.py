@@ -45,7 +45,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         root = Path(tmp) / "ta"
         [ep] = write_task_agnostic(root, n_episodes=1, n_frames=args.pairs + 5, seed=0, workers=1)
-        row = {"item_id": "bench/0", "media_uris": [str(ep / "rgb_top.mp4")], "fps": 25.0,
+        row = {"item_id": "bench/0", "media_uris": [str(ep / "rgb_front.mp4")], "fps": 25.0,
                "frame_count": args.pairs + 5, "start_s": 0.0}
         frames = np.stack([f for _, f, _ in iter_frames(row, (384, 320))])
         first, second = frames[: args.pairs], frames[5 : args.pairs + 5]

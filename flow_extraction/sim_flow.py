@@ -111,7 +111,7 @@ def _read_frames(ds: h5py.Dataset, idx: np.ndarray) -> np.ndarray:
 def load_sim_extras(media: str | Path, camera: str, frames: Sequence[int]) -> SimExtras:
     """Read depth, segmentation, cameras and body poses of ``camera`` for episode frames ``frames`` only.
 
-    ``media``: see :func:`resolve_sim_file`. ``camera``: a task-agnostic camera name (e.g. ``"top"``) or a
+    ``media``: see :func:`resolve_sim_file`. ``camera``: a task-agnostic camera name (e.g. ``"front"``) or a
     RoboTwin one (e.g. ``"head_camera"``; only cameras with depth and segmentation qualify).
     """
     path, layout = resolve_sim_file(media)

@@ -76,6 +76,8 @@ def sim_media(row: Mapping[str, Any], camera: int) -> tuple[str, str] | None:
     cams = row["cameras"]
     cam = cams[min(camera, len(cams) - 1)]
     uri = row["media_uris"][min(camera, len(cams) - 1)]
+    if cam not in extras.get("sim_cameras", cams):  # e.g. a wrist view rendered without depth: flow from pixels
+        return None
     if row["source"] == "task_agnostic":
         return str(Path(uri).parent / "sim.h5"), cam
     if row["source"] == "robotwin" and cam == "head_camera":
@@ -134,11 +136,13 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
 def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarray, writer_factory, fps: float):
     from flow_extraction.sim_flow import to_canvas
 
-    canvas = fit_canvas((int(row["height"]), int(row["width"])), tuple(fc.working_size))
     writer = writer_factory(tuple(fc.working_size))
     native_pairs = native_frame_index(pairs, float(row["fps"]), fps)
+    canvas = None
     for i in range(0, len(native_pairs), fc.batch_size):
         flow, valid = sim.compute_item(media[0], media[1], native_pairs[i : i + fc.batch_size])
+        if canvas is None:  # the camera's own size: a wrist view may be smaller than the main one (row height/width)
+            canvas = fit_canvas(flow.shape[-2:], tuple(fc.working_size))
         flow_c, valid_c = to_canvas(flow, valid, canvas.scale, (canvas.offset_x, canvas.offset_y), tuple(fc.working_size))
         writer.add(flow_c, valid_c)
     return writer, canvas

@@ -19,9 +19,10 @@ from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
 from pipelines.samples import defects
-from pipelines.samples.sim_task_agnostic import write_h264
+from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS, write_h264
 
 TA = "task_agnostic/aloha_random"
+MAIN_MP4 = f"rgb_{DEFAULT_CAMERAS[0]}.mp4"  # the main view: what flow and the picture checks read
 
 
 def ingested(workdir, kinds=("task_agnostic", "robotwin")):
@@ -44,9 +45,9 @@ def episode(workdir, name):
 
 
 def rewrite_video(ep, edit):
-    with av.open(str(ep / "rgb_top.mp4")) as c:
+    with av.open(str(ep / MAIN_MP4)) as c:
         frames = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-    write_h264(ep / "rgb_top.mp4", edit(frames), 25)
+    write_h264(ep / MAIN_MP4, edit(frames), 25)
 
 
 def test_every_check_is_registered_with_a_known_severity_and_an_explanation():
@@ -75,7 +76,7 @@ def test_quarantined_items_are_reported_by_the_check_their_reason_belongs_to(wor
                                    "reason": "worker lost", "run_id": "r"}])
     out = run_checks(cfg, "media_readable", "finite_values", "missing_fields", "quarantined_other")
     assert list(out["media_readable"].failures) == [f"{TA}/episode_900001"]
-    assert "rgb_top.mp4" in out["media_readable"].failures[f"{TA}/episode_900001"]
+    assert MAIN_MP4 in out["media_readable"].failures[f"{TA}/episode_900001"]
     assert list(out["finite_values"].failures) == [f"{TA}/episode_900002"]
     assert [i.rsplit("/", 1)[1] for i in out["missing_fields"].failures] == ["episode900"]
     assert out["quarantined_other"].failures == {f"{TA}/episode_000002": "failed at flow: worker lost"}
@@ -94,11 +95,11 @@ def test_items_without_action_semantics_or_with_bad_ones_are_named(workdir):
 
 def test_media_changed_after_ingest_is_found_by_decoding_again(workdir):
     cfg = ingested(workdir)
-    defects.truncate_file(episode(workdir, "episode_000001") / "rgb_top.mp4", 0.4)
-    (episode(workdir, "episode_000002") / "rgb_top.mp4").unlink()
+    defects.truncate_file(episode(workdir, "episode_000001") / MAIN_MP4, 0.4)
+    (episode(workdir, "episode_000002") / MAIN_MP4).unlink()
     failures = run_checks(cfg, "media_readable")["media_readable"].failures
     assert sorted(failures) == [f"{TA}/episode_000001", f"{TA}/episode_000002"]
-    assert "missing media file rgb_top.mp4" in failures[f"{TA}/episode_000002"]
+    assert f"missing media file {MAIN_MP4}" in failures[f"{TA}/episode_000002"]
 
 
 def test_actions_out_of_bounds_or_of_the_wrong_length(workdir):

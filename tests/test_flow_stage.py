@@ -10,6 +10,9 @@ from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
 from pipelines.samples import defects
+from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
+
+MAIN_MP4 = f"rgb_{DEFAULT_CAMERAS[0]}.mp4"  # the task-agnostic main view
 
 
 def setup_catalog(workdir, **flow):
@@ -62,12 +65,12 @@ def test_flow_rerun_skips_and_setting_change_redoes(workdir):
 def test_media_damaged_after_ingest_is_quarantined_by_flow(workdir):
     cfg = setup_catalog(workdir)
     ep = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes" / "episode_000000"
-    defects.truncate_file(ep / "rgb_top.mp4", 0.5)
+    defects.truncate_file(ep / MAIN_MP4, 0.5)
     report, stats, items, _ = flow_run(cfg)
     assert report.stage.counts["quarantined"] == 1 and report.stage.counts["done"] == 4
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         reason = cat.sql("SELECT reason FROM item_stages WHERE stage='flow' AND status='quarantined'").column(0)[0].as_py()
-    assert "rgb_top.mp4" in reason
+    assert MAIN_MP4 in reason
 
 
 def test_too_short_items_are_quarantined_with_reason(workdir):

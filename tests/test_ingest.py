@@ -14,6 +14,9 @@ from pipelines.config import load_config
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
 from pipelines.samples import defects
+from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
+
+MAIN_MP4 = f"rgb_{DEFAULT_CAMERAS[0]}.mp4"  # the task-agnostic main view
 
 
 def run_ingest(workdir, engine="local", **overrides):
@@ -72,7 +75,7 @@ def test_changing_a_source_setting_redoes_its_items(workdir):
 def test_item_that_goes_bad_leaves_the_items_table(workdir):
     run_ingest(workdir)
     ep = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes" / "episode_000000"
-    defects.truncate_file(ep / "rgb_top.mp4", 0.5)
+    defects.truncate_file(ep / MAIN_MP4, 0.5)
     _, _, items, state = run_ingest(workdir)
     assert not any(i["item_id"].endswith("episode_000000") for i in items) and len(items) == 4
 
@@ -106,10 +109,10 @@ def test_bad_items_are_quarantined_with_reasons_and_the_run_completes(workdir):
 
 def test_truncated_video_is_quarantined_not_fatal(workdir):
     ep = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes" / "episode_000001"
-    defects.truncate_file(ep / "rgb_top.mp4", 0.6)
+    defects.truncate_file(ep / MAIN_MP4, 0.6)
     _, report, items, state = run_ingest(workdir)
     bad = [s for s in state if s["item_id"].endswith("episode_000001")][0]
-    assert bad["status"] == "quarantined" and "rgb_top.mp4" in bad["reason"]
+    assert bad["status"] == "quarantined" and MAIN_MP4 in bad["reason"]
     assert report.stage.counts["done"] == 4
 
 

@@ -139,22 +139,74 @@ def test_task_agnostic_files_and_arrays(ta_root, ta_meta):
             assert (arr[:, [6, 13]] >= 0).all() and (arr[:, [6, 13]] <= 1).all(), "grippers not normalised"
         for cam in ta_meta["cameras"]:
             frames, info = decode_mp4(ep / f"rgb_{cam}.mp4")
-            assert frames.shape == (t, h, w, 3)
+            assert frames.shape == (t, *ta_meta["camera_sizes"][cam], 3)
             assert info["codec"] == "h264" and info["pix_fmt"] == "yuv420p"
             assert info["rate"] == pytest.approx(ta_meta["fps"])
-            assert_motion(frames, min_changed=100)
+            assert_motion(frames, min_changed=100 * frames.shape[1] * frames.shape[2] // (h * w))
         with h5py.File(ep / "sim.h5", "r") as f:
             names = [n.decode() if isinstance(n, bytes) else n for n in f["bodies/names"][()]]
             nb = len(names)
             assert f["bodies/xpos"].shape == (t, nb, 3) and f["bodies/xpos"].dtype == np.float32
             assert f["bodies/xmat"].shape == (t, nb, 3, 3) and f["bodies/xmat"].dtype == np.float32
-            for cam in ta_meta["cameras"]:
-                assert f[f"depth/{cam}"].shape == (t, h, w) and f[f"depth/{cam}"].dtype == np.float16
+            assert set(f["depth"]) == set(ta_meta["sim_cameras"]), "depth for exactly the sim cameras"
+            for cam in ta_meta["sim_cameras"]:
+                ch, cw = ta_meta["camera_sizes"][cam]
+                assert f[f"depth/{cam}"].shape == (t, ch, cw) and f[f"depth/{cam}"].dtype == np.float16
                 assert f[f"depth/{cam}"].compression == "gzip"
-                assert f[f"segmentation/{cam}"].shape == (t, h, w) and f[f"segmentation/{cam}"].dtype == np.int16
+                assert f[f"segmentation/{cam}"].shape == (t, ch, cw) and f[f"segmentation/{cam}"].dtype == np.int16
                 assert f[f"camera/{cam}/intrinsics"].shape == (3, 3)
                 assert f[f"camera/{cam}/intrinsics"].dtype == np.float32
                 assert f[f"camera/{cam}/world_to_camera"].shape == (t, 4, 4)
+
+
+def test_task_agnostic_views_and_action_timing(ta_root, ta_meta):
+    """The main view comes first, one wrist view per arm follows (smaller), and when an action applies is stated."""
+    assert ta_meta["cameras"] == ["front", "left_wrist", "right_wrist"]
+    assert ta_meta["sim_cameras"] == ["front"] and ta_meta["action_applied"] == "after_frame"
+    h, w = ta_meta["image_size"]
+    assert ta_meta["camera_sizes"] == {"front": [h, w], "left_wrist": [h // 2, w // 2], "right_wrist": [h // 2, w // 2]}
+    ep = sorted((ta_root / "episodes").iterdir())[0]
+    for cam, (ch, cw) in ta_meta["camera_sizes"].items():
+        frames, _ = decode_mp4(ep / f"rgb_{cam}.mp4")
+        assert frames.shape[1:3] == (ch, cw)
+
+
+def test_task_agnostic_arms_are_large_in_the_main_view(ta_root, ta_meta):
+    """Robot pixels make up a good part of the main view (gym-aloha's top camera: about 9%)."""
+    cam = ta_meta["cameras"][0]
+    for ep in sorted((ta_root / "episodes").iterdir()):
+        with h5py.File(ep / "sim.h5", "r") as f:
+            names = [n.decode() if isinstance(n, bytes) else n for n in f["bodies/names"][()]]
+            seg = f[f"segmentation/{cam}"][()]
+        robot = np.array([n.startswith("vx300s") for n in names] + [False])  # index -1: background
+        assert robot[seg].mean() > 0.12, f"{ep.name}: robot covers {robot[seg].mean():.1%} of the main view"
+
+
+def test_task_agnostic_every_joint_moves(ta_root):
+    """Varied motion: every revolute joint moves in every episode, each by its own amount per episode."""
+    speeds = []
+    for ep in sorted((ta_root / "episodes").iterdir()):
+        joints = np.load(ep / "joints.npy")[:, np.r_[0:6, 7:13]]
+        assert np.ptp(joints, axis=0).min() > 0.01, f"{ep.name}: a joint stands still"
+        speeds.append(np.abs(np.diff(joints, axis=0)).mean(0))  # per joint, rad per frame
+    speeds = np.array(speeds)
+    assert (speeds.max(0) / speeds.min(0)).max() > 2, "every joint moves alike in every episode"
+
+
+def test_wrist_cameras_are_fixed_to_the_gripper(tmp_path):
+    """Like a real wrist camera, it moves with the gripper: the gripper's pose in camera coordinates is constant."""
+    (ep,) = write_task_agnostic(tmp_path / "w", n_episodes=1, n_frames=8, seed=2, sim_cameras=("front", "left_wrist"),
+                                workers=1)
+    with h5py.File(ep / "sim.h5", "r") as f:
+        names = [n.decode() if isinstance(n, bytes) else n for n in f["bodies/names"][()]]
+        b = names.index("vx300s_left/gripper_link")
+        w2c = f["camera/left_wrist/world_to_camera"][()].astype(np.float64)
+        xpos, xmat = f["bodies/xpos"][:, b].astype(np.float64), f["bodies/xmat"][:, b].astype(np.float64)
+        assert f["depth/left_wrist"].shape[1:] == (120, 160)
+    in_cam = w2c[:, :3, :3] @ xpos[..., None] + w2c[:, :3, 3:]
+    assert np.ptp(xpos, axis=0).max() > 0.01, "the gripper should move"
+    assert np.abs(in_cam - in_cam[0]).max() < 1e-3
+    assert np.abs(w2c[:, :3, :3] @ xmat - (w2c[0, :3, :3] @ xmat[0])).max() < 1e-3
 
 
 def test_task_agnostic_joints_follow_actions(ta_root):
@@ -174,7 +226,7 @@ def test_task_agnostic_segmentation_depth_geometry(ta_root, ta_meta):
             xpos = f["bodies/xpos"][()]
             xmat = f["bodies/xmat"][()]
             assert np.allclose(xmat @ np.swapaxes(xmat, -1, -2), np.eye(3), atol=1e-4), "xmat not rotations"
-            for cam in ta_meta["cameras"]:
+            for cam in ta_meta["sim_cameras"]:
                 seg, depth = f[f"segmentation/{cam}"][()], f[f"depth/{cam}"][()].astype(np.float32)
                 k, w2c = f[f"camera/{cam}/intrinsics"][()], f[f"camera/{cam}/world_to_camera"][()]
                 # the robot's bodies are in every frame, for both arms

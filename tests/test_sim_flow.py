@@ -9,6 +9,7 @@ on textured moving pixels, for a static and for a moving camera), and the loadin
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import av
@@ -26,7 +27,9 @@ from flow_extraction.sim_flow import (
     resolve_sim_file,
     to_canvas,
 )
+from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
 
+MAIN = DEFAULT_CAMERAS[0]  # the task-agnostic main view, the one camera with sim extras by default
 H, W = 48, 64
 FX, FY = 100.0, 120.0  # different, so a swapped axis shows
 
@@ -237,8 +240,9 @@ def rt_episode(sim_samples) -> Path:
 
 
 def test_task_agnostic_flow_matches_pixels(ta_episode):
-    rgb = decode_mp4(ta_episode / "rgb_top.mp4")
-    extras = load_sim_extras(ta_episode / "sim.h5", "top", range(len(rgb)))
+    main = json.loads((ta_episode.parents[1] / "dataset.json").read_text())["cameras"][0]
+    rgb = decode_mp4(ta_episode / f"rgb_{main}.mp4")
+    extras = load_sim_extras(ta_episode / "sim.h5", main, range(len(rgb)))
     t, t2 = most_moving_pair(extras, [(t, t + 1) for t in range(len(rgb) - 1)])
     flow, valid = exact_flow(extras.frame(t), extras.frame(t2))
     bodies = moving_bodies(extras, t, t2)
@@ -269,8 +273,9 @@ def test_moving_camera_flow_matches_pixels(tmp_path):
     """A wrist camera moves with the arm: the whole scene flows, and the camera term is what explains it."""
     from pipelines.samples.sim_task_agnostic import write_task_agnostic
 
+    # wrist views render at half the main size: ask for 480×640 to get a 240×320 wrist picture
     (ep,) = write_task_agnostic(tmp_path / "wrist", n_episodes=1, n_frames=5, seed=3, cameras=("left_wrist",),
-                                workers=1)
+                                height=480, width=640, workers=1)
     rgb = decode_mp4(ep / "rgb_left_wrist.mp4")
     extras = load_sim_extras(ep, "left_wrist", range(len(rgb)))
     assert np.abs(np.diff(extras.world_to_camera, axis=0)).max() > 0.01, "the wrist camera should move"
@@ -289,11 +294,11 @@ def test_moving_camera_flow_matches_pixels(tmp_path):
 
 # ------------------------------------------------------------------------------------------ loading, backend
 def test_both_layouts_load(ta_episode, rt_episode):
-    backend = SimFlowBackend(camera="top")
+    backend = SimFlowBackend(camera=MAIN)
     pairs = np.array([[0, 1], [3, 5], [1, 2]])
-    native_hw = {"top": decode_mp4(ta_episode / "rgb_top.mp4").shape[1:3],
+    native_hw = {MAIN: decode_mp4(ta_episode / f"rgb_{MAIN}.mp4").shape[1:3],
                  "head_camera": decode_robotwin_rgb(rt_episode, "head_camera", [0]).shape[1:3]}
-    for media, camera in ((ta_episode / "sim.h5", "top"), (rt_episode, "head_camera")):
+    for media, camera in ((ta_episode / "sim.h5", MAIN), (rt_episode, "head_camera")):
         flow, valid = backend.compute_item(str(media), camera, pairs)
         h, w = native_hw[camera]
         assert flow.shape == (3, 2, h, w) and flow.dtype == np.float32
@@ -310,14 +315,16 @@ def test_both_layouts_load(ta_episode, rt_episode):
 
 def test_media_forms_and_errors(ta_episode, rt_episode):
     assert resolve_sim_file(ta_episode) == (ta_episode / "sim.h5", "task_agnostic")
-    assert resolve_sim_file(ta_episode / "rgb_top.mp4") == (ta_episode / "sim.h5", "task_agnostic")
+    assert resolve_sim_file(ta_episode / f"rgb_{MAIN}.mp4") == (ta_episode / "sim.h5", "task_agnostic")
     assert resolve_sim_file(f"{rt_episode}#observation/head_camera/rgb") == (rt_episode, "robotwin")
     with pytest.raises(KeyError, match="left_camera"):  # RoboTwin side cameras have no depth
         load_sim_extras(rt_episode, "left_camera", [0])
+    with pytest.raises(KeyError, match="left_wrist"):  # task-agnostic wrist views: pictures only, by default
+        load_sim_extras(ta_episode, "left_wrist", [0])
     with pytest.raises(IndexError):
-        load_sim_extras(ta_episode / "sim.h5", "top", [0, 10_000])
+        load_sim_extras(ta_episode / "sim.h5", MAIN, [0, 10_000])
     with pytest.raises(FileNotFoundError):
-        load_sim_extras(ta_episode / "nothing.h5", "top", [0])
+        load_sim_extras(ta_episode / "nothing.h5", MAIN, [0])
 
 
 def test_backend_describe_and_pixels_entry_point():
@@ -332,7 +339,7 @@ def test_backend_describe_and_pixels_entry_point():
 def test_exact_flow_speed(ta_episode):
     import time
 
-    extras = load_sim_extras(ta_episode / "sim.h5", "top", [4, 5])
+    extras = load_sim_extras(ta_episode / "sim.h5", MAIN, [4, 5])
     a, b = extras.frame(4), extras.frame(5)
     exact_flow(a, b)
     start = time.perf_counter()

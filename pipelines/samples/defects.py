@@ -31,8 +31,8 @@ class Defect:
 # "<source>/<last part of the item id>" (or "<source>/*" for every item of a source) -> the defect there.
 # The audit of the demo reports exactly these.
 DEFECTS = {
-    "task_agnostic/episode_900001": Defect("rgb_top.mp4 cut in half mid-download", ("media_readable",),
-                                           "rgb_top.mp4"),
+    "task_agnostic/episode_900001": Defect("rgb_front.mp4 (and the wrist views) cut in half mid-download",
+                                           ("media_readable",), "rgb_front.mp4"),
     "task_agnostic/episode_900002": Defect("NaN in actions.npy", ("finite_values",), "non-finite values"),
     "robotwin/episode900": Defect("HDF5 written without its action group", ("missing_fields",),
                                   "missing key joint_action/vector"),

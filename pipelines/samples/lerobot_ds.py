@@ -9,7 +9,7 @@
 The episodes are ALOHA-like: a head camera `observation.images.cam_high` (optionally two wrist cameras),
 a 14-d `observation.state` and `action` (left arm 6 + gripper, right arm 6 + gripper; absolute joint targets, or
 per-step deltas with `actions="delta"`), 20-40 frames each, one task sentence each. Frames are either taken from an existing mp4 (`frames_from`, e.g. a task-agnostic episode's
-`rgb_top.mp4`) or drawn: a background whose colour depends on the episode and brightens by `RAMP` per frame,
+`rgb_front.mp4`) or drawn: a background whose colour depends on the episode and brightens by `RAMP` per frame,
 with a moving square, so every frame has its own mean colour and a window that is off by one frame shows.
 `sample_episodes` returns exactly what `write_lerobot` writes, for tests to compare against.
 

@@ -113,6 +113,17 @@ class SimCamera:
         self._fused_ok = all(hasattr(self._renderer, a) for a in ("_rect", "_mjr_context", "_gl_context"))
         self._id_buf = np.empty((self.height, self.width, 3), np.uint8)
         self._depth_buf = np.empty((self.height, self.width), np.float32)
+        self._geom_groups = tuple(geom_groups)
+        self._other_sizes: dict[tuple[int, int], SimCamera] = {}
+
+    def sized(self, height: int, width: int) -> SimCamera:
+        """This camera's twin at another image size (made on first use, closed with this one)."""
+        key = (int(height), int(width))
+        if key == (self.height, self.width):
+            return self
+        if key not in self._other_sizes:
+            self._other_sizes[key] = SimCamera(self.model, *key, geom_groups=self._geom_groups)
+        return self._other_sizes[key]
 
     def camera_id(self, name: str) -> int:
         cam_id = mujoco.mj_name2id(self.model, mujoco.mjtObj.mjOBJ_CAMERA, name)
@@ -216,6 +227,9 @@ class SimCamera:
         return body
 
     def close(self) -> None:
+        for other in self._other_sizes.values():
+            other.close()
+        self._other_sizes.clear()
         if self._renderer is not None:
             self._renderer.close()
             self._renderer = None
@@ -244,8 +258,13 @@ def default_workers() -> int:
 _WORKER: dict = {}  # per worker process: the model and the SimCamera built by _worker_init
 
 
-def _worker_init(xml_path: str, height: int, width: int) -> None:
-    model = mujoco.MjModel.from_xml_path(xml_path)
+def load_model(source: str | os.PathLike | Callable[[], mujoco.MjModel]) -> mujoco.MjModel:
+    """An MJCF file path, or a module-level function that builds the model (e.g. an MjSpec with added cameras)."""
+    return source() if callable(source) else mujoco.MjModel.from_xml_path(str(source))
+
+
+def _worker_init(model_source, height: int, width: int) -> None:
+    model = load_model(model_source)
     cam = SimCamera(model, height, width)
     atexit.register(cam.close)  # close the GL context before interpreter teardown (avoids EGLError noise)
     _WORKER.update(model=model, cam=cam)
@@ -256,12 +275,12 @@ def _worker_call(job: Callable, args: tuple):
 
 
 def run_render_jobs(
-    job: Callable, jobs: Sequence[tuple], xml_path: str | os.PathLike, height: int, width: int,
-    workers: int | None = None,
+    job: Callable, jobs: Sequence[tuple], model_source: str | os.PathLike | Callable[[], mujoco.MjModel],
+    height: int, width: int, workers: int | None = None,
 ) -> list:
     """Return ``[job(model, cam, *args) for args in jobs]``, in order, possibly computed in parallel.
 
-    ``model`` is ``MjModel.from_xml_path(xml_path)`` and ``cam`` a ``SimCamera(model, height, width)``, one pair
+    ``model`` is ``load_model(model_source)`` (an MJCF path or a picklable model builder) and ``cam`` a ``SimCamera(model, height, width)``, one pair
     per process. With ``workers`` <= 1 (or a single job) everything runs here; otherwise in a pool of "spawn"
     processes (never fork: the parent may hold GL/EGL state or threads). ``job`` must be a module-level
     function and its arguments and result picklable. The first failing job's exception is re-raised.
@@ -272,14 +291,14 @@ def run_render_jobs(
     if multiprocessing.current_process().daemon:
         workers = 1  # daemonic processes may not have children
     if workers <= 1 or len(jobs) <= 1:
-        model = mujoco.MjModel.from_xml_path(str(xml_path))
+        model = load_model(model_source)
         with SimCamera(model, height, width) as cam:
             return [job(model, cam, *args) for args in jobs]
     pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)),
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_worker_init,
-        initargs=(str(xml_path), height, width),
+        initargs=(model_source if callable(model_source) else str(model_source), height, width),
     )
     try:
         futures = [pool.submit(_worker_call, job, tuple(args)) for args in jobs]

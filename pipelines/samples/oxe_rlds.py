@@ -14,7 +14,7 @@ fields real datasets carry is trimmed to a few representative ones, which reader
 Motion: a smooth random end-effector path (position, roll-pitch-yaw, gripper) drives everything — actions are
 its per-step deltas (fractal/kuka/bridge) or velocities (droid), states are the pose itself, and the image shows
 a textured disc following the path over a textured table, so optical flow sees motion that matches the actions.
-With `frames_from` (an mp4, e.g. a task-agnostic episode's rgb_top.mp4), real frames are used instead.
+With `frames_from` (an mp4, e.g. a task-agnostic episode's rgb_front.mp4), real frames are used instead.
 Images are RGB arrays encoded as standard JPEG (cv2 gets BGR, so channels are swapped before encoding).
 
 Every file is written under a temporary name and renamed into place, and dataset_info.json is written last (and

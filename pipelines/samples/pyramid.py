@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 2
+SAMPLES_VERSION = 3  # 3: task-agnostic front + wrist views, varied motion
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
@@ -44,7 +45,11 @@ def sample_sizes(scale: int) -> dict[str, int]:
 
 
 def _first_episode_video(root: Path) -> Path | None:
-    videos = sorted((root / "task_agnostic" / "aloha_random" / "episodes").glob("episode_0*/rgb_*.mp4"))
+    """The main view (first camera in dataset.json) of the first task-agnostic episode."""
+    ta = root / "task_agnostic" / "aloha_random"
+    meta = ta / "dataset.json"
+    main = json.loads(meta.read_text())["cameras"][0] if meta.exists() else "*"
+    videos = sorted((ta / "episodes").glob(f"episode_0*/rgb_{main}.mp4"))
     return videos[0] if videos else None
 
 

@@ -1,25 +1,31 @@
 """Pyramid tier L4 sample data: task-agnostic random joint motion of the bimanual ALOHA (ViperX) arms.
 
 The MJCF that ships inside ``gym-aloha`` (``assets/bimanual_viperx_transfer_cube.xml``, Apache-2.0) is driven
-directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step).
-Every ``hold_frames`` recorded frames a new random 14-d joint target is drawn around the ALOHA start pose,
-inside the actuator limits, and kept only if forward kinematics puts both fingertips above the table, reached
-out, and inside every (static) recording camera; between targets the command follows a smoothstep, so
-commanded positions and velocities are continuous. This mimics AnyPos/ATARA-style task-agnostic exploration
-in joint space, without a planner.
+directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step),
+with cameras of our own (:func:`aloha_model`): a "front" main view that frames both arms large, and the two
+wrist cameras rigidly mounted and widened as on the real ALOHA. Every ``hold_frames`` recorded frames a new
+random 14-d joint target is drawn inside the actuator limits and kept only if forward kinematics puts both
+fingertips above the table, reached out, and inside every (static) recording camera; between targets the
+command follows a smoothstep, so commanded positions and velocities are continuous. With ``motion="varied"``
+(the default) each episode has its own speed and per-joint amplitudes and its targets walk around a working
+pose in view; ``"uniform"`` is the generator before issue 21 (one speed, anywhere in a box around the start
+pose). This mimics AnyPos/ATARA-style task-agnostic exploration in joint space, without a planner.
 
 Physics runs at the ALOHA control rate (50 Hz, DT = 0.02 s, 10 substeps of 2 ms) and one frame is recorded
 every ``round(50 / fps)`` control steps. The command is piecewise constant between frames: ``actions[t]`` is
-applied right after frame ``t`` is recorded and held until frame ``t + 1``.
+the target commanded after observing frame ``t``, held until frame ``t + 1`` (``dataset.json``:
+``action_applied = "after_frame"``), so the motion between frames t1 < t2 is driven by ``actions[t1:t2]``.
 
 On-disk layout (a contract; the L4 reader depends on it)::
 
     <root>/dataset.json
     <root>/episodes/episode_000000/
-        rgb_<cam>.mp4   H.264 (libx264, yuv420p), exactly T frames at the dataset fps
+        rgb_<cam>.mp4   H.264 (libx264, yuv420p), exactly T frames at the dataset fps, one per camera; the
+                        first camera in dataset.json is the main view
         joints.npy      float32 [T, 14] measured joint positions (grippers normalised to 0..1)
-        actions.npy     float32 [T, 14] commanded joint targets applied right after each frame
-        sim.h5          depth/<cam> float16 [T,H,W] m; segmentation/<cam> int16 [T,H,W] body id (-1 = none);
+        actions.npy     float32 [T, 14] joint targets commanded after observing each frame
+        sim.h5          for each of dataset.json's sim_cameras (default: the main view only):
+                        depth/<cam> float16 [T,H,W] m; segmentation/<cam> int16 [T,H,W] body id (-1 = none);
                         camera/<cam>/intrinsics float32 [3,3]; camera/<cam>/world_to_camera float32 [T,4,4]
                         (OpenCV axes); bodies/names str [B]; bodies/xpos float32 [T,B,3];
                         bodies/xmat float32 [T,B,3,3]
@@ -34,6 +40,7 @@ The small I/O helpers here (:func:`atomic_path`, :func:`write_h264`, :func:`writ
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -63,6 +70,32 @@ HOLD_SECONDS = 0.5  # time between random targets: long enough for the servos to
 # Per-arm joint target box around the start pose (waist, shoulder, elbow, forearm roll, wrist angle, wrist
 # rotate), in radians; candidates are then filtered by forward kinematics (see RandomJointTargets).
 TARGET_OFFSETS = (np.array([-0.8, -0.3, -0.6, -1.0, -0.8, -1.2]), np.array([0.8, 0.9, 0.4, 1.0, 0.8, 1.2]))
+# "varied" motion: each episode gets its own speed (targets every HOLD_SECONDS / speed) and, per joint, its own
+# amplitude (a fraction of that joint's box), so some episodes sweep a joint and others barely move it; the
+# joints' moves are then less correlated and each joint's own pixel motion shows up in some episodes.
+# Its targets stay in a box around a working pose that the front camera sees (offsets from the start pose, per
+# arm; the waists mirror), so the arms stay large in view and a joint's move looks alike from episode to episode
+# (a linear read of pooled flow needs that; bench/bench_task_agnostic_ceiling.py measures it). The hand is bent
+# down (wrist angle +1.0) so wrist moves swing the fingers across the image instead of along the view.
+WORK_OFFSET = np.array([0.2, 0.65, -0.2, 0.0, 1.0, 0.0, -0.2, 0.65, -0.2, 0.0, 1.0, 0.0])
+WORK_HALF_RANGE = np.tile([0.3, 0.175, 0.225, 0.3, 0.4, 0.3], 2)  # rad, times joint_range
+SPEED_RANGE = (0.6, 1.6)
+AMPLITUDE_RANGE = (0.2, 1.0)
+MOTIONS = ("varied", "uniform")  # "uniform": one speed, full boxes (the generator before issue 21)
+
+# Cameras we add to gym-aloha's model (it has top, angle, left/right_pillar, front_close and the two wrists):
+# "front" frames the workspace between the arms so the arms fill the image (gym-aloha's top camera, 0.8 m up
+# with a 78° field of view, shows them a few dozen pixels long). Position and look-at point in world metres.
+FRONT_CAMERA = {"pos": (0.0, 0.05, 0.62), "target": (0.0, 0.5, 0.12), "fovy": 52.0}
+# gym-aloha's wrist cameras see a 20° cone around the fingertips and turn to keep world "up" up (targetbody
+# mode); ALOHA's real wrist cameras (and AnyPos's) are rigidly mounted and wide-angle, showing the fingers and
+# what lies ahead, so ours are fixed to the gripper (same place, looking at the same point) and widened.
+WRIST_FOVY = 75.0
+# Cameras that move with the arm are rendered at this fraction of the main view's size: each view costs a draw
+# per frame whatever its size, but at half size its read-back and encoding cost a quarter, which keeps the demo's
+# generation time near what one camera cost.
+MOVING_CAMERA_SCALE = 0.5
+DEFAULT_CAMERAS = ("front", "left_wrist", "right_wrist")
 TIP_Z_RANGE = (0.05, 0.30)  # fingertip height above the table top (z = 0), m: no table strikes, no folding up
 TIP_REACH_RANGE = (0.25, 0.60)  # horizontal fingertip distance from the arm's own base, m
 VIEW_MARGIN = 0.05  # fingertip and wrist must project at least this fraction inside the image borders
@@ -145,6 +178,37 @@ def aloha_model_path() -> Path:
     return Path(gym_aloha.__file__).parent / "assets" / "bimanual_viperx_transfer_cube.xml"
 
 
+def _look_at_quat(pos, target) -> np.ndarray:
+    """MuJoCo camera orientation (looking along its local -z, +y up) from a position and a look-at point."""
+    back = np.asarray(pos, float) - np.asarray(target, float)
+    back /= np.linalg.norm(back)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    if np.linalg.norm(right) < 1e-6:  # looking straight down: image x along world x
+        right = np.array([1.0, 0.0, 0.0])
+    right /= np.linalg.norm(right)
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, np.stack([right, np.cross(back, right), back], 1).ravel())
+    return quat
+
+
+def aloha_model(front_camera: dict | None = None) -> mujoco.MjModel:
+    """gym-aloha's bimanual ViperX model with our "front" camera added and its wrist cameras widened.
+
+    ``front_camera``: {pos, target, fovy} (default FRONT_CAMERA). Module-level, so render workers can build the
+    model themselves from a ``functools.partial`` of it (see run_render_jobs).
+    """
+    spec = mujoco.MjSpec.from_file(str(aloha_model_path()))
+    f = front_camera or FRONT_CAMERA
+    spec.worldbody.add_camera(name="front", pos=f["pos"], quat=_look_at_quat(f["pos"], f["target"]), fovy=f["fovy"])
+    for side in ("left", "right"):
+        cam = spec.camera(f"{side}_wrist")
+        focus = spec.body(f"vx300s_{side}/camera_focus").pos  # in the gripper link's frame, like the camera
+        cam.mode, cam.targetbody = mujoco.mjtCamLight.mjCAMLIGHT_FIXED, ""
+        cam.quat = _look_at_quat(cam.pos, focus)
+        cam.fovy = WRIST_FOVY
+    return spec.compile()
+
+
 def _aloha_constants():
     from gym_aloha import constants as c
 
@@ -179,7 +243,8 @@ class RandomJointTargets:
     overhead camera or swing out of the frame.
     """
 
-    def __init__(self, model: mujoco.MjModel, rng: np.random.Generator, hold: int, views: Sequence[tuple]):
+    def __init__(self, model: mujoco.MjModel, rng: np.random.Generator, hold: int, views: Sequence[tuple],
+                 amplitude: np.ndarray | None = None, box: tuple[np.ndarray, np.ndarray] | None = None):
         c = _aloha_constants()
         self.model, self.rng, self.hold, self.views = model, rng, hold, list(views)
         self.scratch = mujoco.MjData(model)  # for forward kinematics of candidate targets
@@ -187,8 +252,13 @@ class RandomJointTargets:
         lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
         arm_act = np.r_[0:6, 8:14]  # actuator (== first 16 qpos) indices of the revolute joints
         self.centre = start16[arm_act]
-        self.lo = np.maximum(lo[arm_act], self.centre + np.tile(TARGET_OFFSETS[0], 2))
-        self.hi = np.minimum(hi[arm_act], self.centre + np.tile(TARGET_OFFSETS[1], 2))
+        # box: the targets' bounds as offsets [12] from the start pose (default TARGET_OFFSETS for both arms)
+        box = (np.tile(TARGET_OFFSETS[0], 2), np.tile(TARGET_OFFSETS[1], 2)) if box is None else box
+        self.lo = np.maximum(lo[arm_act], self.centre + box[0])
+        self.hi = np.minimum(hi[arm_act], self.centre + box[1])
+        # amplitude [12] (None: targets anywhere in the box): per revolute joint, the largest move from one target
+        # to the next as a fraction of half its box, so each episode moves each joint by its own typical amount
+        self.step = None if amplitude is None else np.asarray(amplitude, float) * (self.hi - self.lo) / 2
         self.tips = [model.body(f"vx300s_{s}/camera_focus").id for s in ("left", "right")]  # between fingertips
         self.wrists = [model.body(f"vx300s_{s}/wrist_link").id for s in ("left", "right")]
         self.bases = [model.body(f"vx300s_{s}").id for s in ("left", "right")]
@@ -197,6 +267,7 @@ class RandomJointTargets:
         self.goal[_ARM_DIMS] = self.centre
         self.goal[_GRIPPER_DIMS] = c.normalize_puppet_gripper_position(start16[[6, 14]])
         self.seg_from = self.goal.copy()
+        self.drawn = 0
 
     def _acceptable(self, arm_q: np.ndarray) -> bool:
         d = self.scratch
@@ -221,14 +292,24 @@ class RandomJointTargets:
         return True
 
     def _draw(self) -> np.ndarray:
-        new = self.start16[np.r_[0:6, 8:14]].copy()  # fallback: the start pose (always safe and visible)
+        # the first target, and every target without amplitudes, is drawn anywhere in the box; later ones step
+        # from the current target by at most the per-joint amplitude (a walk that stays in the accepted set)
+        walk = self.step is not None and self.drawn > 0
+        here = self.goal[_ARM_DIMS]
+        # fallback: stay at the current target (walk) or return to the start pose
+        new = here.copy() if walk else self.start16[np.r_[0:6, 8:14]].copy()
         for _ in range(MAX_TARGET_TRIES):
-            cand = self.rng.uniform(self.lo, self.hi)
+            if walk:
+                cand = np.clip(here + self.step * self.rng.uniform(-1.0, 1.0, 12), self.lo, self.hi)
+            else:
+                cand = self.rng.uniform(self.lo, self.hi)
             if self._acceptable(cand):
                 new = cand
                 break
         else:
-            log.warning("no acceptable random target in %d tries; returning to the start pose", MAX_TARGET_TRIES)
+            log.warning("no acceptable random target in %d tries; %s", MAX_TARGET_TRIES,
+                        "holding the current one" if walk else "returning to the start pose")
+        self.drawn += 1
         out = np.empty(14)
         out[_ARM_DIMS] = new
         out[_GRIPPER_DIMS] = self.rng.uniform(0.0, 1.0, 2)
@@ -256,6 +337,19 @@ def _is_static_camera(model: mujoco.MjModel, cam_id: int) -> bool:
     return target < 0 or model.body_weldid[target] == 0
 
 
+def camera_size(model: mujoco.MjModel, name: str, height: int, width: int) -> tuple[int, int]:
+    """Image size of camera ``name``: the main size for static cameras, MOVING_CAMERA_SCALE of it otherwise."""
+    cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, name)
+    if _is_static_camera(model, cam_id):
+        return int(height), int(width)
+    return tuple(2 * round(x * MOVING_CAMERA_SCALE / 2) for x in (height, width))  # H.264 wants even sizes
+
+
+def camera_renderer(model: mujoco.MjModel, cam: SimCamera, name: str) -> SimCamera:
+    """The renderer for camera ``name``: ``cam`` itself, or its twin at the camera's own size."""
+    return cam.sized(*camera_size(model, name, cam.height, cam.width))
+
+
 def _simulate_episode(
     model: mujoco.MjModel,
     cam: SimCamera,
@@ -264,9 +358,24 @@ def _simulate_episode(
     n_frames: int,
     steps_per_frame: int,
     hold_frames: int,
+    motion: str = "uniform",
+    sim_cameras: Sequence[str] | None = None,
+    joint_range: float = 1.0,
 ) -> dict:
-    """Run one episode; return per-frame arrays (images, joints, actions, depth, segmentation, poses)."""
+    """Run one episode; return per-frame arrays (images, joints, actions, depth, segmentation, poses).
+
+    Depth, segmentation and camera poses are rendered for ``sim_cameras`` only (default: all ``cameras``).
+    """
     c = _aloha_constants()
+    sim_cameras = list(cameras if sim_cameras is None else sim_cameras)
+    amplitude = box = None
+    if motion == "varied":
+        box = (WORK_OFFSET - joint_range * WORK_HALF_RANGE, WORK_OFFSET + joint_range * WORK_HALF_RANGE)
+        # per-episode speed and per-joint amplitude, drawn before any target
+        hold_frames = max(3, int(round(hold_frames / rng.uniform(*SPEED_RANGE))))
+        amplitude = rng.uniform(*AMPLITUDE_RANGE, 12)
+    elif motion != "uniform":
+        raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
     data = mujoco.MjData(model)
     n_sub = int(round(DT / model.opt.timestep))
     data.qpos[:16] = c.START_ARM_POSE
@@ -277,15 +386,15 @@ def _simulate_episode(
         for k in cameras
         if _is_static_camera(model, cam.camera_id(k))
     ]
-    policy = RandomJointTargets(model, rng, hold_frames, views)
+    policy = RandomJointTargets(model, rng, hold_frames, views, amplitude, box)
 
-    h, w = cam.height, cam.width
+    cams = {k: camera_renderer(model, cam, k) for k in cameras}
     out = {
-        "rgb": {k: np.empty((n_frames, h, w, 3), np.uint8) for k in cameras},
-        "depth": {k: np.empty((n_frames, h, w), np.float16) for k in cameras},
-        "seg": {k: np.empty((n_frames, h, w), np.int16) for k in cameras},
-        "w2c": {k: np.empty((n_frames, 4, 4), np.float32) for k in cameras},
-        "K": {k: cam.intrinsics(k).astype(np.float32) for k in cameras},
+        "rgb": {k: np.empty((n_frames, r.height, r.width, 3), np.uint8) for k, r in cams.items()},
+        "depth": {k: np.empty((n_frames, cams[k].height, cams[k].width), np.float16) for k in sim_cameras},
+        "seg": {k: np.empty((n_frames, cams[k].height, cams[k].width), np.int16) for k in sim_cameras},
+        "w2c": {k: np.empty((n_frames, 4, 4), np.float32) for k in sim_cameras},
+        "K": {k: cams[k].intrinsics(k).astype(np.float32) for k in sim_cameras},
         "joints": np.empty((n_frames, 14), np.float32),
         "actions": np.empty((n_frames, 14), np.float32),
         "xpos": np.empty((n_frames, model.nbody, 3), np.float32),
@@ -295,15 +404,17 @@ def _simulate_episode(
         # mj_step leaves xpos/cam_xpos one substep behind qpos; recompute so pixels, poses and joints agree.
         mujoco.mj_forward(model, data)
         for k in cameras:
-            f = cam.render(data, k)
+            with_sim = k in out["depth"]
+            f = cams[k].render(data, k, depth=with_sim, segmentation=with_sim)
             out["rgb"][k][t] = f.rgb
-            out["depth"][k][t] = f.depth  # background = far plane (~83 m), still inside float16 range
-            out["seg"][k][t] = f.segmentation
-            out["w2c"][k][t] = f.world_to_camera
+            if with_sim:
+                out["depth"][k][t] = f.depth  # background = far plane (~83 m), still inside float16 range
+                out["seg"][k][t] = f.segmentation
+                out["w2c"][k][t] = f.world_to_camera
         out["joints"][t] = measured_joints(data)
         out["xpos"][t] = data.xpos
         out["xmat"][t] = data.xmat.reshape(-1, 3, 3)
-        action = policy(t)
+        action = policy(t)  # the target commanded after observing frame t (see the module docstring)
         out["actions"][t] = action
         data.ctrl[:] = command_to_ctrl(action)
         mujoco.mj_step(model, data, nstep=n_sub * steps_per_frame)
@@ -317,7 +428,7 @@ def _write_episode(ep_dir: Path, ep: dict, names: list[str], cameras: Sequence[s
     write_npy(ep_dir / "joints.npy", ep["joints"])
     write_npy(ep_dir / "actions.npy", ep["actions"])
     with atomic_path(ep_dir / "sim.h5") as tmp, h5py.File(tmp, "w") as f:
-        for k in cameras:
+        for k in ep["depth"]:
             h5_compressed(f.require_group("depth"), k, ep["depth"][k]).attrs["units"] = "m"
             h5_compressed(f.require_group("segmentation"), k, ep["seg"][k]).attrs["background"] = -1
             g = f.require_group(f"camera/{k}")
@@ -339,10 +450,14 @@ def _make_episode(
     hold_frames: int,
     cameras: tuple[str, ...],
     fps: float,
+    motion: str = "uniform",
+    sim_cameras: tuple[str, ...] | None = None,
+    joint_range: float = 1.0,
 ) -> Path:
     """Simulate, render and write one episode (runs in a render worker; see run_render_jobs)."""
     rng = np.random.default_rng(rng_seed)
-    ep = _simulate_episode(model, cam, cameras, rng, n_frames, steps_per_frame, hold_frames)
+    ep = _simulate_episode(model, cam, cameras, rng, n_frames, steps_per_frame, hold_frames, motion, sim_cameras,
+                           joint_range)
     _write_episode(ep_dir, ep, body_names(model), cameras, fps)
     log.debug("wrote %s", ep_dir)
     return ep_dir
@@ -367,18 +482,33 @@ def write_task_agnostic(
     fps: float = 25.0,
     height: int = 240,
     width: int = 320,
-    cameras: tuple[str, ...] = ("top",),
+    cameras: tuple[str, ...] = DEFAULT_CAMERAS,
     *,
+    motion: str = "varied",
+    sim_cameras: tuple[str, ...] | None = None,
+    front_camera: dict | None = None,
+    joint_range: float = 1.0,
     workers: int | None = None,
 ) -> list[Path]:
     """Generate ``n_episodes`` random-joint-motion ALOHA episodes of ``n_frames`` frames under ``root``.
 
+    ``cameras``: names in :func:`aloha_model`; the first is the main view (the flow stage's camera 0).
+    ``motion``: "varied" (per-episode speed, per-joint amplitude) or "uniform" (the pre-issue-21 generator).
+    ``sim_cameras``: cameras whose depth, segmentation and poses go into ``sim.h5`` (default: the main view
+    only; the wrist views' extras cost as much to render as their pictures, and the flow stage reads camera 0).
+    ``joint_range``: scales the "varied" box (``WORK_HALF_RANGE``).
+    ``front_camera``: {pos, target, fovy} of the "front" camera (default ``FRONT_CAMERA``).
     Episode ``i`` uses ``numpy.random.default_rng([seed, i])``, so each episode is reproducible on its own
     and the output does not depend on ``workers`` (render processes; default: up to 2, one per core).
     Returns the episode directories, in order.
     """
     if n_episodes < 1 or n_frames < 2:
         raise ValueError("need n_episodes >= 1 and n_frames >= 2")
+    if motion not in MOTIONS:
+        raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
+    sim_cameras = tuple(cameras[:1] if sim_cameras is None else sim_cameras)
+    if not set(sim_cameras) <= set(cameras):
+        raise ValueError(f"sim_cameras {sim_cameras} must be among the cameras {cameras}")
     steps_per_frame = int(round(CONTROL_HZ / fps))
     if steps_per_frame < 1 or abs(CONTROL_HZ / steps_per_frame - fps) > 1e-6:
         raise ValueError(f"fps must divide the {CONTROL_HZ:g} Hz control rate, got {fps}")
@@ -387,17 +517,21 @@ def write_task_agnostic(
     root = Path(root)
     (root / "dataset.json").unlink(missing_ok=True)  # regenerating: never look complete half-way through
     ep_root = root / "episodes"
-    model = mujoco.MjModel.from_xml_path(str(aloha_model_path()))
+    front_camera = {k: tuple(v) if isinstance(v, (list, tuple)) else float(v)
+                    for k, v in (front_camera or FRONT_CAMERA).items()}
+    build_model = functools.partial(aloha_model, front_camera)
+    model = build_model()
     for k in cameras:  # fail fast on a bad camera name, before starting any worker
         if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, k) < 0:
             raise ValueError(f"camera {k!r} not in the ALOHA model")
     c = _aloha_constants()
 
     jobs = [
-        (ep_root / f"episode_{i:06d}", [seed, i], n_frames, steps_per_frame, hold_frames, tuple(cameras), fps)
+        (ep_root / f"episode_{i:06d}", [seed, i], n_frames, steps_per_frame, hold_frames, tuple(cameras), fps,
+         motion, sim_cameras, joint_range)
         for i in range(n_episodes)
     ]
-    episode_dirs = run_render_jobs(_make_episode, jobs, aloha_model_path(), height, width, workers)
+    episode_dirs = run_render_jobs(_make_episode, jobs, build_model, height, width, workers)
     _remove_stale_episodes(ep_root, n_episodes)
 
     write_json(
@@ -408,13 +542,24 @@ def write_task_agnostic(
             "embodiment": EMBODIMENT,
             "fps": float(fps),
             "action_space": "joint_position",
+            # actions[t] is the target commanded after observing frame t, held until frame t + 1
+            "action_applied": "after_frame",
             "action_names": list(c.ACTIONS),
             "state_names": list(c.JOINTS),
             "cameras": list(cameras),
-            "image_size": [int(height), int(width)],
+            "sim_cameras": list(sim_cameras),
+            "image_size": [int(height), int(width)],  # the main view's; camera_sizes has every camera's
+            "camera_sizes": {k: list(camera_size(model, k, height, width)) for k in cameras},
             "mode": "sequential",
             "licence": "Apache-2.0 (gym-aloha assets)",
-            "generator": {"name": "aloha_random_joint_targets", "seed": int(seed), "hold_frames": hold_frames},
+            "generator": {
+                "name": "aloha_random_joint_targets", "seed": int(seed), "motion": motion, "hold_frames": hold_frames,
+                "joint_range": float(joint_range),
+                **({"speed_range": list(SPEED_RANGE), "amplitude_range": list(AMPLITUDE_RANGE)}
+                   if motion == "varied" else {}),
+                "front_camera": {k: list(v) if isinstance(v, tuple) else v for k, v in front_camera.items()},
+                "wrist_fovy": WRIST_FOVY,
+            },
             "n_episodes": int(n_episodes),
         },
     )

@@ -2,10 +2,11 @@
 
 The layout (ours, documented in docs/formats.md; the MuJoCo generator writes it):
 `<root>/dataset.json` (embodiment, fps, action/state names, cameras) and `<root>/episodes/<episode>/` with
-`rgb_<cam>.mp4`, `joints.npy` [T, D] measured joint positions, `actions.npy` [T, D] commanded joint targets, and
-optionally `sim.h5` (depth, segmentation, cameras, body poses for exact flow). These are the main labelled data
-for aligning latent actions with real actions: absolute joint targets applied after each frame, unless dataset.json
-has `action_semantics` / `action_timing` (manifests/actions.py) or the source options override them.
+`rgb_<cam>.mp4` (the first camera is the main view; wrist views may follow), `joints.npy` [T, D] measured joint
+positions, `actions.npy` [T, D] joint targets commanded after observing each frame, and optionally `sim.h5`
+(depth, segmentation, cameras, body poses for exact flow, for `sim_cameras`). These are the main labelled data
+for aligning latent actions with real actions: absolute joint targets applied after each frame, unless
+dataset.json has `action_semantics` / `action_timing` (manifests/actions.py) or the source options override them.
 """
 
 from __future__ import annotations
@@ -122,6 +123,10 @@ class TaskAgnosticSource(SourceAdapter):
             input_bytes=sum(f.stat().st_size for f in files),
             extras=dumps_extras({"action_space": meta.get("action_space"), "mode": meta.get("mode", "sequential"),
                                  "action_semantics_source": self.semantics_from,
-                                 "sim_extras": (ep / "sim.h5").exists()}),
+                                 "sim_extras": (ep / "sim.h5").exists(),
+                                 # layouts before sim_cameras had extras for every camera
+                                 "sim_cameras": list(meta.get("sim_cameras", meta["cameras"])),
+                                 # layouts before action_applied were written this way too
+                                 "action_applied": meta.get("action_applied", "after_frame")}),
         )
         return row
