@@ -38,7 +38,8 @@ ABLATIONS = {  # name: (model overrides, seeds to run: "all" or 1)
     "- rotary clock": ({"rope_dims": 0}, "all"),
     "- position scale (0.02)": ({"pos_init_std": 0.02}, "all"),
     "- mode shares (independent t)": ({"mode_shares": {"joint": 1.0}}, "all"),
-    "all three, IDM-heavy shares (.2/.4/.2/.2)": ({"mode_shares": {"joint": .2, "idm": .4, "vla": .2, "wm": .2}}, "all"),
+    "all three, IDM-heavy shares (.2/.4/.2/.2)": ({"mode_shares": {"joint": .2, "idm": .4, "vla": .2, "wm": .2}},
+                                                  "all"),
 }
 
 

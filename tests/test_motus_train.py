@@ -224,3 +224,25 @@ def test_older_checkpoints_are_refused_clearly(tmp_path):
     torch.save({"weights": 1}, path)
     with pytest.raises(ValueError, match="not a compact-Motus checkpoint"):
         load_motus(path)
+
+
+def test_shard_evaluation_reads_every_held_out_split_until_it_has_its_windows(tmp_path):
+    """The evaluation takes windows from the val and test shards (a small val split can miss whole tiers), reads
+    them again for other windows until it has eval_windows, and groups them by tier and by source."""
+    from tests.shard_fixtures import LANG_DIM, footage_clips, write_shard_set
+    from training_hooks.train import shard_batches
+
+    clips = (footage_clips(4, size=IMAGE, prefix="tr") + footage_clips(2, size=IMAGE, seed=1, split="val", prefix="va")
+             + footage_clips(2, size=IMAGE, seed=2, split="test", prefix="te"))
+    write_shard_set(tmp_path / "shards", clips, samples_per_shard=2)
+    model = MotusConfig(**{**TINY_MODEL, "text_dim": LANG_DIM, "action_dim": 14})  # the shards' 14-d latents
+    cfg = tiny_config(model=model, steps=2, batch_size=2, eval_windows=10)
+    loader = {"height": IMAGE[0], "width": IMAGE[1], "video_step": 2, "max_text_len": 8}
+    make_train, make_val = shard_batches(tmp_path / "shards", loader, cfg, num_workers=0)
+    result = train(cfg, make_train, make_val, tmp_path / "run", progress=False)
+    assert result.eval["samples"] == 10  # 4 held-out clips, one window each per pass
+    assert set(result.eval["by_embodiment"]) == {"va", "te"}
+    assert set(result.eval["by_tier"]) == {str(c.tier) for c in clips if c.split != "train"}
+    assert result.eval["embodiment_mean_action_mse"] != result.eval["zero_action_mse"]
+    with pytest.raises(ValueError, match="eval_splits"):
+        tiny_config(eval_splits=["train"])

@@ -363,7 +363,8 @@ class Motus(nn.Module):
         video = torch.arange(1 + n_frames, device=device).float().repeat_interleave(n_patches)
         action = torch.zeros(n_action_tokens, device=device)
         ratio = n_actions / n_frames
-        action[first_action:first_action + n_actions] = (torch.arange(n_actions, device=device) + self.cfg.action_time) / ratio
+        steps = torch.arange(n_actions, device=device) + self.cfg.action_time
+        action[first_action:first_action + n_actions] = steps / ratio
         return torch.cat([video, action])
 
     def sample_modes(self, n: int, generator: torch.Generator | None = None):

@@ -335,8 +335,8 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
 
     `make_train_batches(step_offset, rank, world_size)` yields this process's batches from step `step_offset`
     on; `make_val_batches()` yields validation batches (rank 0 evaluates the first cfg.eval_windows windows every
-    cfg.eval_every steps and at the end; `evaluate`). Under torchrun (WORLD_SIZE > 1) it joins a gloo process group, wraps the
-    model in DDP, and only rank 0 writes metrics.csv, eval.json and checkpoints.
+    cfg.eval_every steps and at the end; `evaluate`). Under torchrun (WORLD_SIZE > 1) it joins a gloo process group,
+    wraps the model in DDP, and only rank 0 writes metrics.csv, eval.json and checkpoints.
     """
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
