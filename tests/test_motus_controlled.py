@@ -23,7 +23,7 @@ def square_clips(cfg: MotusConfig, n: int, seed: int) -> SyntheticMotion:
 
 def test_idm_reads_the_video_and_beats_the_vla(tmp_path):
     model_cfg = MotusConfig(**MODEL)
-    cfg = TrainConfig(model=model_cfg, steps=500, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=20,
+    cfg = TrainConfig(model=model_cfg, steps=600, batch_size=16, lr=2e-3, min_lr=2e-4, warmup_steps=20,
                       log_every=100, checkpoint_every=500, eval_every=10 ** 6, eval_windows=0)
     train(cfg, square_clips(model_cfg, 4096, seed=0).train_batches(16), None, tmp_path, progress=False)
     model, _ = load_motus(tmp_path / "checkpoints" / "last.pt")

@@ -58,10 +58,10 @@ def test_loss_falls_on_a_fixed_synthetic_set(tmp_path):
     assert {"vla_action_mse", "idm_action_mse", "vla_mean_action_mse", "idm_mean_action_mse",
             "idm_swapped_action_mse", "zero_action_mse", "embodiment_mean_action_mse", "wm_video_mse"} <= set(saved)
     assert saved["samples"] == 6  # eval_windows of the 8 val windows
-    # the realised share of each training mode is logged; the default shares are a quarter each (no vgm)
+    # the realised share of each training mode is logged; by default 0.4 IDM, 0.2 joint / VLA / WM, no VGM
     rows = metric_rows(tmp_path)
     assert all(abs(sum(float(r[f"share_{m}"]) for m in MODES) - 1) < 1e-3 for r in rows)
-    assert abs(result.mode_shares["idm"] - 0.25) < 0.06 and result.mode_shares["vgm"] == 0
+    assert abs(result.mode_shares["idm"] - 0.4) < 0.06 and result.mode_shares["vgm"] == 0
     assert result.samples_per_s > 0
     model, state = load_motus(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 100 and param_digest(model) == result.param_digest
