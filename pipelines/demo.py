@@ -137,10 +137,11 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
     if trained is not None:
         where.append(("Motus checkpoint", trained.checkpoint))
         first, last = trained.first_loss, trained.last_loss
+        from training_hooks.train import format_eval
+
         console.print(f"compact Motus: {trained.result.steps} steps, loss {first:.3f} → {last:.3f} (mean of the first "
-                      f"and last {trained.window} logged steps {trained.first_mean:.3f} → {trained.last_mean:.3f}); "
-                      + ", ".join(f"{k} {v:.3f}" for k, v in trained.result.eval.items() if k != "samples"),
-                      highlight=False)
+                      f"and last {trained.window} logged steps {trained.first_mean:.3f} → {trained.last_mean:.3f})\n"
+                      + format_eval(trained.result.eval), highlight=False, markup=False)
     for name, path in where:
         console.print(f"  {name:<20} {path}", highlight=False)
     return timings

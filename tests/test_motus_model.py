@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training_hooks.motus import Motus, MotusConfig
+from training_hooks.motus import MODES, Motus, MotusConfig, apply_rotary, rotary
 
 torch.set_num_threads(1)
 
@@ -142,7 +142,8 @@ def test_losses_reach_every_parameter():
     torch.manual_seed(0)
     model = Motus(MotusConfig(**TINY, state_dim=3, n_registers=2))
     losses = model(make_batch(model.cfg), torch.Generator().manual_seed(0))
-    assert set(losses) == {"loss", "loss_video", "loss_action"}
+    assert set(losses) == {"loss", "loss_video", "loss_action", "mode_counts"}
+    assert losses["mode_counts"].sum() == 2
     torch.testing.assert_close(losses["loss"], losses["loss_video"] + losses["loss_action"])
     losses["loss"].backward()
     assert [n for n, p in model.named_parameters() if p.grad is None] == []
@@ -172,3 +173,61 @@ def test_bad_config_and_batch_errors_name_the_key():
     del batch["language_mask"]
     with pytest.raises(ValueError, match="language_mask"):
         model(batch)
+
+
+def test_mode_shares_set_the_timesteps():
+    """Each training mode comes up in its configured share, with its fixed t=0 / t=1 roles; a modality given
+    clean (t=0) adds no loss, since its velocity target would be pure noise."""
+    model = Motus(MotusConfig(**{**TINY, "mode_shares": {"idm": 0.5, "vla": 0.25, "wm": 0.25}}))
+    mode, t_v, t_a = model.sample_modes(4000, torch.Generator().manual_seed(0))
+    share = torch.bincount(mode, minlength=len(MODES)).float() / 4000
+    expected = {"joint": 0.0, "idm": 0.5, "vla": 0.25, "wm": 0.25, "vgm": 0.0}
+    for m, want in expected.items():
+        assert abs(share[MODES.index(m)].item() - want) < 0.03, m
+    idm, vla, wm = (mode == MODES.index(m) for m in ("idm", "vla", "wm"))
+    assert (t_v[idm] == 0).all() and (t_v[vla] == 1).all() and (t_a[wm] == 0).all()
+    assert 0 < t_a[idm].min() and t_a[idm].max() < 1 and 0 < t_v[wm].min() and t_v[wm].max() < 1
+    # only IDM samples: the video loss has nothing to average; only WM samples: the action loss has nothing
+    for shares, zero_key in (({"idm": 1.0}, "loss_video"), ({"wm": 1.0}, "loss_action")):
+        only = Motus(MotusConfig(**{**TINY, "mode_shares": shares}))
+        losses = only(make_batch(only.cfg), torch.Generator().manual_seed(0))
+        assert losses[zero_key].item() == 0.0
+        assert losses["loss"].item() > 0.5
+    with pytest.raises(ValueError, match=r"model.mode_shares: unknown mode\(s\) \['idn'\]"):
+        MotusConfig(mode_shares={"idn": 1.0})
+    with pytest.raises(ValueError, match="model.mode_shares"):
+        MotusConfig(mode_shares={"idm": 0.0})
+
+
+def test_one_clock_for_frames_and_actions():
+    """Video tokens sit at their frame index and action k at (k + action_time) / action_ratio on one time axis;
+    the rotary attention score between two tokens depends only on their time difference."""
+    cfg = MotusConfig(**{**TINY, "action_ratio": 2})
+    model = Motus(cfg)
+    P = cfg.grid[0] * cfg.grid[1]
+    times = model.token_times(cfg.num_video_frames, P, cfg.num_actions, 0, cfg.num_actions, torch.device("cpu"))
+    assert times.shape == ((1 + cfg.num_video_frames) * P + cfg.num_actions,)
+    video = times[:-cfg.num_actions].view(1 + cfg.num_video_frames, P)
+    assert torch.equal(video, torch.arange(5.0)[:, None].expand(5, P))
+    torch.testing.assert_close(times[-cfg.num_actions:], (torch.arange(8) + 0.5) / 2)  # between frames 0 and 4
+    # the score of a query at time a and a key at time b depends on a − b only, and only on the rotated channels
+    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
+
+    def score(a: float, b: float) -> float:
+        cq, sq = rotary(torch.tensor([a]), 8)
+        ck, sk = rotary(torch.tensor([b]), 8)
+        return (apply_rotary(q, cq, sq) * apply_rotary(k, ck, sk)).sum().item()
+
+    assert abs(score(2.5, 2.0) - score(0.5, 0.0)) < 1e-5
+    assert abs(score(2.5, 2.0) - score(2.5, 3.0)) > 1e-3  # the frame after is told from the frame before
+    torch.testing.assert_close(apply_rotary(q, *rotary(torch.tensor([3.0]), 8))[..., 8:], q[..., 8:])
+    with pytest.raises(ValueError, match="model.rope_dims"):
+        MotusConfig(rope_dims=7)
+
+
+def test_positions_start_at_a_usable_scale():
+    """Video positions start at pos_init_std (0.5 by default), not 0.02: frames are told apart from step 0."""
+    model = Motus(MotusConfig(**TINY))
+    assert 0.35 < model.pos_frame.std().item() < 0.65
+    old = Motus(MotusConfig(**{**TINY, "pos_init_std": 0.02}))
+    assert old.pos_frame.std().item() < 0.05

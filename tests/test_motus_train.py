@@ -16,9 +16,9 @@ import pytest
 import torch
 import yaml
 
-from training_hooks.motus import MotusConfig
-from training_hooks.train import (SyntheticMotion, TrainConfig, build_model, load_motus, load_train_config, main,
-                                  param_digest, train)
+from training_hooks.motus import MODES, Motus, MotusConfig
+from training_hooks.train import (CHECKPOINT_KIND, ActionMeans, SyntheticMotion, TrainConfig, build_model, evaluate,
+                                  format_eval, load_motus, load_train_config, main, param_digest, train)
 
 torch.set_num_threads(1)
 
@@ -29,7 +29,7 @@ TINY_MODEL = dict(work_size=[24, 20], patch_size=4, n_layers=2, n_heads=4, head_
 
 def tiny_config(**overrides) -> TrainConfig:
     settings = dict(model=MotusConfig(**TINY_MODEL), steps=16, batch_size=4, lr=3e-3, warmup_steps=4, log_every=1,
-                    checkpoint_every=4, eval_every=100, eval_batches=1, eval_steps=2)
+                    checkpoint_every=4, eval_every=100, eval_windows=4, eval_steps=2)
     return TrainConfig(**{**settings, **overrides})
 
 
@@ -45,7 +45,7 @@ def metric_rows(out: Path) -> list[dict[str, str]]:
 
 
 def test_loss_falls_on_a_fixed_synthetic_set(tmp_path):
-    cfg = tiny_config(steps=100, batch_size=8, warmup_steps=10, checkpoint_every=50, eval_every=50, eval_batches=1)
+    cfg = tiny_config(steps=100, batch_size=8, warmup_steps=10, checkpoint_every=50, eval_every=50, eval_windows=6)
     make_train, make_val = data_for(cfg)
     result = train(cfg, make_train, make_val, tmp_path, progress=False)
     losses = [float(r["loss"]) for r in metric_rows(tmp_path)]
@@ -55,7 +55,13 @@ def test_loss_falls_on_a_fixed_synthetic_set(tmp_path):
                                                                              "step_000100.pt"]
     saved = json.loads((tmp_path / "eval.json").read_text())
     assert saved["step"] == 100 and saved == {"step": 100, **result.eval}
-    assert {"vla_action_mse", "idm_action_mse", "wm_video_mse"} <= set(saved)
+    assert {"vla_action_mse", "idm_action_mse", "vla_mean_action_mse", "idm_mean_action_mse",
+            "idm_swapped_action_mse", "zero_action_mse", "embodiment_mean_action_mse", "wm_video_mse"} <= set(saved)
+    assert saved["samples"] == 6  # eval_windows of the 8 val windows
+    # the realised share of each training mode is logged; by default 0.4 IDM, 0.2 joint / VLA / WM, no VGM
+    rows = metric_rows(tmp_path)
+    assert all(abs(sum(float(r[f"share_{m}"]) for m in MODES) - 1) < 1e-3 for r in rows)
+    assert abs(result.mode_shares["idm"] - 0.4) < 0.06 and result.mode_shares["vgm"] == 0
     assert result.samples_per_s > 0
     model, state = load_motus(tmp_path / "checkpoints" / "last.pt")
     assert state["step"] == 100 and param_digest(model) == result.param_digest
@@ -171,3 +177,72 @@ def test_two_processes_train_in_lockstep(tmp_path):
     assert state["step"] == 3 and state["world_size"] == 2
     assert param_digest(model) == reports[0]["param_digest"]
     assert [int(r["step"]) for r in metric_rows(tmp_path / "run")] == [0, 1, 2]  # rank 0 alone writes
+
+
+def test_evaluate_reports_baselines_per_tier_and_embodiment():
+    cfg = MotusConfig(**TINY_MODEL)
+    torch.manual_seed(0)
+    model = Motus(cfg)
+    data = SyntheticMotion(12, cfg, IMAGE, seed=3)
+    batches = data.val_batches(4)
+    for k, b in enumerate(batches):  # shard batches carry the tier and an item id `source/native_id`
+        b["tier"] = torch.tensor([3, 3, 4, 4])
+        b["item_id"] = [f"{'robotwin' if t == 3 else 'task_agnostic'}/clip{k}_{i}" for i, t in enumerate(b["tier"])]
+    means = ActionMeans()
+    means.add({"action_sequence": torch.ones(2, 4, 6), "item_id": ["robotwin/a", "robotwin/b"]})
+    result = evaluate(model, batches, num_steps=2, action_means=means.means(), max_windows=10)
+    assert result["samples"] == 10  # the third batch is cut to the windows asked for
+    assert result["by_tier"]["3"]["samples"] == 6 and result["by_tier"]["4"]["samples"] == 4
+    assert set(result["by_embodiment"]) == {"robotwin", "task_agnostic"}
+    actions = torch.cat([b["action_sequence"] for b in batches])[:10]
+    torch.testing.assert_close(result["zero_action_mse"], (actions ** 2).mean().item())
+    # robotwin windows are scored against the robotwin training mean (ones); task_agnostic ones, never seen in
+    # training, against the mean over all training windows (ones as well)
+    torch.testing.assert_close(result["embodiment_mean_action_mse"], ((actions - 1) ** 2).mean().item())
+    # a fresh model predicts zero velocity: its one-step posterior mean is the noise itself, far from the actions
+    assert result["vla_mean_action_mse"] > result["zero_action_mse"] + 0.5
+    text = format_eval(result)
+    assert "tier 3" in text and "task_agnostic" in text and "emb mean" in text and "IDM swap" in text
+    # without training means, the baseline is the mean of the evaluated windows per embodiment
+    own = evaluate(model, batches, num_steps=2, max_windows=10)
+    assert own["embodiment_mean_action_mse"] < own["zero_action_mse"]
+
+
+def test_older_checkpoints_are_refused_clearly(tmp_path):
+    cfg = tiny_config(steps=2, checkpoint_every=2)
+    make_train, make_val = data_for(cfg)
+    train(cfg, make_train, make_val, tmp_path, progress=False)
+    path = tmp_path / "checkpoints" / "last.pt"
+    state = torch.load(path, weights_only=False)
+    assert state["kind"] == CHECKPOINT_KIND
+    state["kind"] = "motus-pyramid/motus/v1"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"motus/v1 checkpoint, from before this version.*train again"):
+        load_motus(path)
+    with pytest.raises(ValueError, match=r"motus/v1 checkpoint"):
+        train(tiny_config(steps=4), make_train, make_val, tmp_path, progress=False)
+    torch.save({"weights": 1}, path)
+    with pytest.raises(ValueError, match="not a compact-Motus checkpoint"):
+        load_motus(path)
+
+
+def test_shard_evaluation_reads_every_held_out_split_until_it_has_its_windows(tmp_path):
+    """The evaluation takes windows from the val and test shards (a small val split can miss whole tiers), reads
+    them again for other windows until it has eval_windows, and groups them by tier and by source."""
+    from tests.shard_fixtures import LANG_DIM, footage_clips, write_shard_set
+    from training_hooks.train import shard_batches
+
+    clips = (footage_clips(4, size=IMAGE, prefix="tr") + footage_clips(2, size=IMAGE, seed=1, split="val", prefix="va")
+             + footage_clips(2, size=IMAGE, seed=2, split="test", prefix="te"))
+    write_shard_set(tmp_path / "shards", clips, samples_per_shard=2)
+    model = MotusConfig(**{**TINY_MODEL, "text_dim": LANG_DIM, "action_dim": 14})  # the shards' 14-d latents
+    cfg = tiny_config(model=model, steps=2, batch_size=2, eval_windows=10)
+    loader = {"height": IMAGE[0], "width": IMAGE[1], "video_step": 2, "max_text_len": 8}
+    make_train, make_val = shard_batches(tmp_path / "shards", loader, cfg, num_workers=0)
+    result = train(cfg, make_train, make_val, tmp_path / "run", progress=False)
+    assert result.eval["samples"] == 10  # 4 held-out clips, one window each per pass
+    assert set(result.eval["by_embodiment"]) == {"va", "te"}
+    assert set(result.eval["by_tier"]) == {str(c.tier) for c in clips if c.split != "train"}
+    assert result.eval["embodiment_mean_action_mse"] != result.eval["zero_action_mse"]
+    with pytest.raises(ValueError, match="eval_splits"):
+        tiny_config(eval_splits=["train"])

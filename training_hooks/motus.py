@@ -6,6 +6,11 @@ Video works in pixel space, not a VAE latent: frames are area-pooled to `work_si
 384×320), cut into `patch_size`² patches and scaled to [−1, 1]; rectified flow runs on those patches. The
 condition frame is always clean (t=0), like Motus's teacher-forced condition latent; video tokens take their
 AdaLN modulation per token, so condition tokens see t=0 while the predicted frames see t_video.
+
+One clock: a rotary embedding on the joint attention's queries and keys puts video frames (0 = condition, 1..F)
+and action steps (at their real times between frames) on the same time axis, so an action token can find the
+frames around it. Training draws a mode per sample (IDM, VLA, WM, VGM, or joint independent timesteps) with
+configured shares, so each sampling mode's fixed t=0 / t=1 roles are trained on directly.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ import torch.nn.functional as F
 from torch import nn
 
 TIME_SAMPLINGS = ("uniform", "logit_normal")
+# training modes, each a (t_video, t_action) setting: joint draws both; idm gives the video clean (t=0); vla holds
+# it at pure noise (t=1); wm gives the actions clean; vgm holds them at pure noise
+MODES = ("joint", "idm", "vla", "wm", "vgm")
+ROPE_BASE = 100.0  # rotary wavelengths from 2π to ~2π·100 frames: clips span ≤ ~16 frames
 
 
 @dataclass
@@ -44,8 +53,17 @@ class MotusConfig:
     ffn_mult: int = 4
     # rectified flow
     time_sampling: str = "uniform"  # uniform | logit_normal (t = sigmoid(N(0, 1)))
+    # share of training samples per mode (normalised; missing modes get 0): see MODES. IDM-heavy: on the
+    # controlled case it halved the steps the IDM needs against a quarter each (docs/trainer.md)
+    mode_shares: dict[str, float] = field(default_factory=lambda: {"joint": 0.2, "idm": 0.4, "vla": 0.2, "wm": 0.2})
     video_loss_weight: float = 1.0
     action_loss_weight: float = 1.0
+    # positions: rotary time on rope_dims of each head (0: none); action k sits at frame time
+    # (k + action_time) / action_ratio: 0.5 for latent row k (the motion from frame k to k+1), 1.0 for real actions
+    # (the action reached at the next frame); learned video (frame, row, col) positions start at pos_init_std
+    rope_dims: int = 16
+    action_time: float = 0.5
+    pos_init_std: float = 0.5
 
     def __post_init__(self) -> None:
         positive = ("num_video_frames", "action_ratio", "action_dim", "text_dim", "patch_size", "n_layers",
@@ -61,6 +79,16 @@ class MotusConfig:
                              f"({self.patch_size}), got {self.work_size}")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"model.time_sampling: {self.time_sampling!r} is not one of {', '.join(TIME_SAMPLINGS)}")
+        unknown = sorted(set(self.mode_shares) - set(MODES))
+        if unknown:
+            raise ValueError(f"model.mode_shares: unknown mode(s) {unknown}; modes are {', '.join(MODES)}")
+        shares = self.mode_shares.values()
+        if not all(isinstance(v, (int, float)) and v >= 0 for v in shares) or sum(shares) <= 0:
+            raise ValueError(f"model.mode_shares must be >= 0 with a positive sum, got {self.mode_shares}")
+        if self.rope_dims < 0 or self.rope_dims % 2 or self.rope_dims > self.head_dim:
+            raise ValueError(f"model.rope_dims must be even and in [0, head_dim={self.head_dim}], got {self.rope_dims}")
+        if self.pos_init_std < 0:
+            raise ValueError(f"model.pos_init_std must be >= 0, got {self.pos_init_std}")
 
     @property
     def num_actions(self) -> int:
@@ -74,6 +102,12 @@ class MotusConfig:
     def patch_dim(self) -> int:
         return 3 * self.patch_size ** 2
 
+    @property
+    def shares(self) -> list[float]:
+        """Normalised mode shares in MODES order."""
+        total = sum(self.mode_shares.values())
+        return [self.mode_shares.get(m, 0.0) / total for m in MODES]
+
 
 # --- small parts --------------------------------------------------------------------------------------------
 def sincos(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -83,6 +117,21 @@ def sincos(positions: torch.Tensor, dim: int, max_period: float = 10000.0) -> to
     args = positions.float()[..., None] * freqs
     out = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     return F.pad(out, (0, dim - 2 * half))
+
+
+def rotary(times: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [N, dims/2] of token times [N] (in frames) for a rotary embedding on `dims` channels."""
+    freqs = ROPE_BASE ** (-torch.arange(0, dims, 2, device=times.device).float() / dims)
+    angles = times.float()[:, None] * freqs
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the first 2·cos.shape[-1] channels of x [B, heads, N, head_dim] by the tokens' angles; the rest
+    (content channels) pass through, so heads can match on time, on content, or both."""
+    half = cos.shape[-1]
+    a, b, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    return torch.cat([a * cos - b * sin, a * sin + b * cos, rest], dim=-1)
 
 
 class TimeEmbed(nn.Module):
@@ -165,7 +214,7 @@ class JointLayer(nn.Module):
         self.action = Expert(cfg.d_action, cfg, adaptive=True)
         self.und = Expert(cfg.d_und, cfg, adaptive=False, queries=not last)
 
-    def forward(self, xv, xa, xu, cond_v, groups_v, cond_a, key_mask):
+    def forward(self, xv, xa, xu, cond_v, groups_v, cond_a, key_mask, rope):
         mod_v = modulation(self.video.ada, cond_v, groups_v, 6)
         mod_a = modulation(self.action.ada, cond_a, None, 6)
         streams = [(self.video, xv, mod_v), (self.action, xa, mod_a)]
@@ -175,6 +224,10 @@ class JointLayer(nn.Module):
         q = torch.cat([q for q, _, _ in qkv if q is not None], dim=2)
         k = torch.cat([k for _, k, _ in qkv], dim=2)
         v = torch.cat([v for _, _, v in qkv], dim=2)
+        if rope is not None:  # video and action tokens on one time axis; language tokens have no time
+            n = xv.shape[1] + xa.shape[1]
+            q = torch.cat([apply_rotary(q[:, :, :n], *rope), q[:, :, n:]], dim=2)
+            k = torch.cat([apply_rotary(k[:, :, :n], *rope), k[:, :, n:]], dim=2)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask).transpose(1, 2).flatten(2)
         lengths = [x.shape[1] for expert, x, _ in streams if expert.queries]
         outs = out.split(lengths, dim=1)
@@ -229,9 +282,12 @@ class Motus(nn.Module):
         n_patches = gh * gw
         # video expert: patch embedding, factorised learned positions (frame, row, col), time, decoder
         self.video_encoder = nn.Linear(cfg.patch_dim, cfg.d_video)
-        self.pos_frame = nn.Parameter(torch.randn(1 + cfg.num_video_frames, 1, 1, cfg.d_video) * 0.02)
-        self.pos_row = nn.Parameter(torch.randn(1, gh, 1, cfg.d_video) * 0.02)
-        self.pos_col = nn.Parameter(torch.randn(1, 1, gw, cfg.d_video) * 0.02)
+        # positions at a scale comparable to the patch embedding's output (~0.3-0.5): from 0.02 they stayed too
+        # small to tell frames apart after 1,000 steps (research latent_actions.md §5)
+        std = cfg.pos_init_std
+        self.pos_frame = nn.Parameter(torch.randn(1 + cfg.num_video_frames, 1, 1, cfg.d_video) * std)
+        self.pos_row = nn.Parameter(torch.randn(1, gh, 1, cfg.d_video) * std)
+        self.pos_col = nn.Parameter(torch.randn(1, 1, gw, cfg.d_video) * std)
         self.video_time = TimeEmbed(cfg.d_video)
         self.video_decoder = Decoder(cfg.d_video, cfg.patch_dim)
         # time group of each video token: 0 = condition frame (always t=0), 1 = predicted frames (t_video)
@@ -290,11 +346,35 @@ class Motus(nn.Module):
             if language_mask is not None:  # padding tokens are never keys; video/action keys always are
                 key_mask = torch.cat([language_mask.new_ones(B, xv.shape[1] + xa.shape[1]), language_mask.bool()], 1)
                 key_mask = key_mask[:, None, None]
+        rope = None
+        if cfg.rope_dims:
+            rope = rotary(self.token_times(n_frames, n_patches, xa.shape[1], first_action, action_x.shape[1],
+                                           xv.device), cfg.rope_dims)
         for layer in self.layers:
-            xv, xa, xu = layer(xv, xa, xu, cond_v, self.video_groups, cond_a, key_mask)
+            xv, xa, xu = layer(xv, xa, xu, cond_v, self.video_groups, cond_a, key_mask, rope)
         v_video = self.video_decoder(xv[:, n_patches:], cond_v[:, 1:2]).view(B, n_frames, n_patches, -1)
         v_action = self.action_decoder(xa[:, first_action:first_action + action_x.shape[1]], cond_a)
         return v_video, v_action
+
+    def token_times(self, n_frames: int, n_patches: int, n_action_tokens: int, first_action: int, n_actions: int,
+                    device: torch.device) -> torch.Tensor:
+        """Time (in frames) of every video and action token: frame f's patches at f (0 = condition frame), action
+        k at (k + action_time) / action_ratio, the state token and registers at 0 (the condition frame)."""
+        video = torch.arange(1 + n_frames, device=device).float().repeat_interleave(n_patches)
+        action = torch.zeros(n_action_tokens, device=device)
+        ratio = n_actions / n_frames
+        steps = torch.arange(n_actions, device=device) + self.cfg.action_time
+        action[first_action:first_action + n_actions] = steps / ratio
+        return torch.cat([video, action])
+
+    def sample_modes(self, n: int, generator: torch.Generator | None = None):
+        """Per sample a training mode (index into MODES, drawn with cfg.mode_shares) and its (t_video, t_action)."""
+        mode = torch.multinomial(torch.tensor(self.cfg.shares), n, replacement=True, generator=generator)
+        t_v, t_a = self.sample_t(n, generator), self.sample_t(n, generator)
+        idm, vla, wm, vgm = (mode == MODES.index(m) for m in ("idm", "vla", "wm", "vgm"))
+        t_v = torch.where(idm, 0.0, torch.where(vla, 1.0, t_v))
+        t_a = torch.where(wm, 0.0, torch.where(vgm, 1.0, t_a))
+        return mode, t_v, t_a
 
     def sample_t(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.cfg.time_sampling == "logit_normal":
@@ -303,8 +383,10 @@ class Motus(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor],
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Rectified-flow training losses on a Motus batch: independent t ~ p(t) per sample for video and action,
-        x_t = (1 − t)·x0 + t·ε, target ε − x0; MSE on the F predicted frames and on the actions."""
+        """Rectified-flow training losses on a Motus batch: per sample a mode (cfg.mode_shares) fixes or draws
+        t_video and t_action, x_t = (1 − t)·x0 + t·ε, target ε − x0; MSE on the F predicted frames and on the
+        actions, leaving out a modality given clean (its velocity at t=0 is unpredictable noise). Also returns
+        `mode_counts` [len(MODES)], the samples drawn per mode."""
         self.check_batch(batch)
         cfg = self.cfg
         device = batch["first_frame"].device
@@ -312,17 +394,22 @@ class Motus(nn.Module):
         x0_v = self.frames_to_patches(batch["video_frames"])
         x0_a = batch["action_sequence"].float()
         B = x0_v.shape[0]
-        t_v, t_a = self.sample_t(B, generator).to(device), self.sample_t(B, generator).to(device)
+        mode, t_v, t_a = self.sample_modes(B, generator)
+        t_v, t_a = t_v.to(device), t_a.to(device)
         eps_v = torch.randn(x0_v.shape, generator=generator).to(device)
         eps_a = torch.randn(x0_a.shape, generator=generator).to(device)
         xt_v = (1 - t_v[:, None, None, None]) * x0_v + t_v[:, None, None, None] * eps_v
         xt_a = (1 - t_a[:, None, None]) * x0_a + t_a[:, None, None] * eps_a
         v_v, v_a = self.velocity(cond, xt_v, t_v, xt_a, t_a, batch["language_embedding"].float(),
                                  batch["language_mask"], batch.get("initial_state"))
-        loss_video = F.mse_loss(v_v, eps_v - x0_v)
-        loss_action = F.mse_loss(v_a, eps_a - x0_a)
+        # weights multiply rather than index, so every parameter keeps a (possibly zero) gradient, as DDP needs
+        w_v = (mode != MODES.index("idm")).float().to(device)
+        w_a = (mode != MODES.index("wm")).float().to(device)
+        loss_video = ((v_v - (eps_v - x0_v)) ** 2).mean(dim=(1, 2, 3)).mul(w_v).sum() / w_v.sum().clamp(min=1)
+        loss_action = ((v_a - (eps_a - x0_a)) ** 2).mean(dim=(1, 2)).mul(w_a).sum() / w_a.sum().clamp(min=1)
         loss = cfg.video_loss_weight * loss_video + cfg.action_loss_weight * loss_action
-        return {"loss": loss, "loss_video": loss_video, "loss_action": loss_action}
+        return {"loss": loss, "loss_video": loss_video, "loss_action": loss_action,
+                "mode_counts": torch.bincount(mode, minlength=len(MODES)).float()}
 
     def check_batch(self, batch: dict[str, torch.Tensor]) -> None:
         cfg = self.cfg
@@ -420,14 +507,16 @@ class Motus(nn.Module):
 
     # --- stage 2 → stage 3 --------------------------------------------------------------------------------
     def swap_action_head(self, action_dim: int, state_dim: int, n_registers: int,
-                         action_ratio: int | None = None) -> None:
+                         action_ratio: int | None = None, action_time: float | None = None) -> None:
         """New action input encoder and decoder for stage 3 (real actions, a state token, registers), keeping
         every shared weight: video and understanding experts, the action expert's joint layers and time
         embedding — as Motus skips `action_expert.input_encoder.*` and `decoder.*` when it loads the stage-2
-        checkpoint for fine-tuning. `action_ratio` may change A too (positions are computed per length)."""
+        checkpoint for fine-tuning. `action_ratio` may change A too (positions are computed per length), and
+        `action_time` where the actions sit between frames (1.0 for real actions reached at the next frame)."""
         ratio = self.cfg.action_ratio if action_ratio is None else action_ratio
+        when = self.cfg.action_time if action_time is None else action_time
         self.cfg = dataclasses.replace(self.cfg, action_dim=action_dim, state_dim=state_dim,
-                                       n_registers=n_registers, action_ratio=ratio)
+                                       n_registers=n_registers, action_ratio=ratio, action_time=when)
         device = self.video_encoder.weight.device
         self.action_encoder = ActionEncoder(action_dim, state_dim, n_registers, self.cfg.d_action).to(device)
         self.action_decoder = Decoder(self.cfg.d_action, action_dim).to(device)
@@ -442,4 +531,4 @@ class Motus(nn.Module):
                            "action": self.cfg.num_actions + (self.cfg.state_dim > 0) + self.cfg.n_registers}}
 
 
-__all__ = ["Motus", "MotusConfig", "TIME_SAMPLINGS"]
+__all__ = ["MODES", "Motus", "MotusConfig", "TIME_SAMPLINGS"]

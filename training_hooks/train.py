@@ -35,10 +35,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from manifests.io import atomic_write, atomic_write_text, truncate_metrics_csv
 from pipelines.config import _build, read_yaml_mapping
-from training_hooks.motus import Motus, MotusConfig
+from training_hooks.motus import MODES, Motus, MotusConfig
 
-CHECKPOINT_KIND = "motus-pyramid/motus/v1"
-METRICS = ("step", "loss", "loss_video", "loss_action", "lr", "samples_per_s")
+# v2: the shared rotary clock, mode shares and scaled positions; v1 checkpoints hold other weights and keys
+CHECKPOINT_KIND = "motus-pyramid/motus/v2"
+# share_<mode>: the realised share of each training mode over the steps since the previous row
+METRICS = ("step", "loss", "loss_video", "loss_action", "lr", "samples_per_s", *(f"share_{m}" for m in MODES))
 # settings a resumed run must share with its checkpoint (the model's shape, and what the optimiser state holds)
 RESUME_KEYS = ("stage", "lr", "betas", "weight_decay")
 
@@ -62,8 +64,10 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 200
     eval_every: int = 200
-    eval_batches: int = 4  # validation batches per evaluation
+    eval_windows: int = 64  # held-out windows per evaluation (the val stream is read again if it holds fewer)
     eval_steps: int = 10  # Euler steps when sampling for evaluation
+    # held-out shard splits evaluated (those present); both, since a small val split can miss whole tiers
+    eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     seed: int = 0
     threads: int = 1  # torch threads per process
 
@@ -75,7 +79,7 @@ class TrainConfig:
         if self.init_from is not None and self.stage != 3:
             raise ValueError("init_from (a stage-2 checkpoint) is for stage 3")
         at_least = {"steps": 0, "batch_size": 1, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 1,
-                    "eval_every": 1, "eval_batches": 0, "eval_steps": 1, "threads": 1}
+                    "eval_every": 1, "eval_windows": 0, "eval_steps": 1, "threads": 1}
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
@@ -84,6 +88,8 @@ class TrainConfig:
                 raise ValueError(f"{key} must be >= 0, got {getattr(self, key)}")
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed lr ({self.lr})")
+        if "train" in self.eval_splits:
+            raise ValueError("eval_splits must name held-out splits, not train")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
 
@@ -126,11 +132,22 @@ def make_optimizer(model: Motus, cfg: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas))
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's contents, or a ValueError saying why it cannot be used (not ours, or an older version)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind != CHECKPOINT_KIND:
+        if isinstance(kind, str) and kind.startswith("motus-pyramid/motus/"):
+            raise ValueError(f"{path} is a {kind} checkpoint, from before this version of the compact Motus "
+                             f"({CHECKPOINT_KIND}: shared rotary clock, mode shares); its weights do not fit: train "
+                             "again, or resume with --no-resume / another output folder")
+        raise ValueError(f"{path} is not a compact-Motus checkpoint")
+    return state
+
+
 def load_motus(path: str | os.PathLike) -> tuple[Motus, dict[str, Any]]:
     """A trained model (eval mode) and the rest of its checkpoint (config, step, ...)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{path} is not a compact-Motus checkpoint")
+    state = read_checkpoint(path)
     model = Motus(MotusConfig(**state["config"]["model"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -143,11 +160,12 @@ def build_model(cfg: TrainConfig) -> Motus:
         return Motus(cfg.model)
     model, _ = load_motus(cfg.init_from)
     m = cfg.model
-    model.swap_action_head(m.action_dim, m.state_dim, m.n_registers, m.action_ratio)
+    model.swap_action_head(m.action_dim, m.state_dim, m.n_registers, m.action_ratio, m.action_time)
     differ = _differing(dataclasses.asdict(model.cfg), dataclasses.asdict(m), "model.")
     if differ:
         raise ValueError(f"init_from {cfg.init_from} has other shared sizes than this config: {differ} "
-                         "(only action_dim, state_dim, n_registers and action_ratio may change in stage 3)")
+                         "(only action_dim, state_dim, n_registers, action_ratio and action_time may change in "
+                         "stage 3)")
     return model.train()
 
 
@@ -165,34 +183,136 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
+def window_groups(batch: Batch) -> list[str]:
+    """Each window's embodiment for the per-embodiment baseline: the batch's `embodiment` where it has one, else
+    the source named by its item id (`source/native_id`; the shard loader's batches carry tier and item id), else
+    "all"."""
+    n = batch["action_sequence"].shape[0]
+    names = batch.get("embodiment") or [""] * n
+    ids = batch.get("item_id") or [""] * n
+    return [e or (i.split("/")[0] if i else "") or "all" for e, i in zip(names, ids)]
+
+
+class ActionMeans:
+    """Running per-embodiment means of the training targets (each window's actions averaged over its steps): the
+    per-embodiment-mean baseline every evaluation prints. Kept in checkpoints, so a resumed run keeps them."""
+
+    def __init__(self, state: dict[str, list] | None = None):
+        self.sums = {k: (torch.tensor(v[0]), int(v[1])) for k, v in (state or {}).items()}
+
+    def add(self, batch: Batch) -> None:
+        per_window = batch["action_sequence"].detach().float().mean(dim=1)
+        for group, row in zip(window_groups(batch), per_window):
+            total, n = self.sums.get(group, (torch.zeros_like(row), 0))
+            self.sums[group] = (total + row, n + 1)
+
+    def means(self) -> dict[str, torch.Tensor]:
+        out = {k: total / n for k, (total, n) in self.sums.items()}
+        if out:  # windows of an embodiment training never saw get the mean over all
+            out[""] = sum(t for t, _ in self.sums.values()) / sum(n for _, n in self.sums.values())
+        return out
+
+    def state(self) -> dict[str, list]:
+        return {k: [t.tolist(), n] for k, (t, n) in self.sums.items()}
+
+
+# action errors per evaluation: one sample (eval_steps Euler steps) and the posterior mean (one step from t=1,
+# x0 = ε − v: the model's E[actions | inputs]); idm_swapped gives IDM another window's future frames (a model
+# that reads the video gets worse); zero and embodiment_mean are the baselines
+ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean")
+
+
 @torch.no_grad()
-def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: int = 0) -> dict[str, float]:
-    """Mean squared errors over validation batches: VLA actions (from frame + language), IDM actions (from the
-    clean video) and WM video (from clean actions; at the working resolution, so upsampling blur does not count).
-    The sampling noise is seeded, so evaluations at different steps are comparable."""
+def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: int = 0,
+             action_means: dict[str, torch.Tensor] | None = None, max_windows: int | None = None) -> dict[str, Any]:
+    """Mean squared errors over held-out windows, overall, per tier and per embodiment (`window_groups`): the
+    actions of VLA (frame + language) and IDM (+ the clean video), each as one sample and as the posterior mean,
+    IDM on swapped video, the zero and per-embodiment-mean baselines (`action_means`, from training; None: the
+    means of these windows), and WM video (from clean actions; at the working resolution, so upsampling blur does
+    not count). The sampling noise is seeded, so evaluations at different steps are comparable."""
     model.eval()
     g = torch.Generator().manual_seed(seed)
-    sums = {"vla_action_mse": 0.0, "idm_action_mse": 0.0, "wm_video_mse": 0.0}
-    counts = {"action": 0, "video": 0}
-    samples = 0
+    rows: list[dict[str, Any]] = []
+    video_sum, video_count = 0.0, 0
     for batch in batches:
-        first, video, actions = batch["first_frame"], batch["video_frames"], batch["action_sequence"].float()
-        cond = {"language": batch["language_embedding"].float(), "language_mask": batch["language_mask"],
-                "state": batch.get("initial_state"), "num_steps": num_steps, "generator": g}
-        sums["vla_action_mse"] += F.mse_loss(model.vla(first, **cond), actions, reduction="sum").item()
-        sums["idm_action_mse"] += F.mse_loss(model.idm(first, video, **cond), actions, reduction="sum").item()
+        if max_windows is not None and len(rows) >= max_windows:
+            break
+        keep = None if max_windows is None else max_windows - len(rows)
+        first, video, actions = batch["first_frame"][:keep], batch["video_frames"][:keep], \
+            batch["action_sequence"][:keep].float()
+        B = first.shape[0]
+        state = batch.get("initial_state")
+        cond = {"language": batch["language_embedding"][:keep].float(), "language_mask": batch["language_mask"][:keep],
+                "state": state[:keep] if state is not None else None, "generator": g}
+
+        def err(pred: torch.Tensor) -> torch.Tensor:
+            return ((pred - actions) ** 2).mean(dim=(1, 2))
+
+        errors = {"vla": err(model.vla(first, num_steps=num_steps, **cond)),
+                  "vla_mean": err(model.vla(first, num_steps=1, **cond)),
+                  "idm": err(model.idm(first, video, num_steps=num_steps, **cond)),
+                  "idm_mean": err(model.idm(first, video, num_steps=1, **cond)),
+                  "zero": err(torch.zeros_like(actions))}
+        if B > 1:  # another window's future frames (the next one in the batch)
+            errors["idm_swapped"] = err(model.idm(first, video.roll(1, dims=0), num_steps=1, **cond))
         target = model.patches_to_frames(model.frames_to_patches(video))
-        sums["wm_video_mse"] += F.mse_loss(model.wm(first, actions, full_size=False, **cond), target,
-                                           reduction="sum").item()
-        counts["action"] += actions.numel()
-        counts["video"] += target.numel()
-        samples += first.shape[0]
+        wm = model.wm(first, actions, full_size=False, num_steps=num_steps, **cond)
+        video_sum += F.mse_loss(wm, target, reduction="sum").item()
+        video_count += target.numel()
+        tiers = batch.get("tier")
+        for i, group in enumerate(window_groups(batch)[:B]):
+            row = {k: v[i].item() for k, v in errors.items()}
+            row.update(tier=int(tiers[i]) if tiers is not None else -1, embodiment=group, actions=actions[i])
+            rows.append(row)
     model.train()
-    if not samples:
+    if not rows:
         return {"samples": 0}
-    return {"vla_action_mse": sums["vla_action_mse"] / counts["action"],
-            "idm_action_mse": sums["idm_action_mse"] / counts["action"],
-            "wm_video_mse": sums["wm_video_mse"] / counts["video"], "samples": samples}
+    means = action_means
+    if not means:  # no training statistics: the means of these windows
+        acc = ActionMeans()
+        for row in rows:
+            acc.add({"action_sequence": row["actions"][None], "embodiment": [row["embodiment"]]})
+        means = acc.means()
+    for row in rows:
+        actions = row.pop("actions")
+        row["embodiment_mean"] = ((actions - means.get(row["embodiment"], means[""])) ** 2).mean().item()
+
+    def summary(selected: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ACTION_ERRORS:
+            values = [r[key] for r in selected if key in r]
+            if values:
+                out[f"{key}_action_mse"] = sum(values) / len(values)
+        return {**out, "samples": len(selected)}
+
+    result = summary(rows)
+    result["wm_video_mse"] = video_sum / video_count
+    for name, key in (("by_tier", "tier"), ("by_embodiment", "embodiment")):
+        result[name] = {str(v): summary([r for r in rows if r[key] == v]) for v in sorted({r[key] for r in rows})}
+    return result
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    """An evaluation as a small table: action MSE of each mode and baseline, overall, per tier and per embodiment."""
+    if not result.get("samples"):
+        return "eval: no held-out windows"
+    keys = [k for k in ACTION_ERRORS if f"{k}_action_mse" in result]
+    heads = {"vla": "VLA 1x", "vla_mean": "VLA mean", "idm": "IDM 1x", "idm_mean": "IDM mean",
+             "idm_swapped": "IDM swap", "zero": "zero", "embodiment_mean": "emb mean"}
+    lines = [f"eval: action MSE on {result['samples']} held-out windows (1x: one sample; mean: posterior mean; "
+             f"swap: IDM given another window's video; zero / emb mean: baselines); WM video MSE "
+             f"{result.get('wm_video_mse', float('nan')):.4f}",
+             f"  {'':<24}{'n':>5}" + "".join(f"{heads[k]:>10}" for k in keys)]
+    groups = [("all", result)]
+    for name, label in (("by_tier", "tier {}"), ("by_embodiment", "{}")):
+        breakdown = result.get(name, {})
+        if len(breakdown) > 1:  # one group would repeat the "all" row
+            groups += [(label.format(k), v) for k, v in breakdown.items()]
+    for name, values in groups:
+        cells = "".join(f"{values[f'{k}_action_mse']:>10.4f}" if f"{k}_action_mse" in values else f"{'-':>10}"
+                        for k in keys)
+        lines.append(f"  {name[:24]:<24}{values['samples']:>5}{cells}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -202,9 +322,10 @@ class TrainResult:
     resumed_from: int
     last: dict[str, float]  # the last step's logged values
     samples_per_s: float  # over all processes
-    eval: dict[str, float]
+    eval: dict[str, Any]
     param_digest: str
     metrics_path: Path
+    mode_shares: dict[str, float]  # realised share of each training mode over this run's steps (this process)
 
 
 # --- the loop -----------------------------------------------------------------------------------------------
@@ -213,9 +334,9 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
     """Train from step 0, or from `out_dir/checkpoints/last.pt` when `resume` and it exists.
 
     `make_train_batches(step_offset, rank, world_size)` yields this process's batches from step `step_offset`
-    on; `make_val_batches()` yields validation batches (rank 0 evaluates at most cfg.eval_batches of them every
-    cfg.eval_every steps and at the end). Under torchrun (WORLD_SIZE > 1) it joins a gloo process group, wraps the
-    model in DDP, and only rank 0 writes metrics.csv, eval.json and checkpoints.
+    on; `make_val_batches()` yields validation batches (rank 0 evaluates the first cfg.eval_windows windows every
+    cfg.eval_every steps and at the end; `evaluate`). Under torchrun (WORLD_SIZE > 1) it joins a gloo process group,
+    wraps the model in DDP, and only rank 0 writes metrics.csv, eval.json and checkpoints.
     """
     torch.set_num_threads(cfg.threads)
     out_dir = Path(out_dir)
@@ -237,8 +358,9 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     start = 0
+    action_means = ActionMeans()
     if resuming:
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = read_checkpoint(last_path)
         old, new = state["config"], cfg.to_dict()
         differ = ", ".join(filter(None, [
             _differing(old["model"], new["model"], "model."),
@@ -250,6 +372,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        action_means = ActionMeans(state["action_means"])
         start = state["step"]
         log(f"resuming from step {start} ({last_path})")
     net = DistributedDataParallel(model, forward_sync_buffers=False) if world_size > 1 else model  # constant buffers
@@ -261,21 +384,21 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
     def checkpoint(step: int) -> None:
         state = {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "step": step, "config": cfg.to_dict(),
-                 "torch_rng": torch.get_rng_state(), "world_size": world_size}
+                 "torch_rng": torch.get_rng_state(), "world_size": world_size, "action_means": action_means.state()}
         step_path = ckpt_dir / f"step_{step:06d}.pt"
         atomic_write(step_path, lambda f: torch.save(state, f))
         atomic_write(last_path, lambda f: f.write(step_path.read_bytes()))
 
-    eval_result: dict[str, float] = {}
+    eval_result: dict[str, Any] = {}
 
     def run_eval(step: int) -> None:
         nonlocal eval_result
-        if make_val_batches is None or cfg.eval_batches == 0:
+        if make_val_batches is None or cfg.eval_windows == 0:
             return
-        eval_result = evaluate(model, itertools.islice(make_val_batches(), cfg.eval_batches), cfg.eval_steps,
-                               cfg.seed)
+        eval_result = evaluate(model, make_val_batches(), cfg.eval_steps, cfg.seed, action_means.means(),
+                               cfg.eval_windows)
         atomic_write_text(out_dir / "eval.json", json.dumps({"step": step, **eval_result}, indent=2) + "\n")
-        log(f"eval @ {step}: " + " ".join(f"{k} {v:.4g}" for k, v in eval_result.items()))
+        log(f"@ step {step} {format_eval(eval_result)}")
 
     metrics_path = out_dir / "metrics.csv"
     if is_main:
@@ -283,6 +406,8 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         truncate_metrics_csv(metrics_path, start, METRICS)
     last: dict[str, float] = {}
     evaluated_at = -1
+    modes_logged = torch.zeros(len(MODES))  # since the previous metrics row
+    modes_run = torch.zeros(len(MODES))
     batches = make_train_batches(start, rank, world_size)
     t0 = time.perf_counter()
     with open(metrics_path, "a", newline="") if is_main else open(os.devnull, "w") as f:
@@ -297,6 +422,10 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
             lr = scheduler.get_last_lr()[0]
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank))
             losses = net(batch, generator=generator)
+            if is_main:
+                action_means.add(batch)
+            modes_logged += losses["mode_counts"]
+            modes_run += losses["mode_counts"]
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -309,8 +438,11 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
                     dist.all_reduce(values)
                     values /= world_size
                 rate = (done - start) * cfg.batch_size * world_size / (time.perf_counter() - t0)
+                shares = modes_logged / modes_logged.sum()
                 last = {"step": step, "loss": values[0].item(), "loss_video": values[1].item(),
-                        "loss_action": values[2].item(), "lr": lr, "samples_per_s": rate}
+                        "loss_action": values[2].item(), "lr": lr, "samples_per_s": rate,
+                        **{f"share_{m}": round(v, 4) for m, v in zip(MODES, shares.tolist())}}
+                modes_logged.zero_()
                 if is_main:
                     writer.writerow(last)
                     f.flush()
@@ -329,40 +461,47 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         dist.barrier()
         if own_group:
             dist.destroy_process_group()
+    realised = {m: round(v, 4) for m, v in zip(MODES, (modes_run / modes_run.sum().clamp(min=1)).tolist())}
     return TrainResult(last_path if last_path.exists() else None, cfg.steps, start, last,
-                       last.get("samples_per_s", 0.0), eval_result, digest, metrics_path)
+                       last.get("samples_per_s", 0.0), eval_result, digest, metrics_path, realised)
 
 
 # --- data ---------------------------------------------------------------------------------------------------
 class SyntheticMotion:
     """N fixed samples of a coloured square gliding over a grey canvas. Action j is the square's displacement at
     step j, mapped to action_dim by a fixed linear map, so actions are recoverable from the video (IDM) and
-    frames follow from actions (WM); the language tokens name one of four headings (VLA). Sample i is a pure
-    function of (seed, i); the action map and language table do not depend on the seed, so sets made with
-    different seeds (train / val) share them."""
+    frames follow from actions (WM); the language tokens name one of four headings (VLA). With
+    `language_prior=False` (the controlled case) the steps are N(0, 1) with no heading and no language token is
+    real, so only the video tells the actions. Sample i is a pure function of (seed, i); the action map and
+    language table do not depend on the seed, so sets made with different seeds (train / val) share them."""
 
     def __init__(self, n: int, model: MotusConfig, image_size: tuple[int, int] = (384, 320), text_len: int = 8,
-                 seed: int = 0):
+                 seed: int = 0, language_prior: bool = True, travel: float | None = None):
         if n < 1:
             raise ValueError(f"a synthetic set needs at least one sample, got {n}")
         self.n, self.model, self.image_size = n, model, tuple(image_size)
+        # canvas fraction per unit step: by default ~a quarter of the canvas per clip
+        self.travel = 0.25 / model.num_actions if travel is None else travel
         fixed = torch.Generator().manual_seed(1234)
         self.action_map = torch.randn(model.action_dim, 2, generator=fixed) / math.sqrt(2)
         self.language = torch.randn(4, text_len, model.text_dim, generator=fixed)
-        self.language_len = [min(text_len, 3 + k) for k in range(4)]
+        # without the language prior no token is real and the steps have no heading: only the video tells them
+        self.language_len = [min(text_len, 3 + k) if language_prior else 0 for k in range(4)]
         g = torch.Generator().manual_seed(seed)
         self.heading = torch.randint(4, (n,), generator=g)
         angle = self.heading * (math.pi / 2) + math.pi / 4
         direction = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1)  # (dy, dx)
-        self.steps = direction[:, None] + 0.3 * torch.randn(n, model.num_actions, 2, generator=g)
+        if language_prior:
+            self.steps = direction[:, None] + 0.3 * torch.randn(n, model.num_actions, 2, generator=g)
+        else:
+            self.steps = torch.randn(n, model.num_actions, 2, generator=g)
         self.start = 0.4 + 0.2 * torch.rand(n, 2, generator=g)  # centre, as fractions of (H, W)
         self.colour = 0.5 + 0.5 * torch.rand(n, 3, generator=g)
 
     def sample(self, i: int) -> Batch:
         cfg, (H, W) = self.model, self.image_size
         side = 0.25 * min(H, W)
-        travel = 0.25 / cfg.num_actions  # canvas fraction per unit step: ~a quarter of the canvas per clip
-        path = self.start[i] + travel * torch.cumsum(self.steps[i], dim=0)  # after each action
+        path = self.start[i] + self.travel * torch.cumsum(self.steps[i], dim=0)  # after each action
         shown = path[cfg.action_ratio - 1::cfg.action_ratio]  # frame f shows the end of its action chunk
         centres = torch.cat([self.start[i][None], shown]) * torch.tensor([H, W])
         centres = torch.maximum(torch.minimum(centres, torch.tensor([H, W]) - side / 2), torch.tensor(side / 2))
@@ -424,7 +563,7 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: TrainConfig, num_wo
     n_train = sum(int(sh.get("n_samples") or 0) for sh in index["shards"] if sh.get("split") == "train")
     if n_train < cfg.batch_size * world:
         raise ValueError(f"{n_train} train clips in {shards}: fewer than batch_size {cfg.batch_size} × {world} process(es)")
-    has_val = any(sh.get("split") == "val" for sh in index["shards"])
+    eval_splits = [sp for sp in cfg.eval_splits if any(sh.get("split") == sp for sh in index["shards"])]
 
     def train_batches(step_offset: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
         seed = derive_seed(cfg.seed, step_offset)
@@ -437,13 +576,24 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: TrainConfig, num_wo
             if empty:
                 raise ValueError(f"no train batches of {cfg.batch_size} in {shards} (rank {rank} of {world_size})")
 
-    def val_batches() -> Iterable[Batch]:
-        return make_loader(shards, "val", loader_cfg, cfg.batch_size, num_workers=num_workers, seed=cfg.seed,
-                           drop_last=False)
+    def val_batches() -> Iterator[Batch]:
+        # epoch after epoch (other windows of the same held-out clips), the splits' batches interleaved so every
+        # tier comes early, until the evaluation has its windows
+        for epoch in itertools.count():
+            loaders = [iter(make_loader(shards, split, loader_cfg, cfg.batch_size, num_workers=num_workers,
+                                        seed=cfg.seed, epoch=epoch, drop_last=False)) for split in eval_splits]
+            empty = True
+            for batch in itertools.chain.from_iterable(itertools.zip_longest(*loaders)):
+                if batch is not None:
+                    empty = False
+                    yield batch
+            if empty:
+                return
 
-    if not has_val:
-        print(f"[motus] no val shards in {shards}: training without evaluation", file=sys.stderr, flush=True)
-    return train_batches, (val_batches if has_val else None)
+    if not eval_splits:
+        print(f"[motus] no {' or '.join(cfg.eval_splits)} shards in {shards}: training without evaluation",
+              file=sys.stderr, flush=True)
+    return train_batches, (val_batches if eval_splits else None)
 
 
 # --- command line -------------------------------------------------------------------------------------------
@@ -465,8 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, loader = load_train_config(args.config, steps=args.steps)
         if args.synthetic is not None:
             train_set = SyntheticMotion(args.synthetic, cfg.model, args.image_size, seed=cfg.seed)
-            val_set = SyntheticMotion(max(1, cfg.eval_batches) * cfg.batch_size, cfg.model, args.image_size,
-                                      seed=cfg.seed + 1)
+            val_set = SyntheticMotion(max(1, cfg.eval_windows), cfg.model, args.image_size, seed=cfg.seed + 1)
             make_train = train_set.train_batches(cfg.batch_size, cfg.seed)
 
             def make_val() -> list[Batch]:
@@ -481,14 +630,15 @@ def main(argv: list[str] | None = None) -> int:
     # write call, so the ranks' lines cannot interleave (print writes the newline separately when unbuffered)
     report = {"rank": rank, "step": result.steps, "resumed_from": result.resumed_from,
               "param_digest": result.param_digest, "loss": result.last.get("loss"),
-              "samples_per_s": result.samples_per_s, "eval": result.eval}
+              "samples_per_s": result.samples_per_s, "mode_shares": result.mode_shares, "eval": result.eval}
     sys.stdout.write(json.dumps(report) + "\n")
     sys.stdout.flush()
     return 0
 
 
-__all__ = ["CHECKPOINT_KIND", "SyntheticMotion", "TrainConfig", "TrainResult", "evaluate", "load_motus",
-           "load_train_config", "main", "param_digest", "shard_batches", "train"]
+__all__ = ["ACTION_ERRORS", "CHECKPOINT_KIND", "ActionMeans", "SyntheticMotion", "TrainConfig", "TrainResult",
+           "evaluate", "format_eval", "load_motus", "load_train_config", "main", "param_digest", "read_checkpoint",
+           "shard_batches", "train", "window_groups"]
 
 
 if __name__ == "__main__":
