@@ -28,7 +28,7 @@ TIME_SAMPLINGS = ("uniform", "logit_normal")
 # training modes, each a (t_video, t_action) setting: joint draws both; idm gives the video clean (t=0); vla holds
 # it at pure noise (t=1); wm gives the actions clean; vgm holds them at pure noise
 MODES = ("joint", "idm", "vla", "wm", "vgm")
-ROPE_BASE = 100.0  # rotary wavelengths from 2π to ~2π·100 frames: clips span ≤ ~16 frames
+ROPE_BASE = 100.0  # rotary wavelengths from 2π frames up to ~2π·100: clips span ≤ ~16 frames
 
 
 @dataclass
