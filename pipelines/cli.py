@@ -262,7 +262,8 @@ def train(
     num_workers: int = typer.Option(0, "--num-workers", help="Loader workers per training process: decoding threads, or processes with loader.worker_kind: process."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from <out>/checkpoints/last.pt if present."),
 ):
-    """Train the compact Motus model from WebDataset shards; evaluates VLA and IDM action MSE on the val split."""
+    """Train the compact Motus model from WebDataset shards; evaluates VLA and IDM action MSE on held-out
+    windows (`eval_splits`, val + test by default) beside the zero and per-embodiment-mean baselines."""
     import subprocess
     import sys
 
