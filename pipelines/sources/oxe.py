@@ -43,8 +43,9 @@ found by walking the shard's headers up to `record`.
 
 Malformed input: a dataset dir without features.json, a shard missing although dataset_info.json declares it, a
 truncated or CRC-damaged record (reason names the file and byte offset), steps whose counts disagree, missing
-key-map keys, undecodable images and non-finite actions/states each quarantine the episodes concerned
-(BadInput); the other episodes and datasets still ingest. A root holding no builder dir at all is a SourceError.
+key-map keys, no camera that decodes and non-finite actions/states each quarantine the episodes concerned
+(BadInput); a camera whose bytes are empty or not JPEG/PNG is left out (extras `cameras_skipped`) when another
+decodes; the other episodes and datasets still ingest. A root holding no builder dir at all is a SourceError.
 `input_checksum` is the blake2b of the episode's record bytes (a shard is hundreds of MB; hashing it per episode
 would read it once per episode).
 """
