@@ -79,21 +79,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import av
-import cv2
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.media import check_finite, fingerprint
 from manifests import actions as action_semantics
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from pipelines.sources.lerobot_meta import (IMAGE_PREFIX, _card_licence, _column_2d, feature_dim,  # noqa: F401
+                                            feature_names, parse_splits, read_episode_rows, short_camera)
+from pipelines.sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
 from pipelines.stages import BadInput
 
 V2_VERSIONS = ("v2.0", "v2.1")
@@ -103,7 +101,6 @@ V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parqu
 V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
 V3_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 V3_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-IMAGE_PREFIX = "observation.images."
 # Motus's image-source priority (data/lerobot/lerobot_dataset.py), extended with common single-camera names.
 CAMERA_PRIORITY = (
     "observation.images.cam_concatenated",
@@ -118,199 +115,7 @@ CAMERA_PRIORITY = (
     "observation.images.cam_right_wrist",
 )
 T_LAYOUT = ("observation.images.cam_high", "observation.images.cam_left_wrist", "observation.images.cam_right_wrist")
-SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
-               "test": "test", "testing": "test"}
 DEFAULT_LICENCE = "unknown (see the dataset card)"
-
-
-# ------------------------------------------------------------------------------------------------ composite
-
-
-def composite_t_layout(head: np.ndarray, left: np.ndarray, right: np.ndarray) -> np.ndarray:
-    """Motus's 3-view frame: `head` at full size on top, `left` and `right` wrists at half size side by side below.
-
-    For an H×W head the result is (H + H//2)×W: 480×640 → 720×640, RoboTwin's 240×320 → 360×320
-    (Motus `data/utils/multi_camera_concat.py`, same cv2 bilinear resize). Motus needs an even W; here an odd W
-    gives the left wrist W//2 columns and the right one the rest, so the rows always line up.
-    """
-    for name, img in (("head", head), ("left", left), ("right", right)):
-        if img.ndim != 3 or img.shape[2] != 3:
-            raise ValueError(f"{name} frame must be [H, W, 3], got {img.shape}")
-    h, w = head.shape[:2]
-    half_h, left_w = h // 2, w // 2
-    if half_h == 0 or left_w == 0:
-        raise ValueError(f"head frame {h}x{w} is too small for a T layout")
-    out = np.empty((h + half_h, w, 3), dtype=head.dtype)
-    out[:h] = head
-    out[h:, :left_w] = cv2.resize(left, (left_w, half_h), interpolation=cv2.INTER_LINEAR)
-    out[h:, left_w:] = cv2.resize(right, (w - left_w, half_h), interpolation=cv2.INTER_LINEAR)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------ helpers
-
-
-@dataclass(frozen=True)
-class Window:
-    """What one camera's episode window really holds."""
-
-    frames: int
-    first_time: float | None  # pts time of the first frame in the window
-    width: int
-    height: int
-    stream_end: float | None  # time of the last frame the file yielded (None: nothing decoded)
-    ended: bool  # the stream ran out before the window's end
-    packet_bytes: int
-
-
-def short_camera(key: str) -> str:
-    return key[len(IMAGE_PREFIX):] if key.startswith(IMAGE_PREFIX) else key
-
-
-def feature_names(key: str, feature: dict[str, Any]) -> list[str]:
-    """info.json `names` of a vector feature: a list, {"motors": [...]} (older datasets) or null."""
-    dim = feature_dim(feature)
-    names = feature.get("names")
-    if isinstance(names, dict):
-        flat = [str(n) for v in names.values() if isinstance(v, list) for n in v]
-        names = flat or None
-    if isinstance(names, list) and len(names) == dim and all(isinstance(n, (str, int)) for n in names):
-        return [str(n) for n in names]
-    return [f"{key}_{i}" for i in range(dim)]
-
-
-def feature_dim(feature: dict[str, Any]) -> int:
-    return int(np.prod(feature.get("shape") or [0]))
-
-
-def parse_splits(splits: Any, episode_index: int) -> str | None:
-    """The split name info.json gives this episode ("train": "0:40" ranges, end exclusive), mapped to ours."""
-    if not isinstance(splits, dict):
-        return None
-    for name, spec in splits.items():
-        ranges = spec if isinstance(spec, list) else [spec]
-        for r in ranges:
-            m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(r))
-            if m and int(m.group(1)) <= episode_index < int(m.group(2)):
-                return SPLIT_NAMES.get(str(name).lower())
-    return None
-
-
-def _card_licence(root: Path) -> str | None:
-    """`license:` from the YAML front matter of the dataset card (README.md), when there is one."""
-    card = root / "README.md"
-    if not card.exists():
-        return None
-    m = re.match(r"---\s*\n(.*?)\n---", card.read_text(errors="replace"), re.S)
-    if not m:
-        return None
-    lic = re.search(r"^license:\s*(.+)$", m.group(1), re.M)
-    return lic.group(1).strip().strip("'\"") if lic else None
-
-
-def _column_2d(table: pa.Table, name: str, dim: int, what: str) -> np.ndarray:
-    """A list / fixed-size-list column → float64 [rows, dim]; BadInput for ragged or mis-sized rows."""
-    col = table.column(name).combine_chunks()
-    n = len(col)
-    if pa.types.is_list(col.type) or pa.types.is_large_list(col.type) or pa.types.is_fixed_size_list(col.type):
-        if col.null_count:
-            raise BadInput(f"{what}: column {name} has {col.null_count} null rows")
-        lengths = pc.list_value_length(col).to_numpy(zero_copy_only=False)
-        if n and (lengths != dim).any():
-            bad = int(np.nonzero(lengths != dim)[0][0])
-            raise BadInput(f"{what}: column {name} row {bad} has {lengths[bad]} values, info.json says {dim}")
-        values = col.flatten().to_numpy(zero_copy_only=False)
-    else:  # a scalar feature (shape [1]) stored as a plain column
-        values = col.to_numpy(zero_copy_only=False)
-    try:
-        return np.asarray(values, dtype=np.float64).reshape(n, dim)
-    except ValueError as e:
-        raise BadInput(f"{what}: column {name} does not fit [{n}, {dim}]: {e}") from e
-
-
-def read_episode_rows(path: Path, episode_index: int, columns: Sequence[str], shared: bool) -> pa.Table:
-    """The episode's frame rows of a data parquet, sorted by frame_index (a v3.0 file holds several episodes)."""
-    try:
-        schema = pq.read_schema(path)
-        present = [c for c in dict.fromkeys([*columns, "frame_index", "episode_index"]) if c in schema.names]
-        filters = [("episode_index", "=", episode_index)] if shared and "episode_index" in schema.names else None
-        table = pq.read_table(path, columns=present, filters=filters)
-    except FileNotFoundError as e:
-        raise BadInput(f"missing data file {path.name}") from e
-    except (pa.ArrowException, OSError) as e:
-        raise BadInput(f"unreadable data file {path.name}: {e}") from e
-    if "episode_index" in table.column_names and not shared:
-        other = set(table.column("episode_index").to_pylist()) - {episode_index}
-        if other:
-            raise BadInput(f"data file {path.name} holds rows of episodes {sorted(other)[:5]}, expected {episode_index}")
-    if "frame_index" in table.column_names:
-        table = table.sort_by("frame_index")
-    return table
-
-
-def probe_window(path: Path, start: float, end: float | None, fps: float, check_decode: bool = True,
-                 digest: Any = None, label: str | None = None) -> Window:
-    """Frames of `path` whose pts lie in [start - half a frame, end - half a frame) (end None: to the end).
-
-    Seeks to the window, then demuxes; with `check_decode` every packet of the window is decoded and only frames
-    that decode are counted, else packets are counted by pts and only the first frame is decoded. The window's
-    compressed packets go into `digest` (the episode's own video bytes, for its checksum).
-    """
-    label = label or path.name
-    tol = 0.5 / fps
-    lo, hi = start - tol, (end - tol) if end is not None else float("inf")
-    reorder = 32 / fps  # packets come in decode order: look this far past the window before stopping (demux mode)
-    frames, first_time, size, last_time, packet_bytes, ended = 0, None, (0, 0), None, 0, True
-    try:
-        with av.open(str(path)) as container:
-            if not container.streams.video:
-                raise BadInput(f"no video stream in {label}")
-            stream = container.streams.video[0]
-            stream.thread_type = "AUTO"
-            tb = stream.time_base
-            if start > tol and tb:
-                container.seek(max(0, int(lo / tb)), stream=stream, backward=True)
-            for packet in container.demux(stream):
-                t_packet = float(packet.pts * tb) if packet.pts is not None and tb is not None else None
-                if t_packet is not None and packet.size and lo <= t_packet < hi:
-                    packet_bytes += packet.size
-                    if digest is not None:
-                        digest.update(bytes(packet))
-                    if not check_decode:
-                        frames += 1
-                        first_time = t_packet if first_time is None else min(first_time, t_packet)
-                if not check_decode and t_packet is not None and t_packet >= hi + reorder:
-                    ended = False
-                    break
-                if not (check_decode or size == (0, 0)):
-                    continue
-                stop = False
-                for frame in packet.decode():
-                    t = float(frame.time) if frame.time is not None else 0.0
-                    last_time = t
-                    if t < lo:
-                        continue
-                    if t >= hi:
-                        stop = True
-                        break
-                    if size == (0, 0):
-                        size = (frame.width, frame.height)
-                    if check_decode:
-                        frames += 1
-                        first_time = t if first_time is None else first_time
-                if stop and check_decode:
-                    ended = False
-                    break
-    except BadInput:
-        raise
-    except FileNotFoundError as e:
-        raise BadInput(f"missing video file {label}") from e
-    except av.error.FFmpegError as e:
-        raise BadInput(f"video {label} does not decode in the episode window ({e.strerror or type(e).__name__}; "
-                       "truncated or corrupt file?)") from e
-    except (OSError, ValueError) as e:
-        raise BadInput(f"unreadable video {label}: {type(e).__name__}: {e}") from e
-    return Window(frames, first_time, size[0], size[1], last_time, ended, packet_bytes)
 
 
 # ------------------------------------------------------------------------------------------------ adapter

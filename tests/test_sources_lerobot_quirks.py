@@ -1,0 +1,83 @@
+"""LeRobot datasets as published: the quirks real v2.0/v2.1/v3.0 datasets have (issue 14), each in the real layout.
+
+Datasets are written once per session (`write_lerobot`: v3.0 by lerobot's own writer, v2.1 as lerobot 0.3 wrote
+it) and each test edits a private copy the way a real dataset differs (info.json names, a missing camera folder,
+episode windows, an annotation task). Expected values come from what the writer was given (`sample_episodes`)
+and from the files read here, never from the adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from catalog import Catalog
+from pipelines.config import config_from_dict
+from pipelines.ingest import ingest
+from pipelines.runners import LocalRunner
+from pipelines.samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
+
+N_V2, V2_SEED = 3, 4
+REPO = "quirks"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _offline():
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    yield
+    if old is None:
+        os.environ.pop("HF_HUB_OFFLINE", None)
+    else:
+        os.environ["HF_HUB_OFFLINE"] = old
+
+
+@pytest.fixture(scope="session")
+def v2_tree(tmp_path_factory) -> Path:
+    """v2.1 with a head and two wrist cameras, one mp4 per camera and episode."""
+    return write_lerobot(tmp_path_factory.mktemp("lerobot_quirks") / REPO, N_V2, seed=V2_SEED, version="v2.1",
+                         wrists=True)
+
+
+@pytest.fixture
+def v2(tmp_path, v2_tree) -> Path:
+    shutil.copytree(v2_tree, tmp_path / REPO)
+    return tmp_path / REPO
+
+
+def edit_info(root: Path, edit) -> None:
+    path = root / "meta" / "info.json"
+    info = json.loads(path.read_text())
+    edit(info)
+    path.write_text(json.dumps(info, indent=4))
+
+
+def run(workdir: Path, root: Path, **options):
+    src = {"kind": "lerobot", "root": str(root), "options": options}
+    cfg = config_from_dict({"workdir": str(workdir / "work"), "runner": {"engine": "local"}, "sources": [src]})
+    with Catalog(cfg.catalog_path) as cat:
+        report = ingest(cfg, cat, LocalRunner(), progress=False)
+        items = {r["item_id"]: r for r in cat.items().to_pylist()}
+        state = {r["item_id"]: r for r in cat.sql("SELECT * FROM item_stages").to_pylist()}
+    return report, items, state
+
+
+def item_id(index: int) -> str:
+    return f"lerobot/{REPO}/episode_{index:06d}"
+
+
+def test_nested_feature_names_are_read_as_names(tmp_path, v2):
+    def nest(info):
+        info["features"]["action"]["names"] = [JOINT_NAMES]  # a list of lists, as some converters write
+        info["features"]["observation.state"]["names"] = {"left": JOINT_NAMES[:7], "right": [JOINT_NAMES[7:]]}
+    edit_info(v2, nest)
+    report, items, _ = run(tmp_path, v2)
+    assert report.stage.counts == Counter({"done": N_V2})
+    for it in items.values():
+        assert it["action_dim"] == 14 and it["action_names"] == JOINT_NAMES
+        assert it["state_dim"] == 14 and it["state_names"] == JOINT_NAMES
