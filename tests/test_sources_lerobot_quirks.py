@@ -81,3 +81,34 @@ def test_nested_feature_names_are_read_as_names(tmp_path, v2):
     for it in items.values():
         assert it["action_dim"] == 14 and it["action_names"] == JOINT_NAMES
         assert it["state_dim"] == 14 and it["state_names"] == JOINT_NAMES
+
+
+def test_a_declared_camera_without_files_is_left_out_unless_the_config_names_it(tmp_path, v2):
+    left = WRISTS[0].split(".")[-1]
+    shutil.rmtree(v2 / "videos" / "chunk-000" / WRISTS[0])  # the whole camera folder never downloaded
+    for k in (HEAD, *WRISTS):  # episode 2 has no video at all
+        (v2 / "videos" / "chunk-000" / k / "episode_000002.mp4").unlink(missing_ok=True)
+    template = json.loads((v2 / "meta" / "info.json").read_text())["video_path"]
+
+    def missing(cam: str, i: int) -> str:
+        return (f"missing video file videos/chunk-000/{cam}/episode_{i:06d}.mp4 "
+                f"(video_path {template!r} from info.json)")
+
+    report, items, state = run(tmp_path / "a", v2)
+    eps = sample_episodes(N_V2, V2_SEED, wrists=True)
+    assert set(items) == {item_id(0), item_id(1)}
+    for i in (0, 1):
+        it = items[item_id(i)]
+        assert it["cameras"] == ["cam_high", "cam_right_wrist"] and it["frame_count"] == eps[i].length
+        assert Path(it["media_uris"][1]).parent.name == WRISTS[1]
+        extras = json.loads(it["extras"])
+        assert extras["cameras_missing"] == {left: missing(WRISTS[0], i)}
+        assert extras["camera_keys"] == [HEAD, WRISTS[1]] and len(extras["camera_start_s"]) == 2
+    assert state[item_id(2)]["status"] == "quarantined"
+    assert state[item_id(2)]["reason"] == "no camera has files: " + "; ".join(
+        missing(k, 2) for k in (HEAD, WRISTS[0], WRISTS[1]))
+
+    # a camera the config asks for must be there
+    _, items, state = run(tmp_path / "b", v2, cameras=["cam_high", left])
+    assert not items
+    assert state[item_id(0)]["reason"] == "a camera the config names has no file: " + missing(WRISTS[0], 0)

@@ -27,7 +27,8 @@ Any other `codebase_version` (v1.x's safetensors layout, a future v4) is a Sourc
 Per item: item_id `lerobot/<repo name>/episode_<index:06d>` (repo name = option `repo_name`, else the root
 folder's name), group_id = the item (an episode is its own recording), fps from info.json, frame_count = the
 episode's `length`, checked in `probe` against the data rows and against the frames each camera's window really
-decodes (a mismatch is a BadInput, the item is quarantined and the rest ingests). Actions and states come from
+decodes (a mismatch is a BadInput, the item is quarantined and the rest ingests). A declared camera without files is left
+out (extras `cameras_missing`) unless the config names it; an episode with no camera files is quarantined. Actions and states come from
 the `action` and `observation.state` features (dims and names from info.json); language is the episode's tasks.
 
 Options
@@ -152,6 +153,8 @@ class LeRobotSource(SourceAdapter):
             raise SourceError(f"lerobot: {info_path} has fps {self.fps}")
         self.repo_name = str(options.get("repo_name") or self.root.name)
         self.camera_keys = self._select_cameras(features)
+        # cameras the config names must be there in every episode; others may lack files (recorded per item)
+        self.required_cameras = set(self.camera_keys) if options.get("cameras") else set()
         self.action_key = self._pick(features, options.get("action_key"), ("action", "actions"))
         self.state_key = self._pick(features, options.get("state_key"), ("observation.state", "state"))
         self.action_dim = feature_dim(features[self.action_key]) if self.action_key else 0
@@ -164,7 +167,10 @@ class LeRobotSource(SourceAdapter):
         self.licence = str(options.get("licence") or info.get("license") or _card_licence(self.root) or DEFAULT_LICENCE)
         self.splits = self._official_splits(info.get("splits"), options.get("official_splits", "auto"))
         self.data_path = str(info.get("data_path") or (V3_DATA_PATH if self.v3 else V2_DATA_PATH))
-        self.video_path = str(info.get("video_path") or (V3_VIDEO_PATH if self.v3 else V2_VIDEO_PATH))
+        self.video_path = str(options.get("video_path") or info.get("video_path")
+                              or (V3_VIDEO_PATH if self.v3 else V2_VIDEO_PATH))
+        self.video_path_from = ("the video_path option" if options.get("video_path") else
+                                "info.json" if info.get("video_path") else "the default layout")
         self.chunks_size = int(info.get("chunks_size") or 1000)
         self.check_decode = bool(options.get("check_decode", True))
         self.action_semantics, self.action_timing, self.semantics_from, self.action_check = self._action_meaning()
@@ -271,6 +277,7 @@ class LeRobotSource(SourceAdapter):
         for k in keys:
             if k not in self.camera_keys:
                 self.camera_keys.append(k)
+            self.required_cameras.add(k)
         w, h = self._declared_size(features[keys[0]]) or (0, 0)
         return {"cameras": [short_camera(k) for k in keys], "width": w, "height": h + h // 2}
 
@@ -393,44 +400,26 @@ class LeRobotSource(SourceAdapter):
             arrays[key] = arr
         data_bytes = sum(a.nbytes for a in arrays.values())
 
-        windows, camera_start, sizes, video_bytes = [], [], {}, 0
-        for key in self.camera_keys:
-            v = ep["videos"][key]
-            path = self.root / v["file"]
-            if not path.exists():
-                raise BadInput(f"missing video file {v['file']}")
-            if path.stat().st_size == 0:
-                raise BadInput(f"empty video file {v['file']}")
-            win = probe_window(path, v["from"], v["to"], self.fps, self.check_decode, digest, v["file"])
-            window = f"[{v['from']:.3f}, {v['to']:.3f}) s" if v["to"] is not None else "(whole file)"
-            if win.frames != length:
-                why = ""
-                if win.ended and win.frames < length:
-                    where = (f"at {win.stream_end:.3f} s" if win.stream_end is not None
-                             else "before any frame of the window decodes")
-                    why = f"; the stream ends {where} (truncated file?)"
-                raise BadInput(f"video {v['file']} holds {win.frames} decodable frames in the episode window {window}, "
-                               f"the episode has {length} frames{why}")
-            if win.width == 0:
-                raise BadInput(f"video {v['file']}: no frame of the episode window decodes")
-            camera_start.append(round(float(win.first_time), 6))
-            sizes[short_camera(key)] = [win.width, win.height]
-            video_bytes += win.packet_bytes
-            windows.append(win)
+        wins, missing, extended = self._camera_windows(ep, length, digest)
+        cams = list(wins)
+        camera_start = [round(float(wins[k].first_time), 6) for k in cams]
+        sizes = {short_camera(k): [wins[k].width, wins[k].height] for k in cams}
+        video_bytes = sum(w.packet_bytes for w in wins.values())
 
         language = list(ep.get("tasks") or []) or self._tasks_from_rows(table)
-        width, height = windows[0].width, windows[0].height
+        width, height = wins[cams[0]].width, wins[cams[0]].height
         extras: dict[str, Any] = {
             "layout": f"lerobot {self.version}", "episode_index": index, "data_file": ep["data_file"],
-            "camera_keys": list(self.camera_keys), "camera_start_s": camera_start, "camera_sizes": sizes,
+            "camera_keys": cams, "camera_start_s": camera_start, "camera_sizes": sizes, "cameras_missing": missing,
             "action_key": self.action_key, "state_key": self.state_key,
             "action_semantics_source": self.semantics_from, "action_check": self.action_check,
         }
         if self.v3:
-            extras["video_windows"] = {short_camera(k): [ep["videos"][k]["from"], ep["videos"][k]["to"]]
-                                       for k in self.camera_keys}
-        mismatched = {short_camera(k): list(self.declared_sizes[k]) for k in self.camera_keys
-                      if self.declared_sizes[k] and list(self.declared_sizes[k]) != sizes[short_camera(k)]}
+            extras["video_windows"] = {short_camera(k): [ep["videos"][k]["from"], ep["videos"][k]["to"]] for k in cams}
+            if extended:  # to_timestamp is the last frame's own time: the window was read one frame period longer
+                extras["window_end_is_last_frame"] = [short_camera(k) for k in extended]
+        mismatched = {short_camera(k): list(self.declared_sizes[k]) for k in cams
+                      if self.declared_sizes.get(k) and list(self.declared_sizes[k]) != sizes[short_camera(k)]}
         if mismatched:
             extras["declared_sizes"] = mismatched  # info.json says otherwise; the decoded size wins
         if self.composite:
@@ -438,8 +427,8 @@ class LeRobotSource(SourceAdapter):
         row = self.base_row(ref)
         row.update(
             group_id=ref.item_id,
-            media_uris=[str(self.root / ep["videos"][k]["file"]) for k in self.camera_keys],
-            cameras=[short_camera(k) for k in self.camera_keys],
+            media_uris=[str(self.root / ep["videos"][k]["file"]) for k in cams],
+            cameras=[short_camera(k) for k in cams],
             fps=self.fps,
             frame_count=length,
             width=width,
@@ -465,6 +454,62 @@ class LeRobotSource(SourceAdapter):
             if split:
                 row["split"] = split
         return row
+
+    def _camera_windows(self, ep: dict[str, Any], length: int, digest: Any
+                        ) -> tuple[dict[str, Window], dict[str, str], list[str]]:
+        """Each camera's episode window, checked against the frames that really decode in it.
+
+        Returns ({key: Window} of the cameras with files, {short name: reason} of those without, the cameras whose
+        v3.0 `to_timestamp` is the last frame's own time). A camera without files is left out unless the config
+        names it (`cameras`, `composite_cameras`); none left is BadInput, and so is a file with the wrong frames.
+        """
+        wins, missing, extended = {}, {}, []
+        for key in self.camera_keys:
+            v = ep["videos"][key]
+            path = self.root / v["file"]
+            if not path.exists():
+                missing[key] = self._missing_video(v["file"])
+                continue
+            if path.stat().st_size == 0:
+                raise BadInput(f"empty video file {v['file']}")
+            end = v["to"]
+            # some writers store the last frame's timestamp as to_timestamp, one frame period short of the end:
+            # tolerated (one period, no more), and the longer window must still decode exactly `length` frames
+            if end is not None and abs(end - v["from"] - (length - 1) / self.fps) < 0.5 / self.fps:
+                end += 1.0 / self.fps
+                extended.append(key)
+            win = probe_window(path, v["from"], end, self.fps, self.check_decode, digest, v["file"])
+            window = f"[{v['from']:.3f}, {v['to']:.3f}) s" if v["to"] is not None else "(whole file)"
+            if win.frames != length:
+                why = ""
+                if win.ended and win.frames < length:
+                    where = (f"at {win.stream_end:.3f} s" if win.stream_end is not None
+                             else "before any frame of the window decodes")
+                    why = f"; the stream ends {where} (truncated file?)"
+                raise BadInput(f"video {v['file']} holds {win.frames} decodable frames in the episode window {window}, "
+                               f"the episode has {length} frames{why}")
+            if win.width == 0:
+                raise BadInput(f"video {v['file']}: no frame of the episode window decodes")
+            wins[key] = win
+        required = [k for k in missing if k in self.required_cameras]
+        if required:
+            raise BadInput("a camera the config names has no file: " + "; ".join(missing[k] for k in required))
+        if not wins:
+            raise BadInput("no camera has files: " + "; ".join(missing.values()))
+        return wins, {short_camera(k): why for k, why in missing.items()}, extended
+
+    def _missing_video(self, rel: str) -> str:
+        """Why a video file is absent, naming the path the `video_path` template gives and, when the same file lies
+        under another top-level folder (`video/` for `videos/`), that path and the option that reads it."""
+        reason = f"missing video file {rel} (video_path {self.video_path!r} from {self.video_path_from})"
+        parts = Path(rel).parts
+        if len(parts) > 1:
+            for folder in sorted(p for p in self.root.iterdir() if p.is_dir() and p.name != parts[0]):
+                if folder.joinpath(*parts[1:]).exists():
+                    other = str(Path(folder.name, *parts[1:]))
+                    template = folder.name + self.video_path[len(self.video_path.split("/")[0]):]
+                    return f"{reason}; {other} exists: set the source option video_path: {template!r}"
+        return reason
 
     def _tasks_from_rows(self, table: pa.Table) -> list[str]:
         """Language when the episode metadata has no `tasks`: the rows' task_index through the tasks table."""
