@@ -14,6 +14,9 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from catalog import Catalog
@@ -22,7 +25,7 @@ from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
 
-N_V2, V2_SEED = 3, 4
+N_V2, V2_SEED, V3_SEED = 3, 4, 5
 REPO = "quirks"
 
 
@@ -112,3 +115,41 @@ def test_a_declared_camera_without_files_is_left_out_unless_the_config_names_it(
     _, items, state = run(tmp_path / "b", v2, cameras=["cam_high", left])
     assert not items
     assert state[item_id(0)]["reason"] == "a camera the config names has no file: " + missing(WRISTS[0], 0)
+
+
+@pytest.fixture(scope="session")
+def v3_tree(tmp_path_factory) -> Path:
+    """v3.0 written by lerobot's own writer (one concatenated AV1 mp4 for the head camera)."""
+    return write_lerobot(tmp_path_factory.mktemp("lerobot_quirks_v3") / REPO, 3, seed=V3_SEED, version="v3.0")
+
+
+def test_v3_to_timestamp_at_the_last_frame_is_tolerated_by_one_frame_period(tmp_path, v3_tree):
+    from pipelines.sources.lerobot import LeRobotSource
+    from tests.test_sources_lerobot import decoded_window, means
+
+    root = tmp_path / REPO
+    shutil.copytree(v3_tree, root)
+    eps = sample_episodes(3, V3_SEED)
+    fps = json.loads((root / "meta" / "info.json").read_text())["fps"]
+    meta = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
+    table = pq.read_table(meta)
+    col = f"videos/{HEAD}/to_timestamp"
+    starts, ends = table.column(f"videos/{HEAD}/from_timestamp").to_pylist(), table.column(col).to_pylist()
+    assert ends[0] == pytest.approx(starts[0] + eps[0].length / fps)  # what lerobot writes: one period past the end
+    ends[0] = starts[0] + (eps[0].length - 1) / fps  # the quirk: the last frame's own timestamp
+    ends[1] = starts[1] + (eps[1].length - 2) / fps  # two frames short: not the quirk, still rejected
+    pq.write_table(table.set_column(table.schema.get_field_index(col), col, pa.array(ends)), meta)
+
+    report, items, state = run(tmp_path, root)
+    assert set(items) == {item_id(0), item_id(2)}
+    it = items[item_id(0)]
+    assert it["frame_count"] == eps[0].length and json.loads(it["extras"])["window_end_is_last_frame"] == ["cam_high"]
+    # checked against decoded frames: the window holds exactly the episode's frames, the last one included
+    got, want = means(decoded_window(it)), means(eps[0].frames[HEAD])
+    assert got.shape == want.shape and np.abs(got - want).mean() < 2.5
+    assert "window_end_is_last_frame" not in json.loads(items[item_id(2)]["extras"])
+    assert (f"holds {eps[1].length - 2} decodable frames in the episode window"
+            in state[item_id(1)]["reason"])
+    # the demux-only check agrees
+    fast = LeRobotSource(root, check_decode=False)
+    assert fast.probe(next(r for r in fast.discover() if r.item_id == item_id(0)))["frame_count"] == eps[0].length
