@@ -322,14 +322,15 @@ def push(
 @app.command()
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
     """Print the inventory (items, frames, hours, labelled share per source and tier), the action semantics per
-    source, the funnel, quarantine reasons."""
-    from pipelines.report import funnel_table, inventory_table, reasons_table, semantics_table
+    source, the funnel, what the latest ingest noted per source (e.g. partial downloads), quarantine reasons."""
+    from pipelines.report import funnel_table, inventory_table, notes_table, reasons_table, semantics_table
 
     cfg = _config(config, workdir)
     with _open_catalog(cfg, read_only=True) as cat:
         console.print(inventory_table(cat))
         console.print(semantics_table(cat))
         console.print(funnel_table(cat))
+        console.print(notes_table(cat))
         console.print(reasons_table(cat))
 
 

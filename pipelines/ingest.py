@@ -47,12 +47,16 @@ class IngestReport:
     source_errors: dict[str, str] = field(default_factory=dict)
     discovered: Counter = field(default_factory=Counter)
     manifest_path: str = ""
+    source_notes: dict[str, list[str]] = field(default_factory=dict)
 
 
-def discover_tasks(cfg: PipelineConfig, console: Console | None = None) -> tuple[list[dict[str, Any]], dict[str, str], Counter]:
-    """List every item of every configured source. A source that cannot be read is reported, not fatal."""
+def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
+                   notes: dict[str, list[str]] | None = None) -> tuple[list[dict[str, Any]], dict[str, str], Counter]:
+    """List every item of every configured source. A source that cannot be read is reported, not fatal; what a
+    source's discovery says about the source as a whole (its `notes`) goes into `notes` and is printed."""
     tasks: list[dict[str, Any]] = []
     errors: dict[str, str] = {}
+    notes = {} if notes is None else notes
     counts: Counter = Counter()
     first_uri: dict[str, str] = {}
     for sc in cfg.sources:
@@ -72,6 +76,11 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None) -> tuple
                     first_uri[ref.item_id] = ref.input_uri
                 tasks.append(task)
                 counts[label] += 1
+            if adapter.notes:
+                notes[label] = list(adapter.notes)
+                for line in adapter.notes:
+                    if console:
+                        console.print(f"[yellow]source {escape(label)}:[/yellow] {escape(line)}", highlight=False)
         except SourceError as e:
             errors[label] = str(e)
             if console:
@@ -86,7 +95,8 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
     ratios = SplitRatios(cfg.splits.train, cfg.splits.val, cfg.splits.test, cfg.splits.salt)
     status, report = "failed", None
     try:
-        tasks, errors, discovered = discover_tasks(cfg, console)
+        notes: dict[str, list[str]] = {}
+        tasks, errors, discovered = discover_tasks(cfg, console, notes)
         ingested: list[dict[str, Any]] = []
 
         def record(outcomes: list[Outcome]) -> None:
@@ -106,6 +116,9 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
             write_manifest(validate_rows(ITEMS, ingested), manifests / "runs" / run_id / "items.parquet", meta)
         snapshot = write_manifest(catalog.items(), manifests / "items.parquet", {**meta, "kind": "items-snapshot"})
         status = "ok"
-        return IngestReport(run_id, report, errors, discovered, str(snapshot))
+        return IngestReport(run_id, report, errors, discovered, str(snapshot), notes)
     finally:
-        catalog.finish_run(run_id, status, report.as_dict() if report else {})
+        counts = report.as_dict() if report else {}
+        if status == "ok" and notes:
+            counts["source_notes"] = notes  # what `pyramid status` shows per source, from the latest ingest
+        catalog.finish_run(run_id, status, counts)

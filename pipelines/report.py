@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pyarrow as pa
 from rich.table import Table
 
@@ -79,6 +81,23 @@ def semantics_table(catalog: Catalog) -> Table:
     for r in rows:
         table.add_row(r["source"], r["embodiment"] or "", str(r["items"]), summary(r["action_semantics"]),
                       r["action_timing"] or "—", r["came_from"] or "—")
+    return table
+
+
+def notes_table(catalog: Catalog) -> Table:
+    """Per source, what the latest ingest's discovery said about the source as a whole (e.g. a partial download:
+    "N listed clips are not on disk"): one line per finding, never one row per item."""
+    rows = catalog.sql("SELECT counts FROM runs WHERE job = 'ingest' AND status = 'ok' "
+                       "ORDER BY ended_at DESC LIMIT 1").to_pylist()
+    notes = json.loads(rows[0]["counts"] or "{}").get("source_notes", {}) if rows else {}
+    table = Table(title="Source notes (latest ingest)")
+    for col in ("source", "note"):
+        table.add_column(col, overflow="fold")
+    for source, lines in sorted(notes.items()):
+        for line in lines:
+            table.add_row(source, line)
+    if not notes:
+        table.caption = "none"
     return table
 
 

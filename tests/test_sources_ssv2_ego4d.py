@@ -26,6 +26,7 @@ from pipelines.samples.real_clips import (SSV2_FPS, SSV2_HEIGHT, VP9_OPTIONS, en
                                           write_ego4d, write_ssv2)
 from pipelines.sources import SOURCES, SourceError
 from pipelines.sources import ego4d as ego4d_module
+from pipelines.sources import ego4d_video
 from pipelines.sources.ego4d import Ego4DSource, clean_narration
 from pipelines.sources.ssv2 import SSv2Source
 
@@ -217,13 +218,13 @@ def test_ego4d_second_narration_pass_and_window_options(trees):
 
 def test_ego4d_probes_each_video_once_per_worker(trees, monkeypatch):
     calls = Counter()
-    real_probe = ego4d_module.probe_video
+    real_probe = ego4d_video.probe_video
 
     def counting_probe(path, *args, **kwargs):
         calls[Path(path).name] += 1
         return real_probe(path, *args, **kwargs)
 
-    monkeypatch.setattr(ego4d_module, "probe_video", counting_probe)
+    monkeypatch.setattr(ego4d_video, "probe_video", counting_probe)
     _, items, _, _ = run(trees, ego(trees))
     assert len(items) > N_VIDEOS
     assert calls == Counter({f"{uid}.mp4": 1 for uid in pass_narrations(trees / "samples" / "ego4d" / "v2")})
@@ -378,7 +379,10 @@ def test_missing_and_broken_inputs_are_quarantined_with_reasons_and_rerun_does_n
         {"timestamp_sec": end + 1.5, "narration_text": "#C C drops the phone", "annotation_uid": "beyond-end"})
     (base / "annotations" / "narration.json").write_text(json.dumps(narrations))
 
-    report, items, state, status = run(trees, ssv2(trees), ego(trees))
+    # missing_clips / missing_videos: quarantine lists each absent clip (the default is one summary line per
+    # source, tests/test_sources_partial_downloads.py)
+    sources = (ssv2(trees, missing_clips="quarantine"), ego(trees, missing_videos="quarantine"))
+    report, items, state, status = run(trees, *sources)
     assert status == "ok"
     reasons = {k: v["reason"] for k, v in state.items() if v["status"] == "quarantined"}
     assert reasons[f"ssv2/{gone_id}"] == f"missing video file 20bn-something-something-v2/{gone_id}.webm (listed in train.json)"
@@ -397,6 +401,6 @@ def test_missing_and_broken_inputs_are_quarantined_with_reasons_and_rerun_does_n
     assert odd["fps"] == pytest.approx(15) and odd["height"] == 200 and odd["frame_count"] == len(frames)
     assert report.stage.counts == Counter({"done": len(done), "quarantined": len(reasons)})
 
-    report2, items2, _, status2 = run(trees, ssv2(trees), ego(trees))
+    report2, items2, _, status2 = run(trees, *sources)
     assert status2 == "ok" and report2.stage.processed == 0 and report2.stage.skipped == len(done) + len(reasons)
     assert items2 == items

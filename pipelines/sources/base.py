@@ -2,7 +2,7 @@
 
 An adapter reads one dataset exactly as its publisher ships it. `discover()` runs in the driver and only
 lists inputs (cheap: no decoding); `probe(ref)` runs in workers, opens the input, validates it and returns the
-item's catalog row. The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
+item's catalog row (`discover()` may add source-level lines to `notes`). The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
 official split (e.g. SSv2's label files) as "train", "val" or "test". Unusable input raises
 `BadInput(reason)` so the item is quarantined with the reason and the run goes on.
 """
@@ -43,6 +43,9 @@ class SourceAdapter(ABC):
         self.root = Path(root)
         self.tier = tier or self.default_tier
         self.options = options
+        # one line per source-level finding of discover() (e.g. "5 listed clips are not on disk"), shown by ingest
+        # and `pyramid status` instead of one quarantine row per item
+        self.notes: list[str] = []
         if not self.root.exists():
             raise SourceError(f"{self.name}: root {self.root} does not exist")
 

@@ -40,6 +40,9 @@ is the action's cleaned `narration_text`.
 With `use_clips=True` the items are the files in `clips/` instead, whole, grouped with their parent video when
 ego4d.json's `clips[]` names it.
 
+- A partial download (`--video_uids`): narration.json / fho_main.json list every video; those not on disk are
+  one line in the source's notes ("N videos narrated in annotations/narration.json are not on disk (M narrations;
+  ...)"), not a quarantine row per narration; option `missing_videos: quarantine` lists each one as before.
 - ego4d.json's `num_frames` and the stream disagree in real releases, so the stream is probed and wins; both
   counts are kept in `extras` when they differ. A window entirely past the real end is quarantined.
 - Each video is probed (and checksummed) once per worker process, not once per clip: see `_video_facts`.
@@ -51,15 +54,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.media import VideoInfo, file_checksum, fingerprint, probe_video
+from pipelines.media import VideoInfo, fingerprint
 from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.ego4d_video import VideoFacts, Window, _video_facts, clear_video_cache, cut_window
 from pipelines.stages import BadInput
 
 DEFAULT_LICENCE = "Ego4D licence agreement, research use"
@@ -96,77 +97,6 @@ def clean_narration(text: str) -> str:
     text = _WEARER_MENTION.sub("the person", text)
     text = " ".join(text.split())
     return text[:1].upper() + text[1:]
-
-
-# ------------------------------------------------------------------------------------------- probing, cached
-
-
-@dataclass(frozen=True)
-class VideoFacts:
-    info: VideoInfo
-    checksum: str
-    size: int
-
-
-# (path, size, mtime_ns) -> VideoFacts, or the BadInput reason of a bad video (so its other clips fail fast).
-# Module-level, so it lives as long as the worker process; bounded because a worker may see many videos.
-_VIDEO_CACHE: OrderedDict[tuple[str, int, int], VideoFacts | str] = OrderedDict()
-_CACHE_SIZE = 16
-
-
-def clear_video_cache() -> None:
-    _VIDEO_CACHE.clear()
-
-
-def _video_facts(path: Path, missing_reason: str) -> VideoFacts:
-    """Probe and checksum a video once per process; a changed file (size or mtime) is probed again."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise BadInput(missing_reason) from None
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    cached = _VIDEO_CACHE.get(key)
-    if cached is None:
-        try:
-            cached = VideoFacts(probe_video(path), file_checksum(path), st.st_size)
-        except BadInput as e:
-            cached = str(e)
-        _VIDEO_CACHE[key] = cached
-        while len(_VIDEO_CACHE) > _CACHE_SIZE:
-            _VIDEO_CACHE.popitem(last=False)
-    else:
-        _VIDEO_CACHE.move_to_end(key)
-    if isinstance(cached, str):
-        raise BadInput(cached)
-    if cached.info.fps <= 0:
-        raise BadInput(f"video {path.name} declares no frame rate")
-    return cached
-
-
-# ------------------------------------------------------------------------------------------- windows
-
-
-@dataclass(frozen=True)
-class Window:
-    first_frame: int
-    frame_count: int
-    fps: float
-
-    @property
-    def start_s(self) -> float:
-        return self.first_frame / self.fps
-
-    @property
-    def duration_s(self) -> float:
-        return self.frame_count / self.fps
-
-
-def cut_window(start_s: float, end_s: float, fps: float, stream_frames: int) -> Window:
-    """The frames whose timestamps fall in [start_s, end_s), limited to the frames the stream holds."""
-    eps = 1e-6  # a timestamp a rounding error below a frame's time still counts as that frame
-    first = max(0, math.ceil(start_s * fps - eps))
-    stop = min(stream_frames, math.ceil(end_s * fps - eps))
-    return Window(first, max(0, stop - first), fps)
 
 
 def _hash(obj: Any) -> str:
@@ -208,6 +138,9 @@ class Ego4DSource(SourceAdapter):
         self.fho_center = str(options.get("fho_center", "pnr_frame"))
         if self.clips == "fho":
             self._check_fho_options()
+        self.missing_videos = str(options.get("missing_videos", "summary"))
+        if self.missing_videos not in ("summary", "quarantine"):
+            raise SourceError(f"ego4d: missing_videos must be summary or quarantine, got {self.missing_videos!r}")
         self.passes = _passes(options.get("narration_passes"))
         self.before_s = float(options.get("before_s", 1.0))
         self.after_s = float(options.get("after_s", 3.0))
@@ -272,8 +205,13 @@ class Ego4DSource(SourceAdapter):
         if not isinstance(narrations, dict):
             raise SourceError(f"ego4d: {self.base / 'annotations' / 'narration.json'} must map video_uid -> passes")
         window = {"before_s": self.before_s, "after_s": self.after_s, "min_frames": self.min_frames}
+        absent: dict[str, int] = {}
         for uid in sorted(narrations):
             path = self.base / "full_scale" / f"{uid}.mp4"
+            if self._absent(path):
+                absent[uid] = sum(len((narrations[uid] or {}).get(f"narration_pass_{p}", {}).get("narrations") or [])
+                                  for p in self.passes)
+                continue
             video_fp = fingerprint(path)  # one stat per video, not per narration
             vmeta = videos.get(uid, {}).get("video_metadata") or {}
             common = {"video_uid": uid, "in_ego4d_json": uid in videos, "metadata_frames": vmeta.get("num_frames"),
@@ -287,16 +225,21 @@ class Ego4DSource(SourceAdapter):
                     # the narration and the window options are part of the input: changing either redoes the clip
                     yield ItemRef(self.item_id(native_id), native_id, str(path),
                                   f"{video_fp}-{_hash([n, window])}", details)
+        self._note_absent(absent, "narrated in annotations/narration.json", "narrations")
 
     def _discover_fho(self, videos: dict[str, dict]) -> Iterator[ItemRef]:
         fho = self._load(self.fho_file)
         if not isinstance(fho, dict) or not isinstance(fho.get("videos"), list):
             raise SourceError(f"ego4d: {self.base / self.fho_file} has no videos[] list")
         window = self._fho_window_options()
+        absent: dict[str, int] = {}
         for v in sorted((v for v in fho["videos"] if isinstance(v, dict) and "video_uid" in v),
                         key=lambda v: v["video_uid"]):
             uid = v["video_uid"]
             path = self.base / "full_scale" / f"{uid}.mp4"
+            if self._absent(path):
+                absent[uid] = sum(len(i.get("narrated_actions") or []) for i in v.get("annotated_intervals") or [])
+                continue
             video_fp = fingerprint(path)
             vmeta = videos.get(uid, {}).get("video_metadata") or v.get("video_metadata") or {}
             common = {"video_uid": uid, "in_ego4d_json": uid in videos, "metadata_frames": vmeta.get("num_frames"),
@@ -316,6 +259,19 @@ class Ego4DSource(SourceAdapter):
                                "action": kept}
                     yield ItemRef(self.item_id(native_id), native_id, str(path),
                                   f"{video_fp}-{_hash([kept, window])}", details)
+        self._note_absent(absent, f"annotated in {self.fho_file}", "narrated actions")
+
+    def _absent(self, path: Path) -> bool:
+        """A video the annotations name but the disk lacks, skipped by default (a `--video_uids` partial download:
+        the annotation files list every video); `missing_videos: quarantine` keeps it as quarantined items."""
+        return self.missing_videos != "quarantine" and not path.exists()
+
+    def _note_absent(self, absent: dict[str, int], listed: str, what: str) -> None:
+        if absent:
+            n = len(absent)
+            self.notes.append(f"{n} video{'s' if n != 1 else ''} {listed} {'are' if n != 1 else 'is'} not on disk ({sum(absent.values())} {what}; first: "
+                              f"{', '.join(list(absent)[:3])}); set the source option missing_videos: quarantine to "
+                              "list each one")
 
     def _discover_clip_files(self, clips: list) -> Iterator[ItemRef]:
         parents = {c["clip_uid"]: c for c in clips if isinstance(c, dict) and "clip_uid" in c}

@@ -12,8 +12,13 @@ Facts: shared research motus_and_formats.md §2.2.
 
 - Split: the official files decide it (train.json -> "train", validation.json -> "val", test.json -> "test"). A
   webm listed in none of them gets no split here, so the driver assigns one from the hash of its group.
-- Items are discovered from the label files *and* the video folder, so a webm the labels name but the disk lacks
-  becomes a quarantined item instead of silently disappearing.
+- Items are the webms on disk (with their label entries) and webms on disk that no label file lists. Clips the
+  labels list but the disk lacks (a partial download) are one line in the source's notes, "N listed clips are not
+  on disk (...)", shown by ingest and `pyramid status`; option `missing_clips: quarantine` makes each one a
+  quarantined item instead ("missing video file ... listed in validation.json").
+- Label records are checked against the official schema (train/validation: string `id`, `label`, `template`,
+  `placeholders` list; test: string `id`; labels.json: template -> digit string): a mismatch is a SourceError
+  naming the file, the record and the field.
 - fps, size and frame count come from probing the stream. SSv2 is said to be 12 fps and 240 px high, but the
   pipeline checks rather than assumes.
 - The parsed label files are used only during discovery; each item carries its own small label entry in its
@@ -25,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -56,8 +62,34 @@ def _read_json(path: Path) -> Any:
         raise SourceError(f"ssv2: {path} is not valid JSON: {e}") from e
 
 
+# the official label files' record fields and their JSON types (test.json releases ids only)
+LABELLED_FIELDS = {"id": str, "label": str, "template": str, "placeholders": list}
+RECORD_FIELDS = {"train.json": LABELLED_FIELDS, "validation.json": LABELLED_FIELDS, "test.json": {"id": str}}
+
+
+def check_record(name: str, index: int, entry: Any) -> None:
+    """SourceError naming the file, the record and the field when a label record is not the official schema."""
+    fields = RECORD_FIELDS[name]
+    where = f"ssv2: labels/{name} record {index}"
+    if not isinstance(entry, dict):
+        raise SourceError(f"{where} is {type(entry).__name__}, not an object with {', '.join(fields)}")
+    where += f" (id {entry['id']!r})" if "id" in entry else ""
+    for field, kind in fields.items():
+        if field not in entry:
+            extra = sorted(set(entry) - set(fields))
+            raise SourceError(f"{where}: field {field!r} is missing; official {name} records have "
+                              f"{', '.join(fields)}" + (f" (this one has {', '.join(extra)})" if extra else ""))
+        value = entry[field]
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise SourceError(f"{where}: field {field!r} is {type(value).__name__} {str(value)[:40]!r}, the official "
+                              f"files hold a {kind.__name__}" + (' (e.g. "78687")' if field == "id" else ""))
+        if field == "placeholders" and not all(isinstance(v, str) for v in value):
+            raise SourceError(f"{where}: field 'placeholders' must list strings, got {str(value)[:60]}")
+
+
 def read_label_files(label_dir: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """id -> every (label file name, entry) that lists it. More than one means the release is inconsistent."""
+    """id -> every (label file name, entry) that lists it. More than one means the release is inconsistent.
+    Each record is checked against the official schema (SourceError naming file, record and field)."""
     listed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
     for name in SPLIT_FILES:
         path = label_dir / name
@@ -67,10 +99,24 @@ def read_label_files(label_dir: Path) -> dict[str, list[tuple[str, dict[str, Any
         if not isinstance(entries, list):
             raise SourceError(f"ssv2: {path} must be a list of {{'id': ...}} entries, got {type(entries).__name__}")
         for i, entry in enumerate(entries):
-            if not isinstance(entry, dict) or "id" not in entry:
-                raise SourceError(f"ssv2: {path} entry {i} has no 'id': {str(entry)[:80]}")
-            listed.setdefault(str(entry["id"]), []).append((name, entry))
+            check_record(name, i, entry)
+            listed.setdefault(entry["id"], []).append((name, entry))
     return listed
+
+
+def read_class_index(label_dir: Path) -> dict[str, str]:
+    """labels.json: template without brackets -> class index as a string of digits (SourceError otherwise)."""
+    path = label_dir / "labels.json"
+    if not path.exists():
+        return {}
+    classes = _read_json(path)
+    if not isinstance(classes, dict):
+        raise SourceError(f"ssv2: labels/labels.json must map templates to class indices, got {type(classes).__name__}")
+    for template, index in classes.items():
+        if not isinstance(index, str) or not index.isdigit():
+            raise SourceError(f"ssv2: labels/labels.json entry {template!r}: the class index is {index!r}, the "
+                              'official file holds a string of digits (e.g. "0")')
+    return classes
 
 
 class SSv2Source(SourceAdapter):
@@ -87,18 +133,24 @@ class SSv2Source(SourceAdapter):
                               "validation.json, test.json next to 20bn-something-something-v2/)")
         if not any((self.label_dir / f).exists() for f in SPLIT_FILES):
             raise SourceError(f"ssv2: {self.label_dir} holds none of {', '.join(SPLIT_FILES)}")
+        self.missing_clips = str(options.get("missing_clips", "summary"))
+        if self.missing_clips not in ("summary", "quarantine"):
+            raise SourceError(f"ssv2: missing_clips must be summary or quarantine, got {self.missing_clips!r}")
         if not self.video_dir.is_dir():
             raise SourceError(f"ssv2: video folder {self.video_dir} is missing (concatenate and extract the "
                               "20bn-something-something-v2-?? tar parts into it)")
 
-    def _class_index(self) -> dict[str, str]:
-        path = self.label_dir / "labels.json"
-        return _read_json(path) if path.exists() else {}
-
     def discover(self) -> Iterator[ItemRef]:
         listed = read_label_files(self.label_dir)
-        classes = self._class_index()
+        classes = read_class_index(self.label_dir)
         on_disk = {p.stem for p in self.video_dir.glob("*.webm")}
+        absent = sorted(set(listed) - on_disk, key=_sort_key)
+        if absent and self.missing_clips != "quarantine":
+            # a partial download: what is on disk is the dataset; the rest is one line, not a row per clip
+            files = ", ".join(f"{n} in {f}" for f, n in sorted(Counter(listed[c][0][0] for c in absent).items()))
+            self.notes.append(f"{len(absent)} listed clip{'s are' if len(absent) != 1 else ' is'} not on disk ({files}; first: {', '.join(absent[:5])}); "
+                              "set the source option missing_clips: quarantine to list each one")
+            listed = {c: v for c, v in listed.items() if c in on_disk}
         for clip_id in sorted(on_disk | set(listed), key=_sort_key):
             path = self.video_dir / f"{clip_id}.webm"
             entries = listed.get(clip_id, [])
