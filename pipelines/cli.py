@@ -321,13 +321,16 @@ def push(
 
 @app.command()
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
-    """Print the inventory (items, frames, hours, labelled share per source and tier), the action semantics per
-    source, the funnel, what the latest ingest noted per source (e.g. partial downloads), quarantine reasons."""
-    from pipelines.report import funnel_table, inventory_table, notes_table, reasons_table, semantics_table
+    """Print the inventory (items, frames, hours, labelled share per source and tier), embodiment and rate per
+    source with where each came from, the action semantics per source, the funnel, what the latest ingest noted
+    per source (e.g. partial downloads), quarantine reasons."""
+    from pipelines.report import (embodiment_table, funnel_table, inventory_table, notes_table, reasons_table,
+                                  semantics_table)
 
     cfg = _config(config, workdir)
     with _open_catalog(cfg, read_only=True) as cat:
         console.print(inventory_table(cat))
+        console.print(embodiment_table(cat))
         console.print(semantics_table(cat))
         console.print(funnel_table(cat))
         console.print(notes_table(cat))

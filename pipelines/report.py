@@ -84,6 +84,29 @@ def semantics_table(catalog: Catalog) -> Table:
     return table
 
 
+def embodiment_table(catalog: Catalog) -> Table:
+    """Per source (and OXE dataset): embodiment and rate, and where each came from (table, OXE overview, option,
+    info.json ...; "unknown"/"assumed" only when nothing says), so a guessed rate is never silent."""
+    rows = catalog.sql(
+        r"""
+        SELECT source, regexp_extract(coalesce(extras, ''), '"dataset": "([^"]*)"', 1) AS dataset, embodiment,
+               min(fps) AS fps_min, max(fps) AS fps_max,
+               regexp_extract(coalesce(extras, ''), '"fps_source": "([^"]*)"', 1) AS fps_from,
+               regexp_extract(coalesce(extras, ''), '"embodiment_source": "([^"]*)"', 1) AS embodiment_from,
+               count(*) AS items
+        FROM items GROUP BY ALL ORDER BY source, dataset, embodiment
+        """
+    ).to_pylist()
+    table = Table(title="Embodiment and rate per source")
+    for col in ("source", "dataset", "embodiment", "from", "fps", "fps from", "items"):
+        table.add_column(col, justify="right" if col in ("fps", "items") else "left")
+    for r in rows:
+        fps = f"{r['fps_min']:g}" if r["fps_min"] == r["fps_max"] else f"{r['fps_min']:g}-{r['fps_max']:g}"
+        table.add_row(r["source"], r["dataset"] or "", r["embodiment"] or "", r["embodiment_from"] or "—", fps,
+                      r["fps_from"] or "—", str(r["items"]))
+    return table
+
+
 def notes_table(catalog: Catalog) -> Table:
     """Per source, what the latest ingest's discovery said about the source as a whole (e.g. a partial download:
     "N listed clips are not on disk"): one line per finding, never one row per item."""

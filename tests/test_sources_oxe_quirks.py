@@ -81,3 +81,120 @@ def test_empty_or_undecodable_camera_bytes_use_another_camera_else_quarantine(tm
 
     status = CliRunner().invoke(app, ["status", "--workdir", str(tmp_path)])
     assert status.exit_code == 0 and "empty bytes" in status.output
+
+
+# ------------------------------------------------------------------------------------------------ generic reader
+
+PUSHT = "columbia_cairlab_pusht_real"  # outside the key table; schema from the TFDS catalog page of the dataset
+PUSHT_TASK = "push the T block into the goal and exit"
+
+
+def tfds_feature(kind: str, shape: tuple = (), dtype: str = "float32") -> dict:
+    """One leaf of a TFDS features.json (proto JSON), as TFDS writes Image, Tensor and Scalar features."""
+    if kind == "image":
+        return {"pythonClassName": "tensorflow_datasets.core.features.image_feature.Image",
+                "image": {"shape": {"dimensions": [str(d) for d in shape]}, "dtype": "uint8", "encodingFormat": "jpeg"}}
+    cls = "scalar.Scalar" if kind == "scalar" else "tensor_feature.Tensor"
+    return {"pythonClassName": f"tensorflow_datasets.core.features.{cls}",
+            "tensor": {"shape": {"dimensions": [str(d) for d in shape]} if shape else {}, "dtype": dtype,
+                       "encoding": "none"}}
+
+
+def features_dict(tree: dict) -> dict:
+    return {"pythonClassName": "tensorflow_datasets.core.features.features_dict.FeaturesDict",
+            "featuresDict": {"features": {k: features_dict(v) if isinstance(v, dict) and "pythonClassName" not in v
+                                          else v for k, v in tree.items()}}}
+
+
+def write_pusht(root: Path, lengths=(9, 12, 10)) -> Path:
+    """columbia_cairlab_pusht_real 0.1.0 as published (tensorflow/datasets docs/catalog/columbia_cairlab_pusht_real.md):
+    an RT-1-style action dict with a scalar terminate_episode, robot_state (2,), a string Tensor instruction."""
+    import cv2
+    import numpy as np
+
+    from pipelines.sources.tfrecord import TFRecordWriter
+
+    builder = root / PUSHT / "0.1.0"
+    builder.mkdir(parents=True)
+    steps = features_dict({
+        "action": {"gripper_closedness_action": tfds_feature("tensor"), "rotation_delta": tfds_feature("tensor", (3,)),
+                   "terminate_episode": tfds_feature("tensor"), "world_vector": tfds_feature("tensor", (3,))},
+        "is_first": tfds_feature("tensor", dtype="bool"), "is_last": tfds_feature("tensor", dtype="bool"),
+        "is_terminal": tfds_feature("tensor", dtype="bool"),
+        "observation": {"image": tfds_feature("image", (240, 320, 3)),
+                        "natural_language_embedding": tfds_feature("tensor", (512,)),
+                        "natural_language_instruction": tfds_feature("tensor", dtype="string"),
+                        "robot_state": tfds_feature("tensor", (2,)), "wrist_image": tfds_feature("image", (240, 320, 3))},
+        "reward": tfds_feature("scalar"),
+    })
+    spec = features_dict({})
+    spec["featuresDict"]["features"]["steps"] = {
+        "pythonClassName": "tensorflow_datasets.core.features.dataset_feature.Dataset",
+        "sequence": {"feature": steps, "length": "-1"}}
+    (builder / "features.json").write_text(json.dumps(spec))
+    rng = np.random.default_rng(0)
+    episodes = []
+    with TFRecordWriter(builder / f"{PUSHT}-train.tfrecord-00000-of-00001") as w:
+        for t in lengths:
+            ep = {"world_vector": rng.normal(0, 0.01, (t, 3)), "rotation_delta": rng.normal(0, 0.01, (t, 3)),
+                  "gripper_closedness_action": rng.choice([-1.0, 0.0, 1.0], (t, 1)),
+                  "terminate_episode": (np.arange(t) == t - 1).astype(float)[:, None],
+                  "robot_state": rng.uniform(0, 1, (t, 2))}
+            episodes.append(ep)
+            frames = [cv2.imencode(".jpg", rng.integers(0, 255, (240, 320, 3), dtype=np.uint8))[1].tobytes()
+                      for _ in range(t)]
+            w.write(encode_example({
+                **{f"steps/action/{k}": np.asarray(ep[k], np.float32) for k in
+                   ("world_vector", "rotation_delta", "gripper_closedness_action", "terminate_episode")},
+                "steps/is_first": np.arange(t) == 0, "steps/is_last": np.arange(t) == t - 1,
+                "steps/is_terminal": np.arange(t) == t - 1,
+                "steps/observation/image": frames, "steps/observation/wrist_image": frames[::-1],
+                "steps/observation/natural_language_embedding": np.zeros(t * 512, np.float32),
+                "steps/observation/natural_language_instruction": [PUSHT_TASK] * t,
+                "steps/observation/robot_state": np.asarray(ep["robot_state"], np.float32),
+                "steps/reward": np.zeros(t, np.float32)}))
+    (builder / "dataset_info.json").write_text(json.dumps({
+        "name": PUSHT, "version": "0.1.0", "fileFormat": "tfrecord",
+        "splits": [{"name": "train", "shardLengths": [str(len(lengths))], "filepathTemplate":
+                    "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"}]}))
+    return builder
+
+
+def test_generic_reader_keeps_language_state_rt1_actions_embodiment_and_rate(tmp_path):
+    import numpy as np
+
+    from pipelines.sources.oxe import OXESource
+
+    root = tmp_path / "oxe"
+    write_pusht(root)
+    truth = [oracle_example(r) for r in oracle_records(root / PUSHT / "0.1.0" / f"{PUSHT}-train.tfrecord-00000-of-00001")]
+    result, items, state = cli_ingest(tmp_path, [{"kind": "oxe", "root": str(root)}])
+    assert result.exit_code == 0, result.output
+    assert {v["status"] for v in state.values()} == {"done"} and len(items) == 3
+    for i, ep in enumerate(truth):
+        it = items[f"oxe/{PUSHT}/train/{i}"]
+        t = len(ep["steps/is_first"])
+        assert it["frame_count"] == t and it["cameras"] == ["image", "wrist_image"]
+        # the instruction is a string Tensor, not Text: still the item's language
+        assert it["language"] == [PUSHT_TASK]
+        # observation/robot_state is the state
+        assert it["state_dim"] == 2 and it["state_names"] == ["robot_state_0", "robot_state_1"]
+        # the dict action in RT-1's order, terminate_episode out of the vector and recorded
+        assert it["action_names"] == ["world_vector_0", "world_vector_1", "world_vector_2", "rotation_delta_0",
+                                      "rotation_delta_1", "rotation_delta_2", "gripper_closedness_action"]
+        assert it["action_semantics"] == ["delta:ee_pos"] * 3 + ["delta:ee_rot"] * 3 + ["delta:gripper"]
+        want = np.concatenate([np.reshape(ep[f"steps/action/{k}"], (t, -1)) for k in
+                               ("world_vector", "rotation_delta", "gripper_closedness_action")], axis=1)
+        np.testing.assert_array_equal(OXESource.load_actions(it), np.asarray(want, np.float32).astype(np.float64))
+        extras = json.loads(it["extras"])
+        assert extras["episode_control"] == {"steps/action/terminate_episode": 1}
+        assert extras["language_keys"] == ["steps/observation/natural_language_instruction"]
+        # embodiment and control rate from the OXE overview, said so
+        assert it["embodiment"] == "ur5" and it["fps"] == 10.0
+        assert extras["fps_source"] == "OXE overview" and extras["embodiment_source"] == "OXE overview"
+        assert extras["key_map_source"] == "features.json"
+
+    status = CliRunner().invoke(app, ["status", "--workdir", str(tmp_path)], terminal_width=250)
+    table = status.output.split("Embodiment and rate per source", 1)[1].split("Action semantics", 1)[0]
+    line = next(line for line in table.splitlines() if PUSHT in line)
+    assert "ur5" in line and "OXE overview" in line and " 10 " in line and " 3 " in line

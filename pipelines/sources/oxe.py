@@ -18,10 +18,14 @@ bytes_list of T strings. float64 tensors travel as float_list (float32) too. Epi
 (`episode_metadata/...`) hold one value. Only nested sequences inside `steps` would get extra
 `ragged_row_lengths_*` fields; no dataset in the key map table uses them.
 
-Per-dataset keys (image, state, action, language, control rate) come from the `OXE_DATASETS` table below (keys
-are relative to `steps/`), extendable with the `key_maps` option; a dataset not in the table falls back to
-`features.json` (its RGB image features, `action`, `observation/state`, a language text feature) at the
-`fps` option's rate (10 Hz when unset, marked `fps_source: assumed` in extras).
+Per-dataset keys (image, state, action, language, control rate) come from the `OXE_DATASETS` table in
+`oxe_keys.py` (keys are relative to `steps/`), extendable with the `key_maps` option; a dataset not in the table is
+read from its `features.json` (`oxe_keys._fallback_keys`): RGB image features as cameras, `action` or an action
+dict in RT-1's documented order (terminate kept out as episode control), the observation's float vectors named
+state/proprio as state, every string feature (Text or string Tensor) named instruction/language as language. Its
+embodiment and control rate come from the OXE overview sheet (`oxe_rates.py`, extras `embodiment_source` /
+`fps_source: OXE overview`); the `embodiment` and `fps` options override, and a dataset the sheet does not list
+gets embodiment "unknown" and 10 Hz marked `fps_source: assumed`.
 
 Items: `oxe/<dataset>/<split>/<episode index>`, the index counting episodes in file order over the split's
 shards (shard 0 first). `episode_metadata/file_path`, when the dataset has it, is kept in extras. Split:
@@ -253,7 +257,8 @@ class OXESource(SourceAdapter):
             except (json.JSONDecodeError, AttributeError, TypeError, ValueError) as e:
                 dataset_error = f"{builder.name}/features.json is not a TFDS FeaturesDict: {e}"
         overrides = (self.options.get("key_maps") or {}).get(dataset)
-        km = resolve_key_map(dataset, specs, overrides, self.options.get("fps"), self.options.get("licence"))
+        km = resolve_key_map(dataset, specs, overrides, self.options.get("fps"), self.options.get("licence"),
+                             self.options.get("embodiment"))
         km_hash = hashlib.blake2b(json.dumps(km, sort_keys=True).encode(), digest_size=6).hexdigest()
 
         # shards per split: what the directory holds, and what dataset_info.json declares
@@ -365,7 +370,7 @@ class OXESource(SourceAdapter):
             state_dim=int(ep.state.shape[1]),
             state_names=_names(km["state"], ep.state_dims, km["state_names"]),
             has_actions=True,
-            language=_text(feats.get(km["language"])) if km["language"] else [],
+            language=list(dict.fromkeys(t for k in km["language"] for t in _text(feats.get(k)))),
             licence=km["licence"],
             input_checksum=hashlib.blake2b(data, digest_size=16).hexdigest(),
             input_bytes=len(data) + 16,
@@ -375,7 +380,8 @@ class OXESource(SourceAdapter):
                 "file_path": file_path[0] if file_path else None,
                 "action_keys": km["action"], "action_dims": ep.action_dims,
                 "state_keys": km["state"], "state_dims": ep.state_dims,
-                "language_key": km["language"], "key_map_source": km["source"],
+                "language_keys": km["language"], "key_map_source": km["source"],
+                "embodiment_source": km["embodiment_source"],
                 "action_semantics_source": came_from or km["semantics_source"], "episode_control": control,
                 "fps_source": km["fps_source"],
                 "camera_sizes": {_leaf(c): list(s[:2]) for c, s in images.items()},

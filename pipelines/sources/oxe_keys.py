@@ -11,11 +11,12 @@ from typing import Any, Mapping
 import numpy as np
 
 from manifests import actions
+from pipelines.sources.oxe_rates import OXE_OVERVIEW
 
 STEPS = "steps/"
 
-# Per-dataset key maps. Keys are relative to `steps/`; `cameras[0]` is the primary camera (required), the others
-# are used when present. Control rates: the OXE dataset overview sheet (fractal 3 Hz, kuka 10 Hz, bridge 5 Hz,
+# Per-dataset key maps. Keys are relative to `steps/`; cameras in order of preference (camera 0 of an item is the
+# first one present whose bytes decode). Control rates: the OXE dataset overview sheet (fractal 3 Hz, kuka 10 Hz, bridge 5 Hz,
 # droid 15 Hz); keys: OpenVLA/Octo OXE_DATASET_CONFIGS and the released features.json files.
 # `action_semantics`: per action key, one `kind:part` for all its dims or a list per dim (manifests/actions.py);
 # `control`: episode-control keys, recorded in extras and never part of the action vector. Sources: RT-1/kuka
@@ -77,8 +78,14 @@ OXE_DATASETS: dict[str, dict[str, Any]] = {
 
 
 FALLBACK_HZ = 10.0
-_LANGUAGE_CANDIDATES = ("language_instruction", "observation/natural_language_instruction",
-                        "observation/language_instruction")
+# RT-1's action dict in the order its paper documents it: arm (x, y, z, roll, pitch, yaw, gripper opening), then
+# base (x, y, yaw); `terminate_episode` (the mode switch) is episode control. Brohan et al. 2022, "RT-1: Robotics
+# Transformer for real-world control at scale", §3 and §4 (action tokenization); the meanings as in the table above.
+RT1_ORDER = ("world_vector", "rotation_delta", "gripper_closedness_action", "base_displacement_vector",
+             "base_displacement_vertical_rotation")
+RT1_SEMANTICS = {"world_vector": "delta:ee_pos", "rotation_delta": "delta:ee_rot",
+                 "gripper_closedness_action": "delta:gripper", "base_displacement_vector": "delta:base",
+                 "base_displacement_vertical_rotation": "delta:base"}
 
 
 # ------------------------------------------------------------------------------------------------ features.json
@@ -136,8 +143,9 @@ def _size(spec: Mapping[str, Any] | None) -> int | None:
 
 def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
                     overrides: Mapping[str, Any] | None = None, fps: float | None = None,
-                    licence: str | None = None) -> dict[str, Any]:
-    """The full-key map the probe uses: the table entry (with overrides), or the features.json fallback."""
+                    licence: str | None = None, embodiment: str | None = None) -> dict[str, Any]:
+    """The full-key map the probe uses: the table entry (with overrides), or the features.json fallback; the
+    embodiment and control rate of a dataset outside the key table come from the OXE overview (`oxe_rates.py`)."""
     entry = dict(OXE_DATASETS.get(dataset, {}))
     entry.update(overrides or {})
     source = "table" if dataset in OXE_DATASETS or overrides else "features.json"
@@ -145,14 +153,18 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
     if not entry.get("cameras") or not entry.get("action"):
         entry.update(_fallback_keys(specs))
         source = "features.json"
+    overview_embodiment, overview_hz = OXE_OVERVIEW.get(dataset, (None, None))
+    language = entry.get("language") or []
     km = {
         "dataset": dataset,
         "source": source,
-        "embodiment": entry.get("embodiment", "unknown"),
+        "embodiment": embodiment or entry.get("embodiment") or overview_embodiment or "unknown",
+        "embodiment_source": ("option" if embodiment else "table" if entry.get("embodiment") else
+                              "OXE overview" if overview_embodiment else "unknown"),
         "cameras": [STEPS + k for k in entry.get("cameras", [])],
         "state": [STEPS + k for k in entry.get("state", [])],
         "action": [STEPS + k for k in entry.get("action", [])],
-        "language": STEPS + entry["language"] if entry.get("language") else None,
+        "language": [STEPS + k for k in ([language] if isinstance(language, str) else language)],
         "action_names": list(entry.get("action_names", [])),
         "state_names": list(entry.get("state_names", [])),
         "action_semantics": {STEPS + k: v for k, v in (entry.get("action_semantics") or {}).items()},
@@ -163,38 +175,60 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
         km["fps"], km["fps_source"] = float(fps), "option"
     elif entry.get("control_hz"):
         km["fps"], km["fps_source"] = float(entry["control_hz"]), "table"
+    elif overview_hz:
+        km["fps"], km["fps_source"] = float(overview_hz), "OXE overview"
     else:
         km["fps"], km["fps_source"] = FALLBACK_HZ, "assumed"
     missing = [k for k in km["action"] if k not in km["action_semantics"]]
-    # a dataset outside the table: most of OXE commands per-step end-effector deltas (Octo's transforms), so
-    # that is assumed, by key name where it says more, and marked so; the source option overrides it
+    # a dataset outside the table: RT-1's action keys mean what RT-1 documents; for others most of OXE commands
+    # per-step end-effector deltas (Octo's transforms), so that is assumed, by key name where it says more, and
+    # marked so; the source option overrides it
     for k in missing:
         leaf = _leaf(k)
-        km["action_semantics"][k] = ("velocity" if "velocity" in leaf else
-                                     "absolute:gripper" if "gripper" in leaf and "delta" not in leaf else "delta")
+        km["action_semantics"][k] = RT1_SEMANTICS.get(leaf) or (
+            "velocity" if "velocity" in leaf else
+            "absolute:gripper" if "gripper" in leaf and "delta" not in leaf else "delta")
     km["semantics_source"] = "assumed" if missing else source
     km["dims"] = {k: _size(specs.get(k)) for k in km["state"] + km["action"] + km["control"]}
     return km
 
 
+def _is_text(spec: Mapping[str, Any]) -> bool:
+    """A string feature: TFDS `Text`, or a `Tensor` of dtype string (how some datasets declare instructions)."""
+    return spec.get("kind") == "text" or (spec.get("kind") == "tensor" and spec.get("dtype") == "string")
+
+
 def _fallback_keys(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    images = [k[len(STEPS):] for k, s in specs.items()
-              if k.startswith(STEPS + "observation/") and s["kind"] == "image"
+    """Keys of a dataset outside the table, from its features.json (all relative to `steps/`):
+
+    cameras: RGB image features of the observation ("image" first, wrist/hand/depth views last); action: `action`,
+    or the float features of an action dict in RT-1's documented order, then the rest in file order, episode
+    control (terminate) left out and listed under `control`; state: the observation's float vectors whose name
+    says state or proprio; language: every string feature (Text or string Tensor) whose name says instruction or
+    language (embeddings are not text), `language_instruction` first.
+    """
+    steps = {k[len(STEPS):]: s for k, s in specs.items() if k.startswith(STEPS) and not s.get("nested_sequence")}
+    images = [k for k, s in steps.items() if k.startswith("observation/") and s["kind"] == "image"
               and (not s.get("shape") or s["shape"][-1] in (3, None))]
 
     def rank(k: str) -> int:  # "image" first, then other scene cameras, wrist/hand/depth views last
-        leaf = k.rsplit("/", 1)[-1]
+        leaf = _leaf(k)
         return 0 if leaf == "image" else 2 if any(w in leaf for w in ("wrist", "hand", "depth")) else 1
 
     images.sort(key=rank)  # stable: features.json order inside each rank
-    control = [k[len(STEPS):] for k in specs if k.startswith(STEPS + "action/") and _is_control(k)]
-    if "steps/action" in specs:
+    control = [k for k in steps if k.startswith("action/") and _is_control(k)]
+    if "action" in steps:
         action = ["action"]
     else:
-        action = [k[len(STEPS):] for k, s in specs.items() if k.startswith(STEPS + "action/")
-                  and s["kind"] == "tensor" and str(s.get("dtype", "")).startswith("float") and not _is_control(k)]
-    state = ["observation/state"] if "steps/observation/state" in specs else []
-    language = next((c for c in _LANGUAGE_CANDIDATES if specs.get(STEPS + c, {}).get("kind") == "text"), None)
+        action = [k for k, s in steps.items() if k.startswith("action/") and s["kind"] == "tensor"
+                  and str(s.get("dtype", "")).startswith("float") and not _is_control(k)]
+        action.sort(key=lambda k: RT1_ORDER.index(_leaf(k)) if _leaf(k) in RT1_ORDER else len(RT1_ORDER))
+    state = [k for k, s in steps.items() if k.startswith("observation/") and s["kind"] == "tensor"
+             and str(s.get("dtype", "")).startswith("float") and len(s.get("shape") or []) <= 1
+             and any(w in _leaf(k) for w in ("state", "proprio"))]
+    language = [k for k, s in steps.items() if _is_text(s) and "embedding" not in _leaf(k)
+                and any(w in _leaf(k) for w in ("instruction", "language"))]
+    language.sort(key=lambda k: 0 if k == "language_instruction" else 1)
     return {"cameras": images, "action": action, "state": state, "language": language, "control": control}
 
 
