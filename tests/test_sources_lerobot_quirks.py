@@ -153,3 +153,53 @@ def test_v3_to_timestamp_at_the_last_frame_is_tolerated_by_one_frame_period(tmp_
     # the demux-only check agrees
     fast = LeRobotSource(root, check_decode=False)
     assert fast.probe(next(r for r in fast.discover() if r.item_id == item_id(0)))["frame_count"] == eps[0].length
+
+
+def test_annotation_pseudo_tasks_are_not_language(tmp_path, v2):
+    """GR00T-style annotations: integer columns index tasks.jsonl, one with the task description, one with a
+    validity flag whose "task" is the word "valid" (and episodes.jsonl lists both)."""
+    eps = sample_episodes(N_V2, V2_SEED, wrists=True)
+    tasks = [json.loads(line) for line in (v2 / "meta" / "tasks.jsonl").read_text().splitlines()]
+    valid = len(tasks)
+    tasks.append({"task_index": valid, "task": "valid"})
+    (v2 / "meta" / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    lines = [json.loads(line) for line in (v2 / "meta" / "episodes.jsonl").read_text().splitlines()]
+    (v2 / "meta" / "episodes.jsonl").write_text("".join(json.dumps({**e, "tasks": e["tasks"] + ["valid"]}) + "\n"
+                                                        for e in lines))
+
+    def annotate(info):
+        for k in ("annotation.human.action.task_description", "annotation.human.validity"):
+            info["features"][k] = {"dtype": "int64", "shape": [1], "names": None}
+    edit_info(v2, annotate)
+    for ep in eps:
+        path = v2 / "data" / "chunk-000" / f"episode_{ep.index:06d}.parquet"
+        table = pq.read_table(path)
+        n = table.num_rows
+        table = table.append_column("annotation.human.action.task_description", table.column("task_index"))
+        table = table.append_column("annotation.human.validity", pa.array([valid] * n, pa.int64()))
+        pq.write_table(table, path)
+
+    report, items, _ = run(tmp_path, v2)
+    assert report.stage.counts == Counter({"done": N_V2})
+    for ep in eps:
+        it = items[item_id(ep.index)]
+        assert it["language"] == [ep.task]  # never "valid"
+        assert json.loads(it["extras"])["tasks_not_language"] == ["valid"]
+
+
+def test_videos_under_another_folder_name_both_paths_and_the_video_path_option_reads_them(tmp_path, v2):
+    (v2 / "videos").rename(v2 / "video")
+    template = json.loads((v2 / "meta" / "info.json").read_text())["video_path"]
+    other = "video" + template[len("videos"):]
+    _, items, state = run(tmp_path / "a", v2)
+    assert not items
+    reason = state[item_id(0)]["reason"]
+    assert reason.startswith("no camera has files: missing video file "
+                             f"videos/chunk-000/{HEAD}/episode_000000.mp4 (video_path {template!r} from info.json); "
+                             f"video/chunk-000/{HEAD}/episode_000000.mp4 exists: set the source option video_path: "
+                             f"{other!r}")
+    report, items, _ = run(tmp_path / "b", v2, video_path=other)
+    assert report.stage.counts == Counter({"done": N_V2})
+    for it in items.values():
+        assert all(Path(u).relative_to(v2).parts[0] == "video" for u in it["media_uris"])
+        assert it["cameras"] == ["cam_high", "cam_left_wrist", "cam_right_wrist"]

@@ -29,7 +29,11 @@ folder's name), group_id = the item (an episode is its own recording), fps from 
 episode's `length`, checked in `probe` against the data rows and against the frames each camera's window really
 decodes (a mismatch is a BadInput, the item is quarantined and the rest ingests). A declared camera without files is left
 out (extras `cameras_missing`) unless the config names it; an episode with no camera files is quarantined. Actions and states come from
-the `action` and `observation.state` features (dims and names from info.json); language is the episode's tasks.
+the `action` and `observation.state` features (dims and names from info.json). Language is the text of the
+rows' `task_index` and of documented language annotation columns (`annotation.*` whose name says task_description
+or instruction) through the task table; other annotation columns point at pseudo-tasks (GR00T-style
+`annotation.human.validity` -> "valid") that are never language (extras `tasks_not_language`). Without task_index
+or a task table, the episode metadata's `tasks` are used.
 
 Options
     tier: int                  5 for the OXE mirrors (default 6)
@@ -90,8 +94,10 @@ import pyarrow.parquet as pq
 from pipelines.media import check_finite, fingerprint
 from manifests import actions as action_semantics
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
-from pipelines.sources.lerobot_meta import (IMAGE_PREFIX, _card_licence, _column_2d, feature_dim,  # noqa: F401
-                                            feature_names, parse_splits, read_episode_rows, short_camera)
+from pipelines.sources.lerobot_meta import (_card_licence, _column_2d, episode_language,  # noqa: F401
+                                            feature_dim, feature_names, language_columns, parse_splits,
+                                            read_episode_rows, read_task_table, short_camera, v2_episodes,
+                                            v3_episodes)
 from pipelines.sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
 from pipelines.stages import BadInput
 
@@ -173,6 +179,8 @@ class LeRobotSource(SourceAdapter):
                                 "info.json" if info.get("video_path") else "the default layout")
         self.chunks_size = int(info.get("chunks_size") or 1000)
         self.check_decode = bool(options.get("check_decode", True))
+        self.tasks = read_task_table(self.root)
+        self.language_columns = language_columns(features)
         self.action_semantics, self.action_timing, self.semantics_from, self.action_check = self._action_meaning()
 
     @property
@@ -291,7 +299,8 @@ class LeRobotSource(SourceAdapter):
     # ---------------------------------------------------------------------------------------- discovery
 
     def discover(self) -> Iterator[ItemRef]:
-        episodes = self._v3_episodes() if self.v3 else self._v2_episodes()
+        layout = (self.root, self.version, self.data_path, self.video_path, self.camera_keys)
+        episodes = v3_episodes(*layout) if self.v3 else v2_episodes(*layout, self.chunks_size)
         if not episodes:
             raise SourceError(f"lerobot: {self.root.name} lists no episodes")
         for ep in sorted(episodes, key=lambda e: e["episode_index"]):
@@ -302,67 +311,6 @@ class LeRobotSource(SourceAdapter):
             if ep.get("meta_file"):
                 files.append(self.root / ep["meta_file"])
             yield ItemRef(self.item_id(native_id), native_id, str(data), fingerprint(files), ep)
-
-    def _v2_episodes(self) -> list[dict[str, Any]]:
-        path = self.root / "meta" / "episodes.jsonl"
-        if not path.exists():
-            raise SourceError(f"lerobot: {path} is missing (codebase_version {self.version} lists its episodes there)")
-        episodes = []
-        for n, line in enumerate(path.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-                index = int(entry["episode_index"])
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise SourceError(f"lerobot: {path} line {n} is not an episode entry: {e}") from e
-            chunk = index // self.chunks_size
-            fmt = {"episode_chunk": chunk, "chunk_index": chunk, "episode_index": index}
-            episodes.append({
-                "version": self.version, "episode_index": index, "length": entry.get("length"),
-                "tasks": [str(t) for t in entry.get("tasks") or []],
-                "data_file": self.data_path.format(**fmt),
-                "videos": {k: {"file": self.video_path.format(video_key=k, **fmt), "from": 0.0, "to": None}
-                           for k in self.camera_keys},
-            })
-        return episodes
-
-    def _v3_episodes(self) -> list[dict[str, Any]]:
-        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-        if not files:
-            raise SourceError(f"lerobot: no meta/episodes/chunk-*/file-*.parquet under {self.root} "
-                              f"(codebase_version {self.version})")
-        episodes = []
-        for f in files:
-            rel = str(f.relative_to(self.root))
-            try:
-                names = pq.read_schema(f).names
-            except (pa.ArrowException, OSError) as e:
-                raise SourceError(f"lerobot: episodes metadata {rel} is unreadable: {e}") from e
-            need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
-            for k in self.camera_keys:
-                need += [f"videos/{k}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
-            missing = [c for c in need if c not in names]
-            if missing:
-                raise SourceError(f"lerobot: episodes metadata {rel} lacks columns {missing[:6]}")
-            try:
-                rows = pq.read_table(f, columns=need + (["tasks"] if "tasks" in names else [])).to_pylist()
-            except (pa.ArrowException, OSError) as e:
-                raise SourceError(f"lerobot: episodes metadata {rel} is unreadable: {e}") from e
-            for r in rows:
-                videos = {}
-                for k in self.camera_keys:
-                    fmt = {"chunk_index": int(r[f"videos/{k}/chunk_index"]), "file_index": int(r[f"videos/{k}/file_index"])}
-                    videos[k] = {"file": self.video_path.format(video_key=k, **fmt),
-                                 "from": float(r[f"videos/{k}/from_timestamp"]), "to": float(r[f"videos/{k}/to_timestamp"])}
-                episodes.append({
-                    "version": self.version, "episode_index": int(r["episode_index"]), "length": r["length"],
-                    "tasks": [str(t) for t in r.get("tasks") or []],
-                    "data_file": self.data_path.format(chunk_index=int(r["data/chunk_index"]),
-                                                       file_index=int(r["data/file_index"])),
-                    "videos": videos, "meta_file": rel,
-                })
-        return episodes
 
     # ---------------------------------------------------------------------------------------- probe
 
@@ -377,7 +325,7 @@ class LeRobotSource(SourceAdapter):
         data = self.root / ep["data_file"]
         if not data.exists():
             raise BadInput(f"missing data file {ep['data_file']}")
-        cols = [c for c in (self.action_key, self.state_key, "timestamp", "task_index") if c]
+        cols = [c for c in (self.action_key, self.state_key, "timestamp", "task_index", *self.language_columns) if c]
         table = read_episode_rows(data, index, cols, shared=self.v3)
         what = f"{ep['data_file']} episode {index}"
         if table.num_rows != length:
@@ -406,11 +354,12 @@ class LeRobotSource(SourceAdapter):
         sizes = {short_camera(k): [wins[k].width, wins[k].height] for k in cams}
         video_bytes = sum(w.packet_bytes for w in wins.values())
 
-        language = list(ep.get("tasks") or []) or self._tasks_from_rows(table)
+        language, not_language = episode_language(table, self.language_columns, self.tasks, ep.get("tasks") or [])
         width, height = wins[cams[0]].width, wins[cams[0]].height
         extras: dict[str, Any] = {
             "layout": f"lerobot {self.version}", "episode_index": index, "data_file": ep["data_file"],
             "camera_keys": cams, "camera_start_s": camera_start, "camera_sizes": sizes, "cameras_missing": missing,
+            "tasks_not_language": not_language,
             "action_key": self.action_key, "state_key": self.state_key,
             "action_semantics_source": self.semantics_from, "action_check": self.action_check,
         }
@@ -510,31 +459,6 @@ class LeRobotSource(SourceAdapter):
                     template = folder.name + self.video_path[len(self.video_path.split("/")[0]):]
                     return f"{reason}; {other} exists: set the source option video_path: {template!r}"
         return reason
-
-    def _tasks_from_rows(self, table: pa.Table) -> list[str]:
-        """Language when the episode metadata has no `tasks`: the rows' task_index through the tasks table."""
-        if "task_index" not in table.column_names:
-            return []
-        indices = sorted(set(int(i) for i in table.column("task_index").to_pylist() if i is not None))
-        names = self._task_table()
-        return [names[i] for i in indices if i in names]
-
-    def _task_table(self) -> dict[int, str]:
-        jsonl = self.root / "meta" / "tasks.jsonl"
-        if jsonl.exists():
-            out = {}
-            for line in jsonl.read_text().splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    out[int(entry["task_index"])] = str(entry["task"])
-            return out
-        parquet = self.root / "meta" / "tasks.parquet"
-        if parquet.exists():
-            df = pq.read_table(parquet).to_pandas()  # the task text is the pandas index (lerobot writes it so)
-            if "task" in df.columns:
-                return {int(i): str(t) for i, t in zip(df["task_index"], df["task"])}
-            return {int(i): str(t) for t, i in zip(df.index, df["task_index"])}
-        return {}
 
     # ---------------------------------------------------------------------------------------- actions
 

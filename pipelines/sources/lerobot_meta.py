@@ -1,8 +1,9 @@
 """LeRobot metadata and frame rows: feature names and dims from info.json, splits, the dataset card's licence, the
-episode's rows of a data parquet, and the task table."""
+episode's rows of a data parquet, the task table and the episode's language."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -12,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.sources.base import SourceError
 from pipelines.stages import BadInput
 
 IMAGE_PREFIX = "observation.images."
@@ -121,3 +123,114 @@ def read_episode_rows(path: Path, episode_index: int, columns: Sequence[str], sh
     return table
 
 
+
+
+def read_task_table(root: Path) -> dict[int, str]:
+    """task_index -> task text from meta/tasks.jsonl (v2.x) or meta/tasks.parquet (v3.0; lerobot writes the text
+    as the pandas index); {} when the dataset has neither."""
+    jsonl = root / "meta" / "tasks.jsonl"
+    if jsonl.exists():
+        out = {}
+        for line in jsonl.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                out[int(entry["task_index"])] = str(entry["task"])
+        return out
+    parquet = root / "meta" / "tasks.parquet"
+    if parquet.exists():
+        df = pq.read_table(parquet).to_pandas()
+        if "task" in df.columns:
+            return {int(i): str(t) for i, t in zip(df["task_index"], df["task"])}
+        return {int(i): str(t) for t, i in zip(df.index, df["task_index"])}
+    return {}
+
+
+def language_columns(features: dict[str, Any]) -> list[str]:
+    """Integer annotation columns that index the task table with language (GR00T-style
+    `annotation.human.action.task_description`); other annotation columns (`annotation.human.validity`) do not."""
+    return [k for k, f in features.items() if k.startswith("annotation.") and isinstance(f, dict)
+            and str(f.get("dtype", "")).startswith("int") and any(w in k for w in ("task_description", "instruction"))]
+
+
+def episode_language(table: pa.Table, columns: Sequence[str], tasks: dict[int, str],
+                     episode_tasks: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(language lines, episode tasks that are not language): the texts the rows' task_index and the language
+    annotation `columns` point at, in first-seen order; the episode metadata's tasks when rows or table say
+    nothing. Tasks the episode lists but no language column points at (annotation pseudo-tasks such as "valid")
+    are returned apart so they are recorded, never used as language."""
+    indices: list[int] = []
+    for col in ("task_index", *columns):
+        if col in table.column_names:
+            for v in table.column(col).to_pylist():  # a scalar, or a one-value list (shape [1])
+                indices += [int(i) for i in (v if isinstance(v, list) else [v]) if i is not None]
+    lines = [tasks[i] for i in dict.fromkeys(indices) if i in tasks]
+    if not lines:
+        return [str(t) for t in episode_tasks], []
+    return lines, [str(t) for t in episode_tasks if str(t) not in lines]
+
+
+def v2_episodes(root: Path, version: str, data_path: str, video_path: str, camera_keys: Sequence[str],
+                chunks_size: int) -> list[dict[str, Any]]:
+    """v2.x: the episodes of meta/episodes.jsonl, with their data file and per-camera mp4 (whole file)."""
+    path = root / "meta" / "episodes.jsonl"
+    if not path.exists():
+        raise SourceError(f"lerobot: {path} is missing (codebase_version {version} lists its episodes there)")
+    episodes = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            index = int(entry["episode_index"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise SourceError(f"lerobot: {path} line {n} is not an episode entry: {e}") from e
+        chunk = index // chunks_size
+        fmt = {"episode_chunk": chunk, "chunk_index": chunk, "episode_index": index}
+        episodes.append({
+            "version": version, "episode_index": index, "length": entry.get("length"),
+            "tasks": [str(t) for t in entry.get("tasks") or []],
+            "data_file": data_path.format(**fmt),
+            "videos": {k: {"file": video_path.format(video_key=k, **fmt), "from": 0.0, "to": None}
+                       for k in camera_keys},
+        })
+    return episodes
+
+def v3_episodes(root: Path, version: str, data_path: str, video_path: str,
+                camera_keys: Sequence[str]) -> list[dict[str, Any]]:
+    """v3.0: the episodes of meta/episodes/*.parquet, with their data file and per-camera window of the
+    concatenated mp4s."""
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise SourceError(f"lerobot: no meta/episodes/chunk-*/file-*.parquet under {root} "
+                          f"(codebase_version {version})")
+    episodes = []
+    for f in files:
+        rel = str(f.relative_to(root))
+        try:
+            names = pq.read_schema(f).names
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(f"lerobot: episodes metadata {rel} is unreadable: {e}") from e
+        need = ["episode_index", "length", "data/chunk_index", "data/file_index"]
+        for k in camera_keys:
+            need += [f"videos/{k}/{c}" for c in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+        missing = [c for c in need if c not in names]
+        if missing:
+            raise SourceError(f"lerobot: episodes metadata {rel} lacks columns {missing[:6]}")
+        try:
+            rows = pq.read_table(f, columns=need + (["tasks"] if "tasks" in names else [])).to_pylist()
+        except (pa.ArrowException, OSError) as e:
+            raise SourceError(f"lerobot: episodes metadata {rel} is unreadable: {e}") from e
+        for r in rows:
+            videos = {}
+            for k in camera_keys:
+                fmt = {"chunk_index": int(r[f"videos/{k}/chunk_index"]), "file_index": int(r[f"videos/{k}/file_index"])}
+                videos[k] = {"file": video_path.format(video_key=k, **fmt),
+                             "from": float(r[f"videos/{k}/from_timestamp"]), "to": float(r[f"videos/{k}/to_timestamp"])}
+            episodes.append({
+                "version": version, "episode_index": int(r["episode_index"]), "length": r["length"],
+                "tasks": [str(t) for t in r.get("tasks") or []],
+                "data_file": data_path.format(chunk_index=int(r["data/chunk_index"]),
+                                                   file_index=int(r["data/file_index"])),
+                "videos": videos, "meta_file": rel,
+            })
+    return episodes

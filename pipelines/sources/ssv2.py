@@ -148,7 +148,8 @@ class SSv2Source(SourceAdapter):
         if absent and self.missing_clips != "quarantine":
             # a partial download: what is on disk is the dataset; the rest is one line, not a row per clip
             files = ", ".join(f"{n} in {f}" for f, n in sorted(Counter(listed[c][0][0] for c in absent).items()))
-            self.notes.append(f"{len(absent)} listed clip{'s are' if len(absent) != 1 else ' is'} not on disk ({files}; first: {', '.join(absent[:5])}); "
+            are = "clips are" if len(absent) != 1 else "clip is"
+            self.notes.append(f"{len(absent)} listed {are} not on disk ({files}; first: {', '.join(absent[:5])}); "
                               "set the source option missing_clips: quarantine to list each one")
             listed = {c: v for c, v in listed.items() if c in on_disk}
         for clip_id in sorted(on_disk | set(listed), key=_sort_key):
