@@ -203,3 +203,28 @@ def test_videos_under_another_folder_name_both_paths_and_the_video_path_option_r
     for it in items.values():
         assert all(Path(u).relative_to(v2).parts[0] == "video" for u in it["media_uris"])
         assert it["cameras"] == ["cam_high", "cam_left_wrist", "cam_right_wrist"]
+
+
+def test_info_json_totals_that_disagree_with_the_data_are_reported_not_trusted(tmp_path, v2):
+    from audit import AuditConfig
+    from audit.context import AuditContext
+    from audit.registry import CHECKS
+
+    eps = sample_episodes(N_V2, V2_SEED, wrists=True)
+    frames = sum(e.length for e in eps)
+
+    def trimmed(info):  # written before the dataset was trimmed
+        info["total_episodes"], info["total_frames"] = N_V2 + 2, frames + 57
+    edit_info(v2, trimmed)
+    report, items, _ = run(tmp_path, v2)
+    assert report.stage.counts == Counter({"done": N_V2})  # the episodes that are there ingest
+    (note,), = report.source_notes.values()
+    assert note == (f"info.json disagrees with meta/episodes.jsonl: total_episodes {N_V2 + 2}, counted {N_V2}; "
+                    f"total_frames {frames + 57}, counted {frames}")
+    for it in items.values():
+        assert json.loads(it["extras"])["metadata_totals"] == {"total_episodes": [N_V2 + 2, N_V2],
+                                                              "total_frames": [frames + 57, frames]}
+    cfg = config_from_dict({"workdir": str(tmp_path / "work")})
+    with Catalog(cfg.catalog_path) as cat:
+        out = CHECKS["stream_matches_metadata"].run(AuditContext(cfg, cat, AuditConfig()))
+    assert out.failures[item_id(0)].startswith(f"info.json says total_episodes {N_V2 + 2}, the dataset holds {N_V2}")

@@ -77,8 +77,9 @@ def media_readable(ctx: AuditContext) -> Outcome:
 
 
 @check("stream_matches_metadata", "integrity", "warning",
-       "The source's own metadata (e.g. ego4d.json num_frames, fps) disagrees with the stream it describes. Ingest "
-       "trusted the stream, so the item is usable, but the metadata is wrong and other tools may trust it.")
+       "The source's own metadata (e.g. ego4d.json num_frames, fps, LeRobot info.json totals) disagrees with the "
+       "stream or dataset it describes. Ingest trusted the stream, so the item is usable, but the metadata is wrong "
+       "and other tools may trust it.")
 def stream_matches_metadata(ctx: AuditContext) -> Outcome:
     out = Outcome(checked=_ids(ctx.items))
     for row in ctx.items:
@@ -87,6 +88,9 @@ def stream_matches_metadata(ctx: AuditContext) -> Outcome:
             claimed, real = extras.get(f"metadata_{what}"), extras.get(f"stream_{what}")
             if claimed is not None and real is not None and claimed != real:
                 out.fail(row["item_id"], f"metadata says {claimed:g} {what}, the stream has {real:g}")
+        # dataset totals (LeRobot info.json total_frames / total_episodes) against what the dataset holds
+        for key, (claimed, counted) in sorted((extras.get("metadata_totals") or {}).items()):
+            out.fail(row["item_id"], f"info.json says {key} {claimed}, the dataset holds {counted}")
     return out
 
 

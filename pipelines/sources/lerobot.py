@@ -96,8 +96,8 @@ from manifests import actions as action_semantics
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.sources.lerobot_meta import (_card_licence, _column_2d, episode_language,  # noqa: F401
                                             feature_dim, feature_names, language_columns, parse_splits,
-                                            read_episode_rows, read_task_table, short_camera, v2_episodes,
-                                            v3_episodes)
+                                            read_episode_rows, read_task_table, short_camera, totals_mismatch,
+                                            v2_episodes, v3_episodes)
 from pipelines.sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
 from pipelines.stages import BadInput
 
@@ -178,6 +178,7 @@ class LeRobotSource(SourceAdapter):
         self.video_path_from = ("the video_path option" if options.get("video_path") else
                                 "info.json" if info.get("video_path") else "the default layout")
         self.chunks_size = int(info.get("chunks_size") or 1000)
+        self.declared_totals = {k: info.get(k) for k in ("total_episodes", "total_frames")}
         self.check_decode = bool(options.get("check_decode", True))
         self.tasks = read_task_table(self.root)
         self.language_columns = language_columns(features)
@@ -303,7 +304,14 @@ class LeRobotSource(SourceAdapter):
         episodes = v3_episodes(*layout) if self.v3 else v2_episodes(*layout, self.chunks_size)
         if not episodes:
             raise SourceError(f"lerobot: {self.root.name} lists no episodes")
+        totals = totals_mismatch(self.declared_totals, episodes)
+        if totals:  # info.json is not trusted: what the dataset holds is counted, and a disagreement reported
+            where = "meta/episodes.jsonl" if not self.v3 else "meta/episodes/*.parquet"
+            self.notes.append("info.json disagrees with " + where + ": " + "; ".join(
+                f"{k} {claimed}, counted {counted}" for k, (claimed, counted) in totals.items()))
         for ep in sorted(episodes, key=lambda e: e["episode_index"]):
+            if totals:
+                ep["metadata_totals"] = totals
             index = ep["episode_index"]
             native_id = f"{self.repo_name}/episode_{index:06d}"
             data = self.root / ep["data_file"]
@@ -359,7 +367,7 @@ class LeRobotSource(SourceAdapter):
         extras: dict[str, Any] = {
             "layout": f"lerobot {self.version}", "episode_index": index, "data_file": ep["data_file"],
             "camera_keys": cams, "camera_start_s": camera_start, "camera_sizes": sizes, "cameras_missing": missing,
-            "tasks_not_language": not_language,
+            "tasks_not_language": not_language, "metadata_totals": ep.get("metadata_totals") or {},
             "action_key": self.action_key, "state_key": self.state_key,
             "action_semantics_source": self.semantics_from, "action_check": self.action_check,
         }

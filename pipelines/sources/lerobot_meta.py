@@ -234,3 +234,17 @@ def v3_episodes(root: Path, version: str, data_path: str, video_path: str,
                 "videos": videos, "meta_file": rel,
             })
     return episodes
+
+
+def totals_mismatch(declared: dict[str, Any], episodes: list[dict[str, Any]]) -> dict[str, list[int]]:
+    """{info.json total: [what it says, what the episodes metadata holds]} where they disagree (a dataset trimmed
+    after its info.json was written): total_episodes against the episodes listed, total_frames against the sum of
+    their lengths. Each episode's own length is checked against its data rows and decoded frames in `probe`."""
+    counted = {"total_episodes": len(episodes),
+               "total_frames": sum(int(e["length"]) for e in episodes if e.get("length") is not None)}
+    out = {}
+    for key, n in counted.items():
+        claimed = declared.get(key)
+        if isinstance(claimed, int) and not isinstance(claimed, bool) and claimed != n:
+            out[key] = [claimed, n]
+    return out
