@@ -1,8 +1,9 @@
 """Stream an item's frames at the working size: decode, resample, aspect-preserving pad. Never a whole video.
 
 Media URIs come from the items table: a video file (mp4/webm, decoded with PyAV, windowed by the item's
-`start_s` and `frame_count`), or `episode.hdf5#observation/<cam>/rgb` / `#vision/<cam>/colors` (RoboTwin's 2.0
-and 2026 image datasets, decoded to RGB by pipelines/sources/robotwin.py, which knows both JPEG byte orders).
+`start_s` and `frame_count`; `video.mp4#crop=x,y,w,h` is one view of frames that stack several, as AnyPos/ATARA
+record them), or `episode.hdf5#observation/<cam>/rgb` / `#vision/<cam>/colors` (RoboTwin's 2.0 and 2026 image
+datasets, decoded to RGB by pipelines/sources/robotwin.py, which knows both JPEG byte orders).
 Frames are padded like Motus's `resize_with_padding`: scale to fit inside the canvas, centre, pad black.
 """
 
@@ -102,11 +103,26 @@ def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator
 
     if is_tfrecord_uri(uri):
         return iter_tfrecord_frames(uri)
+    path, _, fragment = uri.partition("#")
+    if fragment.startswith("crop="):  # one view of a frame that stacks several (AnyPos/ATARA head over wrists)
+        x, y, w, h = crop_box(uri)
+        return (f[y:y + h, x:x + w] for f in _decode_video(path, start_s, tolerance_s))
     if "#" in uri:
         from pipelines.sources.robotwin import iter_hdf5_frames
 
         return iter_hdf5_frames(*uri.split("#", 1))
     return _decode_video(uri, start_s, tolerance_s)
+
+
+def crop_box(uri: str) -> tuple[int, int, int, int]:
+    """(x, y, width, height) of a `video.mp4#crop=x,y,w,h` URI: that rectangle of every frame is the camera."""
+    try:
+        x, y, w, h = (int(v) for v in uri.rsplit("#crop=", 1)[1].split(","))
+    except (IndexError, ValueError):
+        raise BadInput(f"malformed crop URI {uri!r}: expected <video>#crop=x,y,width,height") from None
+    if min(x, y) < 0 or min(w, h) <= 0:
+        raise BadInput(f"crop URI {uri!r} names an empty or negative rectangle")
+    return x, y, w, h
 
 
 def native_frame_index(frames, native_fps: float, fps: float | None) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipelines.sources.anypos import AnyPosSource
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError
 from pipelines.sources.ego4d import Ego4DSource
 from pipelines.sources.lerobot import LeRobotSource
@@ -13,7 +14,8 @@ from pipelines.sources.ssv2 import SSv2Source
 from pipelines.sources.task_agnostic import TaskAgnosticSource
 
 SOURCES: dict[str, type[SourceAdapter]] = {
-    cls.name: cls for cls in (SSv2Source, Ego4DSource, RoboTwinSource, TaskAgnosticSource, OXESource, LeRobotSource)
+    cls.name: cls for cls in (SSv2Source, Ego4DSource, RoboTwinSource, TaskAgnosticSource, AnyPosSource, OXESource,
+                              LeRobotSource)
 }
 
 
