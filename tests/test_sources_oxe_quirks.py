@@ -198,3 +198,118 @@ def test_generic_reader_keeps_language_state_rt1_actions_embodiment_and_rate(tmp
     table = status.output.split("Embodiment and rate per source", 1)[1].split("Action semantics", 1)[0]
     line = next(line for line in table.splitlines() if PUSHT in line)
     assert "ur5" in line and "OXE overview" in line and " 10 " in line and " 3 " in line
+
+
+# ------------------------------------------------------------------------------------------------ key table coverage
+
+# taco_play 0.1.0 as published (tensorflow/datasets docs/catalog/taco_play.md): flat key -> (class, shape, dtype)
+TACO_PLAY = {
+    "action/actions": ("tensor", (7,), "float32"), "action/rel_actions_gripper": ("tensor", (7,), "float32"),
+    "action/rel_actions_world": ("tensor", (7,), "float32"), "action/terminate_episode": ("tensor", (), "float32"),
+    "is_first": ("tensor", (), "bool"), "is_last": ("tensor", (), "bool"), "is_terminal": ("tensor", (), "bool"),
+    "observation/depth_gripper": ("tensor", (84, 84), "float32"),
+    "observation/depth_static": ("tensor", (150, 200), "float32"),
+    "observation/natural_language_embedding": ("tensor", (512,), "float32"),
+    "observation/natural_language_instruction": ("tensor", (), "string"),
+    "observation/rgb_gripper": ("image", (84, 84, 3), "uint8"),
+    "observation/rgb_static": ("image", (150, 200, 3), "uint8"),
+    "observation/robot_obs": ("tensor", (15,), "float32"),
+    "observation/structured_language_instruction": ("tensor", (), "string"),
+    "reward": ("scalar", (), "float32"),
+}
+
+
+def features_json_from_flat(flat: dict) -> dict:
+    tree: dict = {}
+    for key, (kind, shape, dtype) in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = tfds_feature(kind, shape, dtype)
+    spec = features_dict({})
+    spec["featuresDict"]["features"]["steps"] = {
+        "pythonClassName": "tensorflow_datasets.core.features.dataset_feature.Dataset",
+        "sequence": {"feature": features_dict(tree), "length": "-1"}}
+    return spec
+
+
+def write_builder(root: Path, name: str, flat: dict, lengths=(6, 8), text: str = "put the block in the drawer"):
+    """An RLDS builder dir whose episodes hold values of the published shapes (JPEG images, random numbers)."""
+    import cv2
+    import numpy as np
+
+    from pipelines.sources.tfrecord import TFRecordWriter
+
+    builder = root / name / "0.1.0"
+    builder.mkdir(parents=True)
+    (builder / "features.json").write_text(json.dumps(features_json_from_flat(flat)))
+    rng = np.random.default_rng(1)
+    with TFRecordWriter(builder / f"{name}-train.tfrecord-00000-of-00001") as w:
+        for t in lengths:
+            ep = {}
+            for key, (kind, shape, dtype) in flat.items():
+                if kind == "image":
+                    ep[f"steps/{key}"] = [cv2.imencode(".jpg", rng.integers(0, 255, shape, dtype=np.uint8))[1].tobytes()
+                                          for _ in range(t)]
+                elif dtype == "string":
+                    ep[f"steps/{key}"] = [text] * t
+                elif dtype == "bool":
+                    ep[f"steps/{key}"] = np.arange(t) == (0 if key == "is_first" else t - 1)
+                else:
+                    ep[f"steps/{key}"] = rng.normal(0, 0.1, (t, *shape)).astype(np.float32).ravel()
+            w.write(encode_example(ep))
+    (builder / "dataset_info.json").write_text(json.dumps({
+        "name": name, "version": "0.1.0", "splits": [{"name": "train", "shardLengths": [str(len(lengths))]}]}))
+    return builder
+
+
+def test_every_key_table_dataset_maps_to_keys_its_published_features_json_has():
+    from pipelines.samples.oxe_rlds import SCHEMAS, features_json
+    from pipelines.sources.oxe_keys import OXE_DATASETS, flatten_features, resolve_key_map
+
+    published = {name: features_json(name, SCHEMAS[name]["size"]) for name in SCHEMAS}  # the released trees
+    published["taco_play"] = features_json_from_flat(TACO_PLAY)
+    assert set(OXE_DATASETS) <= set(published), set(OXE_DATASETS) - set(published)
+    for name in OXE_DATASETS:
+        specs = flatten_features(published[name])
+        km = resolve_key_map(name, specs)
+        assert km["source"] == "table" and km["fps_source"] == "table" and km["embodiment"] != "unknown"
+        assert km["cameras"] and all(specs[k]["kind"] == "image" for k in km["cameras"]), name
+        for k in km["action"] + km["state"]:
+            assert specs[k]["kind"] == "tensor" and specs[k]["dtype"].startswith("float"), (name, k)
+            assert km["dims"][k], (name, k)
+        assert km["language"] and all(specs[k]["kind"] == "text" or specs[k]["dtype"] == "string"
+                                      for k in km["language"]), name
+        assert all(k in specs for k in km["control"]), name
+        dims = sum(km["dims"][k] for k in km["action"])
+        assert not km["action_names"] or len(km["action_names"]) == dims, name
+
+
+def test_taco_play_reads_its_world_frame_deltas_and_an_unknown_dict_of_alternatives_is_not_guessed(tmp_path):
+    root = tmp_path / "oxe"
+    write_builder(root, "taco_play", TACO_PLAY)
+    write_builder(root, "my_taco_copy", TACO_PLAY)  # the same schema under a name the table does not know
+    result, items, state = cli_ingest(tmp_path, [{"kind": "oxe", "root": str(root)}])
+    assert result.exit_code == 0, result.output
+    it = items["oxe/taco_play/train/0"]
+    assert it["cameras"] == ["rgb_static", "rgb_gripper"] and (it["height"], it["width"]) == (150, 200)
+    assert it["action_dim"] == 7 and it["action_names"][-1] == "open_gripper" and it["state_dim"] == 15
+    assert it["action_semantics"][-1] == "absolute:gripper" and it["fps"] == 15.0
+    assert it["language"] == ["put the block in the drawer"]
+    reasons = {k: v["reason"] for k, v in state.items() if v["status"] == "quarantined"}
+    assert set(reasons) == {"oxe/my_taco_copy/train/0", "oxe/my_taco_copy/train/1"}
+    assert reasons["oxe/my_taco_copy/train/0"] == (
+        "my_taco_copy/0.1.0: the action dict of features.json holds several action vectors (action/actions (7,), "
+        "action/rel_actions_gripper (7,), action/rel_actions_world (7,)) and my_taco_copy is not in the key table: "
+        "name the one to use with the source option key_maps, e.g. {my_taco_copy: {action: [action/actions]}}")
+
+    # the option names it; everything else still comes from features.json
+    src = {"kind": "oxe", "root": str(root), "options": {
+        "datasets": ["my_taco_copy"], "key_maps": {"my_taco_copy": {"action": ["action/rel_actions_world"]}}}}
+    (tmp_path / "b").mkdir()
+    result, items, state = cli_ingest(tmp_path / "b", [src])
+    assert result.exit_code == 0 and {v["status"] for v in state.values()} == {"done"}
+    it = items["oxe/my_taco_copy/train/1"]
+    assert it["action_dim"] == 7 and it["cameras"] == ["rgb_static", "rgb_gripper"]
+    assert json.loads(it["extras"])["key_map_source"] == "key_maps option (action) + features.json"

@@ -259,6 +259,8 @@ class OXESource(SourceAdapter):
         overrides = (self.options.get("key_maps") or {}).get(dataset)
         km = resolve_key_map(dataset, specs, overrides, self.options.get("fps"), self.options.get("licence"),
                              self.options.get("embodiment"))
+        if km.get("action_problem") and not dataset_error:
+            dataset_error = f"{builder.parent.name}/{builder.name}: {km['action_problem']}"
         km_hash = hashlib.blake2b(json.dumps(km, sort_keys=True).encode(), digest_size=6).hexdigest()
 
         # shards per split: what the directory holds, and what dataset_info.json declares

@@ -62,6 +62,22 @@ OXE_DATASETS: dict[str, dict[str, Any]] = {
         "action_semantics": {"action": ["delta:ee_pos"] * 3 + ["delta:ee_rot"] * 3 + ["absolute:gripper"]},
         "licence": "CC-BY-4.0",
     },
+    "taco_play": {  # TACO-RL play data (Franka); rgb_static 150x200, rgb_gripper 84x84 JPEG
+        # keys and meanings: the TFDS catalog page (tensorflow/datasets docs/catalog/taco_play.md): the action dict
+        # holds absolute `actions` and two relative ones; rel_actions_world is x, y, z, yaw, pitch, roll deltas in
+        # the robot base frame and an absolute open_gripper (-1 open, 1 close); robot_obs is EE pose (6), gripper
+        # width, joint positions (7), gripper action
+        "embodiment": "franka_panda",
+        "control_hz": 15.0,  # OXE overview sheet
+        "cameras": ["observation/rgb_static", "observation/rgb_gripper"],
+        "state": ["observation/robot_obs"],
+        "action": ["action/rel_actions_world"],
+        "action_semantics": {"action/rel_actions_world": ["delta:ee_pos"] * 3 + ["delta:ee_rot"] * 3
+                                                         + ["absolute:gripper"]},
+        "action_names": ["x", "y", "z", "yaw", "pitch", "roll", "open_gripper"],
+        "control": ["action/terminate_episode"],
+        "language": ["observation/natural_language_instruction", "observation/structured_language_instruction"],
+    },
     "droid": {  # DROID (Franka Panda); images 180x320 JPEG
         "embodiment": "franka_panda",
         "control_hz": 15.0,
@@ -151,8 +167,15 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
     source = "table" if dataset in OXE_DATASETS or overrides else "features.json"
     specs = specs or {}
     if not entry.get("cameras") or not entry.get("action"):
-        entry.update(_fallback_keys(specs))
-        source = "features.json"
+        # what the table or the key_maps option does not give is read from features.json; given keys stay
+        fallback = _fallback_keys(specs)
+        given = [k for k in fallback if entry.get(k)]
+        for key, value in fallback.items():
+            if not entry.get(key):
+                entry[key] = value
+        if "action" in given:
+            entry.pop("action_problem", None)  # the option chose the action: nothing left to guess
+        source = f"key_maps option ({', '.join(given)}) + features.json" if given else "features.json"
     overview_embodiment, overview_hz = OXE_OVERVIEW.get(dataset, (None, None))
     language = entry.get("language") or []
     km = {
@@ -170,7 +193,13 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
         "action_semantics": {STEPS + k: v for k, v in (entry.get("action_semantics") or {}).items()},
         "control": [STEPS + k for k in entry.get("control", [])],
         "licence": licence or entry.get("licence") or "unknown (see the dataset card)",
+        "action_problem": None,
     }
+    if entry.get("action_problem"):
+        shown, first = entry["action_problem"]
+        km["action_problem"] = (f"the action dict of features.json holds several action vectors ({shown}) and "
+                                f"{dataset} is not in the key table: name the one to use with the source option "
+                                f"key_maps, e.g. {{{dataset}: {{action: [{first}]}}}}")
     if fps:
         km["fps"], km["fps_source"] = float(fps), "option"
     elif entry.get("control_hz"):
@@ -211,9 +240,9 @@ def _fallback_keys(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     images = [k for k, s in steps.items() if k.startswith("observation/") and s["kind"] == "image"
               and (not s.get("shape") or s["shape"][-1] in (3, None))]
 
-    def rank(k: str) -> int:  # "image" first, then other scene cameras, wrist/hand/depth views last
+    def rank(k: str) -> int:  # "image" first, then other scene cameras, wrist/hand/gripper/depth views last
         leaf = _leaf(k)
-        return 0 if leaf == "image" else 2 if any(w in leaf for w in ("wrist", "hand", "depth")) else 1
+        return 0 if leaf == "image" else 2 if any(w in leaf for w in ("wrist", "hand", "gripper", "depth")) else 1
 
     images.sort(key=rank)  # stable: features.json order inside each rank
     control = [k for k in steps if k.startswith("action/") and _is_control(k)]
@@ -223,13 +252,24 @@ def _fallback_keys(specs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
         action = [k for k, s in steps.items() if k.startswith("action/") and s["kind"] == "tensor"
                   and str(s.get("dtype", "")).startswith("float") and not _is_control(k)]
         action.sort(key=lambda k: RT1_ORDER.index(_leaf(k)) if _leaf(k) in RT1_ORDER else len(RT1_ORDER))
+        others = [k for k in action if _leaf(k) not in RT1_ORDER]
+        if len(others) > 1:  # e.g. taco_play: absolute `actions` and two relative ones; concatenating them is wrong
+            shown = ", ".join(f"{k} {tuple(steps[k].get('shape') or ())}" for k in others)
+            return {"cameras": images, "action": action, "control": control,
+                    "action_problem": (shown, others[0])} | _observation_keys(steps)
+    return {"cameras": images, "action": action, "control": control} | _observation_keys(steps)
+
+
+def _observation_keys(steps: Mapping[str, Mapping[str, Any]]) -> dict[str, list[str]]:
+    """State (the observation's float vectors named state/proprio) and language (string features named
+    instruction/language, `language_instruction` first) of a features.json's steps."""
     state = [k for k, s in steps.items() if k.startswith("observation/") and s["kind"] == "tensor"
              and str(s.get("dtype", "")).startswith("float") and len(s.get("shape") or []) <= 1
              and any(w in _leaf(k) for w in ("state", "proprio"))]
     language = [k for k, s in steps.items() if _is_text(s) and "embedding" not in _leaf(k)
                 and any(w in _leaf(k) for w in ("instruction", "language"))]
     language.sort(key=lambda k: 0 if k == "language_instruction" else 1)
-    return {"cameras": images, "action": action, "state": state, "language": language, "control": control}
+    return {"state": state, "language": language}
 
 
 def _is_control(key: str) -> bool:
