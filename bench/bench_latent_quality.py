@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "before": {"vae.recon_balance": "none", "vae.moving_weight": 1.0, "vae.lr_decay_steps": 0},
     "default": {},
     "moving": {"vae.moving_weight": 8.0},
+    "frame": {"vae.decoder_condition": "frame"},  # the decoder sees the pair's first frame (frame_decoder.py)
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
