@@ -12,13 +12,13 @@ below follow the released features.json files of each dataset (key names, shapes
 fields real datasets carry is trimmed to a few representative ones, which readers must ignore).
 
 Motion: a commanded end-effector path per episode (position, roll-pitch-yaw, gripper; its own speed and changing
-direction, `sim_oxe.motion`) drives a MuJoCo ViperX arm whose gripper is welded to a mocap target
-(pipelines/samples/sim_oxe.py), and the images are rendered from that sim. Actions are the path's per-step deltas
+direction, `sim_oxe.motion`) drives a MuJoCo ViperX arm through inverse kinematics on its gripper link
+(pipelines/samples/sim_oxe.py), and the images are rendered from that arm. Actions are the path's per-step deltas
 (fractal/kuka: `world_vector`, `rotation_delta`, a relative `gripper_closedness_action` of +1 close / −1 open / 0;
 bridge: a flat 7-d delta with an absolute gripper) or velocities (droid), so the action caused the frames:
 RLDS step t holds the image rendered BEFORE action t is applied, and action t moves the hand from the pose
 frame t shows to the one frame t+1 shows (timing `after`; the last step's action is zero and carries
-`terminate_episode`). States are the pose the sim measured at each frame (the hand tracks the command to ~1 mm).
+`terminate_episode`). States are the pose the arm reached at each frame (IK meets the command to ~1e-5 m).
 With `frames_from` (an mp4), its frames are used instead and the states are the commanded path (frames and
 actions are then unrelated). Images are RGB arrays encoded as standard JPEG (cv2 gets BGR, so channels are
 swapped before encoding).
@@ -268,9 +268,9 @@ def episode_example(dataset: str, index: int, t: int, size: tuple[int, int], see
     else:
         if sim is None:
             raise ValueError("episode_example needs a video or an ArmSim")
-        frames, measured = sim.episode(m, VIEWS[:len(cams)])
+        frames, reached = sim.episode(m, VIEWS[:len(cams)])
         images = dict(zip(cams, frames.values()))
-        seen = {"pos": measured[:, :3], "quat": measured[:, 3:], "rpy": quat_to_rpy(measured[:, 3:])}
+        seen = {"pos": reached[:, :3], "quat": reached[:, 3:], "rpy": quat_to_rpy(reached[:, 3:])}
     feats: dict[str, Any] = {}
     for key, spec in _leaves(schema["steps"], ""):
         values = _step_values(key, spec, m, schema["fps"], t, instruction, rng, images, seen)

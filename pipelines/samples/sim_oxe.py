@@ -44,7 +44,7 @@ HOME = np.array([0.27, 0.0, 0.22, 0.0, 1.1, 0.0])  # x y z roll pitch yaw in the
 HALF_RANGE = np.array([0.10, 0.16, 0.08, 0.5, 0.25, 0.45])
 SPEED = (0.04, 0.16)  # m/s, an episode's translation speed is drawn from this range
 TURN_S = (0.5, 1.5)  # s between new directions, per episode
-ANGULAR_SPEED = (0.1, 0.5)  # rad/s
+ANGULAR_SPEED = (0.3, 1.0)  # rad/s
 CAMERAS = {  # base-frame position, look-at point, vertical field of view (deg)
     "oxe_main": ((0.56, 0.08, 0.50), (0.24, 0.0, 0.16), 58.0),
     "oxe_side": ((0.30, 0.50, 0.50), (0.24, 0.0, 0.17), 60.0),
@@ -133,13 +133,13 @@ def _walk(rng: np.random.Generator, t: int, fps: float, speed: float, turn_s: fl
 
 def motion(rng: np.random.Generator, t: int, fps: float) -> dict[str, np.ndarray]:
     """The commanded end-effector path of one episode (base frame): pos [t, 3] m, rpy [t, 3] rad, gripper [t]
-    in {0, 1} (1 = closed), toggled one to three times. Speed and turn rate are drawn per episode."""
+    in {0, 1} (1 = closed), toggled two to five times. Speed and turn rate are drawn per episode."""
     lo, hi = HOME - HALF_RANGE, HOME + HALF_RANGE
     start = HOME + rng.uniform(-0.5, 0.5, 6) * HALF_RANGE
     speed, turn = rng.uniform(*SPEED), rng.uniform(*TURN_S)
     pos = _walk(rng, t, fps, speed, turn, 3, lo[:3], hi[:3], start[:3])
     rpy = _walk(rng, t, fps, rng.uniform(*ANGULAR_SPEED), rng.uniform(*TURN_S), 3, lo[3:], hi[3:], start[3:])
-    toggles = np.sort(rng.choice(np.arange(1, t), size=min(t - 1, int(rng.integers(1, 4))), replace=False))
+    toggles = np.sort(rng.choice(np.arange(1, t), size=min(t - 1, int(rng.integers(2, 6))), replace=False))
     gripper = (np.searchsorted(toggles, np.arange(t), side="right") % 2).astype(np.float64)
     if rng.random() < 0.5:
         gripper = 1.0 - gripper
