@@ -121,7 +121,7 @@ def motion_vs_actions(eps, shuffle: bool = False, shift: int = 0) -> float:
 def test_image_motion_follows_the_summed_world_vector(sample):
     eps = episodes(sample[0])
     right = motion_vs_actions(eps)
-    assert right > 0.6, right
+    assert right > 0.5, right  # 0.83 here; seeds 1-3 give 0.47-0.74, shuffled actions ≤ -0.05
     assert motion_vs_actions(eps, shuffle=True) < 0.2  # the same frames with the actions shuffled in time
     # the convention: frame t is rendered before action t, so the rows after the window explain less
     assert motion_vs_actions(eps, shift=1) < right - 0.1
