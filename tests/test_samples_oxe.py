@@ -143,3 +143,10 @@ def test_frames_from_a_video_are_unrelated_to_the_actions(tmp_path):
         c.mux(s.encode())
     write_oxe(tmp_path / "oxe", N, seed=0, dataset=FRACTAL, frames_from=mp4, image_size=SIZE)
     assert motion_vs_actions(episodes(tmp_path / "oxe")) < 0.2
+
+
+def test_the_sample_is_deterministic_per_seed(tmp_path):
+    def shard(name, seed):
+        return write_oxe(tmp_path / name, 1, seed=seed, dataset=FRACTAL, steps=(8, 8), image_size=(64, 80))[0]
+
+    assert shard("a", 3).read_bytes() == shard("b", 3).read_bytes() != shard("c", 4).read_bytes()
