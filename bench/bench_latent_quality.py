@@ -39,6 +39,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "before": {"vae.recon_balance": "none", "vae.moving_weight": 1.0, "vae.lr_decay_steps": 0},
     "default": {},
     "moving": {"vae.moving_weight": 8.0},
+    "frame": {"vae.decoder_condition": "frame"},  # the decoder sees the pair's first frame (frame_decoder.py)
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
@@ -63,9 +64,9 @@ def build_corpus(out: Path, scale: int, engine: str) -> Any:
     return cfg
 
 
-def run_one(out: Path, engine: str, variant: str, seed: int, steps: int) -> dict[str, Any]:
+def run_one(out: Path, engine: str, variant: str, seed: int, steps: int, threads: int | None = None) -> dict[str, Any]:
     overrides = {**VARIANTS[variant], "vae.seed": seed, "vae.steps": steps, "vae.output": f"vae_{variant}_s{seed}",
-                 "runner.engine": engine}
+                 "runner.engine": engine, **({"vae.threads": threads} if threads else {})}
     cfg = load_config(CONFIG, workdir=str(out), **overrides)
     t0 = time.perf_counter()
     with Catalog(cfg.catalog_path) as cat:
@@ -112,6 +113,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--variants", nargs="+", default=["before", "default"], choices=list(VARIANTS))
     ap.add_argument("--engine", default="local", choices=["local", "ray"])
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads for training (default: the config's; 1 is faster on a busy machine)")
     ap.add_argument("--out", type=Path, default=None, help="corpus + runs folder (default bench_out/latent_quality_s<scale>)")
     args = ap.parse_args()
     out = (args.out or Path("bench_out") / f"latent_quality_s{args.scale}").resolve()
@@ -119,10 +122,10 @@ def main() -> None:
     build_corpus(out, args.scale, args.engine)
     print(f"[bench] corpus at {out} ready in {time.perf_counter() - t0:.0f}s", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {}
-    for variant in args.variants:
-        for seed in args.seeds:
+    for seed in args.seeds:  # seeds outermost: a run cut short still has every variant at its first seeds
+        for variant in args.variants:
             t1 = time.perf_counter()
-            runs.setdefault(variant, []).append(run_one(out, args.engine, variant, seed, args.steps))
+            runs.setdefault(variant, []).append(run_one(out, args.engine, variant, seed, args.steps, args.threads))
             print(f"[bench] {variant} seed {seed}: {time.perf_counter() - t1:.0f}s", flush=True)
     excluded = next(iter(runs.values()))[0]["meta"].get("excluded", {})
     lines = [f"latent quality, held-out groups, scale {args.scale}, {args.steps} steps, seeds {args.seeds} "

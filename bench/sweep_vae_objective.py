@@ -37,7 +37,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "per_source_align20": {"recon_balance": "per_source", "lambda_align": 20.0},
     "per_source_lab30": {"recon_balance": "per_source", "labelled_fraction": 0.3},
     "per_source_scale2": {"recon_balance": "per_source", "flow_scale_px": 2.0},
+    "frame": {"recon_balance": "per_source", "decoder_condition": "frame"},
+    "frame_cosine": {"recon_balance": "per_source", "decoder_condition": "frame", "lr_decay_steps": -1},
+    "frame_align20": {"recon_balance": "per_source", "decoder_condition": "frame", "lambda_align": 20.0},
+    "frame_beta1e-3": {"recon_balance": "per_source", "decoder_condition": "frame", "beta": 1e-3},
+    "cosine": {"recon_balance": "per_source", "lr_decay_steps": -1},
 }
+# arrays a job reads from the export ("frame" only when the flow artifacts stored first frames)
+ARRAYS = ("flow", "valid", "action", "action_mask", "labelled", "pair_index", "pair_frames", "frame")
 
 
 # ---------------------------------------------------------------------------------------------- export (CPU)
@@ -59,8 +66,7 @@ def export(workdir: str, out: str, config: str | None) -> None:
     labelled = [r for r in train if r["has_actions"] and (not vc.align_embodiments or r["embodiment"] in vc.align_embodiments)]
     stats = compute_action_stats(labelled)
     sampler = PairSampler(rows, vc, stats, seed=0)
-    parts: dict[str, list[np.ndarray]] = {k: [] for k in ("flow", "valid", "action", "action_mask", "labelled",
-                                                          "pair_index", "pair_frames")}
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
     ids: list[str] = []
     size = (vc.image_size, vc.image_size)
     for batch in sampler.iter_batches(256):
@@ -69,12 +75,14 @@ def export(workdir: str, out: str, config: str | None) -> None:
         parts["valid"].append((F.interpolate(batch["valid"].float()[:, None], size=size, mode="area")[:, 0] > 0.999).numpy())
         for k in ("action", "action_mask", "labelled", "pair_index", "pair_frames"):
             parts[k].append(batch[k].numpy())
+        if batch.get("frame") is not None:  # first frames at the input size, as the model would resize them
+            parts["frame"].append(F.interpolate(batch["frame"].float(), size=size, mode="area").round().byte().numpy())
         ids += batch["item_ids"]
     keep = ("item_id", "source", "embodiment", "tier", "split", "n_pairs", "mean_px", "has_actions")
     meta = {"rows": [{k: r[k] for k in keep} for r in rows], "action_stats": stats_to_dict(stats),
             "excluded": excluded, "vae": dataclasses.asdict(vc), "workdir": Path(workdir).name}
     np.savez_compressed(out, item_ids=np.array(ids), meta=json.dumps(meta),
-                        **{k: np.concatenate(v) for k, v in parts.items()})
+                        **{k: np.concatenate(v) for k, v in parts.items() if v})
     print(f"exported {len(ids)} pairs of {len(rows)} items ({len(excluded)} excluded) to {out} "
           f"({os.path.getsize(out) / 1e6:.1f} MB)")
 
@@ -86,8 +94,7 @@ class Pairs:
     def __init__(self, path: str):
         z = np.load(path, allow_pickle=False)
         self.meta = json.loads(str(z["meta"]))
-        self.arrays = {k: z[k] for k in ("flow", "valid", "action", "action_mask", "labelled", "pair_index",
-                                         "pair_frames")}
+        self.arrays = {k: z[k] for k in ARRAYS if k in z.files}
         self.item_ids = z["item_ids"].tolist()
         self.rows = {r["item_id"]: r for r in self.meta["rows"]}
         split = np.array([self.rows[i]["split"] for i in self.item_ids])

@@ -179,6 +179,7 @@ class _Loaded:
     pairs: np.ndarray  # int32 [N, 2]
     action: np.ndarray  # float32 [N, width]
     action_mask: np.ndarray  # bool [N, width]
+    frames: np.ndarray | None = None  # uint8 [N, 3, h, w] first frames, when the artifact stores them
 
 
 @dataclass
@@ -302,12 +303,13 @@ class PairSampler:
         if labelled:
             delta = action_changes(row, art.pairs, art.meta["fps"])
             action, mask = normalise_action_change(delta, self.action_stats[row["embodiment"]], self.width)
-        return _Loaded(art.flow, art.valid, art.pairs, action, mask)
+        return _Loaded(art.flow, art.valid, art.pairs, action, mask, art.frames)
 
     def _assemble(self, items: np.ndarray, pairs: np.ndarray, labelled: np.ndarray) -> dict[str, Any]:
         """Gather (item, pair) samples into batch tensors, reading each item once per batch."""
         b = len(items)
-        flow = valid = None
+        flow = valid = first = None
+        with_frames = True
         action = np.zeros((b, self.width), np.float32)
         action_mask = np.zeros((b, self.width), bool)
         frames = np.zeros((b, 2), np.int64)
@@ -323,6 +325,11 @@ class PairSampler:
                                  f"{shape_of}'s {flow.shape[1:]} (mixed flow.store_size?)")
             rows = np.flatnonzero(items == idx)
             p = pairs[rows]
+            with_frames = with_frames and loaded.frames is not None
+            if with_frames:  # a batch carries frames only when every item has them
+                if first is None:
+                    first = np.empty((b, *loaded.frames.shape[1:]), np.uint8)
+                first[rows] = loaded.frames[p]
             flow[rows] = loaded.flow[p]
             valid[rows] = loaded.valid[p]
             frames[rows] = loaded.pairs[p]
@@ -335,6 +342,7 @@ class PairSampler:
             "item_ids": [self.items[i]["item_id"] for i in items.tolist()],
             "pair_index": torch.from_numpy(pairs.astype(np.int64)),
             "pair_frames": torch.from_numpy(frames),  # (t1, t2) at the artifact's fps
+            "frame": torch.from_numpy(first) if with_frames and first is not None else None,  # uint8 [B,3,h,w]
         }
 
     # --- training batches -------------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ class Collected:
     embodiments: list[str]
     sources: list[str]
     examples: list[Example] = field(default_factory=list)
+    # a frame-conditioned decoder given z = 0 (the prior mean): what the first frame alone predicts; NaN otherwise
+    prior_epe_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    prior_moving_epe_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -85,6 +88,7 @@ class Collected:
             item_ids=[self.item_ids[i] for i in idx], pair_index=self.pair_index[idx],
             embodiments=[self.embodiments[i] for i in idx], sources=[self.sources[i] for i in idx],
             examples=[e for e in self.examples if e.item_id in kept_items],
+            prior_epe_px=self.prior_epe_px[idx], prior_moving_epe_px=self.prior_moving_epe_px[idx],
         )
 
     @property
@@ -137,12 +141,18 @@ def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, s
         raise ValueError(f"non-finite latent for items {[ids[i] for i in bad.nonzero()[:, 0].tolist()][:5]}")
     zero = torch.zeros_like(target)
     nan = torch.full((len(ids),), float("nan"), device=target.device)
-    recon = model.decode(mu) if decode else None
+    recon = prior = None
+    if decode and getattr(model, "frame_conditioned", False):
+        frame = model.prepare_frame(batch["frame"].to(device) if batch.get("frame") is not None else None)
+        recon, prior = model.decode(mu, frame), model.decode(torch.zeros_like(mu), frame)
+    elif decode:
+        recon = model.decode(mu)
     field = mean_fields.predict(target, sources) if mean_fields is not None else None
     epe = {name: (per_pair_epe_px(pred, target, mask, scale, moving) if pred is not None else nan)
            for name, pred, moving in (("epe", recon, None), ("moving", recon, MOVING_PX), ("zero", zero, None),
                                       ("zero_moving", zero, MOVING_PX), ("field", field, None),
-                                      ("field_moving", field, MOVING_PX))}
+                                      ("field_moving", field, MOVING_PX), ("prior", prior, None),
+                                      ("prior_moving", prior, MOVING_PX))}
     mu_rev = None
     if reverse:
         x_rev, _, _ = model.prepare(-batch["flow"].to(device), batch["valid"].to(device))
@@ -176,6 +186,7 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
     """
     lookup = _row_lookup(rows)
     keys = ("mu", "kl", "var", "pooled", "frames", "epe", "moving", "zero", "zero_moving", "field", "field_moving",
+            "prior", "prior_moving",
             "action", "amask", "labelled", "pair") + (("mu_rev",) if reverse else ())
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     item_ids: list[str] = []
@@ -211,7 +222,8 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
                      meanfield_epe_px=cat("field"), meanfield_moving_epe_px=cat("field_moving"),
                      action=cat("action", d), action_mask=cat("amask", d, bool), labelled=cat("labelled", dtype=bool),
                      item_ids=item_ids, pair_index=cat("pair", dtype=np.int64), embodiments=embodiments,
-                     sources=sources, examples=list(examples.values()))
+                     sources=sources, examples=list(examples.values()),
+                     prior_epe_px=cat("prior"), prior_moving_epe_px=cat("prior_moving"))
 
 
 @dataclass
@@ -498,10 +510,12 @@ def _scope_report(train: Collected, rnd_train: Collected, held: Collected, rnd_h
         "n_heldout_labelled_items": len({i for i, k in zip(held.item_ids, held.probe_ready) if k}),
         "probe": probe,
         "epe_px": {"trained": _epe_summary(held.epe_px), "random_init": _epe_summary(rnd_held.epe_px),
-                   "zero_flow": _epe_summary(held.zero_epe_px), "mean_field": _epe_summary(held.meanfield_epe_px)},
+                   "zero_flow": _epe_summary(held.zero_epe_px), "mean_field": _epe_summary(held.meanfield_epe_px),
+                   "frame_only": _epe_summary(held.prior_epe_px)},
         "moving_epe_px": {"trained": _epe_summary(held.moving_epe_px),
                           "zero_flow": _epe_summary(held.zero_moving_epe_px),
-                          "mean_field": _epe_summary(held.meanfield_moving_epe_px), "threshold_px": MOVING_PX},
+                          "mean_field": _epe_summary(held.meanfield_moving_epe_px),
+                          "frame_only": _epe_summary(held.prior_moving_epe_px), "threshold_px": MOVING_PX},
         "information": information_summary(held.mu, held.var),
         "s_pcfc": _spcfc(held),
         "kl": kl_summary(held.kl, active_threshold),

@@ -1,6 +1,9 @@
 """The latent-action VAE: flow → DC-AE encoder → tokens (4 × 512 at 64²) → light encoder → 14-d Gaussian,
 and back: 14-d → light decoder → tokens → DC-AE decoder → flow.
 
+With `decoder_condition: frame` the way back is a U-Net on the pair's first frame modulated by z
+(`frame_decoder.py`): z then carries the motion, the frame says where the movers are. The encoder is the same.
+
 The DC-AE is diffusers' `AutoencoderDC` built from a small config (ResBlock stages, widths 8…512; no weights are
 downloaded), trained end to end with the rest. Users with a pretrained DC-AE (e.g. dc-ae-f128c512 at 256²) can
 point `pretrained_dcae` at its local diffusers folder: it is loaded and frozen, and only the light
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flow_extraction.colour import flow_to_rgb
+from latent_action_vae.frame_decoder import FrameConditionedDecoder, frame_input
 from pipelines.config import VAEConfig
 
 
@@ -54,10 +58,17 @@ class LatentActionVAE(nn.Module):
         flat = self.token_shape[0] * side * side
         self.to_posterior = nn.Sequential(nn.LayerNorm(flat), nn.Linear(flat, cfg.hidden), nn.SiLU(),
                                           nn.Linear(cfg.hidden, 2 * cfg.latent_dim))
-        self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.hidden), nn.SiLU(), nn.Linear(cfg.hidden, flat))
-        # the DC-AE decoder returns its input's channel count; colour inputs still reconstruct 2-channel flow
-        out_ch = self.dcae.config.in_channels
-        self.flow_head = nn.Conv2d(out_ch, 2, 1) if out_ch != 2 else nn.Identity()
+        if cfg.decoder_condition not in ("none", "frame"):
+            raise ValueError(f"vae.decoder_condition must be none or frame, got {cfg.decoder_condition!r}")
+        self.frame_conditioned = cfg.decoder_condition == "frame"
+        if self.frame_conditioned:
+            self.frame_decoder = FrameConditionedDecoder(cfg.latent_dim)
+        else:
+            self.from_latent = nn.Sequential(nn.Linear(cfg.latent_dim, cfg.hidden), nn.SiLU(),
+                                             nn.Linear(cfg.hidden, flat))
+            # the DC-AE decoder returns its input's channel count; colour inputs still reconstruct 2-channel flow
+            out_ch = self.dcae.config.in_channels
+            self.flow_head = nn.Conv2d(out_ch, 2, 1) if out_ch != 2 else nn.Identity()
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def prepare(self, flow_px: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -74,20 +85,35 @@ class LatentActionVAE(nn.Module):
             x = target
         return x, target, mask
 
+    def prepare_frame(self, frames: torch.Tensor | None) -> torch.Tensor | None:
+        """The decoder's frame input (stored uint8 first frames → [−1, 1] at image_size²); None when the decoder
+        takes no frame. A frame-conditioned model given no frames says what to do."""
+        if not self.frame_conditioned:
+            return None
+        if frames is None:
+            raise ValueError("this VAE's decoder is conditioned on the first frame (vae.decoder_condition: frame), "
+                             "but the flow artifacts hold no frames: rerun `pyramid flow` with flow.store_frames: true")
+        return frame_input(frames, self.cfg.image_size)
+
     # --- model ----------------------------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.dcae.encode(x).latent
         mu, logvar = self.to_posterior(tokens.flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-12, 8)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor, frame: torch.Tensor | None = None) -> torch.Tensor:
+        """z → flow (network units); `frame` is the prepared first frame (`prepare_frame`) when conditioned."""
+        if self.frame_conditioned:
+            if frame is None:
+                raise ValueError("a frame-conditioned decoder needs the pair's first frame")
+            return self.frame_decoder(z, frame)
         tokens = self.from_latent(z).view(-1, *self.token_shape)
         return self.flow_head(self.dcae.decode(tokens).sample)
 
-    def forward(self, x: torch.Tensor, sample: bool = True) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, sample: bool = True, frame: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
-        return {"mu": mu, "logvar": logvar, "z": z, "recon": self.decode(z)}
+        return {"mu": mu, "logvar": logvar, "z": z, "recon": self.decode(z, frame)}
 
     def describe(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "params": sum(p.numel() for p in self.parameters()),

@@ -116,7 +116,7 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     for group in optimiser.param_groups:
         group["lr"] = lr_at(step, vc)
     x, target, mask = model.prepare(batch["flow"], batch["valid"])
-    out = model(x)
+    out = model(x, frame=model.prepare_frame(batch.get("frame")))
     weight = None
     if item_weights is not None and vc.recon_balance != "none":
         weight = torch.tensor([item_weights[i] for i in batch["item_ids"]], dtype=target.dtype, device=target.device)

@@ -63,6 +63,8 @@ class FlowConfig:
     fps: float | None = None  # resample before flow (None: each item's native rate)
     working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
     store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
+    store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
+    #   decoder reads it (vae.decoder_condition: frame)
     camera: int = 0  # which camera of multi-camera items
     batch_size: int = 8  # pairs per backend call
     dis_preset: str = "medium"  # ultrafast | fast | medium
@@ -86,6 +88,8 @@ class VAEConfig:
     latent_channels: int = 512  # token width
     latent_dim: int = 14
     hidden: int = 512  # the light encoder/decoder between tokens and the 14-d latent
+    decoder_condition: str = "none"  # none: z alone → DC-AE decoder | frame: a U-Net on the pair's first frame,
+    #   modulated by z (the encoder is the same; see latent_action_vae/frame_decoder.py)
     pretrained_dcae: str | None = None  # local folder of a diffusers AutoencoderDC (e.g. dc-ae-f128c512); frozen
     beta: float = 1e-4  # KL weight
     recon_balance: str = "per_source"  # none | per_source: each source's pairs weigh 1 / (its train mean |flow|)², so
@@ -302,6 +306,11 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("vae.labelled_fraction must be in [0, 1]; vae.beta and vae.lambda_align must be >= 0")
     if v.recon_balance not in ("none", "per_source"):
         raise ConfigError(f"vae.recon_balance: {v.recon_balance!r} is not one of none, per_source")
+    if v.decoder_condition not in ("none", "frame"):
+        raise ConfigError(f"vae.decoder_condition: {v.decoder_condition!r} is not one of none, frame")
+    if v.decoder_condition == "frame" and not cfg.flow.store_frames:
+        raise ConfigError("vae.decoder_condition: frame needs the first frames in the flow artifacts: "
+                          "set flow.store_frames: true")
     if v.recon_floor_px <= 0 or v.moving_weight < 1 or v.moving_px < 0 or v.lr_decay_steps < 0:
         raise ConfigError("vae.recon_floor_px must be > 0, vae.moving_weight >= 1, vae.moving_px >= 0 and "
                           "vae.lr_decay_steps >= 0")

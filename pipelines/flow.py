@@ -88,12 +88,24 @@ def sim_media(row: Mapping[str, Any], camera: int) -> tuple[str, str] | None:
 class _Writer:
     """Accumulates pairs' statistics at the working size and their downsampled flow for storage."""
 
-    def __init__(self, n_pairs: int, canvas_hw: tuple[int, int], store_hw: tuple[int, int], motion: MotionFilter):
+    def __init__(self, n_pairs: int, canvas_hw: tuple[int, int], store_hw: tuple[int, int], motion: MotionFilter,
+                 store_frames: bool = False):
         self.stats = StatsAccumulator(canvas_hw, motion)
         self.store_hw = store_hw
         self.flow = np.zeros((n_pairs, 2, *store_hw), np.float16)
         self.valid = np.zeros((n_pairs, *store_hw), bool)
+        self.frames = np.zeros((n_pairs, 3, *store_hw), np.uint8) if store_frames else None
         self.n = 0
+        self.n_frames = 0
+
+    def add_frames(self, frames: np.ndarray) -> None:
+        """First frames of the next pairs (canvas RGB [B, H, W, 3]), kept at the store size."""
+        if self.frames is None:
+            return
+        size = (self.store_hw[1], self.store_hw[0])
+        for frame in frames:
+            self.frames[self.n_frames] = cv2.resize(frame, size, interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+            self.n_frames += 1
 
     def add(self, flow: np.ndarray, valid: np.ndarray) -> None:
         for f, v in zip(flow, valid):
@@ -126,11 +138,23 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
         if len(batch_a) == fc.batch_size:
             flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
             writer.add(flow, np.broadcast_to(mask, (len(flow), *mask.shape)))
+            writer.add_frames(batch_a)
             batch_a, batch_b = [], []
     if batch_a:
         flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
         writer.add(flow, np.broadcast_to(mask, (len(flow), *mask.shape)))
+        writer.add_frames(batch_a)
     return writer, canvas
+
+
+def _first_frames(row, fc: FlowConfig, pairs: np.ndarray, writer: _Writer) -> None:
+    """Exact sim flow never decodes the video; the stored first frames still come from it (same camera, canvas)."""
+    starts = set(int(s) for s in pairs[:, 0])
+    for idx, frame, _ in iter_frames(row, tuple(fc.working_size), fc.camera, fc.fps):
+        if idx in starts:
+            writer.add_frames(frame[None])
+        if writer.n_frames == len(pairs):
+            break
 
 
 def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarray, writer_factory, fps: float):
@@ -145,6 +169,8 @@ def _sim_flow(row, fc: FlowConfig, sim, media: tuple[str, str], pairs: np.ndarra
             canvas = fit_canvas(flow.shape[-2:], tuple(fc.working_size))
         flow_c, valid_c = to_canvas(flow, valid, canvas.scale, (canvas.offset_x, canvas.offset_y), tuple(fc.working_size))
         writer.add(flow_c, valid_c)
+    if writer.frames is not None:
+        _first_frames(row, fc, pairs, writer)
     return writer, canvas
 
 
@@ -159,7 +185,7 @@ def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[s
     pairs = np.stack([starts, starts + dframes], 1)
     motion = MotionFilter(fc.static_pair_px, fc.max_static_fraction)
     def make_writer(canvas_hw):
-        return _Writer(len(pairs), canvas_hw, tuple(fc.store_size), motion)
+        return _Writer(len(pairs), canvas_hw, tuple(fc.store_size), motion, fc.store_frames)
 
     media = sim_media(row, fc.camera) if backends.sim is not None else None
     if media is not None:
@@ -170,6 +196,8 @@ def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[s
         describe = backends.frames.describe()
     if writer is None or writer.n != len(pairs):
         raise BadInput(f"flow for {writer.n if writer else 0} of {len(pairs)} pairs: the media ended early")
+    if writer.frames is not None and writer.n_frames != len(pairs):
+        raise BadInput(f"first frames for {writer.n_frames} of {len(pairs)} pairs: the media ended early")
     stats = writer.stats.finish()
     meta = {
         **describe, "item_id": row["item_id"], "delta_s": fc.delta_s, "delta_frames": dframes, "grid": fc.grid,
@@ -178,7 +206,7 @@ def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[s
         "canvas": dataclasses.asdict(canvas), "colour_max_radius": fc.colour_max_radius,
     }
     path = Path(task["out_path"])
-    size, checksum = write_flow_artifact(path, writer.flow, writer.valid, pairs, meta)
+    size, checksum = write_flow_artifact(path, writer.flow, writer.valid, pairs, meta, writer.frames)
     return {"path": str(path), "bytes": size, "checksum": checksum, "stats": stats, "describe": describe,
             "delta_frames": dframes}
 

@@ -109,3 +109,32 @@ def test_dpflow_without_weights_fails_before_any_work(workdir):
     cfg = setup_catalog(workdir, backend="dpflow", dpflow_checkpoint="things")
     with pytest.raises(FlowConfigError, match="dpflow-things-2012b5d6.ckpt"):
         flow_run(cfg)
+
+
+def test_artifacts_store_each_pairs_first_frame_from_pixels_and_from_exact_sim_flow(workdir):
+    """The frame-conditioned VAE decoder reads frame t1 of every pair from the artifact: the canvas frame at the
+    store size, the same whether the flow came from pixels (DIS) or from the simulator's exact flow."""
+    import cv2
+
+    from flow_extraction.frames import iter_frames
+
+    cfg = setup_catalog(workdir, store_size=[48, 40])
+    _, stats, items, _ = flow_run(cfg)
+    ta = next(k for k in items if k.startswith("task_agnostic"))
+    art = read_flow_artifact(stats[ta]["artifact_path"])
+    assert art.frames is not None and art.frames.dtype == np.uint8
+    assert art.frames.shape == (len(art.pairs), 3, 48, 40)
+    canvas = {i: f for i, f, _ in iter_frames(items[ta], (384, 320))}
+    for k in (0, len(art.pairs) - 1):
+        expected = cv2.resize(canvas[int(art.pairs[k, 0])], (40, 48), interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+        assert np.array_equal(art.frames[k], expected)
+    assert not np.array_equal(art.frames[0], art.frames[-1])  # the arm moved between the first and last pair
+
+    cfg.flow.sim_for_sim_tiers = True
+    _, sim_stats, _, _ = flow_run(cfg)
+    sim_art = read_flow_artifact(sim_stats[ta]["artifact_path"])
+    assert sim_art.meta["backend"] != "dis" and np.array_equal(sim_art.frames, art.frames)
+
+    cfg.flow.store_frames = False  # a setting that shapes the artifact: items are redone, without frames
+    _, plain, _, _ = flow_run(cfg)
+    assert read_flow_artifact(plain[ta]["artifact_path"]).frames is None

@@ -11,11 +11,17 @@ step field is one feature holding all T steps concatenated (`steps/observation/i
 below follow the released features.json files of each dataset (key names, shapes, dtypes; the long tail of
 fields real datasets carry is trimmed to a few representative ones, which readers must ignore).
 
-Motion: a smooth random end-effector path (position, roll-pitch-yaw, gripper) drives everything — actions are
-its per-step deltas (fractal/kuka/bridge) or velocities (droid), states are the pose itself, and the image shows
-a textured disc following the path over a textured table, so optical flow sees motion that matches the actions.
-With `frames_from` (an mp4, e.g. a task-agnostic episode's rgb_front.mp4), real frames are used instead.
-Images are RGB arrays encoded as standard JPEG (cv2 gets BGR, so channels are swapped before encoding).
+Motion: a commanded end-effector path per episode (position, roll-pitch-yaw, gripper; its own speed and changing
+direction, `sim_oxe.motion`) drives a MuJoCo ViperX arm through inverse kinematics on its gripper link
+(pipelines/samples/sim_oxe.py), and the images are rendered from that arm. Actions are the path's per-step deltas
+(fractal/kuka: `world_vector`, `rotation_delta`, a relative `gripper_closedness_action` of +1 close / −1 open / 0;
+bridge: a flat 7-d delta with an absolute gripper) or velocities (droid), so the action caused the frames:
+RLDS step t holds the image rendered BEFORE action t is applied, and action t moves the hand from the pose
+frame t shows to the one frame t+1 shows (timing `after`; the last step's action is zero and carries
+`terminate_episode`). States are the pose the arm reached at each frame (IK meets the command to ~1e-5 m).
+With `frames_from` (an mp4), its frames are used instead and the states are the commanded path (frames and
+actions are then unrelated). Images are RGB arrays encoded as standard JPEG (cv2 gets BGR, so channels are
+swapped before encoding).
 
 Every file is written under a temporary name and renamed into place, and dataset_info.json is written last (and
 removed first when regenerating), so an interrupted run never looks like a complete builder dir.
@@ -31,6 +37,7 @@ import av
 import cv2
 import numpy as np
 
+from pipelines.samples.sim_oxe import VIEWS, ArmSim, motion, quat_to_rpy, rpy_to_quat
 from pipelines.samples.sim_task_agnostic import atomic_path as _atomic, write_json as _write_json
 from pipelines.sources.tfrecord import TFRecordWriter, encode_example
 
@@ -156,79 +163,6 @@ def _set_image_shapes(node: dict[str, Any], size: tuple[int, int]) -> None:
 # ------------------------------------------------------------------------------------------------ content
 
 
-def _smooth(rng: np.random.Generator, t: int, dims: int, knots: int = 4) -> np.ndarray:
-    """A smooth random curve [t, dims] in [-1, 1] (cubic interpolation of a few random knots)."""
-    xs = np.linspace(0, t - 1, knots)
-    ys = rng.uniform(-1, 1, (knots, dims))
-    grid = np.arange(t, dtype=np.float64)
-    out = np.empty((t, dims))
-    for d in range(dims):
-        coeffs = np.polyfit(xs, ys[:, d], min(3, knots - 1))
-        out[:, d] = np.polyval(coeffs, grid)
-    return np.clip(out, -1.2, 1.2)
-
-
-def motion(rng: np.random.Generator, t: int) -> dict[str, np.ndarray]:
-    """End-effector path: pos [t,3] (m), rpy [t,3] (rad), gripper [t] in {0, 1} (1 = closed)."""
-    pos = np.array([0.5, 0.0, 0.2]) + _smooth(rng, t, 3) * np.array([0.15, 0.2, 0.08])
-    rpy = _smooth(rng, t, 3) * 0.4
-    close_at = int(rng.integers(t // 4, t // 2 + 1))
-    gripper = (np.arange(t) >= close_at).astype(np.float64)
-    return {"pos": pos, "rpy": rpy, "gripper": gripper}
-
-
-def _quat(rpy: np.ndarray) -> np.ndarray:
-    r, p, y = (rpy[:, i] / 2 for i in range(3))
-    cr, sr, cp, sp, cy, sy = np.cos(r), np.sin(r), np.cos(p), np.sin(p), np.cos(y), np.sin(y)
-    return np.stack([cr * cp * cy + sr * sp * sy, sr * cp * cy - cr * sp * sy,
-                     cr * sp * cy + sr * cp * sy, cr * cp * sy - sr * sp * cy], axis=1)
-
-
-def _texture(rng: np.random.Generator, h: int, w: int, colour: np.ndarray, contrast: float = 25.0) -> np.ndarray:
-    """A muted surface of `colour` with blotches and fine grain (enough texture for optical flow)."""
-    blotches = cv2.resize(rng.normal(0, 1, (h // 24 + 2, w // 24 + 2, 1)).astype(np.float32), (w, h),
-                          interpolation=cv2.INTER_CUBIC)[..., None]
-    grain = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), 1.2)[..., None]
-    out = colour[None, None, :] + contrast * blotches + contrast * 0.8 * grain
-    return np.clip(out, 0, 255).astype(np.uint8)
-
-
-def _table(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """A wooden-looking table with a few static objects on it."""
-    table = _texture(rng, h, w, np.array([150.0, 115.0, 80.0]) + rng.uniform(-20, 20, 3))
-    for _ in range(3):
-        x, y = int(rng.uniform(0.05, 0.8) * w), int(rng.uniform(0.05, 0.8) * h)
-        bw, bh = int(rng.uniform(0.06, 0.15) * w), int(rng.uniform(0.06, 0.15) * h)
-        colour = tuple(int(c) for c in rng.uniform(30, 230, 3))
-        cv2.rectangle(table, (x, y), (x + bw, y + bh), colour, -1)
-        cv2.rectangle(table, (x, y), (x + bw, y + bh), (40, 40, 40), 1)
-    return table
-
-
-def draw_scene(m: dict[str, np.ndarray], size: tuple[int, int], rng: np.random.Generator,
-               view: int = 0) -> np.ndarray:
-    """RGB frames [t, H, W, 3]: a textured disc at the projected end-effector over a textured table."""
-    h, w = size
-    table = _table(rng, h, w)
-    disc = _texture(rng, h, w, rng.uniform(40, 220, 3), contrast=35.0)
-    frames = np.empty((len(m["pos"]), h, w, 3), np.uint8)
-    for i, (p, g) in enumerate(zip(m["pos"], m["gripper"])):
-        if view == 0:  # overhead camera: table plane (y right, x down), disc grows as the gripper rises
-            cx, cy = w * (0.5 + p[1] * 1.5), h * (0.5 + (p[0] - 0.5) * 2.2)
-            radius = min(h, w) * (0.06 + 0.3 * p[2])
-        else:  # side camera: x right, z up
-            cx, cy = w * (0.5 + (p[0] - 0.5) * 2.2), h * (0.5 - (p[2] - 0.2) * 4.0)
-            radius = min(h, w) * (0.1 + 0.1 * p[1])
-        cx, cy, radius = int(cx), int(cy), max(4, int(radius))
-        mask = np.zeros((h, w), np.uint8)
-        cv2.circle(mask, (cx, cy), radius, 255, -1)
-        frame = table.copy()
-        frame[mask > 0] = disc[mask > 0]
-        cv2.circle(frame, (cx, cy), radius, (30, 30, 30) if g else (230, 230, 230), 2)
-        frames[i] = frame
-    return frames
-
-
 def _video_frames(path: Path) -> np.ndarray:
     with av.open(str(path)) as container:
         return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
@@ -269,8 +203,9 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
 
 
 def _step_values(key: str, spec: Any, m: dict[str, np.ndarray], fps: float, t: int, instruction: str,
-                 rng: np.random.Generator, images: dict[str, np.ndarray]) -> Any:
-    """Values [t, *shape] of one step field (key relative to steps/)."""
+                 rng: np.random.Generator, images: dict[str, np.ndarray], seen: dict[str, np.ndarray]) -> Any:
+    """Values [t, *shape] of one step field (key relative to steps/): actions from the commanded path `m`,
+    observed poses from `seen` (pos, rpy, quat at each frame)."""
     leaf = key.rsplit("/", 1)[-1]
     pos, rpy, grip = m["pos"], m["rpy"], m["gripper"]
     dpos = np.diff(pos, axis=0, append=pos[-1:])  # action t moves from pose t to pose t+1; last one is zero
@@ -286,7 +221,7 @@ def _step_values(key: str, spec: Any, m: dict[str, np.ndarray], fps: float, t: i
     if key == "action":  # flat 7-d action: bridge EEF delta + gripper; droid (float64) velocity + gripper
         flat = np.concatenate([dpos, drpy, grip[:, None]], axis=1) * (np.r_[[fps] * 6, 1] if dtype == F64 else 1)
     elif key == "observation/state":
-        flat = np.concatenate([pos, rpy, grip[:, None]], axis=1)
+        flat = np.concatenate([seen["pos"], seen["rpy"], grip[:, None]], axis=1)
     elif key == "action_dict/cartesian_position":  # the commanded next pose
         flat = np.concatenate([np.roll(pos, -1, 0), np.roll(rpy, -1, 0)], axis=1)
     elif leaf in ("is_first", "is_last", "is_terminal", "reward"):
@@ -302,11 +237,11 @@ def _step_values(key: str, spec: Any, m: dict[str, np.ndarray], fps: float, t: i
     elif leaf == "terminate_episode":
         flat = np.eye(3, dtype=np.int64)[np.where(steps == t - 1, 0, 1)]
     elif leaf == "base_pose_tool_reached":
-        flat = np.concatenate([pos, _quat(rpy)], axis=1)
+        flat = np.concatenate([seen["pos"], seen["quat"]], axis=1)
     elif leaf in ("gripper_closed", "gripper_position"):
         flat = grip[:, None]
     elif leaf == "cartesian_position":
-        flat = np.concatenate([pos, rpy], axis=1)
+        flat = np.concatenate([seen["pos"], seen["rpy"]], axis=1)
     elif leaf == "cartesian_velocity":
         flat = np.concatenate([dpos, drpy], axis=1) * fps
     elif leaf == "gripper_velocity":
@@ -319,22 +254,26 @@ def _step_values(key: str, spec: Any, m: dict[str, np.ndarray], fps: float, t: i
 
 
 def episode_example(dataset: str, index: int, t: int, size: tuple[int, int], seed: int,
-                    video: np.ndarray | None = None) -> bytes:
-    """One serialized RLDS episode (tf.train.Example in TFDS's flattening)."""
+                    video: np.ndarray | None = None, sim: ArmSim | None = None) -> bytes:
+    """One serialized RLDS episode (tf.train.Example in TFDS's flattening): frames from `video` when given, else
+    rendered by `sim` (an ArmSim of image size `size`)."""
     schema = SCHEMAS[dataset]
     rng = np.random.default_rng([seed, index])
-    m = motion(rng, t)
+    m = motion(rng, t, schema["fps"])
     instruction = INSTRUCTIONS[(seed + index) % len(INSTRUCTIONS)]
     cams = [k.rsplit("/", 1)[-1] for k, v in _leaves(schema["steps"], "") if v == IMAGE]
-    images = {}
-    for view, cam in enumerate(cams):
-        if video is not None:
-            images[cam] = _clip(video, 7 * index + 5 * view, t, size)
-        else:
-            images[cam] = draw_scene(m, size, rng, view=min(view, 1))
+    if video is not None:
+        images = {cam: _clip(video, 7 * index + 5 * view, t, size) for view, cam in enumerate(cams)}
+        seen = {"pos": m["pos"], "rpy": m["rpy"], "quat": rpy_to_quat(m["rpy"])}
+    else:
+        if sim is None:
+            raise ValueError("episode_example needs a video or an ArmSim")
+        frames, reached = sim.episode(m, VIEWS[:len(cams)])
+        images = dict(zip(cams, frames.values()))
+        seen = {"pos": reached[:, :3], "quat": reached[:, 3:], "rpy": quat_to_rpy(reached[:, 3:])}
     feats: dict[str, Any] = {}
     for key, spec in _leaves(schema["steps"], ""):
-        values = _step_values(key, spec, m, schema["fps"], t, instruction, rng, images)
+        values = _step_values(key, spec, m, schema["fps"], t, instruction, rng, images, seen)
         feats[f"steps/{key}"] = values if isinstance(values, list) else np.asarray(values).ravel()
     for key, spec in _leaves(schema["episode_metadata"] or {}, ""):
         if spec == TEXT:
@@ -362,6 +301,7 @@ def write_oxe(root: str | os.PathLike, n_episodes: int, seed: int = 0, dataset: 
     builder.mkdir(parents=True, exist_ok=True)
     (builder / "dataset_info.json").unlink(missing_ok=True)
     video = _video_frames(Path(frames_from)) if frames_from else None
+    sim = ArmSim(size) if video is None else None
     rng = np.random.default_rng(seed)
     lengths = rng.integers(steps[0], steps[1] + 1, n_episodes)
     n_val = max(1, n_episodes // 4) if n_episodes >= 3 else 0
@@ -369,15 +309,19 @@ def write_oxe(root: str | os.PathLike, n_episodes: int, seed: int = 0, dataset: 
     if n_val:
         splits["val"] = range(n_episodes - n_val, n_episodes)
     shards, info_splits = [], []
-    for split, episodes in splits.items():
-        path = builder / f"{dataset}-{split}.tfrecord-00000-of-00001"
-        with _atomic(path) as tmp:
-            with TFRecordWriter(tmp) as w:
-                for i in episodes:
-                    w.write(episode_example(dataset, i, int(lengths[i]), size, seed, video))
-        shards.append(path)
-        info_splits.append({"filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", "name": split,
-                            "numBytes": str(path.stat().st_size), "shardLengths": [str(len(episodes))]})
+    try:
+        for split, episodes in splits.items():
+            path = builder / f"{dataset}-{split}.tfrecord-00000-of-00001"
+            with _atomic(path) as tmp:
+                with TFRecordWriter(tmp) as w:
+                    for i in episodes:
+                        w.write(episode_example(dataset, i, int(lengths[i]), size, seed, video, sim))
+            shards.append(path)
+            info_splits.append({"filepathTemplate": "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}", "name": split,
+                                "numBytes": str(path.stat().st_size), "shardLengths": [str(len(episodes))]})
+    finally:
+        if sim is not None:
+            sim.close()
     _write_json(builder / "features.json", features_json(dataset, size))
     _write_json(builder / "dataset_info.json", {
         "citation": "", "description": f"Sample of {dataset} in the RLDS layout (motus-pyramid generator).",

