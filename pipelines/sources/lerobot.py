@@ -27,9 +27,12 @@ Any other `codebase_version` (v1.x's safetensors layout, a future v4) is a Sourc
 Per item: item_id `lerobot/<repo name>/episode_<index:06d>` (repo name = option `repo_name`, else the root
 folder's name), group_id = the item (an episode is its own recording), fps from info.json, frame_count = the
 episode's `length`, checked in `probe` against the data rows and against the frames each camera's window really
-decodes (a mismatch is a BadInput, the item is quarantined and the rest ingests). A declared camera without files is left
-out (extras `cameras_missing`) unless the config names it; an episode with no camera files is quarantined. Actions and states come from
-the `action` and `observation.state` features (dims and names from info.json). Language is the text of the
+decodes (a mismatch is a BadInput, the item is quarantined and the rest ingests). A declared camera without
+files is left out (extras `cameras_missing`) unless the config names it; an episode with no camera files is
+quarantined. A v3.0 `to_timestamp` equal to the last frame's own time is read one frame period longer (extras
+`window_end_is_last_frame`). info.json totals that disagree with the episodes are a source note and extras
+`metadata_totals`. Actions and states come from the `action` and `observation.state` features (dims and names
+from info.json, names nested or not). Language is the text of the
 rows' `task_index` and of documented language annotation columns (`annotation.*` whose name says task_description
 or instruction) through the task table; other annotation columns point at pseudo-tasks (GR00T-style
 `annotation.human.validity` -> "valid") that are never language (extras `tasks_not_language`). Without task_index
@@ -58,6 +61,9 @@ Options
     action_semantics           what the action dims mean (manifests/actions.py): one `kind[:part]` for all dims
                                ("delta", "absolute:joint") or a list per dim. Default: the data check below
     action_timing              "after" (default: row t is sent after frame t, as lerobot records) or "at"
+    video_path                 a template like info.json's for videos stored elsewhere (e.g. under video/ instead of
+                               videos/); a missing file's reason names the path looked for and, when the same file
+                               lies under another top-level folder, that path and the value that reads it
 
 Action semantics: unless the option says, the first data file is checked once per source: per dim, does action[t]
 track state[t+1] (absolute), state[t+1] − state[t] (delta) or that × fps (velocity)? (rms error over the spread
