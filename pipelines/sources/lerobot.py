@@ -100,10 +100,10 @@ import pyarrow.parquet as pq
 from pipelines.media import check_finite, fingerprint
 from manifests import actions as action_semantics
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
-from pipelines.sources.lerobot_meta import (_card_licence, _column_2d, episode_language,  # noqa: F401
-                                            feature_dim, feature_names, language_columns, parse_splits,
-                                            read_episode_rows, read_task_table, short_camera, totals_mismatch,
-                                            v2_episodes, v3_episodes)
+from pipelines.sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
+                                            episode_language, feature_dim, feature_names, language_columns,
+                                            parse_splits, read_episode_rows, read_task_table, short_camera,
+                                            totals_mismatch, v2_episodes, v3_episodes)
 from pipelines.sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
 from pipelines.stages import BadInput
 
@@ -173,7 +173,7 @@ class LeRobotSource(SourceAdapter):
         self.state_dim = feature_dim(features[self.state_key]) if self.state_key else 0
         self.action_names = feature_names(self.action_key, features[self.action_key]) if self.action_key else []
         self.state_names = feature_names(self.state_key, features[self.state_key]) if self.state_key else []
-        self.declared_sizes = {k: self._declared_size(features[k]) for k in self.camera_keys}
+        self.declared_sizes = {k: declared_size(features[k]) for k in self.camera_keys}
         self.composite = self._composite(features) if options.get("composite") else None
         self.embodiment = str(options.get("embodiment") or info.get("robot_type") or "unknown")
         self.licence = str(options.get("licence") or info.get("license") or _card_licence(self.root) or DEFAULT_LICENCE)
@@ -268,19 +268,6 @@ class LeRobotSource(SourceAdapter):
             return chosen
         return next((k for k in defaults if k in features), None)
 
-    @staticmethod
-    def _declared_size(feature: dict[str, Any]) -> tuple[int, int] | None:
-        """(width, height) that info.json claims: video.width/height in `info` (v2.0: `video_info`), else shape."""
-        info = feature.get("info") or feature.get("video_info") or {}
-        if "video.width" in info and "video.height" in info:
-            return int(info["video.width"]), int(info["video.height"])
-        shape, names = feature.get("shape") or [], feature.get("names") or []
-        if len(shape) == 3 and isinstance(names, list) and "height" in names and "width" in names:
-            return int(shape[names.index("width")]), int(shape[names.index("height")])
-        if len(shape) == 3:
-            return int(shape[1]), int(shape[0])  # [H, W, C], what lerobot writes
-        return None
-
     def _composite(self, features: dict[str, Any]) -> dict[str, Any]:
         names = self.options.get("composite_cameras") or T_LAYOUT
         keys = []
@@ -293,7 +280,7 @@ class LeRobotSource(SourceAdapter):
             if k not in self.camera_keys:
                 self.camera_keys.append(k)
             self.required_cameras.add(k)
-        w, h = self._declared_size(features[keys[0]]) or (0, 0)
+        w, h = declared_size(features[keys[0]]) or (0, 0)
         return {"cameras": [short_camera(k) for k in keys], "width": w, "height": h + h // 2}
 
     def _official_splits(self, splits: Any, mode: Any) -> dict[str, str] | None:

@@ -54,6 +54,19 @@ def feature_names(key: str, feature: dict[str, Any]) -> list[str]:
     return [f"{key}_{i}" for i in range(dim)]
 
 
+def declared_size(feature: dict[str, Any]) -> tuple[int, int] | None:
+    """(width, height) that info.json claims: video.width/height in `info` (v2.0: `video_info`), else shape."""
+    info = feature.get("info") or feature.get("video_info") or {}
+    if "video.width" in info and "video.height" in info:
+        return int(info["video.width"]), int(info["video.height"])
+    shape, names = feature.get("shape") or [], feature.get("names") or []
+    if len(shape) == 3 and isinstance(names, list) and "height" in names and "width" in names:
+        return int(shape[names.index("width")]), int(shape[names.index("height")])
+    if len(shape) == 3:
+        return int(shape[1]), int(shape[0])  # [H, W, C], what lerobot writes
+    return None
+
+
 def feature_dim(feature: dict[str, Any]) -> int:
     return int(np.prod(feature.get("shape") or [0]))
 
