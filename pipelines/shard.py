@@ -38,8 +38,8 @@ from pipelines.driver import StageReport, run_stage
 from pipelines.label import read_latents
 from pipelines.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
-from training_hooks.shard_format import (SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample, group_samples,
-                                         read_tar, sample_key, write_tar)
+from training_hooks.shard_format import (SAMPLE_FORMAT, SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample,
+                                         group_samples, read_tar, sample_key, write_tar)
 
 
 # --- step 1: one sample per item ----------------------------------------------------------------------------------
@@ -196,8 +196,10 @@ def _train_rows(samples: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any],
         if s["split"] != "train":
             continue
         for _, group in group_samples(read_tar(s["path"], STATS_MEMBERS)):
-            actions = np.load(io.BytesIO(group["actions.npy"])) if "actions.npy" in group else None
-            yield json.loads(group["json"]), np.load(io.BytesIO(group["la14.npy"])), actions
+            meta = json.loads(group["json"])
+            # format v2 stores [T, 0] and has_actions false for items without actions; v1 left the member out
+            has = "actions.npy" in group and meta.get("has_actions", True)
+            yield meta, np.load(io.BytesIO(group["la14.npy"])), np.load(io.BytesIO(group["actions.npy"])) if has else None
 
 
 def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,7 +303,8 @@ class ShardReport:
 
 def shard_settings(cfg: PipelineConfig) -> dict[str, Any]:
     sh, fc = cfg.shards, cfg.flow
-    return {"working_size": list(fc.working_size), "camera": fc.camera, "fps": fc.fps, "delta_s": fc.delta_s,
+    # the sample format is a setting: samples built in an older format are rebuilt on the next run
+    return {"sample_format": SAMPLE_FORMAT, "working_size": list(fc.working_size), "camera": fc.camera, "fps": fc.fps, "delta_s": fc.delta_s,
             "video_format": sh.video_format, "jpeg_quality": sh.jpeg_quality, "mp4_crf": sh.mp4_crf,
             "language_encoder": sh.language_encoder, "language_encoder_path": sh.language_encoder_path,
             "max_text_tokens": sh.max_text_tokens}

@@ -272,3 +272,35 @@ def test_streaming_column_stats_match_numpy_within_a_bin():
         exact = np.quantile(x, 0.01 if q == "q01" else 0.99, axis=0)
         assert np.all(np.abs(np.array(got[q]) - exact) <= bin_width + 1e-12), (q, got[q], exact)
     assert got["q01"][2] == got["q99"][2] == 3.0  # a constant dimension
+
+
+def test_hugging_face_datasets_opens_every_shard_of_the_shard_job(labelled, tmp_path):
+    """`datasets.load_dataset("webdataset")`, streaming and not, on shards packed several samples to a tar, some
+    samples with language and some without (the case that made it refuse the shards before format v2)."""
+    import datasets
+
+    cfg, _ = labelled
+    shutil.copytree(Path(cfg.workdir), tmp_path / "w")
+    big = load_config(None, workdir=str(tmp_path / "w"), **{**TINY, "shards.target_mb": 64})
+    big.sources = cfg.sources
+    with Catalog(big.catalog_path) as cat:
+        report = run_shard(big, cat, make_runner("local"), progress=False)
+        latents = {r["item_id"]: r["path"] for r in cat.sql("SELECT item_id, path FROM artifacts WHERE stage = 'label'").to_pylist()}
+        language = {r["item_id"]: list(r["language"] or []) for r in cat.items().to_pylist()}
+    train = [r for r in report.shards if r["split"] == "train"]
+    assert len(train) == 1 and train[0]["n_samples"] == 3
+    assert {bool(language[i]) for i in train[0]["item_ids"]} == {True, False}  # mixed member contents in one tar
+    files = {split: [r["path"] for r in report.shards if r["split"] == split] for split in ("train", "val", "test")}
+    files = {k: v for k, v in files.items() if v}
+    for streaming in (True, False):
+        ds = datasets.load_dataset("webdataset", data_files=files, streaming=streaming,
+                                   cache_dir=str(tmp_path / f"hf-{streaming}"))
+        for split, paths in files.items():
+            rows = list(ds[split])
+            assert [r["json"]["item_id"] for r in rows] == [i for r in report.shards if r["split"] == split
+                                                            for i in r["item_ids"]]
+            for r in rows:
+                item = r["json"]["item_id"]
+                expected, _ = read_latents(latents[item])
+                np.testing.assert_array_equal(np.asarray(r["la14.npy"], np.float32), expected)
+                assert r["txt"].split("\n") == language[item] if language[item] else r["txt"] == ""
