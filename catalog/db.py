@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
+from catalog import storage
 from manifests.schemas import ITEM_STAGES, RUNS, SCHEMAS, validate_rows
 
 _PRIMARY_KEYS = {
@@ -96,8 +97,11 @@ class Catalog:
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path} (run `pyramid ingest` or `pyramid demo` first)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.storage_backup = None  # where a catalog in a newer storage format was kept when it was rewritten
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            if not read_only:
+                self.storage_backup = storage.rewrite_if_newer(self.path)
+            self.con = storage.connect(self.path, read_only)
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise CatalogLockedError(
@@ -108,6 +112,11 @@ class Catalog:
             for name, schema in SCHEMAS.items():
                 self.con.execute(_ddl(name, schema))
                 self._add_missing_columns(name, schema)
+
+    @property
+    def storage_version(self) -> str:
+        """The DuckDB storage version of the file (`v1.0.0+`: DuckDB 1.0.0 and newer open it)."""
+        return storage.storage_tag(self.con)
 
     def _add_missing_columns(self, name: str, schema: pa.Schema) -> None:
         """A catalog written by an older version gains the columns added since (as NULL), so it stays usable."""
