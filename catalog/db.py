@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
-from catalog import storage
+from catalog import described, storage
 from manifests.schemas import ITEM_STAGES, RUNS, SCHEMAS, validate_rows
 
 _PRIMARY_KEYS = {
@@ -109,9 +109,13 @@ class Catalog:
                 ) from e
             raise
         if not read_only:
+            described.rename_legacy_columns(self.con)  # before new columns are added under the new names
             for name, schema in SCHEMAS.items():
                 self.con.execute(_ddl(name, schema))
                 self._add_missing_columns(name, schema)
+            described.describe(self.con)
+        else:
+            described.legacy_views(self.con)
 
     @property
     def storage_version(self) -> str:

@@ -91,7 +91,7 @@ def build_sample(task: Mapping[str, Any], encoder) -> dict[str, Any]:
         "n_frames": n_frames, "frame_size": list(s["working_size"]), "video_format": s["video_format"],
         "frame_offsets": offsets, "delta_frames": int(latent_meta["delta_frames"]), "delta_s": s["delta_s"],
         "grid": latent_meta["grid"], "flow_backend": latent_meta["flow_backend"],
-        "vae_checkpoint_sha": latent_meta["checkpoint_sha"], "latent_dim": int(latents.shape[1]),
+        "vae_checkpoint_blake2b": latent_meta.get("checkpoint_blake2b", latent_meta.get("checkpoint_sha")), "latent_dim": int(latents.shape[1]),
         "action_dim": int(actions.shape[1]) if actions is not None else 0,
         "action_names": list(row.get("action_names") or []) if actions is not None else [],
         # what each dim means and whether row t acts after frame t (manifests/actions.py): a trainer that derives
@@ -323,7 +323,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
     try:
         static = "" if cfg.shards.include_static else "AND NOT f.is_static"
         items = catalog.sql(
-            f"""SELECT i.*, a.path AS latent_path, a.checksum AS latent_checksum FROM items i
+            f"""SELECT i.*, a.path AS latent_path, a.blake2b AS latent_checksum FROM items i
                 JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'label' AND s.status = 'done'
                 JOIN artifacts a ON a.item_id = i.item_id AND a.stage = 'label'
                 JOIN flow_stats f ON f.item_id = i.item_id
@@ -355,13 +355,13 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
 
         def record(outcomes: list[Outcome]) -> None:
             catalog.add_artifacts({"item_id": o.item_id, "stage": "shard", "kind": "sample", "path": o.result["path"],
-                                   "bytes": o.result["bytes"], "checksum": o.result["checksum"], "run_id": run_id}
+                                   "bytes": o.result["bytes"], "blake2b": o.result["checksum"], "run_id": run_id}
                                   for o in outcomes)
 
         report = run_stage(stage, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
         wanted = [t["item_id"] for t in tasks]
         samples = catalog.sql(
-            """SELECT a.item_id, a.path, a.bytes, a.checksum, i.split, i.tier FROM artifacts a
+            """SELECT a.item_id, a.path, a.bytes, a.blake2b AS checksum, i.split, i.tier FROM artifacts a
                JOIN items i USING (item_id)
                JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'shard' AND s.status = 'done'
                WHERE a.stage = 'shard' AND list_contains(?, a.item_id) ORDER BY a.item_id""", [wanted]).to_pylist()

@@ -197,7 +197,7 @@ def write_latents(cfg, latents_by_item):
             n_frames = cat.items("item_id = ?", [item_id]).to_pylist()[0]["frame_count"]
             np.savez(path, latent_action=latents, meta=np.array(json.dumps({"n_frames": n_frames})))
             cat.add_artifacts([{"item_id": item_id, "stage": "label", "kind": "latent_action", "path": str(path),
-                                "bytes": path.stat().st_size, "checksum": "x", "run_id": "r"}])
+                                "bytes": path.stat().st_size, "blake2b": "x", "run_id": "r"}])
             cat.record_stage_results([{"item_id": item_id, "stage": "label", "status": "done", "run_id": "r"}])
 
 

@@ -34,7 +34,7 @@ def cli_query(path: Path, sql: str) -> subprocess.CompletedProcess:
 def fill(cat: Catalog) -> None:
     run = cat.start_run("ingest", {}, engine="local")
     cat.upsert_items([row(0), row(1), row(2)])
-    cat.record_stage_results([{"item_id": "robotwin/ep2", "stage": "ingest", "status": "quarantined",
+    cat.record_stage_results([{"item_id": "robotwin/ep9", "stage": "ingest", "status": "quarantined",
                                "reason": "missing key x", "run_id": run}])
     cat.finish_run(run, "ok", {"done": 2, "quarantined": 1})
 
@@ -51,6 +51,12 @@ def test_the_duckdb_cli_reads_a_new_catalog(tmp_path):
     assert json.loads(out.stdout) == [{"item_id": f"robotwin/ep{i}", "language": ["pick the cube"]} for i in range(3)]
     out = cli_query(path, "SELECT reason FROM item_stages WHERE status = 'quarantined'")
     assert json.loads(out.stdout) == [{"reason": "missing key x"}]
+    out = cli_query(path, "SELECT item_id, last_status, problems FROM item_status WHERE NOT ingested")
+    assert out.returncode == 0, out.stderr  # the view's SQL runs on the 1.x CLI too
+    assert json.loads(out.stdout) == [{"item_id": "robotwin/ep9", "last_status": "quarantined",
+                                       "problems": ["ingest: missing key x"]}]
+    out = cli_query(path, "SELECT comment FROM duckdb_columns() WHERE table_name = 'items' AND column_name = 'input_blake2b'")
+    assert json.loads(out.stdout)[0]["comment"].startswith("blake2b-128")
 
 
 def test_a_catalog_in_the_newer_format_still_opens_and_the_next_writer_makes_it_readable(tmp_path):

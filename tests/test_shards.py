@@ -304,3 +304,4 @@ def test_hugging_face_datasets_opens_every_shard_of_the_shard_job(labelled, tmp_
                 expected, _ = read_latents(latents[item])
                 np.testing.assert_array_equal(np.asarray(r["la14.npy"], np.float32), expected)
                 assert r["txt"].split("\n") == language[item] if language[item] else r["txt"] == ""
+                assert len(r["json"]["vae_checkpoint_blake2b"]) == 32  # blake2b-128, hex

@@ -45,7 +45,7 @@ Malformed input: a dataset dir without features.json, a shard missing although d
 truncated or CRC-damaged record (reason names the file and byte offset), steps whose counts disagree, missing
 key-map keys, undecodable images and non-finite actions/states each quarantine the episodes concerned
 (BadInput); the other episodes and datasets still ingest. A root holding no builder dir at all is a SourceError.
-`input_checksum` is the blake2b of the episode's record bytes (a shard is hundreds of MB; hashing it per episode
+`input_blake2b` is the blake2b-128 of the episode's record bytes (a shard is hundreds of MB; hashing it per episode
 would read it once per episode).
 """
 
@@ -653,7 +653,7 @@ class OXESource(SourceAdapter):
             has_actions=True,
             language=_text(feats.get(km["language"])) if km["language"] else [],
             licence=km["licence"],
-            input_checksum=hashlib.blake2b(data, digest_size=16).hexdigest(),
+            input_blake2b=hashlib.blake2b(data, digest_size=16).hexdigest(),
             input_bytes=len(data) + 16,
             extras=dumps_extras({
                 "dataset": d["dataset"], "version": d["version"], "split_name": d["split_name"],
