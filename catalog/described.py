@@ -1,11 +1,14 @@
 """What the catalog says about itself: a comment on every table and column (`COMMENT ON`, read back with
-`duckdb_tables()` / `duckdb_columns()` in any DuckDB client), the `item_status` view, and the renames of columns
-that older catalogs carry under their old names."""
+`duckdb_tables()` / `duckdb_columns()` in any DuckDB client), the `item_status` view, the renames of columns
+that older catalogs carry under their old names, and the reading views that resolve stored paths."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import duckdb
 
+from catalog import paths
 from manifests.schemas import RENAMED_COLUMNS, SCHEMAS
 
 TABLE_COMMENTS = {
@@ -186,23 +189,21 @@ def rename_legacy_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
     return done
 
 
-def legacy_views(con: duckdb.DuckDBPyConnection) -> list[str]:
-    """For a read-only open of an older catalog: temporary views under the table names that show old columns
-    under their new names, so the same queries work, and item_status if the file has none. Returns the tables
-    given a view."""
-    shadowed = []
+def reading_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
+    """Temporary views named like the tables that resolve stored paths against `root` (catalog/paths.py) and,
+    in an older catalog opened read-only, show old column names under their new ones; item_status too when the
+    file has none. Returns the tables given a view."""
     db = con.execute("SELECT current_database()").fetchone()[0]
-    for table, renamed in RENAMED_COLUMNS.items():
-        have = _columns(con, table)
-        pairs = [(old, new) for old, new in renamed.items() if old in have and new not in have]
-        if pairs:
-            renames = ", ".join(f'"{old}" AS "{new}"' for old, new in pairs)
-            con.execute(f'CREATE TEMP VIEW {table} AS SELECT * RENAME ({renames}) FROM "{db}".main.{table}')
-            shadowed.append(table)
+    made = []
+    for table in SCHEMAS:
+        sql = paths.reading_view(db, table, _columns(con, table), root, RENAMED_COLUMNS.get(table, {}))
+        if sql:
+            con.execute(sql)
+            made.append(table)
     if {"items", "item_stages"} <= set(_names(con, "duckdb_tables()", "table_name")) and \
             "item_status" not in _names(con, "duckdb_views()", "view_name"):
         _create_view(con, temp=True)  # a catalog written before the view existed
-    return shadowed
+    return made
 
 
 def describe(con: duckdb.DuckDBPyConnection) -> None:

@@ -346,7 +346,8 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
                           "input_fingerprint": hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()})
         missing = [t["item_id"] for t in tasks if not Path(t["out_path"]).exists()]
         if missing:  # a sample file deleted since it was built: forget it was done, so it is rebuilt
-            catalog.sql("DELETE FROM item_stages WHERE stage = 'shard' AND list_contains(?, item_id)", [missing])
+            catalog.sql(f"DELETE FROM {catalog.table('item_stages')} WHERE stage = 'shard' "
+                        "AND list_contains(?, item_id)", [missing])
         sh = cfg.shards
         stage = Stage("shard", build_sample,
                       setup=functools.partial(load_sample_context, sh.language_encoder, sh.language_encoder_path,

@@ -82,7 +82,7 @@ def test_a_catalog_in_the_newer_format_still_opens_and_the_next_writer_makes_it_
         assert cat.storage_backup is not None and storage_number(cat.storage_backup) == newer
         assert [r["item_id"] for r in cat.items().to_pylist()] == [f"robotwin/ep{i}" for i in range(3)]
         with pytest.raises(duckdb.ConstraintException):  # keys came along
-            cat.con.execute("INSERT INTO items SELECT * FROM items LIMIT 1")
+            cat.con.execute(f"INSERT INTO {cat.table('items')} SELECT * FROM items LIMIT 1")
         cat.upsert_items([row(3)])
     out = cli_query(path, "SELECT count(*) AS n FROM items")
     assert out.returncode == 0, out.stderr

@@ -231,7 +231,7 @@ def test_samples_are_rebuilt_when_their_catalog_row_or_file_changes(labelled):
     cfg, _ = labelled
     with Catalog(cfg.catalog_path) as cat:
         item = cat.sql("SELECT item_id, language FROM items WHERE source = 'robotwin' ORDER BY item_id LIMIT 1").to_pylist()[0]
-        cat.con.execute("UPDATE items SET language = ? WHERE item_id = ?", [["a new instruction"], item["item_id"]])
+        cat.con.execute(f"UPDATE {cat.table('items')} SET language = ? WHERE item_id = ?", [["a new instruction"], item["item_id"]])
         sample_path = Path(cat.sql("SELECT path FROM artifacts WHERE stage = 'shard' AND item_id <> ? LIMIT 1",
                                    [item["item_id"]]).to_pylist()[0]["path"])
         sample_path.unlink()
@@ -245,7 +245,7 @@ def test_samples_are_rebuilt_when_their_catalog_row_or_file_changes(labelled):
 def test_a_set_swapped_in_but_never_registered_is_rewritten(labelled):
     cfg, report = labelled
     with Catalog(cfg.catalog_path) as cat:  # as if killed after the swap: the catalog still lists other rows
-        cat.con.execute("UPDATE shards SET sha256 = 'stale' WHERE path = (SELECT min(path) FROM shards)")
+        cat.con.execute(f"UPDATE {cat.table('shards')} SET sha256 = 'stale' WHERE path = (SELECT min(path) FROM {cat.table('shards')})")
         again = run_shard(cfg, cat, make_runner("local"), progress=False)
     assert not again.unchanged
     for r in shard_rows(cfg):
@@ -305,3 +305,43 @@ def test_hugging_face_datasets_opens_every_shard_of_the_shard_job(labelled, tmp_
                 np.testing.assert_array_equal(np.asarray(r["la14.npy"], np.float32), expected)
                 assert r["txt"].split("\n") == language[item] if language[item] else r["txt"] == ""
                 assert len(r["json"]["vae_checkpoint_blake2b"]) == 32  # blake2b-128, hex
+
+
+def test_a_copied_workdir_works_where_it_lands(labelled, tmp_path):
+    """Catalog paths are relative to the workdir: a copy reports, audits and loads its own files, even with the
+    original gone (here: renamed away for the test)."""
+    from typer.testing import CliRunner
+
+    from audit import run_audit
+    from pipelines.cli import app
+    from rich.console import Console
+
+    from training_hooks.loader import LoaderConfig, make_loader
+
+    cfg, _ = labelled
+    quiet = Console(quiet=True)
+    with Catalog(cfg.catalog_path) as cat:
+        before = {r.check.name: r.status for r in run_audit(cfg, cat, out_dir=tmp_path / "r0", console=quiet).results}
+    src = Path(cfg.workdir).resolve()
+    dst = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(src, dst)
+    hidden = src.with_name(src.name + "-away")
+    src.rename(hidden)
+    try:
+        moved = load_config(None, workdir=str(dst), **TINY)
+        moved.sources = cfg.sources
+        with Catalog(moved.catalog_path, read_only=True) as cat:
+            files = cat.sql("SELECT path FROM artifacts UNION ALL SELECT path FROM shards UNION ALL "
+                            "SELECT unnest(media_uris) FROM items").column(0).to_pylist()
+        assert files and all(f.startswith(str(dst)) for f in files)
+        assert all(Path(f.split("#")[0]).exists() for f in files)
+        status = CliRunner().invoke(app, ["status", "--workdir", str(dst)])
+        assert status.exit_code == 0 and "robotwin" in status.output and str(src) not in status.output
+        with Catalog(moved.catalog_path) as cat:
+            after = {r.check.name: r.status for r in run_audit(moved, cat, out_dir=tmp_path / "r1", console=quiet).results}
+        assert after == before and after["shard_files"] == "pass"
+        batch = next(iter(make_loader(dst / "shards", "train", LoaderConfig(height=32, width=32, num_video_frames=2,
+                                                                             video_step=2), batch_size=1)))
+        assert batch["video_frames"].shape == (1, 2, 3, 32, 32)
+    finally:
+        hidden.rename(src)
