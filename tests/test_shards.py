@@ -171,6 +171,9 @@ def test_export_writes_the_motus_stage2_layout(labelled, tmp_path):
         qpos = torch.load(root / "qpos" / f"{stem}.pt")
         assert qpos.shape == (item["frame_count"], item["action_dim"])
         lines = (root / "metas" / f"{stem}.txt").read_text().splitlines()
+        assert lines and all(line.strip() for line in lines)  # Motus raises "Empty instruction text" otherwise
+        if not item["language"]:  # task-agnostic motion: a caption naming the embodiment
+            assert lines == [f"{item['embodiment']} robot: random joint exploration"]
         embeddings = torch.load(root / "umt5_wan" / f"{stem}.pt")
         assert isinstance(embeddings, list) and len(embeddings) == len(lines) >= 1
         assert all(e.ndim == 2 and e.shape[1] == 384 for e in embeddings)
@@ -181,6 +184,7 @@ def test_export_writes_the_motus_stage2_layout(labelled, tmp_path):
         assert len(frames) == item["frame_count"] and frames[0].shape == (384, 320, 3)
     meta = json.loads((out / "export.json").read_text())
     assert meta["embedding_dim"] == 384 and len(meta["items"]) == len(items)
+    assert meta["shorter_than_window"] == sorted(i["item_id"] for i in items if i["frame_count"] < 49) == result.short
 
 
 def test_bad_shard_settings_are_named():
@@ -219,6 +223,19 @@ def test_export_defaults_to_train_replaces_a_previous_export_and_refuses_other_f
     assert exported == train_ids and sum(train_only.per_source.values()) == len(train_ids) < 5
     videos = sorted(p.stem for p in out.glob("*/videos/*.mp4"))
     assert videos == sorted(motus_stem(i) for i in train_ids)  # no clip of the previous export lingers
+    # Motus's episode caches (any version, per dataset folder or above) go with a re-export
+    caches = [out / "cached_episodes.pkl", *(out / src / "cached_episodes.v2.pkl" for src in train_only.per_source)]
+    for cache in caches:
+        cache.write_bytes(b"stale")
+    again = tmp_path / "motus_again"
+    export_motus(report.root, again)
+    export_motus(report.root, out)
+    assert not any(c.exists() for c in caches)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (again / f).read_bytes() for f in files)  # byte-identical exports
+    with pytest.raises(ValueError, match="empty instruction"):
+        export_motus(report.root, tmp_path / "no_caption", caption="  ")
     foreign = tmp_path / "not_an_export"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
