@@ -132,3 +132,25 @@ def test_train_stats_count_only_items_with_actions(tmp_path):
     stats = train_stats(samples)
     assert list(stats["actions"]) == ["aloha"] and stats["actions"]["aloha"]["rows"] == 9
     assert stats["latent_action"]["items"] == 2 and stats["latent_action"]["rows"] == 5 + 8
+
+
+def test_mp4_encoding_gives_the_same_bytes_every_time(tmp_path):
+    """Two exports of the same shards must be byte-identical; x264 with its assembly and the encoder's own RGB
+    conversion gave different bytes for the same frames from one call or process to the next."""
+    import subprocess
+    import sys
+
+    from tests.shard_fixtures import footage_clips
+    from training_hooks.shard_format import _decode_mp4, encode_mp4
+
+    frames = list(footage_clips(1, size=(384, 320), n_frames=(12, 12))[0].frames)  # the working canvas
+    encoded = [encode_mp4(iter([f.copy() for f in frames]), 30.0)[0] for _ in range(3)]  # fresh arrays
+    encoded += [encode_mp4(iter(frames), 30.0)[0] for _ in range(2)]  # views into one array
+    script = ("import sys, numpy as np; from training_hooks.shard_format import encode_mp4; "
+              "f = np.load(sys.argv[1]); sys.stdout.buffer.write(encode_mp4(iter(f), 30.0)[0])")
+    np.save(tmp_path / "frames.npy", np.stack(frames))
+    other = subprocess.run([sys.executable, "-c", script, str(tmp_path / "frames.npy")], capture_output=True,
+                           timeout=120, check=True).stdout  # another process
+    assert all(e == encoded[0] for e in encoded) and other == encoded[0]
+    decoded = _decode_mp4(encoded[0], list(range(12))).astype(float)
+    assert np.abs(decoded - np.stack(frames)).mean() < 3  # the same picture (H.264 at crf 20, BT.601 colours)
