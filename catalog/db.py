@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping
 import duckdb
 import pyarrow as pa
 
+from catalog import described, paths, storage
 from manifests.schemas import ITEM_STAGES, RUNS, SCHEMAS, validate_rows
 
 _PRIMARY_KEYS = {
@@ -96,18 +97,36 @@ class Catalog:
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path} (run `pyramid ingest` or `pyramid demo` first)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.storage_backup = None  # where a catalog in a newer storage format was kept when it was rewritten
         try:
-            self.con = duckdb.connect(str(self.path), read_only=read_only)
+            if not read_only:
+                self.storage_backup = storage.rewrite_if_newer(self.path)
+            self.con = storage.connect(self.path, read_only)
         except duckdb.IOException as e:
             if "lock" in str(e).lower():
                 raise CatalogLockedError(
                     f"catalog {self.path} is held open by another process (a running pyramid job?): {e}"
                 ) from e
             raise
+        # paths under the catalog's folder (the workdir) are stored relative to it and resolved on read
+        self.root = self.path.resolve().parent
+        self._db = self.con.execute("SELECT current_database()").fetchone()[0]
         if not read_only:
+            described.rename_legacy_columns(self.con)  # before new columns are added under the new names
             for name, schema in SCHEMAS.items():
                 self.con.execute(_ddl(name, schema))
                 self._add_missing_columns(name, schema)
+            described.describe(self.con)
+        described.reading_views(self.con, self.root)
+
+    @property
+    def storage_version(self) -> str:
+        """The DuckDB storage version of the file (`v1.0.0+`: DuckDB 1.0.0 and newer open it)."""
+        return storage.storage_tag(self.con)
+
+    def table(self, name: str) -> str:
+        """The stored table behind `name` for writes (plain names read through views that resolve paths)."""
+        return f'"{self._db}".main.{name}'
 
     def _add_missing_columns(self, name: str, schema: pa.Schema) -> None:
         """A catalog written by an older version gains the columns added since (as NULL), so it stays usable."""
@@ -135,10 +154,10 @@ class Catalog:
     def _insert(self, table_name: str, table: pa.Table, on_conflict: str = "") -> None:
         if table.num_rows == 0:
             return
-        self.con.register("_incoming", table)
+        self.con.register("_incoming", paths.store_paths(table_name, table, self.root))
         try:
             cols = ", ".join(f'"{c}"' for c in table.column_names)
-            self.con.execute(f"INSERT INTO {table_name} ({cols}) SELECT {cols} FROM _incoming {on_conflict}")
+            self.con.execute(f"INSERT INTO {self.table(table_name)} ({cols}) SELECT {cols} FROM _incoming {on_conflict}")
         finally:
             self.con.unregister("_incoming")
 
@@ -152,7 +171,7 @@ class Catalog:
 
     def finish_run(self, run_id: str, status: str, counts: Mapping[str, int]) -> None:
         self.con.execute(
-            "UPDATE runs SET ended_at = ?, status = ?, counts = ? WHERE run_id = ?",
+            f"UPDATE {self.table('runs')} SET ended_at = ?, status = ?, counts = ? WHERE run_id = ?",
             [_now(), status, json.dumps(dict(counts), sort_keys=True), run_id],
         )
 
@@ -162,6 +181,7 @@ class Catalog:
         table = rows if isinstance(rows, pa.Table) else validate_rows(SCHEMAS[table_name], rows)
         if table.num_rows == 0:
             return 0
+        table = paths.store_paths(table_name, table, self.root)  # keys (artifacts.path) compare in stored form
         keys = _PRIMARY_KEYS[table_name]
         # DuckDB cannot update list columns in place under a primary key, so replace = delete + insert,
         # in one transaction so a crash between the two never loses the row.
@@ -169,7 +189,7 @@ class Catalog:
         self.con.execute("BEGIN TRANSACTION")
         try:
             match = " AND ".join(f't."{k}" = k."{k}"' for k in keys)
-            self.con.execute(f"DELETE FROM {table_name} t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {match})")
+            self.con.execute(f"DELETE FROM {self.table(table_name)} t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {match})")
             self._insert(table_name, table)
             self.con.execute("COMMIT")
         except Exception:
@@ -229,7 +249,8 @@ class Catalog:
         table = validate_rows(SCHEMAS["shards"], [{"created_at": _now(), "shard_set": shard_set, **r} for r in rows])
         self.con.execute("BEGIN TRANSACTION")
         try:
-            self.con.execute("DELETE FROM shards WHERE shard_set = ?", [shard_set])
+            self.con.execute(f"DELETE FROM {self.table('shards')} WHERE shard_set = ? OR shard_set = ?",
+                             [shard_set, paths.to_stored(shard_set, self.root)])
             self._insert("shards", table)
             self.con.execute("COMMIT")
         except Exception:

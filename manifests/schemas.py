@@ -52,7 +52,7 @@ ITEMS = pa.schema(
         pa.field("language", _STR_LIST),  # instruction / narration lines
         pa.field("licence", pa.string()),
         pa.field("input_uri", pa.string(), nullable=False),  # the file (or folder) the item was read from
-        pa.field("input_checksum", pa.string()),  # blake2b of the input bytes
+        pa.field("input_blake2b", pa.string()),  # blake2b-128 (hex) of the input bytes
         pa.field("input_bytes", pa.int64()),
         pa.field("extras", pa.string()),  # JSON: source-specific details (layout version, paths of sim extras, ...)
     ]
@@ -82,7 +82,7 @@ ARTIFACTS = pa.schema(
         pa.field("kind", pa.string(), nullable=False),
         pa.field("path", pa.string(), nullable=False),
         pa.field("bytes", pa.int64(), nullable=False),
-        pa.field("checksum", pa.string(), nullable=False),
+        pa.field("blake2b", pa.string(), nullable=False),  # blake2b-128 (hex) of the file
         pa.field("run_id", pa.string(), nullable=False),
         pa.field("created_at", pa.timestamp("us", tz="UTC"), nullable=False),
     ]
@@ -168,6 +168,13 @@ AUDIT_RESULTS = pa.schema(
     ]
 )
 
+# Columns renamed since catalogs were first written (table -> old name -> new name): checksum columns name their
+# algorithm. The catalog renames them in an older file on its next write; rows built with an old name still validate.
+RENAMED_COLUMNS: dict[str, dict[str, str]] = {
+    "items": {"input_checksum": "input_blake2b"},
+    "artifacts": {"checksum": "blake2b"},
+}
+
 SCHEMAS: dict[str, pa.Schema] = {
     "items": ITEMS,
     "item_stages": ITEM_STAGES,
@@ -185,8 +192,10 @@ def validate_rows(schema: pa.Schema, rows: Iterable[Mapping[str, Any]]) -> pa.Ta
 
     Unknown keys are an error (a typo must not silently drop data); missing nullable keys become null.
     """
-    rows = list(rows)
     names = set(schema.names)
+    legacy = {old: new for renamed in RENAMED_COLUMNS.values() for old, new in renamed.items()
+              if new in names and old not in names}
+    rows = [{legacy.get(k, k): v for k, v in row.items()} for row in rows] if legacy else list(rows)
     for i, row in enumerate(rows):
         unknown = set(row) - names
         if unknown:

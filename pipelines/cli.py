@@ -236,20 +236,30 @@ def export_motus_cmd(
     workdir: Optional[Path] = WorkdirOpt,
     shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train — a Motus tree has no splits)."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="Instruction for clips without language; "
+                                          "{embodiment}, {source}, {tier} are filled in (default: "
+                                          "'{embodiment} robot: random joint exploration')."),
 ):
     """Export the shards to the folder layout the released Motus stage-2 loader reads."""
-    from pipelines.export import export_motus
+    from pipelines.export import DEFAULT_CAPTION, export_motus
 
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_motus(root, out, tuple(split) if split else ("train",))
+        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
     console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {report.out}; "
                   f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
+    if report.short:
+        from pipelines.export import MOTUS_WINDOW_FRAMES
+
+        console.print(f"{len(report.short)} clips are shorter than Motus's default window ({MOTUS_WINDOW_FRAMES} "
+                      f"frames: 8 video frames every 6) and will be skipped by its loader; listed in export.json "
+                      f"(shorter_than_window): {', '.join(report.short[:5])}{' ...' if len(report.short) > 5 else ''}",
+                      highlight=False)
 
 
 @app.command()

@@ -7,9 +7,11 @@
     OUT/<source>/qpos/<stem>.pt                     float32 tensor [T, D] (items with real actions only)
     OUT/export.json                                 what was exported: encoder, E, counts, the shard index hash
 
-The Motus loader keeps only stems present in videos/, metas/, umt5_wan/ and latent_action_dim14/ together, so a
-clip without language gets one empty metas line and one all-zero [1, E] embedding rather than vanishing. Its
-`cached_episodes.v2.pkl` cache must be deleted after re-exporting into an existing tree (we delete it).
+The Motus loader keeps only stems present in videos/, metas/, umt5_wan/ and latent_action_dim14/ together, and
+refuses an empty instruction ("Empty instruction text"), so a clip without language (task-agnostic robot motion)
+gets one caption line — `caption`, by default naming the embodiment and "random joint exploration", as AnyPos
+captions its data — with one all-zero [1, E] embedding (the same no-text conditioning as before). Its episode
+caches (`cached_episodes*.pkl`) are deleted on export, or a re-export would be read with a stale episode list.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +30,11 @@ from training_hooks.shard_format import (SHARDS_FORMAT, decode_sample, encode_mp
 
 MOTUS_FOLDERS = ("videos", "metas", "latent_action_dim14", "umt5_wan", "qpos")
 DEFAULT_EMBEDDING_DIM = 384
+# the instruction of a clip without language; {embodiment}, {source} and {tier} are filled in per clip
+DEFAULT_CAPTION = "{embodiment} robot: random joint exploration"
+# the released Motus stage-2 window: 8 video frames every 6 frames, plus the condition frame; shorter clips are
+# skipped by its loader, so the export lists them
+MOTUS_WINDOW_FRAMES = 8 * 6 + 1
 
 
 def read_shard_index(root: str | Path) -> dict[str, Any]:
@@ -55,6 +62,7 @@ class ExportReport:
     per_source: dict[str, int]
     embedding_dim: int
     encoder: str | None
+    short: list[str] = field(default_factory=list)  # item ids with fewer frames than MOTUS_WINDOW_FRAMES
 
 
 def _save_torch(path: Path, obj: Any) -> None:
@@ -76,14 +84,25 @@ def _clear_previous_export(out: Path) -> None:
     previous.unlink()
 
 
+def caption_for(meta: dict[str, Any], caption: str = DEFAULT_CAPTION) -> str:
+    """The instruction written for a clip without language lines."""
+    text = caption.format(embodiment=meta.get("embodiment") or "unknown", source=meta.get("source", ""),
+                          tier=meta.get("tier", ""))
+    if not text.strip():
+        raise ValueError(f"caption {caption!r} gives an empty instruction: the Motus loader refuses those")
+    return text
+
+
 def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...] | None = ("train",),
-                 on_item: Callable[[str], None] | None = None) -> ExportReport:
+                 on_item: Callable[[str], None] | None = None, caption: str = DEFAULT_CAPTION) -> ExportReport:
     """Write the shards of `splits` (train by default: the Motus loader has no notion of splits, so a tree is one
-    split; None exports every split into one tree) to the Motus layout under `out`."""
+    split; None exports every split into one tree) to the Motus layout under `out`. Clips without language get
+    `caption` (see `caption_for`) as their instruction."""
     import torch
 
     index = read_shard_index(shard_root)
     out = Path(out)
+    caption_for({}, caption)  # a template that gives an empty text fails before anything is written
     _clear_previous_export(out)
     stems: dict[tuple[str, str], str] = {}
     language = index["stats"].get("language") or {}
@@ -108,7 +127,7 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
                 frames = (sample.frames([i])[0] for i in range(sample.n_frames))
                 video, _ = encode_mp4(frames, float(meta["fps"]))
             atomic_write(root / "videos" / f"{stem}.mp4", lambda f: f.write(video))
-            lines = sample.lines or [""]
+            lines = sample.lines or [caption_for(meta, caption)]
             atomic_write_text(root / "metas" / f"{stem}.txt", "\n".join(lines) + "\n")
             _save_torch(root / "latent_action_dim14" / f"{stem}.pt", torch.from_numpy(sample.latent_action.astype(np.float32)))
             embeddings = ([torch.from_numpy(e.astype(np.float32)) for e in sample.language] if sample.language
@@ -118,13 +137,16 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
                 _save_torch(root / "qpos" / f"{stem}.pt", torch.from_numpy(sample.actions.astype(np.float32)))
             per_source[meta["source"]] = per_source.get(meta["source"], 0) + 1
             items.append({"item_id": meta["item_id"], "path": f"{meta['source']}/videos/{stem}.mp4",
-                          "split": meta["split"], "frames": sample.n_frames, "has_qpos": sample.actions is not None})
+                          "split": meta["split"], "frames": sample.n_frames, "has_qpos": sample.actions is not None,
+                          "captioned": not sample.lines})
             if on_item:
                 on_item(meta["item_id"])
-    for source in per_source:
-        (out / source / "cached_episodes.v2.pkl").unlink(missing_ok=True)  # the Motus loader's stale episode cache
+    for stale in sorted(out.rglob("cached_episodes*.pkl")):  # the Motus loader's episode caches, any version
+        stale.unlink()
+    short = sorted(i["item_id"] for i in items if i["frames"] < MOTUS_WINDOW_FRAMES)
     index_sha = hashlib.sha256((Path(shard_root) / "index.json").read_bytes()).hexdigest()
     atomic_write_text(out / "export.json", json.dumps(
         {"format": "motus-pyramid/motus-export/v1", "shard_index_sha256": index_sha, "encoder": language.get("encoder"),
-         "embedding_dim": dim, "per_source": per_source, "items": items}, indent=1))
-    return ExportReport(out, per_source, dim, language.get("encoder"))
+         "embedding_dim": dim, "per_source": per_source, "motus_window_frames": MOTUS_WINDOW_FRAMES,
+         "shorter_than_window": short, "items": items}, indent=1))
+    return ExportReport(out, per_source, dim, language.get("encoder"), short)

@@ -226,7 +226,9 @@ _ITEM_WINDOW = ("input_checksum", "media_uris", "start_s", "frame_count", "fps",
 def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
     """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else."""
     flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
-    text = json.dumps({"flow": flow, "item": {k: row.get(k) for k in _ITEM_WINDOW}}, sort_keys=True, default=str)
+    # keyed as before the column became input_blake2b, so fingerprints (and finished items) survive the rename
+    item = {k: row.get("input_blake2b" if k == "input_checksum" else k) for k in _ITEM_WINDOW}
+    text = json.dumps({"flow": flow, "item": item}, sort_keys=True, default=str)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
@@ -263,7 +265,7 @@ def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = F
         def record(outcomes: list[Outcome]) -> None:
             catalog.add_artifacts(
                 {"item_id": o.item_id, "stage": "flow", "kind": "flow", "path": o.result["path"],
-                 "bytes": o.result["bytes"], "checksum": o.result["checksum"], "run_id": run_id}
+                 "bytes": o.result["bytes"], "blake2b": o.result["checksum"], "run_id": run_id}
                 for o in outcomes
             )
             catalog.upsert("flow_stats", [

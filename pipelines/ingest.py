@@ -108,7 +108,7 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
 
         report = run_stage(INGEST, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
         # an item that was fine before but is quarantined or failed now must not feed later stages
-        catalog.con.execute("DELETE FROM items WHERE item_id IN (SELECT item_id FROM item_stages "
+        catalog.con.execute(f"DELETE FROM {catalog.table('items')} WHERE item_id IN (SELECT item_id FROM item_stages "
                             "WHERE stage = 'ingest' AND status <> 'done')")
         manifests = cfg.manifests_dir
         meta = {"run_id": run_id, "kind": "items"}

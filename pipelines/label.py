@@ -66,7 +66,7 @@ def label_item(task: Mapping[str, Any], model) -> dict[str, Any]:
     n_frames = int(art.meta["n_frames"])
     latents = densify(mu, art.pairs[:, 0], n_frames)
     meta = {"format": LATENT_FORMAT, "item_id": task["item_id"], "checkpoint": task["checkpoint"],
-            "checkpoint_sha": task["checkpoint_sha"], "fps": art.meta["fps"], "n_frames": n_frames,
+            "checkpoint_blake2b": task["checkpoint_sha"], "fps": art.meta["fps"], "n_frames": n_frames,
             "delta_frames": art.meta["delta_frames"], "grid": art.meta["grid"], "flow_backend": art.meta["backend"],
             "rule": "row j = mu of the last flow pair starting at or before frame j"}
     path = Path(task["out_path"])
@@ -127,7 +127,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
     status, report = "failed", None
     try:
         flows = catalog.sql(
-            """SELECT f.item_id, f.artifact_path, a.checksum FROM flow_stats f
+            """SELECT f.item_id, f.artifact_path, a.blake2b FROM flow_stats f
                JOIN artifacts a ON a.path = f.artifact_path
                JOIN item_stages s ON s.item_id = f.item_id AND s.stage = 'flow' AND s.status = 'done'
                ORDER BY f.item_id"""
@@ -136,7 +136,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         tasks = [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
                   "checkpoint": str(ckpt), "checkpoint_sha": ckpt_sha,
                   "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
-                  "input_fingerprint": hashlib.blake2b(f"{r['checksum']}:{ckpt_sha}".encode(), digest_size=8).hexdigest()}
+                  "input_fingerprint": hashlib.blake2b(f"{r['blake2b']}:{ckpt_sha}".encode(), digest_size=8).hexdigest()}
                  for r in flows]
         stage = Stage("label", label_item, setup=functools.partial(load_labeller, str(ckpt), cfg.runner.torch_threads),
                       resources=Resources(num_cpus=1, batch_size=4))
@@ -144,7 +144,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         def record(outcomes: list[Outcome]) -> None:
             catalog.add_artifacts({"item_id": o.item_id, "stage": "label", "kind": "latent_action",
                                    "path": o.result["path"], "bytes": o.result["bytes"],
-                                   "checksum": o.result["checksum"], "run_id": run_id} for o in outcomes)
+                                   "blake2b": o.result["checksum"], "run_id": run_id} for o in outcomes)
 
         report = run_stage(stage, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
         stats = latent_statistics(catalog)
@@ -152,7 +152,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps({"run_id": run_id, "checkpoint": str(ckpt), **stats}, indent=1))
         write_manifest(catalog.sql(
-            """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.checksum
+            """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.blake2b
                FROM artifacts a JOIN items i USING (item_id)
                JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
                WHERE a.stage = 'label' ORDER BY a.item_id"""),

@@ -38,8 +38,8 @@ from pipelines.driver import StageReport, run_stage
 from pipelines.label import read_latents
 from pipelines.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
-from training_hooks.shard_format import (SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample, group_samples,
-                                         read_tar, sample_key, write_tar)
+from training_hooks.shard_format import (SAMPLE_FORMAT, SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample,
+                                         group_samples, read_tar, sample_key, write_tar)
 
 
 # --- step 1: one sample per item ----------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def build_sample(task: Mapping[str, Any], encoder) -> dict[str, Any]:
         "n_frames": n_frames, "frame_size": list(s["working_size"]), "video_format": s["video_format"],
         "frame_offsets": offsets, "delta_frames": int(latent_meta["delta_frames"]), "delta_s": s["delta_s"],
         "grid": latent_meta["grid"], "flow_backend": latent_meta["flow_backend"],
-        "vae_checkpoint_sha": latent_meta["checkpoint_sha"], "latent_dim": int(latents.shape[1]),
+        "vae_checkpoint_blake2b": latent_meta.get("checkpoint_blake2b", latent_meta.get("checkpoint_sha")), "latent_dim": int(latents.shape[1]),
         "action_dim": int(actions.shape[1]) if actions is not None else 0,
         "action_names": list(row.get("action_names") or []) if actions is not None else [],
         # what each dim means and whether row t acts after frame t (manifests/actions.py): a trainer that derives
@@ -196,8 +196,10 @@ def _train_rows(samples: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any],
         if s["split"] != "train":
             continue
         for _, group in group_samples(read_tar(s["path"], STATS_MEMBERS)):
-            actions = np.load(io.BytesIO(group["actions.npy"])) if "actions.npy" in group else None
-            yield json.loads(group["json"]), np.load(io.BytesIO(group["la14.npy"])), actions
+            meta = json.loads(group["json"])
+            # format v2 stores [T, 0] and has_actions false for items without actions; v1 left the member out
+            has = "actions.npy" in group and meta.get("has_actions", True)
+            yield meta, np.load(io.BytesIO(group["la14.npy"])), np.load(io.BytesIO(group["actions.npy"])) if has else None
 
 
 def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -301,7 +303,8 @@ class ShardReport:
 
 def shard_settings(cfg: PipelineConfig) -> dict[str, Any]:
     sh, fc = cfg.shards, cfg.flow
-    return {"working_size": list(fc.working_size), "camera": fc.camera, "fps": fc.fps, "delta_s": fc.delta_s,
+    # the sample format is a setting: samples built in an older format are rebuilt on the next run
+    return {"sample_format": SAMPLE_FORMAT, "working_size": list(fc.working_size), "camera": fc.camera, "fps": fc.fps, "delta_s": fc.delta_s,
             "video_format": sh.video_format, "jpeg_quality": sh.jpeg_quality, "mp4_crf": sh.mp4_crf,
             "language_encoder": sh.language_encoder, "language_encoder_path": sh.language_encoder_path,
             "max_text_tokens": sh.max_text_tokens}
@@ -320,7 +323,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
     try:
         static = "" if cfg.shards.include_static else "AND NOT f.is_static"
         items = catalog.sql(
-            f"""SELECT i.*, a.path AS latent_path, a.checksum AS latent_checksum FROM items i
+            f"""SELECT i.*, a.path AS latent_path, a.blake2b AS latent_checksum FROM items i
                 JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'label' AND s.status = 'done'
                 JOIN artifacts a ON a.item_id = i.item_id AND a.stage = 'label'
                 JOIN flow_stats f ON f.item_id = i.item_id
@@ -343,7 +346,8 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
                           "input_fingerprint": hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()})
         missing = [t["item_id"] for t in tasks if not Path(t["out_path"]).exists()]
         if missing:  # a sample file deleted since it was built: forget it was done, so it is rebuilt
-            catalog.sql("DELETE FROM item_stages WHERE stage = 'shard' AND list_contains(?, item_id)", [missing])
+            catalog.sql(f"DELETE FROM {catalog.table('item_stages')} WHERE stage = 'shard' "
+                        "AND list_contains(?, item_id)", [missing])
         sh = cfg.shards
         stage = Stage("shard", build_sample,
                       setup=functools.partial(load_sample_context, sh.language_encoder, sh.language_encoder_path,
@@ -352,13 +356,13 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
 
         def record(outcomes: list[Outcome]) -> None:
             catalog.add_artifacts({"item_id": o.item_id, "stage": "shard", "kind": "sample", "path": o.result["path"],
-                                   "bytes": o.result["bytes"], "checksum": o.result["checksum"], "run_id": run_id}
+                                   "bytes": o.result["bytes"], "blake2b": o.result["checksum"], "run_id": run_id}
                                   for o in outcomes)
 
         report = run_stage(stage, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
         wanted = [t["item_id"] for t in tasks]
         samples = catalog.sql(
-            """SELECT a.item_id, a.path, a.bytes, a.checksum, i.split, i.tier FROM artifacts a
+            """SELECT a.item_id, a.path, a.bytes, a.blake2b AS checksum, i.split, i.tier FROM artifacts a
                JOIN items i USING (item_id)
                JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'shard' AND s.status = 'done'
                WHERE a.stage = 'shard' AND list_contains(?, a.item_id) ORDER BY a.item_id""", [wanted]).to_pylist()

@@ -5,6 +5,11 @@ torchvision 0.28.0 on PyPI is a CUDA build; on CPU torch its import dies with
 (shared research deps.md §4). ptlflow (through timm) and lerobot both import torchvision, so the shim must run
 before them in every process, Ray and Beam workers included. `install_import_hook()` arranges that lazily:
 it costs nothing until something imports torchvision, and importing any of our packages installs it.
+
+Third-party code in our venv (`import transformers`, `import torchvision`, a notebook) imports none of our
+packages, so the bootstrap also writes `PTH_NAME` into the venv's site-packages (`python -m
+pipelines.torch_compat install-pth`): Python runs its one line at every interpreter start, and that line
+installs the same lazy hook (and does nothing when this package is not importable).
 """
 
 from __future__ import annotations
@@ -89,4 +94,29 @@ def set_worker_threads(n: int = 1) -> None:
         cv2.setNumThreads(n)
 
 
+PTH_NAME = "motus_pyramid_torchvision_shim.pth"
+# a .pth line that starts with `import` is executed by `site` at interpreter start; it must never fail
+PTH_LINE = ('import sys; exec("try:\\n import pipelines.torch_compat as _tc\\n _tc.install_import_hook()\\n'
+            'except Exception:\\n pass")\n')
+
+
+def install_pth(site_dir: str | os.PathLike | None = None) -> str:
+    """Write the start-up hook into `site_dir` (default: this interpreter's site-packages); returns its path."""
+    import sysconfig
+
+    folder = os.fspath(site_dir) if site_dir is not None else sysconfig.get_paths()["purelib"]
+    path = os.path.join(folder, PTH_NAME)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(PTH_LINE)
+    os.replace(tmp, path)
+    return path
+
+
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
+if __name__ == "__main__":  # python -m pipelines.torch_compat install-pth [SITE_DIR]  (scripts/bootstrap.sh)
+    if len(sys.argv) < 2 or sys.argv[1] != "install-pth":
+        sys.exit("usage: python -m pipelines.torch_compat install-pth [SITE_DIR]")
+    print(install_pth(sys.argv[2] if len(sys.argv) > 2 else None))

@@ -35,7 +35,7 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
         ckpt = result.checkpoint
         catalog.add_artifacts([{"item_id": None, "stage": "vae-train", "kind": "vae_checkpoint", "path": str(ckpt),
                                 "bytes": ckpt.stat().st_size,
-                                "checksum": hashlib.blake2b(ckpt.read_bytes(), digest_size=16).hexdigest(),
+                                "blake2b": hashlib.blake2b(ckpt.read_bytes(), digest_size=16).hexdigest(),
                                 "run_id": run_id}])
         counts = {"steps": result.steps, "resumed_from": result.resumed_from}
         status = "ok"

@@ -73,4 +73,7 @@ for fl in $find_links; do uv_args+=(--find-links "$fl"); done
 log "installing the locked set ($(grep -c '==' requirements.lock) packages)"
 VIRTUAL_ENV="$PWD/$VENV" "$UV" pip sync -q --python "$VENV/bin/python" "${uv_args[@]}" requirements.lock
 VIRTUAL_ENV="$PWD/$VENV" "$UV" pip install -q --python "$VENV/bin/python" --no-deps -e .
+# the torchvision CPU shim for every interpreter of the venv, not only ours: a .pth hook in site-packages
+# (third-party code such as `import transformers` imports torchvision without importing our packages)
+log "torchvision shim hook: $("$VENV/bin/python" -m pipelines.torch_compat install-pth)"
 log "ready: $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

@@ -85,8 +85,8 @@ def test_quarantined_items_are_reported_by_the_check_their_reason_belongs_to(wor
 def test_items_without_action_semantics_or_with_bad_ones_are_named(workdir):
     cfg = ingested(workdir)
     with Catalog(cfg.catalog_path) as cat:  # as an older version left it, and a hand edit with one dim too few
-        cat.con.execute(f"UPDATE items SET action_semantics = NULL WHERE item_id = '{TA}/episode_000000'")
-        cat.con.execute(f"UPDATE items SET action_semantics = action_semantics[2:] WHERE item_id = '{TA}/episode_000001'")
+        cat.con.execute(f"UPDATE {cat.table('items')} SET action_semantics = NULL WHERE item_id = '{TA}/episode_000000'")
+        cat.con.execute(f"UPDATE {cat.table('items')} SET action_semantics = action_semantics[2:] WHERE item_id = '{TA}/episode_000001'")
     out = run_checks(cfg, "missing_fields")["missing_fields"].failures
     assert "action semantics not recorded" in out[f"{TA}/episode_000000"]
     assert "13 entries for 14 action dims" in out[f"{TA}/episode_000001"]
@@ -181,7 +181,7 @@ def test_group_in_two_splits_and_colliding_item_ids(workdir):
 def test_source_metadata_that_disagrees_with_the_stream(workdir):
     cfg = ingested(workdir)
     with Catalog(cfg.catalog_path) as cat:
-        cat.con.execute("UPDATE items SET extras = ? WHERE item_id = ?",
+        cat.con.execute(f"UPDATE {cat.table('items')} SET extras = ? WHERE item_id = ?",
                         [json.dumps({"metadata_frames": 24, "stream_frames": 20}), f"{TA}/episode_000001"])
     failures = run_checks(cfg, "stream_matches_metadata")["stream_matches_metadata"].failures
     assert failures == {f"{TA}/episode_000001": "metadata says 24 frames, the stream has 20"}
@@ -197,7 +197,7 @@ def write_latents(cfg, latents_by_item):
             n_frames = cat.items("item_id = ?", [item_id]).to_pylist()[0]["frame_count"]
             np.savez(path, latent_action=latents, meta=np.array(json.dumps({"n_frames": n_frames})))
             cat.add_artifacts([{"item_id": item_id, "stage": "label", "kind": "latent_action", "path": str(path),
-                                "bytes": path.stat().st_size, "checksum": "x", "run_id": "r"}])
+                                "bytes": path.stat().st_size, "blake2b": "x", "run_id": "r"}])
             cat.record_stage_results([{"item_id": item_id, "stage": "label", "status": "done", "run_id": "r"}])
 
 

@@ -26,7 +26,7 @@ def test_catalog_round_trip_survives_reopen(tmp_path):
              "input_uri": "/x/ep9.hdf5", "run_id": run},
         ])
         cat.add_artifacts([{"item_id": "robotwin/ep0", "stage": "flow", "kind": "flow", "path": "/f", "bytes": 3,
-                            "checksum": "abc", "run_id": run}])
+                            "blake2b": "abc", "run_id": run}])
         cat.finish_run(run, "ok", {"done": 1, "quarantined": 1})
     with Catalog(path, read_only=True) as cat:
         items = cat.items().to_pylist()

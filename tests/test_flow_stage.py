@@ -95,7 +95,7 @@ def test_dpflow_backend_runs_in_the_stage_with_random_weights(workdir):
                         working_size=[64, 80], store_size=[32, 40], grid="delta", batch_size=4)
     cfg.flow.dpflow_checkpoint = None  # random weights only because the test asks for them explicitly  # task-agnostic items only, to keep the CPU forward passes few
     with Catalog(cfg.catalog_path) as cat:
-        cat.con.execute("DELETE FROM items WHERE source = 'robotwin'")
+        cat.con.execute(f"DELETE FROM {cat.table('items')} WHERE source = 'robotwin'")
     report, stats, items, _ = flow_run(cfg)
     assert report.stage.counts["done"] == 3
     art = read_flow_artifact(next(iter(stats.values()))["artifact_path"])

@@ -44,7 +44,7 @@ def test_ingest_fills_catalog_and_manifest_from_both_layouts(workdir):
     ta = by_source["task_agnostic"][0]
     assert ta["tier"] == 4 and ta["frame_count"] == 20 and ta["action_dim"] == 14 and ta["embodiment"]
     assert ta["duration_s"] == pytest.approx(20 / ta["fps"])
-    assert all(len(it["input_checksum"]) == 32 and it["split"] in ("train", "val", "test") for it in items)
+    assert all(len(it["input_blake2b"]) == 32 and it["split"] in ("train", "val", "test") for it in items)
     assert {s["status"] for s in state} == {"done"}
     manifest = read_manifest(cfg.manifests_dir / "items.parquet", ITEMS)
     assert sorted(manifest.column("item_id").to_pylist()) == sorted(it["item_id"] for it in items)

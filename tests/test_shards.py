@@ -171,6 +171,9 @@ def test_export_writes_the_motus_stage2_layout(labelled, tmp_path):
         qpos = torch.load(root / "qpos" / f"{stem}.pt")
         assert qpos.shape == (item["frame_count"], item["action_dim"])
         lines = (root / "metas" / f"{stem}.txt").read_text().splitlines()
+        assert lines and all(line.strip() for line in lines)  # Motus raises "Empty instruction text" otherwise
+        if not item["language"]:  # task-agnostic motion: a caption naming the embodiment
+            assert lines == [f"{item['embodiment']} robot: random joint exploration"]
         embeddings = torch.load(root / "umt5_wan" / f"{stem}.pt")
         assert isinstance(embeddings, list) and len(embeddings) == len(lines) >= 1
         assert all(e.ndim == 2 and e.shape[1] == 384 for e in embeddings)
@@ -181,6 +184,7 @@ def test_export_writes_the_motus_stage2_layout(labelled, tmp_path):
         assert len(frames) == item["frame_count"] and frames[0].shape == (384, 320, 3)
     meta = json.loads((out / "export.json").read_text())
     assert meta["embedding_dim"] == 384 and len(meta["items"]) == len(items)
+    assert meta["shorter_than_window"] == sorted(i["item_id"] for i in items if i["frame_count"] < 49) == result.short
 
 
 def test_bad_shard_settings_are_named():
@@ -219,6 +223,19 @@ def test_export_defaults_to_train_replaces_a_previous_export_and_refuses_other_f
     assert exported == train_ids and sum(train_only.per_source.values()) == len(train_ids) < 5
     videos = sorted(p.stem for p in out.glob("*/videos/*.mp4"))
     assert videos == sorted(motus_stem(i) for i in train_ids)  # no clip of the previous export lingers
+    # Motus's episode caches (any version, per dataset folder or above) go with a re-export
+    caches = [out / "cached_episodes.pkl", *(out / src / "cached_episodes.v2.pkl" for src in train_only.per_source)]
+    for cache in caches:
+        cache.write_bytes(b"stale")
+    again = tmp_path / "motus_again"
+    export_motus(report.root, again)
+    export_motus(report.root, out)
+    assert not any(c.exists() for c in caches)
+    files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
+    assert all((out / f).read_bytes() == (again / f).read_bytes() for f in files)  # byte-identical exports
+    with pytest.raises(ValueError, match="empty instruction"):
+        export_motus(report.root, tmp_path / "no_caption", caption="  ")
     foreign = tmp_path / "not_an_export"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
@@ -231,7 +248,7 @@ def test_samples_are_rebuilt_when_their_catalog_row_or_file_changes(labelled):
     cfg, _ = labelled
     with Catalog(cfg.catalog_path) as cat:
         item = cat.sql("SELECT item_id, language FROM items WHERE source = 'robotwin' ORDER BY item_id LIMIT 1").to_pylist()[0]
-        cat.con.execute("UPDATE items SET language = ? WHERE item_id = ?", [["a new instruction"], item["item_id"]])
+        cat.con.execute(f"UPDATE {cat.table('items')} SET language = ? WHERE item_id = ?", [["a new instruction"], item["item_id"]])
         sample_path = Path(cat.sql("SELECT path FROM artifacts WHERE stage = 'shard' AND item_id <> ? LIMIT 1",
                                    [item["item_id"]]).to_pylist()[0]["path"])
         sample_path.unlink()
@@ -245,7 +262,7 @@ def test_samples_are_rebuilt_when_their_catalog_row_or_file_changes(labelled):
 def test_a_set_swapped_in_but_never_registered_is_rewritten(labelled):
     cfg, report = labelled
     with Catalog(cfg.catalog_path) as cat:  # as if killed after the swap: the catalog still lists other rows
-        cat.con.execute("UPDATE shards SET sha256 = 'stale' WHERE path = (SELECT min(path) FROM shards)")
+        cat.con.execute(f"UPDATE {cat.table('shards')} SET sha256 = 'stale' WHERE path = (SELECT min(path) FROM {cat.table('shards')})")
         again = run_shard(cfg, cat, make_runner("local"), progress=False)
     assert not again.unchanged
     for r in shard_rows(cfg):
@@ -272,3 +289,76 @@ def test_streaming_column_stats_match_numpy_within_a_bin():
         exact = np.quantile(x, 0.01 if q == "q01" else 0.99, axis=0)
         assert np.all(np.abs(np.array(got[q]) - exact) <= bin_width + 1e-12), (q, got[q], exact)
     assert got["q01"][2] == got["q99"][2] == 3.0  # a constant dimension
+
+
+def test_hugging_face_datasets_opens_every_shard_of_the_shard_job(labelled, tmp_path):
+    """`datasets.load_dataset("webdataset")`, streaming and not, on shards packed several samples to a tar, some
+    samples with language and some without (the case that made it refuse the shards before format v2)."""
+    import datasets
+
+    cfg, _ = labelled
+    shutil.copytree(Path(cfg.workdir), tmp_path / "w")
+    big = load_config(None, workdir=str(tmp_path / "w"), **{**TINY, "shards.target_mb": 64})
+    big.sources = cfg.sources
+    with Catalog(big.catalog_path) as cat:
+        report = run_shard(big, cat, make_runner("local"), progress=False)
+        latents = {r["item_id"]: r["path"] for r in cat.sql("SELECT item_id, path FROM artifacts WHERE stage = 'label'").to_pylist()}
+        language = {r["item_id"]: list(r["language"] or []) for r in cat.items().to_pylist()}
+    train = [r for r in report.shards if r["split"] == "train"]
+    assert len(train) == 1 and train[0]["n_samples"] == 3
+    assert {bool(language[i]) for i in train[0]["item_ids"]} == {True, False}  # mixed member contents in one tar
+    files = {split: [r["path"] for r in report.shards if r["split"] == split] for split in ("train", "val", "test")}
+    files = {k: v for k, v in files.items() if v}
+    for streaming in (True, False):
+        ds = datasets.load_dataset("webdataset", data_files=files, streaming=streaming,
+                                   cache_dir=str(tmp_path / f"hf-{streaming}"))
+        for split, paths in files.items():
+            rows = list(ds[split])
+            assert [r["json"]["item_id"] for r in rows] == [i for r in report.shards if r["split"] == split
+                                                            for i in r["item_ids"]]
+            for r in rows:
+                item = r["json"]["item_id"]
+                expected, _ = read_latents(latents[item])
+                np.testing.assert_array_equal(np.asarray(r["la14.npy"], np.float32), expected)
+                assert r["txt"].split("\n") == language[item] if language[item] else r["txt"] == ""
+                assert len(r["json"]["vae_checkpoint_blake2b"]) == 32  # blake2b-128, hex
+
+
+def test_a_copied_workdir_works_where_it_lands(labelled, tmp_path):
+    """Catalog paths are relative to the workdir: a copy reports, audits and loads its own files, even with the
+    original gone (here: renamed away for the test)."""
+    from typer.testing import CliRunner
+
+    from audit import run_audit
+    from pipelines.cli import app
+    from rich.console import Console
+
+    from training_hooks.loader import LoaderConfig, make_loader
+
+    cfg, _ = labelled
+    quiet = Console(quiet=True)
+    with Catalog(cfg.catalog_path) as cat:
+        before = {r.check.name: r.status for r in run_audit(cfg, cat, out_dir=tmp_path / "r0", console=quiet).results}
+    src = Path(cfg.workdir).resolve()
+    dst = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(src, dst)
+    hidden = src.with_name(src.name + "-away")
+    src.rename(hidden)
+    try:
+        moved = load_config(None, workdir=str(dst), **TINY)
+        moved.sources = cfg.sources
+        with Catalog(moved.catalog_path, read_only=True) as cat:
+            files = cat.sql("SELECT path FROM artifacts UNION ALL SELECT path FROM shards UNION ALL "
+                            "SELECT unnest(media_uris) FROM items").column(0).to_pylist()
+        assert files and all(f.startswith(str(dst)) for f in files)
+        assert all(Path(f.split("#")[0]).exists() for f in files)
+        status = CliRunner().invoke(app, ["status", "--workdir", str(dst)])
+        assert status.exit_code == 0 and "robotwin" in status.output and str(src) not in status.output
+        with Catalog(moved.catalog_path) as cat:
+            after = {r.check.name: r.status for r in run_audit(moved, cat, out_dir=tmp_path / "r1", console=quiet).results}
+        assert after == before and after["shard_files"] == "pass"
+        batch = next(iter(make_loader(dst / "shards", "train", LoaderConfig(height=32, width=32, num_video_frames=2,
+                                                                             video_step=2), batch_size=1)))
+        assert batch["video_frames"].shape == (1, 2, 3, 32, 32)
+    finally:
+        hidden.rename(src)

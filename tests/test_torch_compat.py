@@ -20,3 +20,34 @@ def test_torchvision_imports_after_the_hook():
     out = subprocess.run([sys.executable, "-c", CODE], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[0] in ("shim", "real")
+
+
+THIRD_PARTY = """
+import site, sys
+if len(sys.argv) > 1:
+    site.addsitedir(sys.argv[1])  # processes the folder's .pth files exactly as interpreter start-up does
+import transformers
+transformers.AutoProcessor  # resolves the lazy module; it imports torchvision's transforms
+import torchvision, torch
+print(torchvision.transforms.v2.Resize(4)(torch.zeros(3, 8, 8)).shape[-1])
+"""
+
+
+def test_third_party_code_imports_torchvision_in_our_venv_without_our_packages(tmp_path):
+    """The bootstrap's `install-pth` hook: a process that imports only transformers gets torchvision working."""
+    import pipelines.torch_compat as tc
+
+    site_dir = tmp_path / "site"
+    site_dir.mkdir()
+    made = subprocess.run([sys.executable, "-m", "pipelines.torch_compat", "install-pth", str(site_dir)],
+                          capture_output=True, text=True, timeout=120)
+    assert made.returncode == 0, made.stderr[-2000:]
+    assert (site_dir / tc.PTH_NAME).read_text() == tc.PTH_LINE
+    ok = subprocess.run([sys.executable, "-c", THIRD_PARTY, str(site_dir)], capture_output=True, text=True,
+                        timeout=300, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert ok.stdout.split()[-1] == "4"
+    if not tc._torchvision_ops_load():  # the CUDA torchvision wheel on CPU torch: without the hook it fails
+        bare = subprocess.run([sys.executable, "-c", THIRD_PARTY], capture_output=True, text=True, timeout=300,
+                              cwd=tmp_path)
+        assert bare.returncode != 0 and "torchvision::nms does not exist" in bare.stderr

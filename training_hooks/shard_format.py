@@ -12,9 +12,15 @@ by `_`, so it never contains a dot):
 | `<key>.json` | metadata: item id, source, tier, embodiment, split, fps, frame count, frame size, Δ, flow backend, VAE checkpoint, language encoder, `action_names` / `action_semantics` / `action_timing` (what each action dim means: manifests/actions.py), and `frame_offsets` for `frames.mjpeg` |
 | `<key>.frames.mjpeg` | the T frames at the working size as one Motion-JPEG stream (concatenated JPEGs; byte offsets in the JSON) — or `<key>.mp4` (H.264) with `video_format: mp4` |
 | `<key>.la14.npy` | float32 [T−1, 14]: latent actions, row j = the motion starting at frame j |
-| `<key>.actions.npy` | float32 [T, D]: real actions aligned to the stored frames (items that have them) |
-| `<key>.txt` | language lines, one per line (items that have language) |
-| `<key>.lang.npz` | token-level embeddings of each line: arrays `line0`, `line1`, … float16 [L_i, E] |
+| `<key>.actions.npy` | float32 [T, D]: real actions aligned to the stored frames; float32 [T, 0] (and `has_actions` false in the JSON) for items without |
+| `<key>.txt` | language lines, one per line; empty for items without language |
+| `<key>.lang.npz` | token-level embeddings of the lines: `lengths` int32 [n] (tokens per line), `dim` int32 [1] (E), `tokens` float16 [ΣL_i·E] (the lines' [L_i, E] arrays, flattened and concatenated); v1: arrays `line0`, `line1`, … |
+
+Every sample of format v2 carries the same six members (the video as `frames.mjpeg` or `mp4`, one per shard set), so tools that infer one
+schema per shard from its first samples (Hugging Face `datasets`' WebDataset builder, the Hub's viewer) accept
+every shard; JSON fields that can be empty hold a typed empty value (`""`, `0`), never null, so every field has
+one type across samples. Samples of format v1 (written before) omit the actions and language members when empty; the reader
+takes both.
 
 Tars are deterministic: members in a fixed order, mtime 0, uid/gid 0, no user names, so the same inputs give
 byte-identical shards.
@@ -35,7 +41,12 @@ import cv2
 import numpy as np
 import simplejpeg
 
-SAMPLE_FORMAT = "motus-pyramid/shard-sample/v1"
+SAMPLE_FORMAT = "motus-pyramid/shard-sample/v2"
+# v1: members only where non-empty (no actions.npy without actions, no txt/lang.npz without language)
+SAMPLE_FORMATS = ("motus-pyramid/shard-sample/v1", SAMPLE_FORMAT)
+# JSON fields that v1 left null when empty; v2 writes a typed empty value, so a schema inferred from a few samples
+# (Hugging Face `datasets`) has one type per field
+TYPED_EMPTY = {"action_timing": "", "language_encoder": "", "language_dim": 0}
 SHARDS_FORMAT = "motus-pyramid/shards/v1"
 VIDEO_FORMATS = ("jpeg", "mp4")
 # member suffix -> order inside a sample (JSON first: a streaming reader learns what follows)
@@ -89,7 +100,8 @@ def encode_jpeg_stream(frames: Iterable[np.ndarray], quality: int = 90) -> tuple
 
 
 def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 20) -> tuple[bytes, int]:
-    """RGB frames → (H.264 mp4 bytes, frame count). Single-threaded with bit-exact flags: reproducible bytes."""
+    """RGB frames → (H.264 mp4 bytes, frame count). Reproducible bytes: single-threaded x264 without its assembly,
+    bit-exact flags, explicit timestamps, and the colour conversion done by OpenCV."""
     import av
     from fractions import Fraction
 
@@ -97,12 +109,19 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 20) -> tuple
     with av.open(buf, "w", format="mp4", options={"fflags": "+bitexact"}) as out:
         for frame in frames:
             if stream is None:
-                stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+                rate = Fraction(fps).limit_denominator(1001)
+                stream = out.add_stream("libx264", rate=rate)
                 stream.height, stream.width = frame.shape[:2]
                 stream.pix_fmt = "yuv420p"
                 stream.thread_count = 1
-                stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "flags": "+bitexact"}
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                # x264 with its assembly gave different bytes for the same frames from one process to the next
+                # (3 of 42 demo clips): plain C is deterministic and costs ~5 ms a 384x320 frame
+                stream.options = {"crf": str(crf), "preset": "veryfast", "threads": "1", "flags": "+bitexact",
+                                  "x264-params": "threads=1:lookahead-threads=1:sliced-threads=0:asm=0"}
+            picture = _yuv420p_frame(frame)
+            picture.pts = n  # explicit timestamps in the stream's 1/fps time base (none lets the encoder guess)
+            picture.time_base = 1 / rate
+            for packet in stream.encode(picture):
                 out.mux(packet)
             n += 1
         if stream is None:
@@ -110,6 +129,17 @@ def encode_mp4(frames: Iterable[np.ndarray], fps: float, crf: int = 20) -> tuple
         for packet in stream.encode():
             out.mux(packet)
     return buf.getvalue(), n
+
+
+def _yuv420p_frame(frame: np.ndarray):
+    """An RGB frame as a yuv420p VideoFrame, converted by OpenCV (BT.601, limited range, as swscale's default).
+    Letting the encoder convert rgb24 made the bytes depend on where numpy put the array (swscale's SIMD paths
+    differ with alignment): the same frames gave different mp4s from one call to the next."""
+    import av
+
+    if frame.shape[0] % 2 or frame.shape[1] % 2:  # I420 needs even sides; odd ones keep the encoder's conversion
+        return av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+    return av.VideoFrame.from_ndarray(cv2.cvtColor(frame, cv2.COLOR_RGB2YUV_I420), format="yuv420p")
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -139,15 +169,22 @@ def encode_sample(meta: Mapping[str, Any], video: bytes, latent_action: np.ndarr
         raise ValueError(f"video_format must be one of {VIDEO_FORMATS}, not {meta['video_format']!r}")
     if language and len(language) != len(lines):
         raise ValueError(f"{meta['item_id']}: {len(language)} embeddings for {len(lines)} language lines")
-    members = {"json": json.dumps({"format": SAMPLE_FORMAT, **meta}, sort_keys=True).encode(),
+    language = [np.asarray(e, np.float16) for e in language]
+    meta = {"format": SAMPLE_FORMAT, **meta, "has_actions": actions is not None}
+    meta.update({k: empty for k, empty in TYPED_EMPTY.items() if meta.get(k) is None})
+    n_frames = len(latent_action) + 1
+    # [T, 0] for an item without actions: still a list of float rows, the type the other samples have
+    actions = np.zeros((n_frames, 0), np.float32) if actions is None else np.ascontiguousarray(actions, np.float32)
+    dim = int(language[0].shape[1]) if language else int(meta.get("language_dim") or 0)
+    tokens = np.concatenate([e.reshape(-1) for e in language]) if language else np.zeros(0, np.float16)
+    members = {"json": json.dumps(meta, sort_keys=True).encode(),
                ("frames.mjpeg" if meta["video_format"] == "jpeg" else "mp4"): video,
-               "la14.npy": _npy_bytes(np.ascontiguousarray(latent_action, np.float32))}
-    if actions is not None:
-        members["actions.npy"] = _npy_bytes(np.ascontiguousarray(actions, np.float32))
-    if lines:
-        members["txt"] = "\n".join(lines).encode()
-    if language:
-        members["lang.npz"] = _npz_bytes({f"line{i}": np.asarray(e, np.float16) for i, e in enumerate(language)})
+               "la14.npy": _npy_bytes(np.ascontiguousarray(latent_action, np.float32)),
+               "actions.npy": _npy_bytes(actions),
+               "txt": "\n".join(lines).encode(),
+               # flat 1-D arrays keep their dtype even when empty (a 2-D empty one reads as an untyped list)
+               "lang.npz": _npz_bytes({"lengths": np.array([len(e) for e in language], np.int32),
+                                       "dim": np.array([dim], np.int32), "tokens": tokens})}
     return [(f"{key}.{suffix}", members[suffix]) for suffix in MEMBER_ORDER if suffix in members]
 
 
@@ -227,17 +264,26 @@ def decode_sample(key: str, members: Mapping[str, bytes | memoryview]) -> Sample
     if "json" not in members or "la14.npy" not in members:
         raise ValueError(f"sample {key}: missing {'json' if 'json' not in members else 'la14.npy'} member")
     meta = json.loads(bytes(members["json"]))
-    if meta.get("format") != SAMPLE_FORMAT:
-        raise ValueError(f"sample {key}: format {meta.get('format')!r}, expected {SAMPLE_FORMAT}")
+    if meta.get("format") not in SAMPLE_FORMATS:
+        raise ValueError(f"sample {key}: format {meta.get('format')!r}, expected one of {SAMPLE_FORMATS}")
     video = members.get("frames.mjpeg", members.get("mp4"))
     if video is None:
         raise ValueError(f"sample {key}: no video member")
+    # v2 says whether the item has actions; v1 has the member only when it does
     actions = np.load(io.BytesIO(members["actions.npy"])) if "actions.npy" in members else None
-    lines = bytes(members["txt"]).decode().split("\n") if "txt" in members else []
+    if meta.get("has_actions") is False:
+        actions = None
+    text = bytes(members["txt"]).decode() if "txt" in members else ""
+    lines = text.split("\n") if text else []
     language = []
     if "lang.npz" in members:
         with np.load(io.BytesIO(members["lang.npz"])) as z:
-            language = [z[f"line{i}"] for i in range(len(z.files))]
+            if "tokens" in z.files:  # v2: one flat array, split by line lengths
+                lengths, dim = z["lengths"], int(z["dim"][0])
+                rows = np.split(z["tokens"].reshape(-1, dim) if len(lengths) else z["tokens"], np.cumsum(lengths)[:-1])
+                language = list(rows) if len(lengths) else []
+            else:  # v1: line0, line1, ...
+                language = [z[f"line{i}"] for i in range(len(z.files))]
     return Sample(key, meta, video, np.load(io.BytesIO(members["la14.npy"])), actions, lines, language)
 
 

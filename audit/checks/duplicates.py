@@ -1,6 +1,6 @@
 """Duplicates: the same clip twice, byte for byte or near enough, reported as sets.
 
-Exact: the same input bytes over the same window (`items.input_checksum`), or the same decoded pixels at the same
+Exact: the same input bytes over the same window (`items.input_blake2b`), or the same decoded pixels at the same
 sampled positions (which also catches a renamed or remuxed copy). Near: the sampled frames' dHashes agree
 (mean share of differing bits over aligned frames below `near_dup_hash_bits`) — robust to re-encoding, brightness
 and rescaling. Simulated robot episodes of one task seen from one fixed camera look alike by design, so where both
@@ -49,10 +49,10 @@ def keeper(ctx: AuditContext, members: list[str]) -> str:
 
 
 def _window_key(row: dict) -> tuple | None:
-    if not row["input_checksum"]:
+    if not row["input_blake2b"]:
         return None
     fragment = (row["media_uris"] or [""])[0].partition("#")[2]  # an episode inside a shared file
-    return row["input_checksum"], row["start_s"], row["frame_count"], fragment
+    return row["input_blake2b"], row["start_s"], row["frame_count"], fragment
 
 
 def _pixel_key(ctx: AuditContext, row: dict) -> str | None:

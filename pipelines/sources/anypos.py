@@ -165,7 +165,7 @@ class AnyPosSource(SourceAdapter):
             has_actions=True,
             language=list(d["caption"]),
             licence=str(self.options.get("licence") or "unknown (see the dataset card)"),
-            input_checksum=file_checksum(video),
+            input_blake2b=file_checksum(video),
             input_bytes=video.stat().st_size + qpos_path.stat().st_size,
             extras=dumps_extras({
                 "task": d["task"], "episode": d["episode"], "qpos_file": f"{d['task']}/{qpos_path.name}",

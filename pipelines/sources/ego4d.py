@@ -436,7 +436,7 @@ class Ego4DSource(SourceAdapter):
             **HUMAN_VIDEO,
             language=language,
             licence=self.options.get("licence", DEFAULT_LICENCE),
-            input_checksum=facts.checksum,
+            input_blake2b=facts.checksum,
             input_bytes=facts.size,
             extras=dumps_extras(extras),
         )

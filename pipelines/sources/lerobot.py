@@ -82,7 +82,7 @@ Known traps
   episodes before the cut ingest, the later ones are quarantined because their windows hold too few frames.
 - Image-mode datasets (`dtype: "image"`, frames as PNG bytes inside the parquet) have no video to stream: SourceError.
 - AV1 (lerobot's default codec) decodes with PyAV's bundled libdav1d; torchcodec is not needed here.
-- `input_checksum` covers the episode's own bytes (its action/state rows and the compressed packets of its
+- `input_blake2b` covers the episode's own bytes (its action/state rows and the compressed packets of its
   camera windows), not whole shared files, so checksumming stays proportional to the episode.
 """
 
@@ -395,7 +395,7 @@ class LeRobotSource(SourceAdapter):
             has_actions=self.action_key is not None,
             language=language,
             licence=self.licence,
-            input_checksum=digest.hexdigest(),
+            input_blake2b=digest.hexdigest(),
             input_bytes=int(data_bytes + video_bytes),
             extras=dumps_extras(extras),
         )

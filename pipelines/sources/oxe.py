@@ -50,7 +50,7 @@ truncated or CRC-damaged record (reason names the file and byte offset), steps w
 key-map keys, no camera that decodes and non-finite actions/states each quarantine the episodes concerned
 (BadInput); a camera whose bytes are empty or not JPEG/PNG is left out (extras `cameras_skipped`) when another
 decodes; the other episodes and datasets still ingest. A root holding no builder dir at all is a SourceError.
-`input_checksum` is the blake2b of the episode's record bytes (a shard is hundreds of MB; hashing it per episode
+`input_blake2b` is the blake2b-128 of the episode's record bytes (a shard is hundreds of MB; hashing it per episode
 would read it once per episode).
 """
 
@@ -374,7 +374,7 @@ class OXESource(SourceAdapter):
             has_actions=True,
             language=list(dict.fromkeys(t for k in km["language"] for t in _text(feats.get(k)))),
             licence=km["licence"],
-            input_checksum=hashlib.blake2b(data, digest_size=16).hexdigest(),
+            input_blake2b=hashlib.blake2b(data, digest_size=16).hexdigest(),
             input_bytes=len(data) + 16,
             extras=dumps_extras({
                 "dataset": d["dataset"], "version": d["version"], "split_name": d["split_name"],

@@ -312,7 +312,7 @@ class RoboTwinSource(SourceAdapter):
             has_actions=True,
             language=language,
             licence=self.options.get("licence", "MIT (RoboTwin 2.0)"),
-            input_checksum=file_checksum(path),
+            input_blake2b=file_checksum(path),
             input_bytes=path.stat().st_size,
             extras=dumps_extras({"layout": layout, "task": ref.details["task"], "setting": ref.details["setting"],
                                  **facts["extras"]}),

@@ -194,7 +194,7 @@ class SSv2Source(SourceAdapter):
             **HUMAN_VIDEO,
             language=[label] if label else [],  # test.json releases ids only
             licence=self.options.get("licence", DEFAULT_LICENCE),
-            input_checksum=file_checksum(path),
+            input_blake2b=file_checksum(path),
             input_bytes=path.stat().st_size,
             extras=dumps_extras({"template": details.get("template"), "placeholders": details.get("placeholders"),
                                  "class_index": details.get("class_index"),

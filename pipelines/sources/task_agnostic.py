@@ -119,7 +119,7 @@ class TaskAgnosticSource(SourceAdapter):
             has_actions=True,
             language=list(meta.get("language", [])),
             licence=meta.get("licence"),
-            input_checksum=file_checksum(files),
+            input_blake2b=file_checksum(files),
             input_bytes=sum(f.stat().st_size for f in files),
             extras=dumps_extras({"action_space": meta.get("action_space"), "mode": meta.get("mode", "sequential"),
                                  "action_semantics_source": self.semantics_from,
