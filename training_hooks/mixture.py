@@ -16,6 +16,7 @@ every n-th clip of each group (all of a group's clips when it has fewer than n),
 
 from __future__ import annotations
 
+import json
 import mmap
 import tarfile
 from collections import Counter
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-import json
 import numpy as np
 
 from training_hooks.shard_format import split_member
