@@ -141,10 +141,10 @@ def run_training(cfg_map: dict[str, Any], shards: Path, out: Path, device: str) 
 
     out.mkdir(parents=True, exist_ok=True)
     path = out / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg_map, sort_keys=False))
+    path.write_text(yaml.safe_dump({**cfg_map, "device": device}, sort_keys=False))
     cfg, loader = load_train_config(path)
     make_train, make_val = shard_batches(shards, loader, cfg, num_workers=0)
-    return train(cfg, make_train, make_val, out, resume=True, progress=False, device=device)
+    return train(cfg, make_train, make_val, out, resume=True, progress=False)
 
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace, runs: Path, action_dim: int) -> dict[str, Any]:
