@@ -120,11 +120,11 @@ def build_shards(out: Path, scale: int, vae_steps: int, target: str, fraction: f
 
 # --- the arms -----------------------------------------------------------------------------------------------------
 
-def train_configs(steps: int, stage3_steps: int, seed: int, eval_windows: int, image: tuple[int, int],
-                  action_dim: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def train_configs(steps: int, stage3_steps: int, seed: int, eval_windows: int, eval_steps: int,
+                  image: tuple[int, int], action_dim: int, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(stage-2 YAML mapping, stage-3 YAML mapping) from configs/train_demo.yaml."""
     base = yaml.safe_load(TRAIN_CONFIG.read_text())
-    base.update(seed=seed, checkpoint_every=10**6, log_every=20, threads=1, warmup_steps=20)
+    base.update(seed=seed, checkpoint_every=10**6, log_every=20, threads=1, warmup_steps=20, eval_steps=eval_steps)
     base["loader"].update(height=image[0], width=image[1])
     s2 = copy.deepcopy(base)
     s2.update(stage=2, steps=steps - stage3_steps, eval_windows=0, eval_every=10**6)
@@ -132,7 +132,8 @@ def train_configs(steps: int, stage3_steps: int, seed: int, eval_windows: int, i
     s3 = copy.deepcopy(base)
     s3.update(stage=3, steps=stage3_steps, eval_windows=eval_windows, eval_every=10**6)
     s3["model"].update(action_dim=action_dim, state_dim=action_dim, action_time=1.0)
-    s3["loader"].update(windows_per_clip=1)
+    # the few target episodes as one endless weighted stream: fewer clips than a batch is fine
+    s3["loader"].update(windows_per_clip=1, source_weights={target: 1.0})
     return s2, s3
 
 
@@ -148,7 +149,8 @@ def run_training(cfg_map: dict[str, Any], shards: Path, out: Path, device: str) 
 
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace, runs: Path, action_dim: int) -> dict[str, Any]:
-    s2, s3 = train_configs(args.steps, args.stage3_steps, seed, args.eval_windows, tuple(args.image_size), action_dim)
+    s2, s3 = train_configs(args.steps, args.stage3_steps, seed, args.eval_windows, args.eval_steps,
+                           tuple(args.image_size), action_dim, args.target)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"arm": arm, "seed": seed}
     if arm == "scratch":
@@ -198,7 +200,8 @@ def main() -> None:
     ap.add_argument("--vae-steps", type=int, default=600, help="steps of the trained VAE (the demo's 600)")
     ap.add_argument("--target", default="task_agnostic", help="the target robot's source")
     ap.add_argument("--fraction", type=float, default=0.1, help="share of the target's train episodes in stage 3")
-    ap.add_argument("--eval-windows", type=int, default=64)
+    ap.add_argument("--eval-windows", type=int, default=64, help="held-out target windows per evaluation")
+    ap.add_argument("--eval-steps", type=int, default=10, help="Euler steps of the one-sample figures")
     ap.add_argument("--image-size", type=int, nargs=2, default=[96, 80], metavar=("H", "W"),
                     help="loader canvas (the model pools to its 48×40 work size either way)")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)

@@ -124,7 +124,8 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: Any, num_workers: i
                          f"but model.text_dim is {m.text_dim}")
     world = int(os.environ.get("WORLD_SIZE", "1"))
     n_train = sum(int(sh.get("n_samples") or 0) for sh in index["shards"] if sh.get("split") == "train")
-    if n_train < cfg.batch_size * world:
+    weighted = bool(loader_cfg.tier_weights or loader_cfg.source_weights)  # endless streams repeat small groups
+    if n_train < cfg.batch_size * world and not weighted:
         raise ValueError(f"{n_train} train clips in {shards}: fewer than batch_size {cfg.batch_size} × {world} process(es)")
     eval_splits = [sp for sp in cfg.eval_splits if any(sh.get("split") == sp for sh in index["shards"])]
 
