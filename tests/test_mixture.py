@@ -131,3 +131,20 @@ def test_trainer_logs_the_realised_mixture(pyramid, tmp_path):
     assert {"tier_1", "tier_3", "tier_4"} <= set(rows[0])
     assert np.isclose(sum(float(rows[-1][f"tier_{k}"]) for k in range(1, 7)), 1.0)
     assert result.eval["samples"] == 2  # the val split is read without weights (it holds one source)
+
+
+def test_a_weighted_stream_fills_batches_from_fewer_clips(pyramid):
+    """Stage 3 on a few target episodes: one clip weighted alone still fills batches of 4 (its stream repeats);
+    unweighted, the trainer refuses a train split smaller than a batch."""
+    from training_hooks.motus import MotusConfig
+    from training_hooks.train import TrainConfig, shard_batches
+
+    tc = TrainConfig(model=MotusConfig(text_dim=LANG_DIM, num_video_frames=2), batch_size=4)
+    loader = {"height": H, "width": W, "video_step": 2, "shuffle_buffer": 1}
+    make_train, _ = shard_batches(pyramid, {**loader, "source_weights": {"tiny": 1}}, tc, num_workers=0)
+    batches = make_train(0, 0, 1)
+    ids = [i for _ in range(3) for i in next(batches)["item_id"]]
+    assert ids == ["tiny/000"] * 12
+    few = dict(tc.__dict__, batch_size=32)
+    with pytest.raises(ValueError, match="21 train clips.*fewer than batch_size 32"):
+        shard_batches(pyramid, loader, TrainConfig(**few), num_workers=0)

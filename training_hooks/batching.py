@@ -148,6 +148,16 @@ def collate_labels(items: list[dict[str, Any]], max_text_len: int, lang_dim: int
     return batch
 
 
+def pad_actions(x: np.ndarray, want: int, embodiment: str | None) -> np.ndarray:
+    """Real actions [..., d] zero-padded to `want` dims (more than `want` is an error naming the embodiment)."""
+    d = x.shape[-1]
+    if d > want:
+        raise ValueError(f"embodiment {embodiment!r} has {d}-d actions, more than action_dim {want}")
+    if d == want:
+        return x
+    return np.concatenate([x, np.zeros((*x.shape[:-1], want - d), x.dtype)], -1)
+
+
 def widen_frames(batch: dict[str, Any], pool: BufferPool) -> dict[str, Any]:
     """A worker process's batch: uint8 `frames` [B, F+1, H, W, 3] → float32 `first_frame` [B, 3, H, W] and
     `video_frames` [B, F, 3, H, W] in [0, 1] from `pool`, in place of `frames`; the other keys keep their order."""

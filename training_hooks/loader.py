@@ -27,16 +27,14 @@ way per-consumer sample counts can differ by a shard's worth, so with `resampled
 get different batch counts: train multi-node with `resampled=True` (an endless stream of shards drawn with
 replacement, weighted by sample count, per-consumer seeds) and count steps, as WebDataset advises.
 
-Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed (we take it
-explicitly), it shuffles shards after splitting (a rank would see the same shards every epoch), it has no
-sample-level fallback, and its handlers drop bad samples without counting them. The steps here are plain
-generators in its style. Tars are memory-mapped (`shard_format.map_tar`): a window reads the pages of its 9
-JPEGs instead of copying the whole clip.
+Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed, it shuffles
+shards after splitting (a rank would see the same shards every epoch), it has no sample-level fallback, and its
+handlers drop bad samples uncounted. Tars are memory-mapped (`shard_format.map_tar`): a window reads the pages of
+its 9 JPEGs, not the whole clip.
 
-Mixture. With `tier_weights` or `source_weights` each window's tier or source is drawn by weight and the clip
-comes from that group's endless stream (`training_hooks/mixture.py`): realised proportions follow the weights
-whatever the groups' sizes, and the stream never ends. Without them (the default) groups come up in proportion
-to their clip counts.
+Mixture. With `tier_weights` or `source_weights` each window's group is drawn by weight, its clip from that
+group's endless stream (`training_hooks/mixture.py`): proportions follow the weights whatever the groups' sizes.
+Without them (the default) groups come up in proportion to their clip counts.
 
 Workers. `num_workers` > 0 starts decoding threads by default (`worker_kind: thread`), each one consumer, or
 DataLoader worker processes (`worker_kind: process`, for per-sample Python that holds the GIL, e.g. mp4 clips);
@@ -62,8 +60,8 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from flow_extraction.frames import fit_canvas, to_canvas
-from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collate_labels, threaded_batches,
-                                     widen_frames, worker_init)
+from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collate_labels, pad_actions,
+                                     threaded_batches, widen_frames, worker_init)
 from training_hooks.mixture import MixturePlan, mixture_weights, read_clip, weighted_stream
 from training_hooks.shard_format import Sample, decode_sample, group_samples, map_tar, open_shard_index
 
@@ -402,8 +400,8 @@ class _Consumer:
             if norm is not None:
                 actions = norm(actions)
                 state = norm(state) if state is not None else None
-            actions = _pad_actions(actions, cfg.action_dim, embodiment)
-            state = _pad_actions(state, cfg.action_dim, embodiment) if state is not None else None
+            actions = pad_actions(actions, cfg.action_dim, embodiment)
+            state = pad_actions(state, cfg.action_dim, embodiment) if state is not None else None
         language = None
         if sample.language:
             language = sample.language[int(self.rng.integers(len(sample.language)))][: cfg.max_text_len]
@@ -423,15 +421,6 @@ def _read(path: Path) -> Iterator[tuple[str, dict[str, memoryview]]]:
     if not path.is_file():
         raise FileNotFoundError(f"shard file missing: {path}")
     yield from group_samples(map_tar(path))
-
-
-def _pad_actions(x: np.ndarray, want: int, embodiment: str | None) -> np.ndarray:
-    d = x.shape[-1]
-    if d > want:
-        raise ValueError(f"embodiment {embodiment!r} has {d}-d actions, more than action_dim {want}")
-    if d == want:
-        return x
-    return np.concatenate([x, np.zeros((*x.shape[:-1], want - d), x.dtype)], -1)
 
 
 # --- the loader ---------------------------------------------------------------------------------------------------
