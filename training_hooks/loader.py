@@ -27,41 +27,29 @@ way per-consumer sample counts can differ by a shard's worth, so with `resampled
 get different batch counts: train multi-node with `resampled=True` (an endless stream of shards drawn with
 replacement, weighted by sample count, per-consumer seeds) and count steps, as WebDataset advises.
 
-Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed (we take it
-explicitly), it shuffles shards after splitting (a rank would see the same shards every epoch), it has no
-sample-level fallback, and its handlers drop bad samples without counting them. The steps here are plain
-generators in its style. Tars are memory-mapped (`shard_format.map_tar`): a window reads the pages of its 9
-JPEGs instead of copying the whole clip.
+Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed, it shuffles
+shards after splitting (a rank would see the same shards every epoch), it has no sample-level fallback, and its
+handlers drop bad samples uncounted. Tars are memory-mapped (`shard_format.map_tar`): a window reads the pages of
+its 9 JPEGs, not the whole clip.
 
-Workers. `num_workers` > 0 starts decoding threads by default (`worker_kind: thread`): each is one consumer,
-decodes into the float32 batches itself and hands them over through a bounded queue; the loader takes them
-round-robin, as a DataLoader takes its workers' batches, so threads and processes give the same batches in the
-same order. JPEG decoding (simplejpeg) and the numpy passes release the GIL; tar headers, JSON and npy parsing
-hold it but are a tenth of a sample's time. Threads share one address space, so batches need no shared-memory
-copies, and the float32 buffers come from one pool. `worker_kind: process` runs DataLoader worker processes
-instead (for per-sample Python that holds the GIL, e.g. mp4 clips): they send uint8 frames through shared memory
-(a quarter of float32's bytes) and the consumer widens them. With workers `make_loader` sets OpenCV to one thread
-in the calling process (before a fork: OpenCV's pool is not fork-safe, cv2.setNumThreads in a forked worker
-hung); worker processes get one torch thread in `worker_init_fn`.
+Mixture. With `tier_weights` or `source_weights` each window's group is drawn by weight, its clip from that
+group's endless stream (`training_hooks/mixture.py`): proportions follow the weights whatever the groups' sizes.
+Without them (the default) groups come up in proportion to their clip counts.
 
-Speed (bench/bench_loader.py, 2 cores). Per frame the JPEG is decoded into a small reused buffer that stays in
-cache and scaled into its float32 CHW slot in one pass. Float32 buffers are reused once no tensor refers to them
-(`_BufferPool`: first-touch page faults on 13 MB of fresh float32 per sample were a third of the CPU on a VM).
+Workers. `num_workers` > 0 starts decoding threads by default (`worker_kind: thread`), each one consumer, or
+DataLoader worker processes (`worker_kind: process`, for per-sample Python that holds the GIL, e.g. mp4 clips);
+both give the same batches in the same order (`training_hooks/batching.py` says how, and why it is fast). With
+workers `make_loader` sets OpenCV to one thread in the calling process (before a fork: OpenCV's pool is not
+fork-safe); worker processes get one torch thread in `worker_init_fn`.
 
 Bad samples (undecodable member or frame, T < 2, latent rows ≠ T−1, no or misaligned actions in `real` mode, an
-embodiment without train-split action stats when normalising in `real` mode) are
-skipped, logged (the first few per reason and consumer) and counted in `loader.skipped` (all workers, shared
-memory); a missing shard file is a FileNotFoundError naming it.
+embodiment without train-split action stats when normalising in `real` mode) are (the first few per reason and consumer) and counted in `loader.skipped` (all workers, shared memory); a missing
+shard file is a FileNotFoundError naming it.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import mmap
-import queue
-import sys
-import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
@@ -72,8 +60,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from flow_extraction.frames import fit_canvas, to_canvas
-from training_hooks.shard_format import (SHARDS_FORMAT, Sample, decode_jpeg_frame, decode_sample, group_samples,
-                                         map_tar)
+from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collate_labels, pad_actions,
+                                     threaded_batches, widen_frames, worker_init)
+from training_hooks.mixture import MixturePlan, mixture_weights, read_clip, weighted_stream
+from training_hooks.shard_format import Sample, decode_sample, group_samples, map_tar, open_shard_index
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +101,13 @@ class LoaderConfig:
     worker_kind: str = "thread"  # what num_workers > 0 starts: decoding threads, or DataLoader worker processes
     # batches queued per worker; with threads, workers × (prefetch + 1) + 2 float32 batches can exist at once
     prefetch: int = 2
+    # the pyramid as a mixture (training_hooks/mixture.py): the share of windows per tier ({1: 0.2, 3: 0.8}) or per
+    # source ({ssv2: 0.5, robotwin: 0.5}), whatever their clip counts; unnamed groups get 0. None: by clip count
+    tier_weights: dict[Any, float] | None = None
+    source_weights: dict[str, float] | None = None
 
     def validate(self) -> None:
+        mixture_weights(self.tier_weights, self.source_weights)
         if self.action_mode not in ACTION_MODES:
             raise ValueError(f"action_mode {self.action_mode!r} is not one of {ACTION_MODES}")
         if self.normalise not in NORMALISERS:
@@ -128,31 +123,6 @@ class LoaderConfig:
     @property
     def num_actions(self) -> int:
         return self.num_video_frames * self.action_ratio
-
-
-# --- the shard index ----------------------------------------------------------------------------------------------
-
-def open_shard_index(root: str | Path) -> dict[str, Any]:
-    """Read and validate `<root>/index.json` (or the file itself): its format, and every shard file there at its size."""
-    root = Path(root)
-    path = root if root.suffix == ".json" else root / "index.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"no shard index at {path} (write shards with the shard stage first)")
-    index = json.loads(path.read_text())
-    if index.get("format") != SHARDS_FORMAT:
-        raise ValueError(f"{path}: format {index.get('format')!r}, expected {SHARDS_FORMAT!r}")
-    if not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path}: no 'shards' list")
-    missing = [sh["path"] for sh in index["shards"] if not (path.parent / sh["path"]).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{len(missing)} shard file(s) listed in {path} are missing: {', '.join(missing[:5])}"
-                                + (" ..." if len(missing) > 5 else ""))
-    # a size mismatch means a shard was truncated or replaced after the index was written (sha256 is too slow here)
-    resized = [sh["path"] for sh in index["shards"]
-               if sh.get("bytes") is not None and (path.parent / sh["path"]).stat().st_size != sh["bytes"]]
-    if resized:
-        raise ValueError(f"{len(resized)} shard file(s) differ in size from {path}: {', '.join(resized[:5])}")
-    return index
 
 
 # --- normalisation ------------------------------------------------------------------------------------------------
@@ -250,6 +220,7 @@ class ShardWindows(IterableDataset):
         self.lang_dim = int((stats.get("language") or {}).get("dim") or cfg.text_dim or 0)
         # skip counters per (worker slot, reason) in shared memory, so worker processes' counts reach the consumer
         self.skips = torch.zeros(1, len(SKIP_REASONS), dtype=torch.int64)
+        self.mixture: MixturePlan | None = None  # set by make_loader when the config weighs tiers or sources
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -267,10 +238,10 @@ class ShardWindows(IterableDataset):
         makes them float in the consumer); elsewhere: consumer 0 of 1 with float frames."""
         info = get_worker_info()
         if info is None:
-            return self.batches(0, 1, _BufferPool())
+            return self.batches(0, 1, BufferPool())
         return self.batches(info.id, info.num_workers, None)
 
-    def batches(self, worker: int, n_workers: int, pool: _BufferPool | None) -> Iterator[dict[str, Any]]:
+    def batches(self, worker: int, n_workers: int, pool: BufferPool | None) -> Iterator[dict[str, Any]]:
         """Consumer (rank, worker)'s batches: float32 frames from `pool`, or uint8 frames in shared memory."""
         return _Consumer(self, worker, n_workers).batches(pool)
 
@@ -298,21 +269,22 @@ class _Consumer:
         self.bad: set[str] = set()
         self.rng = np.random.default_rng([ds.seed, ds.epoch, self.me])
 
-    def batches(self, pool: _BufferPool | None) -> Iterator[dict[str, Any]]:
+    def batches(self, pool: BufferPool | None) -> Iterator[dict[str, Any]]:
         """Windows decoded straight into the batch being filled; a clip whose frames fail to decode is skipped
         and its slot filled by the next window, so every batch but a last partial one is full."""
         ds, cfg = self.ds, self.cfg
-        frames: _FrameBatch | None = None
+        frames: FrameBatch | None = None
         labels: list[dict[str, Any]] = []
-        for sample, window in self._shuffle(self._windows(self._members())):
+        windows = self._mixed() if ds.mixture is not None else self._windows(self._members())
+        for sample, window in self._shuffle(windows):
             if sample.key in self.bad:  # an earlier window of this clip did not decode (counted once, there)
                 continue
             item = self._labels(sample, window)
             if frames is None:
-                frames = _FrameBatch(ds.batch_size, cfg, pool)
+                frames = FrameBatch(ds.batch_size, cfg, pool)
             try:
                 frames.write(len(labels), sample, [window.condition, *window.video])
-            except _Undecodable as exc:  # skips the clip; any other error is a bug or a bad setting: raised
+            except Undecodable as exc:  # skips the clip; any other error is a bug or a bad setting: raised
                 self.bad.add(sample.key)
                 self._skip("undecodable_frames", sample.key, exc.__cause__ or exc)
                 continue
@@ -343,6 +315,25 @@ class _Consumer:
                 if position % self.consumers == self.me:
                     yield member
                 position += 1
+
+    def _mixed(self) -> Iterator[tuple[Sample, Window]]:
+        """Endless windows, each from a group drawn by weight (training_hooks/mixture.py); each group an endless
+        stream of this consumer's clips of it, reshuffled every pass."""
+        ds, plan, views = self.ds, self.ds.mixture, {}
+
+        def group_windows(group: Any) -> Iterator[tuple[Sample, Window]]:
+            clips = plan.share(group, ds.seed, ds.epoch, self.me, self.consumers)
+            while True:
+                produced = 0
+                for i in self.rng.permutation(len(clips)):
+                    for sample_window in self._windows(iter([read_clip(clips[i], views, plan.shards)])):
+                        produced += 1
+                        yield sample_window
+                if not produced:
+                    raise ValueError(f"loader: every clip of {plan.by} {group} was skipped ({ds.skipped}); "
+                                     f"drop it from loader.{plan.by}_weights")
+
+        return weighted_stream(plan, {g: group_windows(g) for g in plan.groups}, self.rng)
 
     def _windows(self, members: Iterator[tuple[str, dict[str, memoryview]]]) -> Iterator[tuple[Sample, Window]]:
         cfg = self.cfg
@@ -409,8 +400,8 @@ class _Consumer:
             if norm is not None:
                 actions = norm(actions)
                 state = norm(state) if state is not None else None
-            actions = _pad_actions(actions, cfg.action_dim, embodiment)
-            state = _pad_actions(state, cfg.action_dim, embodiment) if state is not None else None
+            actions = pad_actions(actions, cfg.action_dim, embodiment)
+            state = pad_actions(state, cfg.action_dim, embodiment) if state is not None else None
         language = None
         if sample.language:
             language = sample.language[int(self.rng.integers(len(sample.language)))][: cfg.max_text_len]
@@ -432,209 +423,11 @@ def _read(path: Path) -> Iterator[tuple[str, dict[str, memoryview]]]:
     yield from group_samples(map_tar(path))
 
 
-def _pad_actions(x: np.ndarray, want: int, embodiment: str | None) -> np.ndarray:
-    d = x.shape[-1]
-    if d > want:
-        raise ValueError(f"embodiment {embodiment!r} has {d}-d actions, more than action_dim {want}")
-    if d == want:
-        return x
-    return np.concatenate([x, np.zeros((*x.shape[:-1], want - d), x.dtype)], -1)
-
-
-# --- frames into batches ------------------------------------------------------------------------------------------
-
-_SCALE = np.float32(1.0 / 255.0)
-
-
-class _Undecodable(Exception):
-    """A sample whose frames do not decode (its cause says why): the clip is skipped and counted."""
-
-
-class _FrameBatch:
-    """The frames of one batch being filled, row by row: float32 `first_frame` [B, 3, H, W] and `video_frames`
-    [B, F, 3, H, W] from a buffer pool (in the consuming process), or uint8 `frames` [B, F+1, H, W, 3] in shared
-    memory (in a worker process, for `widen_frames`).
-
-    Float rows: each JPEG is decoded into a small reused HWC buffer that stays in cache, split into planes and
-    scaled into its CHW slot in one pass, so a frame's bytes go through memory once (decode, stack and widen as
-    separate passes over the whole batch cost a third more). uint8 rows: decoded straight into the shared slot."""
-
-    def __init__(self, batch_size: int, cfg: LoaderConfig, pool: _BufferPool | None):
-        H, W, F = cfg.height, cfg.width, cfg.num_video_frames
-        self.hw, self.pool = (H, W), pool
-        if pool is not None:
-            self.first, self.video = pool.take((batch_size, 3, H, W)), pool.take((batch_size, F, 3, H, W))
-            self.first_np, self.video_np = self.first.numpy(), self.video.numpy()
-            self.hwc, self.planes = _scratch(H, W)
-        else:
-            storage = torch.UntypedStorage._new_shared(batch_size * (F + 1) * H * W * 3)
-            self.frames = torch.empty(0, dtype=torch.uint8).set_(storage).view(batch_size, F + 1, H, W, 3)
-            self.frames_np = self.frames.numpy()
-
-    def write(self, b: int, sample: Sample, wanted: list[int]) -> None:
-        """Row b: frames `wanted` (condition first; clamped repeats at a clip's end are decoded once). Raises
-        `_Undecodable` when the sample's frames do not decode."""
-        try:
-            size = sample.frame_size
-            jpeg = sample.meta.get("video_format") == "jpeg"
-            unique = sorted(set(wanted))
-            decoded = None if jpeg else dict(zip(unique, sample.frames(unique)))  # mp4: one pass up to the last
-        except Exception as exc:  # noqa: BLE001 - whatever the container library raises
-            raise _Undecodable(sample.key) from exc
-        fitted = size == self.hw
-        canvas = None if fitted else fit_canvas(size, self.hw)
-        first_k: dict[int, int] = {}
-        for k, i in enumerate(wanted):
-            if i in first_k:
-                self._copy(b, first_k[i], k)
-                continue
-            first_k[i] = k
-            if jpeg:
-                target = self._slot_u8(b, k) if fitted else np.empty((*size, 3), np.uint8)
-                try:
-                    frame = decode_jpeg_frame(sample.meta, sample.video, i, target)
-                except (ValueError, IndexError, KeyError) as exc:
-                    raise _Undecodable(sample.key) from exc
-            else:
-                frame = decoded[i]
-            if canvas is not None:
-                frame = to_canvas(frame, canvas)
-            self._store(b, k, frame)
-
-    def _slot_u8(self, b: int, k: int) -> np.ndarray:
-        return self.hwc if self.pool is not None else self.frames_np[b, k]
-
-    def _dst(self, b: int, k: int) -> np.ndarray:
-        return self.first_np[b] if k == 0 else self.video_np[b, k - 1]
-
-    def _store(self, b: int, k: int, frame: np.ndarray) -> None:
-        if self.pool is None:
-            if frame is not self.frames_np[b, k]:
-                self.frames_np[b, k] = frame
-            return
-        _widen(frame, self.planes, self._dst(b, k))
-
-    def _copy(self, b: int, src: int, dst: int) -> None:
-        if self.pool is None:
-            self.frames_np[b, dst] = self.frames_np[b, src]
-        else:
-            self._dst(b, dst)[...] = self._dst(b, src)
-
-    def finish(self, labels: dict[str, Any]) -> dict[str, Any]:
-        """The batch: frames (only the filled rows) first, then the labels."""
-        n = len(labels["item_id"])
-        if self.pool is None:
-            return {"frames": self.frames[:n], **labels}
-        return {"first_frame": self.first[:n], "video_frames": self.video[:n], **labels}
-
-
-def _scratch(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """An HWC uint8 frame and a [3, H, W] uint8 plane buffer: reused per frame so they stay in cache."""
-    return np.empty((height, width, 3), np.uint8), np.empty((3, height, width), np.uint8)
-
-
-def _widen(frame: np.ndarray, planes: np.ndarray, out: np.ndarray) -> None:
-    """RGB uint8 [H, W, 3] → float32 [3, H, W] in [0, 1], into `out`: cv2.split into the contiguous planes, then
-    one scale over them; every pass is contiguous (a strided permute-and-convert cost 3x more)."""
-    cv2.split(frame, [planes[0], planes[1], planes[2]])
-    np.multiply(planes, _SCALE, out=out, casting="unsafe")
-
-
-def collate_labels(items: list[dict[str, Any]], max_text_len: int, lang_dim: int) -> dict[str, Any]:
-    """Per-window labels → batch tensors: `action_sequence`, `language_embedding` (zero-padded to max_text_len),
-    `language_mask`, `item_id`, `tier`, and `initial_state` when every window has one."""
-    B = len(items)
-    width = next((it["language"].shape[1] for it in items if it["language"] is not None), lang_dim)
-    language = np.zeros((B, max_text_len, width), np.float32)
-    mask = np.zeros((B, max_text_len), bool)
-    for b, item in enumerate(items):
-        if item["language"] is not None:
-            L = item["language"].shape[0]
-            language[b, :L] = item["language"]
-            mask[b, :L] = True
-    batch = {"action_sequence": torch.from_numpy(np.stack([it["actions"] for it in items]).astype(np.float32, copy=False)),
-             "language_embedding": torch.from_numpy(language), "language_mask": torch.from_numpy(mask),
-             "item_id": [it["item_id"] for it in items],
-             "tier": torch.tensor([it["tier"] for it in items], dtype=torch.int64)}
-    if all(it["state"] is not None for it in items):
-        batch["initial_state"] = torch.from_numpy(np.stack([it["state"] for it in items]).astype(np.float32, copy=False))
-    return batch
-
-
-def widen_frames(batch: dict[str, Any], pool: _BufferPool) -> dict[str, Any]:
-    """A worker process's batch: uint8 `frames` [B, F+1, H, W, 3] → float32 `first_frame` [B, 3, H, W] and
-    `video_frames` [B, F, 3, H, W] in [0, 1] from `pool`, in place of `frames`; the other keys keep their order."""
-    frames = batch.pop("frames").numpy()
-    B, n, H, W, _ = frames.shape
-    first, video = pool.take((B, 3, H, W)), pool.take((B, n - 1, 3, H, W))
-    first_np, video_np = first.numpy(), video.numpy()
-    _, planes = _scratch(H, W)
-    for b in range(B):
-        for i in range(n):
-            _widen(frames[b, i], planes, first_np[b] if i == 0 else video_np[b, i - 1])
-    return {"first_frame": first, "video_frames": video, **batch}
-
-
-def _fresh_array(shape: tuple[int, ...]) -> np.ndarray:
-    """An uninitialised float32 array; large ones in anonymous memory advised to use huge pages."""
-    nbytes = 4 * int(np.prod(shape))
-    if nbytes < (8 << 20):
-        return np.empty(shape, np.float32)
-    buf = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
-        buf.madvise(mmap.MADV_HUGEPAGE)
-    except (AttributeError, OSError):  # no THP on this kernel: plain pages
-        pass
-    return np.frombuffer(buf, np.float32).reshape(shape)
-
-
-class _BufferPool:
-    """Float32 batch buffers, reused once nothing references them any more; one pool per loader iteration,
-    shared by its threads.
-
-    A batch of 384×320 frames is 13 MB of float32 per sample; freshly allocated every batch, the kernel's
-    first-touch page faults cost about a third of the loader's CPU on our 2-core VM (huge pages, where the kernel
-    allows them, help for the first batches). A buffer is a numpy array that the `torch.from_numpy` tensor and
-    every view of it keep a reference to, so when its reference count is back to the pool's own, no batch, tensor
-    or view uses it and it is handed out again. A consumer that keeps batches only makes the pool allocate more
-    (it keeps at most `limit` per shape: the batches that can be in flight at once)."""
-
-    def __init__(self, limit: int = 4):
-        self.limit, self.buffers = limit, {}
-        self.lock = threading.Lock()
-
-    def take(self, shape: tuple[int, ...]) -> torch.Tensor:
-        shape = tuple(shape)
-        with self.lock:
-            buffers = self.buffers.setdefault(shape, [])
-            for arr in buffers:
-                if sys.getrefcount(arr) == 3:  # the list, this loop variable and getrefcount's argument: unused
-                    return torch.from_numpy(arr)
-            arr = _fresh_array(shape)
-            if len(buffers) < self.limit:
-                buffers.append(arr)
-            return torch.from_numpy(arr)
-
-
 # --- the loader ---------------------------------------------------------------------------------------------------
 
-def _worker_init(_worker_id: int) -> None:
-    from pipelines.torch_compat import set_worker_threads
-
-    # torch only: OpenCV's pool is not fork-safe (cv2.setNumThreads in a forked worker can hang in
-    # pthread_cond_destroy on the parent's pool), so make_loader sets OpenCV to one thread before the fork
-    set_worker_threads(1)
-
-
 class ShardLoader:
-    """Iterable of Motus batches from `ShardWindows`, with `skipped` and `set_epoch`.
-
-    num_workers 0: the consuming thread reads and decodes. Thread workers (the default): `num_workers` threads,
-    each one consumer of the split, decode straight into the float batches and hand them over through bounded
-    queues, taken round-robin as a DataLoader takes its workers' batches (so thread and process workers give the
-    same batches in the same order). JPEG decoding and the numpy passes release the GIL; only tar headers,
-    JSON and npy parsing hold it. Process workers: a torch DataLoader whose workers send uint8 frames through
-    shared memory, widened to float here; for heavier per-sample Python (e.g. mp4 clips)."""
+    """Iterable of Motus batches from `ShardWindows`, with `skipped` and `set_epoch`. num_workers 0: the consuming
+    thread reads and decodes; else decoding threads or DataLoader worker processes (`training_hooks/batching.py`)."""
 
     def __init__(self, dataset: ShardWindows, num_workers: int = 0):
         if num_workers < 0:
@@ -647,13 +440,13 @@ class ShardLoader:
         if len(self.dataset.skips) < max(1, n):  # one skip-counter slot per worker (before any fork)
             self.dataset.reserve_workers(n)
         if n == 0:
-            yield from self.dataset.batches(0, 1, _BufferPool())
+            yield from self.dataset.batches(0, 1, BufferPool())
         elif self.worker_kind == "thread":
             # in flight at once: per thread, its queue plus the batch it fills; the consumer holds one or two
-            yield from _threaded(self.dataset, n, _BufferPool(n * (self.prefetch + 1) + 2), self.prefetch)
+            yield from threaded_batches(self.dataset, n, BufferPool(n * (self.prefetch + 1) + 2), self.prefetch)
         else:
-            pool = _BufferPool()
-            for batch in DataLoader(self.dataset, batch_size=None, num_workers=n, worker_init_fn=_worker_init,
+            pool = BufferPool()
+            for batch in DataLoader(self.dataset, batch_size=None, num_workers=n, worker_init_fn=worker_init,
                                     persistent_workers=False, prefetch_factor=self.prefetch):
                 yield widen_frames(batch, pool)
 
@@ -663,59 +456,6 @@ class ShardLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
-
-
-_END = object()
-
-
-class _Raised:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-def _threaded(dataset: ShardWindows, n: int, pool: _BufferPool, prefetch: int) -> Iterator[dict[str, Any]]:
-    stop = threading.Event()
-    queues: list[queue.Queue] = [queue.Queue(prefetch) for _ in range(n)]
-
-    def offer(q: queue.Queue, item: Any) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce(worker: int) -> None:
-        try:
-            for batch in dataset.batches(worker, n, pool):
-                if not offer(queues[worker], batch):
-                    return  # the consumer stopped
-            offer(queues[worker], _END)
-        except BaseException as exc:  # noqa: BLE001 - raised again in the consumer
-            offer(queues[worker], _Raised(exc))
-
-    threads = [threading.Thread(target=produce, args=(w,), name=f"shard-loader-{w}", daemon=True) for w in range(n)]
-    for t in threads:
-        t.start()
-    try:
-        active = list(range(n))
-        while active:
-            for w in list(active):
-                got = queues[w].get()
-                if got is _END:
-                    active.remove(w)
-                elif isinstance(got, _Raised):
-                    raise got.exc
-                else:
-                    yield got
-    finally:
-        stop.set()  # producers notice within 0.1 s of finishing their batch
-        # a garbage collection inside a producer can close an abandoned loader there: joining the others from
-        # it could wait on a lock that producer holds (the pool's), so only another thread joins
-        if threading.current_thread() not in threads:
-            for t in threads:
-                t.join()
 
 
 def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: int, num_workers: int = 0,
@@ -735,13 +475,17 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     stats = index.get("stats") or {}
     dataset = ShardWindows(chosen, cfg, stats, batch_size, drop_last=drop_last, seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size)
+    mix = mixture_weights(cfg.tier_weights, cfg.source_weights)
+    if mix is not None:
+        dataset.mixture = MixturePlan([path for path, _ in chosen], *mix, split=split)
+        log.info("loader: %s split mixed by %s", split, dataset.mixture.describe())
     dataset.reserve_workers(num_workers)
     consumers = world_size * max(1, num_workers)
-    if len(chosen) < consumers and not cfg.resampled:
+    if len(chosen) < consumers and not cfg.resampled and mix is None:
         log.warning("loader: %d %s shard(s) for %d consumers (ranks x workers): splitting by sample, every consumer "
                     "reads every shard", len(chosen), split, consumers)
     if num_workers > 0:
-        # one OpenCV thread per worker; set before the fork for process workers (see _worker_init)
+        # one OpenCV thread per worker; set before the fork for process workers (see worker_init)
         cv2.setNumThreads(1)
     log.info("loader: %d %s shard(s) from %s, batch %d, %d %s worker(s), rank %d/%d, seed %d epoch %d, config %s",
              len(chosen), split, root, batch_size, num_workers, cfg.worker_kind, rank, world_size, seed, epoch,

@@ -343,3 +343,28 @@ def _decode_mp4(video: bytes, indices: list[int]) -> np.ndarray:
     if missing:
         raise ValueError(f"mp4 ended before frames {sorted(missing)[:5]}")
     return np.stack([found[i] for i in indices])
+
+
+# --- the shard index ----------------------------------------------------------------------------------------------
+
+def open_shard_index(root: str | Path) -> dict[str, Any]:
+    """Read and validate `<root>/index.json` (or the file itself): its format, and every shard file there at its size."""
+    root = Path(root)
+    path = root if root.suffix == ".json" else root / "index.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no shard index at {path} (write shards with the shard stage first)")
+    index = json.loads(path.read_text())
+    if index.get("format") != SHARDS_FORMAT:
+        raise ValueError(f"{path}: format {index.get('format')!r}, expected {SHARDS_FORMAT!r}")
+    if not isinstance(index.get("shards"), list):
+        raise ValueError(f"{path}: no 'shards' list")
+    missing = [sh["path"] for sh in index["shards"] if not (path.parent / sh["path"]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} shard file(s) listed in {path} are missing: {', '.join(missing[:5])}"
+                                + (" ..." if len(missing) > 5 else ""))
+    # a size mismatch means a shard was truncated or replaced after the index was written (sha256 is too slow here)
+    resized = [sh["path"] for sh in index["shards"]
+               if sh.get("bytes") is not None and (path.parent / sh["path"]).stat().st_size != sh["bytes"]]
+    if resized:
+        raise ValueError(f"{len(resized)} shard file(s) differ in size from {path}: {', '.join(resized[:5])}")
+    return index

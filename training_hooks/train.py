@@ -16,36 +16,36 @@ import argparse
 import csv
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from manifests.io import atomic_write, atomic_write_text, truncate_metrics_csv
 from pipelines.config import _build, read_yaml_mapping
+from training_hooks.data import Batch, SyntheticMotion, TrainBatches, derive_seed, shard_batches
+from training_hooks.evaluation import ACTION_ERRORS, ActionMeans, evaluate, format_eval, window_groups
+from training_hooks.mixture import TIERS, MixtureCounter, format_mixture
 from training_hooks.motus import MODES, Motus, MotusConfig
 
 # v2: the shared rotary clock, mode shares and scaled positions; v1 checkpoints hold other weights and keys
 CHECKPOINT_KIND = "motus-pyramid/motus/v2"
 # share_<mode>: the realised share of each training mode over the steps since the previous row
-METRICS = ("step", "loss", "loss_video", "loss_action", "lr", "samples_per_s", *(f"share_{m}" for m in MODES))
+# tier_<k>: each pyramid tier's share of the training windows since the previous row (shard batches)
+METRICS = ("step", "loss", "loss_video", "loss_action", "lr", "samples_per_s", *(f"share_{m}" for m in MODES),
+           *(f"tier_{k}" for k in TIERS))
 # settings a resumed run must share with its checkpoint (the model's shape, and what the optimiser state holds)
 RESUME_KEYS = ("stage", "lr", "betas", "weight_decay")
-
-Batch = dict[str, torch.Tensor]
-TrainBatches = Callable[[int, int, int], Iterator[Batch]]  # (step_offset, rank, world_size) -> batches
 
 
 @dataclass
@@ -70,6 +70,7 @@ class TrainConfig:
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     seed: int = 0
     threads: int = 1  # torch threads per process
+    device: str = "cpu"  # where the model trains and evaluates (cpu | cuda | cuda:N); batches are moved there
 
     def __post_init__(self) -> None:
         if self.stage not in (2, 3):
@@ -107,10 +108,6 @@ def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> tuple
 
 
 # --- pieces of the loop -------------------------------------------------------------------------------------
-def derive_seed(*parts: int) -> int:
-    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big") >> 1
-
-
 def lr_multiplier(cfg: TrainConfig) -> Callable[[int], float]:
     """Linear warmup to lr, then a cosine down to min_lr at cfg.steps."""
     floor = cfg.min_lr / cfg.lr if cfg.lr else 1.0
@@ -183,138 +180,6 @@ def param_digest(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def window_groups(batch: Batch) -> list[str]:
-    """Each window's embodiment for the per-embodiment baseline: the batch's `embodiment` where it has one, else
-    the source named by its item id (`source/native_id`; the shard loader's batches carry tier and item id), else
-    "all"."""
-    n = batch["action_sequence"].shape[0]
-    names = batch.get("embodiment") or [""] * n
-    ids = batch.get("item_id") or [""] * n
-    return [e or (i.split("/")[0] if i else "") or "all" for e, i in zip(names, ids)]
-
-
-class ActionMeans:
-    """Running per-embodiment means of the training targets (each window's actions averaged over its steps): the
-    per-embodiment-mean baseline every evaluation prints. Kept in checkpoints, so a resumed run keeps them."""
-
-    def __init__(self, state: dict[str, list] | None = None):
-        self.sums = {k: (torch.tensor(v[0]), int(v[1])) for k, v in (state or {}).items()}
-
-    def add(self, batch: Batch) -> None:
-        per_window = batch["action_sequence"].detach().float().mean(dim=1)
-        for group, row in zip(window_groups(batch), per_window):
-            total, n = self.sums.get(group, (torch.zeros_like(row), 0))
-            self.sums[group] = (total + row, n + 1)
-
-    def means(self) -> dict[str, torch.Tensor]:
-        out = {k: total / n for k, (total, n) in self.sums.items()}
-        if out:  # windows of an embodiment training never saw get the mean over all
-            out[""] = sum(t for t, _ in self.sums.values()) / sum(n for _, n in self.sums.values())
-        return out
-
-    def state(self) -> dict[str, list]:
-        return {k: [t.tolist(), n] for k, (t, n) in self.sums.items()}
-
-
-# action errors per evaluation: one sample (eval_steps Euler steps) and the posterior mean (one step from t=1,
-# x0 = ε − v: the model's E[actions | inputs]); idm_swapped gives IDM another window's future frames (a model
-# that reads the video gets worse); zero and embodiment_mean are the baselines
-ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean")
-
-
-@torch.no_grad()
-def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: int = 0,
-             action_means: dict[str, torch.Tensor] | None = None, max_windows: int | None = None) -> dict[str, Any]:
-    """Mean squared errors over held-out windows, overall, per tier and per embodiment (`window_groups`): the
-    actions of VLA (frame + language) and IDM (+ the clean video), each as one sample and as the posterior mean,
-    IDM on swapped video, the zero and per-embodiment-mean baselines (`action_means`, from training; None: the
-    means of these windows), and WM video (from clean actions; at the working resolution, so upsampling blur does
-    not count). The sampling noise is seeded, so evaluations at different steps are comparable."""
-    model.eval()
-    g = torch.Generator().manual_seed(seed)
-    rows: list[dict[str, Any]] = []
-    video_sum, video_count = 0.0, 0
-    for batch in batches:
-        if max_windows is not None and len(rows) >= max_windows:
-            break
-        keep = None if max_windows is None else max_windows - len(rows)
-        first, video, actions = batch["first_frame"][:keep], batch["video_frames"][:keep], \
-            batch["action_sequence"][:keep].float()
-        B = first.shape[0]
-        state = batch.get("initial_state")
-        cond = {"language": batch["language_embedding"][:keep].float(), "language_mask": batch["language_mask"][:keep],
-                "state": state[:keep] if state is not None else None, "generator": g}
-
-        def err(pred: torch.Tensor) -> torch.Tensor:
-            return ((pred - actions) ** 2).mean(dim=(1, 2))
-
-        errors = {"vla": err(model.vla(first, num_steps=num_steps, **cond)),
-                  "vla_mean": err(model.vla(first, num_steps=1, **cond)),
-                  "idm": err(model.idm(first, video, num_steps=num_steps, **cond)),
-                  "idm_mean": err(model.idm(first, video, num_steps=1, **cond)),
-                  "zero": err(torch.zeros_like(actions))}
-        if B > 1:  # another window's future frames (the next one in the batch)
-            errors["idm_swapped"] = err(model.idm(first, video.roll(1, dims=0), num_steps=1, **cond))
-        target = model.patches_to_frames(model.frames_to_patches(video))
-        wm = model.wm(first, actions, full_size=False, num_steps=num_steps, **cond)
-        video_sum += F.mse_loss(wm, target, reduction="sum").item()
-        video_count += target.numel()
-        tiers = batch.get("tier")
-        for i, group in enumerate(window_groups(batch)[:B]):
-            row = {k: v[i].item() for k, v in errors.items()}
-            row.update(tier=int(tiers[i]) if tiers is not None else -1, embodiment=group, actions=actions[i])
-            rows.append(row)
-    model.train()
-    if not rows:
-        return {"samples": 0}
-    means = action_means
-    if not means:  # no training statistics: the means of these windows
-        acc = ActionMeans()
-        for row in rows:
-            acc.add({"action_sequence": row["actions"][None], "embodiment": [row["embodiment"]]})
-        means = acc.means()
-    for row in rows:
-        actions = row.pop("actions")
-        row["embodiment_mean"] = ((actions - means.get(row["embodiment"], means[""])) ** 2).mean().item()
-
-    def summary(selected: list[dict[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in ACTION_ERRORS:
-            values = [r[key] for r in selected if key in r]
-            if values:
-                out[f"{key}_action_mse"] = sum(values) / len(values)
-        return {**out, "samples": len(selected)}
-
-    result = summary(rows)
-    result["wm_video_mse"] = video_sum / video_count
-    for name, key in (("by_tier", "tier"), ("by_embodiment", "embodiment")):
-        result[name] = {str(v): summary([r for r in rows if r[key] == v]) for v in sorted({r[key] for r in rows})}
-    return result
-
-
-def format_eval(result: dict[str, Any]) -> str:
-    """An evaluation as a small table: action MSE of each mode and baseline, overall, per tier and per embodiment."""
-    if not result.get("samples"):
-        return "eval: no held-out windows"
-    keys = [k for k in ACTION_ERRORS if f"{k}_action_mse" in result]
-    heads = {"vla": "VLA 1x", "vla_mean": "VLA mean", "idm": "IDM 1x", "idm_mean": "IDM mean",
-             "idm_swapped": "IDM swap", "zero": "zero", "embodiment_mean": "emb mean"}
-    lines = [f"eval: action MSE on {result['samples']} held-out windows (1x: one sample; mean: posterior mean; "
-             f"swap: IDM given another window's video; zero / emb mean: baselines); WM video MSE "
-             f"{result.get('wm_video_mse', float('nan')):.4f}",
-             f"  {'':<24}{'n':>5}" + "".join(f"{heads[k]:>10}" for k in keys)]
-    groups = [("all", result)]
-    for name, label in (("by_tier", "tier {}"), ("by_embodiment", "{}")):
-        breakdown = result.get(name, {})
-        if len(breakdown) > 1:  # one group would repeat the "all" row
-            groups += [(label.format(k), v) for k, v in breakdown.items()]
-    for name, values in groups:
-        cells = "".join(f"{values[f'{k}_action_mse']:>10.4f}" if f"{k}_action_mse" in values else f"{'-':>10}"
-                        for k in keys)
-        lines.append(f"  {name[:24]:<24}{values['samples']:>5}{cells}")
-    return "\n".join(lines)
-
-
 @dataclass
 class TrainResult:
     checkpoint: Path | None  # last.pt (None when no step was taken and none existed)
@@ -326,6 +191,7 @@ class TrainResult:
     param_digest: str
     metrics_path: Path
     mode_shares: dict[str, float]  # realised share of each training mode over this run's steps (this process)
+    mixture: dict[str, Any] = field(default_factory=dict)  # windows and shares per tier and source (this process)
 
 
 # --- the loop -----------------------------------------------------------------------------------------------
@@ -354,11 +220,12 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
     ckpt_dir = out_dir / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     resuming = resume and last_path.exists()
-    model = Motus(cfg.model) if resuming else build_model(cfg)
+    model = (Motus(cfg.model) if resuming else build_model(cfg)).to(cfg.device)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(cfg))
     start = 0
     action_means = ActionMeans()
+    mixture = MixtureCounter()  # windows per tier and source: the realised mixture
     if resuming:
         state = read_checkpoint(last_path)
         old, new = state["config"], cfg.to_dict()
@@ -373,6 +240,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         action_means = ActionMeans(state["action_means"])
+        mixture = MixtureCounter(state.get("mixture"))
         start = state["step"]
         log(f"resuming from step {start} ({last_path})")
     net = DistributedDataParallel(model, forward_sync_buffers=False) if world_size > 1 else model  # constant buffers
@@ -384,7 +252,8 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
     def checkpoint(step: int) -> None:
         state = {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "step": step, "config": cfg.to_dict(),
-                 "torch_rng": torch.get_rng_state(), "world_size": world_size, "action_means": action_means.state()}
+                 "torch_rng": torch.get_rng_state(), "world_size": world_size, "action_means": action_means.state(),
+                 "mixture": mixture.state()}
         step_path = ckpt_dir / f"step_{step:06d}.pt"
         atomic_write(step_path, lambda f: torch.save(state, f))
         atomic_write(last_path, lambda f: f.write(step_path.read_bytes()))
@@ -419,13 +288,15 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
             if batch is None:
                 raise ValueError(f"the training batches ran out at step {step} (rank {rank}); the factory must "
                                  "yield one batch per step until cfg.steps")
+            mixture.add(batch)
+            batch = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             lr = scheduler.get_last_lr()[0]
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank))
             losses = net(batch, generator=generator)
             if is_main:
                 action_means.add(batch)
-            modes_logged += losses["mode_counts"]
-            modes_run += losses["mode_counts"]
+            modes_logged += losses["mode_counts"].cpu()
+            modes_run += losses["mode_counts"].cpu()
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -441,7 +312,8 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
                 shares = modes_logged / modes_logged.sum()
                 last = {"step": step, "loss": values[0].item(), "loss_video": values[1].item(),
                         "loss_action": values[2].item(), "lr": lr, "samples_per_s": rate,
-                        **{f"share_{m}": round(v, 4) for m, v in zip(MODES, shares.tolist())}}
+                        **{f"share_{m}": round(v, 4) for m, v in zip(MODES, shares.tolist())},
+                        **mixture.recent_shares()}
                 modes_logged.zero_()
                 if is_main:
                     writer.writerow(last)
@@ -456,6 +328,10 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
     final_step = max(start, cfg.steps)
     if is_main and evaluated_at != final_step:
         run_eval(final_step)
+    realised_mix = mixture.summary()
+    if is_main:
+        atomic_write_text(out_dir / "mixture.json", json.dumps(realised_mix, indent=1) + "\n")
+        log(format_mixture(realised_mix))
     digest = param_digest(model)
     if world_size > 1:
         dist.barrier()
@@ -463,137 +339,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
             dist.destroy_process_group()
     realised = {m: round(v, 4) for m, v in zip(MODES, (modes_run / modes_run.sum().clamp(min=1)).tolist())}
     return TrainResult(last_path if last_path.exists() else None, cfg.steps, start, last,
-                       last.get("samples_per_s", 0.0), eval_result, digest, metrics_path, realised)
-
-
-# --- data ---------------------------------------------------------------------------------------------------
-class SyntheticMotion:
-    """N fixed samples of a coloured square gliding over a grey canvas. Action j is the square's displacement at
-    step j, mapped to action_dim by a fixed linear map, so actions are recoverable from the video (IDM) and
-    frames follow from actions (WM); the language tokens name one of four headings (VLA). With
-    `language_prior=False` (the controlled case) the steps are N(0, 1) with no heading and no language token is
-    real, so only the video tells the actions. Sample i is a pure function of (seed, i); the action map and
-    language table do not depend on the seed, so sets made with different seeds (train / val) share them."""
-
-    def __init__(self, n: int, model: MotusConfig, image_size: tuple[int, int] = (384, 320), text_len: int = 8,
-                 seed: int = 0, language_prior: bool = True, travel: float | None = None):
-        if n < 1:
-            raise ValueError(f"a synthetic set needs at least one sample, got {n}")
-        self.n, self.model, self.image_size = n, model, tuple(image_size)
-        # canvas fraction per unit step: by default ~a quarter of the canvas per clip
-        self.travel = 0.25 / model.num_actions if travel is None else travel
-        fixed = torch.Generator().manual_seed(1234)
-        self.action_map = torch.randn(model.action_dim, 2, generator=fixed) / math.sqrt(2)
-        self.language = torch.randn(4, text_len, model.text_dim, generator=fixed)
-        # without the language prior no token is real and the steps have no heading: only the video tells them
-        self.language_len = [min(text_len, 3 + k) if language_prior else 0 for k in range(4)]
-        g = torch.Generator().manual_seed(seed)
-        self.heading = torch.randint(4, (n,), generator=g)
-        angle = self.heading * (math.pi / 2) + math.pi / 4
-        direction = torch.stack([torch.sin(angle), torch.cos(angle)], dim=-1)  # (dy, dx)
-        if language_prior:
-            self.steps = direction[:, None] + 0.3 * torch.randn(n, model.num_actions, 2, generator=g)
-        else:
-            self.steps = torch.randn(n, model.num_actions, 2, generator=g)
-        self.start = 0.4 + 0.2 * torch.rand(n, 2, generator=g)  # centre, as fractions of (H, W)
-        self.colour = 0.5 + 0.5 * torch.rand(n, 3, generator=g)
-
-    def sample(self, i: int) -> Batch:
-        cfg, (H, W) = self.model, self.image_size
-        side = 0.25 * min(H, W)
-        path = self.start[i] + self.travel * torch.cumsum(self.steps[i], dim=0)  # after each action
-        shown = path[cfg.action_ratio - 1::cfg.action_ratio]  # frame f shows the end of its action chunk
-        centres = torch.cat([self.start[i][None], shown]) * torch.tensor([H, W])
-        centres = torch.maximum(torch.minimum(centres, torch.tensor([H, W]) - side / 2), torch.tensor(side / 2))
-        ys, xs = torch.arange(H) + 0.5, torch.arange(W) + 0.5
-        # anti-aliased edges: coverage moves smoothly with sub-pixel motion
-        cover_y = (side / 2 + 0.5 - (ys[None] - centres[:, :1]).abs()).clamp(0, 1)
-        cover_x = (side / 2 + 0.5 - (xs[None] - centres[:, 1:]).abs()).clamp(0, 1)
-        cover = cover_y[:, None, :, None] * cover_x[:, None, None, :]  # [1+F, 1, H, W]
-        frames = 0.2 + cover * (self.colour[i][None, :, None, None] - 0.2)
-        k = int(self.heading[i])
-        mask = torch.arange(self.language.shape[1]) < self.language_len[k]
-        out = {"first_frame": frames[0], "video_frames": frames[1:],
-               "action_sequence": self.steps[i] @ self.action_map.T,
-               "language_embedding": self.language[k] * mask[:, None], "language_mask": mask}
-        if cfg.state_dim:
-            out["initial_state"] = F.pad(self.start[i], (0, cfg.state_dim - 2))[:cfg.state_dim]
-        return out
-
-    def batch(self, indices: Iterable[int]) -> Batch:
-        samples = [self.sample(i) for i in indices]
-        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
-
-    def train_batches(self, batch_size: int, seed: int = 0) -> TrainBatches:
-        """The factory `train` takes: batch k of rank r draws its samples with a generator seeded by (seed, k, r)."""
-        def make(step_offset: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-            for step in itertools.count(step_offset):
-                g = torch.Generator().manual_seed(derive_seed(seed, step, rank, world_size))
-                yield self.batch(torch.randint(self.n, (batch_size,), generator=g).tolist())
-        return make
-
-    def val_batches(self, batch_size: int) -> list[Batch]:
-        return [self.batch(range(i, min(i + batch_size, self.n))) for i in range(0, self.n, batch_size)]
-
-
-def shard_batches(shards: Path, loader: dict[str, Any], cfg: TrainConfig, num_workers: int):
-    """(train factory, val factory) over WebDataset shards through `training_hooks.loader.make_loader`.
-
-    The loader's window shape follows the model (num_video_frames, action_ratio, action_dim) and the stage
-    (latent actions in stage 2, real ones in stage 3); `loader:` settings that contradict them are errors. A
-    resumed run draws a fresh shuffle seeded by its resume step: exact continuation is for factories that are
-    pure functions of the step, like SyntheticMotion."""
-    from training_hooks.loader import LoaderConfig, make_loader, open_shard_index
-
-    m = cfg.model
-    implied = {"num_video_frames": m.num_video_frames, "action_ratio": m.action_ratio, "action_dim": m.action_dim,
-               "action_mode": "latent" if cfg.stage == 2 else "real", "text_dim": m.text_dim}
-    clash = [f"loader.{k} {loader[k]!r} (the model/stage implies {v!r})" for k, v in implied.items()
-             if k in loader and loader[k] != v]
-    if clash:
-        raise ValueError(f"loader settings contradict the model: {', '.join(clash)}")
-    loader_cfg = LoaderConfig(**{**implied, **loader})
-    # fail before step 0, on every rank alike, rather than on one rank mid-run (the others would hang in allreduce)
-    index = open_shard_index(shards)
-    lang_dim = (index.get("stats", {}).get("language") or {}).get("dim")
-    if lang_dim and lang_dim != m.text_dim:
-        raise ValueError(f"the shards' language embeddings are {lang_dim}-d ({index['stats']['language'].get('encoder')}) "
-                         f"but model.text_dim is {m.text_dim}")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    n_train = sum(int(sh.get("n_samples") or 0) for sh in index["shards"] if sh.get("split") == "train")
-    if n_train < cfg.batch_size * world:
-        raise ValueError(f"{n_train} train clips in {shards}: fewer than batch_size {cfg.batch_size} × {world} process(es)")
-    eval_splits = [sp for sp in cfg.eval_splits if any(sh.get("split") == sp for sh in index["shards"])]
-
-    def train_batches(step_offset: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-        seed = derive_seed(cfg.seed, step_offset)
-        for epoch in itertools.count():  # each rank rolls over on its own: DDP syncs steps, not epochs
-            empty = True
-            for batch in make_loader(shards, "train", loader_cfg, cfg.batch_size, num_workers=num_workers,
-                                     seed=seed, epoch=epoch, rank=rank, world_size=world_size):
-                empty = False
-                yield batch
-            if empty:
-                raise ValueError(f"no train batches of {cfg.batch_size} in {shards} (rank {rank} of {world_size})")
-
-    def val_batches() -> Iterator[Batch]:
-        # epoch after epoch (other windows of the same held-out clips), the splits' batches interleaved so every
-        # tier comes early, until the evaluation has its windows
-        for epoch in itertools.count():
-            loaders = [iter(make_loader(shards, split, loader_cfg, cfg.batch_size, num_workers=num_workers,
-                                        seed=cfg.seed, epoch=epoch, drop_last=False)) for split in eval_splits]
-            empty = True
-            for batch in itertools.chain.from_iterable(itertools.zip_longest(*loaders)):
-                if batch is not None:
-                    empty = False
-                    yield batch
-            if empty:
-                return
-
-    if not eval_splits:
-        print(f"[motus] no {' or '.join(cfg.eval_splits)} shards in {shards}: training without evaluation",
-              file=sys.stderr, flush=True)
-    return train_batches, (val_batches if eval_splits else None)
+                       last.get("samples_per_s", 0.0), eval_result, digest, metrics_path, realised, realised_mix)
 
 
 # --- command line -------------------------------------------------------------------------------------------
@@ -630,14 +376,15 @@ def main(argv: list[str] | None = None) -> int:
     # write call, so the ranks' lines cannot interleave (print writes the newline separately when unbuffered)
     report = {"rank": rank, "step": result.steps, "resumed_from": result.resumed_from,
               "param_digest": result.param_digest, "loss": result.last.get("loss"),
-              "samples_per_s": result.samples_per_s, "mode_shares": result.mode_shares, "eval": result.eval}
+              "samples_per_s": result.samples_per_s, "mode_shares": result.mode_shares, "mixture": result.mixture,
+              "eval": result.eval}
     sys.stdout.write(json.dumps(report) + "\n")
     sys.stdout.flush()
     return 0
 
 
 __all__ = ["ACTION_ERRORS", "CHECKPOINT_KIND", "ActionMeans", "SyntheticMotion", "TrainConfig", "TrainResult",
-           "evaluate", "format_eval", "load_motus", "load_train_config", "main", "param_digest", "read_checkpoint",
+           "derive_seed", "evaluate", "format_eval", "load_motus", "load_train_config", "main", "param_digest", "read_checkpoint",
            "shard_batches", "train", "window_groups"]
 
 

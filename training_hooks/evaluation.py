@@ -1,0 +1,148 @@
+"""Held-out evaluation of the compact Motus: action MSE of VLA and IDM (one sample and the posterior mean), IDM on
+swapped video, the zero and per-embodiment-mean baselines, WM video; overall, per tier and per embodiment."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from training_hooks.motus import Motus
+
+Batch = dict[str, torch.Tensor]
+
+
+def window_groups(batch: Batch) -> list[str]:
+    """Each window's embodiment for the per-embodiment baseline: the batch's `embodiment` where it has one, else
+    the source named by its item id (`source/native_id`; the shard loader's batches carry tier and item id), else
+    "all"."""
+    n = batch["action_sequence"].shape[0]
+    names = batch.get("embodiment") or [""] * n
+    ids = batch.get("item_id") or [""] * n
+    return [e or (i.split("/")[0] if i else "") or "all" for e, i in zip(names, ids)]
+
+
+class ActionMeans:
+    """Running per-embodiment means of the training targets (each window's actions averaged over its steps): the
+    per-embodiment-mean baseline every evaluation prints. Kept in checkpoints, so a resumed run keeps them."""
+
+    def __init__(self, state: dict[str, list] | None = None):
+        self.sums = {k: (torch.tensor(v[0]), int(v[1])) for k, v in (state or {}).items()}
+
+    def add(self, batch: Batch) -> None:
+        per_window = batch["action_sequence"].detach().float().mean(dim=1).cpu()
+        for group, row in zip(window_groups(batch), per_window):
+            total, n = self.sums.get(group, (torch.zeros_like(row), 0))
+            self.sums[group] = (total + row, n + 1)
+
+    def means(self) -> dict[str, torch.Tensor]:
+        out = {k: total / n for k, (total, n) in self.sums.items()}
+        if out:  # windows of an embodiment training never saw get the mean over all
+            out[""] = sum(t for t, _ in self.sums.values()) / sum(n for _, n in self.sums.values())
+        return out
+
+    def state(self) -> dict[str, list]:
+        return {k: [t.tolist(), n] for k, (t, n) in self.sums.items()}
+
+
+# action errors per evaluation: one sample (eval_steps Euler steps) and the posterior mean (one step from t=1,
+# x0 = ε − v: the model's E[actions | inputs]); idm_swapped gives IDM another window's future frames (a model
+# that reads the video gets worse); zero and embodiment_mean are the baselines
+ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean")
+
+
+@torch.no_grad()
+def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: int = 0,
+             action_means: dict[str, torch.Tensor] | None = None, max_windows: int | None = None) -> dict[str, Any]:
+    """Mean squared errors over held-out windows, overall, per tier and per embodiment (`window_groups`): the
+    actions of VLA (frame + language) and IDM (+ the clean video), each as one sample and as the posterior mean,
+    IDM on swapped video, the zero and per-embodiment-mean baselines (`action_means`, from training; None: the
+    means of these windows), and WM video (from clean actions; at the working resolution, so upsampling blur does
+    not count). The sampling noise is seeded, so evaluations at different steps are comparable."""
+    model.eval()
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    rows: list[dict[str, Any]] = []
+    video_sum, video_count = 0.0, 0
+    for batch in batches:
+        if max_windows is not None and len(rows) >= max_windows:
+            break
+        keep = None if max_windows is None else max_windows - len(rows)
+        batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+        first, video, actions = batch["first_frame"][:keep], batch["video_frames"][:keep], \
+            batch["action_sequence"][:keep].float()
+        B = first.shape[0]
+        state = batch.get("initial_state")
+        cond = {"language": batch["language_embedding"][:keep].float(), "language_mask": batch["language_mask"][:keep],
+                "state": state[:keep] if state is not None else None, "generator": g}
+
+        def err(pred: torch.Tensor) -> torch.Tensor:
+            return ((pred - actions) ** 2).mean(dim=(1, 2))
+
+        errors = {"vla": err(model.vla(first, num_steps=num_steps, **cond)),
+                  "vla_mean": err(model.vla(first, num_steps=1, **cond)),
+                  "idm": err(model.idm(first, video, num_steps=num_steps, **cond)),
+                  "idm_mean": err(model.idm(first, video, num_steps=1, **cond)),
+                  "zero": err(torch.zeros_like(actions))}
+        if B > 1:  # another window's future frames (the next one in the batch)
+            errors["idm_swapped"] = err(model.idm(first, video.roll(1, dims=0), num_steps=1, **cond))
+        target = model.patches_to_frames(model.frames_to_patches(video))
+        wm = model.wm(first, actions, full_size=False, num_steps=num_steps, **cond)
+        video_sum += F.mse_loss(wm, target, reduction="sum").item()
+        video_count += target.numel()
+        tiers = batch.get("tier")
+        for i, group in enumerate(window_groups(batch)[:B]):
+            row = {k: v[i].item() for k, v in errors.items()}
+            row.update(tier=int(tiers[i]) if tiers is not None else -1, embodiment=group, actions=actions[i].cpu())
+            rows.append(row)
+    model.train()
+    if not rows:
+        return {"samples": 0}
+    means = action_means
+    if not means:  # no training statistics: the means of these windows
+        acc = ActionMeans()
+        for row in rows:
+            acc.add({"action_sequence": row["actions"][None], "embodiment": [row["embodiment"]]})
+        means = acc.means()
+    for row in rows:
+        actions = row.pop("actions")
+        row["embodiment_mean"] = ((actions - means.get(row["embodiment"], means[""])) ** 2).mean().item()
+
+    def summary(selected: list[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in ACTION_ERRORS:
+            values = [r[key] for r in selected if key in r]
+            if values:
+                out[f"{key}_action_mse"] = sum(values) / len(values)
+        return {**out, "samples": len(selected)}
+
+    result = summary(rows)
+    result["wm_video_mse"] = video_sum / video_count
+    for name, key in (("by_tier", "tier"), ("by_embodiment", "embodiment")):
+        result[name] = {str(v): summary([r for r in rows if r[key] == v]) for v in sorted({r[key] for r in rows})}
+    return result
+
+
+def format_eval(result: dict[str, Any]) -> str:
+    """An evaluation as a small table: action MSE of each mode and baseline, overall, per tier and per embodiment."""
+    if not result.get("samples"):
+        return "eval: no held-out windows"
+    keys = [k for k in ACTION_ERRORS if f"{k}_action_mse" in result]
+    heads = {"vla": "VLA 1x", "vla_mean": "VLA mean", "idm": "IDM 1x", "idm_mean": "IDM mean",
+             "idm_swapped": "IDM swap", "zero": "zero", "embodiment_mean": "emb mean"}
+    lines = [f"eval: action MSE on {result['samples']} held-out windows (1x: one sample; mean: posterior mean; "
+             f"swap: IDM given another window's video; zero / emb mean: baselines); WM video MSE "
+             f"{result.get('wm_video_mse', float('nan')):.4f}",
+             f"  {'':<24}{'n':>5}" + "".join(f"{heads[k]:>10}" for k in keys)]
+    groups = [("all", result)]
+    for name, label in (("by_tier", "tier {}"), ("by_embodiment", "{}")):
+        breakdown = result.get(name, {})
+        if len(breakdown) > 1:  # one group would repeat the "all" row
+            groups += [(label.format(k), v) for k, v in breakdown.items()]
+    for name, values in groups:
+        cells = "".join(f"{values[f'{k}_action_mse']:>10.4f}" if f"{k}_action_mse" in values else f"{'-':>10}"
+                        for k in keys)
+        lines.append(f"  {name[:24]:<24}{values['samples']:>5}{cells}")
+    return "\n".join(lines)
