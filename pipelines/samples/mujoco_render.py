@@ -34,6 +34,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 # Rendering must be headless; respect a caller's choice but default to EGL (works on CPU via Mesa).
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -305,3 +306,23 @@ def run_render_jobs(
         return [f.result() for f in futures]
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def aloha_model_path() -> Path:
+    """gym-aloha's bimanual ViperX scene (the arm every sample simulator renders)."""
+    import gym_aloha
+
+    return Path(gym_aloha.__file__).parent / "assets" / "bimanual_viperx_transfer_cube.xml"
+
+
+def look_at_quat(pos, target) -> np.ndarray:
+    """MuJoCo camera orientation (looking along its local -z, +y up) from a position and a look-at point."""
+    back = np.asarray(pos, float) - np.asarray(target, float)
+    back /= np.linalg.norm(back)
+    right = np.cross([0.0, 0.0, 1.0], back)
+    if np.linalg.norm(right) < 1e-6:  # looking straight down: image x along world x
+        right = np.array([1.0, 0.0, 0.0])
+    right /= np.linalg.norm(right)
+    quat = np.empty(4)
+    mujoco.mju_mat2Quat(quat, np.stack([right, np.cross(back, right), back], 1).ravel())
+    return quat

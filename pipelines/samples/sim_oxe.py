@@ -24,11 +24,10 @@ workspace, and the arm's ``left_wrist`` camera fixed to the gripper and widened.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from pipelines.samples.mujoco_render import SimCamera
+from pipelines.samples.mujoco_render import SimCamera, aloha_model_path, look_at_quat
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip
@@ -56,27 +55,14 @@ IK_ITERATIONS, IK_DAMPING, IK_TOLERANCE = 100, 1e-4, 1e-6
 _ROLL = [3, 5]  # forearm_roll, wrist_rotate in ARM_JOINTS
 
 
-def model_path() -> Path:
-    import gym_aloha
-
-    return Path(gym_aloha.__file__).parent / "assets" / "bimanual_viperx_transfer_cube.xml"
 
 
-def _look_at_quat(pos, target) -> np.ndarray:
-    """MuJoCo camera orientation (looking along its local -z, +y up) from a position and a look-at point."""
-    back = np.asarray(pos, float) - np.asarray(target, float)
-    back /= np.linalg.norm(back)
-    right = np.cross([0.0, 0.0, 1.0], back)
-    right /= np.linalg.norm(right)
-    quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, np.stack([right, np.cross(back, right), back], 1).ravel())
-    return quat
 
 
 def oxe_model() -> mujoco.MjModel:
     """gym-aloha's scene with the right arm (its body, finger actuators and the keyframe) removed and our cameras
     added; the left arm's wrist camera is fixed to the gripper and widened (as ALOHA's real one)."""
-    spec = mujoco.MjSpec.from_file(str(model_path()))
+    spec = mujoco.MjSpec.from_file(str(aloha_model_path()))
     for key in list(spec.keys):
         spec.delete(key)
     for act in list(spec.actuators):
@@ -85,12 +71,12 @@ def oxe_model() -> mujoco.MjModel:
     spec.delete(spec.body("vx300s_right"))
     base = np.array(spec.body(ARM).pos, float)
     for name, (pos, target, fovy) in CAMERAS.items():
-        spec.worldbody.add_camera(name=name, pos=base + pos, quat=_look_at_quat(base + np.array(pos), base + target),
+        spec.worldbody.add_camera(name=name, pos=base + pos, quat=look_at_quat(base + np.array(pos), base + target),
                                   fovy=fovy)
     wrist = spec.camera("left_wrist")
     focus = spec.body(f"{ARM}/camera_focus").pos
     wrist.mode, wrist.targetbody = mujoco.mjtCamLight.mjCAMLIGHT_FIXED, ""
-    wrist.quat, wrist.fovy = _look_at_quat(wrist.pos, focus), WRIST_FOVY
+    wrist.quat, wrist.fovy = look_at_quat(wrist.pos, focus), WRIST_FOVY
     return spec.compile()
 
 

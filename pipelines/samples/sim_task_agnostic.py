@@ -54,7 +54,8 @@ import av
 import h5py
 import numpy as np
 
-from pipelines.samples.mujoco_render import SimCamera, body_names, camera_extrinsics, run_render_jobs
+from pipelines.samples.mujoco_render import (SimCamera, aloha_model_path, body_names, camera_extrinsics, look_at_quat,
+                                             run_render_jobs)
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip
@@ -172,23 +173,8 @@ def h5_compressed(group: h5py.Group, name: str, data: np.ndarray, per_frame_chun
 
 
 # ------------------------------------------------------------------------------------------------ the model
-def aloha_model_path() -> Path:
-    import gym_aloha
-
-    return Path(gym_aloha.__file__).parent / "assets" / "bimanual_viperx_transfer_cube.xml"
 
 
-def _look_at_quat(pos, target) -> np.ndarray:
-    """MuJoCo camera orientation (looking along its local -z, +y up) from a position and a look-at point."""
-    back = np.asarray(pos, float) - np.asarray(target, float)
-    back /= np.linalg.norm(back)
-    right = np.cross([0.0, 0.0, 1.0], back)
-    if np.linalg.norm(right) < 1e-6:  # looking straight down: image x along world x
-        right = np.array([1.0, 0.0, 0.0])
-    right /= np.linalg.norm(right)
-    quat = np.empty(4)
-    mujoco.mju_mat2Quat(quat, np.stack([right, np.cross(back, right), back], 1).ravel())
-    return quat
 
 
 def aloha_model(front_camera: dict | None = None) -> mujoco.MjModel:
@@ -199,12 +185,12 @@ def aloha_model(front_camera: dict | None = None) -> mujoco.MjModel:
     """
     spec = mujoco.MjSpec.from_file(str(aloha_model_path()))
     f = front_camera or FRONT_CAMERA
-    spec.worldbody.add_camera(name="front", pos=f["pos"], quat=_look_at_quat(f["pos"], f["target"]), fovy=f["fovy"])
+    spec.worldbody.add_camera(name="front", pos=f["pos"], quat=look_at_quat(f["pos"], f["target"]), fovy=f["fovy"])
     for side in ("left", "right"):
         cam = spec.camera(f"{side}_wrist")
         focus = spec.body(f"vx300s_{side}/camera_focus").pos  # in the gripper link's frame, like the camera
         cam.mode, cam.targetbody = mujoco.mjtCamLight.mjCAMLIGHT_FIXED, ""
-        cam.quat = _look_at_quat(cam.pos, focus)
+        cam.quat = look_at_quat(cam.pos, focus)
         cam.fovy = WRIST_FOVY
     return spec.compile()
 
