@@ -43,11 +43,18 @@ def test_third_party_code_imports_torchvision_in_our_venv_without_our_packages(t
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
     assert (site_dir / tc.PTH_NAME).read_text() == tc.PTH_LINE
-    ok = subprocess.run([sys.executable, "-c", THIRD_PARTY, str(site_dir)], capture_output=True, text=True,
-                        timeout=300, cwd=tmp_path)
+    # `-S`: the venv's own .pth files (the bootstrap writes this very hook there) must not decide the outcome; the
+    # venv's packages and our source tree go on sys.path as plain folders, only `site_dir`'s .pth is processed
+    import site
+    from pathlib import Path
+
+    paths = [*site.getsitepackages(), str(Path(tc.__file__).resolve().parents[1])]
+    prelude = f"import sys; sys.path.extend({paths!r})\n"
+    ok = subprocess.run([sys.executable, "-S", "-c", prelude + THIRD_PARTY, str(site_dir)], capture_output=True,
+                        text=True, timeout=300, cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert ok.stdout.split()[-1] == "4"
     if not tc._torchvision_ops_load():  # the CUDA torchvision wheel on CPU torch: without the hook it fails
-        bare = subprocess.run([sys.executable, "-c", THIRD_PARTY], capture_output=True, text=True, timeout=300,
-                              cwd=tmp_path)
+        bare = subprocess.run([sys.executable, "-S", "-c", prelude + THIRD_PARTY], capture_output=True, text=True,
+                              timeout=300, cwd=tmp_path)
         assert bare.returncode != 0 and "torchvision::nms does not exist" in bare.stderr
