@@ -40,6 +40,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "default": {},
     "moving": {"vae.moving_weight": 8.0},
     "frame": {"vae.decoder_condition": "frame"},  # the decoder sees the pair's first frame (frame_decoder.py)
+    # alignment counts more: 30% of each batch labelled (Motus: 10%) and λ_align 20 (default 5)
+    "align": {"vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
