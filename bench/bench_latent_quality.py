@@ -42,6 +42,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "frame": {"vae.decoder_condition": "frame"},  # the decoder sees the pair's first frame (frame_decoder.py)
     # alignment counts more: 30% of each batch labelled (Motus: 10%) and λ_align 20 (default 5)
     "align": {"vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
+    "epe": {"vae.recon_loss": "epe"},  # end-point error instead of squared error (per-source weights 1/scale)
+    "epe_align": {"vae.recon_loss": "epe", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),

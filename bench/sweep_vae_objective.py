@@ -42,6 +42,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "frame_align20": {"recon_balance": "per_source", "decoder_condition": "frame", "lambda_align": 20.0},
     "frame_beta1e-3": {"recon_balance": "per_source", "decoder_condition": "frame", "beta": 1e-3},
     "cosine": {"recon_balance": "per_source", "lr_decay_steps": -1},
+    "epe": {"recon_balance": "per_source", "lr_decay_steps": -1, "recon_loss": "epe"},
 }
 # arrays a job reads from the export ("frame" only when the flow artifacts stored first frames)
 ARRAYS = ("flow", "valid", "action", "action_mask", "labelled", "pair_index", "pair_frames", "frame")

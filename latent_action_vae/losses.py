@@ -14,16 +14,25 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
 
 
+CHARBONNIER_EPS = 1e-3  # network units (0.01 px at flow_scale_px 10): smooths the end-point error's kink at 0
+
+
 def reconstruction(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                    sample_weight: torch.Tensor | None = None, moving_weight: float = 1.0,
-                   moving_threshold: float = 0.0) -> torch.Tensor:
-    """Squared error summed over the 2 flow channels, averaged over valid pixels ([B,2,H,W], mask [B,H,W]).
+                   moving_threshold: float = 0.0, kind: str = "squared") -> torch.Tensor:
+    """Per-pixel error averaged over valid pixels ([B,2,H,W], mask [B,H,W]): `squared` sums the squared error of
+    the 2 flow channels; `epe` is the end-point error |recon − target| (Charbonnier-smoothed), the metric flow is
+    judged by, whose minimiser under doubt is the median rather than the mean.
 
     `sample_weight` [B] scales each pair's error (per-source balancing); pixels whose true |flow| exceeds
     `moving_threshold` (network units) weigh `moving_weight` times as much, in the error and in the average, so
     a field that is mostly static cannot be fitted by painting "no motion".
     """
     err = (recon - target).pow(2).sum(1)
+    if kind == "epe":
+        err = (err + CHARBONNIER_EPS ** 2).sqrt() - CHARBONNIER_EPS
+    elif kind != "squared":
+        raise ValueError(f"reconstruction kind must be squared or epe, got {kind!r}")
     weight = mask.float()
     if moving_weight != 1.0:
         moving = target.pow(2).sum(1) > moving_threshold ** 2
@@ -43,8 +52,8 @@ def alignment(mu: torch.Tensor, action: torch.Tensor, action_mask: torch.Tensor,
 def vae_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, action: torch.Tensor,
              action_mask: torch.Tensor, labelled: torch.Tensor, beta: float, lambda_align: float,
              sample_weight: torch.Tensor | None = None, moving_weight: float = 1.0,
-             moving_threshold: float = 0.0) -> dict[str, torch.Tensor]:
-    recon = reconstruction(out["recon"], target, mask, sample_weight, moving_weight, moving_threshold)
+             moving_threshold: float = 0.0, recon_kind: str = "squared") -> dict[str, torch.Tensor]:
+    recon = reconstruction(out["recon"], target, mask, sample_weight, moving_weight, moving_threshold, recon_kind)
     kl_dims = kl_per_dim(out["mu"], out["logvar"])
     kl = kl_dims.sum(1).mean()
     align = alignment(out["mu"], action, action_mask, labelled)

@@ -51,7 +51,9 @@ def flow_manifest_rows(cfg: PipelineConfig, exclude: Mapping[str, str] | None = 
 
 
 def _learning_settings(vc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in vc.items() if k not in RUN_ONLY_SETTINGS}
+    """The settings a resume must match; one a checkpoint predates counts as its default value."""
+    defaults = {f.name: getattr(VAEConfig(), f.name) for f in dataclasses.fields(VAEConfig)}
+    return {k: v for k, v in {**defaults, **vc}.items() if k not in RUN_ONLY_SETTINGS}
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -80,8 +82,8 @@ def lr_at(step: int, vc: VAEConfig, warmup: int = 20) -> float:
 
 def source_balance(rows: list[dict[str, Any]], vc: VAEConfig) -> dict[str, float]:
     """item id → reconstruction weight. `per_source`: 1 / (the source's pair-weighted train mean |flow|, in
-    network units)², floored at `recon_floor_px`, so every source's zero-flow error is about the same size;
-    `none`: 1 for every item."""
+    network units), squared for the squared-error loss, floored at `recon_floor_px`, so every source's zero-flow
+    error is about the same size; `none`: 1 for every item."""
     if vc.recon_balance == "none":
         return {r["item_id"]: 1.0 for r in rows}
     sums: dict[str, list[float]] = {}
@@ -92,7 +94,8 @@ def source_balance(rows: list[dict[str, Any]], vc: VAEConfig) -> dict[str, float
         acc[0] += float(r["mean_px"]) * int(r["n_pairs"])
         acc[1] += int(r["n_pairs"])
     scale = {s: max(total / max(n, 1), vc.recon_floor_px) / vc.flow_scale_px for s, (total, n) in sums.items()}
-    return {r["item_id"]: 1.0 / scale[r["source"]] ** 2 for r in rows}
+    power = 1 if vc.recon_loss == "epe" else 2  # the loss is linear, or quadratic, in the flow's size
+    return {r["item_id"]: 1.0 / scale[r["source"]] ** power for r in rows}
 
 
 def _step_seed(seed: int, step: int) -> int:
@@ -121,7 +124,7 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     if item_weights is not None and vc.recon_balance != "none":
         weight = torch.tensor([item_weights[i] for i in batch["item_ids"]], dtype=target.dtype, device=target.device)
     losses = vae_loss(out, target, mask, batch["action"], batch["action_mask"], batch["labelled"], vc.beta,
-                      vc.lambda_align, weight, vc.moving_weight, vc.moving_px / vc.flow_scale_px)
+                      vc.lambda_align, weight, vc.moving_weight, vc.moving_px / vc.flow_scale_px, vc.recon_loss)
     optimiser.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

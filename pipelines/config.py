@@ -95,6 +95,8 @@ class VAEConfig:
     recon_balance: str = "per_source"  # none | per_source: each source's pairs weigh 1 / (its train mean |flow|)², so
     #   sparse robot motion counts as much as big human-video flow (research latent_actions.md §4)
     recon_floor_px: float = 0.05  # per_source: mean |flow| below this counts as this (near-static sources)
+    recon_loss: str = "squared"  # squared: squared error (Gaussian) | epe: per-pixel end-point error (Charbonnier),
+    #   whose best guess under doubt is the median (zero flow for sparse motion), not a smear of the mean
     moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
     moving_px: float = 0.5
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes
@@ -306,6 +308,8 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("vae.labelled_fraction must be in [0, 1]; vae.beta and vae.lambda_align must be >= 0")
     if v.recon_balance not in ("none", "per_source"):
         raise ConfigError(f"vae.recon_balance: {v.recon_balance!r} is not one of none, per_source")
+    if v.recon_loss not in ("squared", "epe"):
+        raise ConfigError(f"vae.recon_loss: {v.recon_loss!r} is not one of squared, epe")
     if v.decoder_condition not in ("none", "frame"):
         raise ConfigError(f"vae.decoder_condition: {v.decoder_condition!r} is not one of none, frame")
     if v.decoder_condition == "frame" and not cfg.flow.store_frames:

@@ -248,6 +248,29 @@ def test_moving_pixels_weigh_more_and_the_schedule_decays():
     assert lr_at(19, cosine) > lr_at(60, cosine) > lr_at(99, cosine)
 
 
+def test_end_point_error_loss_is_the_mean_vector_norm_and_prefers_the_median():
+    from latent_action_vae.losses import reconstruction
+    from latent_action_vae.train import source_balance
+    from pipelines.config import VAEConfig
+
+    target = torch.zeros(1, 2, 4, 4)
+    target[0, 0, 0, 0], target[0, 1, 0, 0] = 0.3, 0.4  # one pixel moves by 0.5 (a 3-4-5 vector), 15 are still
+    mask = torch.ones(1, 4, 4, dtype=torch.bool)
+    zero = torch.zeros_like(target)
+    assert reconstruction(zero, target, mask, kind="epe").item() == pytest.approx(0.5 / 16, abs=1e-4)
+    assert reconstruction(zero, target, mask).item() == pytest.approx(0.25 / 16)
+    # under doubt about where the motion is, squared error prefers smearing the mean over every pixel; the
+    # end-point error prefers painting no motion (the median), as flow is judged
+    smear = target.mean((2, 3), keepdim=True).expand_as(target)
+    assert reconstruction(smear, target, mask).item() < reconstruction(zero, target, mask).item()
+    assert reconstruction(smear, target, mask, kind="epe").item() > reconstruction(zero, target, mask, kind="epe").item()
+    # per-source weights follow the loss's power of the flow's size
+    rows = [{"item_id": "rt/a", "source": "robotwin", "mean_px": 0.25, "n_pairs": 5}]
+    assert source_balance(rows, VAEConfig(recon_loss="epe"))["rt/a"] == pytest.approx(10 / 0.25)
+    with pytest.raises(ValueError, match="squared or epe"):
+        reconstruction(zero, target, mask, kind="l1")
+
+
 def test_bad_objective_settings_name_the_key():
     from pipelines.config import ConfigError
 
@@ -255,3 +278,5 @@ def test_bad_objective_settings_name_the_key():
         load_config(None, **{"vae.recon_balance": "per_pixel"})
     with pytest.raises(ConfigError, match="vae.moving_weight"):
         load_config(None, **{"vae.moving_weight": 0.5})
+    with pytest.raises(ConfigError, match="vae.recon_loss"):
+        load_config(None, **{"vae.recon_loss": "l1"})
