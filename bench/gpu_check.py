@@ -63,9 +63,9 @@ def _stub_missing_av() -> str:
 
 AV_STATUS = _stub_missing_av()
 
-import pipelines.torch_compat  # noqa: E402  (the torchvision shim hook, before anything imports ptlflow)
+import common.torch_compat  # noqa: E402  (the torchvision shim hook, before anything imports ptlflow)
 
-pipelines.torch_compat.install_import_hook()
+common.torch_compat.install_import_hook()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402

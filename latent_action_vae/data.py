@@ -29,7 +29,7 @@ from flow_extraction.frames import native_frame_index
 from manifests.actions import pair_action, row_semantics
 from pipelines.config import VAEConfig
 from pipelines.sources import load_actions
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 ACTION_WIDTH = 14  # Motus's latent-action width; embodiments with fewer dims are padded and masked
 

@@ -28,7 +28,7 @@ from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, 
 from flow_extraction.stats import MotionFilter, StatsAccumulator
 from pipelines.config import FlowConfig, PipelineConfig
 from pipelines.driver import StageReport, run_stage
-from pipelines.progress import make_console
+from common.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
 
