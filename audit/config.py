@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 
-from pipelines.config import ConfigError, _build, read_yaml_mapping
+from common.config import ConfigError, build_dataclass, read_yaml_mapping
 
 
 @dataclass
@@ -87,6 +87,6 @@ def validate_audit_config(ac: AuditConfig) -> None:
 
 def load_audit_config(path: str | os.PathLike | None = None) -> AuditConfig:
     """Defaults, or a YAML mapping of AuditConfig fields (unknown keys and wrong types are errors)."""
-    ac = _build(AuditConfig, read_yaml_mapping(path, "audit config"), "audit")
+    ac = build_dataclass(AuditConfig, read_yaml_mapping(path, "audit config"), "audit")
     validate_audit_config(ac)
     return ac

@@ -13,7 +13,7 @@ from audit.config import AuditConfig
 from audit.frames import FrameFacts, sample_frames
 from catalog import Catalog
 from pipelines.config import PipelineConfig
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 T = TypeVar("T")
 

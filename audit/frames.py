@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 
 from flow_extraction.frames import iter_frames
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 HASH_SIZE = 16  # dHash of 17x16 grey pixels: 256 bits per frame
 

@@ -20,7 +20,7 @@ from audit.frames import contact_sheet, sample_frames
 from audit.funnel import COLUMNS, funnel
 from flow_extraction.artifacts import read_flow_artifact
 from flow_extraction.colour import flow_to_rgb
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 if TYPE_CHECKING:
     from audit.run import AuditResult

@@ -20,7 +20,7 @@ from audit.registry import Check, Outcome, all_checks, severity_rank
 from catalog import Catalog
 from manifests.io import atomic_write_text
 from pipelines.config import PipelineConfig
-from pipelines.progress import make_console
+from common.progress import make_console
 
 JSON_FORMAT = "motus-pyramid/audit/v1"
 FAIL_ON = ("error", "warning", "never")

@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 from flow_extraction.dis import DISBackend  # noqa: E402
 from flow_extraction.frames import iter_frames  # noqa: E402
 from flow_extraction.sim_flow import SimFlowBackend  # noqa: E402
-from pipelines.torch_compat import set_worker_threads  # noqa: E402
+from common.torch_compat import set_worker_threads  # noqa: E402
 
 
 def timed(fn, n_pairs: int) -> float:

@@ -32,7 +32,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import numpy as np  # noqa: E402
 
 from flow_extraction.artifacts import read_flow_artifact  # noqa: E402
-from pipelines.config import FlowConfig  # noqa: E402
+from flow_extraction.config import FlowConfig  # noqa: E402
 from pipelines.flow import compute_item_flow, make_backends  # noqa: E402
 from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS  # noqa: E402
 from pipelines.sources.task_agnostic import TaskAgnosticSource  # noqa: E402

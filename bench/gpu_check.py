@@ -63,9 +63,9 @@ def _stub_missing_av() -> str:
 
 AV_STATUS = _stub_missing_av()
 
-import pipelines.torch_compat  # noqa: E402  (the torchvision shim hook, before anything imports ptlflow)
+import common.torch_compat  # noqa: E402  (the torchvision shim hook, before anything imports ptlflow)
 
-pipelines.torch_compat.install_import_hook()
+common.torch_compat.install_import_hook()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -177,7 +177,7 @@ def vae_batch(vc, b: int, h: int, w: int, device: str, seed: int = 0) -> dict[st
 
 # --- components -----------------------------------------------------------------------------------------------
 def bench_dpflow(bench: Bench, tiny: bool) -> None:
-    from pipelines.config import FlowConfig
+    from flow_extraction.config import FlowConfig
     from pipelines.flow import make_backends
 
     cuda = bench.device.startswith("cuda")
@@ -223,7 +223,8 @@ def bench_dpflow(bench: Bench, tiny: bool) -> None:
 def bench_vae_and_label(bench: Bench, tiny: bool, tmp: Path) -> None:
     from latent_action_vae.model import LatentActionVAE
     from latent_action_vae.train import CHECKPOINT_KIND, train_step
-    from pipelines.config import FlowConfig, VAEConfig
+    from flow_extraction.config import FlowConfig
+    from latent_action_vae.config import VAEConfig
 
     dev = bench.device
     vc = VAEConfig()

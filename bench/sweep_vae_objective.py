@@ -133,7 +133,7 @@ def run_job(path: str, out_dir: str, variant: str, seed: int, steps: int, device
     from latent_action_vae.evaluate import evaluate
     from latent_action_vae.model import LatentActionVAE
     from latent_action_vae.train import source_balance, train_step
-    from pipelines.config import VAEConfig
+    from latent_action_vae.config import VAEConfig
 
     torch.set_num_threads(1)
     data = Pairs(path)

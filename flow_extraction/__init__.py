@@ -1,5 +1,5 @@
 """Optical-flow backends (DPFlow through ptlflow, OpenCV DIS, exact flow from simulation), colouring, statistics."""
 
-import pipelines.torch_compat as _torch_compat
+import common.torch_compat as _torch_compat
 
 _torch_compat.install_import_hook()

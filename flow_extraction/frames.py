@@ -3,7 +3,8 @@
 Media URIs come from the items table: a video file (mp4/webm, decoded with PyAV, windowed by the item's
 `start_s` and `frame_count`; `video.mp4#crop=x,y,w,h` is one view of frames that stack several, as AnyPos/ATARA
 record them), or `episode.hdf5#observation/<cam>/rgb` / `#vision/<cam>/colors` (RoboTwin's 2.0 and 2026 image
-datasets, decoded to RGB by pipelines/sources/robotwin.py, which knows both JPEG byte orders).
+datasets, decoded to RGB by media/hdf5_images.py, which knows both JPEG byte orders), or an RLDS episode inside a
+TFRecord shard (media/tfrecord_frames.py).
 Frames are padded like Motus's `resize_with_padding`: scale to fit inside the canvas, centre, pad black.
 """
 
@@ -17,7 +18,7 @@ import av
 import cv2
 import numpy as np
 
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 
 @dataclass(frozen=True)
@@ -96,10 +97,10 @@ def _decode_video(path: str, start_s: float, tolerance_s: float = 1e-3) -> Itera
 
 
 def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator[np.ndarray]:
-    """RGB frames of a media URI: a video file, `file.hdf5#key` (a RoboTwin image dataset: per-frame JPEG bytes,
-    legacy or XPolicyLab-marked, or raw uint8 RGB arrays; see pipelines/sources/robotwin.py), or an RLDS episode
-    inside a TFRecord shard (`shard#record=N&offset=B&key=steps/...`, see pipelines/sources/oxe.py)."""
-    from pipelines.sources.oxe import is_tfrecord_uri, iter_tfrecord_frames
+    """RGB frames of a media URI, by its kind: an RLDS episode inside a TFRecord shard
+    (`shard#record=N&offset=B&key=steps/...`), one view of a video (`video.mp4#crop=...`), an HDF5 image dataset
+    (`file.hdf5#key`: per-frame JPEG bytes, legacy or XPolicyLab-marked, or raw uint8 RGB arrays), a video file."""
+    from media.tfrecord_frames import is_tfrecord_uri, iter_tfrecord_frames  # here: h5py and the codecs load lazily
 
     if is_tfrecord_uri(uri):
         return iter_tfrecord_frames(uri)
@@ -108,7 +109,7 @@ def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator
         x, y, w, h = crop_box(uri)
         return (f[y:y + h, x:x + w] for f in _decode_video(path, start_s, tolerance_s))
     if "#" in uri:
-        from pipelines.sources.robotwin import iter_hdf5_frames
+        from media.hdf5_images import iter_hdf5_frames
 
         return iter_hdf5_frames(*uri.split("#", 1))
     return _decode_video(uri, start_s, tolerance_s)

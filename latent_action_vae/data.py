@@ -25,11 +25,11 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
+from common.errors import BadInput
 from flow_extraction.frames import native_frame_index
+from latent_action_vae.config import VAEConfig
 from manifests.actions import pair_action, row_semantics
-from pipelines.config import VAEConfig
 from pipelines.sources import load_actions
-from pipelines.stages import BadInput
 
 ACTION_WIDTH = 14  # Motus's latent-action width; embodiments with fewer dims are padded and masked
 

@@ -21,7 +21,7 @@ from torch import nn
 
 from flow_extraction.colour import flow_to_rgb
 from latent_action_vae.frame_decoder import FrameConditionedDecoder, frame_input
-from pipelines.config import VAEConfig
+from latent_action_vae.config import VAEConfig
 
 
 def build_dcae(cfg: VAEConfig) -> nn.Module:

@@ -27,8 +27,9 @@ from manifests.io import atomic_write, truncate_metrics_csv
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
 from latent_action_vae.model import LatentActionVAE
-from pipelines.config import PipelineConfig, VAEConfig
-from pipelines.progress import StageProgress, make_console
+from latent_action_vae.config import VAEConfig
+from pipelines.config import PipelineConfig
+from common.progress import StageProgress, make_console
 
 CHECKPOINT_KIND = "motus-pyramid/latent-action-vae/v1"
 METRICS = ("step", "loss", "recon", "kl", "align", "epe_px", "labelled", "lr", "samples_per_s", "wall_s")

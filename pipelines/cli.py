@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from pipelines.progress import make_console
+from common.progress import make_console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="motus-pyramid: the Motus data pyramid to labelled training shards.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Query the DuckDB catalog.")

@@ -1,4 +1,6 @@
-"""The pipeline's configuration, declared once as dataclasses, loaded from YAML, printed with every run.
+"""The pipeline's configuration, declared once as dataclasses, loaded from YAML, printed with every run. Each
+package owns its section's dataclass (`FlowConfig` in flow_extraction, `VAEConfig` in latent_action_vae); this
+module composes them.
 
 Unknown keys and wrong types are errors that name the key: a typo must never silently fall back to a default.
 """
@@ -7,17 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-
-class ConfigError(ValueError):
-    pass
+from common.config import ConfigError, build_dataclass, read_yaml_mapping  # noqa: F401 (ConfigError: the CLI's)
+from flow_extraction.config import FlowConfig
+from latent_action_vae.config import VAEConfig
 
 
 @dataclass
@@ -52,71 +52,6 @@ class SamplesConfig:
     scale: int = 1  # multiplies every tier's item count
     seed: int = 0
     defects: bool = True  # add deliberately bad items (truncated video, missing HDF5 keys, NaN actions)
-
-
-@dataclass
-class FlowConfig:
-    backend: str = "dis"  # dis (CPU) | dpflow (ptlflow's DPFlow; GPU in production)
-    sim_for_sim_tiers: bool = False  # exact flow from saved depth/segmentation/poses where an item has them
-    delta_s: float = 0.2  # pair (t, t+Δ) with Δ in seconds, so 12 fps SSv2 and 30 fps Ego4D stay comparable
-    grid: str = "native"  # pair starts: every frame (native) or every Δ (delta)
-    fps: float | None = None  # resample before flow (None: each item's native rate)
-    working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
-    store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
-    store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
-    #   decoder reads it (vae.decoder_condition: frame)
-    camera: int = 0  # which camera of multi-camera items
-    batch_size: int = 8  # pairs per backend call
-    dis_preset: str = "medium"  # ultrafast | fast | medium
-    dpflow_checkpoint: str | None = "things"  # a name (things, sintel, kitti, spring, chairs) or a .ckpt path
-    dpflow_random_init: bool = False  # tests only: never silently random
-    dpflow_allow_download: bool = False
-    num_gpus: float = 0.0  # GPUs per flow worker (set 1 for dpflow on a GPU machine)
-    colour_max_radius: float = 20.0  # px; fixed radius of the flow colour wheel
-    static_pair_px: float = 0.5  # motion filter: a pair whose 99th-percentile flow is below this is near-static
-    max_static_fraction: float = 0.8  # an item with more near-static pairs than this is marked static
-
-
-@dataclass
-class VAEConfig:
-    """The DC-AE latent-action VAE: flow (64×64) → DC-AE encoder → 4 tokens × 512 → 14-d Gaussian → back."""
-
-    input: str = "flow"  # flow: 2-channel raw flow | colour: 3-channel fixed-radius colour-wheel image
-    image_size: int = 64  # flow is resized to image_size² (vectors stay in working-canvas pixels)
-    flow_scale_px: float = 10.0  # network units = flow / flow_scale_px (also the colour radius)
-    widths: list[int] = field(default_factory=lambda: [8, 16, 32, 64, 128, 512])  # DC-AE stages (64/2^5 = 2 → 2×2 tokens)
-    latent_channels: int = 512  # token width
-    latent_dim: int = 14
-    hidden: int = 512  # the light encoder/decoder between tokens and the 14-d latent
-    decoder_condition: str = "none"  # none: z alone → DC-AE decoder | frame: a U-Net on the pair's first frame,
-    #   modulated by z (the encoder is the same; see latent_action_vae/frame_decoder.py)
-    pretrained_dcae: str | None = None  # local folder of a diffusers AutoencoderDC (e.g. dc-ae-f128c512); frozen
-    beta: float = 1e-4  # KL weight
-    recon_balance: str = "per_source"  # none | per_source: each source's pairs weigh 1 / (its train mean |flow|)², so
-    #   sparse robot motion counts as much as big human-video flow (research latent_actions.md §4)
-    recon_floor_px: float = 0.05  # per_source: mean |flow| below this counts as this (near-static sources)
-    recon_loss: str = "squared"  # squared: squared error (Gaussian) | epe: per-pixel end-point error (Charbonnier),
-    #   whose best guess under doubt is the median (zero flow for sparse motion), not a smear of the mean
-    moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
-    moving_px: float = 0.5
-    lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes
-    labelled_fraction: float = 0.1  # share of each batch drawn from labelled pairs
-    align_embodiments: list[str] = field(default_factory=list)  # embodiments whose actions align μ ([]: all)
-    tier_weights: dict[str, float] = field(default_factory=dict)  # {"1": w, ...}; missing tiers weigh 1
-    batch_size: int = 32
-    steps: int = 600
-    lr: float = 3e-4
-    lr_decay_steps: int = 600  # > 0: cosine decay of lr to 10% over this many steps (0: constant after warmup)
-    weight_decay: float = 0.01
-    seed: int = 0
-    checkpoint_every: int = 100
-    log_every: int = 10
-    threads: int = 2  # torch threads for training (the only process running)
-    eval_max_pairs: int = 4000
-    cache_items: int = 256  # flow artifacts the pair sampler keeps in memory (~2-3 MB each at the demo's sizes);
-    #   random batches over more items than this reread artifacts from disk every step
-    exclude_flagged: bool = True  # leave audit-flagged items (duplicates, static clips) out of training and eval
-    output: str = "vae"  # relative to workdir: checkpoints, metrics.csv, eval.json, pictures
 
 
 @dataclass
@@ -189,67 +124,10 @@ class PipelineConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def _build(cls: type, data: Any, where: str) -> Any:
-    """Build dataclass `cls` from plain data, checking keys and types."""
-    if dataclasses.is_dataclass(cls):
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = set(data) - set(fields)
-        if unknown:
-            raise ConfigError(f"{where or 'config'}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
-        kwargs = {k: _build(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
-        try:
-            return cls(**kwargs)
-        except TypeError as e:
-            raise ConfigError(f"{where or 'config'}: {e}") from e
-    origin = typing.get_origin(cls)
-    args = typing.get_args(cls)
-    if origin in (typing.Union, types.UnionType):
-        if data is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _build(inner[0], data, where)
-    if origin is list:
-        if not isinstance(data, list):
-            raise ConfigError(f"{where}: expected a list, got {type(data).__name__}")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(data)]
-    if origin is dict:
-        if not isinstance(data, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-        return dict(data)
-    if cls is Any:
-        return data
-    if cls is float and isinstance(data, int) and not isinstance(data, bool):
-        return float(data)
-    if not isinstance(data, cls) or (cls is int and isinstance(data, bool)):
-        raise ConfigError(f"{where}: expected {cls.__name__}, got {data!r}")
-    return data
-
-
 def config_from_dict(data: dict[str, Any]) -> PipelineConfig:
-    cfg = _build(PipelineConfig, data, "")
+    cfg = build_dataclass(PipelineConfig, data, "")
     validate(cfg)
     return cfg
-
-
-def read_yaml_mapping(path: str | os.PathLike | None, what: str = "config file") -> dict[str, Any]:
-    """The top-level mapping of a YAML file ({} for None), or a ConfigError that names the file and the problem."""
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{what} {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{what} {p} is not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{what} {p}: top level must be a mapping")
-    return data
 
 
 def load_config(path: str | os.PathLike | None = None, **overrides: Any) -> PipelineConfig:

@@ -10,7 +10,7 @@ from typing import Any
 
 from rich.console import Console
 
-from pipelines.progress import make_console
+from common.progress import make_console
 
 from audit import run_audit
 from catalog import Catalog

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from catalog import Catalog
-from pipelines.progress import StageProgress
+from common.progress import StageProgress
 from pipelines.stages import Outcome, Stage
 
 SKIP_STATUSES = ("done", "quarantined")

@@ -22,13 +22,14 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
-from manifests import write_manifest
+from common.progress import make_console
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
+from flow_extraction.config import FlowConfig
 from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
-from pipelines.config import FlowConfig, PipelineConfig
+from manifests import write_manifest
+from pipelines.config import PipelineConfig
 from pipelines.driver import StageReport, run_stage
-from pipelines.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
 

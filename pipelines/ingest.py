@@ -13,7 +13,7 @@ from typing import Any, Mapping
 from rich.console import Console
 from rich.markup import escape
 
-from pipelines.progress import make_console
+from common.progress import make_console
 
 from catalog import Catalog
 from manifests import ITEMS, SplitRatios, assign_split, validate_rows, write_manifest

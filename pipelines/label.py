@@ -27,7 +27,7 @@ from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
 from pipelines.driver import StageReport, run_stage
-from pipelines.progress import make_console
+from common.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
 LATENT_FORMAT = "motus-pyramid/latent-action/v1"

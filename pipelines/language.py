@@ -45,7 +45,7 @@ def load_text_encoder(kind: str, path: str | Path | None = None, max_tokens: int
     """`minilm` (bundled weights), `umt5` (a local T5/UMT5 folder: only the encoder is loaded) or `none`."""
     if kind == "none":
         return None
-    from pipelines.torch_compat import install_import_hook
+    from common.torch_compat import install_import_hook
 
     install_import_hook()  # transformers imports torchvision: the CPU shim must be in place first
     import transformers

@@ -36,7 +36,7 @@ from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
 from pipelines.driver import StageReport, run_stage
 from pipelines.label import read_latents
-from pipelines.progress import make_console
+from common.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 from training_hooks.shard_format import (SAMPLE_FORMAT, SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample,
                                          group_samples, read_tar, sample_key, write_tar)

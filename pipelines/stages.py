@@ -13,9 +13,9 @@ import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from common.errors import BadInput  # every layer raises it; part of the stage API, so re-exported here
 
-class BadInput(Exception):
-    """The item's input is unusable (truncated, missing keys, NaN, ...): quarantine it with this reason."""
+__all__ = ["BadInput", "Outcome", "Resources", "Stage", "batches", "execute", "execute_batch"]
 
 
 @dataclass(frozen=True)

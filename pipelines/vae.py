@@ -10,7 +10,7 @@ from rich.console import Console
 
 from catalog import Catalog
 from pipelines.config import PipelineConfig
-from pipelines.progress import make_console
+from common.progress import make_console
 
 
 def excluded_items(cfg: PipelineConfig, catalog: Catalog) -> dict[str, str]:

@@ -75,5 +75,5 @@ VIRTUAL_ENV="$PWD/$VENV" "$UV" pip sync -q --python "$VENV/bin/python" "${uv_arg
 VIRTUAL_ENV="$PWD/$VENV" "$UV" pip install -q --python "$VENV/bin/python" --no-deps -e .
 # the torchvision CPU shim for every interpreter of the venv, not only ours: a .pth hook in site-packages
 # (third-party code such as `import transformers` imports torchvision without importing our packages)
-log "torchvision shim hook: $("$VENV/bin/python" -m pipelines.torch_compat install-pth)"
+log "torchvision shim hook: $("$VENV/bin/python" -m common.torch_compat install-pth)"
 log "ready: $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"

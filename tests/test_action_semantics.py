@@ -12,11 +12,12 @@ import pytest
 from catalog import Catalog
 from latent_action_vae.data import action_changes, compute_action_stats
 from manifests import actions as sem
+from media.tfrecord_frames import parse_episode, read_episode_record
 from pipelines.samples.lerobot_ds import JOINT_NAMES, sample_episodes, write_lerobot
 from pipelines.samples.oxe_rlds import write_oxe
 from pipelines.sources import SourceError
 from pipelines.sources.lerobot import LeRobotSource
-from pipelines.sources.oxe import OXESource, _parse, read_episode_record
+from pipelines.sources.oxe import OXESource
 
 RAMP = np.arange(10, dtype=np.float64)[:, None] * np.array([1.0, 10.0])  # a[t] = (t, 10 t)
 
@@ -97,7 +98,7 @@ def test_rt1_dict_action_keeps_terminate_out_of_the_vector(fractal):
 def test_rt1_delta_over_a_pair_is_the_pose_change_between_its_frames(fractal):
     row = {**fractal[0], "native_fps": fractal[0]["fps"]}
     extras = json.loads(row["extras"])
-    feats = _parse(read_episode_record(row["input_uri"], extras["record"], extras["offset"]), "test")
+    feats = parse_episode(read_episode_record(row["input_uri"], extras["record"], extras["offset"]), "test")
     pose = np.asarray(feats["steps/observation/base_pose_tool_reached"], np.float64).reshape(-1, 7)
     t = row["frame_count"]
     pairs = np.array([[0, 6], [5, 11], [t - 7, t - 1]])

@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
 
+from media.tfrecord import iter_records, parse_example
+from media.tfrecord_frames import iter_tfrecord_frames
 from pipelines.samples.oxe_rlds import write_oxe
-from pipelines.sources.oxe import OXESource, iter_tfrecord_frames
-from pipelines.sources.tfrecord import iter_records, parse_example
+from pipelines.sources.oxe import OXESource
 
 FRACTAL = "fractal20220817_data"
 N, SIZE = 4, (128, 160)  # the demo's episode count; half the demo's image size keeps the flow cheap

@@ -21,14 +21,15 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from catalog import Catalog
+from media.tfrecord import (TFRecordError, _update_bytewise, crc32c, encode_example, encode_record, iter_records,
+                            masked_crc32c, parse_example, scan_records, write_records)
+from media.tfrecord_frames import frame_uri, iter_tfrecord_frames, parse_frame_uri
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.oxe_rlds import write_oxe
 from pipelines.sources import SOURCES, SourceError
-from pipelines.sources.oxe import OXESource, frame_uri, iter_tfrecord_frames, parse_frame_uri
-from pipelines.sources.tfrecord import (TFRecordError, _update_bytewise, crc32c, encode_example, encode_record,
-                                        iter_records, masked_crc32c, parse_example, scan_records, write_records)
+from pipelines.sources.oxe import OXESource
 from pipelines.stages import BadInput
 
 FRACTAL, BRIDGE = "fractal20220817_data", "bridge_dataset"

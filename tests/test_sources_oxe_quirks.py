@@ -16,7 +16,7 @@ from catalog import Catalog
 from pipelines.cli import app
 from pipelines.config import config_from_dict
 from pipelines.samples.oxe_rlds import write_oxe
-from pipelines.sources.tfrecord import encode_example, parse_example, write_records
+from media.tfrecord import encode_example, parse_example, write_records
 from tests.test_sources_oxe import oracle_example, oracle_records
 
 FRACTAL, BRIDGE = "fractal20220817_data", "bridge_dataset"
@@ -112,7 +112,7 @@ def write_pusht(root: Path, lengths=(9, 12, 10)) -> Path:
     import cv2
     import numpy as np
 
-    from pipelines.sources.tfrecord import TFRecordWriter
+    from media.tfrecord import TFRecordWriter
 
     builder = root / PUSHT / "0.1.0"
     builder.mkdir(parents=True)
@@ -239,7 +239,7 @@ def write_builder(root: Path, name: str, flat: dict, lengths=(6, 8), text: str =
     import cv2
     import numpy as np
 
-    from pipelines.sources.tfrecord import TFRecordWriter
+    from media.tfrecord import TFRecordWriter
 
     builder = root / name / "0.1.0"
     builder.mkdir(parents=True)

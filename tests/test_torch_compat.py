@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 CODE = """
-import pipelines.torch_compat as tc
+import common.torch_compat as tc
 tc.install_import_hook()
 import torchvision, torch
 torch.ops.torchvision.nms  # the op schema exists either way
@@ -35,11 +35,11 @@ print(torchvision.transforms.v2.Resize(4)(torch.zeros(3, 8, 8)).shape[-1])
 
 def test_third_party_code_imports_torchvision_in_our_venv_without_our_packages(tmp_path):
     """The bootstrap's `install-pth` hook: a process that imports only transformers gets torchvision working."""
-    import pipelines.torch_compat as tc
+    import common.torch_compat as tc
 
     site_dir = tmp_path / "site"
     site_dir.mkdir()
-    made = subprocess.run([sys.executable, "-m", "pipelines.torch_compat", "install-pth", str(site_dir)],
+    made = subprocess.run([sys.executable, "-m", "common.torch_compat", "install-pth", str(site_dir)],
                           capture_output=True, text=True, timeout=120)
     assert made.returncode == 0, made.stderr[-2000:]
     assert (site_dir / tc.PTH_NAME).read_text() == tc.PTH_LINE

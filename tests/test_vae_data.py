@@ -22,7 +22,7 @@ import torch
 from flow_extraction.artifacts import write_flow_artifact
 from latent_action_vae.data import (ActionStats, PairSampler, action_changes, compute_action_stats,
                                     normalise_action_change, stats_from_dict, stats_to_dict)
-from pipelines.config import VAEConfig
+from latent_action_vae.config import VAEConfig
 from pipelines.stages import BadInput
 
 STORE_HW = (12, 10)

@@ -19,7 +19,7 @@ from latent_action_vae.evaluate import (collect, evaluate, information_summary, 
                                         picture_size, select_ridge)
 from latent_action_vae.losses import kl_per_dim
 from latent_action_vae.model import LatentActionVAE
-from pipelines.config import VAEConfig
+from latent_action_vae.config import VAEConfig
 
 D = 14
 

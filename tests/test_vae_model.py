@@ -3,7 +3,7 @@
 import torch
 
 from latent_action_vae.model import LatentActionVAE, build_dcae
-from pipelines.config import VAEConfig
+from latent_action_vae.config import VAEConfig
 
 SMALL = dict(image_size=32, widths=[8, 16, 32, 64, 128], latent_channels=64, hidden=32)
 

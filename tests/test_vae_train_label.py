@@ -206,7 +206,7 @@ def test_audit_flagged_copies_stay_out_of_vae_training_and_evaluation(workdir):
 def test_per_source_balance_gives_each_source_the_same_zero_flow_error():
     from latent_action_vae.losses import reconstruction
     from latent_action_vae.train import source_balance
-    from pipelines.config import VAEConfig
+    from latent_action_vae.config import VAEConfig
 
     vc = VAEConfig(recon_balance="per_source", flow_scale_px=10.0, recon_floor_px=0.05)
     rows = [{"item_id": "ego/a", "source": "ego4d", "mean_px": 4.0, "n_pairs": 10},
@@ -232,7 +232,7 @@ def test_per_source_balance_gives_each_source_the_same_zero_flow_error():
 def test_moving_pixels_weigh_more_and_the_schedule_decays():
     from latent_action_vae.losses import reconstruction
     from latent_action_vae.train import lr_at
-    from pipelines.config import VAEConfig
+    from latent_action_vae.config import VAEConfig
 
     target = torch.zeros(1, 2, 4, 4)
     target[0, 0, 0, :2] = 1.0  # 2 moving pixels of 16

@@ -216,7 +216,7 @@ class BufferPool:
 # --- workers ----------------------------------------------------------------------------------------------------
 
 def worker_init(_worker_id: int) -> None:
-    from pipelines.torch_compat import set_worker_threads
+    from common.torch_compat import set_worker_threads
 
     # torch only: OpenCV's pool is not fork-safe (cv2.setNumThreads in a forked worker can hang in
     # pthread_cond_destroy on the parent's pool), so make_loader sets OpenCV to one thread before the fork

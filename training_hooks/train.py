@@ -32,7 +32,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from manifests.io import atomic_write, atomic_write_text, truncate_metrics_csv
-from pipelines.config import _build, read_yaml_mapping
+from common.config import build_dataclass, read_yaml_mapping
 from training_hooks.data import Batch, SyntheticMotion, TrainBatches, derive_seed, shard_batches
 from training_hooks.evaluation import ACTION_ERRORS, ActionMeans, evaluate, format_eval, window_groups
 from training_hooks.mixture import TIERS, MixtureCounter, format_mixture
@@ -104,7 +104,7 @@ def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> tuple
     data = read_yaml_mapping(path, "trainer config")
     loader = data.pop("loader", None) or {}
     data.update({k: v for k, v in overrides.items() if v is not None})
-    return _build(TrainConfig, data, ""), loader
+    return build_dataclass(TrainConfig, data, ""), loader
 
 
 # --- pieces of the loop -------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ def _dofn(stage: Stage, out_dir: str, torch_threads: int):
 
     class StageDoFn(beam.DoFn):
         def setup(self):
-            from pipelines.torch_compat import install_import_hook, set_worker_threads
+            from common.torch_compat import install_import_hook, set_worker_threads
 
             install_import_hook()
             set_worker_threads(torch_threads)

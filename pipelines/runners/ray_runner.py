@@ -15,13 +15,13 @@ from typing import Any, Iterator, Mapping, Sequence
 import ray
 
 from pipelines.stages import Outcome, Stage, batches, execute_batch
-from pipelines.torch_compat import WORKER_ENV
+from common.torch_compat import WORKER_ENV
 
 
 @ray.remote
 class _StageWorker:
     def __init__(self, stage: Stage, torch_threads: int):
-        from pipelines.torch_compat import install_import_hook, set_worker_threads
+        from common.torch_compat import install_import_hook, set_worker_threads
 
         install_import_hook()
         set_worker_threads(torch_threads)

@@ -39,7 +39,7 @@ import numpy as np
 
 from pipelines.samples.sim_oxe import VIEWS, ArmSim, motion, quat_to_rpy, rpy_to_quat
 from pipelines.samples.sim_task_agnostic import atomic_path as _atomic, write_json as _write_json
-from pipelines.sources.tfrecord import TFRecordWriter, encode_example
+from media.tfrecord import TFRecordWriter, encode_example
 
 VERSION = "0.1.0"
 F32, F64, I32, I64, BOOL = "float32", "float64", "int32", "int64", "bool"

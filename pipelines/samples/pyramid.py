@@ -23,7 +23,7 @@ from typing import Callable
 
 from rich.console import Console
 
-from pipelines.progress import make_console
+from common.progress import make_console
 
 from pipelines.samples import defects as defects_mod
 

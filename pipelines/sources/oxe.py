@@ -41,8 +41,8 @@ Media: frames stay inside the record. `media_uris` hold one URI per camera:
     <shard path>#record=<index in shard>&offset=<byte offset>&key=<feature key>
     e.g. /data/fractal20220817_data/0.1.0/fractal20220817_data-train.tfrecord-00000-of-01024#record=3&offset=918231&key=steps/observation/image
 
-`iter_tfrecord_frames(uri)` yields that camera's frames as RGB uint8 arrays (TFDS encodes RGB arrays as standard
-JPEG/PNG; cv2 decodes to BGR, which is swapped back here). `offset` wins when present; without it the record is
+`media.tfrecord_frames.iter_tfrecord_frames(uri)` yields that camera's frames as RGB uint8 arrays (TFDS encodes RGB
+arrays as standard JPEG/PNG; cv2 decodes to BGR, which is swapped back there). `offset` wins when present; without it the record is
 found by walking the shard's headers up to `record`.
 
 Malformed input: a dataset dir without features.json, a shard missing although dataset_info.json declares it, a
@@ -65,13 +65,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from media.tfrecord import scan_records
+from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, parse_episode, read_episode_record
 from pipelines.media import check_finite, fingerprint
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
-from pipelines.sources.oxe_frames import (_parse, camera_problem, decode_image_rgb, frame_uri,  # noqa: F401
-                                          is_tfrecord_uri, iter_tfrecord_frames, parse_frame_uri, read_episode_record)
 from pipelines.sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
                                         flatten_features, resolve_key_map)
-from pipelines.sources.tfrecord import scan_records
 from pipelines.stages import BadInput
 
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -329,7 +328,7 @@ class OXESource(SourceAdapter):
         km = d["key_map"]
         where = f"{shard.name} record {d['record']}"
         data = read_episode_record(shard, d["record"], d["offset"])
-        feats = _parse(data, where)
+        feats = parse_episode(data, where)
         ep = read_episode(feats, km, where)
         # a camera with empty or undecodable bytes is bad input: the others are used, and it is named in extras
         images, skipped = {}, {}
@@ -404,7 +403,7 @@ class OXESource(SourceAdapter):
         shard = Path(row["input_uri"])
         where = f"{shard.name} record {extras.get('record')}"
         data = read_episode_record(shard, extras.get("record"), extras["offset"])
-        feats = _parse(data, where, set(keys) | {"steps/is_first"})
+        feats = parse_episode(data, where, set(keys) | {"steps/is_first"})
         missing = [k for k in keys if k not in feats]
         if missing:
             raise BadInput(f"missing key {', '.join(missing)} in {where}")

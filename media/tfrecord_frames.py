@@ -1,5 +1,5 @@
-"""Open X-Embodiment frames inside TFRecord shards: `shard#record=N&offset=B&key=K` URIs, reading one episode
-record, decoding its JPEG/PNG camera bytes to RGB without TensorFlow."""
+"""Frames inside TFRecord episode records (RLDS, as Open X-Embodiment ships them): `shard#record=N&offset=B&key=K`
+URIs, reading one episode record, decoding its JPEG/PNG camera bytes to RGB without TensorFlow."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any, Iterator
 import cv2
 import numpy as np
 
-from pipelines.sources.tfrecord import ExampleDecodeError, TFRecordError, parse_example, read_record_at, scan_records
-from pipelines.stages import BadInput
+from common.errors import BadInput
+from media.tfrecord import ExampleDecodeError, TFRecordError, parse_example, read_record_at, scan_records
 
 # ------------------------------------------------------------------------------------------------ media URIs
 
@@ -64,7 +64,7 @@ def read_episode_record(shard: str | Path, record: int | None, offset: int | Non
     return data
 
 
-def _parse(data: bytes, where: str, keys=None) -> dict[str, Any]:
+def parse_episode(data: bytes, where: str, keys=None) -> dict[str, Any]:
     try:
         return parse_example(data, keys)
     except ExampleDecodeError as e:
@@ -91,7 +91,7 @@ def iter_tfrecord_frames(uri: str) -> Iterator[np.ndarray]:
     shard, record, offset, key = parse_frame_uri(uri)
     data = read_episode_record(shard, record, offset)
     where = f"{shard.name} record {record if record is not None else '@' + str(offset)}"
-    feats = _parse(data, where, {key})
+    feats = parse_episode(data, where, {key})
     images = feats.get(key)
     if images is None:
         raise BadInput(f"missing key {key} in {where}")
@@ -103,7 +103,6 @@ def iter_tfrecord_frames(uri: str) -> Iterator[np.ndarray]:
             what = "is empty bytes" if not buf else "does not decode (not JPEG/PNG)"
             raise BadInput(f"{key} step {i} in {where} {what}")
         yield frame
-
 
 
 def camera_problem(images: Any) -> str | None:

@@ -1,0 +1,28 @@
+"""The flow section of the pipeline config: backend, pair spacing, sizes, motion filter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class FlowConfig:
+    backend: str = "dis"  # dis (CPU) | dpflow (ptlflow's DPFlow; GPU in production)
+    sim_for_sim_tiers: bool = False  # exact flow from saved depth/segmentation/poses where an item has them
+    delta_s: float = 0.2  # pair (t, t+Δ) with Δ in seconds, so 12 fps SSv2 and 30 fps Ego4D stay comparable
+    grid: str = "native"  # pair starts: every frame (native) or every Δ (delta)
+    fps: float | None = None  # resample before flow (None: each item's native rate)
+    working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
+    store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
+    store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
+    #   decoder reads it (vae.decoder_condition: frame)
+    camera: int = 0  # which camera of multi-camera items
+    batch_size: int = 8  # pairs per backend call
+    dis_preset: str = "medium"  # ultrafast | fast | medium
+    dpflow_checkpoint: str | None = "things"  # a name (things, sintel, kitti, spring, chairs) or a .ckpt path
+    dpflow_random_init: bool = False  # tests only: never silently random
+    dpflow_allow_download: bool = False
+    num_gpus: float = 0.0  # GPUs per flow worker (set 1 for dpflow on a GPU machine)
+    colour_max_radius: float = 20.0  # px; fixed radius of the flow colour wheel
+    static_pair_px: float = 0.5  # motion filter: a pair whose 99th-percentile flow is below this is near-static
+    max_static_fraction: float = 0.8  # an item with more near-static pairs than this is marked static
