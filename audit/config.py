@@ -52,6 +52,14 @@ class AuditConfig:
     outlier_z: float = 4.0  # an item whose mean latent sits this many source stds from its source's mean, on any dim
     min_items_for_outliers: int = 4  # fewer items in a source: its outliers are not judged
     shard_small_fraction: float = 0.25  # a shard (not the last of its split) below this share of the median size
+    # motion checks (audit/checks/motion.py): each episode against the other episodes of its embodiment
+    min_episodes_for_motion: int = 3  # fewer episodes of an embodiment: idle and frozen dims are not judged
+    idle_fraction: float = 0.05  # idle: every dim's extent below this share of the embodiment's median episode
+    jump_factor: float = 8.0  # a jump: a step beyond this × the embodiment's 95th-percentile |step| of the dim
+    jump_floor: float = 1e-6  # ... and beyond this absolute size (dims that barely move)
+    chatter_step: float = 0.25  # a gripper move counts when its step is at least this share of the gripper's range
+    chatter_reversals: int = 3  # chatter: this many reversals of those moves within one second
+    saturation_min_steps: int = 5  # saturation: a mid-episode run this long at the embodiment's extreme value
     items_per_source_in_report: int = 3  # contact sheets and flow pictures per source
     action_bounds: list[BoundRule] = field(default_factory=_default_bounds)
 

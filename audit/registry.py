@@ -50,14 +50,14 @@ class Outcome:
 @dataclass(frozen=True)
 class Check:
     name: str
-    category: str  # integrity | content | duplicates | splits | labels | shards
+    category: str  # one of CATEGORIES
     severity: str
     explanation: str
     run: Callable[["AuditContext"], Outcome]
 
 
 CHECKS: dict[str, Check] = {}
-CATEGORIES = ("integrity", "content", "duplicates", "splits", "labels", "shards")
+CATEGORIES = ("integrity", "content", "motion", "duplicates", "splits", "labels", "shards")
 
 
 def check(name: str, category: str, severity: str, explanation: str):

@@ -25,8 +25,10 @@ CHROMIUM = Path("/usr/bin/chromium-headless-shell")
 
 @pytest.fixture(scope="module")
 def defect_pyramid(tmp_path_factory, sim_samples):
-    """Task-agnostic, RoboTwin and SSv2 samples with every planted defect, ingested and with flow (a small working
-    canvas keeps DIS quick); no VAE, so the label checks do not run. Read-only for the tests: copy to change."""
+    """Task-agnostic, RoboTwin, SSv2 and a LeRobot v2.1 sample with every planted defect, ingested and with flow (a
+    small working canvas keeps DIS quick); no VAE, so the label checks do not run. Read-only for the tests: copy to
+    change."""
+    from pipelines.samples.lerobot_ds import write_lerobot
     from pipelines.samples.real_clips import write_ssv2
 
     workdir = tmp_path_factory.mktemp("audit_pyramid")
@@ -37,6 +39,8 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     defects.add_robotwin_defects(samples / "robotwin")
     defects.add_duplicate_defects(samples / "task_agnostic" / "aloha_random")
     defects.add_static_ssv2_clip(samples / "ssv2")
+    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 4, seed=1, version="v2.1", size=(48, 64),
+                  damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
     cfg = config(workdir)
     with Catalog(cfg.catalog_path) as cat:
         ingest(cfg, cat, make_runner("local"), progress=False)
@@ -47,7 +51,8 @@ def defect_pyramid(tmp_path_factory, sim_samples):
 def config(workdir):
     cfg = load_config(None, workdir=str(workdir), **{"runner.engine": "local", "flow.working_size": [192, 160],
                                                       "flow.store_size": [48, 40]})
-    cfg.sources = [s for s in cfg.sources if s.kind in ("task_agnostic", "robotwin", "ssv2")]
+    cfg.sources = [s for s in cfg.sources if s.kind in ("task_agnostic", "robotwin", "ssv2")
+                   or s.root.endswith("aloha_demo_v21")]
     return cfg
 
 
@@ -74,8 +79,9 @@ def test_the_audit_finds_every_planted_defect_and_nothing_else(audit_run):
     assert unexpected == {}
     for item_id, checks in found.items():
         assert checks == set(defects.defect_for(item_id).checks), item_id
-    planted_here = {k for k, d in defects.DEFECTS.items() if d.planted and not k.startswith("ego4d")}
-    assert {f"{i.split('/', 1)[0]}/{i.rsplit('/', 1)[1]}" for i in found} == planted_here
+    planted_here = {k for k, d in defects.DEFECTS.items()
+                    if d.planted and not k.startswith(("ego4d", "lerobot/aloha_demo_v3"))}
+    assert {defects.defect_key(i) for i in found} == planted_here
     for r in result.results:
         assert r.status != "crashed", r.crashed
     assert {r.check.name for r in result.results if r.status == "not run"} == {

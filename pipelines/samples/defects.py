@@ -44,16 +44,57 @@ DEFECTS = {
                                            ("near_duplicates", "cross_split_duplicates")),
     # planted by real_clips.write_ego4d: ego4d.json claims a few more frames than one video's mp4 holds
     "ego4d/*": Defect("ego4d.json over-counts the frames of one video", ("stream_matches_metadata",)),
+    # planted in the LeRobot samples' actions as they are written (LEROBOT_ACTION_DEFECTS), so stats agree
+    "lerobot/aloha_demo_v3/episode_000001": Defect("the robot stands still: every action is the first one",
+                                                   ("idle_actions",)),
+    "lerobot/aloha_demo_v3/episode_000002": Defect("the left gripper flips open/closed every step for 10 steps",
+                                                   ("gripper_chatter",)),
+    "lerobot/aloha_demo_v21/episode_000000": Defect("one arm joint written as a constant", ("frozen_action_dims",)),
+    "lerobot/aloha_demo_v21/episode_000001": Defect("one step of a joint jumps by 1.5 rad and back",
+                                                    ("action_jumps",)),
+    "lerobot/aloha_demo_v21/episode_000002": Defect("a joint's bump clipped at 2 rad for several steps",
+                                                    ("action_saturation",)),
+    "lerobot/aloha_demo_v21/episode_000003": Defect("the same joint clipped at the same 2 rad",
+                                                    ("action_saturation",)),
 }
+# dataset folder → {episode index: damage}: what `damage_actions` does to the LeRobot samples' actions
+LEROBOT_ACTION_DEFECTS = {"aloha_demo_v3": {1: "idle", 2: "chatter"},
+                          "aloha_demo_v21": {0: "frozen", 1: "jump", 2: "saturation", 3: "saturation"}}
 
 STATIC_SSV2_ID = "990001"
 EXACT_COPY, NEAR_COPY = "episode_900004", "episode_900003"
 
 
-def defect_for(item_id: str) -> Defect | None:
-    """The known defect of a catalog item id (source/.../name), if any."""
+def defect_key(item_id: str) -> str | None:
+    """The `DEFECTS` key of a catalog item id (source/.../name): the id itself, `source/name` or `source/*`."""
     source, _, rest = item_id.partition("/")
-    return DEFECTS.get(f"{source}/{rest.rsplit('/', 1)[-1]}") or DEFECTS.get(f"{source}/*")
+    return next((k for k in (item_id, f"{source}/{rest.rsplit('/', 1)[-1]}", f"{source}/*") if k in DEFECTS), None)
+
+
+def defect_for(item_id: str) -> Defect | None:
+    """The known defect of a catalog item id, if any."""
+    key = defect_key(item_id)
+    return DEFECTS[key] if key else None
+
+
+def damage_actions(action: np.ndarray, damage: str) -> np.ndarray:
+    """A damaged copy of one episode's absolute joint targets [T, 14] (ALOHA order: 6 joints + gripper per arm)."""
+    a = np.array(action, np.float32)
+    mid = len(a) // 2
+    if damage == "idle":
+        a[:] = a[0]
+    elif damage == "chatter":
+        a[mid - 5:mid + 5, 6] = a[mid, 6] + np.where(np.arange(10) % 2 == 0, 0.8, -0.8)
+    elif damage == "frozen":
+        a[:, 3] = a[:, 3].mean()
+    elif damage == "jump":
+        a[mid, 1] += 1.5
+    elif damage == "saturation":
+        bump = 5.0 * np.clip(1 - np.abs(np.arange(len(a)) - mid) / 10, 0, None)  # a 20-step tent up to +5 rad
+        a[:, 0] = np.minimum(a[:, 0] + bump, 2.0)
+    else:
+        raise ValueError(f"unknown action damage {damage!r}")
+    return a
 
 
 def truncate_file(path: Path, keep_fraction: float = 0.5) -> None:

@@ -175,9 +175,19 @@ def _replace_dir(root: Path) -> Iterator[Path]:
 
 def write_lerobot(root: str | Path, n_episodes: int, seed: int = 0, version: str = "v3.0",
                   frames_from: Path | None = None, *, fps: int = 30, size: tuple[int, int] = (96, 128),
-                  wrists: bool = False, actions: str = "absolute") -> Path:
-    """Write a small LeRobot dataset at `root` (its folder name is the repo name) and return `root`."""
+                  wrists: bool = False, actions: str = "absolute", damage: dict[int, str] | None = None) -> Path:
+    """Write a small LeRobot dataset at `root` (its folder name is the repo name) and return `root`. `damage`:
+    episode index → a planted action defect (`defects.damage_actions`; absolute actions only)."""
     episodes = sample_episodes(n_episodes, seed, fps, size, wrists, frames_from, actions)
+    for index, kind in (damage or {}).items():
+        if actions != "absolute":
+            raise ValueError("planted action defects need absolute actions")
+        if index < len(episodes):  # the state follows the damaged command one step later, as the samples' servo
+            from pipelines.samples.defects import damage_actions
+
+            ep = episodes[index]
+            ep.action = damage_actions(ep.action, kind)
+            ep.state = np.vstack([ep.action[:1], ep.action[:-1]]).astype(np.float32)
     cameras = [HEAD] + (list(WRISTS) if wrists else [])
     root = Path(root)
     with _replace_dir(root) as tmp:

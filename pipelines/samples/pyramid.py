@@ -37,13 +37,14 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 5  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
-                     # 5: an AnyPos/ATARA-layout set
+SAMPLES_VERSION = 6  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
+                     # 5: an AnyPos/ATARA-layout set; 6: task-agnostic walks bounce off their box, planted
+                     # LeRobot action defects
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
     return {"task_agnostic": 16 * scale, "robotwin": 4 * scale, "ssv2": 8 * scale, "ego4d": 2 * scale, "oxe": 4 * scale,
-            "lerobot": 3 * scale, "anypos": 2 * scale}
+            "lerobot": 4 * scale, "anypos": 2 * scale}
 
 
 def _first_episode_video(root: Path) -> Path | None:
@@ -93,10 +94,10 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         # RLDS episodes (fractal layout) rendered from an arm that the episodes' delta actions move
         ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed)),
         ("lerobot", lambda: [
-            write_lerobot(root / "lerobot" / "aloha_demo_v3", sizes["lerobot"], seed=seed, version="v3.0",
-                          frames_from=_first_episode_video(root), size=(120, 160)),
-            write_lerobot(root / "lerobot" / "aloha_demo_v21", sizes["lerobot"], seed=seed + 1, version="v2.1",
-                          frames_from=_first_episode_video(root), size=(120, 160)),
+            write_lerobot(root / "lerobot" / name, sizes["lerobot"], seed=seed + k, version=version,
+                          frames_from=_first_episode_video(root), size=(120, 160),
+                          damage=defects_mod.LEROBOT_ACTION_DEFECTS[name] if defects else None)
+            for k, (name, version) in enumerate((("aloha_demo_v3", "v3.0"), ("aloha_demo_v21", "v2.1")))
         ]),
     ]
     # what the writers return: episode folders/files, except oxe (shards) and lerobot (one folder per dataset)

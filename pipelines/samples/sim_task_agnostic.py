@@ -219,6 +219,13 @@ def command_to_ctrl(action: np.ndarray) -> np.ndarray:
     return np.concatenate([action[0:6], [g[0], -g[0]], action[7:13], [g[1], -g[1]]])
 
 
+def reflect(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """x folded back into [lo, hi] at its edges: a walk that bounces off its box instead of sticking to the edge
+    (clipping held joints at their limit for seconds, which the audit reads as saturated actions)."""
+    width = np.maximum(hi - lo, 1e-12)
+    return lo + width - np.abs(np.mod(x - lo, 2 * width) - width)
+
+
 class RandomJointTargets:
     """Smooth random 14-d joint commands: a new target every ``hold`` frames, smoothstep in between.
 
@@ -286,7 +293,7 @@ class RandomJointTargets:
         new = here.copy() if walk else self.start16[np.r_[0:6, 8:14]].copy()
         for _ in range(MAX_TARGET_TRIES):
             if walk:
-                cand = np.clip(here + self.step * self.rng.uniform(-1.0, 1.0, 12), self.lo, self.hi)
+                cand = reflect(here + self.step * self.rng.uniform(-1.0, 1.0, 12), self.lo, self.hi)
             else:
                 cand = self.rng.uniform(self.lo, self.hi)
             if self._acceptable(cand):
