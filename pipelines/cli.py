@@ -262,6 +262,33 @@ def export_motus_cmd(
                       highlight=False)
 
 
+@export_app.command("lerobot")
+def export_lerobot_cmd(
+    out: Path = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width into."),
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train)."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="Task of clips without language; {embodiment}, "
+                                          "{source}, {tier} are filled in (default: '{embodiment} robot: random joint exploration')."),
+):
+    """Export the shards as LeRobot v3.0 datasets (lerobot's writer): video, real actions, latent actions, tasks, stats."""
+    from pipelines.export import DEFAULT_CAPTION
+    from pipelines.export_lerobot import LATENT, export_lerobot
+
+    cfg = _config(config, workdir)
+    root = shards or cfg.path(cfg.shards.output)
+    try:
+        report = export_lerobot(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2)
+    for name, g in report.datasets.items():
+        action = f"action [{g.action_dim}]" if g.action_dim else "no real actions"
+        console.print(f"{report.out / name}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
+                      f"{LATENT} [{g.latent_dim}]", highlight=False)
+
+
 @app.command()
 def train(
     shards: Path = typer.Option(..., "--shards", help="Shard root (the folder with index.json), e.g. demo_run/shards."),
