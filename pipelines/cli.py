@@ -239,6 +239,8 @@ def export_motus_cmd(
     caption: Optional[str] = typer.Option(None, "--caption", help="Instruction for clips without language; "
                                           "{embodiment}, {source}, {tier} are filled in (default: "
                                           "'{embodiment} robot: random joint exploration')."),
+    allow_text_width: bool = typer.Option(False, "--allow-text-width", help="Export language embeddings that are not "
+                                          "4096 wide (the released Motus's text layer takes UMT5-XXL's 4096)."),
 ):
     """Export the shards to the folder layout the released Motus stage-2 loader reads."""
     from pipelines.export import DEFAULT_CAPTION, export_motus
@@ -246,13 +248,17 @@ def export_motus_cmd(
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
+        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION,
+                              allow_text_width=allow_text_width)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
     console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {report.out}; "
                   f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
+    if not report.motus_width:
+        console.print(f"[yellow]note:[/yellow] E={report.embedding_dim} (--allow-text-width): the released Motus's text "
+                      "layer takes 4096; change its text_embedding before training on this export", highlight=False)
     if report.short:
         from pipelines.export import MOTUS_WINDOW_FRAMES
 
