@@ -94,3 +94,13 @@ def test_clips_without_actions_form_their_own_dataset_and_a_reexport_replaces_th
     assert again.datasets["aloha-30fps"].item_ids == ["arm/0", "arm/1", "arm/val"]
     assert json.loads((out / "export.json").read_text())["datasets"]["aloha-30fps"]["episodes"] == 3
     assert not list(out.parent.glob(".lerobot.staging-*")) and not (out / "aloha-30fps" / "images").exists()
+
+
+def test_two_action_spaces_under_one_embodiment_stop_the_export_before_writing(tmp_path):
+    clips = [index_coded_clip("arm/0", 12, action_dim=14), index_coded_clip("arm/1", 12, action_dim=7)]
+    write_shard_set(tmp_path / "shards", clips, stats={"split": "train", "actions": {}})  # no stats over both widths
+    with pytest.raises(ValueError, match=r"aloha-30fps: arm/1 has action_dim 7, arm/0 has 14"):
+        export_lerobot(tmp_path / "shards", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match="empty instruction"):
+        export_lerobot(tmp_path / "shards", tmp_path / "out", caption=" ")
