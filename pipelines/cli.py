@@ -239,6 +239,8 @@ def export_motus_cmd(
     caption: Optional[str] = typer.Option(None, "--caption", help="Instruction for clips without language; "
                                           "{embodiment}, {source}, {tier} are filled in (default: "
                                           "'{embodiment} robot: random joint exploration')."),
+    allow_text_width: bool = typer.Option(False, "--allow-text-width", help="Export language embeddings that are not "
+                                          "4096 wide (the released Motus's text layer takes UMT5-XXL's 4096)."),
 ):
     """Export the shards to the folder layout the released Motus stage-2 loader reads."""
     from pipelines.export import DEFAULT_CAPTION, export_motus
@@ -246,13 +248,17 @@ def export_motus_cmd(
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
+        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION,
+                              allow_text_width=allow_text_width)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
         err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
     console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {report.out}; "
                   f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
+    if not report.motus_width:
+        console.print(f"[yellow]note:[/yellow] E={report.embedding_dim} (--allow-text-width): the released Motus's text "
+                      "layer takes 4096; change its text_embedding before training on this export", highlight=False)
     if report.short:
         from pipelines.export import MOTUS_WINDOW_FRAMES
 
@@ -260,6 +266,33 @@ def export_motus_cmd(
                       f"frames: 8 video frames every 6) and will be skipped by its loader; listed in export.json "
                       f"(shorter_than_window): {', '.join(report.short[:5])}{' ...' if len(report.short) > 5 else ''}",
                       highlight=False)
+
+
+@export_app.command("lerobot")
+def export_lerobot_cmd(
+    out: Path = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width into."),
+    config: Optional[Path] = ConfigOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
+    split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train)."),
+    caption: Optional[str] = typer.Option(None, "--caption", help="Task of clips without language; {embodiment}, "
+                                          "{source}, {tier} are filled in (default: '{embodiment} robot: random joint exploration')."),
+):
+    """Export the shards as LeRobot v3.0 datasets (lerobot's writer): video, real actions, latent actions, tasks, stats."""
+    from pipelines.export import DEFAULT_CAPTION
+    from pipelines.export_lerobot import LATENT, export_lerobot
+
+    cfg = _config(config, workdir)
+    root = shards or cfg.path(cfg.shards.output)
+    try:
+        report = export_lerobot(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2)
+    for name, g in report.datasets.items():
+        action = f"action [{g.action_dim}]" if g.action_dim else "no real actions"
+        console.print(f"{report.out / name}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
+                      f"{LATENT} [{g.latent_dim}]", highlight=False)
 
 
 @app.command()

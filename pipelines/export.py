@@ -12,6 +12,8 @@ refuses an empty instruction ("Empty instruction text"), so a clip without langu
 gets one caption line — `caption`, by default naming the embodiment and "random joint exploration", as AnyPos
 captions its data — with one all-zero [1, E] embedding (the same no-text conditioning as before). Its episode
 caches (`cached_episodes*.pkl`) are deleted on export, or a re-export would be read with a stale episode list.
+Motus feeds the embeddings into Wan's `text_embedding`, a Linear 4096 → 3072, so embeddings of another width (the
+default MiniLM's 384) stop the export unless `allow_text_width` (for a Motus whose text layer was changed).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from manifests.io import atomic_write, atomic_write_text
 from training_hooks.shard_format import (SHARDS_FORMAT, decode_sample, encode_mp4, group_samples, read_tar)
 
 MOTUS_FOLDERS = ("videos", "metas", "latent_action_dim14", "umt5_wan", "qpos")
-DEFAULT_EMBEDDING_DIM = 384
+# the width of the released Motus's text input: UMT5-XXL states into Wan's text_embedding, a Linear 4096 -> 3072
+MOTUS_TEXT_DIM = 4096
 # the instruction of a clip without language; {embodiment}, {source} and {tier} are filled in per clip
 DEFAULT_CAPTION = "{embodiment} robot: random joint exploration"
 # the released Motus stage-2 window: 8 video frames every 6 frames, plus the condition frame; shorter clips are
@@ -64,6 +67,10 @@ class ExportReport:
     encoder: str | None
     short: list[str] = field(default_factory=list)  # item ids with fewer frames than MOTUS_WINDOW_FRAMES
 
+    @property
+    def motus_width(self) -> bool:
+        return self.embedding_dim == MOTUS_TEXT_DIM
+
 
 def _save_torch(path: Path, obj: Any) -> None:
     import torch
@@ -93,20 +100,34 @@ def caption_for(meta: dict[str, Any], caption: str = DEFAULT_CAPTION) -> str:
     return text
 
 
+def check_text_width(dim: int, encoder: str | None, allow_text_width: bool = False) -> None:
+    """Embeddings the released Motus cannot take are an error before anything is written, unless allowed."""
+    if dim != MOTUS_TEXT_DIM and not allow_text_width:
+        raise ValueError(
+            f"the shards' language embeddings are {dim} wide ({encoder}), but the released Motus feeds umt5_wan/*.pt "
+            f"into Wan's text_embedding, a Linear {MOTUS_TEXT_DIM} -> 3072, so training would fail with 'mat1 and mat2 "
+            f"shapes cannot be multiplied'. Shard with `shards.language_encoder: umt5` and `shards.language_encoder_path`"
+            f" set to a local UMT5-XXL encoder folder (E = {MOTUS_TEXT_DIM}), or pass --allow-text-width "
+            f"(allow_text_width=True) for a Motus whose text layer takes {dim}")
+
+
 def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...] | None = ("train",),
-                 on_item: Callable[[str], None] | None = None, caption: str = DEFAULT_CAPTION) -> ExportReport:
+                 on_item: Callable[[str], None] | None = None, caption: str = DEFAULT_CAPTION,
+                 allow_text_width: bool = False) -> ExportReport:
     """Write the shards of `splits` (train by default: the Motus loader has no notion of splits, so a tree is one
     split; None exports every split into one tree) to the Motus layout under `out`. Clips without language get
-    `caption` (see `caption_for`) as their instruction."""
+    `caption` (see `caption_for`) as their instruction. Embeddings must be `MOTUS_TEXT_DIM` wide unless
+    `allow_text_width`; shards without any language get zero embeddings of that width."""
     import torch
 
     index = read_shard_index(shard_root)
     out = Path(out)
     caption_for({}, caption)  # a template that gives an empty text fails before anything is written
+    language = index["stats"].get("language") or {}
+    dim = int(language.get("dim") or MOTUS_TEXT_DIM)
+    check_text_width(dim, language.get("encoder"), allow_text_width)
     _clear_previous_export(out)
     stems: dict[tuple[str, str], str] = {}
-    language = index["stats"].get("language") or {}
-    dim = int(language.get("dim") or DEFAULT_EMBEDDING_DIM)
     per_source: dict[str, int] = {}
     items = []
     for sh in index["shards"]:
@@ -130,6 +151,9 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
             lines = sample.lines or [caption_for(meta, caption)]
             atomic_write_text(root / "metas" / f"{stem}.txt", "\n".join(lines) + "\n")
             _save_torch(root / "latent_action_dim14" / f"{stem}.pt", torch.from_numpy(sample.latent_action.astype(np.float32)))
+            if sample.language and any(e.shape[1] != dim for e in sample.language):
+                raise ValueError(f"{meta['item_id']}: language embeddings {sample.language[0].shape[1]} wide, the shard "
+                                 f"index says {dim} ({language.get('encoder')}): reshard with one encoder")
             embeddings = ([torch.from_numpy(e.astype(np.float32)) for e in sample.language] if sample.language
                           else [torch.zeros(1, dim) for _ in lines])
             _save_torch(root / "umt5_wan" / f"{stem}.pt", embeddings)

@@ -37,6 +37,8 @@ def ray_session():
     """One local Ray instance for all Ray tests (starting Ray costs seconds)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    from pipelines.runners.ray_runner import init_ray
+
+    init_ray(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()

@@ -117,3 +117,21 @@ def test_rerun_skips_done_and_quarantined_redoes_failed_and_changed(tmp_path, en
         assert len(rows) == 8  # no duplicate rows, ever
         attempts = {r["item_id"]: r["attempts"] for r in rows}
         assert attempts["toy/5"] == 3 and attempts["toy/2"] == 2 and attempts["toy/0"] == 1
+
+
+def test_a_local_ray_start_keeps_token_auth_without_its_warning(tmp_path):
+    """Ray 2.60 turns token auth on for a local `ray.init()` and logs a warning on every start: the local default
+    keeps the auth and drops the line (a fresh process, HOME in tmp so Ray's generated token stays there)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, ray\nfrom pipelines.runners.ray_runner import RayRunner\n"
+            "RayRunner(num_cpus=1)._ensure_started()\nprint('auth', os.environ.get('RAY_AUTH_MODE'))\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "RAY_AUTH_TOKEN")}
+    env.update(HOME=str(tmp_path), RAY_USAGE_STATS_ENABLED="0", PYTHONPATH=os.getcwd())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "auth token" in out.stdout  # Ray's default for a local instance is kept
+    assert "Token authentication" not in out.stderr + out.stdout
+    assert (tmp_path / ".ray" / "auth_token").exists()

@@ -159,7 +159,7 @@ def test_plan_orders_by_stable_hash_and_respects_the_target_size():
 def test_export_writes_the_motus_stage2_layout(labelled, tmp_path):
     cfg, report = labelled
     out = tmp_path / "motus"
-    result = export_motus(report.root, out, splits=None)  # every split into one tree
+    result = export_motus(report.root, out, splits=None, allow_text_width=True)  # every split into one tree
     assert result.per_source == {"robotwin": 2, "task_agnostic": 3} and result.embedding_dim == 384
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         items = cat.items().to_pylist()
@@ -211,14 +211,76 @@ def test_umt5_encoder_loads_from_a_local_folder(tmp_path):
         load_text_encoder("umt5", tmp_path / "missing")
 
 
+def tiny_umt5(folder: Path, words: list[str]) -> Path:
+    """A random UMT5 encoder as wide as UMT5-XXL (d_model 4096, Motus's text width) and tiny otherwise (1 layer, 2
+    heads, d_ff 16), with a word-level tokenizer over `words` (others are <unk>), saved as a transformers folder."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "</s>", "<unk>", *sorted(set(words))])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", pad_token="<pad>",
+                                         eos_token="</s>").save_pretrained(folder)
+    config = transformers.UMT5Config(vocab_size=len(vocab), d_model=4096, d_kv=8, d_ff=16, num_layers=1, num_heads=2,
+                                     pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(0)
+    transformers.UMT5EncoderModel(config).save_pretrained(folder)
+    return folder
+
+
+def test_umt5_shards_export_4096_wide_embeddings_that_the_released_loader_reads(labelled, tmp_path):
+    from tests.motus_reader import instruction, read_episode, scan_episodes
+
+    cfg, report = labelled
+    # the MiniLM shards (E 384) cannot feed the released Motus's Linear 4096 -> 3072: the export says so
+    with pytest.raises(ValueError, match="Linear 4096 -> 3072.*allow-text-width"):
+        export_motus(report.root, tmp_path / "narrow")
+    assert not (tmp_path / "narrow").exists()
+    # shard a copy of the workdir (the catalog stores relative paths) with a local UMT5 folder
+    work = tmp_path / "work"
+    shutil.copytree(cfg.path("."), work)
+    encoder = tiny_umt5(tmp_path / "umt5", ["beat", "the", "block", "with", "hammer", "pick", "cube"])
+    umt5_cfg = load_config(None, workdir=str(work), **TINY, **{"shards.language_encoder": "umt5",
+                                                               "shards.language_encoder_path": str(encoder)})
+    umt5_cfg.sources = cfg.sources
+    with Catalog(umt5_cfg.catalog_path) as cat:
+        shards = run_shard(umt5_cfg, cat, make_runner("local"), progress=False)
+        items = {motus_stem(r["item_id"]): r for r in cat.items().to_pylist()}
+    result = export_motus(shards.root, tmp_path / "motus", splits=None)
+    assert result.embedding_dim == 4096 and result.encoder == "umt5:umt5" and result.motus_width
+    episodes = scan_episodes(tmp_path / "motus")
+    assert sorted(ep["video"].stem for ep in episodes) == sorted(items) and len(episodes) == 5
+    for ep in episodes:
+        item = items[ep["video"].stem]
+        language = torch.load(ep["lang"])
+        lines = ep["text"].read_text().splitlines()
+        assert isinstance(language, list) and len(language) == len(lines)  # index i picks line i
+        assert all(e.dtype == torch.float32 and e.ndim == 2 and e.shape[1] == 4096 for e in language)
+        if item["language"]:  # real token states, one row per word and </s>-less word-level tokens
+            assert [e.shape[0] for e in language] == [len(line.split()) for line in lines] and language[0].abs().sum() > 0
+        else:  # the caption's no-text conditioning
+            assert [tuple(e.shape) for e in language] == [(1, 4096)] and not language[0].any()
+        sample = read_episode(ep)
+        assert sample is not None and sample["instruction"] == lines[sample["language_index"]].strip() != ""
+        assert torch.equal(sample["language_embedding"], language[sample["language_index"]])
+        assert sample["action_sequence"].shape == (8, 14) and sample["action_sequence"].dtype == torch.float32
+        assert sample["video_frames"].shape == (8, 384, 320, 3) and sample["first_frame"].shape == (384, 320, 3)
+        assert sample["video_frame_count"] == sample["latent_rows"] + 1 == item["frame_count"]
+    # the check our captions exist for: an empty metas file is refused by the loader
+    episodes[0]["text"].write_text("\n  \n")
+    with pytest.raises(ValueError, match="Empty instruction text"):
+        instruction(episodes[0]["text"], 0)
+
+
 def test_export_defaults_to_train_replaces_a_previous_export_and_refuses_other_folders(labelled, tmp_path):
     cfg, report = labelled
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         train_ids = {r["item_id"] for r in cat.items().to_pylist() if r["split"] == "train"}
     out = tmp_path / "motus"
-    everything = export_motus(report.root, out, splits=None)
+    everything = export_motus(report.root, out, splits=None, allow_text_width=True)
     assert sum(everything.per_source.values()) == 5
-    train_only = export_motus(report.root, out)  # re-export into the same folder: the old tree goes
+    train_only = export_motus(report.root, out, allow_text_width=True)  # re-export into the same folder: the old tree goes
     exported = {i["item_id"] for i in json.loads((out / "export.json").read_text())["items"]}
     assert exported == train_ids and sum(train_only.per_source.values()) == len(train_ids) < 5
     videos = sorted(p.stem for p in out.glob("*/videos/*.mp4"))
@@ -228,19 +290,19 @@ def test_export_defaults_to_train_replaces_a_previous_export_and_refuses_other_f
     for cache in caches:
         cache.write_bytes(b"stale")
     again = tmp_path / "motus_again"
-    export_motus(report.root, again)
-    export_motus(report.root, out)
+    export_motus(report.root, again, allow_text_width=True)
+    export_motus(report.root, out, allow_text_width=True)
     assert not any(c.exists() for c in caches)
     files = sorted(p.relative_to(out) for p in out.rglob("*") if p.is_file())
     assert files == sorted(p.relative_to(again) for p in again.rglob("*") if p.is_file())
     assert all((out / f).read_bytes() == (again / f).read_bytes() for f in files)  # byte-identical exports
     with pytest.raises(ValueError, match="empty instruction"):
-        export_motus(report.root, tmp_path / "no_caption", caption="  ")
+        export_motus(report.root, tmp_path / "no_caption", caption="  ", allow_text_width=True)
     foreign = tmp_path / "not_an_export"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="export.json"):
-        export_motus(report.root, foreign)
+        export_motus(report.root, foreign, allow_text_width=True)
     assert (foreign / "notes.txt").read_text() == "keep me"
 
 

@@ -35,6 +35,29 @@ class _StageWorker:
         return execute_batch(self.stage, tasks, self.context)
 
 
+# Ray >= 2.5x turns token authentication on for a local `ray.init()` when RAY_AUTH_MODE is unset, and logs a
+# warning saying so on every start; the local default keeps Ray's choice and drops only that line
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+_AUTH_ENABLED_NOTE = "Token authentication is enabled for this Ray cluster"
+
+
+def _not_the_auth_note(record: logging.LogRecord) -> bool:
+    return _AUTH_ENABLED_NOTE not in record.getMessage()
+
+
+def init_ray(**kwargs: Any) -> None:
+    """`ray.init(**kwargs)`; a local instance (no address) starts without the token-auth note. A cluster's own
+    messages (a missing token, auth disabled) still show."""
+    local = not kwargs.get("address") and not os.environ.get("RAY_ADDRESS")
+    log = logging.getLogger(_AUTH_LOGGER)
+    if local:
+        log.addFilter(_not_the_auth_note)
+    try:
+        ray.init(**kwargs)
+    finally:
+        log.removeFilter(_not_the_auth_note)
+
+
 class RayRunner:
     name = "ray"
 
@@ -61,7 +84,7 @@ class RayRunner:
             kwargs["address"] = self.address
         else:
             kwargs["num_cpus"] = self.num_cpus or os.cpu_count()
-        ray.init(**kwargs)
+        init_ray(**kwargs)
         self._started_here = True
 
     def pool_size(self, stage: Stage, n_batches: int) -> int:
