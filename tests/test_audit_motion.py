@@ -89,3 +89,9 @@ def test_chatter_counts_reversals_per_second_of_its_own_clock():
     episodes[0] = damage_actions(episodes[0], "chatter")
     assert list(motion.chatter(group(episodes, fps=30), AuditConfig())) == ["ds/episode_0"]
     assert motion.chatter(group(episodes, fps=2), AuditConfig()) == {}
+
+
+def test_longest_inner_run_ignores_runs_at_the_ends():
+    assert motion.longest_inner_run(np.array([1, 1, 0, 1, 1, 1, 0, 1, 1, 1, 1], bool)) == 3
+    assert motion.longest_inner_run(np.array([0, 1, 1, 0], bool)) == 2
+    assert motion.longest_inner_run(np.ones(5, bool)) == 0 and motion.longest_inner_run(np.zeros(5, bool)) == 0

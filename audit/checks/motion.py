@@ -116,11 +116,13 @@ def saturated(group: list[Motion], s: AuditConfig) -> dict[str, str]:
     highest target of all is a hold, not a clip: the extreme of continuous data is reached once; copies of that
     episode are the duplicate checks' business.)"""
     stacked = np.concatenate([m.actions for m in group])
+    ends = np.cumsum([len(m.actions) for m in group])
     found: dict[str, list[str]] = {}
     for d in np.nonzero(~group[0].gripper)[0]:
         for edge, name in ((stacked[:, d].max(), "maximum"), (stacked[:, d].min(), "minimum")):
-            runs = {m.item_id: longest_inner_run(np.abs(m.actions[:, d] - edge) <= 1e-9 * max(1.0, abs(edge)))
-                    for m in group}
+            at = np.abs(stacked[:, d] - edge) <= 1e-9 * max(1.0, abs(edge))
+            touching = np.unique(np.searchsorted(ends, np.nonzero(at)[0], side="right"))  # episodes reaching it
+            runs = {group[i].item_id: longest_inner_run(at[ends[i] - len(group[i].actions):ends[i]]) for i in touching}
             held = {i: run for i, run in runs.items() if run >= s.saturation_min_steps}
             if len({m.actions.tobytes() for m in group if m.item_id in held}) < 2:
                 continue
@@ -134,14 +136,10 @@ def saturated(group: list[Motion], s: AuditConfig) -> dict[str, str]:
 
 def longest_inner_run(flags: np.ndarray) -> int:
     """The longest run of True that touches neither end of the sequence (rest poses at the ends are fine)."""
-    best, start = 0, None
-    for i, f in enumerate(flags):
-        if f and start is None:
-            start = i
-        elif not f and start is not None:
-            best = max(best, i - start) if start > 0 else best
-            start = None
-    return best
+    edges = np.diff(np.concatenate([[0], np.asarray(flags, np.int8), [0]]))
+    starts, ends = np.nonzero(edges == 1)[0], np.nonzero(edges == -1)[0]
+    inner = (starts > 0) & (ends < len(flags))
+    return int((ends - starts)[inner].max()) if inner.any() else 0
 
 
 # --------------------------------------------------------------------------------------------- the checks
