@@ -47,17 +47,33 @@ class ActionMeans:
         return {k: [t.tolist(), n] for k, (t, n) in self.sums.items()}
 
 
-# action errors per evaluation: one sample (eval_steps Euler steps) and the posterior mean (one step from t=1,
-# x0 = ε − v: the model's E[actions | inputs]); idm_swapped gives IDM another window's future frames (a model
-# that reads the video gets worse); zero and embodiment_mean are the baselines
+# action errors per evaluation: one sample (eval_steps Euler steps) and the posterior mean E[actions | inputs]
+# (the average of `mean_samples` samples of `mean_steps` Euler steps; with mean_samples 1, one step from t=1,
+# x0 = ε − v); idm_swapped gives IDM another window's future frames (a model that reads the video gets worse);
+# zero and embodiment_mean are the baselines
 ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean")
 
 
 @torch.no_grad()
+def posterior_mean(sample, first: torch.Tensor, video: torch.Tensor | None, cond: dict[str, Any], samples: int,
+                   steps: int) -> torch.Tensor:
+    """E[actions | inputs] of a sampling mode (`model.vla` or `model.idm`): the mean of `samples` samples drawn in
+    one batch, each of `steps` Euler steps; `samples` 1 takes one step from t=1 instead (x0 = ε − v), which needs
+    the network to pass the noise through exactly and reads high on an undertrained model."""
+    if samples <= 1:
+        return sample(first, video, num_steps=1, **cond) if video is not None else sample(first, num_steps=1, **cond)
+    rep = {k: v.repeat_interleave(samples, 0) if torch.is_tensor(v) else v for k, v in cond.items()}
+    inputs = [first.repeat_interleave(samples, 0)] + ([video.repeat_interleave(samples, 0)] if video is not None else [])
+    out = sample(*inputs, num_steps=steps, **rep)
+    return out.view(first.shape[0], samples, *out.shape[1:]).mean(1)
+
+
 def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: int = 0,
-             action_means: dict[str, torch.Tensor] | None = None, max_windows: int | None = None) -> dict[str, Any]:
+             action_means: dict[str, torch.Tensor] | None = None, max_windows: int | None = None,
+             mean_samples: int = 8, mean_steps: int = 4) -> dict[str, Any]:
     """Mean squared errors over held-out windows, overall, per tier and per embodiment (`window_groups`): the
-    actions of VLA (frame + language) and IDM (+ the clean video), each as one sample and as the posterior mean,
+    actions of VLA (frame + language) and IDM (+ the clean video), each as one sample and as the posterior mean
+    (`posterior_mean`: `mean_samples` samples of `mean_steps` steps averaged),
     IDM on swapped video, the zero and per-embodiment-mean baselines (`action_means`, from training; None: the
     means of these windows), and WM video (from clean actions; at the working resolution, so upsampling blur does
     not count). The sampling noise is seeded, so evaluations at different steps are comparable."""
@@ -82,12 +98,13 @@ def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: 
             return ((pred - actions) ** 2).mean(dim=(1, 2))
 
         errors = {"vla": err(model.vla(first, num_steps=num_steps, **cond)),
-                  "vla_mean": err(model.vla(first, num_steps=1, **cond)),
+                  "vla_mean": err(posterior_mean(model.vla, first, None, cond, mean_samples, mean_steps)),
                   "idm": err(model.idm(first, video, num_steps=num_steps, **cond)),
-                  "idm_mean": err(model.idm(first, video, num_steps=1, **cond)),
+                  "idm_mean": err(posterior_mean(model.idm, first, video, cond, mean_samples, mean_steps)),
                   "zero": err(torch.zeros_like(actions))}
         if B > 1:  # another window's future frames (the next one in the batch)
-            errors["idm_swapped"] = err(model.idm(first, video.roll(1, dims=0), num_steps=1, **cond))
+            errors["idm_swapped"] = err(posterior_mean(model.idm, first, video.roll(1, dims=0), cond, mean_samples,
+                                                       mean_steps))
         target = model.patches_to_frames(model.frames_to_patches(video))
         wm = model.wm(first, actions, full_size=False, num_steps=num_steps, **cond)
         video_sum += F.mse_loss(wm, target, reduction="sum").item()

@@ -66,6 +66,8 @@ class TrainConfig:
     eval_every: int = 200
     eval_windows: int = 64  # held-out windows per evaluation (the val stream is read again if it holds fewer)
     eval_steps: int = 10  # Euler steps when sampling for evaluation
+    eval_mean_samples: int = 8  # posterior mean = the average of this many samples (1: one step from t=1) ...
+    eval_mean_steps: int = 4  # ... of this many Euler steps each
     # held-out shard splits evaluated (those present); both, since a small val split can miss whole tiers
     eval_splits: list[str] = field(default_factory=lambda: ["val", "test"])
     seed: int = 0
@@ -80,7 +82,8 @@ class TrainConfig:
         if self.init_from is not None and self.stage != 3:
             raise ValueError("init_from (a stage-2 checkpoint) is for stage 3")
         at_least = {"steps": 0, "batch_size": 1, "warmup_steps": 0, "log_every": 1, "checkpoint_every": 1,
-                    "eval_every": 1, "eval_windows": 0, "eval_steps": 1, "threads": 1}
+                    "eval_every": 1, "eval_windows": 0, "eval_steps": 1, "eval_mean_samples": 1, "eval_mean_steps": 1,
+                    "threads": 1}
         for key, low in at_least.items():
             if getattr(self, key) < low:
                 raise ValueError(f"{key} must be >= {low}, got {getattr(self, key)}")
@@ -265,7 +268,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         if make_val_batches is None or cfg.eval_windows == 0:
             return
         eval_result = evaluate(model, make_val_batches(), cfg.eval_steps, cfg.seed, action_means.means(),
-                               cfg.eval_windows)
+                               cfg.eval_windows, cfg.eval_mean_samples, cfg.eval_mean_steps)
         atomic_write_text(out_dir / "eval.json", json.dumps({"step": step, **eval_result}, indent=2) + "\n")
         log(f"@ step {step} {format_eval(eval_result)}")
 
