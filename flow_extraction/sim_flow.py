@@ -5,7 +5,9 @@ z, so the ray's third component is 1). It lies on body b = seg_t(p), which moves
 material point is X' = E_{t+Δ} · T_b(t+Δ) · T_b(t)⁻¹ · E_t⁻¹ · X (E: world→camera, T_b: body→world, 4×4),
 seen at p' = π(K_{t+Δ} X'); flow = p' − p. A pixel is valid if it has geometry, X' lands in front of the
 camera and inside the image, and is not hidden at t+Δ (the depth map there is not closer than X'.z by more
-than a tolerance). Background pixels get the flow of a point at infinity (camera rotation only), invalid.
+than a tolerance). Background pixels (no geometry: the empty scene beyond every body) get the flow of a point at
+infinity (camera rotation only: 0 for a static camera), valid where that point is still background at t+Δ:
+flow estimators (DIS, DPFlow) report that region too, so the VAE learns it does not move on every tier.
 
 Conventions are those of :mod:`flow_extraction.base` (float32 [2, H, W], x right / y down, first → second), in
 the pixels of the native render; OpenCV pinhole with pixel centres at integer coordinates, as the generators
@@ -13,6 +15,9 @@ in ``pipelines/samples`` write them. :func:`to_canvas` maps a native field onto 
 """
 
 from __future__ import annotations
+
+# bumped when exact flow changes for the same inputs, so flow stages redo sim items (2: background valid)
+SIM_FLOW_VERSION = 2
 
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -216,9 +221,10 @@ def exact_flow(a: SimFrame, b: SimFrame, abs_tol: float = DEFAULT_ABS_TOL_M,
     """Exact flow from frame ``a`` (t) to frame ``b`` (t+Δ) of the same camera.
 
     Returns flow float32 [2, H, W] (native pixels) and valid bool [H, W]: geometry at t, in front of the
-    camera and inside the image at t+Δ, and not occluded there (tolerance ``abs_tol + rel_tol · z`` metres).
-    Geometry pixels that leave the image or get occluded keep their true flow; background pixels get the
-    flow of a point at infinity; pixels whose point ends up behind the camera get 0. All of these are invalid.
+    camera and inside the image at t+Δ, and not occluded there (tolerance ``abs_tol + rel_tol · z`` metres);
+    or background at t whose point at infinity lands inside the image on background at t+Δ. Geometry pixels
+    that leave the image or get occluded keep their true flow; pixels whose point ends up behind the camera
+    get 0; background newly covered by a body at t+Δ keeps the flow of infinity. All of these are invalid.
     """
     h, w = a.depth.shape
     if b.depth.shape != (h, w) or a.segmentation.shape != (h, w):
@@ -251,6 +257,7 @@ def exact_flow(a: SimFrame, b: SimFrame, abs_tol: float = DEFAULT_ABS_TOL_M,
     col = np.clip(np.floor(u2 + 0.5), 0, w - 1).astype(np.intp)
     row = np.clip(np.floor(v2 + 0.5), 0, h - 1).astype(np.intp)
     valid = has_geom & inside & ~_occluded(z2, col, row, b.depth, abs_tol, rel_tol)
+    valid |= ~has_geom & inside & (b.segmentation[row, col] < 0)  # infinity, still seen at t+Δ
     return flow, valid
 
 

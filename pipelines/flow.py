@@ -227,6 +227,10 @@ _ITEM_WINDOW = ("input_checksum", "media_uris", "start_s", "frame_count", "fps",
 def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
     """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else."""
     flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
+    if fc.sim_for_sim_tiers:
+        from flow_extraction.sim_flow import SIM_FLOW_VERSION
+
+        flow["sim_flow_version"] = SIM_FLOW_VERSION
     # keyed as before the column became input_blake2b, so fingerprints (and finished items) survive the rename
     item = {k: row.get("input_blake2b" if k == "input_checksum" else k) for k in _ITEM_WINDOW}
     text = json.dumps({"flow": flow, "item": item}, sort_keys=True, default=str)

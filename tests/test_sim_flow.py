@@ -176,7 +176,8 @@ def test_translating_camera():
 
 
 def test_background_is_a_point_at_infinity():
-    """Background flows like an infinitely far plane (camera rotation only, no parallax) and is invalid."""
+    """Background flows like an infinitely far plane (camera rotation only, no parallax) and is valid where it
+    stays inside the image."""
     r_t = rot_x(np.pi)
     r_t2 = r_t @ rot_y(0.01) @ rot_x(-0.02)  # the camera turns a little ...
     w2c_t, w2c_t2 = world_to_camera(r_t, [0, 0, 1.0]), world_to_camera(r_t2, [0.05, 0.02, 1.1])  # ... and moves
@@ -190,10 +191,34 @@ def test_background_is_a_point_at_infinity():
     flow_bg, valid_bg = flow_of(np.full((H, W), 80.0), -np.ones((H, W)), w2c_t2)  # no geometry at all
     assert np.abs(flow_far).max() > 1.0, "the rotation should move the far plane"
     np.testing.assert_allclose(flow_bg, flow_far, atol=1e-3)
-    assert not valid_bg.any()
-    # and with a static camera the background does not move at all
-    flow_static, _ = flow_of(np.full((H, W), 80.0), -np.ones((H, W)), w2c_t)
-    assert not flow_static.any()
+    u2 = np.arange(W)[None, :] + flow_bg[0]
+    v2 = np.arange(H)[:, None] + flow_bg[1]
+    inside = (u2 >= -0.5) & (u2 < W - 0.5) & (v2 >= -0.5) & (v2 < H - 0.5)
+    assert inside.any() and not inside.all()
+    np.testing.assert_array_equal(valid_bg, inside)
+    # and with a static camera the background does not move at all, everywhere valid
+    flow_static, valid_static = flow_of(np.full((H, W), 80.0), -np.ones((H, W)), w2c_t)
+    assert not flow_static.any() and valid_static.all()
+
+
+def test_background_a_body_moves_over_is_invalid():
+    """A box slides over empty background: the background it newly covers is invalid, the rest of the background
+    (static camera: flow 0) and the box are valid."""
+    dx, z_box = 0.05, 1.0
+    shift = int(FX * dx / z_box)
+    xmat = np.stack([np.eye(3)] * 2)
+    xpos_t, xpos_t2 = np.zeros((2, 3)), np.array([[0, 0, 0], [dx, 0, 0]])
+
+    def render(c0):
+        depth, seg = np.full((H, W), 80.0), -np.ones((H, W))
+        depth[10:30, c0:c0 + 15], seg[10:30, c0:c0 + 15] = z_box, 1
+        return depth, seg
+
+    (d1, s1), (d2, s2) = render(20), render(20 + shift)
+    flow, valid = exact_flow(frame(d1, s1, np.eye(4), xpos_t, xmat), frame(d2, s2, np.eye(4), xpos_t2, xmat))
+    covered = (s1 < 0) & (s2 >= 0)
+    assert covered.sum() == 20 * shift and not valid[covered].any() and valid[~covered].all()
+    assert not flow[:, s1 < 0].any()
 
 
 def test_occlusion_by_a_moving_body():
