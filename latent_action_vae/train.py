@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 
+from manifests.checkpoints import content_identity, load_checkpoint
 from manifests.io import atomic_write, truncate_metrics_csv
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
@@ -58,11 +59,25 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
+def read_vae_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A VAE checkpoint's contents (tensors and plain types only), or a ValueError saying why not."""
+    state = load_checkpoint(path, "VAE checkpoint")
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind != CHECKPOINT_KIND:
+        raise ValueError(f"{path} is not a latent-action VAE checkpoint (kind={kind!r})")
+    return state
+
+
+def checkpoint_identity(state: Mapping[str, Any]) -> str:
+    """What names a VAE checkpoint in labels' and shards' provenance: a hash of its weights, its learning
+    settings and its action statistics (not of the file's bytes, which differ between equal checkpoints)."""
+    return content_identity(state["model"], {"kind": state["kind"], "vae_config": _learning_settings(state["vae_config"]),
+                                             "action_stats": state["action_stats"]})
+
+
 def load_vae(path: str | os.PathLike) -> tuple[LatentActionVAE, dict[str, Any]]:
     """Model (eval mode) and the checkpoint's other contents (config, step, action stats, manifest hash)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{path} is not a latent-action VAE checkpoint (kind={state.get('kind')!r})")
+    state = read_vae_checkpoint(path)
     model = LatentActionVAE(VAEConfig(**state["vae_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -169,7 +184,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     model, optimiser, sampler, action_stats, item_weights = build(cfg, rows)
     start = 0
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = read_vae_checkpoint(ckpt_path)
         old, new = _learning_settings(state["vae_config"]), _learning_settings(dataclasses.asdict(vc))
         changed = sorted(k for k in new if old.get(k) != new[k])
         if changed or state["manifest_hash"] != manifest_hash:
@@ -230,4 +245,5 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     return TrainResult(ckpt_path, steps, start, last, rate, metrics_path)
 
 
-__all__ = ["ActionStats", "CHECKPOINT_KIND", "ResumeMismatch", "TrainResult", "flow_manifest_rows", "load_vae", "train_vae"]
+__all__ = ["ActionStats", "CHECKPOINT_KIND", "ResumeMismatch", "TrainResult", "checkpoint_identity",
+           "flow_manifest_rows", "load_vae", "read_vae_checkpoint", "train_vae"]

@@ -116,13 +116,13 @@ def latent_statistics(catalog: Catalog) -> dict[str, Any]:
 def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: str | None = None, force: bool = False,
               progress: bool = True, console: Console | None = None) -> LabelReport:
     console = console or make_console(stderr=True)
-    from latent_action_vae.train import load_vae
+    from latent_action_vae.train import checkpoint_identity, load_vae
 
     ckpt = (Path(checkpoint) if checkpoint else cfg.path(cfg.vae.output) / "checkpoints" / "last.pt").resolve()
     if not ckpt.exists():
         raise FileNotFoundError(f"no VAE checkpoint at {ckpt}: run `pyramid vae train` first (or pass --checkpoint)")
-    load_vae(ckpt)  # a wrong file fails here, once, not in every worker
-    ckpt_sha = hashlib.blake2b(ckpt.read_bytes(), digest_size=16).hexdigest()
+    _, state = load_vae(ckpt)  # a wrong file fails here, once, not in every worker
+    ckpt_sha = checkpoint_identity(state)  # of the weights, config and stats: equal models label alike
     run_id = catalog.start_run("label", {**cfg.to_dict(), "checkpoint": str(ckpt)}, engine=getattr(runner, "name", "?"))
     status, report = "failed", None
     try:
