@@ -4,6 +4,10 @@ elsewhere cannot run code), and named by a hash of what they hold rather than of
 `content_identity(tensors, facts)` is blake2b-128 over every tensor in sorted key order (name, dtype, shape, raw
 bytes) and the facts as canonical JSON (sorted keys, no spaces). Two checkpoints with equal weights, config and
 statistics get the same identity however they were pickled (e.g. one saved after a resume).
+
+`save_checkpoint` also makes the file's bytes a function of its content: pickle memoises strings by object, so a
+state whose keys came from an unpickled checkpoint (a resumed run's optimiser state) was written with other bytes
+than an equal state built in one process; every string is interned first, so equal strings are one object.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import hashlib
 import json
 import os
 import pickle
+import sys
+from pathlib import Path
 from typing import Any, Mapping
 
 
@@ -31,6 +37,29 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
             f"{path}: refused to load this {what}: it holds objects other than tensors and plain types "
             f"(an older checkpoint format, or a file that would run code when unpickled): {first}. "
             "Only checkpoints written by this version are loaded; train again to get one") from None
+
+
+def _interned(value: Any) -> Any:
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {_interned(k): _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_interned(v) for v in value)
+    return value
+
+
+def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> tuple[int, str]:
+    """Write `state` with torch.save under a temp name, fsync, rename (manifests.io.atomic_write); equal states
+    give equal bytes (see the module docstring). Returns (bytes, blake2b-128 of the file)."""
+    import torch
+
+    from manifests.io import atomic_write
+
+    plain = _interned(dict(state))
+    return atomic_write(Path(path), lambda f: torch.save(plain, f))
 
 
 def _canonical(value: Any) -> Any:
@@ -59,4 +88,4 @@ def content_identity(tensors: Mapping[str, Any], facts: Mapping[str, Any]) -> st
     return h.hexdigest()
 
 
-__all__ = ["UnsafeCheckpoint", "content_identity", "load_checkpoint"]
+__all__ = ["UnsafeCheckpoint", "content_identity", "load_checkpoint", "save_checkpoint"]
