@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import socket
 import subprocess
 import uuid
 from pathlib import Path
@@ -84,6 +85,18 @@ def code_version() -> str:
         return "unknown"
 
 
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -98,6 +111,7 @@ class Catalog:
             raise FileNotFoundError(f"no catalog at {self.path} (run `pyramid ingest` or `pyramid demo` first)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.storage_backup = None  # where a catalog in a newer storage format was kept when it was rewritten
+        self.killed_runs: list[str] = []  # runs found `running` with their driver gone, marked killed on open
         try:
             if not read_only:
                 self.storage_backup = storage.rewrite_if_newer(self.path)
@@ -117,6 +131,7 @@ class Catalog:
                 self.con.execute(_ddl(name, schema))
                 self._add_missing_columns(name, schema)
             described.describe(self.con)
+            self.killed_runs = self._close_dead_runs()
         described.reading_views(self.con, self.root)
 
     @property
@@ -162,10 +177,23 @@ class Catalog:
             self.con.unregister("_incoming")
 
     # --- runs -----------------------------------------------------------------------------------------------
+    def _close_dead_runs(self) -> list[str]:
+        """Mark `killed` (ended now) every run left `running` whose driver is gone: on another host, or here with
+        its process no longer alive (rows from before pid was recorded count as gone). This process holds the
+        write lock, so no other driver can still be recording into this catalog."""
+        rows = self.con.execute(f"SELECT run_id, pid, host FROM {self.table('runs')} WHERE status = 'running'").fetchall()
+        here = socket.gethostname()
+        dead = [run_id for run_id, pid, host in rows if not (host == here and _alive(pid))]
+        if dead:
+            self.con.execute(f"UPDATE {self.table('runs')} SET status = 'killed', ended_at = ? "
+                             "WHERE list_contains(?, run_id)", [_now(), dead])
+        return dead
+
     def start_run(self, job: str, config: Mapping[str, Any], engine: str = "") -> str:
         run_id = f"{_now():%Y%m%dT%H%M%S}-{job}-{uuid.uuid4().hex[:6]}"
         row = dict(run_id=run_id, job=job, config=json.dumps(config, default=str, sort_keys=True),
-                   code_version=code_version(), engine=engine, started_at=_now(), status="running")
+                   code_version=code_version(), engine=engine, started_at=_now(), status="running",
+                   pid=os.getpid(), host=socket.gethostname())
         self._insert("runs", validate_rows(RUNS, [row]))
         return run_id
 

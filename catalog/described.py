@@ -84,9 +84,11 @@ COLUMN_COMMENTS = {
         "code_version": "git commit of the code (+dirty for local changes) or the package version",
         "engine": "ray | beam | local",
         "started_at": "start time (UTC)",
-        "ended_at": "end time (UTC); null while running or after a crash",
-        "status": "running | ok | failed",
+        "ended_at": "end time (UTC); null while running; for a killed run, when the next writer found it dead",
+        "status": "running | ok | failed | killed (found running with its owner gone by the next writer)",
         "counts": "JSON of per-outcome counts (done, skipped, quarantined, failed)",
+        "pid": "process id of the driver that ran it",
+        "host": "host name of the driver that ran it",
     },
     "flow_stats": {
         "item_id": "the item (items.item_id)",

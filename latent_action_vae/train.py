@@ -3,8 +3,10 @@ manifest, with exact resume.
 
 Exact resume without saving a data-loader state: batch k is a pure function of (seed, k) (`PairSampler.batch`)
 and so is the reparameterisation noise of step k, so a run restarted from the checkpoint of step k computes the
-same step-k loss as one that never stopped. Checkpoints hold model, optimiser, step, config, action statistics
-and the hash of the flow manifest they were trained on; they are written under a temp name and renamed.
+same step-k loss as one that never stopped, and at 1 thread ends with the same checkpoint, tensors and bytes.
+Checkpoints hold model, optimiser, step, config, action statistics and the hash of the flow manifest they were
+trained on (artifact paths workdir-relative), only tensors and plain values (`manifests.checkpoints`); they are
+written under a temp name and renamed.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import pyarrow.parquet as pq
 import torch
 from rich.console import Console
 
-from manifests.io import atomic_write, truncate_metrics_csv
+from manifests.checkpoints import content_identity, load_checkpoint, save_checkpoint
+from manifests.io import truncate_metrics_csv
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
 from latent_action_vae.model import LatentActionVAE
@@ -41,14 +44,25 @@ RUN_ONLY_SETTINGS = ("steps", "threads", "log_every", "checkpoint_every", "eval_
 
 def flow_manifest_rows(cfg: PipelineConfig, exclude: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
     """Rows of the flow manifest, less the `exclude`d item ids, and a hash of their content (recorded in
-    checkpoints; a rerun of the flow stage that changes nothing keeps the hash)."""
+    checkpoints; a rerun of the flow stage that changes nothing keeps the hash, and so does another workdir:
+    artifact paths enter it relative to the workdir)."""
     path = cfg.manifests_dir / "flow.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no flow manifest at {path}: run `pyramid flow` first")
     rows = [r for r in pq.read_table(path).to_pylist() if r["item_id"] not in (exclude or {})]
-    keys = [(r["item_id"], r["split"], r["artifact_path"], r["n_pairs"], r["delta_frames"]) for r in rows]
-    digest = hashlib.blake2b(repr(sorted(keys)).encode(), digest_size=16).hexdigest()
-    return rows, digest
+    return rows, _manifest_digest(rows, cfg.path("."))
+
+
+def _manifest_digest(rows: list[dict[str, Any]], root: Path | None) -> str:
+    """blake2b-128 of the rows' identities; artifact paths relative to `root` (None: as stored, the hash
+    checkpoints recorded before it was relative)."""
+    prefix = root.as_posix().rstrip("/") + "/" if root is not None else None
+
+    def rel(p: str) -> str:
+        return p[len(prefix):] if prefix and p.startswith(prefix) else p
+
+    keys = [(r["item_id"], r["split"], rel(r["artifact_path"]), r["n_pairs"], r["delta_frames"]) for r in rows]
+    return hashlib.blake2b(repr(sorted(keys)).encode(), digest_size=16).hexdigest()
 
 
 def _learning_settings(vc: dict[str, Any]) -> dict[str, Any]:
@@ -57,15 +71,25 @@ def _learning_settings(vc: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in {**defaults, **vc}.items() if k not in RUN_ONLY_SETTINGS}
 
 
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    atomic_write(path, lambda f: torch.save(state, f))
+def read_vae_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A VAE checkpoint's contents (tensors and plain types only), or a ValueError saying why not."""
+    state = load_checkpoint(path, "VAE checkpoint")
+    kind = state.get("kind") if isinstance(state, dict) else None
+    if kind != CHECKPOINT_KIND:
+        raise ValueError(f"{path} is not a latent-action VAE checkpoint (kind={kind!r})")
+    return state
+
+
+def checkpoint_identity(state: Mapping[str, Any]) -> str:
+    """What names a VAE checkpoint in labels' and shards' provenance: a hash of its weights, its learning
+    settings and its action statistics (not of the file's bytes, which differ between equal checkpoints)."""
+    return content_identity(state["model"], {"kind": state["kind"], "vae_config": _learning_settings(state["vae_config"]),
+                                             "action_stats": state["action_stats"]})
 
 
 def load_vae(path: str | os.PathLike) -> tuple[LatentActionVAE, dict[str, Any]]:
     """Model (eval mode) and the checkpoint's other contents (config, step, action stats, manifest hash)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state.get("kind") != CHECKPOINT_KIND:
-        raise ValueError(f"{path} is not a latent-action VAE checkpoint (kind={state.get('kind')!r})")
+    state = read_vae_checkpoint(path)
     model = LatentActionVAE(VAEConfig(**state["vae_config"]))
     model.load_state_dict(state["model"])
     return model.eval(), state
@@ -173,10 +197,12 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     model, optimiser, sampler, action_stats, item_weights = build(cfg, rows)
     start = 0
     if resume and ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        state = read_vae_checkpoint(ckpt_path)
         old, new = _learning_settings(state["vae_config"]), _learning_settings(dataclasses.asdict(vc))
         changed = sorted(k for k in new if old.get(k) != new[k])
-        if changed or state["manifest_hash"] != manifest_hash:
+        # a checkpoint written before the hash was workdir-relative names the same rows by absolute paths
+        same_rows = state["manifest_hash"] in (manifest_hash, _manifest_digest(rows, None))
+        if changed or not same_rows:
             what = f"VAE settings {changed}" if changed else "the flow manifest (items or their flow changed)"
             raise ResumeMismatch(
                 f"{ckpt_path} was trained with other {what}; use --no-resume to start over "
@@ -234,4 +260,5 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     return TrainResult(ckpt_path, steps, start, last, rate, metrics_path)
 
 
-__all__ = ["ActionStats", "CHECKPOINT_KIND", "ResumeMismatch", "TrainResult", "flow_manifest_rows", "load_vae", "train_vae"]
+__all__ = ["ActionStats", "CHECKPOINT_KIND", "ResumeMismatch", "TrainResult", "checkpoint_identity",
+           "flow_manifest_rows", "load_vae", "read_vae_checkpoint", "train_vae"]

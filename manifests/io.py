@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import BinaryIO, Callable, Sequence
@@ -29,6 +30,25 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     finally:
         tmp.unlink(missing_ok=True)
     return size, digest
+
+
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")  # what atomic_write and write_manifest name their temp files
+
+
+def remove_stale_temps(*folders: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temp files (`.<name>.<8 hex>.tmp`) that a killed run's atomic writes left in `folders` (and
+    their subfolders when `recursive`); return them. Call it at the start of a stage, while no other writer can use these folders (the
+    catalog's writer lock)."""
+    removed = []
+    for folder in folders:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob(".*.tmp") if recursive else folder.glob(".*.tmp")):
+            if _TEMP_NAME.match(path.name) and path.is_file() and not path.is_symlink():
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> tuple[int, str]:

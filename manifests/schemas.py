@@ -97,8 +97,10 @@ RUNS = pa.schema(
         pa.field("engine", pa.string()),
         pa.field("started_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("ended_at", pa.timestamp("us", tz="UTC")),
-        pa.field("status", pa.string(), nullable=False),  # running | ok | failed
+        pa.field("status", pa.string(), nullable=False),  # running | ok | failed | killed
         pa.field("counts", pa.string()),  # JSON {"done": n, "skipped": n, "quarantined": n, "failed": n}
+        pa.field("pid", pa.int64()),  # the driver process, so a later writer can tell a killed run
+        pa.field("host", pa.string()),
     ]
 )
 

@@ -43,10 +43,14 @@ def _open_catalog(cfg, read_only: bool = False):
     from catalog import Catalog, CatalogLockedError
 
     try:
-        return Catalog(cfg.catalog_path, read_only=read_only)
+        catalog = Catalog(cfg.catalog_path, read_only=read_only)
     except (CatalogLockedError, FileNotFoundError) as e:
         err.print(f"[red]{escape(str(e))}[/red]", highlight=False)
         raise typer.Exit(2)
+    for run_id in catalog.killed_runs:
+        err.print(f"run {run_id} was left running by a driver that is gone: marked killed", highlight=False,
+                  markup=False)
+    return catalog
 
 
 def _runner(cfg):

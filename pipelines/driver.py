@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from catalog import Catalog
 from common.progress import StageProgress
+from manifests.io import remove_stale_temps
 from pipelines.stages import Outcome, Stage
 
 SKIP_STATUSES = ("done", "quarantined")
@@ -34,6 +35,15 @@ class StageReport:
 
     def as_dict(self) -> dict[str, int]:
         return {"total": self.total, "skipped": self.skipped, **{k: self.counts.get(k, 0) for k in ("done", "quarantined", "failed")}}
+
+
+def remove_leftovers(stage: str, folders: Sequence[Any], console: Any) -> int:
+    """Delete the temp files an interrupted run of `stage` left in its output folders (the caller holds the
+    catalog's writer lock, so no other run is writing there); say so for each."""
+    removed = remove_stale_temps(*folders)
+    for path in removed:
+        console.print(f"[{stage}] removed {path.name}, left by an interrupted run", highlight=False, markup=False)
+    return len(removed)
 
 
 def plan(catalog: Catalog, stage: str, tasks: Sequence[Mapping[str, Any]], force: bool = False):

@@ -29,7 +29,7 @@ from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, 
 from flow_extraction.stats import MotionFilter, StatsAccumulator
 from manifests import write_manifest
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, run_stage
+from pipelines.driver import StageReport, remove_leftovers, run_stage
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
 
@@ -247,6 +247,7 @@ class FlowReport:
 def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
              console: Console | None = None) -> FlowReport:
     console = console or make_console(stderr=True)
+    remove_leftovers("flow", [cfg.artifacts_dir / "flow", cfg.manifests_dir], console)
     fc = cfg.flow
     if fc.backend == "dpflow":  # fail before any worker starts when the weights cannot be found
         from flow_extraction.dpflow import resolve_checkpoint

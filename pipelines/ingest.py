@@ -18,7 +18,7 @@ from common.progress import make_console
 from catalog import Catalog
 from manifests import ITEMS, SplitRatios, assign_split, validate_rows, write_manifest
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, run_stage
+from pipelines.driver import StageReport, remove_leftovers, run_stage
 from pipelines.sources import ItemRef, SourceAdapter, SourceError, make_source
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
@@ -91,6 +91,7 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
 def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
            console: Console | None = None) -> IngestReport:
     console = console or make_console(stderr=True)
+    remove_leftovers("ingest", [cfg.manifests_dir], console)
     run_id = catalog.start_run("ingest", cfg.to_dict(), engine=getattr(runner, "name", "?"))
     ratios = SplitRatios(cfg.splits.train, cfg.splits.val, cfg.splits.test, cfg.splits.salt)
     status, report = "failed", None

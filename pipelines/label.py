@@ -26,7 +26,7 @@ from flow_extraction.artifacts import artifact_path, read_flow_artifact
 from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, run_stage
+from pipelines.driver import StageReport, remove_leftovers, run_stage
 from common.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
@@ -84,6 +84,14 @@ def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         return z["latent_action"], json.loads(str(z["meta"]))
 
 
+def _workdir_relative(path: Path, cfg: PipelineConfig) -> str:
+    """`path` relative to the workdir when it lies under it, else absolute."""
+    try:
+        return path.relative_to(cfg.path(".")).as_posix()
+    except ValueError:
+        return str(path)
+
+
 @dataclass
 class LabelReport:
     run_id: str
@@ -116,13 +124,15 @@ def latent_statistics(catalog: Catalog) -> dict[str, Any]:
 def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: str | None = None, force: bool = False,
               progress: bool = True, console: Console | None = None) -> LabelReport:
     console = console or make_console(stderr=True)
-    from latent_action_vae.train import load_vae
+    from latent_action_vae.train import checkpoint_identity, load_vae
 
     ckpt = (Path(checkpoint) if checkpoint else cfg.path(cfg.vae.output) / "checkpoints" / "last.pt").resolve()
     if not ckpt.exists():
         raise FileNotFoundError(f"no VAE checkpoint at {ckpt}: run `pyramid vae train` first (or pass --checkpoint)")
-    load_vae(ckpt)  # a wrong file fails here, once, not in every worker
-    ckpt_sha = hashlib.blake2b(ckpt.read_bytes(), digest_size=16).hexdigest()
+    remove_leftovers("label", [cfg.artifacts_dir / "latents", cfg.manifests_dir], console)
+    _, state = load_vae(ckpt)  # a wrong file fails here, once, not in every worker
+    ckpt_sha = checkpoint_identity(state)  # of the weights, config and stats: equal models label alike
+    named = _workdir_relative(ckpt, cfg)  # what the latents' meta records: the same in any workdir
     run_id = catalog.start_run("label", {**cfg.to_dict(), "checkpoint": str(ckpt)}, engine=getattr(runner, "name", "?"))
     status, report = "failed", None
     try:
@@ -134,7 +144,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         ).to_pylist()
         root = cfg.artifacts_dir / "latents"
         tasks = [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
-                  "checkpoint": str(ckpt), "checkpoint_sha": ckpt_sha,
+                  "checkpoint": named, "checkpoint_sha": ckpt_sha,
                   "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
                   "input_fingerprint": hashlib.blake2b(f"{r['blake2b']}:{ckpt_sha}".encode(), digest_size=8).hexdigest()}
                  for r in flows]
@@ -150,7 +160,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         stats = latent_statistics(catalog)
         out = cfg.manifests_dir / "latent_stats.json"
         out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(out, json.dumps({"run_id": run_id, "checkpoint": str(ckpt), **stats}, indent=1))
+        atomic_write_text(out, json.dumps({"run_id": run_id, "checkpoint": named, **stats}, indent=1))
         write_manifest(catalog.sql(
             """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.blake2b
                FROM artifacts a JOIN items i USING (item_id)

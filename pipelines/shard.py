@@ -34,7 +34,7 @@ from manifests.actions import row_semantics
 from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, run_stage
+from pipelines.driver import StageReport, remove_leftovers, run_stage
 from pipelines.label import read_latents
 from common.progress import make_console
 from pipelines.stages import BadInput, Outcome, Resources, Stage
@@ -316,6 +316,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
     root = cfg.path(cfg.shards.output)
     for p in clean_stale(root):
         console.print(f"[shard] removed {p.name}, left by an interrupted run", highlight=False, markup=False)
+    remove_leftovers("shard", [cfg.artifacts_dir / "samples", cfg.manifests_dir], console)
     settings = shard_settings(cfg)
     settings_fp = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
     run_id = catalog.start_run("shard", cfg.to_dict(), engine=getattr(runner, "name", "?"))

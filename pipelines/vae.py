@@ -11,6 +11,7 @@ from rich.console import Console
 from catalog import Catalog
 from pipelines.config import PipelineConfig
 from common.progress import make_console
+from pipelines.driver import remove_leftovers
 
 
 def excluded_items(cfg: PipelineConfig, catalog: Catalog) -> dict[str, str]:
@@ -27,6 +28,7 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
     from latent_action_vae.train import train_vae
 
     console = console or make_console(stderr=True)
+    remove_leftovers("vae-train", [cfg.path(cfg.vae.output) / "checkpoints"], console)
     run_id = catalog.start_run("vae-train", cfg.to_dict(), engine="torch")
     status, counts = "failed", {}
     try:

@@ -92,3 +92,30 @@ def _hold_catalog(path, ready, release):
 def test_read_only_open_of_missing_catalog_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="pyramid ingest"):
         Catalog(tmp_path / "none.duckdb", read_only=True)
+
+
+def test_a_run_left_running_by_a_dead_driver_is_marked_killed_by_the_next_writer(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = tmp_path / "c.duckdb"
+    # a driver that starts a run and dies without finishing it (as after kill -9)
+    code = ("import os, sys; from catalog import Catalog; c = Catalog(sys.argv[1]); c.start_run('flow', {}); "
+            "c.con.execute('CHECKPOINT'); os._exit(9)")
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    subprocess.run([sys.executable, "-c", code, str(path)], check=False, timeout=120, cwd=root, env=env)
+    with Catalog(path, read_only=True) as cat:  # a reader changes nothing
+        assert cat.killed_runs == []
+        assert cat.sql("SELECT status, ended_at FROM runs").to_pylist() == [{"status": "running", "ended_at": None}]
+    with Catalog(path) as cat:
+        own = cat.start_run("label", {})  # this process's own running run is left alone by a later open
+        assert len(cat.killed_runs) == 1
+        killed = cat.sql("SELECT run_id, status, ended_at, pid FROM runs WHERE job = 'flow'").to_pylist()[0]
+        assert killed["run_id"] == cat.killed_runs[0] and killed["status"] == "killed"
+        assert killed["ended_at"] is not None and killed["pid"] > 0
+    with Catalog(path) as cat:
+        assert cat.killed_runs == []
+        assert cat.sql("SELECT status FROM runs WHERE run_id = ?", [own]).column(0).to_pylist() == ["running"]

@@ -98,7 +98,7 @@ def test_resume_continues_exactly(tmp_path):
 
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, crashing, make_val, tmp_path / "resumed", progress=False)
-    assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=False)["step"] == 8
+    assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["step"] == 8
     resumed = train(cfg, make_train, make_val, tmp_path / "resumed", progress=False)
     assert resumed.resumed_from == 8
     assert resumed.param_digest == straight.param_digest
@@ -110,6 +110,43 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == list(range(16))  # the crashed run's rows after the checkpoint are not logged twice
     assert [r["loss"] for r in metric_rows(tmp_path / "resumed")] == [r["loss"] for r in metric_rows(
         tmp_path / "straight")]
+
+
+def test_a_resumed_shard_run_continues_the_same_stream(tmp_path):
+    """Batches after a resume are those an uninterrupted run takes at those steps, so a shard run killed after a
+    checkpoint and resumed ends with the weights and checkpoint bytes of one that never stopped."""
+    from tests.shard_fixtures import LANG_DIM, footage_clips, write_shard_set
+    from training_hooks.train import shard_batches
+
+    clips = footage_clips(6, size=IMAGE, prefix="tr") + footage_clips(2, size=IMAGE, seed=1, split="val", prefix="va")
+    write_shard_set(tmp_path / "shards", clips, samples_per_shard=2)
+    model = MotusConfig(**{**TINY_MODEL, "text_dim": LANG_DIM, "action_dim": 14})
+    cfg = tiny_config(model=model, steps=6, batch_size=2, checkpoint_every=2, eval_windows=0)
+    loader = {"height": IMAGE[0], "width": IMAGE[1], "video_step": 2, "max_text_len": 8, "shuffle_buffer": 4}
+    make_train, _ = shard_batches(tmp_path / "shards", loader, cfg, num_workers=0)
+    straight_batches = [b for _, b in zip(range(cfg.steps), make_train(0))]
+    resumed_batches = [b for _, b in zip(range(cfg.steps - 3), make_train(3))]
+    assert len(straight_batches) == cfg.steps  # past the end of an epoch: 6 clips, 3 batches of 2 per epoch
+    for a, b in zip(straight_batches[3:], resumed_batches):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]) if torch.is_tensor(a[key]) else a[key] == b[key], key
+    assert not all(torch.equal(straight_batches[0]["video_frames"], b["video_frames"]) for b in resumed_batches)
+    straight = train(cfg, make_train, None, tmp_path / "straight", progress=False)
+
+    def crashing(step_offset, rank=0, world_size=1):
+        for step, batch in enumerate(make_train(step_offset, rank, world_size), start=step_offset):
+            if step == 3:
+                raise RuntimeError("simulated crash")
+            yield batch
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg, crashing, None, tmp_path / "resumed", progress=False)
+    resumed = train(cfg, make_train, None, tmp_path / "resumed", progress=False)
+    assert resumed.resumed_from == 2
+    assert resumed.param_digest == straight.param_digest
+    assert ((tmp_path / "resumed/checkpoints/last.pt").read_bytes()
+            == (tmp_path / "straight/checkpoints/last.pt").read_bytes())
 
 
 def test_resume_refuses_other_settings(tmp_path):
@@ -217,7 +254,7 @@ def test_older_checkpoints_are_refused_clearly(tmp_path):
     make_train, make_val = data_for(cfg)
     train(cfg, make_train, make_val, tmp_path, progress=False)
     path = tmp_path / "checkpoints" / "last.pt"
-    state = torch.load(path, weights_only=False)
+    state = torch.load(path, weights_only=True)
     assert state["kind"] == CHECKPOINT_KIND
     state["kind"] = "motus-pyramid/motus/v1"
     torch.save(state, path)

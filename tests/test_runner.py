@@ -89,6 +89,36 @@ def test_beam_runner_stops_with_a_clear_error_when_a_worker_dies():
     assert len(results) < 10 and all(o.status == "done" and o.item_id != "toy/7" for o in results)
 
 
+def test_beam_outcome_files_are_data_that_round_trip():
+    """Outcome files are JSON, read without unpickling; what a stage returns comes back as it was, and a result
+    that is not data fails its item with a reason instead of being pickled."""
+    import datetime as dt
+    import json
+
+    import numpy as np
+
+    from pipelines.runners.beam_runner import decode_outcomes, encode_outcomes
+    from pipelines.stages import Outcome
+
+    result = {"path": "/w/a.npz", "bytes": 3, "stats": {"mean": [1.5, float("nan")], "shape": (2, 3)},
+              "by_tier": {3: 1, 4: 2}, "raw": b"\x00\xff", "at": dt.datetime(2026, 1, 2, 3, 4, tzinfo=dt.timezone.utc),
+              "n": np.int64(7), "arr": np.arange(6, dtype=np.float32).reshape(2, 3), "__tricky__": 1}
+    data = encode_outcomes([Outcome("toy/0", "done", result=result, duration_s=0.5),
+                            Outcome("toy/1", "quarantined", reason="bad"),
+                            Outcome("toy/2", "done", result={"model": object()})])
+    assert json.loads(data)[1] == {"item_id": "toy/1", "status": "quarantined", "result": None, "reason": "bad",
+                                   "duration_s": 0.0}
+    back = decode_outcomes(data)
+    got = back[0].result
+    assert got["stats"]["shape"] == (2, 3) and got["by_tier"] == {3: 1, 4: 2} and got["raw"] == b"\x00\xff"
+    assert got["at"] == result["at"] and got["n"] == 7 and got["__tricky__"] == 1 and np.isnan(got["stats"]["mean"][1])
+    assert got["arr"].dtype == np.float32 and np.array_equal(got["arr"], result["arr"])
+    assert back[1] == Outcome("toy/1", "quarantined", reason="bad")
+    assert back[2].status == "failed" and "result not storable: object is not data" in back[2].reason
+    with pytest.raises(ValueError):  # a pickle planted where outcomes are read is not JSON: refused, not run
+        decode_outcomes(b"\x80\x04\x95cos\nsystem\n")
+
+
 def test_beam_options_reach_the_pipeline():
     runner = make_runner("beam", num_workers=2,
                          options=["--direct_running_mode=multi_threading", "--job_name=pyramid-test"])

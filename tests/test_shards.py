@@ -105,6 +105,30 @@ def test_rerun_skips_and_a_rebuild_from_scratch_gives_byte_identical_shards(labe
     assert {r["path"]: r["sha256"] for r in shard_rows(cfg)} == before
 
 
+@pytest.mark.slow
+def test_another_folder_with_a_resumed_vae_gives_byte_identical_shards(labelled, tmp_path, sim_samples):
+    """The same config run in another folder, its VAE training stopped after a checkpoint and resumed, writes the
+    same shards byte for byte: provenance names the checkpoint by content and paths enter hashes relative."""
+    cfg, _ = labelled
+    root = tmp_path / "somewhere" / "else"
+    shutil.copytree(sim_samples, root / "samples")
+    other = load_config(None, workdir=str(root), **{**TINY, "vae.checkpoint_every": 1})
+    other.sources = [s for s in other.sources if s.kind in ("robotwin", "task_agnostic")]
+    runner = make_runner("local")
+    with Catalog(other.catalog_path) as cat:
+        ingest(other, cat, runner, progress=False)
+        run_flow(other, cat, runner, progress=False)
+        run_vae_train(other, cat, steps=1, progress=False)
+        assert run_vae_train(other, cat, progress=False).resumed_from == 1
+        run_label(other, cat, runner, progress=False)
+        run_shard(other, cat, runner, progress=False)
+    here = {Path(r["path"]).relative_to(cfg.path("shards")).as_posix(): r["sha256"] for r in shard_rows(cfg)}
+    there = {Path(r["path"]).relative_to(other.path("shards")).as_posix(): r["sha256"] for r in shard_rows(other)}
+    assert here and there == here
+    manifests = [json.loads((c.manifests_dir / "latent_stats.json").read_text())["checkpoint"] for c in (cfg, other)]
+    assert manifests == ["vae/checkpoints/last.pt"] * 2
+
+
 class Killed(BaseException):
     """Like a SIGINT: not an Exception, so nothing on the way up swallows it."""
 

@@ -35,25 +35,89 @@ def metrics(cfg):
         return {int(r["step"]): float(r["loss"]) for r in csv.DictReader(f)}
 
 
-def test_resume_reproduces_the_next_step_loss(workdir, tmp_path_factory):
+def test_a_run_killed_after_a_checkpoint_resumes_to_the_same_checkpoint(workdir, monkeypatch):
+    """Killed past its step-2 checkpoint and resumed, a run ends with the very checkpoint (tensors and file bytes)
+    and losses of one that never stopped (torch at 1 thread), so labels name it alike."""
+    import latent_action_vae.train as vae_train
+    from latent_action_vae.train import checkpoint_identity, read_vae_checkpoint
+
     cfg = prepared(workdir)
+    ckpt = cfg.path("vae") / "checkpoints" / "last.pt"
     with Catalog(cfg.catalog_path) as cat:
         full = run_vae_train(cfg, cat, progress=False)
-    straight = metrics(cfg)
+    straight, straight_bytes = metrics(cfg), ckpt.read_bytes()
     assert full.steps == 4 and sorted(straight) == [0, 1, 2, 3]
     assert all(np.isfinite(v) for v in straight.values())
-    # start over, stop after step 2 (a checkpoint), then resume to step 4
+    # start over; the run dies in step 3, after its step-2 checkpoint; then resume to step 4
+    real_step = vae_train.train_step
+
+    def dies_at_step_3(*args, **kwargs):
+        if args[4] == 3:
+            raise KeyboardInterrupt("killed")
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(vae_train, "train_step", dies_at_step_3)
+    with Catalog(cfg.catalog_path) as cat, pytest.raises(KeyboardInterrupt):
+        run_vae_train(cfg, cat, resume=False, progress=False)
+    assert read_vae_checkpoint(ckpt)["step"] == 2
+    monkeypatch.setattr(vae_train, "train_step", real_step)
+    half = ckpt.parent / ".last.pt.0123abcd.tmp"  # as a kill during a checkpoint write leaves it
+    half.write_bytes(b"half a checkpoint")
     with Catalog(cfg.catalog_path) as cat:
-        run_vae_train(cfg, cat, resume=False, steps=2, progress=False)
-        resumed = run_vae_train(cfg, cat, resume=True, steps=4, progress=False)
+        resumed = run_vae_train(cfg, cat, resume=True, progress=False)
+    assert not half.exists()
     assert resumed.resumed_from == 2
     again = metrics(cfg)
     assert sorted(again) == [0, 1, 2, 3]  # no step logged twice
-    for step in (2, 3):
-        assert again[step] == pytest.approx(straight[step], rel=1e-5, abs=1e-6)
+    assert again == straight  # exactly: the same batches, noise and optimiser state
+    a, b = read_vae_checkpoint_bytes(straight_bytes), read_vae_checkpoint(ckpt)
+    for part in ("model", "optimiser"):
+        flat_a, flat_b = flatten(a[part]), flatten(b[part])
+        assert flat_a.keys() == flat_b.keys()
+        differ = [k for k in flat_a if not same(flat_a[k], flat_b[k])]
+        assert not differ, f"{part} tensors differ after resume: {differ[:5]}"
+    assert checkpoint_identity(a) == checkpoint_identity(b)
+    assert ckpt.read_bytes() == straight_bytes  # even the pickle bytes
     with Catalog(cfg.catalog_path, read_only=True) as cat:
-        runs = cat.sql("SELECT status FROM runs WHERE job = 'vae-train'").column(0).to_pylist()
-    assert runs == ["ok", "ok", "ok"]
+        runs = cat.sql("SELECT status FROM runs WHERE job = 'vae-train' ORDER BY started_at").column(0).to_pylist()
+    assert runs == ["ok", "failed", "ok"]
+
+
+def read_vae_checkpoint_bytes(data: bytes) -> dict:
+    import io
+
+    from manifests.checkpoints import load_checkpoint
+
+    return load_checkpoint(io.BytesIO(data))
+
+
+def same(a, b) -> bool:
+    if torch.is_tensor(a) or torch.is_tensor(b):
+        return torch.is_tensor(a) and torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b)
+    return type(a) is type(b) and a == b
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """name → leaf (tensor or plain value) of nested dicts and lists."""
+    if isinstance(tree, dict):
+        return {k: v for key, sub in tree.items() for k, v in flatten(sub, f"{prefix}{key}/").items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for i, sub in enumerate(tree) for k, v in flatten(sub, f"{prefix}{i}/").items()}
+    return {prefix: tree}
+
+
+def test_the_next_run_of_a_stage_removes_the_temp_files_a_killed_run_left(workdir):
+    base = load_config(None, workdir=str(workdir))
+    planted = [base.manifests_dir / ".items.parquet.89abcdef.tmp", base.manifests_dir / ".flow.parquet.0a1b2c3d.tmp",
+               base.artifacts_dir / "flow" / "robotwin" / ".ep0.flow.npz.deadbeef.tmp"]
+    kept = [base.manifests_dir / "notes.tmp", base.artifacts_dir / "flow" / ".hidden.tmp"]  # not our temp names
+    for path in planted + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    cfg = prepared(workdir)  # ingest, then flow
+    assert [p for p in planted if p.exists()] == []
+    assert all(p.exists() for p in kept)
+    assert (cfg.manifests_dir / "flow.parquet").exists()
 
 
 def test_resume_refuses_a_checkpoint_from_another_config(workdir):
@@ -194,7 +258,7 @@ def test_audit_flagged_copies_stay_out_of_vae_training_and_evaluation(workdir):
         original_id = next(i for i in ids if i.endswith(original))
         run_vae_train(cfg, cat, steps=1, progress=False)
         results = run_vae_eval(cfg, cat)
-    state = torch.load(cfg.path("vae") / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(cfg.path("vae") / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
     assert state["excluded"] == {copy_id: f"exact copy of {original_id}"}
     assert results["meta"]["excluded"] == state["excluded"]
     assert copy_id not in {e["item_id"] for e in results["meta"]["picture"]["pairs"]}

@@ -100,8 +100,9 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: Any, num_workers: i
 
     The loader's window shape follows the model (num_video_frames, action_ratio, action_dim) and the stage
     (latent actions in stage 2, real ones in stage 3); `loader:` settings that contradict them are errors. A
-    resumed run draws a fresh shuffle seeded by its resume step: exact continuation is for factories that are
-    pure functions of the step, like SyntheticMotion. `loader.tier_weights` / `source_weights` weigh the train
+    resumed run continues the same stream: it replays the stream from step 0 and drops the batches before its
+    resume step (reading and decoding them again: the cost of a resume grows with the step, exactness does not
+    depend on a saved loader state). `loader.tier_weights` / `source_weights` weigh the train
     windows (training_hooks/mixture.py); held-out windows are read unweighted.
     The trainer config `cfg` is a `training_hooks.train.TrainConfig`."""
     from training_hooks.loader import LoaderConfig, make_loader, open_shard_index
@@ -129,8 +130,8 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: Any, num_workers: i
         raise ValueError(f"{n_train} train clips in {shards}: fewer than batch_size {cfg.batch_size} × {world} process(es)")
     eval_splits = [sp for sp in cfg.eval_splits if any(sh.get("split") == sp for sh in index["shards"])]
 
-    def train_batches(step_offset: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
-        seed = derive_seed(cfg.seed, step_offset)
+    def stream(rank: int, world_size: int) -> Iterator[Batch]:
+        seed = derive_seed(cfg.seed, 0)  # one stream per (seed, rank): a resumed run continues it
         for epoch in itertools.count():  # each rank rolls over on its own: DDP syncs steps, not epochs
             empty = True
             for batch in make_loader(shards, "train", loader_cfg, cfg.batch_size, num_workers=num_workers,
@@ -139,6 +140,9 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: Any, num_workers: i
                 yield batch
             if empty:
                 raise ValueError(f"no train batches of {cfg.batch_size} in {shards} (rank {rank} of {world_size})")
+
+    def train_batches(step_offset: int, rank: int = 0, world_size: int = 1) -> Iterator[Batch]:
+        return itertools.islice(stream(rank, world_size), step_offset, None)
 
     def val_batches() -> Iterator[Batch]:
         # epoch after epoch (other windows of the same held-out clips), the splits' batches interleaved so every

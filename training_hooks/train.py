@@ -31,7 +31,8 @@ import torch.distributed as dist
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from manifests.io import atomic_write, atomic_write_text, truncate_metrics_csv
+from manifests.checkpoints import load_checkpoint, save_checkpoint
+from manifests.io import atomic_write, atomic_write_text, remove_stale_temps, truncate_metrics_csv
 from common.config import build_dataclass, read_yaml_mapping
 from training_hooks.data import Batch, SyntheticMotion, TrainBatches, derive_seed, shard_batches
 from training_hooks.evaluation import ACTION_ERRORS, ActionMeans, evaluate, format_eval, window_groups
@@ -134,7 +135,7 @@ def make_optimizer(model: Motus, cfg: TrainConfig) -> torch.optim.AdamW:
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint's contents, or a ValueError saying why it cannot be used (not ours, or an older version)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    state = load_checkpoint(path, "compact-Motus checkpoint")
     kind = state.get("kind") if isinstance(state, dict) else None
     if kind != CHECKPOINT_KIND:
         if isinstance(kind, str) and kind.startswith("motus-pyramid/motus/"):
@@ -258,7 +259,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
                  "torch_rng": torch.get_rng_state(), "world_size": world_size, "action_means": action_means.state(),
                  "mixture": mixture.state()}
         step_path = ckpt_dir / f"step_{step:06d}.pt"
-        atomic_write(step_path, lambda f: torch.save(state, f))
+        save_checkpoint(step_path, state)
         atomic_write(last_path, lambda f: f.write(step_path.read_bytes()))
 
     eval_result: dict[str, Any] = {}
@@ -274,6 +275,8 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
 
     metrics_path = out_dir / "metrics.csv"
     if is_main:
+        for leftover in remove_stale_temps(ckpt_dir, out_dir, recursive=False):  # an interrupted run's temp files
+            log(f"removed {leftover.name}, left by an interrupted run")
         out_dir.mkdir(parents=True, exist_ok=True)
         truncate_metrics_csv(metrics_path, start, METRICS)
     last: dict[str, float] = {}

@@ -2,8 +2,11 @@
 Dataflow through `runner.beam_options`).
 
 The pipeline is Create(batches) → Reshuffle (spreads batches over workers) → ParDo(stage). The DoFn runs the
-stage's `setup` once per worker (`DoFn.setup`) and writes each batch's outcomes to `<outcome dir>/<batch>.pkl`
-(temp name, then rename, so a retried bundle overwrites and a reader never sees half a file). The driver runs the
+stage's `setup` once per worker (`DoFn.setup`) and writes each batch's outcomes to `<outcome dir>/<batch>.json`
+(temp name, then rename, so a retried bundle overwrites and a reader never sees half a file). The files are
+JSON, never pickles: the driver reads them as data, so a file planted in a shared temp folder cannot run code
+there. Values JSON lacks (tuples, non-string keys, bytes, dates, numpy scalars and arrays) are written tagged and
+read back as they were; an outcome holding anything else becomes a failed outcome saying so. The driver runs the
 pipeline in a thread and yields outcomes as those files appear, so progress, catalog writes and quarantine work
 exactly as with Ray. On a cluster runner the outcome directory must be on storage every worker and the driver
 share (`runner.beam_temp`).
@@ -18,11 +21,14 @@ the pipeline thread, which runs its remaining batches into a deleted folder befo
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import dataclasses
+import datetime as dt
+import json
 import logging
 import math
 import os
-import pickle
 import tempfile
 import threading
 import time
@@ -50,9 +56,9 @@ def _dofn(stage: Stage, out_dir: str, torch_threads: int):
         def process(self, element):
             index, tasks = element
             outcomes = execute_batch(stage, tasks, self.context)
-            final = Path(out_dir) / f"{index:08d}.pkl"
+            final = Path(out_dir) / f"{index:08d}.json"
             tmp = final.with_suffix(f".{uuid.uuid4().hex}.tmp")  # unique across hosts (retries may overlap)
-            tmp.write_bytes(pickle.dumps(outcomes))
+            tmp.write_bytes(encode_outcomes(outcomes))
             os.replace(tmp, final)
             yield index
 
@@ -109,10 +115,10 @@ class BeamRunner:
             seen: set[str] = set()
             while True:
                 finished = not thread.is_alive() or bool(failure)  # read before listing: nothing lands after
-                for path in sorted(Path(out_dir).glob("*.pkl")):
+                for path in sorted(Path(out_dir).glob("*.json")):
                     if path.name not in seen:
                         seen.add(path.name)
-                        yield from pickle.loads(path.read_bytes())
+                        yield from decode_outcomes(path.read_bytes())
                 if finished:
                     break
                 time.sleep(POLL_S)
@@ -127,6 +133,73 @@ class BeamRunner:
 
     def close(self) -> None:
         pass
+
+
+# --- outcome files: JSON with tags for what JSON lacks ---------------------------------------------------------
+
+def _plain(value: Any) -> Any:
+    """`value` as JSON values, tagging tuples, non-string-keyed dicts, bytes, dates and numpy values."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict):
+        if all(isinstance(k, str) for k in value) and not any(k.startswith("__") and k.endswith("__") for k in value):
+            return {k: _plain(v) for k, v in value.items()}
+        return {"__pairs__": [[_plain(k), _plain(v)] for k, v in value.items()]}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, tuple):
+        return {"__tuple__": [_plain(v) for v in value]}
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(bytes(value)).decode()}
+    if isinstance(value, dt.datetime):
+        return {"__datetime__": value.isoformat()}
+    if isinstance(value, dt.date):
+        return {"__date__": value.isoformat()}
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if type(value).__module__ == "numpy":
+        import numpy as np
+
+        if isinstance(value, np.ndarray):
+            return {"__ndarray__": _plain(value.tolist()), "dtype": value.dtype.str, "shape": list(value.shape)}
+        if isinstance(value, np.generic):
+            return _plain(value.item())
+    raise TypeError(f"{type(value).__qualname__} is not data this runner carries (JSON, tuples, bytes, dates, "
+                    "numpy values)")
+
+
+def _tagged(obj: dict[str, Any]) -> Any:
+    if "__tuple__" in obj:
+        return tuple(obj["__tuple__"])
+    if "__pairs__" in obj:
+        return {(tuple(k) if isinstance(k, list) else k): v for k, v in obj["__pairs__"]}
+    if "__bytes__" in obj:
+        return base64.b64decode(obj["__bytes__"])
+    if "__datetime__" in obj:
+        return dt.datetime.fromisoformat(obj["__datetime__"])
+    if "__date__" in obj:
+        return dt.date.fromisoformat(obj["__date__"])
+    if "__ndarray__" in obj:
+        import numpy as np
+
+        return np.array(obj["__ndarray__"], dtype=np.dtype(obj["dtype"])).reshape(obj["shape"])
+    return obj
+
+
+def encode_outcomes(outcomes: Sequence[Outcome]) -> bytes:
+    """One batch's outcomes as JSON bytes; an outcome whose result is not plain data becomes a failed one."""
+    rows = []
+    for o in outcomes:
+        try:
+            rows.append(_plain(dataclasses.asdict(o)))
+        except TypeError as e:
+            rows.append(_plain(dataclasses.asdict(Outcome(o.item_id, "failed", reason=f"result not storable: {e}",
+                                                          duration_s=o.duration_s))))
+    return json.dumps(rows).encode()
+
+
+def decode_outcomes(data: bytes) -> list[Outcome]:
+    return [Outcome(**row) for row in json.loads(data, object_hook=_tagged)]
 
 
 @contextlib.contextmanager
