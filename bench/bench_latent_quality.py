@@ -44,6 +44,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "align": {"vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
     "epe": {"vae.recon_loss": "epe"},  # end-point error instead of squared error (per-source weights 1/scale)
     "epe_align": {"vae.recon_loss": "epe", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
+    "frame_epe": {"vae.decoder_condition": "frame", "vae.recon_loss": "epe"},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
