@@ -84,7 +84,7 @@ def damage_actions(action: np.ndarray, damage: str) -> np.ndarray:
     if damage == "idle":
         a[:] = a[0]
     elif damage == "chatter":
-        a[mid - 5:mid + 5, 6] = a[mid, 6] + np.where(np.arange(10) % 2 == 0, 0.8, -0.8)
+        a[mid - 5:mid + 5, 6] = np.clip(a[mid, 6] + np.where(np.arange(10) % 2 == 0, 0.8, -0.8), -1.0, 1.0)
     elif damage == "frozen":
         a[:, 3] = a[:, 3].mean()
     elif damage == "jump":

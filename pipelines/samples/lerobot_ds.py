@@ -44,6 +44,7 @@ JOINT_NAMES = ([f"left_arm_{i}" for i in range(6)] + ["left_gripper"]
 TASKS = ("transfer the red cube to the right arm", "insert the peg into the socket", "fold the towel in half")
 RAMP = 5  # background brightness step per frame (drawn frames)
 ROBOT_TYPE = "aloha"
+GRIPPERS = [6, 13]  # action/state dims of the two grippers (left arm 6 joints + gripper, right arm the same)
 
 
 @dataclass
@@ -121,6 +122,7 @@ def sample_episodes(n_episodes: int, seed: int = 0, fps: int = 30, size: tuple[i
                 cams[WRISTS[1]] = _drawn(e + 13, length, size, rng)
         # smooth joint targets; the measured state lags the command by one step, as a servo would
         steps = rng.normal(0.0, 0.05, size=(length, 14)).cumsum(axis=0) + rng.uniform(-0.5, 0.5, size=14)
+        steps[:, GRIPPERS] = steps[:, GRIPPERS].clip(-1.0, 1.0)  # normalised open/close, as ALOHA's grippers
         if actions == "absolute":
             action = steps.astype(np.float32)
             state = np.vstack([action[:1], action[:-1]]).astype(np.float32)

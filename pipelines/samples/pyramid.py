@@ -37,9 +37,9 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 6  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
+SAMPLES_VERSION = 7  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
                      # 5: an AnyPos/ATARA-layout set; 6: task-agnostic walks bounce off their box, planted
-                     # LeRobot action defects
+                     # LeRobot action defects; 7: LeRobot grippers kept in [-1, 1]
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
