@@ -85,17 +85,22 @@ def test_synthetic_actions_follow_the_video():
     assert torch.equal(next(make(5, 1, 2))["action_sequence"], next(make(5, 1, 2))["action_sequence"])
 
 
+def crash_at(make_train, crash_step: int):
+    """A batch factory that dies when it reaches `crash_step`, as a killed run would."""
+    def crashing(step_offset, rank=0, world_size=1):
+        for step, batch in enumerate(make_train(step_offset, rank, world_size), start=step_offset):
+            if step == crash_step:
+                raise RuntimeError("simulated crash")
+            yield batch
+    return crashing
+
+
 def test_resume_continues_exactly(tmp_path):
     cfg = tiny_config()
     make_train, make_val = data_for(cfg)
     straight = train(cfg, make_train, make_val, tmp_path / "straight", progress=False)
 
-    def crashing(step_offset, rank=0, world_size=1):
-        for step, batch in enumerate(make_train(step_offset, rank, world_size), start=step_offset):
-            if step == 10:
-                raise RuntimeError("simulated crash")
-            yield batch
-
+    crashing = crash_at(make_train, 10)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, crashing, make_val, tmp_path / "resumed", progress=False)
     assert torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["step"] == 8
@@ -134,12 +139,7 @@ def test_a_resumed_shard_run_continues_the_same_stream(tmp_path):
     assert not all(torch.equal(straight_batches[0]["video_frames"], b["video_frames"]) for b in resumed_batches)
     straight = train(cfg, make_train, None, tmp_path / "straight", progress=False)
 
-    def crashing(step_offset, rank=0, world_size=1):
-        for step, batch in enumerate(make_train(step_offset, rank, world_size), start=step_offset):
-            if step == 3:
-                raise RuntimeError("simulated crash")
-            yield batch
-
+    crashing = crash_at(make_train, 3)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(cfg, crashing, None, tmp_path / "resumed", progress=False)
     resumed = train(cfg, make_train, None, tmp_path / "resumed", progress=False)
