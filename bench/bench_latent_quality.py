@@ -45,6 +45,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "epe": {"vae.recon_loss": "epe"},  # end-point error instead of squared error (per-source weights 1/scale)
     "epe_align": {"vae.recon_loss": "epe", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
     "frame_epe": {"vae.decoder_condition": "frame", "vae.recon_loss": "epe"},
+    # z must also give the 8×8 pooled flow through a linear head (vae.coarse_weight)
+    "coarse": {"vae.coarse_weight": 10.0},
+    "coarse_align": {"vae.coarse_weight": 10.0, "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
+    "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),

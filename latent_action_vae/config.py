@@ -25,6 +25,9 @@ class VAEConfig:
     recon_floor_px: float = 0.05  # per_source: mean |flow| below this counts as this (near-static sources)
     recon_loss: str = "squared"  # squared: squared error (Gaussian) | epe: per-pixel end-point error (Charbonnier),
     #   whose best guess under doubt is the median (zero flow for sparse motion), not a smear of the mean
+    coarse_weight: float = 0.0  # > 0: a linear head reads the coarse_cells² pooled flow from z, weighted like the
+    #   reconstruction, so z must hold the coarse motion linearly (what a linear read of the action needs)
+    coarse_cells: int = 8
     moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
     moving_px: float = 0.5
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes

@@ -1,4 +1,5 @@
-"""The objective: flow reconstruction + λ_a · alignment of μ with real action changes + β · KL.
+"""The objective: flow reconstruction + λ_a · alignment of μ with real action changes + β · KL (+ the coarse
+flow read linearly from z, when `coarse_weight` > 0).
 
 Alignment counts only labelled samples and only the action dims an embodiment really has (`action_mask`), so
 unlabelled pairs and padded dims never pull on μ. λ_a = 0 or β = 0 switch their terms off exactly.
@@ -7,6 +8,7 @@ unlabelled pairs and padded dims never pull on μ. λ_a = 0 or β = 0 switch the
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -43,6 +45,22 @@ def reconstruction(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
     return (err * weight).sum() / norm.clamp_min(1)
 
 
+def coarse_reconstruction(coarse: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+                          sample_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared error of a predicted g×g pooled flow ([B,2,g,g]) against the target's mean valid flow per cell;
+    cells less than half valid do not count. Weighted per pair like `reconstruction`."""
+    g = coarse.shape[-1]
+    m = mask.float()[:, None]
+    num = F.adaptive_avg_pool2d(target * m, g)
+    frac = F.adaptive_avg_pool2d(m, g)
+    pooled = num / frac.clamp_min(1e-6)
+    weight = (frac[:, 0] >= 0.5).float()
+    norm = weight.sum()
+    if sample_weight is not None:
+        weight = weight * sample_weight[:, None, None]
+    return ((coarse - pooled).pow(2).sum(1) * weight).sum() / norm.clamp_min(1)
+
+
 def alignment(mu: torch.Tensor, action: torch.Tensor, action_mask: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
     """Mean squared error between μ and the normalised action change over labelled samples' real dims."""
     weight = action_mask.float() * labelled.float()[:, None]
@@ -52,7 +70,8 @@ def alignment(mu: torch.Tensor, action: torch.Tensor, action_mask: torch.Tensor,
 def vae_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor, action: torch.Tensor,
              action_mask: torch.Tensor, labelled: torch.Tensor, beta: float, lambda_align: float,
              sample_weight: torch.Tensor | None = None, moving_weight: float = 1.0,
-             moving_threshold: float = 0.0, recon_kind: str = "squared") -> dict[str, torch.Tensor]:
+             moving_threshold: float = 0.0, recon_kind: str = "squared",
+             coarse_weight: float = 0.0) -> dict[str, torch.Tensor]:
     recon = reconstruction(out["recon"], target, mask, sample_weight, moving_weight, moving_threshold, recon_kind)
     kl_dims = kl_per_dim(out["mu"], out["logvar"])
     kl = kl_dims.sum(1).mean()
@@ -62,7 +81,11 @@ def vae_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Ten
         total = total + beta * kl
     if lambda_align:
         total = total + lambda_align * align
-    return {"loss": total, "recon": recon, "kl": kl, "align": align, "kl_per_dim": kl_dims.mean(0)}
+    losses = {"loss": total, "recon": recon, "kl": kl, "align": align, "kl_per_dim": kl_dims.mean(0)}
+    if coarse_weight and "coarse" in out:
+        losses["coarse"] = coarse_reconstruction(out["coarse"], target, mask, sample_weight)
+        losses["loss"] = total + coarse_weight * losses["coarse"]
+    return losses
 
 
 def end_point_error_px(recon: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, scale_px: float) -> torch.Tensor:

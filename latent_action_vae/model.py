@@ -69,6 +69,8 @@ class LatentActionVAE(nn.Module):
             # the DC-AE decoder returns its input's channel count; colour inputs still reconstruct 2-channel flow
             out_ch = self.dcae.config.in_channels
             self.flow_head = nn.Conv2d(out_ch, 2, 1) if out_ch != 2 else nn.Identity()
+        # auxiliary: z → the coarse (pooled) flow, linearly; only built when it is trained (older checkpoints load)
+        self.coarse_head = nn.Linear(cfg.latent_dim, 2 * cfg.coarse_cells ** 2) if cfg.coarse_weight > 0 else None
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def prepare(self, flow_px: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -113,7 +115,11 @@ class LatentActionVAE(nn.Module):
     def forward(self, x: torch.Tensor, sample: bool = True, frame: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
-        return {"mu": mu, "logvar": logvar, "z": z, "recon": self.decode(z, frame)}
+        out = {"mu": mu, "logvar": logvar, "z": z, "recon": self.decode(z, frame)}
+        if self.coarse_head is not None:
+            g = self.cfg.coarse_cells
+            out["coarse"] = self.coarse_head(z).view(-1, 2, g, g)
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "params": sum(p.numel() for p in self.parameters()),

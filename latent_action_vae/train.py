@@ -149,7 +149,8 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     if item_weights is not None and vc.recon_balance != "none":
         weight = torch.tensor([item_weights[i] for i in batch["item_ids"]], dtype=target.dtype, device=target.device)
     losses = vae_loss(out, target, mask, batch["action"], batch["action_mask"], batch["labelled"], vc.beta,
-                      vc.lambda_align, weight, vc.moving_weight, vc.moving_px / vc.flow_scale_px, vc.recon_loss)
+                      vc.lambda_align, weight, vc.moving_weight, vc.moving_px / vc.flow_scale_px, vc.recon_loss,
+                      vc.coarse_weight)
     optimiser.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -193,6 +193,9 @@ def validate(cfg: PipelineConfig) -> None:
     if v.decoder_condition == "frame" and not cfg.flow.store_frames:
         raise ConfigError("vae.decoder_condition: frame needs the first frames in the flow artifacts: "
                           "set flow.store_frames: true")
+    if v.coarse_weight < 0 or v.coarse_cells < 1 or v.coarse_cells > v.image_size:
+        raise ConfigError(f"vae.coarse_weight must be >= 0 and vae.coarse_cells in 1..image_size ({v.image_size}), "
+                          f"got {v.coarse_weight} and {v.coarse_cells}")
     if v.recon_floor_px <= 0 or v.moving_weight < 1 or v.moving_px < 0 or v.lr_decay_steps < 0:
         raise ConfigError("vae.recon_floor_px must be > 0, vae.moving_weight >= 1, vae.moving_px >= 0 and "
                           "vae.lr_decay_steps >= 0")

@@ -335,6 +335,33 @@ def test_end_point_error_loss_is_the_mean_vector_norm_and_prefers_the_median():
         reconstruction(zero, target, mask, kind="l1")
 
 
+def test_coarse_head_reads_the_pooled_flow_from_z_and_only_exists_when_trained():
+    from latent_action_vae.config import VAEConfig
+    from latent_action_vae.losses import coarse_reconstruction, vae_loss
+    from latent_action_vae.model import LatentActionVAE
+
+    target = torch.zeros(1, 2, 8, 8)
+    target[0, 0, :4, :4] = 1.0  # the top-left quarter moves right by 1 unit
+    mask = torch.ones(1, 8, 8, dtype=torch.bool)
+    pooled = torch.zeros(1, 2, 2, 2)
+    pooled[0, 0, 0, 0] = 1.0
+    assert coarse_reconstruction(pooled, target, mask).item() == pytest.approx(0.0)
+    assert coarse_reconstruction(torch.zeros_like(pooled), target, mask).item() == pytest.approx(1 / 4)
+    mask[0, 4:, 4:] = False  # an invalid cell does not count, and invalid pixels do not dilute a valid cell's mean
+    mask[0, 0, 0] = False
+    assert coarse_reconstruction(pooled, target, mask).item() == pytest.approx(0.0)
+    assert coarse_reconstruction(torch.zeros_like(pooled), target, mask).item() == pytest.approx(1 / 3)
+    # the head is built only when it is trained, so checkpoints written without it still load
+    assert LatentActionVAE(VAEConfig()).coarse_head is None
+    model = LatentActionVAE(VAEConfig(coarse_weight=2.0, coarse_cells=4))
+    out = model(torch.zeros(3, 2, 64, 64))
+    assert out["coarse"].shape == (3, 2, 4, 4)
+    args = (torch.zeros(3, 2, 64, 64), torch.ones(3, 64, 64, dtype=torch.bool), torch.zeros(3, 14),
+            torch.zeros(3, 14), torch.zeros(3, dtype=torch.bool), 0.0, 0.0)
+    with_head, without = vae_loss(out, *args, coarse_weight=2.0), vae_loss(out, *args)
+    assert with_head["loss"].item() == pytest.approx(without["loss"].item() + 2.0 * with_head["coarse"].item())
+
+
 def test_bad_objective_settings_name_the_key():
     from pipelines.config import ConfigError
 
@@ -344,3 +371,5 @@ def test_bad_objective_settings_name_the_key():
         load_config(None, **{"vae.moving_weight": 0.5})
     with pytest.raises(ConfigError, match="vae.recon_loss"):
         load_config(None, **{"vae.recon_loss": "l1"})
+    with pytest.raises(ConfigError, match="vae.coarse_weight"):
+        load_config(None, **{"vae.coarse_weight": -1})
