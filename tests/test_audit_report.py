@@ -39,8 +39,10 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     defects.add_robotwin_defects(samples / "robotwin")
     defects.add_duplicate_defects(samples / "task_agnostic" / "aloha_random")
     defects.add_static_ssv2_clip(samples / "ssv2")
-    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 4, seed=1, version="v2.1", size=(48, 64),
+    # 4 episodes with planted action defects, 11 with planted file, timestamp, language and state defects
+    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 15, seed=1, version="v2.1", size=(48, 64),
                   damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
+    defects.damage_lerobot_files(samples / "lerobot" / "aloha_demo_v21", defects.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
     cfg = config(workdir)
     with Catalog(cfg.catalog_path) as cat:
         ingest(cfg, cat, make_runner("local"), progress=False)
