@@ -62,16 +62,22 @@ class Tables:
     def item_id(self, episode: int) -> str:
         return f"{self.prefix}/episode_{int(episode):06d}"
 
+    def segments(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(order, episodes, starts): row numbers grouped by episode (file order within one), the listed episodes
+        that have rows, and where each one's rows start in `order` — for per-episode reductions (`np.add.reduceat`)."""
+        ep = self.columns.get("episode_index")
+        if ep is None or not len(ep):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        order = np.argsort(ep, kind="stable")
+        order = order[np.isin(ep[order], list(self.episodes))]
+        values, starts = np.unique(ep[order], return_index=True)
+        return order, values, starts
+
     def rows(self) -> dict[int, np.ndarray]:
-        """episode_index → its data row numbers, in file order (the order a reader sees them)."""
+        """episode_index → its data row numbers, in file order (the order a reader sees them); listed episodes."""
         if self._rows is None:
-            ep = self.columns.get("episode_index")
-            if ep is None or not len(ep):
-                self._rows = {}
-            else:
-                order = np.argsort(ep, kind="stable")
-                values, starts = np.unique(ep[order], return_index=True)
-                self._rows = {int(v): r for v, r in zip(values, np.split(order, starts[1:]))}
+            order, values, starts = self.segments()
+            self._rows = {int(v): r for v, r in zip(values, np.split(order, starts[1:]))} if len(order) else {}
         return self._rows
 
     def video_files(self) -> dict[str, list[int]]:
@@ -117,11 +123,16 @@ def _v3_stats(root: Path, keys: list[str], problems: list[str]) -> dict[int, dic
             cols = [f"stats/{k}/{s}" for k in keys for s in STAT_NAMES if f"stats/{k}/{s}" in names]
             if not cols:
                 continue
-            for r in pq.read_table(f, columns=["episode_index", *cols]).to_pylist():
-                stats: dict[str, dict] = out.setdefault(int(r["episode_index"]), {})
-                for c in cols:
-                    key, stat = c[len("stats/"):].rsplit("/", 1)
-                    stats.setdefault(key, {})[stat] = r[c]
+            table = pq.read_table(f, columns=["episode_index", *cols])
+            index = table.column("episode_index").to_numpy()
+            for c in cols:
+                key, stat = c[len("stats/"):].rsplit("/", 1)
+                col = table.column(c).combine_chunks()
+                values = (col.flatten().to_numpy(zero_copy_only=False).reshape(len(index), -1)
+                          if pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+                          else col.to_numpy(zero_copy_only=False).reshape(len(index), -1))
+                for i, v in zip(index, values):
+                    out.setdefault(int(i), {}).setdefault(key, {})[stat] = v
         except (pa.ArrowException, OSError) as e:
             problems.append(f"{f.relative_to(root)} stats are unreadable: {e}")
     return out

@@ -156,7 +156,8 @@ def test_language_rules_on_catalog_rows():
             for i, text in enumerate(["fold the towel", "  ", "pick up [something]", "place it at <top center>",
                                       "stack {A} on {B}", "n/a", "open the drawer"])]
     rows.append({"item_id": "lerobot/ds/episode_000007", "language": [], "has_actions": True})
-    rows.append({"item_id": "ssv2/1", "language": [], "has_actions": False})
+    rows += [{"item_id": f"ssv2/{i}", "language": [] if i == 0 else ["holding a cup"], "has_actions": False}
+             for i in range(3)]  # a clip without a label (SSv2's test set) is not judged
     assert sorted(L.empty(rows)) == ["lerobot/ds/episode_000001", "lerobot/ds/episode_000007"]
     assert sorted(L.template(rows)) == [f"lerobot/ds/episode_00000{i}" for i in (2, 3, 4, 5)]
     assert "'<top center>'" in L.template(rows)["lerobot/ds/episode_000003"]

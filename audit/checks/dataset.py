@@ -106,13 +106,16 @@ def global_index(t: Tables, s: AuditConfig) -> dict[str, str]:
 
 
 def task_indices(t: Tables, s: AuditConfig) -> dict[str, str]:
-    if not t.tasks:
+    ti = t.columns.get("task_index")
+    if not t.tasks or ti is None:
         return {}
+    order, _, _ = t.segments()
+    ti, ep = ti[order].astype(np.float64), t.columns["episode_index"][order]
+    bad = np.isfinite(ti) & ~np.isin(ti, list(t.tasks))
     out = {}
-    for _, item, ti in _episode_rows(t, "task_index"):
-        bad = sorted({int(v) for v in ti[np.isfinite(ti.astype(np.float64))]} - set(t.tasks))
-        if bad:
-            out[item] = f"task_index {bad[:5]} is not in the task table (it has {len(t.tasks)} tasks)"
+    for index in np.unique(ep[bad]):
+        values = np.unique(ti[bad & (ep == index)]).astype(int).tolist()
+        out[t.item_id(index)] = f"task_index {values[:5]} is not in the task table (it has {len(t.tasks)} tasks)"
     return out
 
 
@@ -152,9 +155,17 @@ def orphans(t: Tables, s: AuditConfig) -> dict[str, str]:
     return {t.name: "; ".join(problems)} if problems else {}
 
 
-def _stale(stored: dict[str, Any], values: np.ndarray, key: str, s: AuditConfig) -> str | None:
-    fresh = {"min": values.min(0), "max": values.max(0), "mean": values.mean(0), "std": values.std(0)}
-    scale = np.maximum(np.ptp(values, axis=0), 1.0)
+def segment_stats(values: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
+    """min, max, mean, std (ddof 0) and range [E, D] of consecutive row segments starting at `starts`."""
+    counts = np.diff(np.append(starts, len(values)))[:, None]
+    mean = np.add.reduceat(values, starts, axis=0) / counts
+    sq = np.add.reduceat(values * values, starts, axis=0) / counts
+    lo, hi = np.minimum.reduceat(values, starts, axis=0), np.maximum.reduceat(values, starts, axis=0)
+    return {"min": lo, "max": hi, "mean": mean, "std": np.sqrt(np.maximum(sq - mean * mean, 0)), "range": hi - lo}
+
+
+def _stale(stored: dict[str, Any], fresh: dict[str, np.ndarray], key: str, s: AuditConfig) -> str | None:
+    scale = np.maximum(fresh["range"], 1.0)
     for stat in STAT_NAMES:
         if stat not in stored:
             continue
@@ -171,19 +182,20 @@ def _stale(stored: dict[str, Any], values: np.ndarray, key: str, s: AuditConfig)
 def stale_stats(t: Tables, s: AuditConfig) -> dict[str, str]:
     """Per-episode stats (episodes_stats.jsonl, v3 stats/ columns) and meta/stats.json against the data."""
     out: dict[str, str] = {}
-    rows = t.rows()
-    vectors = [(k, a) for k, a in ((t.action_key, t.action), (t.state_key, t.state)) if k and a is not None]
-    for index, ep in sorted(t.episodes.items()):
-        r = rows.get(index)
-        if r is None or not ep.get("stats"):
-            continue
-        found = [why for k, a in vectors if k in ep["stats"] and (why := _stale(ep["stats"][k], a[r], k, s))]
+    order, episodes, starts = t.segments()
+    if not len(order):
+        return out
+    vectors = [(k, a[order]) for k, a in ((t.action_key, t.action), (t.state_key, t.state)) if k and a is not None]
+    per_episode = {k: segment_stats(a, starts) for k, a in vectors}
+    for n, index in enumerate(episodes):
+        stored = t.episodes[int(index)].get("stats") or {}
+        found = [why for k, _ in vectors if k in stored and (why := _stale(
+            stored[k], {stat: v[n] for stat, v in per_episode[k].items()}, k, s))]
         if found:
             out[t.item_id(index)] = "stored stats disagree with the data: " + "; ".join(found)
-    if isinstance(t.stats, dict) and rows:
-        listed = np.concatenate([r for i, r in rows.items() if i in t.episodes] or [np.zeros(0, int)])
-        found = [why for k, a in vectors if isinstance(t.stats.get(k), dict) and len(listed)
-                 and (why := _stale(t.stats[k], a[listed], k, s))]
+    if isinstance(t.stats, dict):
+        found = [why for k, a in vectors if isinstance(t.stats.get(k), dict) and (why := _stale(
+            t.stats[k], {stat: v[0] for stat, v in segment_stats(a, np.zeros(1, np.int64)).items()}, k, s))]
         if found:
             out[t.name] = "meta/stats.json disagrees with the data: " + "; ".join(found)
     return out

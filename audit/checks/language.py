@@ -27,7 +27,8 @@ def dataset_of(item_id: str) -> str:
 
 
 def empty(items: list[dict]) -> dict[str, str]:
-    """Items with a blank instruction line, and items without any where most items of their dataset have one."""
+    """Items with a blank instruction line, and robot episodes without any where most items of their dataset have
+    one (a video clip without a label, such as SSv2's test set, is not judged)."""
     with_language: dict[str, list[bool]] = defaultdict(list)
     for row in items:
         with_language[dataset_of(row["item_id"])].append(bool(row["language"]))
@@ -37,7 +38,7 @@ def empty(items: list[dict]) -> dict[str, str]:
         blank = [i for i, line in enumerate(lines) if not str(line).strip()]
         if blank:
             out[row["item_id"]] = f"{len(blank)} of its {len(lines)} instruction line(s) are blank"
-        elif not lines and np.mean(with_language[dataset_of(row["item_id"])]) > 0.5:
+        elif not lines and row.get("has_actions") and np.mean(with_language[dataset_of(row["item_id"])]) > 0.5:
             out[row["item_id"]] = "no instruction, while most items of its dataset have one"
     return out
 
@@ -58,7 +59,7 @@ def single_instruction(t: Tables, s: AuditConfig) -> dict[str, str]:
     ti = t.columns.get("task_index")
     if len(t.tasks) < 2 or ti is None or len(t.episodes) < s.min_episodes_for_language:
         return {}
-    used = {int(v) for v in ti[np.isin(t.columns["episode_index"], list(t.episodes))] if np.isfinite(v)}
+    used = {int(v) for v in np.unique(ti[t.segments()[0]].astype(np.float64)) if np.isfinite(v)}
     if len(used) == 1:
         task = t.tasks.get(next(iter(used)), "?")
         return {t.name: f"all {len(t.episodes)} episodes carry the instruction {task!r}, while the task table "
@@ -74,8 +75,8 @@ def _catalog(ctx: AuditContext, rule) -> Outcome:
 
 
 @check("language_empty", "content", "warning",
-       "An instruction line that is blank, or an item without any instruction while most items of its dataset have "
-       "one: a language-conditioned model learns that the empty string means a task.")
+       "An instruction line that is blank, or a robot episode without any instruction while most items of its "
+       "dataset have one: a language-conditioned model learns that the empty string means a task.")
 def language_empty(ctx: AuditContext) -> Outcome:
     return _catalog(ctx, empty)
 

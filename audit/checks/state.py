@@ -24,27 +24,61 @@ def commanded_change(action: np.ndarray, semantics: list[str]) -> np.ndarray:
     return np.where(absolute, diff, action)
 
 
-def delay_of(action: np.ndarray, state: np.ndarray, semantics: list[str], max_lag: int) -> tuple[int, float] | None:
-    """(lag k, its mean correlation) maximising the correlation of the command's change at t with the state's
-    change at t+k, over dims that move in both; None when nothing moves or the episode is too short."""
-    d = min(action.shape[1], state.shape[1])
-    du = commanded_change(action[:, :d], semantics[:d])
-    dv = np.vstack([np.full((1, d), np.nan), np.diff(state[:, :d], axis=0)])
-    n = len(action)
-    best = None
-    for k in range(0, max_lag + 1):
-        x, y = du[1:n - k], dv[1 + k:n]
-        if len(x) < 8:
-            break
-        x, y = x - x.mean(0), y - y.mean(0)
-        sx, sy = np.sqrt((x * x).sum(0)), np.sqrt((y * y).sum(0))
-        moving = (sx > 1e-9) & (sy > 1e-9)
-        if not moving.any():
-            continue
-        r = float(np.mean((x * y).sum(0)[moving] / (sx * sy)[moving]))
-        if best is None or r > best[1]:
-            best = (k, r)
-    return best
+def _changes(t: Tables, semantics: list[str]):
+    """Per-episode views of the concatenated rows (cached on `t`): (episodes, starts, ends, command change du
+    [N, D], state change dv [N, D], finite episodes); row 0 of each episode has no change (0 in du and dv)."""
+    cache = t.__dict__.setdefault("_state_cache", {})
+    key = tuple(semantics)
+    if key in cache:
+        return cache[key]
+    order, episodes, starts = t.segments()
+    d = min(t.action.shape[1], t.state.shape[1])
+    a, st = t.action[order, :d], t.state[order, :d]
+    ends = np.append(starts[1:], len(order)).astype(np.int64)
+    first = np.zeros(len(order), bool)
+    first[starts] = True
+    du = np.nan_to_num(commanded_change(a, semantics[:d] if len(semantics) >= d else []))
+    dv = np.nan_to_num(np.vstack([np.zeros((1, d)), np.diff(st, axis=0)]))
+    du[first], dv[first] = 0.0, 0.0
+    finite = np.logical_and.reduceat(np.isfinite(a).all(1) & np.isfinite(st).all(1), starts) if len(order) else \
+        np.zeros(0, bool)
+    cache[key] = episodes, starts, ends, du, dv, finite
+    return cache[key]
+
+
+def _prefix(x: np.ndarray) -> np.ndarray:
+    out = np.empty((len(x) + 1, x.shape[1]))
+    out[0] = 0.0
+    np.cumsum(x, axis=0, out=out[1:])
+    return out
+
+
+def episode_delays(t: Tables, semantics: list[str], max_lag: int) -> dict[int, tuple[int, float]]:
+    """episode → (lag k, its mean correlation) maximising the correlation of the command's change at t with the
+    state's change at t+k over dims that move in both (Pearson per dim, averaged), for episodes with at least 8
+    pairs at that lag. All episodes at once: sums over each episode's pairs come from prefix sums, so a lag costs
+    one product of the two change arrays."""
+    episodes, starts, ends, du, dv, finite = _changes(t, semantics)
+    if not len(episodes):
+        return {}
+    cx, cy, cxx, cyy = _prefix(du), _prefix(dv), _prefix(du * du), _prefix(dv * dv)
+    best_k = np.full(len(episodes), -1)
+    best_r = np.full(len(episodes), -np.inf)
+    lo = starts + 1
+    for k in range(max_lag + 1):
+        hi = np.maximum(ends - k, lo)  # pairs (i, i + k) for i in [lo, hi)
+        n = (hi - lo)[:, None].astype(np.float64)
+        sx, sxx = cx[hi] - cx[lo], cxx[hi] - cxx[lo]
+        sy, syy = cy[hi + k] - cy[lo + k] if k else cy[hi] - cy[lo], cyy[hi + k] - cyy[lo + k]
+        cxy = _prefix(du[:len(du) - k] * dv[k:])
+        sxy = cxy[hi] - cxy[lo]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cov, vx, vy = sxy - sx * sy / n, sxx - sx * sx / n, syy - sy * sy / n
+            moving = (vx > 1e-18) & (vy > 1e-18) & (n >= 8)
+            r = np.where(moving, cov / np.sqrt(np.where(moving, vx * vy, 1.0)), 0.0).sum(1) / moving.sum(1)
+        better = moving.any(1) & (r > best_r)
+        best_k[better], best_r[better] = k, r[better]
+    return {int(e): (int(k), float(r)) for e, k, r, ok in zip(episodes, best_k, best_r, finite) if ok and k >= 0}
 
 
 def _semantics(ctx: AuditContext | None, t: Tables) -> list[str]:
@@ -59,15 +93,8 @@ def delays(t: Tables, s: AuditConfig, semantics: list[str] | None = None) -> tup
     """(failures, stats): episodes whose delay is delay_tolerance_steps or more from the dataset's median."""
     if t.action is None or t.state is None:
         return {}, {}
-    rows = t.rows()
-    found = {}
-    for index in sorted(t.episodes):
-        r = rows.get(index)
-        if r is None or not np.isfinite(t.action[r]).all() or not np.isfinite(t.state[r]).all():
-            continue
-        est = delay_of(t.action[r], t.state[r], semantics or [], s.max_delay_steps)
-        if est and est[1] >= s.min_delay_correlation:
-            found[index] = est
+    found = {i: est for i, est in episode_delays(t, semantics or [], s.max_delay_steps).items()
+             if est[1] >= s.min_delay_correlation}
     if not found:
         return {}, {}
     median = float(np.median([k for k, _ in found.values()]))
@@ -85,17 +112,19 @@ def dead(t: Tables, s: AuditConfig, semantics: list[str] | None = None) -> dict[
     d = min(t.action.shape[1], t.state.shape[1])
     names = [str(n) for n in ((t.info.get("features") or {}).get(t.state_key) or {}).get("names") or []]
     names = names if len(names) >= d and all(isinstance(n, str) for n in names) else [f"dim{i}" for i in range(d)]
+    episodes, starts, _, du, _, _ = _changes(t, semantics or [])
+    if not len(episodes):
+        return {}
+    moves = np.add.reduceat(np.abs(du), starts, axis=0) > 1e-9
+    order = t.segments()[0]
+    st = t.state[order, :d]
+    still = (np.maximum.reduceat(st, starts, axis=0) - np.minimum.reduceat(st, starts, axis=0)) == 0
     out = {}
-    for index, r in sorted(t.rows().items()):
-        if index not in t.episodes or len(r) < 2:
-            continue
-        a, st = t.action[r, :d], t.state[r, :d]
-        moves = np.nan_to_num(np.abs(commanded_change(a, semantics or [])[1:]).sum(0)) > 1e-9
-        still = np.ptp(st, axis=0) == 0
-        bad = np.nonzero(moves & still)[0]
-        if bad.size:
-            out[t.item_id(index)] = (f"{bad.size} state dim(s) never move while the action does: "
-                                     + ", ".join(names[i] for i in bad[:4]) + (" ..." if bad.size > 4 else ""))
+    for e, bad in zip(episodes, moves & still):
+        if bad.any():
+            dims = np.nonzero(bad)[0]
+            out[t.item_id(e)] = (f"{dims.size} state dim(s) never move while the action does: "
+                                 + ", ".join(names[i] for i in dims[:4]) + (" ..." if dims.size > 4 else ""))
     return out
 
 
