@@ -60,6 +60,15 @@ class AuditConfig:
     chatter_step: float = 0.25  # a gripper move counts when its step is at least this share of the gripper's range
     chatter_reversals: int = 3  # chatter: this many reversals of those moves within one second
     saturation_min_steps: int = 5  # saturation: a mid-episode run this long at the embodiment's extreme value
+    # dataset checks (audit/checks/dataset.py): a LeRobot dataset's files against each other
+    timestamp_tolerance_s: float = 1e-4  # |Δt − 1/fps| allowed between rows (LeRobot's default tolerance_s)
+    stats_tolerance: float = 1e-3  # stored stats may differ from the data's by this share of the dim's range (≥ 1)
+    rate_tolerance: float = 0.01  # a camera's rate may differ from the dataset's fps by this share
+    # language (audit/checks/language.py) and state (audit/checks/state.py)
+    min_episodes_for_language: int = 10  # fewer: one instruction for all episodes is not judged
+    max_delay_steps: int = 10  # the observation/action delay is searched over 0..this many steps
+    delay_tolerance_steps: int = 2  # an episode whose delay is this far from its dataset's median fails
+    min_delay_correlation: float = 0.5  # below this peak correlation an episode's delay is not judged
     items_per_source_in_report: int = 3  # contact sheets and flow pictures per source
     action_bounds: list[BoundRule] = field(default_factory=_default_bounds)
 

@@ -57,7 +57,7 @@ class Check:
 
 
 CHECKS: dict[str, Check] = {}
-CATEGORIES = ("integrity", "content", "motion", "duplicates", "splits", "labels", "shards")
+CATEGORIES = ("integrity", "dataset", "content", "motion", "duplicates", "splits", "labels", "shards")
 
 
 def check(name: str, category: str, severity: str, explanation: str):

@@ -53,7 +53,9 @@ def rewrite_video(ep, edit):
 def test_every_check_is_registered_with_a_known_severity_and_an_explanation():
     checks = all_checks()
     assert len(checks) == len(CHECKS) >= 20
-    assert {c.category for c in checks} == {"integrity", "content", "motion", "duplicates", "splits", "labels", "shards"}
+    assert {c.category for c in checks} == {"integrity", "dataset", "content", "motion", "duplicates", "splits", "labels",
+                                            "shards"}
+    assert len(checks) >= 45
     assert all(c.severity in ("error", "warning", "info") and len(c.explanation) > 30 for c in checks)
 
 

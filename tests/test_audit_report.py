@@ -29,6 +29,7 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     small working canvas keeps DIS quick); no VAE, so the label checks do not run. Read-only for the tests: copy to
     change."""
     from pipelines.samples.lerobot_ds import write_lerobot
+    from pipelines.samples.pyramid import _first_episode_video
     from pipelines.samples.real_clips import write_ssv2
 
     workdir = tmp_path_factory.mktemp("audit_pyramid")
@@ -39,8 +40,11 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     defects.add_robotwin_defects(samples / "robotwin")
     defects.add_duplicate_defects(samples / "task_agnostic" / "aloha_random")
     defects.add_static_ssv2_clip(samples / "ssv2")
-    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 4, seed=1, version="v2.1", size=(48, 64),
-                  damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
+    # 4 episodes with planted action defects, 11 with planted file, timestamp, language and state defects
+    # (frames cut from a task-agnostic episode, as the demo's: drawn frames bounce a square, which jitter may flag)
+    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 15, seed=1, version="v2.1", size=(48, 64),
+                  frames_from=_first_episode_video(samples), damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
+    defects.damage_lerobot_files(samples / "lerobot" / "aloha_demo_v21", defects.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
     cfg = config(workdir)
     with Catalog(cfg.catalog_path) as cat:
         ingest(cfg, cat, make_runner("local"), progress=False)
@@ -114,7 +118,8 @@ def test_verdicts_are_stored_per_item_and_summarised_in_audit_json(audit_run):
 def test_gate_by_severity(audit_run):
     _, result, _ = audit_run
     assert {r.check.name for r in result.failed("error")} == {
-        "media_readable", "finite_values", "missing_fields", "cross_split_duplicates"}
+        "media_readable", "finite_values", "missing_fields", "cross_split_duplicates", "frame_indices", "orphan_rows",
+        "task_index_valid", "timestamps_monotonic", "media_files", "global_index"}
     assert {r.check.name for r in result.failed("warning")} >= {"static_clip", "exact_duplicates"}
     assert not result.gate("error") and result.gate("never")
 

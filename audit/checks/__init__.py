@@ -1,5 +1,5 @@
 """The checks, one module per category; importing this package registers them all."""
 
-from audit.checks import content, duplicates, integrity, labels, motion, shards, splits
+from audit.checks import content, dataset, duplicates, integrity, labels, language, motion, shards, splits, state
 
-__all__ = ["content", "duplicates", "integrity", "labels", "motion", "shards", "splits"]
+__all__ = ["content", "dataset", "duplicates", "integrity", "labels", "language", "motion", "shards", "splits", "state"]

@@ -22,6 +22,7 @@ from flow_extraction.artifacts import artifact_path
 from manifests.actions import validate as validate_semantics
 
 QUARANTINE_RULES: list[tuple[str, re.Pattern]] = [
+    ("frame_indices", re.compile(r"frame_index is not")),
     ("duplicate_item_ids", re.compile(r"duplicate item id")),
     ("latent_values", re.compile(r"latent rows|non-finite flow")),
     ("finite_values", re.compile(r"non-finite")),

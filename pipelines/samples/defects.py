@@ -57,9 +57,36 @@ DEFECTS = {
     "lerobot/aloha_demo_v21/episode_000003": Defect("the same joint clipped at the same 2 rad",
                                                     ("action_saturation",)),
 }
-# dataset folder → {episode index: damage}: what `damage_actions` does to the LeRobot samples' actions
+# planted in the v2.1 LeRobot sample's files after they are written (LEROBOT_FILE_DEFECTS, `damage_lerobot_files`)
+# and in its states as they are written (a shifted or a dead state dim, so its stats agree)
+LEROBOT_DATASET_DEFECT = Defect("a data file of an episode the metadata does not list; info.json total_videos two "
+                                "too many", ("orphan_rows", "info_matches_data"))
+for _index, _what, _checks, _reason in (
+        (4, "two timestamps swapped", ("timestamps_monotonic", "timestamp_spacing"), ""),
+        (5, "a frame dropped: the timestamps skip one period", ("timestamp_spacing", "timestamp_drift"), ""),
+        (6, "frame_index repeats a value", ("frame_indices",), "frame_index is not"),
+        (7, "the head camera's mp4 is a git-lfs pointer", ("media_readable", "media_files"), "video"),
+        (8, "episodes_stats.jsonl left from before an edit: a stale action max", ("stale_stats",), ""),
+        (9, "task_index points past the task table", ("task_index_valid",), ""),
+        (10, "an empty instruction", ("language_empty",), ""),
+        (11, "an instruction with template leftovers", ("language_template",), ""),
+        (12, "the state trails the action by 6 steps instead of 1", ("action_delay",), ""),
+        (13, "a state joint that never moves while its action does", ("dead_joints",), ""),
+        (14, "the global index of an episode shifted by 1000", ("global_index",), "")):
+    DEFECTS[f"lerobot/aloha_demo_v21/episode_{_index:06d}"] = Defect(_what, _checks, _reason)
+DEFECTS["lerobot/aloha_demo_v21"] = LEROBOT_DATASET_DEFECT
+
+# dataset folder → {episode index: damage}: what `damage_actions` (and `damage_state`) do to the LeRobot samples
 LEROBOT_ACTION_DEFECTS = {"aloha_demo_v3": {1: "idle", 2: "chatter"},
-                          "aloha_demo_v21": {0: "frozen", 1: "jump", 2: "saturation", 3: "saturation"}}
+                          "aloha_demo_v21": {0: "frozen", 1: "jump", 2: "saturation", 3: "saturation",
+                                             12: "delay", 13: "dead_joint"}}
+LEROBOT_FILE_DEFECTS = {"aloha_demo_v21": {4: "timestamps_backwards", 5: "dropped_frame", 6: "frame_index",
+                                           7: "lfs_pointer", 8: "stale_stats", 9: "task_index",
+                                           10: "empty_instruction", 11: "template_instruction", 14: "global_index"}}
+STATE_DAMAGE = ("delay", "dead_joint")
+TEMPLATE_TASK = "put the [object] in the box at <top center>"
+LFS_POINTER_TEXT = ("version https://git-lfs.github.com/spec/v1\n"
+                    "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 48213\n")
 
 STATIC_SSV2_ID = "990001"
 EXACT_COPY, NEAR_COPY = "episode_900004", "episode_900003"
@@ -95,6 +122,86 @@ def damage_actions(action: np.ndarray, damage: str) -> np.ndarray:
     else:
         raise ValueError(f"unknown action damage {damage!r}")
     return a
+
+
+def damage_state(action: np.ndarray, state: np.ndarray, damage: str) -> np.ndarray:
+    """A damaged copy of one episode's observed state [T, 14] (the samples' state trails the action by one step)."""
+    s = np.array(state, np.float32)
+    if damage == "delay":  # the state trails the command by 6 steps
+        s = np.vstack([np.repeat(action[:1], 6, axis=0), action[:-6]]).astype(np.float32)
+    elif damage == "dead_joint":  # the left elbow's encoder reports its first value throughout
+        s[:, 2] = s[0, 2]
+    else:
+        raise ValueError(f"unknown state damage {damage!r}")
+    return s
+
+
+def damage_lerobot_files(root: Path, plan: dict[int, str]) -> list[Path]:
+    """Damage a written LeRobot v2.x dataset's files (`LEROBOT_FILE_DEFECTS`), plus one data file of an unlisted
+    episode and an info.json total_videos two too many (`LEROBOT_DATASET_DEFECT`). Returns the files changed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    meta = root / "meta"
+    info = json.loads((meta / "info.json").read_text())
+    fps = float(info["fps"])
+    episodes = [json.loads(line) for line in (meta / "episodes.jsonl").read_text().splitlines() if line.strip()]
+    tasks = [json.loads(line) for line in (meta / "tasks.jsonl").read_text().splitlines() if line.strip()]
+    data = lambda i: root / info["data_path"].format(episode_chunk=i // info["chunks_size"], episode_index=i)  # noqa: E731
+    changed = []
+
+    def edit_column(index: int, name: str, fn) -> None:
+        table = pq.read_table(data(index))
+        values = fn(table.column(name).to_numpy().copy())
+        pq.write_table(table.set_column(table.column_names.index(name), name, pa.array(values, table.column(name).type)),
+                       data(index))
+        changed.append(data(index))
+
+    def new_task(index: int, text: str) -> None:
+        tasks.append({"task_index": len(tasks), "task": text})
+        edit_column(index, "task_index", lambda v: np.full_like(v, len(tasks) - 1))
+        episodes[index]["tasks"] = [text]
+
+    for index, kind in sorted(plan.items()):
+        mid = episodes[index]["length"] // 2
+        if kind == "timestamps_backwards":
+            edit_column(index, "timestamp", lambda v: np.concatenate([v[:mid], v[mid:mid + 2][::-1], v[mid + 2:]]))
+        elif kind == "dropped_frame":
+            edit_column(index, "timestamp", lambda v: np.concatenate([v[:mid], v[mid:] + np.float32(1 / fps)]))
+        elif kind == "frame_index":
+            edit_column(index, "frame_index", lambda v: np.concatenate([v[:mid], [v[mid - 1]], v[mid + 1:]]))
+        elif kind == "global_index":
+            edit_column(index, "index", lambda v: v + 1000)
+        elif kind == "task_index":
+            edit_column(index, "task_index", lambda v: np.full_like(v, 99))
+        elif kind == "empty_instruction":
+            new_task(index, "")
+        elif kind == "template_instruction":
+            new_task(index, TEMPLATE_TASK)
+        elif kind == "lfs_pointer":
+            key = next(k for k, f in info["features"].items() if f.get("dtype") == "video")
+            video = root / info["video_path"].format(episode_chunk=index // info["chunks_size"], video_key=key,
+                                                     episode_index=index)
+            video.write_text(LFS_POINTER_TEXT)
+            changed.append(video)
+        elif kind == "stale_stats":
+            path = meta / "episodes_stats.jsonl"
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            lines[index]["stats"]["action"]["max"][0] += 0.5
+            path.write_text("".join(json.dumps(e) + "\n" for e in lines))
+            changed.append(path)
+        else:
+            raise ValueError(f"unknown LeRobot file damage {kind!r}")
+    orphan = data(99)
+    table = pq.read_table(data(0))
+    pq.write_table(table.set_column(table.column_names.index("episode_index"), "episode_index",
+                                    pa.array(np.full(table.num_rows, 99), pa.int64())), orphan)
+    info["total_tasks"] = len(tasks)
+    info["total_videos"] += 2
+    (meta / "info.json").write_text(json.dumps(info, indent=4))
+    (meta / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
+    (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    return changed + [orphan, meta / "info.json"]
 
 
 def truncate_file(path: Path, keep_fraction: float = 0.5) -> None:

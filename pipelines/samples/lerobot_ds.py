@@ -179,15 +179,19 @@ def write_lerobot(root: str | Path, n_episodes: int, seed: int = 0, version: str
                   frames_from: Path | None = None, *, fps: int = 30, size: tuple[int, int] = (96, 128),
                   wrists: bool = False, actions: str = "absolute", damage: dict[int, str] | None = None) -> Path:
     """Write a small LeRobot dataset at `root` (its folder name is the repo name) and return `root`. `damage`:
-    episode index → a planted action defect (`defects.damage_actions`; absolute actions only)."""
+    episode index → a planted action or state defect (`defects.damage_actions`, `defects.damage_state`; absolute
+    actions only)."""
     episodes = sample_episodes(n_episodes, seed, fps, size, wrists, frames_from, actions)
     for index, kind in (damage or {}).items():
         if actions != "absolute":
             raise ValueError("planted action defects need absolute actions")
         if index < len(episodes):  # the state follows the damaged command one step later, as the samples' servo
-            from pipelines.samples.defects import damage_actions
+            from pipelines.samples.defects import STATE_DAMAGE, damage_actions, damage_state
 
             ep = episodes[index]
+            if kind in STATE_DAMAGE:
+                ep.state = damage_state(ep.action, ep.state, kind)
+                continue
             ep.action = damage_actions(ep.action, kind)
             ep.state = np.vstack([ep.action[:1], ep.action[:-1]]).astype(np.float32)
     cameras = [HEAD] + (list(WRISTS) if wrists else [])

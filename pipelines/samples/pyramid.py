@@ -37,9 +37,10 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 7  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
+SAMPLES_VERSION = 8  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
                      # 5: an AnyPos/ATARA-layout set; 6: task-agnostic walks bounce off their box, planted
-                     # LeRobot action defects; 7: LeRobot grippers kept in [-1, 1]
+                     # LeRobot action defects; 7: LeRobot grippers kept in [-1, 1]; 8: the v2.1 LeRobot set gets
+                     # 11 more episodes with planted file, timestamp, index, stats, language and state defects
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items
@@ -81,6 +82,12 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
     root = Path(out)
     sizes = sample_sizes(scale)
     summary = SampleSummary(root)
+    # the v2.1 set gets one more episode for each planted file defect and dead or delayed state
+    planted = {**defects_mod.LEROBOT_FILE_DEFECTS["aloha_demo_v21"],
+               **{i: k for i, k in defects_mod.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"].items()
+                  if k in defects_mod.STATE_DAMAGE}}
+    lerobot_episodes = {"aloha_demo_v3": sizes["lerobot"],
+                        "aloha_demo_v21": sizes["lerobot"] + (len(planted) if defects else 0)}
     steps: list[tuple[str, Callable[[], list]]] = [
         ("task_agnostic", lambda: write_task_agnostic(root / "task_agnostic" / "aloha_random", sizes["task_agnostic"], n_frames=75, seed=seed)),
         # the 2026-layout episode starts after every seed the 2.0 episodes may use, and keeps its cube away from theirs
@@ -94,14 +101,14 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         # RLDS episodes (fractal layout) rendered from an arm that the episodes' delta actions move
         ("oxe", lambda: write_oxe(root / "oxe", sizes["oxe"], seed=seed)),
         ("lerobot", lambda: [
-            write_lerobot(root / "lerobot" / name, sizes["lerobot"], seed=seed + k, version=version,
+            write_lerobot(root / "lerobot" / name, lerobot_episodes[name], seed=seed + k, version=version,
                           frames_from=_first_episode_video(root), size=(120, 160),
                           damage=defects_mod.LEROBOT_ACTION_DEFECTS[name] if defects else None)
             for k, (name, version) in enumerate((("aloha_demo_v3", "v3.0"), ("aloha_demo_v21", "v2.1")))
         ]),
     ]
     # what the writers return: episode folders/files, except oxe (shards) and lerobot (one folder per dataset)
-    per_item = {"oxe": sizes["oxe"], "lerobot": 2 * sizes["lerobot"]}
+    per_item = {"oxe": sizes["oxe"], "lerobot": sum(lerobot_episodes.values())}
     for name, step in steps:
         t0 = time.perf_counter()
         written = step()
@@ -114,5 +121,7 @@ def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defe
         summary.defects += defects_mod.add_robotwin_defects(root / "robotwin")
         summary.defects += defects_mod.add_duplicate_defects(root / "task_agnostic" / "aloha_random")
         summary.defects += defects_mod.add_static_ssv2_clip(root / "ssv2")
+        summary.defects += defects_mod.damage_lerobot_files(root / "lerobot" / "aloha_demo_v21",
+                                                            defects_mod.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
         console.print(f"[samples] added {len(summary.defects)} deliberately bad items", highlight=False, markup=False)
     return summary
