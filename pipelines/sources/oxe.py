@@ -19,7 +19,8 @@ bytes_list of T strings. float64 tensors travel as float_list (float32) too. Epi
 `ragged_row_lengths_*` fields; no dataset in the key map table uses them.
 
 Per-dataset keys (image, state, action, language, control rate) come from the `OXE_DATASETS` table in
-`oxe_keys.py` (keys are relative to `steps/`), extendable with the `key_maps` option; a dataset not in the table is
+`oxe_datasets.py` (the 53 datasets of the Octo/OpenVLA mixture; keys relative to `steps/`, optionally with a column
+slice such as `action[:7]`), extendable with the `key_maps` option; a dataset not in the table is
 read from its `features.json` (`oxe_keys._fallback_keys`): RGB image features as cameras, `action` or an action
 dict in RT-1's documented order (terminate kept out as episode control), the observation's float vectors named
 state/proprio as state, every string feature (Text or string Tensor) named instruction/language as language. Its
