@@ -135,3 +135,15 @@ def test_control_columns_chunked_actions_and_compressed_state_end_to_end(tmp_pat
     it = items["oxe/kuka/train/1"]
     assert it["state_dim"] == 8 and it["action_dim"] == 7
     assert json.loads(it["extras"])["episode_control"] == {"steps/action/terminate_episode": 3}
+
+
+def test_language_table_instructions_stored_as_code_points_decode_to_text():
+    from pipelines.sources.oxe import _text
+
+    steps, width = 3, 512
+    codes = np.zeros((steps, width), np.int32)
+    for t in range(steps):
+        line = "push the blue cube to the top left" if t < 2 else "slide the star next to the heart"
+        codes[t, :len(line)] = [ord(c) for c in line]
+    assert _text(codes.ravel(), steps) == ["push the blue cube to the top left", "slide the star next to the heart"]
+    assert _text(codes.ravel()[:-1], steps) == []  # not a whole number of steps: nothing guessed
