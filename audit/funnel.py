@@ -1,4 +1,4 @@
-"""The funnel per source: items in → quarantined (by stage, with reasons) → static (filtered) → labelled →
+"""The funnel per configured source entry (`kind:root`, catalog/entries.py): items in → quarantined (by stage, with reasons) → static (filtered) → labelled →
 sharded. Each item is counted once, at the furthest point it reached."""
 
 from __future__ import annotations
@@ -8,27 +8,29 @@ from typing import Any
 
 from audit.checks.integrity import claiming_check
 from audit.context import AuditContext
+from catalog.entries import item_entries
 
 COLUMNS = ("in", "quarantined", "static", "not labelled", "labelled", "sharded")
 
 
 def funnel(ctx: AuditContext) -> list[dict[str, Any]]:
-    """One row per source: counts per COLUMNS (`sharded` ⊆ `labelled`; `not labelled` = neither quarantined nor
+    """One row per source entry (`source` the kind, `entry` its `kind:root` label): counts per COLUMNS (`sharded` ⊆ `labelled`; `not labelled` = neither quarantined nor
     static, but without latent actions yet), the tier, and the quarantine reasons [{stage, check, reason, items}]."""
     return ctx.memo("funnel", lambda: _funnel(ctx))
 
 
 def _funnel(ctx: AuditContext) -> list[dict[str, Any]]:
+    entries = item_entries(ctx.catalog)
     sources: dict[str, set[str]] = defaultdict(set)
     for item_id in ctx.seen:
-        sources[item_id.split("/", 1)[0]].add(item_id)
+        sources[entries.get(item_id, item_id.split("/", 1)[0])].add(item_id)
     sharded = {i for row in ctx.shards for i in row["item_ids"]}
     quarantined = defaultdict(list)
     for record in ctx.quarantine:
         quarantined[record["item_id"]].append(record)
-    tiers = {r["source"]: r["tier"] for r in ctx.items}
+    tiers = {entries.get(r["item_id"], r["source"]): r["tier"] for r in ctx.items}
     rows = []
-    for source, ids in sorted(sources.items()):
+    for entry, ids in sorted(sources.items()):
         counts: Counter = Counter({"in": len(ids)})
         reasons: Counter = Counter()
         for item_id in ids:
@@ -43,7 +45,8 @@ def _funnel(ctx: AuditContext) -> list[dict[str, Any]]:
                 counts["sharded"] += item_id in sharded
             else:
                 counts["not labelled"] += 1
-        rows.append({"source": source, "tier": tiers.get(source), **{c: counts[c] for c in COLUMNS},
+        rows.append({"source": entry.split(":", 1)[0], "entry": entry, "tier": tiers.get(entry),
+                     **{c: counts[c] for c in COLUMNS},
                      "reasons": [{"stage": s, "check": c, "reason": r, "items": n}
                                  for (s, c, r), n in sorted(reasons.items())]})
     return rows

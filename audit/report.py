@@ -198,16 +198,16 @@ class Report:
 
     def funnel(self) -> str:
         rows = funnel(self.ctx)
-        table = _table(["source", "tier"] + list(COLUMNS),
-                       [[_esc(r["source"]), f"L{r['tier']}" if r["tier"] else ""] + [str(r[c]) for c in COLUMNS]
-                        for r in rows], set(range(2, 2 + len(COLUMNS))))
-        reasons = [[_esc(r["source"]), _esc(q["stage"]), _esc(q["check"]), str(q["items"]), _esc(q["reason"])]
+        table = _table(["source", "root", "tier"] + list(COLUMNS),
+                       [[_esc(r["source"]), _esc(r["entry"].partition(":")[2]), f"L{r['tier']}" if r["tier"] else ""]
+                        + [str(r[c]) for c in COLUMNS] for r in rows], set(range(3, 3 + len(COLUMNS))))
+        reasons = [[_esc(r["entry"]), _esc(q["stage"]), _esc(q["check"]), str(q["items"]), _esc(q["reason"])]
                    for r in rows for q in r["reasons"]]
         statics = [[_esc(i.split("/", 1)[0]), "flow", "static_clip", "1", _esc(fs["static_reason"] or "static")]
                    for i, fs in self.ctx.flow_stats.items() if fs["is_static"]]
         why = (_table(["source", "stage", "reported by", "items", "reason"], reasons + statics, {3})
                if reasons or statics else '<p class="muted">Nothing was quarantined or filtered.</p>')
-        return ('<h2 id="funnel">Funnel per source and stage</h2><p class="muted">Each item is counted once, where '
+        return ('<h2 id="funnel">Funnel per source entry and stage</h2><p class="muted">Each item is counted once, where '
                 "it stopped: quarantined in some stage, marked static by the motion filter, flowed but not labelled "
                 "yet, or labelled (and of those, sharded).</p>" + table + "<h3>Why items stopped</h3>" + why)
 

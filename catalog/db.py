@@ -295,14 +295,24 @@ class Catalog:
 
     # --- reports --------------------------------------------------------------------------------------------
     def funnel(self) -> pa.Table:
-        """Per source and stage: items in, done, quarantined, failed (the source is the item id's prefix)."""
-        return self.sql(
-            """
-            SELECT split_part(item_id, '/', 1) AS source, stage,
-                   count(*) AS seen,
-                   count(*) FILTER (WHERE status = 'done') AS done,
-                   count(*) FILTER (WHERE status = 'quarantined') AS quarantined,
-                   count(*) FILTER (WHERE status = 'failed') AS failed
-            FROM item_stages GROUP BY ALL ORDER BY source, min(updated_at)
-            """
-        )
+        """Per source kind, configured source entry (`kind:root`, catalog/entries.py) and stage: items in, done,
+        quarantined, failed."""
+        from catalog.entries import item_entries
+
+        mapping = item_entries(self)
+        self.con.register("_item_entries", pa.table({"item_id": pa.array(list(mapping), pa.string()),
+                                                     "entry": pa.array(list(mapping.values()), pa.string())}))
+        try:
+            return self.sql(
+                """
+                SELECT split_part(s.item_id, '/', 1) AS source, coalesce(e.entry, split_part(s.item_id, '/', 1)) AS entry,
+                       s.stage, count(*) AS seen,
+                       count(*) FILTER (WHERE s.status = 'done') AS done,
+                       count(*) FILTER (WHERE s.status = 'quarantined') AS quarantined,
+                       count(*) FILTER (WHERE s.status = 'failed') AS failed
+                FROM item_stages s LEFT JOIN _item_entries e USING (item_id)
+                GROUP BY ALL ORDER BY source, entry, min(s.updated_at)
+                """
+            )
+        finally:
+            self.con.unregister("_item_entries")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pyarrow as pa
 from rich.table import Table
@@ -23,19 +24,26 @@ def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 200
 
 
 def funnel_table(catalog: Catalog) -> Table:
-    """Per source: items discovered by ingest, done, quarantined, failed; then one column pair per later stage."""
+    """Per configured source entry (`kind:root`; four LeRobot roots are four rows): items discovered by ingest,
+    done, quarantined, failed, then one row per later stage."""
+    from catalog.entries import item_entries
+
     funnel = catalog.funnel()
-    tiers = dict(catalog.con.execute("SELECT source, min(tier) FROM items GROUP BY source").fetchall())
-    splits = {
-        (s, sp): n for s, sp, n in catalog.con.execute("SELECT source, split, count(*) FROM items GROUP BY ALL").fetchall()
-    }
-    table = Table(title="Funnel per source and stage")
-    for col in ("source", "tier", "stage", "seen", "done", "quarantined", "failed", "train/val/test"):
-        table.add_column(col, justify="left" if col in ("source", "stage") else "right")
+    entries = item_entries(catalog)
+    tiers: dict[str, int] = {}
+    splits: Counter = Counter()
+    for item_id, tier, split in catalog.con.execute("SELECT item_id, tier, split FROM items").fetchall():
+        entry = entries.get(item_id, item_id.split("/", 1)[0])
+        tiers[entry] = min(tier, tiers.get(entry, tier))
+        splits[(entry, split)] += 1
+    table = Table(title="Funnel per source entry and stage")
+    for col in ("source", "root", "tier", "stage", "seen", "done", "quarantined", "failed", "train/val/test"):
+        table.add_column(col, justify="left" if col in ("source", "root", "stage") else "right", overflow="fold")
     for row in funnel.to_pylist():
-        src = row["source"]
-        split_text = "/".join(str(splits.get((src, s), 0)) for s in ("train", "val", "test")) if row["stage"] == "ingest" else ""
-        table.add_row(src, str(tiers.get(src, "")), row["stage"], str(row["seen"]), str(row["done"]),
+        entry = row["entry"]
+        root = entry.split(":", 1)[1] if ":" in entry else ""
+        split_text = "/".join(str(splits[(entry, s)]) for s in ("train", "val", "test")) if row["stage"] == "ingest" else ""
+        table.add_row(row["source"], root, str(tiers.get(entry, "")), row["stage"], str(row["seen"]), str(row["done"]),
                       str(row["quarantined"]), str(row["failed"]), split_text)
     return table
 

@@ -190,10 +190,11 @@ class ColumnStats:
 STATS_MEMBERS = ("json", "la14.npy", "actions.npy")
 
 
-def _train_rows(samples: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray | None]]:
-    """(meta, latent rows, action rows or None) of every train sample, reading only those members of each tar."""
+def _stat_rows(samples: list[dict[str, Any]], splits: list[str]
+               ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray | None]]:
+    """(meta, latent rows, action rows or None) of every sample of `splits`, reading only those members of each tar."""
     for s in samples:
-        if s["split"] != "train":
+        if s["split"] not in splits:
             continue
         for _, group in group_samples(read_tar(s["path"], STATS_MEMBERS)):
             meta = json.loads(group["json"])
@@ -204,10 +205,14 @@ def _train_rows(samples: list[dict[str, Any]]) -> Iterator[tuple[dict[str, Any],
 
 def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
     """Normalisation statistics from the train split only: latent actions, and real actions per embodiment.
-    Two streaming passes over the sample tars (never the whole corpus in memory)."""
+    A set without train samples (e.g. one validation download) gets them from the splits it has, so its loader can
+    normalise too; `split` lists those splits and `note` says so (the audit accepts that only for a set without
+    train shards). Two streaming passes over the sample tars (never the whole corpus in memory)."""
+    present = {s["split"] for s in samples}
+    splits = ["train"] if "train" in present or not present else sorted(present, key=("train", "val", "test").index)
     latents, actions = ColumnStats(), {}
     encoders, n_items = set(), 0
-    for meta, latent, action in _train_rows(samples):
+    for meta, latent, action in _stat_rows(samples, splits):
         n_items += 1
         latents.add(latent)
         if action is not None and len(action):
@@ -217,12 +222,13 @@ def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if len(encoders) > 1:
         raise ValueError(f"samples were embedded with different language encoders {sorted(encoders)}: rebuild them")
     if n_items:
-        for meta, latent, action in _train_rows(samples):
+        for meta, latent, action in _stat_rows(samples, splits):
             latents.add_to_histogram(latent)
             if action is not None and len(action):
                 actions[meta["embodiment"]].add_to_histogram(action)
-    stats: dict[str, Any] = {"split": "train"}
-    if n_items:  # "items" lets an audit check the stats against the train shards' item lists
+    stats: dict[str, Any] = {"split": "train"} if splits == ["train"] else {
+        "split": splits, "note": f"no train shards: statistics from {' and '.join(splits)}"}
+    if n_items:  # "items" lets an audit check the stats against the shards' item lists
         stats["latent_action"] = {**latents.describe(), "items": n_items}
     stats["actions"] = {emb: s.describe() for emb, s in sorted(actions.items())}
     if encoders:

@@ -127,7 +127,7 @@ def test_gate_by_severity(audit_run):
 def test_report_is_self_contained_and_links_files_relatively(audit_run):
     cfg, result, _ = audit_run
     text = result.report_path.read_text()
-    assert "Funnel per source and stage" in text and "data:image/png;base64," in text
+    assert "Funnel per source entry and stage" in text and "data:image/png;base64," in text
     assert "http://" not in text and "https://" not in text and "<script" not in text
     assert 'href="../samples/task_agnostic/aloha_random/episodes/episode_900001"' in text
 
@@ -146,7 +146,7 @@ def test_report_renders_in_headless_chromium(audit_run, tmp_path):
     pixels = cv2.imread(str(shot))
     assert pixels is not None and pixels.shape[:2] == (2000, 1280)
     assert pixels.std() > 20  # a rendered page, not a blank one
-    assert "Funnel per source and stage" in dom and "task_agnostic" in dom and "ssv2" in dom
+    assert "Funnel per source entry and stage" in dom and "task_agnostic" in dom and "ssv2" in dom
 
 
 def test_cli_gate_exit_codes(defect_pyramid, tmp_path):

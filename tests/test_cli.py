@@ -27,7 +27,7 @@ def test_ingest_then_status_and_sql(workdir):
     cfg.write_text(SIM_SOURCES)
     result = cli.invoke(app, ["ingest", "--config", str(cfg), "--workdir", str(workdir), "--engine", "local"])
     assert result.exit_code == 0, result.output
-    assert "Funnel per source and stage" in result.output
+    assert "Funnel per source entry and stage" in result.output
     status = cli.invoke(app, ["status", "--workdir", str(workdir)])
     assert status.exit_code == 0 and "robotwin" in status.output and "task_agnostic" in status.output
     # what each source's action dims mean: sim joint targets, sent after each frame

@@ -473,6 +473,15 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
         have = sorted({str(sh.get("split")) for sh in index["shards"]})
         raise ValueError(f"{root}: no shards for split {split!r} (splits: {', '.join(have) or 'none'})")
     stats = index.get("stats") or {}
+    if cfg.action_mode == "latent" and cfg.normalise != "none" and "latent_action" not in stats:
+        have = sorted({str(sh.get("split")) for sh in index["shards"]})
+        raise ValueError(
+            f"{root / 'index.json'} has no latent-action statistics to normalise with (normalise={cfg.normalise!r}); "
+            f"its shards hold {', '.join(have) or 'no'} split(s) and the build that wrote it took statistics from "
+            "train shards only: rebuild the set with `pyramid shard` (a set without train shards then gets them from "
+            "the splits it has, marked in index.json) or load it with normalise='none'")
+    if stats.get("note"):
+        log.warning("loader: %s: %s", root / "index.json", stats["note"])
     dataset = ShardWindows(chosen, cfg, stats, batch_size, drop_last=drop_last, seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size)
     mix = mixture_weights(cfg.tier_weights, cfg.source_weights)

@@ -19,7 +19,8 @@ bytes_list of T strings. float64 tensors travel as float_list (float32) too. Epi
 `ragged_row_lengths_*` fields; no dataset in the key map table uses them.
 
 Per-dataset keys (image, state, action, language, control rate) come from the `OXE_DATASETS` table in
-`oxe_keys.py` (keys are relative to `steps/`), extendable with the `key_maps` option; a dataset not in the table is
+`oxe_datasets.py` (the 53 datasets of the Octo/OpenVLA mixture; keys relative to `steps/`, optionally with a column
+slice such as `action[:7]`), extendable with the `key_maps` option; a dataset not in the table is
 read from its `features.json` (`oxe_keys._fallback_keys`): RGB image features as cameras, `action` or an action
 dict in RT-1's documented order (terminate kept out as episode control), the observation's float vectors named
 state/proprio as state, every string feature (Text or string Tensor) named instruction/language as language. Its
@@ -59,6 +60,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -70,7 +72,7 @@ from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, p
 from pipelines.media import check_finite, fingerprint
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
-                                        flatten_features, resolve_key_map)
+                                        columns, flatten_features, resolve_key_map, split_key)
 from pipelines.stages import BadInput
 
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -81,13 +83,27 @@ _VERSION = re.compile(r"^\d+(\.\d+)*$")
 # ------------------------------------------------------------------------------------------------ episodes
 
 
-def _per_step(feats: Mapping[str, Any], key: str, km: Mapping[str, Any], steps: int) -> tuple[int | None, str]:
-    """(values per step, how many steps the feature holds as text) of a numeric per-step feature."""
+def _numbers(feats: dict[str, Any], key: str, where: str) -> Any:
+    """A numeric feature's values; bytes are read as ZLIB-compressed float32 (how kuka's released shards store
+    their state, which Octo's transform decodes), else they are bad input."""
     values = feats[key]
+    if not isinstance(values, list):
+        return values
+    try:
+        feats[key] = np.concatenate([np.frombuffer(zlib.decompress(v), "<f4") for v in values]) if values else values
+    except (zlib.error, ValueError, TypeError):
+        raise BadInput(f"{key} in {where} holds bytes that are neither numbers nor ZLIB-compressed float32") from None
+    return feats[key]
+
+
+def _per_step(feats: Mapping[str, Any], key: str, km: Mapping[str, Any], steps: int) -> tuple[int | None, str]:
+    """(values per step of the whole feature, how many steps the feature holds as text) of a numeric feature."""
+    values = feats[split_key(key)[0]]
     if isinstance(values, list):
         raise BadInput(f"{key} holds bytes, not numbers (key map {km['dataset']})")
     n = len(values)
-    dim = km["dims"].get(key) or (n // steps if steps and n % steps == 0 and n else None)
+    given = km["dims"].get(key) if split_key(key)[1] is None else None
+    dim = given or (n // steps if steps and n % steps == 0 and n else None)
     if not dim:
         return None, f"{n} values"
     return dim, (str(n // dim) if n % dim == 0 else f"{n} values ({dim} per step)")
@@ -111,7 +127,7 @@ def read_episode(feats: dict[str, Any], km: Mapping[str, Any], where: str) -> Ep
     if not km["action"]:
         raise BadInput(f"{where}: no action feature known for dataset {km['dataset']}")
     required = [*km["action"], *km["state"]]
-    missing = [k for k in required if k not in feats]
+    missing = [k for k in required if split_key(k)[0] not in feats]
     if not any(k in feats for k in km["cameras"]):
         missing = [" or ".join(km["cameras"])] + missing
     if missing:
@@ -132,6 +148,7 @@ def read_episode(feats: dict[str, Any], km: Mapping[str, Any], where: str) -> Ep
     dims: dict[str, int | None] = {}
     for what, keys in (("actions", km["action"]), ("states", km["state"])):
         for key in keys:
+            _numbers(feats, split_key(key)[0], where)
             dims[key], text = _per_step(feats, key, km, steps)
             counts.append((what, key, text))
     bad = [c for c in counts if c[2] != str(steps)]
@@ -143,21 +160,28 @@ def read_episode(feats: dict[str, Any], km: Mapping[str, Any], where: str) -> Ep
         first = f", {steps} steps in steps/is_first" if "steps/is_first" in feats else ""
         raise BadInput(f"steps disagree: {summary} ({detail}{first}; {where})")
 
-    def stack(keys: list[str]) -> np.ndarray:
-        if not keys:
-            return np.zeros((steps, 0))
-        return np.concatenate([np.asarray(feats[k], np.float64).reshape(steps, dims[k]) for k in keys], axis=1)
+    def stack(keys: list[str]) -> list[np.ndarray]:
+        return [columns(k, np.asarray(feats[split_key(k)[0]], np.float64).reshape(steps, dims[k])) for k in keys]
 
-    actions, state = stack(km["action"]), stack(km["state"])
+    action_parts, state_parts = stack(km["action"]), stack(km["state"])
+    actions = np.concatenate(action_parts, axis=1)
+    state = np.concatenate(state_parts, axis=1) if state_parts else np.zeros((steps, 0))
     check_finite(f"actions ({', '.join(km['action'])}) of {where}", actions)
     if state.size:
         check_finite(f"state ({', '.join(km['state'])}) of {where}", state)
-    return Episode(steps, actions, [dims[k] for k in km["action"]], state, [dims[k] for k in km["state"]], cams)
+    return Episode(steps, actions, [p.shape[1] for p in action_parts], state, [p.shape[1] for p in state_parts], cams)
 
 
-def _text(values: Any) -> list[str]:
-    if not isinstance(values, list):
+def _text(values: Any, steps: int = 0) -> list[str]:
+    """The distinct strings of a text feature; a numeric one holds Unicode code points per step, zero-padded
+    (language_table's `instruction`)."""
+    if values is None:
         return []
+    if not isinstance(values, list):
+        codes = np.asarray(values, np.int64)
+        if not steps or codes.size % steps:
+            return []
+        values = ["".join(chr(c) for c in row if c > 0).encode() for row in codes.reshape(steps, -1)]
     out: list[str] = []
     for v in values:
         s = v.decode("utf-8", errors="replace").strip()
@@ -350,7 +374,10 @@ class OXESource(SourceAdapter):
                 f"oxe {km['dataset']}")
         except (SourceError, ValueError) as e:
             raise BadInput(str(e)) from None
-        control = {k: len(feats[k]) // ep.steps for k in km["control"] if k in feats and not isinstance(feats[k], list)}
+        control = {k: km["dims"].get(k) or len(feats[k]) // ep.steps for k in km["control"]
+                   if k in feats and not isinstance(feats[k], list)}
+        control.update({k: km["dims"].get(k) for k in km["control"] if split_key(k)[1] is not None
+                        and split_key(k)[0] in feats})
         file_path = _text(feats.get("episode_metadata/file_path"))
         row = self.base_row(ref)
         row.update(
@@ -371,7 +398,7 @@ class OXESource(SourceAdapter):
             state_dim=int(ep.state.shape[1]),
             state_names=_names(km["state"], ep.state_dims, km["state_names"]),
             has_actions=True,
-            language=list(dict.fromkeys(t for k in km["language"] for t in _text(feats.get(k)))),
+            language=list(dict.fromkeys(t for k in km["language"] for t in _text(feats.get(k), ep.steps))),
             licence=km["licence"],
             input_blake2b=hashlib.blake2b(data, digest_size=16).hexdigest(),
             input_bytes=len(data) + 16,
@@ -403,17 +430,21 @@ class OXESource(SourceAdapter):
         shard = Path(row["input_uri"])
         where = f"{shard.name} record {extras.get('record')}"
         data = read_episode_record(shard, extras.get("record"), extras["offset"])
-        feats = parse_episode(data, where, set(keys) | {"steps/is_first"})
-        missing = [k for k in keys if k not in feats]
+        bases = [split_key(k)[0] for k in keys]
+        feats = parse_episode(data, where, set(bases) | {"steps/is_first"})
+        missing = [k for k, b in zip(keys, bases) if b not in feats]
         if missing:
             raise BadInput(f"missing key {', '.join(missing)} in {where}")
         steps = int(row.get("frame_count") or 0) or len(feats.get("steps/is_first", []))
         parts = []
-        for key, dim in zip(keys, dims):
-            values = np.asarray(feats[key], dtype=np.float64)
-            if isinstance(feats[key], list) or len(values) != steps * dim:
-                raise BadInput(f"{key} in {where} holds {len(values)} values, expected {steps} steps x {dim}")
-            parts.append(values.reshape(steps, dim))
+        for key, base, dim in zip(keys, bases, dims):
+            values = np.asarray(_numbers(feats, base, where), dtype=np.float64)
+            if not steps or len(values) % steps:
+                raise BadInput(f"{key} in {where} holds {len(values)} values, not a multiple of {steps} steps")
+            part = columns(key, values.reshape(steps, -1))
+            if part.shape[1] != dim:
+                raise BadInput(f"{key} in {where} holds {part.shape[1]} values per step, expected {dim}")
+            parts.append(part)
         actions = np.concatenate(parts, axis=1)
         check_finite(f"actions of {row['item_id']}", actions)
         return actions

@@ -6,91 +6,18 @@ Used by `pipelines/sources/oxe.py`; see its docstring for the layout and docs/fo
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 import numpy as np
 
 from manifests import actions
+from pipelines.sources.oxe_datasets import OXE_DATASETS
 from pipelines.sources.oxe_rates import OXE_OVERVIEW
 
 STEPS = "steps/"
 
-# Per-dataset key maps. Keys are relative to `steps/`; cameras in order of preference (camera 0 of an item is the
-# first one present whose bytes decode). Control rates: the OXE dataset overview sheet (fractal 3 Hz, kuka 10 Hz, bridge 5 Hz,
-# droid 15 Hz); keys: OpenVLA/Octo OXE_DATASET_CONFIGS and the released features.json files.
-# `action_semantics`: per action key, one `kind:part` for all its dims or a list per dim (manifests/actions.py);
-# `control`: episode-control keys, recorded in extras and never part of the action vector. Sources: RT-1/kuka
-# command the end effector by per-step deltas (OpenVLA configs.py ActionEncoding.EEF_POS), and their
-# gripper_closedness_action is relative (+1 close, −1 open, 0 keep: Octo oxe_standardization_transforms.py
-# rt1_/kuka_dataset_transform make it absolute with rel2abs_gripper_actions); bridge's last dim is an absolute
-# gripper (Octo's bridge transform binarizes it as is); DROID's action_dict holds cartesian_velocity and an
-# absolute gripper_position (DROID RLDS features.json).
-OXE_DATASETS: dict[str, dict[str, Any]] = {
-    "fractal20220817_data": {  # RT-1 (Google Robot); images 256x320 JPEG
-        "embodiment": "google_robot",
-        "control_hz": 3.0,
-        "cameras": ["observation/image"],
-        "state": ["observation/base_pose_tool_reached", "observation/gripper_closed"],
-        "action": ["action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"],
-        "action_semantics": {"action/world_vector": "delta:ee_pos", "action/rotation_delta": "delta:ee_rot",
-                             "action/gripper_closedness_action": "delta:gripper"},
-        "control": ["action/terminate_episode"],
-        "language": "observation/natural_language_instruction",
-        "licence": "CC-BY-4.0",
-    },
-    "kuka": {  # QT-Opt grasping (KUKA iiwa); images 512x640 JPEG
-        "embodiment": "kuka_iiwa",
-        "control_hz": 10.0,
-        "cameras": ["observation/image"],
-        "state": ["observation/clip_function_input/base_pose_tool_reached", "observation/gripper_closed"],
-        "action": ["action/world_vector", "action/rotation_delta", "action/gripper_closedness_action"],
-        "action_semantics": {"action/world_vector": "delta:ee_pos", "action/rotation_delta": "delta:ee_rot",
-                             "action/gripper_closedness_action": "delta:gripper"},
-        "control": ["action/terminate_episode"],
-        "language": "observation/natural_language_instruction",
-        "licence": "CC-BY-4.0",
-    },
-    "bridge_dataset": {  # BridgeData V2 RLDS (WidowX 250); images 256x256 JPEG, image_1..3 optional
-        "embodiment": "widowx_250",
-        "control_hz": 5.0,
-        "cameras": ["observation/image_0", "observation/image_1"],
-        "state": ["observation/state"],
-        "action": ["action"],
-        "action_names": ["x", "y", "z", "roll", "pitch", "yaw", "gripper"],
-        "state_names": ["x", "y", "z", "roll", "pitch", "yaw", "gripper"],
-        "language": "language_instruction",
-        "action_semantics": {"action": ["delta:ee_pos"] * 3 + ["delta:ee_rot"] * 3 + ["absolute:gripper"]},
-        "licence": "CC-BY-4.0",
-    },
-    "taco_play": {  # TACO-RL play data (Franka); rgb_static 150x200, rgb_gripper 84x84 JPEG
-        # keys and meanings: the TFDS catalog page (tensorflow/datasets docs/catalog/taco_play.md): the action dict
-        # holds absolute `actions` and two relative ones; rel_actions_world is x, y, z, yaw, pitch, roll deltas in
-        # the robot base frame and an absolute open_gripper (-1 open, 1 close); robot_obs is EE pose (6), gripper
-        # width, joint positions (7), gripper action
-        "embodiment": "franka_panda",
-        "control_hz": 15.0,  # OXE overview sheet
-        "cameras": ["observation/rgb_static", "observation/rgb_gripper"],
-        "state": ["observation/robot_obs"],
-        "action": ["action/rel_actions_world"],
-        "action_semantics": {"action/rel_actions_world": ["delta:ee_pos"] * 3 + ["delta:ee_rot"] * 3
-                                                         + ["absolute:gripper"]},
-        "action_names": ["x", "y", "z", "yaw", "pitch", "roll", "open_gripper"],
-        "control": ["action/terminate_episode"],
-        "language": ["observation/natural_language_instruction", "observation/structured_language_instruction"],
-    },
-    "droid": {  # DROID (Franka Panda); images 180x320 JPEG
-        "embodiment": "franka_panda",
-        "control_hz": 15.0,
-        "cameras": ["observation/exterior_image_1_left", "observation/exterior_image_2_left",
-                    "observation/wrist_image_left"],
-        "state": ["observation/cartesian_position", "observation/gripper_position"],
-        "action": ["action_dict/cartesian_velocity", "action_dict/gripper_position"],
-        "language": "language_instruction",
-        "action_semantics": {"action_dict/cartesian_velocity": ["velocity:ee_pos"] * 3 + ["velocity:ee_rot"] * 3,
-                             "action_dict/gripper_position": "absolute:gripper"},
-        "licence": "CC-BY-4.0",
-    },
-}
+# The per-dataset key table (53 datasets of the Octo/OpenVLA mixture) lives in oxe_datasets.py with its sources.
 
 
 FALLBACK_HZ = 10.0
@@ -218,8 +145,34 @@ def resolve_key_map(dataset: str, specs: Mapping[str, Mapping[str, Any]] | None,
             "velocity" if "velocity" in leaf else
             "absolute:gripper" if "gripper" in leaf and "delta" not in leaf else "delta")
     km["semantics_source"] = "assumed" if missing else source
-    km["dims"] = {k: _size(specs.get(k)) for k in km["state"] + km["action"] + km["control"]}
+    km["dims"] = {k: sliced_size(k, _size(specs.get(split_key(k)[0]))) for k in km["state"] + km["action"] + km["control"]}
+    km["assumed"] = entry.get("assumed", "")
     return km
+
+
+_SLICE = re.compile(r"^(?P<base>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]$")
+
+
+def split_key(key: str) -> tuple[str, slice | None]:
+    """`steps/action[:7]` -> ("steps/action", slice(None, 7)); a key without a column slice -> (key, None)."""
+    m = _SLICE.match(key)
+    if not m:
+        return key, None
+    return m["base"], slice(int(m["start"]) if m["start"] else None, int(m["stop"]) if m["stop"] else None)
+
+
+def sliced_size(key: str, full: int | None) -> int | None:
+    """Values per step a key reads: its column slice applied to the feature's `full` size."""
+    cols = split_key(key)[1]
+    if cols is None or full is None:
+        return full
+    return len(range(*cols.indices(full)))
+
+
+def columns(key: str, values: np.ndarray) -> np.ndarray:
+    """The key's columns of a [T, D] array (all of them for a key without a slice)."""
+    cols = split_key(key)[1]
+    return values if cols is None else values[:, cols]
 
 
 def _is_text(spec: Mapping[str, Any]) -> bool:
@@ -279,13 +232,18 @@ def _is_control(key: str) -> bool:
 
 
 def _leaf(key: str) -> str:
-    return key.rsplit("/", 1)[-1]
+    return split_key(key)[0].rsplit("/", 1)[-1]
 
 
 def _names(keys: list[str], dims: list[int], given: list[str]) -> list[str]:
     if given and len(given) == sum(dims):
         return list(given)
-    return [(_leaf(k) if d == 1 else f"{_leaf(k)}_{i}") for k, d in zip(keys, dims) for i in range(d)]
+    out = []
+    for k, d in zip(keys, dims):
+        cols = split_key(k)[1]
+        first = (cols.start or 0) if cols is not None and (cols.start or 0) >= 0 else 0
+        out += [(_leaf(k) if d == 1 and cols is None else f"{_leaf(k)}_{first + i}") for i in range(d)]
+    return out
 
 
 def _table_semantics(km: Mapping[str, Any], dims: list[int], names: list[str]) -> list[str]:
