@@ -48,6 +48,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # z must also give the 8×8 pooled flow through a linear head (vae.coarse_weight)
     "coarse": {"vae.coarse_weight": 10.0},
     "coarse_align": {"vae.coarse_weight": 10.0, "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
+    "coarse_skip": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True},  # + a linear path from pooled flow to μ
     "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0},
 }
 FIGURES = (  # (label, path into one scope of eval.json)

@@ -28,6 +28,8 @@ class VAEConfig:
     coarse_weight: float = 0.0  # > 0: a linear head reads the coarse_cells² pooled flow from z, weighted like the
     #   reconstruction, so z must hold the coarse motion linearly (what a linear read of the action needs)
     coarse_cells: int = 8
+    coarse_skip: bool = False  # μ also gets a linear read of the input's coarse_cells² pooled flow (in px), beside
+    #   the DC-AE path, so a linear code of the coarse motion (what PCA keeps) is reachable from the first step
     moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
     moving_px: float = 0.5
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes

@@ -70,7 +70,15 @@ class LatentActionVAE(nn.Module):
             out_ch = self.dcae.config.in_channels
             self.flow_head = nn.Conv2d(out_ch, 2, 1) if out_ch != 2 else nn.Identity()
         # auxiliary: z → the coarse (pooled) flow, linearly; only built when it is trained (older checkpoints load)
-        self.coarse_head = nn.Linear(cfg.latent_dim, 2 * cfg.coarse_cells ** 2) if cfg.coarse_weight > 0 else None
+        # starting at zero: it predicts no motion, so its error starts at zero flow's, like the decoder's (a random
+        # start times the per-source weights of near-static sources, up to 1/0.005², swamps every other term)
+        self.coarse_head = None
+        if cfg.coarse_weight > 0:
+            self.coarse_head = nn.Linear(cfg.latent_dim, 2 * cfg.coarse_cells ** 2)
+            nn.init.zeros_(self.coarse_head.weight)
+            nn.init.zeros_(self.coarse_head.bias)
+
+        self.skip = nn.Linear(2 * cfg.coarse_cells ** 2, cfg.latent_dim) if cfg.coarse_skip else None
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def prepare(self, flow_px: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -101,6 +109,8 @@ class LatentActionVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.dcae.encode(x).latent
         mu, logvar = self.to_posterior(tokens.flatten(1)).chunk(2, dim=1)
+        if self.skip is not None:  # flow input only (config validation): x is flow / flow_scale_px
+            mu = mu + self.skip(F.adaptive_avg_pool2d(x, self.cfg.coarse_cells).flatten(1) * self.cfg.flow_scale_px)
         return mu, logvar.clamp(-12, 8)
 
     def decode(self, z: torch.Tensor, frame: torch.Tensor | None = None) -> torch.Tensor:

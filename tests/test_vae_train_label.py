@@ -360,6 +360,16 @@ def test_coarse_head_reads_the_pooled_flow_from_z_and_only_exists_when_trained()
             torch.zeros(3, 14), torch.zeros(3, dtype=torch.bool), 0.0, 0.0)
     with_head, without = vae_loss(out, *args, coarse_weight=2.0), vae_loss(out, *args)
     assert with_head["loss"].item() == pytest.approx(without["loss"].item() + 2.0 * with_head["coarse"].item())
+    # coarse_skip: μ gains a linear read of the pooled input flow in px, beside the DC-AE path
+    skip = LatentActionVAE(VAEConfig(coarse_weight=1.0, coarse_skip=True, coarse_cells=2)).eval()
+    torch.nn.init.zeros_(skip.to_posterior[-1].weight), torch.nn.init.zeros_(skip.to_posterior[-1].bias)
+    with torch.no_grad():
+        skip.skip.weight.zero_(), skip.skip.bias.zero_()
+        skip.skip.weight[0, 0] = 1.0  # μ_0 = the x-flow of the top-left cell, in px
+        flow = torch.zeros(1, 2, 64, 64)
+        flow[0, 0, :32, :32] = 0.3  # network units: 3 px at flow_scale_px 10
+        assert skip.encode(flow)[0][0, 0].item() == pytest.approx(3.0, rel=1e-5)
+        assert skip.encode(2 * flow)[0][0, 0].item() == pytest.approx(6.0, rel=1e-5)
 
 
 def test_bad_objective_settings_name_the_key():
@@ -373,3 +383,5 @@ def test_bad_objective_settings_name_the_key():
         load_config(None, **{"vae.recon_loss": "l1"})
     with pytest.raises(ConfigError, match="vae.coarse_weight"):
         load_config(None, **{"vae.coarse_weight": -1})
+    with pytest.raises(ConfigError, match="vae.coarse_skip"):
+        load_config(None, **{"vae.coarse_skip": True, "vae.input": "colour"})
