@@ -299,8 +299,7 @@ def flow_manifest(catalog: Catalog):
                i.action_semantics, i.action_timing,
                i.fps AS native_fps, i.frame_count, i.input_uri, i.extras,
                f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px
-        FROM items i JOIN flow_stats f USING (item_id)
-        JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'flow' AND s.status = 'done'
+        FROM items i JOIN flow_stats f USING (item_id) JOIN done_items('flow') USING (item_id)
         ORDER BY i.item_id
         """
     )

@@ -101,10 +101,7 @@ class LabelReport:
 
 def latent_statistics(catalog: Catalog) -> dict[str, Any]:
     """Per-dim mean, std, q01, q99 of every labelled row, for the corpus and per source."""
-    rows = catalog.sql(
-        """SELECT a.item_id, a.path FROM artifacts a
-           JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
-           WHERE a.stage = 'label' ORDER BY a.item_id""").to_pylist()
+    rows = catalog.done("label").to_pylist()
     by_source: dict[str, list[np.ndarray]] = {}
     for r in rows:
         latents, _ = read_latents(r["path"])
@@ -138,8 +135,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
     try:
         flows = catalog.sql(
             """SELECT f.item_id, f.artifact_path, a.blake2b FROM flow_stats f
-               JOIN artifacts a ON a.path = f.artifact_path
-               JOIN item_stages s ON s.item_id = f.item_id AND s.stage = 'flow' AND s.status = 'done'
+               JOIN artifacts a ON a.path = f.artifact_path JOIN done_items('flow') d ON d.item_id = f.item_id
                ORDER BY f.item_id"""
         ).to_pylist()
         root = cfg.artifacts_dir / "latents"
@@ -163,8 +159,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         atomic_write_text(out, json.dumps({"run_id": run_id, "checkpoint": named, **stats}, indent=1))
         write_manifest(catalog.sql(
             """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.blake2b
-               FROM artifacts a JOIN items i USING (item_id)
-               JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
+               FROM artifacts a JOIN items i USING (item_id) JOIN done_items('label') USING (item_id)
                WHERE a.stage = 'label' ORDER BY a.item_id"""),
             cfg.manifests_dir / "latents.parquet", {"run_id": run_id, "kind": "latents"})
         status = "ok"

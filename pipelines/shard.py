@@ -325,7 +325,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
         static = "" if cfg.shards.include_static else "AND NOT f.is_static"
         items = catalog.sql(
             f"""SELECT i.*, a.path AS latent_path, a.blake2b AS latent_checksum FROM items i
-                JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'label' AND s.status = 'done'
+                JOIN done_items('label') d ON d.item_id = i.item_id
                 JOIN artifacts a ON a.item_id = i.item_id AND a.stage = 'label'
                 JOIN flow_stats f ON f.item_id = i.item_id
                 WHERE true {static} ORDER BY i.item_id""").to_pylist()
@@ -364,8 +364,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
         wanted = [t["item_id"] for t in tasks]
         samples = catalog.sql(
             """SELECT a.item_id, a.path, a.bytes, a.blake2b AS checksum, i.split, i.tier FROM artifacts a
-               JOIN items i USING (item_id)
-               JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'shard' AND s.status = 'done'
+               JOIN items i USING (item_id) JOIN done_items('shard') USING (item_id)
                WHERE a.stage = 'shard' AND list_contains(?, a.item_id) ORDER BY a.item_id""", [wanted]).to_pylist()
         shards = plan_shards(samples, cfg.shards.target_mb * 1e6, cfg.shards.per_tier)
         set_fp = hashlib.blake2b(json.dumps([settings, [(sh_["path"], [(s["item_id"], s["checksum"])
