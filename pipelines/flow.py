@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common.fingerprint import fingerprint
 from common.progress import make_console
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
 from flow_extraction.config import FlowConfig
@@ -233,8 +233,7 @@ def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
         flow["sim_flow_version"] = SIM_FLOW_VERSION
     # keyed as before the column became input_blake2b, so fingerprints (and finished items) survive the rename
     item = {k: row.get("input_blake2b" if k == "input_checksum" else k) for k in _ITEM_WINDOW}
-    text = json.dumps({"flow": flow, "item": item}, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return fingerprint({"flow": flow, "item": item})
 
 
 @dataclass

@@ -4,8 +4,6 @@ items manifest, and quarantine unreadable items with a reason."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -17,7 +15,8 @@ from common.progress import make_console
 
 from catalog import Catalog
 from manifests import ITEMS, SplitRatios, assign_split, validate_rows, write_manifest
-from pipelines.config import PipelineConfig
+from common.fingerprint import fingerprint
+from pipelines.config import PipelineConfig, SourceConfig
 from pipelines.driver import StageReport, remove_leftovers, run_stage
 from pipelines.sources import ItemRef, SourceAdapter, SourceError, make_source
 from pipelines.stages import BadInput, Outcome, Resources, Stage
@@ -50,6 +49,12 @@ class IngestReport:
     source_notes: dict[str, list[str]] = field(default_factory=dict)
 
 
+def item_fingerprint(ref: ItemRef, sc: SourceConfig, cfg: PipelineConfig) -> str:
+    """The item's input (as its adapter fingerprints it) and the settings that change its row: a changed tier,
+    source option or split rule redoes the item."""
+    return fingerprint(str(ref.fingerprint), [sc.tier, sc.options, dataclasses.asdict(cfg.splits)])
+
+
 def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
                    notes: dict[str, list[str]] | None = None) -> tuple[list[dict[str, Any]], dict[str, str], Counter]:
     """List every item of every configured source. A source that cannot be read is reported, not fatal; what a
@@ -63,11 +68,9 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
         label = f"{sc.kind}:{sc.root}"
         try:
             adapter = make_source(sc.kind, str(cfg.path(sc.root)), tier=sc.tier, **sc.options)
-            # settings that change an item's row: a changed tier, source option or split rule redoes the items
-            settings = json.dumps([sc.tier, sc.options, dataclasses.asdict(cfg.splits)], sort_keys=True, default=str)
             for ref in adapter.discover():
-                fp = hashlib.blake2b(f"{ref.fingerprint}|{settings}".encode(), digest_size=8).hexdigest()
-                task = {"item_id": ref.item_id, "input_uri": ref.input_uri, "input_fingerprint": fp,
+                task = {"item_id": ref.item_id, "input_uri": ref.input_uri,
+                        "input_fingerprint": item_fingerprint(ref, sc, cfg),
                         "adapter": adapter, "ref": ref}
                 if ref.item_id in first_uri:
                     task["duplicate_of"] = first_uri[ref.item_id]

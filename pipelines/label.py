@@ -11,7 +11,6 @@ corpus and per source.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, read_flow_artifact
 from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
@@ -84,6 +84,11 @@ def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         return z["latent_action"], json.loads(str(z["meta"]))
 
 
+def latents_fingerprint(flow_blake2b: str, checkpoint_identity: str) -> str:
+    """The flow artifact's bytes and the model: a rewritten flow or another VAE relabels the item."""
+    return fingerprint(str(flow_blake2b), str(checkpoint_identity), sep=":")
+
+
 def _workdir_relative(path: Path, cfg: PipelineConfig) -> str:
     """`path` relative to the workdir when it lies under it, else absolute."""
     try:
@@ -142,7 +147,7 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
         tasks = [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
                   "checkpoint": named, "checkpoint_sha": ckpt_sha,
                   "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
-                  "input_fingerprint": hashlib.blake2b(f"{r['blake2b']}:{ckpt_sha}".encode(), digest_size=8).hexdigest()}
+                  "input_fingerprint": latents_fingerprint(r["blake2b"], ckpt_sha)}
                  for r in flows]
         stage = Stage("label", label_item, setup=functools.partial(load_labeller, str(ckpt), cfg.runner.torch_threads),
                       resources=Resources(num_cpus=1, batch_size=4))

@@ -28,6 +28,7 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path
 from flow_extraction.frames import iter_frames, native_frame_index
 from manifests.actions import row_semantics
@@ -310,6 +311,12 @@ def shard_settings(cfg: PipelineConfig) -> dict[str, Any]:
             "max_text_tokens": sh.max_text_tokens}
 
 
+def sample_fingerprint(latent_blake2b: str, row: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """Everything a sample is made of: the latents, the item's catalog row (language, tier, split, window, input
+    checksum, ...) and the shard settings."""
+    return fingerprint([latent_blake2b, row, fingerprint(settings)])
+
+
 def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
               console: Console | None = None) -> ShardReport:
     console = console or make_console(stderr=True)
@@ -318,7 +325,6 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
         console.print(f"[shard] removed {p.name}, left by an interrupted run", highlight=False, markup=False)
     remove_leftovers("shard", [cfg.artifacts_dir / "samples", cfg.manifests_dir], console)
     settings = shard_settings(cfg)
-    settings_fp = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
     run_id = catalog.start_run("shard", cfg.to_dict(), engine=getattr(runner, "name", "?"))
     status, report = "failed", None
     try:
@@ -339,12 +345,9 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
         for r in items:
             row = {k: v for k, v in r.items() if k not in ("latent_path", "latent_checksum")}
             out_path = artifact_path(out_root, r["item_id"], ".sample.tar")
-            # everything a sample is made of: the latents, the item's catalog row (language, tier, split, window,
-            # input checksum, ...), the settings
-            fingerprint = json.dumps([r["latent_checksum"], row, settings_fp], sort_keys=True, default=str)
             tasks.append({"item_id": r["item_id"], "input_uri": r["latent_path"], "latent_path": r["latent_path"],
                           "row": row, "settings": settings, "out_path": str(out_path),
-                          "input_fingerprint": hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()})
+                          "input_fingerprint": sample_fingerprint(r["latent_checksum"], row, settings)})
         missing = [t["item_id"] for t in tasks if not Path(t["out_path"]).exists()]
         if missing:  # a sample file deleted since it was built: forget it was done, so it is rebuilt
             catalog.sql(f"DELETE FROM {catalog.table('item_stages')} WHERE stage = 'shard' "
