@@ -230,6 +230,12 @@ class Catalog:
     def upsert_items(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
         return self.upsert("items", rows)
 
+    def drop_items_not_done(self, stage: str = "ingest") -> None:
+        """Remove the items rows of items whose latest `stage` outcome is quarantined or failed: an item that was
+        fine before but went bad must not feed later stages."""
+        self.con.execute(f"DELETE FROM {self.table('items')} WHERE item_id IN (SELECT item_id FROM item_stages "
+                         "WHERE stage = ? AND status <> 'done')", [stage])
+
     def items(self, where: str = "", params: list[Any] | None = None) -> pa.Table:
         return self.sql(f"SELECT * FROM items {('WHERE ' + where) if where else ''} ORDER BY item_id", params)
 

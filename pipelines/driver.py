@@ -3,7 +3,7 @@
 Semantics (at-least-once execution + idempotent sinks): an item whose stage state is `done` (or `quarantined`)
 with an unchanged input fingerprint, and whose output file still exists, is skipped; failed items, items whose
 input changed and items whose output was deleted are redone. Outcomes are written to the catalog in small
-batches as they arrive, so a killed run keeps what it finished. Details: docs/stages.md.
+batches as they arrive, so a killed run keeps what it finished. See docs/stages.md.
 """
 
 from __future__ import annotations

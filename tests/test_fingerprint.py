@@ -64,3 +64,13 @@ def test_helper_joins_strings_as_they_are_and_the_rest_as_sorted_json():
     assert fingerprint("a", {"b": 1, "a": [2]}) == blake64('a|{"a": [2], "b": 1}')
     assert fingerprint("a", "b", sep=":") == blake64("a:b")
     assert len(fingerprint(dt.date(2026, 1, 1))) == 16
+
+
+def test_the_adapters_file_fingerprint_is_the_old_recipe(tmp_path):
+    from pipelines.media import fingerprint as files_fingerprint
+
+    a, b = tmp_path / "a.mp4", tmp_path / "b.parquet"
+    a.write_bytes(b"12345")
+    st = a.stat()
+    old = blake64("|".join([f"a.mp4:{st.st_size}:{st.st_mtime_ns}", "b.parquet:missing"]))
+    assert files_fingerprint([a, b]) == old
