@@ -49,9 +49,7 @@ class AuditContext:
     def flow_stats(self) -> dict[str, dict[str, Any]]:
         """Flow statistics of items whose flow stage is done."""
         rows = self.catalog.sql(
-            """SELECT f.* FROM flow_stats f
-               JOIN item_stages s ON s.item_id = f.item_id AND s.stage = 'flow' AND s.status = 'done'
-               ORDER BY f.item_id""").to_pylist()
+            "SELECT f.* FROM flow_stats f JOIN done_items('flow') USING (item_id) ORDER BY f.item_id").to_pylist()
         return {r["item_id"]: r for r in rows}
 
     @cached_property
@@ -90,11 +88,7 @@ class AuditContext:
     @cached_property
     def latent_paths(self) -> dict[str, str]:
         """item id → latent-action artifact of items whose label stage is done."""
-        rows = self.catalog.sql(
-            """SELECT a.item_id, a.path FROM artifacts a
-               JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
-               WHERE a.stage = 'label' ORDER BY a.item_id""").to_pylist()
-        return {r["item_id"]: r["path"] for r in rows}
+        return {r["item_id"]: r["path"] for r in self.catalog.done("label").to_pylist()}
 
     @cached_property
     def latents(self) -> dict[str, tuple[np.ndarray, dict[str, Any]] | str]:

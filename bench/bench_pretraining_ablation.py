@@ -66,9 +66,8 @@ def pipeline_config(out: Path, scale: int, vae_steps: int, **overrides: Any) -> 
 def sample_rows(catalog: Catalog) -> list[dict[str, Any]]:
     """The per-item sample tars the last shard run built (the rows the shard job packs)."""
     return catalog.sql(
-        """SELECT a.item_id, a.path, a.bytes, a.checksum, i.split, i.tier, i.source FROM artifacts a
-           JOIN items i USING (item_id)
-           JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'shard' AND s.status = 'done'
+        """SELECT a.item_id, a.path, a.bytes, a.blake2b AS checksum, i.split, i.tier, i.source FROM artifacts a
+           JOIN items i USING (item_id) JOIN done_items('shard') USING (item_id)
            WHERE a.stage = 'shard' ORDER BY a.item_id""").to_pylist()
 
 

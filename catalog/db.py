@@ -230,6 +230,12 @@ class Catalog:
     def upsert_items(self, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
         return self.upsert("items", rows)
 
+    def drop_items_not_done(self, stage: str = "ingest") -> None:
+        """Remove the items rows of items whose latest `stage` outcome is quarantined or failed: an item that was
+        fine before but went bad must not feed later stages."""
+        self.con.execute(f"DELETE FROM {self.table('items')} WHERE item_id IN (SELECT item_id FROM item_stages "
+                         "WHERE stage = ? AND status <> 'done')", [stage])
+
     def items(self, where: str = "", params: list[Any] | None = None) -> pa.Table:
         return self.sql(f"SELECT * FROM items {('WHERE ' + where) if where else ''} ORDER BY item_id", params)
 
@@ -257,6 +263,14 @@ class Catalog:
             "SELECT item_id, status, input_fingerprint FROM item_stages WHERE stage = ?", [stage]
         ).fetchall()
         return {item_id: (status, fp) for item_id, status, fp in rows}
+
+    def done(self, stage: str) -> pa.Table:
+        """The files `stage` registered for the items whose `stage` is done (item_id, path, bytes, blake2b, kind),
+        by item id. SQL that joins other tables reads the same rule as `JOIN done_items('<stage>') USING (item_id)`,
+        which also serves a stage that writes no files (ingest)."""
+        return self.sql(
+            "SELECT a.item_id, a.path, a.bytes, a.blake2b, a.kind FROM done_items(?) d "
+            "JOIN artifacts a ON a.item_id = d.item_id AND a.stage = ? ORDER BY a.item_id, a.path", [stage, stage])
 
     def quarantine(self, stage: str | None = None) -> pa.Table:
         where = "status IN ('quarantined', 'failed')" + (" AND stage = ?" if stage else "")

@@ -160,6 +160,12 @@ SELECT ids.item_id, split_part(ids.item_id, '/', 1) AS source, i.tier, i.split, 
        coalesce(troubles.problems, []) AS problems
 FROM ids LEFT JOIN items i USING (item_id) LEFT JOIN last USING (item_id) LEFT JOIN troubles USING (item_id)
 """
+# The items whose `stage` is done: what every later stage, manifest and audit reads (`JOIN done_items('flow')
+# USING (item_id)`). Temporary, so a read-only catalog has it too and the file stays as other clients expect.
+DONE_ITEMS_MACRO = """
+CREATE OR REPLACE TEMP MACRO done_items(stage_name) AS TABLE
+SELECT item_id FROM item_stages WHERE stage = stage_name AND status = 'done'
+"""
 VIEW_COMMENTS = {
     "item_status": "Every item ever seen — ingested or quarantined at ingest (then it has no items row) — with "
                    "the last stage outcome recorded for it and every quarantine/failure reason.",
@@ -194,7 +200,7 @@ def rename_legacy_columns(con: duckdb.DuckDBPyConnection) -> list[str]:
 def reading_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
     """Temporary views named like the tables that resolve stored paths against `root` (catalog/paths.py) and,
     in an older catalog opened read-only, show old column names under their new ones; item_status too when the
-    file has none. Returns the tables given a view."""
+    file has none; and the `done_items(stage)` table macro. Returns the tables given a view."""
     db = con.execute("SELECT current_database()").fetchone()[0]
     made = []
     for table in SCHEMAS:
@@ -202,9 +208,11 @@ def reading_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
         if sql:
             con.execute(sql)
             made.append(table)
-    if {"items", "item_stages"} <= set(_names(con, "duckdb_tables()", "table_name")) and \
-            "item_status" not in _names(con, "duckdb_views()", "view_name"):
+    tables = set(_names(con, "duckdb_tables()", "table_name"))
+    if {"items", "item_stages"} <= tables and "item_status" not in _names(con, "duckdb_views()", "view_name"):
         _create_view(con, temp=True)  # a catalog written before the view existed
+    if "item_stages" in tables:
+        con.execute(DONE_ITEMS_MACRO)
     return made
 
 

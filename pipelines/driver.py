@@ -1,8 +1,9 @@
-"""The driver side of a per-item stage: skip what is done, hand the rest to a runner, record every outcome.
+"""The driver: owns a per-item stage's lifecycle, so a stage declares only its domain parts (`ItemStage`).
 
 Semantics (at-least-once execution + idempotent sinks): an item whose stage state is `done` (or `quarantined`)
-with an unchanged input fingerprint is skipped; failed items and items whose input changed are redone. Outcomes
-are written to the catalog in small batches as they arrive, so a killed run keeps what it finished.
+with an unchanged input fingerprint, and whose output file still exists, is skipped; failed items, items whose
+input changed and items whose output was deleted are redone. Outcomes are written to the catalog in small
+batches as they arrive, so a killed run keeps what it finished. See docs/stages.md.
 """
 
 from __future__ import annotations
@@ -10,10 +11,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import pyarrow as pa
+
 from catalog import Catalog
-from common.progress import StageProgress
+from common.progress import StageProgress, make_console
+from manifests import write_manifest
 from manifests.io import remove_stale_temps
 from pipelines.stages import Outcome, Stage
 
@@ -47,14 +52,16 @@ def remove_leftovers(stage: str, folders: Sequence[Any], console: Any) -> int:
 
 
 def plan(catalog: Catalog, stage: str, tasks: Sequence[Mapping[str, Any]], force: bool = False):
-    """Split tasks into (to do, skipped) by the catalog's stage state and each task's input fingerprint."""
+    """Split tasks into (to do, skipped) by the catalog's stage state, each task's input fingerprint and, for a task
+    that names its output file (`out_path`), whether that file still exists: done means the output is there."""
     if force:
         return list(tasks), []
     state = catalog.stage_state(stage)
     todo, skipped = [], []
     for t in tasks:
         prev = state.get(t["item_id"])
-        if prev and prev[0] in SKIP_STATUSES and prev[1] == t.get("input_fingerprint"):
+        if (prev and prev[0] in SKIP_STATUSES and prev[1] == t.get("input_fingerprint")
+                and not (prev[0] == "done" and t.get("out_path") and not Path(t["out_path"]).exists())):
             skipped.append(t)
         else:
             todo.append(t)
@@ -112,3 +119,81 @@ def run_stage(
         bar.close()
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+# --- the lifecycle ------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Manifest:
+    """A Parquet manifest the driver (re)writes at the end of every run, from the catalog."""
+
+    path: Path
+    kind: str
+    rows: Callable[[Catalog], pa.Table]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ItemStage:
+    """What a per-item stage declares; `run_item_stage` does the rest.
+
+    `plan(catalog)` lists the tasks: dicts with `item_id`, `input_uri`, `input_fingerprint` (from
+    `common.fingerprint`) and, when the stage writes a file per item, `out_path`. `stage` runs the pure
+    `process(task, context)` on the runner. A done result's file (`path`, `bytes`, `checksum`) is registered as an
+    artifact of `artifact_kind`; `record` adds the stage's own rows; `after` is the stage's global step once the
+    items are through (its return value comes back in `StageRun.after`)."""
+
+    stage: Stage
+    plan: Callable[[Catalog], list[dict[str, Any]]]
+    config: Mapping[str, Any]  # what the run record stores
+    folders: Sequence[Path] = ()  # where the stage writes: temp files a killed run left there are removed first
+    artifact_kind: str | None = None
+    record: Callable[[Catalog, list[Outcome], str], None] | None = None
+    after: Callable[[Catalog, str, list[dict[str, Any]]], Any] | None = None
+    manifest: Manifest | None = None
+    run_counts: Callable[[], Mapping[str, Any]] | None = None  # more for the run record's counts when it ends ok
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+
+@dataclass
+class StageRun:
+    run_id: str
+    report: StageReport
+    after: Any = None
+    manifest_path: Path | None = None
+
+
+def run_item_stage(decl: ItemStage, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
+                   console: Any = None) -> StageRun:
+    """Run one per-item stage: leftovers removed, a run record (failed unless everything below ends well), tasks
+    planned, skip/redo decided, outcomes and artifacts recorded, the stage's global step, the manifest."""
+    console = console or make_console(stderr=True)
+    remove_leftovers(decl.name, [*decl.folders, *([decl.manifest.path.parent] if decl.manifest else [])], console)
+    run_id = catalog.start_run(decl.name, dict(decl.config), engine=getattr(runner, "name", "?"))
+    status, report, counts = "failed", None, {}
+    try:
+        tasks = decl.plan(catalog)
+
+        def on_done(outcomes: list[Outcome]) -> None:
+            if decl.artifact_kind:
+                catalog.add_artifacts({"item_id": o.item_id, "stage": decl.name, "kind": decl.artifact_kind,
+                                       "path": o.result["path"], "bytes": o.result["bytes"],
+                                       "blake2b": o.result["checksum"], "run_id": run_id} for o in outcomes)
+            if decl.record:
+                decl.record(catalog, outcomes, run_id)
+
+        report = run_stage(decl.stage, tasks, catalog, runner, run_id, on_done=on_done, force=force,
+                           progress=progress)
+        after = decl.after(catalog, run_id, tasks) if decl.after else None
+        manifest_path = None
+        if decl.manifest:
+            m = decl.manifest
+            manifest_path = write_manifest(m.rows(catalog), m.path, {"run_id": run_id, "kind": m.kind, **m.meta})
+        status = "ok"
+        counts = dict(decl.run_counts() if decl.run_counts else {})
+        return StageRun(run_id, report, after, manifest_path)
+    finally:
+        catalog.finish_run(run_id, status, {**(report.as_dict() if report else {}), **counts})

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 from collections import deque
 from dataclasses import dataclass, field
@@ -22,14 +21,13 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
-from common.progress import make_console
+from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
 from flow_extraction.config import FlowConfig
 from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
-from manifests import write_manifest
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, remove_leftovers, run_stage
+from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
 
@@ -233,8 +231,7 @@ def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
         flow["sim_flow_version"] = SIM_FLOW_VERSION
     # keyed as before the column became input_blake2b, so fingerprints (and finished items) survive the rename
     item = {k: row.get("input_blake2b" if k == "input_checksum" else k) for k in _ITEM_WINDOW}
-    text = json.dumps({"flow": flow, "item": item}, sort_keys=True, default=str)
-    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+    return fingerprint({"flow": flow, "item": item})
 
 
 @dataclass
@@ -246,8 +243,6 @@ class FlowReport:
 
 def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
              console: Console | None = None) -> FlowReport:
-    console = console or make_console(stderr=True)
-    remove_leftovers("flow", [cfg.artifacts_dir / "flow", cfg.manifests_dir], console)
     fc = cfg.flow
     if fc.backend == "dpflow":  # fail before any worker starts when the weights cannot be found
         from flow_extraction.dpflow import resolve_checkpoint
@@ -256,39 +251,27 @@ def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = F
                                       allow_download=fc.dpflow_allow_download)
         if resolved and Path(resolved).exists():  # a file: workers (maybe on other nodes) get its absolute path
             fc = dataclasses.replace(fc, dpflow_checkpoint=str(Path(resolved).resolve()))
-    run_id = catalog.start_run("flow", cfg.to_dict(), engine=getattr(runner, "name", "?"))
-    status, report = "failed", None
-    try:
-        items = catalog.items().to_pylist()  # only items whose ingest is done have rows here
-        root = cfg.artifacts_dir / "flow"
-        tasks = [
-            {"item_id": r["item_id"], "input_uri": r["input_uri"], "row": r, "flow": dataclasses.asdict(fc),
-             "out_path": str(artifact_path(root, r["item_id"])),
-             "input_fingerprint": settings_fingerprint(fc, r)}
-            for r in items
-        ]
+    root = cfg.artifacts_dir / "flow"
 
-        def record(outcomes: list[Outcome]) -> None:
-            catalog.add_artifacts(
-                {"item_id": o.item_id, "stage": "flow", "kind": "flow", "path": o.result["path"],
-                 "bytes": o.result["bytes"], "blake2b": o.result["checksum"], "run_id": run_id}
-                for o in outcomes
-            )
-            catalog.upsert("flow_stats", [
-                {"item_id": o.item_id, "run_id": run_id, "backend": o.result["describe"]["backend"],
-                 "checkpoint": o.result["describe"].get("checkpoint"), "delta_s": fc.delta_s,
-                 "delta_frames": o.result["delta_frames"], "grid": fc.grid, "artifact_path": o.result["path"],
-                 **o.result["stats"]}
-                for o in outcomes
-            ])
+    def plan(catalog: Catalog) -> list[dict[str, Any]]:
+        return [{"item_id": r["item_id"], "input_uri": r["input_uri"], "row": r, "flow": dataclasses.asdict(fc),
+                 "out_path": str(artifact_path(root, r["item_id"])), "input_fingerprint": settings_fingerprint(fc, r)}
+                for r in catalog.items().to_pylist()]  # only items whose ingest is done have rows here
 
-        report = run_stage(flow_stage(fc), tasks, catalog, runner, run_id, on_done=record, force=force,
-                           progress=progress)
-        write_manifest(flow_manifest(catalog), cfg.manifests_dir / "flow.parquet", {"run_id": run_id, "kind": "flow"})
-        status = "ok"
-        return FlowReport(run_id, report, flow_stats_by_source(catalog).to_pylist())
-    finally:
-        catalog.finish_run(run_id, status, report.as_dict() if report else {})
+    def record(catalog: Catalog, outcomes: list[Outcome], run_id: str) -> None:
+        catalog.upsert("flow_stats", [
+            {"item_id": o.item_id, "run_id": run_id, "backend": o.result["describe"]["backend"],
+             "checkpoint": o.result["describe"].get("checkpoint"), "delta_s": fc.delta_s,
+             "delta_frames": o.result["delta_frames"], "grid": fc.grid, "artifact_path": o.result["path"],
+             **o.result["stats"]}
+            for o in outcomes
+        ])
+
+    run = run_item_stage(ItemStage(
+        flow_stage(fc), plan, cfg.to_dict(), folders=[root], artifact_kind="flow", record=record,
+        manifest=Manifest(cfg.manifests_dir / "flow.parquet", "flow", flow_manifest),
+    ), catalog, runner, force=force, progress=progress, console=console)
+    return FlowReport(run.run_id, run.report, flow_stats_by_source(catalog).to_pylist())
 
 
 def flow_manifest(catalog: Catalog):
@@ -299,8 +282,7 @@ def flow_manifest(catalog: Catalog):
                i.action_semantics, i.action_timing,
                i.fps AS native_fps, i.frame_count, i.input_uri, i.extras,
                f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px
-        FROM items i JOIN flow_stats f USING (item_id)
-        JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'flow' AND s.status = 'done'
+        FROM items i JOIN flow_stats f USING (item_id) JOIN done_items('flow') USING (item_id)
         ORDER BY i.item_id
         """
     )

@@ -4,8 +4,6 @@ items manifest, and quarantine unreadable items with a reason."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -17,8 +15,9 @@ from common.progress import make_console
 
 from catalog import Catalog
 from manifests import ITEMS, SplitRatios, assign_split, validate_rows, write_manifest
-from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, remove_leftovers, run_stage
+from common.fingerprint import fingerprint
+from pipelines.config import PipelineConfig, SourceConfig
+from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.sources import ItemRef, SourceAdapter, SourceError, make_source
 from pipelines.stages import BadInput, Outcome, Resources, Stage
 
@@ -50,6 +49,12 @@ class IngestReport:
     source_notes: dict[str, list[str]] = field(default_factory=dict)
 
 
+def item_fingerprint(ref: ItemRef, sc: SourceConfig, cfg: PipelineConfig) -> str:
+    """The item's input (as its adapter fingerprints it) and the settings that change its row: a changed tier,
+    source option or split rule redoes the item."""
+    return fingerprint(str(ref.fingerprint), [sc.tier, sc.options, dataclasses.asdict(cfg.splits)])
+
+
 def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
                    notes: dict[str, list[str]] | None = None) -> tuple[list[dict[str, Any]], dict[str, str], Counter]:
     """List every item of every configured source. A source that cannot be read is reported, not fatal; what a
@@ -63,11 +68,9 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
         label = f"{sc.kind}:{sc.root}"
         try:
             adapter = make_source(sc.kind, str(cfg.path(sc.root)), tier=sc.tier, **sc.options)
-            # settings that change an item's row: a changed tier, source option or split rule redoes the items
-            settings = json.dumps([sc.tier, sc.options, dataclasses.asdict(cfg.splits)], sort_keys=True, default=str)
             for ref in adapter.discover():
-                fp = hashlib.blake2b(f"{ref.fingerprint}|{settings}".encode(), digest_size=8).hexdigest()
-                task = {"item_id": ref.item_id, "input_uri": ref.input_uri, "input_fingerprint": fp,
+                task = {"item_id": ref.item_id, "input_uri": ref.input_uri,
+                        "input_fingerprint": item_fingerprint(ref, sc, cfg),
                         "adapter": adapter, "ref": ref}
                 if ref.item_id in first_uri:
                     task["duplicate_of"] = first_uri[ref.item_id]
@@ -91,35 +94,35 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
 def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
            console: Console | None = None) -> IngestReport:
     console = console or make_console(stderr=True)
-    remove_leftovers("ingest", [cfg.manifests_dir], console)
-    run_id = catalog.start_run("ingest", cfg.to_dict(), engine=getattr(runner, "name", "?"))
     ratios = SplitRatios(cfg.splits.train, cfg.splits.val, cfg.splits.test, cfg.splits.salt)
-    status, report = "failed", None
-    try:
-        notes: dict[str, list[str]] = {}
-        tasks, errors, discovered = discover_tasks(cfg, console, notes)
-        ingested: list[dict[str, Any]] = []
+    notes: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    discovered: Counter = Counter()
+    ingested: list[dict[str, Any]] = []
 
-        def record(outcomes: list[Outcome]) -> None:
-            # an adapter may return the publisher's official split (e.g. SSv2's train/validation/test files)
-            rows = [{**o.result, "split": o.result.get("split") or assign_split(o.result["group_id"], ratios)}
-                    for o in outcomes]
-            catalog.upsert_items(rows)
-            ingested.extend(rows)
+    def plan(catalog: Catalog) -> list[dict[str, Any]]:
+        tasks, source_errors, counts = discover_tasks(cfg, console, notes)
+        errors.update(source_errors)
+        discovered.update(counts)
+        return tasks
 
-        report = run_stage(INGEST, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
-        # an item that was fine before but is quarantined or failed now must not feed later stages
-        catalog.con.execute(f"DELETE FROM {catalog.table('items')} WHERE item_id IN (SELECT item_id FROM item_stages "
-                            "WHERE stage = 'ingest' AND status <> 'done')")
-        manifests = cfg.manifests_dir
-        meta = {"run_id": run_id, "kind": "items"}
+    def record(catalog: Catalog, outcomes: list[Outcome], run_id: str) -> None:
+        # an adapter may return the publisher's official split (e.g. SSv2's train/validation/test files)
+        rows = [{**o.result, "split": o.result.get("split") or assign_split(o.result["group_id"], ratios)}
+                for o in outcomes]
+        catalog.upsert_items(rows)
+        ingested.extend(rows)
+
+    def after(catalog: Catalog, run_id: str, tasks: list[dict[str, Any]]) -> None:
+        catalog.drop_items_not_done("ingest")
         if ingested:
-            write_manifest(validate_rows(ITEMS, ingested), manifests / "runs" / run_id / "items.parquet", meta)
-        snapshot = write_manifest(catalog.items(), manifests / "items.parquet", {**meta, "kind": "items-snapshot"})
-        status = "ok"
-        return IngestReport(run_id, report, errors, discovered, str(snapshot), notes)
-    finally:
-        counts = report.as_dict() if report else {}
-        if status == "ok" and notes:
-            counts["source_notes"] = notes  # what `pyramid status` shows per source, from the latest ingest
-        catalog.finish_run(run_id, status, counts)
+            write_manifest(validate_rows(ITEMS, ingested), cfg.manifests_dir / "runs" / run_id / "items.parquet",
+                           {"run_id": run_id, "kind": "items"})
+
+    run = run_item_stage(ItemStage(
+        INGEST, plan, cfg.to_dict(), record=record, after=after,
+        manifest=Manifest(cfg.manifests_dir / "items.parquet", "items-snapshot", lambda c: c.items()),
+        # what `pyramid status` shows per source, from the latest ingest
+        run_counts=lambda: {"source_notes": notes} if notes else {},
+    ), catalog, runner, force=force, progress=progress, console=console)
+    return IngestReport(run.run_id, run.report, errors, discovered, str(run.manifest_path), notes)

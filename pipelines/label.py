@@ -11,7 +11,6 @@ corpus and per source.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -22,13 +21,12 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, read_flow_artifact
-from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, remove_leftovers, run_stage
-from common.progress import make_console
-from pipelines.stages import BadInput, Outcome, Resources, Stage
+from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
+from pipelines.stages import BadInput, Resources, Stage
 
 LATENT_FORMAT = "motus-pyramid/latent-action/v1"
 
@@ -84,6 +82,11 @@ def read_latents(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
         return z["latent_action"], json.loads(str(z["meta"]))
 
 
+def latents_fingerprint(flow_blake2b: str, checkpoint_identity: str) -> str:
+    """The flow artifact's bytes and the model: a rewritten flow or another VAE relabels the item."""
+    return fingerprint(str(flow_blake2b), str(checkpoint_identity), sep=":")
+
+
 def _workdir_relative(path: Path, cfg: PipelineConfig) -> str:
     """`path` relative to the workdir when it lies under it, else absolute."""
     try:
@@ -101,10 +104,7 @@ class LabelReport:
 
 def latent_statistics(catalog: Catalog) -> dict[str, Any]:
     """Per-dim mean, std, q01, q99 of every labelled row, for the corpus and per source."""
-    rows = catalog.sql(
-        """SELECT a.item_id, a.path FROM artifacts a
-           JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
-           WHERE a.stage = 'label' ORDER BY a.item_id""").to_pylist()
+    rows = catalog.done("label").to_pylist()
     by_source: dict[str, list[np.ndarray]] = {}
     for r in rows:
         latents, _ = read_latents(r["path"])
@@ -123,51 +123,47 @@ def latent_statistics(catalog: Catalog) -> dict[str, Any]:
 
 def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: str | None = None, force: bool = False,
               progress: bool = True, console: Console | None = None) -> LabelReport:
-    console = console or make_console(stderr=True)
     from latent_action_vae.train import checkpoint_identity, load_vae
 
     ckpt = (Path(checkpoint) if checkpoint else cfg.path(cfg.vae.output) / "checkpoints" / "last.pt").resolve()
     if not ckpt.exists():
         raise FileNotFoundError(f"no VAE checkpoint at {ckpt}: run `pyramid vae train` first (or pass --checkpoint)")
-    remove_leftovers("label", [cfg.artifacts_dir / "latents", cfg.manifests_dir], console)
     _, state = load_vae(ckpt)  # a wrong file fails here, once, not in every worker
     ckpt_sha = checkpoint_identity(state)  # of the weights, config and stats: equal models label alike
     named = _workdir_relative(ckpt, cfg)  # what the latents' meta records: the same in any workdir
-    run_id = catalog.start_run("label", {**cfg.to_dict(), "checkpoint": str(ckpt)}, engine=getattr(runner, "name", "?"))
-    status, report = "failed", None
-    try:
+    root = cfg.artifacts_dir / "latents"
+
+    def plan(catalog: Catalog) -> list[dict[str, Any]]:
         flows = catalog.sql(
             """SELECT f.item_id, f.artifact_path, a.blake2b FROM flow_stats f
-               JOIN artifacts a ON a.path = f.artifact_path
-               JOIN item_stages s ON s.item_id = f.item_id AND s.stage = 'flow' AND s.status = 'done'
+               JOIN artifacts a ON a.path = f.artifact_path JOIN done_items('flow') d ON d.item_id = f.item_id
                ORDER BY f.item_id"""
         ).to_pylist()
-        root = cfg.artifacts_dir / "latents"
-        tasks = [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
-                  "checkpoint": named, "checkpoint_sha": ckpt_sha,
-                  "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
-                  "input_fingerprint": hashlib.blake2b(f"{r['blake2b']}:{ckpt_sha}".encode(), digest_size=8).hexdigest()}
-                 for r in flows]
-        stage = Stage("label", label_item, setup=functools.partial(load_labeller, str(ckpt), cfg.runner.torch_threads),
-                      resources=Resources(num_cpus=1, batch_size=4))
+        return [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
+                 "checkpoint": named, "checkpoint_sha": ckpt_sha,
+                 "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
+                 "input_fingerprint": latents_fingerprint(r["blake2b"], ckpt_sha)}
+                for r in flows]
 
-        def record(outcomes: list[Outcome]) -> None:
-            catalog.add_artifacts({"item_id": o.item_id, "stage": "label", "kind": "latent_action",
-                                   "path": o.result["path"], "bytes": o.result["bytes"],
-                                   "blake2b": o.result["checksum"], "run_id": run_id} for o in outcomes)
-
-        report = run_stage(stage, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
+    def after(catalog: Catalog, run_id: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
         stats = latent_statistics(catalog)
         out = cfg.manifests_dir / "latent_stats.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out, json.dumps({"run_id": run_id, "checkpoint": named, **stats}, indent=1))
-        write_manifest(catalog.sql(
-            """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.blake2b
-               FROM artifacts a JOIN items i USING (item_id)
-               JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'label' AND s.status = 'done'
-               WHERE a.stage = 'label' ORDER BY a.item_id"""),
-            cfg.manifests_dir / "latents.parquet", {"run_id": run_id, "kind": "latents"})
-        status = "ok"
-        return LabelReport(run_id, report, stats)
-    finally:
-        catalog.finish_run(run_id, status, report.as_dict() if report else {})
+        return stats
+
+    stage = Stage("label", label_item, setup=functools.partial(load_labeller, str(ckpt), cfg.runner.torch_threads),
+                  resources=Resources(num_cpus=1, batch_size=4))
+    run = run_item_stage(ItemStage(
+        stage, plan, {**cfg.to_dict(), "checkpoint": str(ckpt)}, folders=[root], artifact_kind="latent_action",
+        after=after, manifest=Manifest(cfg.manifests_dir / "latents.parquet", "latents", latents_manifest),
+    ), catalog, runner, force=force, progress=progress, console=console)
+    return LabelReport(run.run_id, run.report, run.after)
+
+
+def latents_manifest(catalog: Catalog):
+    """Items with latent actions: what the shard stage and readers use instead of listing folders."""
+    return catalog.sql(
+        """SELECT a.item_id, i.source, i.tier, i.split, a.path AS latent_path, a.blake2b
+           FROM artifacts a JOIN items i USING (item_id) JOIN done_items('label') USING (item_id)
+           WHERE a.stage = 'label' ORDER BY a.item_id""")

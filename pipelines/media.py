@@ -12,6 +12,7 @@ from typing import Iterable
 import av
 import numpy as np
 
+from common.fingerprint import fingerprint as hash_parts
 from pipelines.stages import BadInput
 
 
@@ -94,7 +95,7 @@ def fingerprint(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> str:
             parts.append(f"{Path(p).name}:{st.st_size}:{st.st_mtime_ns}")
         except FileNotFoundError:
             parts.append(f"{Path(p).name}:missing")
-    return hashlib.blake2b("|".join(parts).encode(), digest_size=8).hexdigest()
+    return hash_parts(*parts)
 
 
 def check_finite(name: str, array: np.ndarray) -> None:

@@ -28,16 +28,16 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path
 from flow_extraction.frames import iter_frames, native_frame_index
 from manifests.actions import row_semantics
-from manifests import write_manifest
 from manifests.io import atomic_write, atomic_write_text
 from pipelines.config import PipelineConfig
-from pipelines.driver import StageReport, remove_leftovers, run_stage
+from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.label import read_latents
 from common.progress import make_console
-from pipelines.stages import BadInput, Outcome, Resources, Stage
+from pipelines.stages import BadInput, Resources, Stage
 from training_hooks.shard_format import (SAMPLE_FORMAT, SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample,
                                          group_samples, read_tar, sample_key, write_tar)
 
@@ -316,22 +316,26 @@ def shard_settings(cfg: PipelineConfig) -> dict[str, Any]:
             "max_text_tokens": sh.max_text_tokens}
 
 
+def sample_fingerprint(latent_blake2b: str, row: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """Everything a sample is made of: the latents, the item's catalog row (language, tier, split, window, input
+    checksum, ...) and the shard settings."""
+    return fingerprint([latent_blake2b, row, fingerprint(settings)])
+
+
 def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
               console: Console | None = None) -> ShardReport:
     console = console or make_console(stderr=True)
     root = cfg.path(cfg.shards.output)
     for p in clean_stale(root):
         console.print(f"[shard] removed {p.name}, left by an interrupted run", highlight=False, markup=False)
-    remove_leftovers("shard", [cfg.artifacts_dir / "samples", cfg.manifests_dir], console)
     settings = shard_settings(cfg)
-    settings_fp = hashlib.blake2b(json.dumps(settings, sort_keys=True).encode(), digest_size=8).hexdigest()
-    run_id = catalog.start_run("shard", cfg.to_dict(), engine=getattr(runner, "name", "?"))
-    status, report = "failed", None
-    try:
+    out_root = cfg.artifacts_dir / "samples"
+
+    def plan(catalog: Catalog) -> list[dict[str, Any]]:
         static = "" if cfg.shards.include_static else "AND NOT f.is_static"
         items = catalog.sql(
             f"""SELECT i.*, a.path AS latent_path, a.blake2b AS latent_checksum FROM items i
-                JOIN item_stages s ON s.item_id = i.item_id AND s.stage = 'label' AND s.status = 'done'
+                JOIN done_items('label') d ON d.item_id = i.item_id
                 JOIN artifacts a ON a.item_id = i.item_id AND a.stage = 'label'
                 JOIN flow_stats f ON f.item_id = i.item_id
                 WHERE true {static} ORDER BY i.item_id""").to_pylist()
@@ -340,61 +344,53 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
             other = keys.setdefault(sample_key(r["item_id"]), r["item_id"])
             if other != r["item_id"]:
                 raise ValueError(f"items {other} and {r['item_id']} map to the same shard key {sample_key(other)}")
-        out_root = cfg.artifacts_dir / "samples"
         tasks = []
         for r in items:
             row = {k: v for k, v in r.items() if k not in ("latent_path", "latent_checksum")}
-            out_path = artifact_path(out_root, r["item_id"], ".sample.tar")
-            # everything a sample is made of: the latents, the item's catalog row (language, tier, split, window,
-            # input checksum, ...), the settings
-            fingerprint = json.dumps([r["latent_checksum"], row, settings_fp], sort_keys=True, default=str)
             tasks.append({"item_id": r["item_id"], "input_uri": r["latent_path"], "latent_path": r["latent_path"],
-                          "row": row, "settings": settings, "out_path": str(out_path),
-                          "input_fingerprint": hashlib.blake2b(fingerprint.encode(), digest_size=8).hexdigest()})
-        missing = [t["item_id"] for t in tasks if not Path(t["out_path"]).exists()]
-        if missing:  # a sample file deleted since it was built: forget it was done, so it is rebuilt
-            catalog.sql(f"DELETE FROM {catalog.table('item_stages')} WHERE stage = 'shard' "
-                        "AND list_contains(?, item_id)", [missing])
-        sh = cfg.shards
-        stage = Stage("shard", build_sample,
-                      setup=functools.partial(load_sample_context, sh.language_encoder, sh.language_encoder_path,
-                                              sh.max_text_tokens, cfg.runner.torch_threads),
-                      resources=Resources(num_cpus=1, batch_size=2))
+                          "row": row, "settings": settings,
+                          "out_path": str(artifact_path(out_root, r["item_id"], ".sample.tar")),
+                          "input_fingerprint": sample_fingerprint(r["latent_checksum"], row, settings)})
+        return tasks
 
-        def record(outcomes: list[Outcome]) -> None:
-            catalog.add_artifacts({"item_id": o.item_id, "stage": "shard", "kind": "sample", "path": o.result["path"],
-                                   "bytes": o.result["bytes"], "blake2b": o.result["checksum"], "run_id": run_id}
-                                  for o in outcomes)
+    def pack(catalog: Catalog, run_id: str, tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+        return pack_shard_set(cfg, catalog, root, settings, [t["item_id"] for t in tasks], run_id, console)
 
-        report = run_stage(stage, tasks, catalog, runner, run_id, on_done=record, force=force, progress=progress)
-        wanted = [t["item_id"] for t in tasks]
-        samples = catalog.sql(
-            """SELECT a.item_id, a.path, a.bytes, a.blake2b AS checksum, i.split, i.tier FROM artifacts a
-               JOIN items i USING (item_id)
-               JOIN item_stages s ON s.item_id = a.item_id AND s.stage = 'shard' AND s.status = 'done'
-               WHERE a.stage = 'shard' AND list_contains(?, a.item_id) ORDER BY a.item_id""", [wanted]).to_pylist()
-        shards = plan_shards(samples, cfg.shards.target_mb * 1e6, cfg.shards.per_tier)
-        set_fp = hashlib.blake2b(json.dumps([settings, [(sh_["path"], [(s["item_id"], s["checksum"])
-                                 for s in sh_["samples"]]) for sh_ in shards]], sort_keys=True).encode(),
-                                 digest_size=16).hexdigest()
-        settings = {**settings, "set_fingerprint": set_fp, "target_mb": cfg.shards.target_mb,
-                    "per_tier": cfg.shards.per_tier}
-        unchanged = _unchanged(root, set_fp, catalog)
-        if unchanged:
-            rows = catalog.sql("SELECT * FROM shards WHERE shard_set = ? ORDER BY path", [str(root)]).to_pylist()
-            console.print(f"[shard] {len(rows)} shards in {root} are up to date", highlight=False, markup=False)
-        else:
-            stats = train_stats(samples)
-            rows = write_shard_set(root, shards, stats, settings, run_id)
-            catalog.replace_shard_set(str(root), rows)
-        write_manifest(catalog.sql(
-            "SELECT path, split, tier, index, n_samples, bytes, sha256, item_ids, run_id FROM shards "
-            "WHERE shard_set = ? ORDER BY path", [str(root)]),
-            cfg.manifests_dir / "shards.parquet", {"run_id": run_id, "kind": "shards", "root": str(root)})
-        status = "ok"
-        return ShardReport(run_id, report, root, rows, unchanged)
-    finally:
-        catalog.finish_run(run_id, status, report.as_dict() if report else {})
+    sh = cfg.shards
+    stage = Stage("shard", build_sample,
+                  setup=functools.partial(load_sample_context, sh.language_encoder, sh.language_encoder_path,
+                                          sh.max_text_tokens, cfg.runner.torch_threads),
+                  resources=Resources(num_cpus=1, batch_size=2))
+    manifest = Manifest(cfg.manifests_dir / "shards.parquet", "shards", lambda c: c.sql(
+        "SELECT path, split, tier, index, n_samples, bytes, sha256, item_ids, run_id FROM shards "
+        "WHERE shard_set = ? ORDER BY path", [str(root)]), meta={"root": str(root)})
+    run = run_item_stage(ItemStage(stage, plan, cfg.to_dict(), folders=[out_root], artifact_kind="sample", after=pack,
+                                   manifest=manifest), catalog, runner, force=force, progress=progress, console=console)
+    rows, unchanged = run.after
+    return ShardReport(run.run_id, run.report, root, rows, unchanged)
+
+
+def pack_shard_set(cfg: PipelineConfig, catalog: Catalog, root: Path, settings: dict[str, Any], wanted: list[str],
+                   run_id: str, console: Console) -> tuple[list[dict[str, Any]], bool]:
+    """Step 2: pack the built samples of `wanted` into the shard set at `root`, unless the registered set there
+    is already exactly that; returns its rows and whether it was unchanged."""
+    samples = catalog.sql(
+        """SELECT a.item_id, a.path, a.bytes, a.blake2b AS checksum, i.split, i.tier FROM artifacts a
+           JOIN items i USING (item_id) JOIN done_items('shard') USING (item_id)
+           WHERE a.stage = 'shard' AND list_contains(?, a.item_id) ORDER BY a.item_id""", [wanted]).to_pylist()
+    shards = plan_shards(samples, cfg.shards.target_mb * 1e6, cfg.shards.per_tier)
+    set_fp = hashlib.blake2b(json.dumps([settings, [(sh_["path"], [(s["item_id"], s["checksum"])
+                             for s in sh_["samples"]]) for sh_ in shards]], sort_keys=True).encode(),
+                             digest_size=16).hexdigest()
+    settings = {**settings, "set_fingerprint": set_fp, "target_mb": cfg.shards.target_mb,
+                "per_tier": cfg.shards.per_tier}
+    if _unchanged(root, set_fp, catalog):
+        rows = catalog.sql("SELECT * FROM shards WHERE shard_set = ? ORDER BY path", [str(root)]).to_pylist()
+        console.print(f"[shard] {len(rows)} shards in {root} are up to date", highlight=False, markup=False)
+        return rows, True
+    rows = write_shard_set(root, shards, train_stats(samples), settings, run_id)
+    catalog.replace_shard_set(str(root), rows)
+    return rows, False
 
 
 def _unchanged(root: Path, set_fp: str, catalog: Catalog) -> bool:

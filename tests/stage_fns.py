@@ -28,3 +28,13 @@ def die_on_seven(task, context):
 
 def broken_setup():
     raise FileNotFoundError("no such checkpoint: /nowhere/model.ckpt")
+
+
+def write_square(task, context):
+    """A stage that writes one file per item (the square of x), as flow and label do."""
+    from manifests.io import atomic_write_text
+
+    if task["x"] == 3:
+        raise BadInput("three is a bad input")
+    size, checksum = atomic_write_text(task["out_path"], str(task["x"] ** 2))
+    return {"path": task["out_path"], "bytes": size, "checksum": checksum}

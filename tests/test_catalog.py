@@ -53,6 +53,23 @@ def test_upsert_replaces_rows_and_counts_attempts(tmp_path):
         assert state == [{"status": "done", "attempts": 2}]
 
 
+def test_done_lists_only_done_items_and_their_files_in_sql_and_read_only(tmp_path):
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.upsert_items([row(i) for i in range(3)])
+        cat.record_stage_results([{"item_id": f"robotwin/ep{i}", "stage": "flow", "status": s, "run_id": "r"}
+                                  for i, s in enumerate(("done", "failed", "quarantined"))])
+        cat.record_stage_results([{"item_id": "robotwin/ep1", "stage": "label", "status": "done", "run_id": "r"}])
+        cat.add_artifacts([{"item_id": f"robotwin/ep{i}", "stage": "flow", "kind": "flow", "run_id": "r",
+                            "path": str(tmp_path / f"ep{i}.flow.npz"), "bytes": 3 + i, "blake2b": f"b{i}"}
+                           for i in range(2)])
+    with Catalog(tmp_path / "c.duckdb", read_only=True) as cat:
+        assert cat.done("flow").to_pylist() == [{"item_id": "robotwin/ep0", "path": str(tmp_path / "ep0.flow.npz"),
+                                                 "bytes": 3, "blake2b": "b0", "kind": "flow"}]
+        assert cat.done("label").num_rows == 0  # done, but it registered no file for the stage
+        joined = cat.sql("SELECT i.item_id FROM items i JOIN done_items('label') USING (item_id)").to_pylist()
+        assert joined == [{"item_id": "robotwin/ep1"}]
+
+
 def test_funnel_counts_per_source_and_stage(tmp_path):
     with Catalog(tmp_path / "c.duckdb") as cat:
         cat.record_stage_results(

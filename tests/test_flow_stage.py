@@ -1,5 +1,7 @@
 """The flow stage end to end on generated items: artifacts, statistics, reruns, bad media, backends."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -60,6 +62,19 @@ def test_flow_rerun_skips_and_setting_change_redoes(workdir):
     assert changed.stage.processed == 5 and len(arts) == 5  # artifacts replaced, not duplicated
     ta = next(k for k in items if k.startswith("task_agnostic"))
     assert stats[ta]["grid"] == "delta" and stats[ta]["n_pairs"] == len(range(0, 20 - 5, 5))
+
+
+def test_a_deleted_flow_artifact_is_rebuilt_on_rerun(workdir):
+    """Done means the output still exists: an item whose flow file was deleted is redone, not skipped."""
+    cfg = setup_catalog(workdir, store_size=[48, 40])
+    _, stats, _, _ = flow_run(cfg)
+    gone = next(k for k in stats if k.startswith("task_agnostic"))
+    path = stats[gone]["artifact_path"]
+    before = read_flow_artifact(path).flow.copy()
+    Path(path).unlink()
+    again, *_ = flow_run(cfg)
+    assert again.stage.processed == again.stage.counts["done"] == 1 and again.stage.skipped == 4
+    assert np.array_equal(read_flow_artifact(path).flow, before)  # the same flow, written again
 
 
 def test_media_damaged_after_ingest_is_quarantined_by_flow(workdir):

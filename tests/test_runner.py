@@ -1,7 +1,7 @@
 import pytest
 
 from catalog import Catalog
-from pipelines.driver import run_stage
+from pipelines.driver import ItemStage, Manifest, run_item_stage, run_stage
 from pipelines.runners import LocalRunner, make_runner
 from pipelines.stages import Resources, Stage
 from tests import stage_fns
@@ -147,6 +147,52 @@ def test_rerun_skips_done_and_quarantined_redoes_failed_and_changed(tmp_path, en
         assert len(rows) == 8  # no duplicate rows, ever
         attempts = {r["item_id"]: r["attempts"] for r in rows}
         assert attempts["toy/5"] == 3 and attempts["toy/2"] == 2 and attempts["toy/0"] == 1
+
+
+def squares_stage(tmp_path, plan_error=False):
+    """A toy per-item stage on the driver: 5 items, one file each, item 3 quarantined."""
+    def plan(catalog):
+        if plan_error:
+            raise ValueError("two items map to one key")
+        return [{"item_id": f"toy/{i}", "x": i, "input_uri": f"mem://{i}", "input_fingerprint": "v1",
+                 "out_path": str(tmp_path / "out" / f"{i}.txt")} for i in range(5)]
+
+    def after(catalog, run_id, tasks):
+        return catalog.done("square").num_rows
+
+    return ItemStage(Stage("square", stage_fns.write_square), plan, {"setting": 1}, folders=[tmp_path / "out"],
+                     artifact_kind="square", after=after,
+                     manifest=Manifest(tmp_path / "manifests" / "squares.parquet", "squares",
+                                       lambda c: c.sql("SELECT item_id, path FROM artifacts ORDER BY item_id")))
+
+
+def test_the_driver_owns_the_lifecycle_and_redoes_an_item_whose_output_was_deleted(tmp_path):
+    import json
+
+    import pyarrow.parquet as pq
+
+    leftover = tmp_path / "out" / ".2.txt.0123abcd.tmp"  # as a killed run leaves it
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text("half")
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        first = run_item_stage(squares_stage(tmp_path), cat, LocalRunner(), progress=False)
+        assert first.report.as_dict() == {"total": 5, "skipped": 0, "done": 4, "quarantined": 1, "failed": 0}
+        assert first.after == 4 and not leftover.exists()
+        assert (tmp_path / "out" / "4.txt").read_text() == "16"
+        arts = cat.sql("SELECT item_id, kind, bytes FROM artifacts ORDER BY item_id").to_pylist()
+        assert [a["item_id"] for a in arts] == ["toy/0", "toy/1", "toy/2", "toy/4"] and arts[3]["bytes"] == 2
+        assert pq.read_table(first.manifest_path).num_rows == 4
+        assert pq.read_schema(first.manifest_path).metadata[b"kind"] == b"squares"
+        run = cat.sql("SELECT job, status, counts, config FROM runs").to_pylist()[0]
+        assert run["job"] == "square" and run["status"] == "ok" and json.loads(run["config"]) == {"setting": 1}
+        (tmp_path / "out" / "2.txt").unlink()  # done means the output still exists
+        second = run_item_stage(squares_stage(tmp_path), cat, LocalRunner(), progress=False)
+        assert second.report.processed == 1 and second.report.skipped == 4  # the quarantined item stays skipped
+        assert (tmp_path / "out" / "2.txt").read_text() == "4"
+        with pytest.raises(ValueError, match="two items map to one key"):
+            run_item_stage(squares_stage(tmp_path, plan_error=True), cat, LocalRunner(), progress=False)
+        statuses = cat.sql("SELECT status FROM runs ORDER BY started_at").column(0).to_pylist()
+        assert statuses == ["ok", "ok", "failed"]
 
 
 def test_a_local_ray_start_keeps_token_auth_without_its_warning(tmp_path):

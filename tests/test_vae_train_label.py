@@ -1,6 +1,7 @@
 """VAE training, resume, losses and labelling on real generated items (ingest → flow → VAE → labels)."""
 
 import csv
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,6 +167,13 @@ def test_labels_have_one_row_per_frame_transition_for_every_item(workdir):
     with Catalog(cfg.catalog_path) as cat:  # a rerun with the same checkpoint does nothing
         again = run_label(cfg, cat, make_runner("local"), progress=False)
     assert again.stage.processed == 0
+    deleted = arts[0]["path"]  # ... but a deleted latent file is written again (done means the output exists)
+    latents = read_latents(deleted)[0]
+    Path(deleted).unlink()
+    with Catalog(cfg.catalog_path) as cat:
+        third = run_label(cfg, cat, make_runner("local"), progress=False)
+    assert third.stage.processed == third.stage.counts["done"] == 1 and third.stage.skipped == 4
+    assert np.array_equal(read_latents(deleted)[0], latents)
 
 
 def test_labels_follow_resampled_fps(workdir):
