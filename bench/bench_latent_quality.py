@@ -49,6 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "coarse": {"vae.coarse_weight": 10.0},
     "coarse_align": {"vae.coarse_weight": 10.0, "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
     "coarse_skip": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True},  # + a linear path from pooled flow to μ
+    "coarse_skip_align": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.lambda_align": 20.0,
+                          "vae.labelled_fraction": 0.3},
     "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
@@ -61,9 +63,14 @@ FIGURES = (  # (label, path into one scope of eval.json)
 )
 
 
-def build_corpus(out: Path, scale: int, engine: str) -> Any:
+def build_corpus(out: Path, scale: int, engine: str, reuse: bool = False) -> Any:
     cfg = load_config(CONFIG, workdir=str(out), **{"runner.engine": engine, "samples.scale": scale})
     marker, stamp = out / "samples" / ".complete", f"bench scale={scale} version={SAMPLES_VERSION}"
+    if reuse:  # compare variants on one fixed corpus, even one built by an older sample generator
+        if not marker.exists():
+            raise SystemExit(f"--reuse-corpus: no finished corpus at {out}")
+        print(f"[bench] reusing the corpus at {out} as it is ({marker.read_text().strip()})", flush=True)
+        return cfg
     if not marker.exists() or marker.read_text().strip() != stamp:
         generate_sample_pyramid(out / "samples", scale=scale, seed=0, defects=True)
         marker.write_text(stamp + "\n")
@@ -125,11 +132,13 @@ def main() -> None:
     ap.add_argument("--engine", default="local", choices=["local", "ray"])
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads for training (default: the config's; 1 is faster on a busy machine)")
+    ap.add_argument("--reuse-corpus", action="store_true",
+                    help="use the corpus under --out as it is (no regeneration, ingest or flow), whatever its version")
     ap.add_argument("--out", type=Path, default=None, help="corpus + runs folder (default bench_out/latent_quality_s<scale>)")
     args = ap.parse_args()
     out = (args.out or Path("bench_out") / f"latent_quality_s{args.scale}").resolve()
     t0 = time.perf_counter()
-    build_corpus(out, args.scale, args.engine)
+    build_corpus(out, args.scale, args.engine, args.reuse_corpus)
     print(f"[bench] corpus at {out} ready in {time.perf_counter() - t0:.0f}s", flush=True)
     runs: dict[str, list[dict[str, Any]]] = {}
     for seed in args.seeds:  # seeds outermost: a run cut short still has every variant at its first seeds
