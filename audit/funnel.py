@@ -20,7 +20,7 @@ def funnel(ctx: AuditContext) -> list[dict[str, Any]]:
 
 
 def _funnel(ctx: AuditContext) -> list[dict[str, Any]]:
-    entries = item_entries(ctx.catalog)
+    entries = item_entries(ctx.catalog) if ctx.catalog is not None else {}  # no catalog: an audit on disk
     sources: dict[str, set[str]] = defaultdict(set)
     for item_id in ctx.seen:
         sources[entries.get(item_id, item_id.split("/", 1)[0])].add(item_id)

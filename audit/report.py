@@ -122,7 +122,7 @@ class Report:
         """Contact sheet of sampled frames and the flow colour image of the middle pair (what exists of them)."""
         ctx, out, height = self.ctx, [], self.PICTURE_HEIGHT
         row = ctx.items_by_id.get(item_id)
-        if row:
+        if row and getattr(ctx, "decode", True):  # an audit of a dataset on disk decodes only when asked to
             try:
                 _, frames = sample_frames(row, ctx.settings.frames_per_item, tuple(ctx.settings.frame_size),
                                           ctx.cfg.flow.camera)
@@ -175,7 +175,9 @@ class Report:
             ("funnel", "Funnel"), ("checks", "Checks"), ("failing", "Failing items"), ("duplicates", "Duplicate sets"),
             ("distributions", "Distributions"), ("latents", "Latent actions"), ("shards", "Shards"),
             ("gallery", "Items per source")))
-        return (f"<header><h1>Dataset audit</h1><p>workdir <code>{_esc(Path(ctx.cfg.workdir).resolve())}</code> · "
+        where = (f"dataset <code>{_esc(ctx.label)}</code> (on disk, no pipeline)" if getattr(ctx, "label", None)
+                 else f"workdir <code>{_esc(Path(ctx.cfg.workdir).resolve())}</code>")
+        return (f"<header><h1>Dataset audit</h1><p>{where} · "
                 f"audit run <code>{_esc(r.run_id)}</code> · {len(ctx.items)} catalogued items, "
                 f"{len(ctx.quarantine)} quarantine records · {len(r.results)} checks</p><nav>{nav}</nav></header>"
                 f'<main><div class="cards">{cards}</div>')
@@ -340,6 +342,7 @@ def render_html(result: "AuditResult", ctx: AuditContext) -> str:
     body = "".join(section() for section in (report.header, report.funnel, report.checks, report.failing,
                                              report.duplicates, report.distributions, report.latents, report.shards,
                                              report.gallery, report.settings))
-    title = f"Dataset audit — {Path(ctx.cfg.workdir).resolve().name}"
+    on_disk = getattr(ctx, "label", None)  # "kind:path" of an audit on disk
+    title = f"Dataset audit — {Path(on_disk.partition(':')[2] if on_disk else ctx.cfg.workdir).resolve().name}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")
