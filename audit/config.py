@@ -69,6 +69,12 @@ class AuditConfig:
     max_delay_steps: int = 10  # the observation/action delay is searched over 0..this many steps
     delay_tolerance_steps: int = 2  # an episode whose delay is this far from its dataset's median fails
     min_delay_correlation: float = 0.5  # below this peak correlation an episode's delay is not judged
+    # label quality (audit/checks/label_quality.py): per source, from the labels and from `pyramid vae eval`'s eval.json
+    min_active_dims: int = 1  # fewer stored-label dims with std above 10% of the corpus' largest: collapsed
+    max_s_pcfc: float = 0.9  # S-PCFC above this (1 = the latent ignores the direction of motion): collapsed
+    information_min_bits: float = 0.5  # a dim carries information when its held-out bits reach this ...
+    min_informative_dims: int = 1  # ... and a source with fewer such dims is collapsed
+    min_probe_r2: float = 0.0  # a labelled source whose latent→action probe R² is below this (0 = the mean guess)
     items_per_source_in_report: int = 3  # contact sheets and flow pictures per source
     action_bounds: list[BoundRule] = field(default_factory=_default_bounds)
 

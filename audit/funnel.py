@@ -20,7 +20,10 @@ def funnel(ctx: AuditContext) -> list[dict[str, Any]]:
 
 
 def _funnel(ctx: AuditContext) -> list[dict[str, Any]]:
-    entries = item_entries(ctx.catalog)
+    if ctx.catalog is not None:
+        entries = item_entries(ctx.catalog)
+    else:  # an audit on disk: one entry, its kind:path
+        entries = {i: ctx.label for i in ctx.seen}
     sources: dict[str, set[str]] = defaultdict(set)
     for item_id in ctx.seen:
         sources[entries.get(item_id, item_id.split("/", 1)[0])].add(item_id)

@@ -61,7 +61,8 @@ def resolution_scatter(points: Mapping[str, Sequence[tuple[int, int]]], colours:
     ax.set_xlabel("width (px)", fontsize=8)
     ax.set_ylabel("height (px)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
+    if any(points.values()):
+        ax.legend(fontsize=7, frameon=False, loc="center left", bbox_to_anchor=(1, 0.5))
     return _png(fig)
 
 

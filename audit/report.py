@@ -9,7 +9,7 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import cv2
 import numpy as np
@@ -23,7 +23,7 @@ from flow_extraction.colour import flow_to_rgb
 from common.errors import BadInput
 
 if TYPE_CHECKING:
-    from audit.run import AuditResult
+    from audit.run import AuditResult, CheckResult
 
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -122,7 +122,7 @@ class Report:
         """Contact sheet of sampled frames and the flow colour image of the middle pair (what exists of them)."""
         ctx, out, height = self.ctx, [], self.PICTURE_HEIGHT
         row = ctx.items_by_id.get(item_id)
-        if row:
+        if row and getattr(ctx, "decode", True):  # an audit of a dataset on disk decodes only when asked to
             try:
                 _, frames = sample_frames(row, ctx.settings.frames_per_item, tuple(ctx.settings.frame_size),
                                           ctx.cfg.flow.camera)
@@ -175,8 +175,12 @@ class Report:
             ("funnel", "Funnel"), ("checks", "Checks"), ("failing", "Failing items"), ("duplicates", "Duplicate sets"),
             ("distributions", "Distributions"), ("latents", "Latent actions"), ("shards", "Shards"),
             ("gallery", "Items per source")))
-        return (f"<header><h1>Dataset audit</h1><p>workdir <code>{_esc(Path(ctx.cfg.workdir).resolve())}</code> · "
-                f"audit run <code>{_esc(r.run_id)}</code> · {len(ctx.items)} catalogued items, "
+        on_disk = getattr(ctx, "label", None)
+        where = (f"dataset <code>{_esc(on_disk)}</code> (on disk, no pipeline)" if on_disk
+                 else f"workdir <code>{_esc(Path(ctx.cfg.workdir).resolve())}</code>")
+        return (f"<header><h1>Dataset audit</h1><p>{where} · "
+                f"audit run <code>{_esc(r.run_id)}</code> · {len(ctx.items)} "
+                f"{'items read' if on_disk else 'catalogued items'}, "
                 f"{len(ctx.quarantine)} quarantine records · {len(r.results)} checks</p><nav>{nav}</nav></header>"
                 f'<main><div class="cards">{cards}</div>')
 
@@ -289,7 +293,7 @@ class Report:
         c = self.result.result("latent_drift")
         out = ['<h2 id="latents">Latent actions per source</h2>']
         if c.outcome.not_run:
-            return out[0] + f'<p class="muted">{_esc(c.outcome.not_run)}</p>'
+            return out[0] + f'<p class="muted">{_esc(c.outcome.not_run)}</p>' + self.label_quality()
         table = c.outcome.stats["per_source"]
         rows = [[_esc(s), str(t["items"]), str(t["rows"]), str(t["active_dims"]),
                  f'{t["max_abs_smd"]:.2f} (dim {t["max_smd_dim"]})' if "max_abs_smd" in t else "—",
@@ -300,7 +304,39 @@ class Report:
         out.append(f'<p class="muted">Active dim: std above 10% of the largest per-dim std of the corpus '
                    f'({c.outcome.stats["active_floor"]:.3f}). All dims, per source (mean ± std):</p>')
         out.append(_img(plots.per_dim_spread(table, "latent action dims per source", self.colours), "latent dims"))
-        return "".join(out)
+        return "".join(out) + self.label_quality()
+
+    def label_quality(self) -> str:
+        """Per source: what latent_collapse and latent_action_agreement judged, with the numbers beside."""
+        collapse, agreement = (self.result.result(n) for n in ("latent_collapse", "latent_action_agreement"))
+        per = {"collapse": collapse.outcome.stats.get("per_source", {}),
+               "agreement": agreement.outcome.stats.get("per_source", {})}
+        sources = sorted(set(per["collapse"]) | set(per["agreement"]))
+        if not sources:
+            return ""
+
+        def num(x: Any, fmt: str = "{:.2f}") -> str:
+            return fmt.format(x) if isinstance(x, (int, float)) else "—"
+
+        def verdict(c: "CheckResult", source: str) -> str:
+            if source in c.outcome.failures:
+                return f'<span class="badge {c.check.severity}">{_esc(c.outcome.failures[source])}</span>'
+            return '<span class="badge pass">pass</span>' if source in c.outcome.checked else "—"
+
+        rows = []
+        for s in sources:
+            c, a = per["collapse"].get(s, {}), per["agreement"].get(s, {})
+            rows.append([_esc(s), num(c.get("active_dims"), "{}"), num(c.get("s_pcfc")),
+                         num(c.get("informative_dims"), "{}"), num(c.get("total_bits")), num(a.get("r2")),
+                         num(a.get("r2_random_init")), num(a.get("r2_pca_k")), verdict(collapse, s),
+                         verdict(agreement, s)])
+        where = agreement.outcome.stats.get("eval") or collapse.outcome.stats.get("eval") or \
+            collapse.outcome.stats.get("eval_not_used") or agreement.outcome.not_run or ""
+        return ("<h3>Collapse and agreement with the actions</h3>"
+                f'<p class="muted">From the stored labels and {_esc(where)}.</p>'
+                + _table(["source", "active dims", "S-PCFC", "dims ≥ min bits", "bits", "probe R²",
+                          "random-init R²", "PCA-of-flow R²", "latent_collapse", "latent_action_agreement"], rows,
+                         set(range(1, 8))))
 
     def shards(self) -> str:
         c = self.result.result("shard_sizes")
@@ -340,6 +376,7 @@ def render_html(result: "AuditResult", ctx: AuditContext) -> str:
     body = "".join(section() for section in (report.header, report.funnel, report.checks, report.failing,
                                              report.duplicates, report.distributions, report.latents, report.shards,
                                              report.gallery, report.settings))
-    title = f"Dataset audit — {Path(ctx.cfg.workdir).resolve().name}"
+    on_disk = getattr(ctx, "label", None)  # "kind:path" of an audit on disk
+    title = f"Dataset audit — {Path(on_disk.partition(':')[2] if on_disk else ctx.cfg.workdir).resolve().name}"
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
             f"<style>{CSS}</style></head><body>{body}</body></html>\n")

@@ -295,7 +295,8 @@ def _scope_report(train: Collected, rnd_train: Collected, held: Collected, rnd_h
 def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batches_fn: Callable[[], Iterable],
              heldout_batches_fn: Callable[[], Iterable], out_dir: str | os.PathLike, flow_scale_px: float,
              active_threshold: float = 0.01, *, rows: Any = None, train_all_batches_fn: Callable[[], Iterable] | None = None,
-             ridge: float | None = None, n_pictures: int = 6, excluded: Mapping[str, str] | None = None) -> dict[str, Any]:
+             ridge: float | None = None, n_pictures: int = 6, excluded: Mapping[str, str] | None = None,
+             checkpoint: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Probes, EPEs, information, S-PCFC, KL and picture for `model` vs `random_model` (same config, random init)
     and the flow baselines; writes `out_dir/eval.json` and `out_dir/reconstructions.png`, returns the JSON's dict.
 
@@ -306,7 +307,8 @@ def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batche
     mean fields and the PCA are fitted on. `ridge` None picks each probe's ridge by item-grouped CV on train.
     `rows` are the flow-manifest rows naming each item's source and embodiment (required unless the batches
     carry `embodiment` and `source` lists). `excluded` (item id → reason) is reported in `meta`. The JSON's
-    top-level keys are the scopes (`overall`, then one per source of the held-out pairs) plus `meta`.
+    top-level keys are the scopes (`overall`, then one per source of the held-out pairs) plus `meta`. `checkpoint`
+    (path, identity) goes into `meta.checkpoint`, so a reader (the audit) knows which model the numbers are of.
     """
     rows = list(_row_lookup(rows).values()) if rows is not None else None  # read a generator / Table once
     out_dir = Path(out_dir)
@@ -345,6 +347,7 @@ def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batche
                    "heldout_pairs": len(held), "heldout_labelled": int(held.probe_ready.sum()),
                    "heldout_items": len(set(held.item_ids))},
         "excluded": dict(sorted((excluded or {}).items())),
+        "checkpoint": dict(checkpoint or {}),
         "settings": {"ridge": "cross-validated per probe" if ridge is None else ridge, "ridge_grid": list(RIDGE_GRID),
                      "active_threshold_nats": active_threshold, "flow_scale_px": flow_scale_px,
                      "latent_dim": int(model.cfg.latent_dim), "image_size": int(model.cfg.image_size),

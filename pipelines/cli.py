@@ -430,32 +430,61 @@ def audit(
                                        "(default: <workdir>/reports)."),
     audit_config: Optional[Path] = typer.Option(None, "--audit-config", help="YAML overriding audit thresholds "
                                                 "(fields of audit.config.AuditConfig)."),
+    source: Optional[str] = typer.Option(None, "--source", help="KIND:PATH: audit a dataset on disk without the "
+                                         "pipeline (lerobot:ROOT, rlds:BUILDER_DIR, robotwin:TREE, ...); no "
+                                         "catalog, --out defaults to reports/<dataset folder>."),
+    decode: bool = typer.Option(False, "--decode", help="With --source: also decode frames (readable media, black "
+                                "and frozen cameras)."),
 ):
     """Audit dataset quality (integrity, content, duplicates, splits, labels, shards): a table of checks, a
     self-contained HTML report and audit.json; a non-zero exit when a check at --fail-on or above fails."""
-    from audit import load_audit_config, run_audit
+    from audit import load_audit_config
     from audit.run import FAIL_ON
     from pipelines.config import ConfigError
 
     if fail_on not in FAIL_ON:
         err.print(f"[red]--fail-on must be one of {', '.join(FAIL_ON)}, not {escape(fail_on)!r}[/red]", highlight=False)
         raise typer.Exit(2)
-    cfg = _config(config, workdir)
     try:
         settings = load_audit_config(audit_config)
     except ConfigError as e:
         err.print(f"[red]audit config error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
+    if source is not None:
+        result = _audit_on_disk(source, out, settings, decode)
+    else:
+        if decode:
+            err.print("[red]--decode goes with --source (the pipeline's audit always decodes)[/red]", highlight=False)
+            raise typer.Exit(2)
+        result = _audit_catalog(_config(config, workdir), out, settings)
+    if not result.gate(fail_on):
+        names = ", ".join(f"{r.check.name} ({r.check.severity})" for r in result.failed(fail_on))
+        err.print(f"[red]audit gate failed at --fail-on {fail_on}:[/red] {escape(names)}", highlight=False)
+        raise typer.Exit(1)
+
+
+def _audit_on_disk(source: str, out: Optional[Path], settings, decode: bool):
+    from audit.on_disk import parse_source, run_source_audit
+    from pipelines.sources.base import SourceError
+
+    try:
+        _, root = parse_source(source)
+        return run_source_audit(source, out or Path("reports") / root.name, settings, decode=decode,
+                                console=console)
+    except (ValueError, SourceError) as e:
+        err.print(f"[red]cannot audit {escape(source)}:[/red] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2)
+
+
+def _audit_catalog(cfg, out: Optional[Path], settings):
+    from audit import run_audit
+
     if not cfg.catalog_path.exists():
         err.print(f"[red]no catalog at {escape(str(cfg.catalog_path))} (run `pyramid ingest` or `pyramid demo` "
                   "first)[/red]", highlight=False)
         raise typer.Exit(2)
     with _open_catalog(cfg) as cat:
-        result = run_audit(cfg, cat, out_dir=out, console=console, settings=settings)
-    if not result.gate(fail_on):
-        names = ", ".join(f"{r.check.name} ({r.check.severity})" for r in result.failed(fail_on))
-        err.print(f"[red]audit gate failed at --fail-on {fail_on}:[/red] {escape(names)}", highlight=False)
-        raise typer.Exit(1)
+        return run_audit(cfg, cat, out_dir=out, console=console, settings=settings)
 
 
 def main() -> None:

@@ -55,7 +55,7 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     from latent_action_vae.data import ActionStats, PairSampler
     from latent_action_vae.evaluate import evaluate
     from latent_action_vae.model import LatentActionVAE
-    from latent_action_vae.train import flow_manifest_rows, load_vae
+    from latent_action_vae.train import checkpoint_identity, flow_manifest_rows, load_vae
 
     console = console or make_console(stderr=True)
     vc = cfg.vae
@@ -84,7 +84,8 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     try:
         results = evaluate(model, random_model, batches(train_rows, True), batches(heldout_rows, False),
                            cfg.path(vc.output) / "eval", vc.flow_scale_px, rows=rows,
-                           train_all_batches_fn=batches(train_rows, False), excluded=excluded)
+                           train_all_batches_fn=batches(train_rows, False), excluded=excluded,
+                           checkpoint={"path": str(ckpt), "identity": checkpoint_identity(state)})
         catalog.add_evaluation(run_id, _flatten(results))
         status = "ok"
         return results

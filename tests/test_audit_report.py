@@ -79,18 +79,16 @@ def test_the_audit_finds_every_planted_defect_and_nothing_else(audit_run):
     for r in result.results:
         for item_id in r.outcome.failures:
             found.setdefault(item_id, set()).add(r.check.name)
-    unexpected = {i: checks for i, checks in found.items() if defects.defect_for(i) is None}
-    assert unexpected == {}
-    for item_id, checks in found.items():
-        assert checks == set(defects.defect_for(item_id).checks), item_id
     planted_here = {k for k, d in defects.DEFECTS.items()
                     if d.planted and not k.startswith(("ego4d", "lerobot/aloha_demo_v3"))}
-    assert {defects.defect_key(i) for i in found} == planted_here
+    assert defects.unexplained(found, planted_here) == {}
+    assert {defects.defect_key(i) for i in found} == planted_here  # no VAE here: no known flaw of the latents
     for r in result.results:
         assert r.status != "crashed", r.crashed
     assert {r.check.name for r in result.results if r.status == "not run"} == {
-        "normalisation_from_train", "latent_values", "latent_drift", "latent_outliers", "shard_files",
-        "shard_membership", "shard_sizes"}
+        "normalisation_from_train", "latent_values", "latent_drift", "latent_outliers", "latent_collapse",
+        "latent_action_agreement", "label_checkpoint", "shard_files", "shard_membership", "shard_sizes",
+        "flow_backend_mixing"}
 
 
 def test_quarantine_reasons_match_the_planted_defects(audit_run):

@@ -158,9 +158,10 @@ def orphans(t: Tables, s: AuditConfig) -> dict[str, str]:
 def segment_stats(values: np.ndarray, starts: np.ndarray) -> dict[str, np.ndarray]:
     """min, max, mean, std (ddof 0) and range [E, D] of consecutive row segments starting at `starts`."""
     counts = np.diff(np.append(starts, len(values)))[:, None]
-    mean = np.add.reduceat(values, starts, axis=0) / counts
-    sq = np.add.reduceat(values * values, starts, axis=0) / counts
-    lo, hi = np.minimum.reduceat(values, starts, axis=0), np.maximum.reduceat(values, starts, axis=0)
+    dims_first = np.ascontiguousarray(values.T)  # reductions along contiguous rows: several times faster
+    mean = np.add.reduceat(dims_first, starts, axis=1).T / counts
+    sq = np.add.reduceat(dims_first * dims_first, starts, axis=1).T / counts
+    lo, hi = np.minimum.reduceat(dims_first, starts, axis=1).T, np.maximum.reduceat(dims_first, starts, axis=1).T
     return {"min": lo, "max": hi, "mean": mean, "std": np.sqrt(np.maximum(sq - mean * mean, 0)), "range": hi - lo}
 
 
@@ -179,6 +180,34 @@ def _stale(stored: dict[str, Any], fresh: dict[str, np.ndarray], key: str, s: Au
     return None
 
 
+def _stale_suspects(t: Tables, episodes: np.ndarray, per_episode: dict[str, dict[str, np.ndarray]],
+                    s: AuditConfig) -> list[int]:
+    """Positions (in `episodes`) of the episodes whose stored stats may disagree with the data: all stored flat
+    vectors of the data's width compared at once; anything else (other shapes, odd values) is left to `_stale`."""
+    suspects: set[int] = set()
+    for key, fresh in per_episode.items():
+        scale = np.maximum(fresh["range"], 1.0)
+        stored = [((t.episodes[int(e)].get("stats") or {}).get(key) or {}) for e in episodes]
+        for stat in STAT_NAMES:
+            values = [x.get(stat) if isinstance(x, dict) else None for x in stored]
+            width = fresh[stat].shape[1]
+            flat = np.array([(v.ndim == 1 and len(v) == width) if isinstance(v, np.ndarray) else
+                             (isinstance(v, list) and len(v) == width and not (v and isinstance(v[0], list)))
+                             for v in values], bool)
+            suspects.update(n for n in np.nonzero(~flat)[0].tolist() if values[n] is not None)
+            if not flat.any():
+                continue
+            rows = np.nonzero(flat)[0]
+            try:
+                old = np.asarray([values[n] for n in rows], np.float64)
+            except (TypeError, ValueError):
+                suspects.update(rows.tolist())
+                continue
+            off = (np.abs(old - fresh[stat][rows]) > s.stats_tolerance * scale[rows]).any(1)
+            suspects.update(rows[off].tolist())
+    return sorted(suspects)
+
+
 def stale_stats(t: Tables, s: AuditConfig) -> dict[str, str]:
     """Per-episode stats (episodes_stats.jsonl, v3 stats/ columns) and meta/stats.json against the data."""
     out: dict[str, str] = {}
@@ -187,7 +216,8 @@ def stale_stats(t: Tables, s: AuditConfig) -> dict[str, str]:
         return out
     vectors = [(k, a[order]) for k, a in ((t.action_key, t.action), (t.state_key, t.state)) if k and a is not None]
     per_episode = {k: segment_stats(a, starts) for k, a in vectors}
-    for n, index in enumerate(episodes):
+    for n in _stale_suspects(t, episodes, per_episode, s):  # the others agree: no need to word a reason
+        index = episodes[n]
         stored = t.episodes[int(index)].get("stats") or {}
         found = [why for k, _ in vectors if k in stored and (why := _stale(
             stored[k], {stat: v[n] for stat, v in per_episode[k].items()}, k, s))]

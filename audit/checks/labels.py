@@ -27,6 +27,11 @@ def latents_by_source(ctx: AuditContext) -> dict[str, dict[str, np.ndarray]]:
     return ctx.memo("latents_by_source", collect)
 
 
+def active_floor(corpus: np.ndarray) -> float:
+    """A latent dim is active in a set of rows when its std exceeds this: 10% of the corpus' largest per-dim std."""
+    return float(0.1 * corpus.std(0).max())
+
+
 def describe(rows: np.ndarray) -> dict[str, list[float] | int]:
     return {"rows": int(len(rows)), "mean": rows.mean(0).tolist(), "std": rows.std(0).tolist(),
             "q01": np.quantile(rows, 0.01, axis=0).tolist(), "q99": np.quantile(rows, 0.99, axis=0).tolist()}
@@ -70,12 +75,12 @@ def latent_drift(ctx: AuditContext) -> Outcome:
         return Outcome.skipped(NO_LATENTS)
     rows = {s: np.concatenate(list(items.values())) for s, items in by_source.items()}
     corpus = np.concatenate(list(rows.values()))
-    active_floor = 0.1 * corpus.std(0).max()
+    floor = active_floor(corpus)
     out = Outcome()
     table = {}
     for source, x in rows.items():
         out.checked.append(source)
-        stats = {"items": len(by_source[source]), **describe(x), "active_dims": int((x.std(0) > active_floor).sum())}
+        stats = {"items": len(by_source[source]), **describe(x), "active_dims": int((x.std(0) > floor).sum())}
         others = [r for s, r in rows.items() if s != source]
         if others:
             smd = standardised_mean_difference(x, np.concatenate(others))
@@ -84,7 +89,7 @@ def latent_drift(ctx: AuditContext) -> Outcome:
             if abs(smd[worst]) > ctx.settings.drift_smd:
                 out.fail(source, f"dim {worst} mean is {smd[worst]:+.1f} pooled stds from the other sources")
         table[source] = stats
-    out.stats = {"per_source": table, "corpus": describe(corpus), "active_floor": float(active_floor)}
+    out.stats = {"per_source": table, "corpus": describe(corpus), "active_floor": floor}
     return out
 
 

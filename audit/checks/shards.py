@@ -51,16 +51,22 @@ def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def tar_item_ids(path: Path) -> list[str]:
-    """Item ids of the samples in a tar, in tar order (from each sample's `<key>.json`)."""
-    ids = []
+def tar_sample_meta(path: Path) -> list[dict]:
+    """Each sample's `<key>.json` in a tar, in tar order; `item_id` filled in when the sample lacks one."""
+    metas = []
     with tarfile.open(path, "r") as tar:
         for info in tar:
             base = info.name.rpartition("/")[2]
             if info.isfile() and base.partition(".")[2] == "json":
                 meta = json.loads(tar.extractfile(info).read())
-                ids.append(str(meta.get("item_id", f"<no item_id in {info.name}>")))
-    return ids
+                meta = meta if isinstance(meta, dict) else {}
+                metas.append({**meta, "item_id": str(meta.get("item_id", f"<no item_id in {info.name}>"))})
+    return metas
+
+
+def tar_item_ids(path: Path) -> list[str]:
+    """Item ids of the samples in a tar, in tar order (from each sample's `<key>.json`)."""
+    return [m["item_id"] for m in tar_sample_meta(path)]
 
 
 def _check_tar(row: dict) -> str | None:

@@ -26,7 +26,8 @@ def commanded_change(action: np.ndarray, semantics: list[str]) -> np.ndarray:
 
 def _changes(t: Tables, semantics: list[str]):
     """Per-episode views of the concatenated rows (cached on `t`): (episodes, starts, ends, command change du
-    [N, D], state change dv [N, D], finite episodes); row 0 of each episode has no change (0 in du and dv)."""
+    [D, N], state change dv [D, N], finite episodes); row 0 of each episode has no change (0 in du and dv). Dims
+    come first so that sums along the rows run over contiguous memory."""
     cache = t.__dict__.setdefault("_state_cache", {})
     key = tuple(semantics)
     if key in cache:
@@ -35,11 +36,9 @@ def _changes(t: Tables, semantics: list[str]):
     d = min(t.action.shape[1], t.state.shape[1])
     a, st = t.action[order, :d], t.state[order, :d]
     ends = np.append(starts[1:], len(order)).astype(np.int64)
-    first = np.zeros(len(order), bool)
-    first[starts] = True
-    du = np.nan_to_num(commanded_change(a, semantics[:d] if len(semantics) >= d else []))
-    dv = np.nan_to_num(np.vstack([np.zeros((1, d)), np.diff(st, axis=0)]))
-    du[first], dv[first] = 0.0, 0.0
+    du = np.ascontiguousarray(np.nan_to_num(commanded_change(a, semantics[:d] if len(semantics) >= d else [])).T)
+    dv = np.ascontiguousarray(np.nan_to_num(np.vstack([np.zeros((1, d)), np.diff(st, axis=0)])).T)
+    du[:, starts], dv[:, starts] = 0.0, 0.0
     finite = np.logical_and.reduceat(np.isfinite(a).all(1) & np.isfinite(st).all(1), starts) if len(order) else \
         np.zeros(0, bool)
     cache[key] = episodes, starts, ends, du, dv, finite
@@ -47,17 +46,30 @@ def _changes(t: Tables, semantics: list[str]):
 
 
 def _prefix(x: np.ndarray) -> np.ndarray:
-    out = np.empty((len(x) + 1, x.shape[1]))
-    out[0] = 0.0
-    np.cumsum(x, axis=0, out=out[1:])
+    """[D, N] → [D, N + 1] running sums along the rows, 0 first."""
+    out = np.empty((x.shape[0], x.shape[1] + 1))
+    out[:, 0] = 0.0
+    np.cumsum(x, axis=1, out=out[:, 1:])
+    return out
+
+
+def window_sums(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """[D, E]: x[:, lo_e:hi_e].sum(1) for sorted, disjoint windows (0 where a window is empty), in one pass."""
+    idx = np.stack([lo, hi], 1).ravel()
+    keep = idx < x.shape[1]  # only trailing bounds can reach the end: the last kept window then runs to it
+    sums = np.zeros((x.shape[0], len(idx)))
+    if keep.any():
+        sums[:, keep] = np.add.reduceat(x, idx[keep], axis=1)
+    out = sums[:, 0::2]
+    out[:, hi <= lo] = 0.0
     return out
 
 
 def episode_delays(t: Tables, semantics: list[str], max_lag: int) -> dict[int, tuple[int, float]]:
     """episode → (lag k, its mean correlation) maximising the correlation of the command's change at t with the
     state's change at t+k over dims that move in both (Pearson per dim, averaged), for episodes with at least 8
-    pairs at that lag. All episodes at once: sums over each episode's pairs come from prefix sums, so a lag costs
-    one product of the two change arrays."""
+    pairs at that lag. All episodes at once: single-array sums over each episode's pairs come from prefix sums,
+    the cross sums from one windowed reduction of the product, so a lag costs one pass over the rows."""
     episodes, starts, ends, du, dv, finite = _changes(t, semantics)
     if not len(episodes):
         return {}
@@ -65,13 +77,13 @@ def episode_delays(t: Tables, semantics: list[str], max_lag: int) -> dict[int, t
     best_k = np.full(len(episodes), -1)
     best_r = np.full(len(episodes), -np.inf)
     lo = starts + 1
+    n_rows = du.shape[1]
     for k in range(max_lag + 1):
         hi = np.maximum(ends - k, lo)  # pairs (i, i + k) for i in [lo, hi)
         n = (hi - lo)[:, None].astype(np.float64)
-        sx, sxx = cx[hi] - cx[lo], cxx[hi] - cxx[lo]
-        sy, syy = cy[hi + k] - cy[lo + k] if k else cy[hi] - cy[lo], cyy[hi + k] - cyy[lo + k]
-        cxy = _prefix(du[:len(du) - k] * dv[k:])
-        sxy = cxy[hi] - cxy[lo]
+        sx, sxx = (cx[:, hi] - cx[:, lo]).T, (cxx[:, hi] - cxx[:, lo]).T
+        sy, syy = (cy[:, hi + k] - cy[:, lo + k]).T, (cyy[:, hi + k] - cyy[:, lo + k]).T
+        sxy = window_sums(du[:, :n_rows - k] * dv[:, k:], lo, hi).T
         with np.errstate(invalid="ignore", divide="ignore"):
             cov, vx, vy = sxy - sx * sy / n, sxx - sx * sx / n, syy - sy * sy / n
             moving = (vx > 1e-18) & (vy > 1e-18) & (n >= 8)
@@ -115,7 +127,7 @@ def dead(t: Tables, s: AuditConfig, semantics: list[str] | None = None) -> dict[
     episodes, starts, _, du, _, _ = _changes(t, semantics or [])
     if not len(episodes):
         return {}
-    moves = np.add.reduceat(np.abs(du), starts, axis=0) > 1e-9
+    moves = (np.add.reduceat(np.abs(du), starts, axis=1) > 1e-9).T
     order = t.segments()[0]
     st = t.state[order, :d]
     still = (np.maximum.reduceat(st, starts, axis=0) - np.minimum.reduceat(st, starts, axis=0)) == 0
