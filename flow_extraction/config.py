@@ -15,7 +15,8 @@ class FlowConfig:
     working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
     store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
     flow_size: list[int] | None = None  # H, W the frame backend (DIS, DPFlow) runs at, vectors rescaled to canvas
-    #   pixels; None: the working canvas. Exact sim flow is always made at the canvas.
+    #   pixels; None: twice store_size (192×160), capped at the canvas; working_size: full size (before 2026-12).
+    #   Exact sim flow is always made at the canvas.
     store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
     #   decoder reads it (vae.decoder_condition: frame)
     camera: int = 0  # which camera of multi-camera items
@@ -30,5 +31,8 @@ class FlowConfig:
     max_static_fraction: float = 0.8  # an item with more near-static pairs than this is marked static
 
     def flow_hw(self) -> tuple[int, int]:
-        """(H, W) the frame backend computes at: `flow_size`, or the working canvas when it is None."""
-        return tuple(self.flow_size or self.working_size)  # type: ignore[return-value]
+        """(H, W) the frame backend computes at: `flow_size`, or by default twice the store size (a 2×2 area
+        average per stored pixel keeps what the store can hold), no larger than the working canvas."""
+        if self.flow_size:
+            return int(self.flow_size[0]), int(self.flow_size[1])
+        return tuple(min(2 * int(s), int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore

@@ -104,9 +104,8 @@ class _Writer:
         self.n_frames = 0
         self._mask, self._mask_stored = None, None
 
-    def add_frames(self, frames: np.ndarray) -> None:
-        """First frames of the next pairs (RGB [B, H, W, 3], the canvas or shrunk to the flow size), kept at the
-        store size."""
+    def add_frames(self, frames) -> None:
+        """First frames of the next pairs (canvas RGB [B, H, W, 3]), kept at the store size."""
         if self.frames is None:
             return
         size = (self.store_hw[1], self.store_hw[0])
@@ -137,31 +136,35 @@ class _Writer:
 
 
 def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory) -> tuple[_Writer, Any]:
-    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs."""
+    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs. With a reduced
+    flow size each frame is shrunk once as it arrives; stored first frames still come from the canvas."""
     canvas_hw, flow_hw = tuple(fc.working_size), fc.flow_hw()
     starts = set(int(s) for s in pairs[:, 0])
     dframes = int(pairs[0, 1] - pairs[0, 0])
-    recent: deque = deque(maxlen=dframes + 1)
-    batch_a, batch_b = [], []
+    recent: deque = deque(maxlen=dframes + 1)  # (canvas frame, the frame the backend gets)
+    batch_a, batch_b, firsts = [], [], []
     writer, canvas = None, None
-    shrink = backend.shrink if isinstance(backend, ScaledBackend) else None  # once per frame, not per pair
+    shrink = backend.shrink if isinstance(backend, ScaledBackend) else None
+
+    def run_batch() -> None:
+        flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
+        writer.add(flow, mask)
+        writer.add_frames(firsts)
+
     for idx, frame, canvas in iter_frames(row, canvas_hw, fc.camera, fc.fps):
-        recent.append(shrink(frame) if shrink else frame)
+        recent.append((frame, shrink(frame) if shrink else frame))
         if writer is None:
             writer = writer_factory(flow_hw)
             mask = field_mask(canvas.valid_mask(), flow_hw)
         if idx - dframes in starts:
-            batch_a.append(recent[0])
-            batch_b.append(recent[-1])
+            batch_a.append(recent[0][1])
+            batch_b.append(recent[-1][1])
+            firsts.append(recent[0][0])
         if len(batch_a) == fc.batch_size:
-            flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
-            writer.add(flow, mask)
-            writer.add_frames(batch_a)
-            batch_a, batch_b = [], []
+            run_batch()
+            batch_a, batch_b, firsts = [], [], []
     if batch_a:
-        flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
-        writer.add(flow, mask)
-        writer.add_frames(batch_a)
+        run_batch()
     return writer, canvas
 
 
@@ -252,12 +255,14 @@ _ITEM_WINDOW = ("input_checksum", "media_uris", "start_s", "frame_count", "fps",
 
 def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
     """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else.
-    `flow_size` counts only where the frame backend runs at a size other than the canvas (so workdirs made
-    before the setting keep their fingerprints) and not for items that get exact sim flow (made at the canvas)."""
+    `flow_size` counts (as the size it resolves to) only where the frame backend runs at a size other than the
+    canvas (so full-size workdirs made before the setting keep their fingerprints) and not for items that get
+    exact sim flow (made at the canvas)."""
     flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
     exact = fc.sim_for_sim_tiers and sim_media(row, fc.camera) is not None
-    if fc.flow_hw() == tuple(fc.working_size) or exact:
-        flow.pop("flow_size")
+    flow.pop("flow_size")
+    if fc.flow_hw() != tuple(fc.working_size) and not exact:
+        flow["flow_size"] = list(fc.flow_hw())  # the size it resolves to: null and its value name one output
     if fc.sim_for_sim_tiers:
         from flow_extraction.sim_flow import SIM_FLOW_VERSION
 

@@ -38,8 +38,9 @@ def test_ingest_fingerprint_is_the_old_recipe():
 def test_flow_fingerprint_is_the_old_recipe_with_and_without_sim_flow():
     from flow_extraction.sim_flow import SIM_FLOW_VERSION
 
-    for fc in (FlowConfig(), FlowConfig(sim_for_sim_tiers=False, grid="delta", fps=10.0)):
-        # flow_size came later: at its default (the canvas) it is left out, so these fingerprints stay
+    canvas = {"flow_size": [384, 320]}  # full size, as every workdir before flow_size was made
+    for fc in (FlowConfig(**canvas), FlowConfig(sim_for_sim_tiers=False, grid="delta", fps=10.0, **canvas)):
+        # flow_size came later: at the canvas it is left out, so these fingerprints stay
         flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in (*_NOT_IN_OUTPUT, "flow_size")}
         if fc.sim_for_sim_tiers:
             flow["sim_flow_version"] = SIM_FLOW_VERSION
@@ -50,15 +51,16 @@ def test_flow_fingerprint_is_the_old_recipe_with_and_without_sim_flow():
 
 
 def test_flow_size_redoes_frame_flow_items_but_not_exact_sim_flow_items():
-    canvas, reduced = FlowConfig(flow_size=[384, 320]), FlowConfig(flow_size=[192, 160])
-    assert settings_fingerprint(canvas, ROW) == settings_fingerprint(FlowConfig(), ROW)  # the canvas size = unset
-    assert settings_fingerprint(reduced, ROW) != settings_fingerprint(FlowConfig(), ROW)
+    canvas = FlowConfig(flow_size=[384, 320])
+    assert FlowConfig().flow_hw() == (192, 160)  # the default: twice the 96×80 store
+    assert settings_fingerprint(FlowConfig(), ROW) == settings_fingerprint(FlowConfig(flow_size=[192, 160]), ROW)
+    assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(canvas, ROW)
     sim = {"sim_for_sim_tiers": True}
-    assert (settings_fingerprint(FlowConfig(flow_size=[192, 160], **sim), ROW)
-            == settings_fingerprint(FlowConfig(**sim), ROW))  # exact flow is made at the canvas either way
+    assert (settings_fingerprint(FlowConfig(**sim), ROW)
+            == settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), ROW))  # exact flow: made at the canvas
     wrist = {**ROW, "cameras": ["left_camera"]}  # no exact flow for this view: computed from pixels
-    assert (settings_fingerprint(FlowConfig(flow_size=[192, 160], **sim), wrist)
-            != settings_fingerprint(FlowConfig(**sim), wrist))
+    assert (settings_fingerprint(FlowConfig(**sim), wrist)
+            != settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), wrist))
 
 
 def test_label_fingerprint_is_the_old_recipe():

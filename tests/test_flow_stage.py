@@ -156,13 +156,13 @@ def test_artifacts_store_each_pairs_first_frame_from_pixels_and_from_exact_sim_f
 
 
 def test_flow_size_computes_at_the_reduced_size_and_a_change_redoes_only_frame_flow_items(workdir):
-    """flow.flow_size: DIS runs at 96×80 here, stored vectors stay in canvas pixels (the motion statistics agree
+    """flow.flow_size: DIS runs at 96×80 here (twice the 48×40 store), stored vectors stay in canvas pixels (the motion statistics agree
     with the full-size run's), and changing it redoes items whose flow comes from pixels, not exact sim flow."""
     from pipelines.config import ConfigError, validate
 
-    cfg = setup_catalog(workdir, store_size=[48, 40])
+    cfg = setup_catalog(workdir, store_size=[48, 40], flow_size=[384, 320])
     _, full, items, _ = flow_run(cfg)
-    cfg.flow.flow_size = [96, 80]
+    cfg.flow.flow_size = None  # the default: twice the store size
     report, reduced, _, _ = flow_run(cfg)
     assert report.stage.processed == len(items) == 5
     for item_id, row in full.items():
@@ -175,7 +175,7 @@ def test_flow_size_computes_at_the_reduced_size_and_a_change_redoes_only_frame_f
 
     cfg.flow.sim_for_sim_tiers = True
     flow_run(cfg)  # items with sim extras switch to exact flow, made at the canvas
-    cfg.flow.flow_size = None
+    cfg.flow.flow_size = [384, 320]
     again, sim, _, _ = flow_run(cfg)
     exact = [k for k in items if read_flow_artifact(sim[k]["artifact_path"]).meta["backend"] == "sim"]
     assert exact and again.stage.skipped == len(exact) and again.stage.processed == 5 - len(exact)
