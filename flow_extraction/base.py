@@ -36,3 +36,44 @@ def end_point_error(flow: np.ndarray, reference: np.ndarray, mask: np.ndarray | 
     if mask is not None:
         return float(err[mask].mean())
     return float(err.mean())
+
+
+class ScaledBackend:
+    """Runs a frame backend at `flow_hw` instead of the working canvas `canvas_hw`: canvas frames are area-resized
+    down (`shrink`; the flow stage shrinks each frame once as it streams), and the flow's vectors are scaled back
+    to canvas pixels (x by W/w, y by H/h). The field stays at `flow_hw`; a pixel of it covers (H/h)×(W/w) canvas
+    pixels. A 96×80 store keeps no more detail than a 192×160 field holds; DIS costs a third to a quarter there."""
+
+    def __init__(self, backend: FlowBackend, canvas_hw: tuple[int, int], flow_hw: tuple[int, int]):
+        self.backend = backend
+        self.name = backend.name
+        self.canvas_hw = (int(canvas_hw[0]), int(canvas_hw[1]))
+        self.flow_hw = (int(flow_hw[0]), int(flow_hw[1]))
+        h, w = self.flow_hw
+        if not (0 < h <= self.canvas_hw[0] and 0 < w <= self.canvas_hw[1]):
+            raise FlowConfigError(f"flow size {self.flow_hw} must be positive and no larger than the working "
+                                  f"canvas {self.canvas_hw}")
+        self._units = np.array([self.canvas_hw[1] / w, self.canvas_hw[0] / h], np.float32)[:, None, None]
+
+    def shrink(self, frame: np.ndarray) -> np.ndarray:
+        """One canvas frame [H, W, 3] → the flow size [h, w, 3]."""
+        import cv2
+
+        return cv2.resize(frame, (self.flow_hw[1], self.flow_hw[0]), interpolation=cv2.INTER_AREA)
+
+    def compute(self, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+        """Canvas frames, or frames already shrunk to the flow size → flow [N, 2, h, w] in canvas pixels."""
+        frames = []
+        for batch in (first, second):
+            if batch.shape[1:3] == self.canvas_hw and self.canvas_hw != self.flow_hw:
+                batch = np.stack([self.shrink(f) for f in batch])
+            elif batch.shape[1:3] != self.flow_hw:
+                raise ValueError(f"frames of {batch.shape[1:3]}: expected the canvas {self.canvas_hw} or the "
+                                 f"flow size {self.flow_hw}")
+            frames.append(batch)
+        flow = self.backend.compute(*frames)
+        flow *= self._units
+        return flow
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.backend.describe(), "flow_size": list(self.flow_hw)}

@@ -14,6 +14,9 @@ class FlowConfig:
     fps: float | None = None  # resample before flow (None: each item's native rate)
     working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
     store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
+    flow_size: list[int] | None = None  # H, W the frame backend (DIS, DPFlow) runs at, vectors rescaled to canvas
+    #   pixels; None: twice store_size (192×160), capped at the canvas; working_size: full size (before 2026-12).
+    #   Exact sim flow is always made at the canvas.
     store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
     #   decoder reads it (vae.decoder_condition: frame)
     camera: int = 0  # which camera of multi-camera items
@@ -26,3 +29,10 @@ class FlowConfig:
     colour_max_radius: float = 20.0  # px; fixed radius of the flow colour wheel
     static_pair_px: float = 0.5  # motion filter: a pair whose 99th-percentile flow is below this is near-static
     max_static_fraction: float = 0.8  # an item with more near-static pairs than this is marked static
+
+    def flow_hw(self) -> tuple[int, int]:
+        """(H, W) the frame backend computes at: `flow_size`, or by default twice the store size (a 2×2 area
+        average per stored pixel keeps what the store can hold), no larger than the working canvas."""
+        if self.flow_size:
+            return int(self.flow_size[0]), int(self.flow_size[1])
+        return tuple(min(2 * int(s), int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore

@@ -23,15 +23,19 @@ class MotionFilter:
 
     static_pair_px: float = 0.5
     max_static_fraction: float = 0.8
-    patch_px: int = 32  # patch size for the per-patch minimum
+    patch_px: int = 32  # patch size for the per-patch minimum, in canvas pixels
 
 
 class StatsAccumulator:
-    def __init__(self, canvas_hw: tuple[int, int], motion: MotionFilter = MotionFilter()):
+    """`field_hw`: the size fields arrive at (the canvas, or a reduced flow size whose vectors are in canvas
+    pixels); `patch_px`: the per-patch minimum's patch in pixels of that field (default: the motion filter's)."""
+
+    def __init__(self, field_hw: tuple[int, int], motion: MotionFilter = MotionFilter(), patch_px: int | None = None):
         self.motion = motion
+        self.patch_px = patch_px or motion.patch_px
         self.hist = np.zeros(int(_MAX_PX / _BIN_PX) + 1, np.int64)
-        self.pixel_sum = np.zeros(canvas_hw, np.float64)
-        self.pixel_count = np.zeros(canvas_hw, np.int64)
+        self.pixel_sum = np.zeros(field_hw, np.float64)
+        self.pixel_count = np.zeros(field_hw, np.int64)
         self.pair_means: list[float] = []
         self.pair_p99: list[float] = []
         self.pair_vectors: list[tuple[float, float]] = []
@@ -50,8 +54,8 @@ class StatsAccumulator:
         m = mag[valid]
         bins = np.minimum((m / _BIN_PX).astype(np.int64), len(self.hist) - 1)
         self.hist += np.bincount(bins, minlength=len(self.hist))
-        self.pixel_sum[valid] += mag[valid]
-        self.pixel_count[valid] += 1
+        self.pixel_sum += np.where(valid, mag, 0.0)
+        self.pixel_count += valid
         self.pair_means.append(float(m.mean()))
         k = min(len(m) - 1, int(0.99 * len(m)))
         self.pair_p99.append(float(np.partition(m, k)[k]))
@@ -65,7 +69,7 @@ class StatsAccumulator:
         return (idx + 0.5) * _BIN_PX
 
     def _patch_min(self) -> float:
-        p = self.motion.patch_px
+        p = self.patch_px
         h, w = self.pixel_sum.shape
         best = np.inf
         for y in range(0, h - p + 1, p):

@@ -173,6 +173,10 @@ def validate(cfg: PipelineConfig) -> None:
         size = getattr(f, name)
         if len(size) != 2 or min(size) < 8:
             raise ConfigError(f"flow.{name} must be [H, W] with both >= 8, got {size}")
+    if f.flow_size is not None and (len(f.flow_size) != 2 or min(f.flow_size) < 8
+                                    or any(a > b for a, b in zip(f.flow_size, f.working_size))):
+        raise ConfigError(f"flow.flow_size must be null (twice store_size, at most the canvas) or [H, W] with both "
+                          f">= 8 and no larger than flow.working_size {f.working_size}, got {f.flow_size}")
     if f.batch_size < 1 or f.camera < 0 or f.num_gpus < 0:
         raise ConfigError("flow.batch_size must be >= 1, flow.camera >= 0 and flow.num_gpus >= 0")
     if f.dis_preset not in ("ultrafast", "fast", "medium"):

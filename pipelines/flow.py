@@ -23,6 +23,7 @@ from rich.console import Console
 from catalog import Catalog
 from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
+from flow_extraction.base import ScaledBackend
 from flow_extraction.config import FlowConfig
 from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
@@ -59,6 +60,8 @@ def make_backends(flow_cfg: dict[str, Any]) -> FlowBackends:
         from flow_extraction.dis import DISBackend
 
         frames = DISBackend(fc.dis_preset)
+    if fc.flow_hw() != tuple(fc.working_size):
+        frames = ScaledBackend(frames, tuple(fc.working_size), fc.flow_hw())
     sim = None
     if fc.sim_for_sim_tiers:
         from flow_extraction.sim_flow import SimFlowBackend
@@ -85,19 +88,23 @@ def sim_media(row: Mapping[str, Any], camera: int) -> tuple[str, str] | None:
 
 
 class _Writer:
-    """Accumulates pairs' statistics at the working size and their downsampled flow for storage."""
+    """Accumulates pairs' statistics at the size the flow arrives at (the canvas, or `flow_size`; vectors in
+    canvas pixels either way) and their downsampled flow for storage."""
 
-    def __init__(self, n_pairs: int, canvas_hw: tuple[int, int], store_hw: tuple[int, int], motion: MotionFilter,
-                 store_frames: bool = False):
-        self.stats = StatsAccumulator(canvas_hw, motion)
+    def __init__(self, n_pairs: int, field_hw: tuple[int, int], store_hw: tuple[int, int], motion: MotionFilter,
+                 store_frames: bool = False, canvas_w: int | None = None):
+        patch = max(1, round(motion.patch_px * field_hw[1] / canvas_w)) if canvas_w else None
+        self.stats = StatsAccumulator(field_hw, motion, patch)
+        self.field_hw = tuple(field_hw)
         self.store_hw = store_hw
         self.flow = np.zeros((n_pairs, 2, *store_hw), np.float16)
         self.valid = np.zeros((n_pairs, *store_hw), bool)
         self.frames = np.zeros((n_pairs, 3, *store_hw), np.uint8) if store_frames else None
         self.n = 0
         self.n_frames = 0
+        self._mask, self._mask_stored = None, None
 
-    def add_frames(self, frames: np.ndarray) -> None:
+    def add_frames(self, frames) -> None:
         """First frames of the next pairs (canvas RGB [B, H, W, 3]), kept at the store size."""
         if self.frames is None:
             return
@@ -107,43 +114,66 @@ class _Writer:
             self.n_frames += 1
 
     def add(self, flow: np.ndarray, valid: np.ndarray) -> None:
-        for f, v in zip(flow, valid):
+        """flow [B, 2, h, w]; valid [B, h, w], or one mask [h, w] that holds for every pair (resized once)."""
+        if valid.ndim == 2:
+            stored = [self._stored_mask(valid)] * len(flow)
+            valid = [valid] * len(flow)
+        else:
+            stored = [field_mask(v, self.store_hw) for v in valid]
+        size = (self.store_hw[1], self.store_hw[0])
+        for f, v, sv in zip(flow, valid, stored):
             self.stats.add(f, v)
             f = np.where(v, f, 0.0)  # padding and occluded pixels store zero flow, not backend noise
-            size = (self.store_hw[1], self.store_hw[0])
             self.flow[self.n, 0] = cv2.resize(f[0], size, interpolation=cv2.INTER_AREA)
             self.flow[self.n, 1] = cv2.resize(f[1], size, interpolation=cv2.INTER_AREA)
-            # a stored pixel is valid only if every canvas pixel under it was
-            self.valid[self.n] = cv2.resize(v.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.999
+            self.valid[self.n] = sv  # a stored pixel is valid only if every pixel under it was
             self.n += 1
+
+    def _stored_mask(self, mask: np.ndarray) -> np.ndarray:
+        if self._mask is not mask:
+            self._mask, self._mask_stored = mask, field_mask(mask, self.store_hw)
+        return self._mask_stored
 
 
 def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory) -> tuple[_Writer, Any]:
-    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs."""
-    canvas_hw = tuple(fc.working_size)
+    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs. With a reduced
+    flow size each frame is shrunk once as it arrives; stored first frames still come from the canvas."""
+    canvas_hw, flow_hw = tuple(fc.working_size), fc.flow_hw()
     starts = set(int(s) for s in pairs[:, 0])
     dframes = int(pairs[0, 1] - pairs[0, 0])
-    recent: deque = deque(maxlen=dframes + 1)
-    batch_a, batch_b = [], []
+    recent: deque = deque(maxlen=dframes + 1)  # (canvas frame, the frame the backend gets)
+    batch_a, batch_b, firsts = [], [], []
     writer, canvas = None, None
-    for idx, frame, canvas in iter_frames(row, canvas_hw, fc.camera, fc.fps):
-        recent.append(frame)
-        if writer is None:
-            writer = writer_factory(canvas_hw)
-            mask = canvas.valid_mask()
-        if idx - dframes in starts:
-            batch_a.append(recent[0])
-            batch_b.append(frame)
-        if len(batch_a) == fc.batch_size:
-            flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
-            writer.add(flow, np.broadcast_to(mask, (len(flow), *mask.shape)))
-            writer.add_frames(batch_a)
-            batch_a, batch_b = [], []
-    if batch_a:
+    shrink = backend.shrink if isinstance(backend, ScaledBackend) else None
+
+    def run_batch() -> None:
         flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
-        writer.add(flow, np.broadcast_to(mask, (len(flow), *mask.shape)))
-        writer.add_frames(batch_a)
+        writer.add(flow, mask)
+        writer.add_frames(firsts)
+
+    for idx, frame, canvas in iter_frames(row, canvas_hw, fc.camera, fc.fps):
+        recent.append((frame, shrink(frame) if shrink else frame))
+        if writer is None:
+            writer = writer_factory(flow_hw)
+            mask = field_mask(canvas.valid_mask(), flow_hw)
+        if idx - dframes in starts:
+            batch_a.append(recent[0][1])
+            batch_b.append(recent[-1][1])
+            firsts.append(recent[0][0])
+        if len(batch_a) == fc.batch_size:
+            run_batch()
+            batch_a, batch_b, firsts = [], [], []
+    if batch_a:
+        run_batch()
     return writer, canvas
+
+
+def field_mask(canvas_mask: np.ndarray, field_hw: tuple[int, int]) -> np.ndarray:
+    """The canvas's valid mask at a field size: a field pixel is valid only if every canvas pixel under it is."""
+    if canvas_mask.shape == tuple(field_hw):
+        return canvas_mask
+    small = cv2.resize(canvas_mask.astype(np.float32), (field_hw[1], field_hw[0]), interpolation=cv2.INTER_AREA)
+    return small > 0.999
 
 
 def _first_frames(row, fc: FlowConfig, pairs: np.ndarray, writer: _Writer) -> None:
@@ -183,8 +213,8 @@ def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[s
         raise BadInput(f"too short for flow: {n_frames} frames at {fps:.2f} fps, Δ = {dframes} frames")
     pairs = np.stack([starts, starts + dframes], 1)
     motion = MotionFilter(fc.static_pair_px, fc.max_static_fraction)
-    def make_writer(canvas_hw):
-        return _Writer(len(pairs), canvas_hw, tuple(fc.store_size), motion, fc.store_frames)
+    def make_writer(field_hw):
+        return _Writer(len(pairs), field_hw, tuple(fc.store_size), motion, fc.store_frames, fc.working_size[1])
 
     media = sim_media(row, fc.camera) if backends.sim is not None else None
     if media is not None:
@@ -200,7 +230,8 @@ def compute_item_flow(task: Mapping[str, Any], backends: FlowBackends) -> dict[s
     stats = writer.stats.finish()
     meta = {
         **describe, "item_id": row["item_id"], "delta_s": fc.delta_s, "delta_frames": dframes, "grid": fc.grid,
-        "fps": fps, "n_frames": n_frames, "working_size": list(fc.working_size), "store_size": list(fc.store_size),
+        "fps": fps, "n_frames": n_frames, "working_size": list(fc.working_size), "flow_size": list(writer.field_hw),
+        "store_size": list(fc.store_size),
         "units": "pixels of the working canvas, first->second; x right, y down",
         "canvas": dataclasses.asdict(canvas), "colour_max_radius": fc.colour_max_radius,
     }
@@ -223,8 +254,15 @@ _ITEM_WINDOW = ("input_checksum", "media_uris", "start_s", "frame_count", "fps",
 
 
 def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
-    """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else."""
+    """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else.
+    `flow_size` counts (as the size it resolves to) only where the frame backend runs at a size other than the
+    canvas (so full-size workdirs made before the setting keep their fingerprints) and not for items that get
+    exact sim flow (made at the canvas)."""
     flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
+    exact = fc.sim_for_sim_tiers and sim_media(row, fc.camera) is not None
+    flow.pop("flow_size")
+    if fc.flow_hw() != tuple(fc.working_size) and not exact:
+        flow["flow_size"] = list(fc.flow_hw())  # the size it resolves to: null and its value name one output
     if fc.sim_for_sim_tiers:
         from flow_extraction.sim_flow import SIM_FLOW_VERSION
 

@@ -20,7 +20,7 @@ def blake64(text: str) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
-ROW = {"item_id": "robotwin/t/ep0", "input_blake2b": "0f" * 16, "media_uris": ["samples/ep0.hdf5#cam/rgb"],
+ROW = {"item_id": "robotwin/t/ep0", "source": "robotwin", "cameras": ["head_camera"], "input_blake2b": "0f" * 16, "media_uris": ["samples/ep0.hdf5#cam/rgb"],
        "start_s": None, "frame_count": 41, "fps": 16.7, "width": 320, "height": 240, "language": ["pick it", "up"],
        "extras": json.dumps({"sim_extras": True}), "tier": 3, "ingested_at": dt.datetime(2026, 1, 2, 3, 4, 5)}
 
@@ -38,14 +38,29 @@ def test_ingest_fingerprint_is_the_old_recipe():
 def test_flow_fingerprint_is_the_old_recipe_with_and_without_sim_flow():
     from flow_extraction.sim_flow import SIM_FLOW_VERSION
 
-    for fc in (FlowConfig(), FlowConfig(sim_for_sim_tiers=False, grid="delta", fps=10.0)):
-        flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
+    canvas = {"flow_size": [384, 320]}  # full size, as every workdir before flow_size was made
+    for fc in (FlowConfig(**canvas), FlowConfig(sim_for_sim_tiers=False, grid="delta", fps=10.0, **canvas)):
+        # flow_size came later: at the canvas it is left out, so these fingerprints stay
+        flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in (*_NOT_IN_OUTPUT, "flow_size")}
         if fc.sim_for_sim_tiers:
             flow["sim_flow_version"] = SIM_FLOW_VERSION
         item = {k: ROW.get("input_blake2b" if k == "input_checksum" else k) for k in _ITEM_WINDOW}
         old = blake64(json.dumps({"flow": flow, "item": item}, sort_keys=True, default=str))
         assert settings_fingerprint(fc, ROW) == old
     assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(FlowConfig(delta_s=0.4), ROW)
+
+
+def test_flow_size_redoes_frame_flow_items_but_not_exact_sim_flow_items():
+    canvas = FlowConfig(flow_size=[384, 320])
+    assert FlowConfig().flow_hw() == (192, 160)  # the default: twice the 96×80 store
+    assert settings_fingerprint(FlowConfig(), ROW) == settings_fingerprint(FlowConfig(flow_size=[192, 160]), ROW)
+    assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(canvas, ROW)
+    sim = {"sim_for_sim_tiers": True}
+    assert (settings_fingerprint(FlowConfig(**sim), ROW)
+            == settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), ROW))  # exact flow: made at the canvas
+    wrist = {**ROW, "cameras": ["left_camera"]}  # no exact flow for this view: computed from pixels
+    assert (settings_fingerprint(FlowConfig(**sim), wrist)
+            != settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), wrist))
 
 
 def test_label_fingerprint_is_the_old_recipe():

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from flow_extraction.base import end_point_error
+from flow_extraction.base import ScaledBackend, end_point_error
 from flow_extraction.colour import flow_to_rgb
 from flow_extraction.dis import DISBackend
 from flow_extraction.frames import fit_canvas, iter_frames, resampled_count, to_canvas
@@ -45,6 +45,33 @@ def test_dis_recovers_known_translation_and_rotation(angle, tx, ty):
     zero = end_point_error(np.zeros_like(truth), truth, interior)
     assert epe < 0.5, epe
     assert epe < 0.1 * zero
+
+
+@pytest.mark.parametrize("flow_hw", [(160, 192), (160, 96)])  # half size; x quartered but y halved
+def test_reduced_flow_size_gives_vectors_in_canvas_pixels(flow_hw):
+    """DIS at a reduced size sees a translation of (tx, ty) canvas pixels as (tx·w/W, ty·h/H) of its own; the
+    scaled backend must hand back the canvas-pixel displacement, as the full-size run does."""
+    first, second, truth, interior = affine_pair(0, 8.0, -4.0)
+    full = DISBackend("medium").compute(first[None], second[None])[0]
+    scaled = ScaledBackend(DISBackend("medium"), first.shape[:2], flow_hw)
+    small = scaled.compute(first[None], second[None])
+    assert small.shape == (1, 2, *flow_hw) and small.dtype == np.float32
+    inner = cv2.resize(interior.astype(np.float32), flow_hw[::-1], interpolation=cv2.INTER_AREA) > 0.999
+    for field, mask in ((full, interior), (small[0], inner)):
+        assert np.median(field[0][mask]) == pytest.approx(8.0, abs=0.25)
+        assert np.median(field[1][mask]) == pytest.approx(-4.0, abs=0.25)
+    # frames shrunk beforehand (as the stage streams them) give the same field
+    pre = scaled.compute(scaled.shrink(first)[None], scaled.shrink(second)[None])
+    assert np.array_equal(pre, small) and scaled.describe()["flow_size"] == list(flow_hw)
+
+
+def test_scaled_backend_rejects_a_size_above_the_canvas_and_frames_of_another_size():
+    from flow_extraction.base import FlowConfigError
+
+    with pytest.raises(FlowConfigError, match="no larger than the working canvas"):
+        ScaledBackend(DISBackend("fast"), (320, 384), (640, 192))
+    with pytest.raises(ValueError, match="expected the canvas"):
+        ScaledBackend(DISBackend("fast"), (320, 384), (160, 192)).compute(*np.zeros((2, 1, 100, 100, 3), np.uint8))
 
 
 def test_dis_rejects_unknown_preset():
