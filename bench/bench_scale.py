@@ -88,20 +88,21 @@ def run_child(*args: str) -> dict:
 
 
 def synthetic_catalog(path: Path, n: int) -> None:
-    """A catalog (made by `Catalog`) holding `n` synthetic items of three sources: ingest done for 90 %,
-    quarantined for 10 %, flow done for half; one ingest run record naming the sources."""
+    """A catalog (made by `Catalog`) holding `n` synthetic items of three kinds (LeRobot from two roots): ingest
+    done for 90 %, quarantined for 10 %, flow done for half; one ingest run record naming the four entries."""
     from catalog import Catalog
 
     with Catalog(path) as cat:
-        cfg = {"workdir": str(path.parent), "sources": [{"kind": k, "root": f"data/{k}"} for k in
-                                                          ("ssv2", "lerobot", "robotwin")]}
+        roots = ["ssv2", "lerobot/arm_a", "lerobot/arm_b", "robotwin"]  # two LeRobot roots: mapped per item
+        cfg = {"workdir": str(path.parent), "sources": [{"kind": r.split("/")[0], "root": f"data/{r}"} for r in roots]}
         cat.finish_run(cat.start_run("ingest", cfg), "ok", {"done": n})
         cat.con.execute(f"""
             INSERT INTO {cat.table('item_stages')}
             SELECT (['ssv2', 'lerobot', 'robotwin'])[1 + i % 3] || '/' || lpad(i::VARCHAR, 8, '0') AS item_id,
                    'ingest', CASE WHEN i % 10 = 9 THEN 'quarantined' ELSE 'done' END,
                    CASE WHEN i % 10 = 9 THEN 'missing video file ' || i || '.webm' END,
-                   'data/' || (['ssv2', 'lerobot', 'robotwin'])[1 + i % 3] || '/' || i || '.webm',
+                   'data/' || (['ssv2', 'lerobot/arm_' || (['a', 'b'])[1 + i % 2], 'robotwin'])[1 + i % 3] || '/'
+                       || i || '.webm',
                    md5(i::VARCHAR)[:16], 'synthetic', 1, 0.01, now()
             FROM range({n}) t(i)""")
         cat.con.execute(f"""

@@ -343,21 +343,23 @@ class Catalog:
         return self.upsert("evaluations", rows)
 
     # --- reports --------------------------------------------------------------------------------------------
-    def funnel(self) -> pa.Table:
+    def funnel(self, entries: Any = None) -> pa.Table:
         """Per source kind, configured source entry (`kind:root`, catalog/entries.py) and stage: items in, done,
-        quarantined, failed."""
-        from catalog.entries import entries_sql, entry_roots
+        quarantined, failed. `entries`: an open `EntryMap` to reuse."""
+        from catalog.entries import EntryMap
 
-        with entry_roots(self):
-            return self.sql(
-                f"""
-                WITH e AS ({entries_sql(self)})
-                SELECT split_part(s.item_id, '/', 1) AS source, coalesce(e.entry, split_part(s.item_id, '/', 1)) AS entry,
-                       s.stage, count(*) AS seen,
-                       count(*) FILTER (WHERE s.status = 'done') AS done,
-                       count(*) FILTER (WHERE s.status = 'quarantined') AS quarantined,
-                       count(*) FILTER (WHERE s.status = 'failed') AS failed
-                FROM item_stages s LEFT JOIN e USING (item_id)
-                GROUP BY ALL ORDER BY source, entry, min(s.updated_at)
-                """
-            )
+        if entries is None:
+            with EntryMap(self) as m:
+                return self.funnel(m)
+        kind = "split_part(s.item_id, '/', 1)"
+        select = f"""SELECT {kind} AS source, {{entry}} AS entry, s.stage, count(*) AS seen,
+                            count(*) FILTER (WHERE s.status = 'done') AS done,
+                            count(*) FILTER (WHERE s.status = 'quarantined') AS quarantined,
+                            count(*) FILTER (WHERE s.status = 'failed') AS failed, min(s.updated_at) AS first_at
+                     FROM item_stages s {{join}} WHERE {{where}} GROUP BY ALL"""
+        # ingest rows carry the URI their entry is read from; later stages' rows are joined with them
+        ingest = select.format(entry=entries.own(kind, "s.input_uri"), join="LEFT JOIN _odd_entries odd USING (item_id)",
+                               where="s.stage = 'ingest'")
+        later = entries.union(select.replace("{where}", "s.stage <> 'ingest' AND {where}"), kind)
+        return self.sql(f"SELECT * EXCLUDE (first_at) FROM ({ingest} UNION ALL {later}) "
+                        "ORDER BY source, entry, first_at")

@@ -25,16 +25,15 @@ def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 200
 def funnel_table(catalog: Catalog) -> Table:
     """Per configured source entry (`kind:root`; four LeRobot roots are four rows): items discovered by ingest,
     done, quarantined, failed, then one row per later stage."""
-    from catalog.entries import entries_sql, entry_roots
+    from catalog.entries import EntryMap
 
-    funnel = catalog.funnel()
-    with entry_roots(catalog):  # tier and split counts per entry, in DuckDB (no Python object per item)
-        per_entry = catalog.con.execute(f"""
-            WITH e AS ({entries_sql(catalog)})
-            SELECT coalesce(e.entry, split_part(i.item_id, '/', 1)) AS entry, min(i.tier),
-                   count(*) FILTER (WHERE i.split = 'train'), count(*) FILTER (WHERE i.split = 'val'),
-                   count(*) FILTER (WHERE i.split = 'test')
-            FROM items i LEFT JOIN e USING (item_id) GROUP BY 1""").fetchall()
+    with EntryMap(catalog) as m:  # in DuckDB: no Python object per item
+        funnel = catalog.funnel(m)
+        kind = "split_part(s.item_id, '/', 1)"
+        per_entry = catalog.con.execute(  # an items row holds the URI its entry is read from
+            f"""SELECT {m.own(kind, 's.input_uri')} AS entry, min(s.tier), count(*) FILTER (WHERE s.split = 'train'),
+                       count(*) FILTER (WHERE s.split = 'val'), count(*) FILTER (WHERE s.split = 'test')
+                FROM items s LEFT JOIN _odd_entries odd USING (item_id) GROUP BY 1""").fetchall()
     tiers = {entry: tier for entry, tier, *_ in per_entry}
     splits = {entry: counts for entry, _, *counts in per_entry}
     table = Table(title="Funnel per source entry and stage")

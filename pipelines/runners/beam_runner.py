@@ -1,7 +1,8 @@
 """The Apache Beam runner: the same stage functions as a Beam pipeline (DirectRunner here; Flink, Spark or
 Dataflow through `runner.beam_options`).
 
-The pipeline is Create(batches) → Reshuffle (spreads batches over workers) → ParDo(stage). The DoFn runs the
+The pipeline is Create(batches) → Reshuffle (spreads batches over workers) → ParDo(stage), one pipeline per window
+of `window` tasks drawn from the driver's stream (so the driver never holds more than a window). The DoFn runs the
 stage's `setup` once per worker (`DoFn.setup`) and writes each batch's outcomes to `<outcome dir>/<batch>.json`
 (temp name, then rename, so a retried bundle overwrites and a reader never sees half a file). The files are
 JSON, never pickles: the driver reads them as data, so a file planted in a shared temp folder cannot run code
