@@ -8,8 +8,10 @@ driver's own memory plus a trivial probe); its peak RSS (`ru_maxrss`) and items/
 the ratios (targets: RSS ≤ 1.2, items/s ≥ 0.8).
 
 Then a catalog built by the project's `Catalog` gets `--status-items` synthetic items (rows inserted straight
-into DuckDB: items, their ingest and flow states, an ingest run record) and `pyramid status` runs on it in a
-fresh process (target: < 2 s at 1 M), along with `Catalog.funnel()` alone.
+into DuckDB: items, their ingest and flow states, an ingest run record with four source entries, two of them
+LeRobot roots so that items are mapped to entries by URI) and `pyramid status` runs on it in fresh processes with
+a bytecode cache, as an installed package runs (wall and CPU seconds, start-up included; target: < 2 s at 1 M),
+along with `Catalog.funnel()` alone.
 
     .venv/bin/python bench/bench_scale.py [--n 20000] [--on-disk 20] [--status-items 1000000]
 """
@@ -167,15 +169,24 @@ def main() -> None:
         synthetic_catalog(work / "catalog.duckdb", args.status_items)
         print(f"synthetic catalog of {args.status_items} items built in {time.perf_counter() - t0:.1f}s", flush=True)
         funnel = run_child("--child", "status", str(work))
-        env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "pipelines.cli", "status", "--workdir", str(work)],
-                             capture_output=True, text=True, env=env, cwd=REPO)
-        status_s = time.perf_counter() - t0
-        if out.returncode:
-            raise SystemExit(f"pyramid status failed:\n{out.stderr[-3000:]}")
-        print(f"{args.status_items} catalogued items: `pyramid status` {status_s:.2f}s (process start included; "
-              f"target < 2 s), Catalog.funnel() {funnel['funnel_s']:.2f}s (open included)")
+        # as installed: bytecode cached (this checkout may run with PYTHONDONTWRITEBYTECODE; the cache goes to tmp)
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+        env.update(PYTHONPATH=str(REPO), COLUMNS="200", PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+        cmd = [sys.executable, "-m", "pipelines.cli", "status", "--workdir", str(work)]
+        runs = []
+        for _ in range(3):  # the first fills the bytecode cache
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+            wall = time.perf_counter() - t0
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            if out.returncode:
+                raise SystemExit(f"pyramid status failed:\n{out.stderr[-3000:]}")
+            runs.append((wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime))
+        wall, cpu = min(runs[1:])
+        print(f"{args.status_items} catalogued items: `pyramid status` {wall:.2f}s wall, {cpu:.2f}s CPU (process start "
+              f"included, best of 2 after a warm-up; target < 2 s); Catalog.funnel() {funnel['funnel_s']:.2f}s "
+              "(open included)")
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None, notes: d
         labels.append(label)
         try:
             adapter = make_source(sc.kind, str(cfg.path(sc.root)), tier=sc.tier, **sc.options)
-            refs = adapter.discover()
+            refs = iter(adapter.discover())  # a list works too
             while block := list(itertools.islice(refs, chunk)):
                 hashes = np.array([seen.hash(ref.item_id) for ref in block], np.uint64)
                 before = seen.first_of(hashes)

@@ -106,9 +106,10 @@ class RayRunner:
         """Yield outcomes as batches finish. A worker that dies (OOM, segfault) fails only its own batch;
         it is replaced, and the stage gives up only when workers keep dying (e.g. `setup` itself raises)."""
         stream = iter_batches(tasks, stage.resources.batch_size)  # drawn as workers free up, never all at once
-        ahead = list(itertools.islice(stream, self.pool_size(stage, 1 << 30)))  # enough to size the pool
-        if not ahead:
+        first = next(stream, None)
+        if first is None:  # no tasks: Ray is not even started
             return
+        ahead = [first, *itertools.islice(stream, self.pool_size(stage, 1 << 30) - 1)]  # enough to size the pool
         size = self.pool_size(stage, len(ahead))
         work = itertools.chain(ahead, stream)
         del ahead
