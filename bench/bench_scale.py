@@ -13,7 +13,7 @@ LeRobot roots so that items are mapped to entries by URI) and `pyramid status` r
 a bytecode cache, as an installed package runs (wall and CPU seconds, start-up included; target: < 2 s at 1 M),
 along with `Catalog.funnel()` alone.
 
-    .venv/bin/python bench/bench_scale.py [--n 20000] [--on-disk 20] [--status-items 1000000]
+    .venv/bin/python bench/bench_scale.py [--n 20000] [--on-disk 20] [--status-items 1000000] [--parts ingest,status]
 """
 
 from __future__ import annotations
@@ -138,6 +138,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20_000, help="listed clips of the small run (the big one is 10·N)")
     ap.add_argument("--on-disk", type=int, default=20, help="listed clips that exist on disk (hard links)")
     ap.add_argument("--status-items", type=int, default=1_000_000, help="synthetic items for the status timing")
+    ap.add_argument("--parts", default="ingest,status", help="what to run: ingest, status or both")
     ap.add_argument("--child", nargs=2, metavar=("KIND", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -150,9 +151,9 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)
-        clips = write_ssv2(tmp / "real", n_clips=2, seed=0)
+        clips = write_ssv2(tmp / "real", n_clips=2, seed=0) if "ingest" in args.parts else []
         results = {}
-        for n in (args.n, 10 * args.n):
+        for n in (args.n, 10 * args.n) if "ingest" in args.parts else ():
             base = tmp / f"n{n}"
             t0 = time.perf_counter()
             make_ssv2(base / "ssv2", n, args.on_disk, clips)
@@ -160,33 +161,39 @@ def main() -> None:
             results[n] = r = run_child("--child", "ingest", str(base))
             print(f"N={n:>8}: {r['tasks']} tasks {r['counts']} in {r['wall_s']:.1f}s  {r['items_per_s']:.0f} items/s  "
                   f"driver peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-        small, big = results[args.n], results[10 * args.n]
-        print(f"ratios 10·N / N: peak RSS {big['peak_rss_mb'] / small['peak_rss_mb']:.2f} (target ≤ 1.2), "
-              f"items/s {big['items_per_s'] / small['items_per_s']:.2f} (target ≥ 0.8)", flush=True)
+        if results:
+            small, big = results[args.n], results[10 * args.n]
+            print(f"ratios 10·N / N: peak RSS {big['peak_rss_mb'] / small['peak_rss_mb']:.2f} (target ≤ 1.2), "
+                  f"items/s {big['items_per_s'] / small['items_per_s']:.2f} (target ≥ 0.8)", flush=True)
+        if "status" in args.parts:
+            status_timing(tmp, args.status_items)
 
-        work = tmp / "status"
+
+def status_timing(tmp: Path, n_items: int) -> None:
+    """`pyramid status` (and `Catalog.funnel()` alone) on a catalog of `n_items` synthetic items."""
+    work = tmp / "status"
+    t0 = time.perf_counter()
+    synthetic_catalog(work / "catalog.duckdb", n_items)
+    print(f"synthetic catalog of {n_items} items built in {time.perf_counter() - t0:.1f}s", flush=True)
+    funnel = run_child("--child", "status", str(work))
+    # as installed: bytecode cached (this checkout may run with PYTHONDONTWRITEBYTECODE; the cache goes to tmp)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(PYTHONPATH=str(REPO), COLUMNS="200", PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
+    cmd = [sys.executable, "-m", "pipelines.cli", "status", "--workdir", str(work)]
+    runs = []
+    for _ in range(3):  # the first fills the bytecode cache
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        synthetic_catalog(work / "catalog.duckdb", args.status_items)
-        print(f"synthetic catalog of {args.status_items} items built in {time.perf_counter() - t0:.1f}s", flush=True)
-        funnel = run_child("--child", "status", str(work))
-        # as installed: bytecode cached (this checkout may run with PYTHONDONTWRITEBYTECODE; the cache goes to tmp)
-        env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-        env.update(PYTHONPATH=str(REPO), COLUMNS="200", PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
-        cmd = [sys.executable, "-m", "pipelines.cli", "status", "--workdir", str(work)]
-        runs = []
-        for _ in range(3):  # the first fills the bytecode cache
-            before = resource.getrusage(resource.RUSAGE_CHILDREN)
-            t0 = time.perf_counter()
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
-            wall = time.perf_counter() - t0
-            after = resource.getrusage(resource.RUSAGE_CHILDREN)
-            if out.returncode:
-                raise SystemExit(f"pyramid status failed:\n{out.stderr[-3000:]}")
-            runs.append((wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime))
-        wall, cpu = min(runs[1:])
-        print(f"{args.status_items} catalogued items: `pyramid status` {wall:.2f}s wall, {cpu:.2f}s CPU (process start "
-              f"included, best of 2 after a warm-up; target < 2 s); Catalog.funnel() {funnel['funnel_s']:.2f}s "
-              "(open included)")
+        out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if out.returncode:
+            raise SystemExit(f"pyramid status failed:\n{out.stderr[-3000:]}")
+        runs.append((wall, after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime))
+    wall, cpu = min(runs[1:])
+    print(f"{n_items} catalogued items: `pyramid status` {wall:.2f}s wall, {cpu:.2f}s CPU (process start "
+          f"included, best of 2 after a warm-up; target < 2 s); Catalog.funnel() {funnel['funnel_s']:.2f}s "
+          "(open included)")
 
 
 if __name__ == "__main__":

@@ -358,8 +358,8 @@ class Catalog:
                             count(*) FILTER (WHERE s.status = 'failed') AS failed, min(s.updated_at) AS first_at
                      FROM item_stages s {{join}} WHERE {{where}} GROUP BY ALL"""
         # ingest rows carry the URI their entry is read from; later stages' rows are joined with them
-        ingest = select.format(entry=entries.own(kind, "s.input_uri"), join="LEFT JOIN _odd_entries odd USING (item_id)",
-                               where="s.stage = 'ingest'")
+        ingest = select.format(entry=entries.own(kind, "s.input_uri"), where="s.stage = 'ingest'",
+                               join="LEFT JOIN _odd_entries odd USING (item_id)")
         later = entries.union(select.replace("{where}", "s.stage <> 'ingest' AND {where}"), kind)
         return self.sql(f"SELECT * EXCLUDE (first_at) FROM ({ingest} UNION ALL {later}) "
                         "ORDER BY source, entry, first_at")

@@ -74,7 +74,8 @@ class StageProgress:
             left = self.total - self.finished
             eta = f"{left / rate:.0f}s" if rate > 0 else "?"
             self.console.print(
-                f"[{self.stage}] {self.finished}/{self.total}{'+' if self.streamed else ''} {self._counts_text()} {rate:.1f} {self.unit}/s, "
+                f"[{self.stage}] {self.finished}/{self.total}{'+' if self.streamed else ''} {self._counts_text()} "
+                f"{rate:.1f} {self.unit}/s, "
                 f"ETA {eta} {self.note}",
                 highlight=False, markup=False,
             )

@@ -153,10 +153,11 @@ class ItemStage:
     """What a per-item stage declares; `run_item_stage` does the rest.
 
     `plan(catalog)` yields the tasks (a generator: the driver draws them in chunks): dicts with `item_id`,
-    `input_uri`, `input_fingerprint` (from `common.fingerprint`) and, when the stage writes a file per item, `out_path`. `stage` runs the pure
-    `process(task, context)` on the runner. A done result's file (`path`, `bytes`, `checksum`) is registered as an
-    artifact of `artifact_kind`; `record` adds the stage's own rows; `after` is the stage's global step once the
-    items are through (its return value comes back in `StageRun.after`)."""
+    `input_uri`, `input_fingerprint` (from `common.fingerprint`) and, when the stage writes a file per item,
+    `out_path`. `stage` runs the pure `process(task, context)` on the runner. A done result's file (`path`,
+    `bytes`, `checksum`) is registered as an artifact of `artifact_kind`; `record` adds the stage's own rows;
+    `after(catalog, run_id)` is the stage's global step once the items are through (its return value comes back
+    in `StageRun.after`)."""
 
     stage: Stage
     plan: Callable[[Catalog], Iterable[dict[str, Any]]]  # a stream (generator) or a list

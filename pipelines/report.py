@@ -136,7 +136,8 @@ def reasons_table(catalog: Catalog, max_rows: int = 200) -> Table:
     """The first `max_rows` quarantined and failed items with their reasons, and how many more there are."""
     q = catalog.quarantine(limit=max_rows)
     out = arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")
-    total = catalog.con.execute("SELECT count(*) FROM item_stages WHERE status IN ('quarantined', 'failed')").fetchone()[0]
+    total = catalog.con.execute(
+        "SELECT count(*) FROM item_stages WHERE status IN ('quarantined', 'failed')").fetchone()[0]
     if total > q.num_rows:
         out.caption = f"{total - q.num_rows} more rows not shown"
     return out

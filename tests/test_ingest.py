@@ -208,7 +208,8 @@ def test_label_files_stream_record_by_record_whatever_the_read_size(tmp_path):
     from pipelines.sources.ssv2 import iter_json_array
 
     path = tmp_path / "train.json"
-    records = [{"id": str(i), "label": "pushing \"cup\" ]", "template": "t", "placeholders": ["a", "b"]} for i in range(50)]
+    records = [{"id": str(i), "label": "pushing \"cup\" ]", "template": "t", "placeholders": ["a", "b"]}
+               for i in range(50)]
     path.write_text(json.dumps(records, indent=2) + "\n")
     for chunk in (1, 7, 1 << 20):
         assert list(iter_json_array(path, chunk=chunk)) == records
