@@ -49,7 +49,8 @@ def make_items(root: Path, copies: int, scale: int) -> None:
 def timed_ingest(root: Path, engine: str) -> tuple[int, float, float]:
     cfg = load_config(None, workdir=str(root), **{"runner.engine": engine})
     cfg.sources = [s for s in cfg.sources if s.kind in ("robotwin", "task_agnostic")]
-    tasks, errors, _ = discover_tasks(cfg)
+    errors: dict[str, str] = {}
+    tasks = list(discover_tasks(cfg, errors=errors))
     assert not errors, errors
     runner = make_runner(engine)
     t0 = time.perf_counter()
@@ -77,7 +78,8 @@ def per_source_rates(scale: int) -> dict[str, tuple[int, float]]:
         for sc in base.sources:
             cfg = load_config(None, workdir=str(root), **{"runner.engine": "local"})
             cfg.sources = [sc]
-            tasks, errors, _ = discover_tasks(cfg)
+            errors: dict[str, str] = {}
+            tasks = list(discover_tasks(cfg, errors=errors))
             if errors:
                 continue
             with Catalog(root / f"bench-{sc.kind}.duckdb") as cat:

@@ -13,7 +13,7 @@ import socket
 import subprocess
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -166,6 +166,30 @@ class Catalog:
         rel = self.con.sql(query, params=params or None)
         return rel.to_arrow_table() if rel is not None else pa.table({})
 
+    def reader(self, query: str, params: list[Any] | None = None, batch_rows: int = 16384) -> pa.RecordBatchReader:
+        """The rows of `query` as a stream of record batches, read on a cursor of its own (with the reading views),
+        so writes on the main connection can go on while it is read; the cursor closes when the stream ends."""
+        cur = self.con.cursor()
+        try:
+            described.reading_views(cur, self.root)
+            batches = cur.sql(query, params=params or None).to_arrow_reader(batch_rows)
+        except BaseException:
+            cur.close()
+            raise
+
+        def read() -> Iterator[pa.RecordBatch]:
+            try:
+                yield from batches
+            finally:
+                cur.close()
+
+        return pa.RecordBatchReader.from_batches(batches.schema, read())
+
+    def iter_rows(self, query: str, params: list[Any] | None = None, batch_rows: int = 4096) -> Iterator[dict]:
+        """The rows of `query` as dicts, `batch_rows` at a time (see `reader`): what a stage's plan streams."""
+        for batch in self.reader(query, params, batch_rows):
+            yield from batch.to_pylist()
+
     def _insert(self, table_name: str, table: pa.Table, on_conflict: str = "") -> None:
         if table.num_rows == 0:
             return
@@ -257,11 +281,22 @@ class Catalog:
         )
         return table.num_rows
 
-    def stage_state(self, stage: str) -> dict[str, tuple[str, str | None]]:
-        """item_id -> (status, input_fingerprint) for one stage."""
-        rows = self.con.execute(
-            "SELECT item_id, status, input_fingerprint FROM item_stages WHERE stage = ?", [stage]
-        ).fetchall()
+    def stage_state(self, stage: str, item_ids: Sequence[str] | None = None) -> dict[str, tuple[str, str | None]]:
+        """item_id -> (status, input_fingerprint) for one stage: of every item, or of `item_ids` only (what the
+        driver asks per planned chunk, so it never holds the whole stage's state)."""
+        if item_ids is None:
+            rows = self.con.execute(
+                "SELECT item_id, status, input_fingerprint FROM item_stages WHERE stage = ?", [stage]).fetchall()
+            return {item_id: (status, fp) for item_id, status, fp in rows}
+        if not item_ids:
+            return {}
+        self.con.register("_wanted", pa.table({"item_id": pa.array(list(item_ids), pa.string())}))
+        try:
+            rows = self.con.execute(
+                f"SELECT s.item_id, s.status, s.input_fingerprint FROM {self.table('item_stages')} s "
+                "SEMI JOIN _wanted w ON s.item_id = w.item_id WHERE s.stage = ?", [stage]).fetchall()
+        finally:
+            self.con.unregister("_wanted")
         return {item_id: (status, fp) for item_id, status, fp in rows}
 
     def done(self, stage: str) -> pa.Table:
@@ -272,11 +307,11 @@ class Catalog:
             "SELECT a.item_id, a.path, a.bytes, a.blake2b, a.kind FROM done_items(?) d "
             "JOIN artifacts a ON a.item_id = d.item_id AND a.stage = ? ORDER BY a.item_id, a.path", [stage, stage])
 
-    def quarantine(self, stage: str | None = None) -> pa.Table:
+    def quarantine(self, stage: str | None = None, limit: int | None = None) -> pa.Table:
         where = "status IN ('quarantined', 'failed')" + (" AND stage = ?" if stage else "")
         return self.sql(
             f"SELECT item_id, stage, status, reason, input_uri, run_id, attempts FROM item_stages WHERE {where} "
-            "ORDER BY stage, item_id",
+            "ORDER BY stage, item_id" + (f" LIMIT {int(limit)}" if limit is not None else ""),
             [stage] if stage else None,
         )
 
@@ -308,25 +343,23 @@ class Catalog:
         return self.upsert("evaluations", rows)
 
     # --- reports --------------------------------------------------------------------------------------------
-    def funnel(self) -> pa.Table:
+    def funnel(self, entries: Any = None) -> pa.Table:
         """Per source kind, configured source entry (`kind:root`, catalog/entries.py) and stage: items in, done,
-        quarantined, failed."""
-        from catalog.entries import item_entries
+        quarantined, failed. `entries`: an open `EntryMap` to reuse."""
+        from catalog.entries import EntryMap
 
-        mapping = item_entries(self)
-        self.con.register("_item_entries", pa.table({"item_id": pa.array(list(mapping), pa.string()),
-                                                     "entry": pa.array(list(mapping.values()), pa.string())}))
-        try:
-            return self.sql(
-                """
-                SELECT split_part(s.item_id, '/', 1) AS source, coalesce(e.entry, split_part(s.item_id, '/', 1)) AS entry,
-                       s.stage, count(*) AS seen,
-                       count(*) FILTER (WHERE s.status = 'done') AS done,
-                       count(*) FILTER (WHERE s.status = 'quarantined') AS quarantined,
-                       count(*) FILTER (WHERE s.status = 'failed') AS failed
-                FROM item_stages s LEFT JOIN _item_entries e USING (item_id)
-                GROUP BY ALL ORDER BY source, entry, min(s.updated_at)
-                """
-            )
-        finally:
-            self.con.unregister("_item_entries")
+        if entries is None:
+            with EntryMap(self) as m:
+                return self.funnel(m)
+        kind = "split_part(s.item_id, '/', 1)"
+        select = f"""SELECT {kind} AS source, {{entry}} AS entry, s.stage, count(*) AS seen,
+                            count(*) FILTER (WHERE s.status = 'done') AS done,
+                            count(*) FILTER (WHERE s.status = 'quarantined') AS quarantined,
+                            count(*) FILTER (WHERE s.status = 'failed') AS failed, min(s.updated_at) AS first_at
+                     FROM item_stages s {{join}} WHERE {{where}} GROUP BY ALL"""
+        # ingest rows carry the URI their entry is read from; later stages' rows are joined with them
+        ingest = select.format(entry=entries.own(kind, "s.input_uri"), where="s.stage = 'ingest'",
+                               join="LEFT JOIN _odd_entries odd USING (item_id)")
+        later = entries.union(select.replace("{where}", "s.stage <> 'ingest' AND {where}"), kind)
+        return self.sql(f"SELECT * EXCLUDE (first_at) FROM ({ingest} UNION ALL {later}) "
+                        "ORDER BY source, entry, first_at")

@@ -13,9 +13,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 
 class StageProgress:
-    def __init__(self, stage: str, total: int, skipped: int = 0, console: Console | None = None,
+    """`total=None`: the tasks arrive as a stream; `planned(todo, skipped)` adds each planned chunk."""
+
+    def __init__(self, stage: str, total: int | None, skipped: int = 0, console: Console | None = None,
                  log_every_s: float = 10.0, enabled: bool = True, unit: str = "items"):
-        self.stage, self.total, self.skipped, self.unit = stage, total, skipped, unit
+        self.streamed = total is None
+        self.stage, self.total, self.skipped, self.unit = stage, total or 0, skipped, unit
         self.note = ""
         self.console = console or make_console(stderr=True)
         self.counts = {"done": 0, "quarantined": 0, "failed": 0}
@@ -31,10 +34,17 @@ class StageProgress:
                 TextColumn("{task.fields[counts]}"), TextColumn("{task.fields[rate]}"), TextColumn("{task.fields[note]}"),
                 TimeRemainingColumn(), console=self.console, transient=False,
             )
-            self._task = self._progress.add_task(stage, total=total, counts=self._counts_text(), rate="", note="")
+            self._task = self._progress.add_task(stage, total=self.total, counts=self._counts_text(), rate="", note="")
             self._progress.start()
-        elif enabled:
+        elif enabled and not self.streamed:
             self.console.print(f"[{stage}] {total} to do, {skipped} already done", highlight=False, markup=False)
+
+    def planned(self, todo: int, skipped: int) -> None:
+        """A chunk of a streamed plan: `todo` more to do, `skipped` more already done."""
+        self.total += todo
+        self.skipped += skipped
+        if self._progress is not None:
+            self._progress.update(self._task, total=self.total)
 
     def _counts_text(self) -> str:
         c = self.counts
@@ -64,7 +74,8 @@ class StageProgress:
             left = self.total - self.finished
             eta = f"{left / rate:.0f}s" if rate > 0 else "?"
             self.console.print(
-                f"[{self.stage}] {self.finished}/{self.total} {self._counts_text()} {rate:.1f} {self.unit}/s, "
+                f"[{self.stage}] {self.finished}/{self.total}{'+' if self.streamed else ''} {self._counts_text()} "
+                f"{rate:.1f} {self.unit}/s, "
                 f"ETA {eta} {self.note}",
                 highlight=False, markup=False,
             )

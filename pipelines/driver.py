@@ -8,11 +8,12 @@ batches as they arrive, so a killed run keeps what it finished. See docs/stages.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -23,6 +24,7 @@ from manifests.io import remove_stale_temps
 from pipelines.stages import Outcome, Stage
 
 SKIP_STATUSES = ("done", "quarantined")
+PLAN_CHUNK = 4096  # tasks planned (skip/redo decided against the catalog) at a time
 
 
 @dataclass
@@ -52,11 +54,12 @@ def remove_leftovers(stage: str, folders: Sequence[Any], console: Any) -> int:
 
 
 def plan(catalog: Catalog, stage: str, tasks: Sequence[Mapping[str, Any]], force: bool = False):
-    """Split tasks into (to do, skipped) by the catalog's stage state, each task's input fingerprint and, for a task
-    that names its output file (`out_path`), whether that file still exists: done means the output is there."""
+    """Split one chunk of tasks into (to do, skipped) by the catalog's stage state of those items, each task's input
+    fingerprint and, for a task that names its output file (`out_path`), whether that file still exists: done
+    means the output is there."""
     if force:
         return list(tasks), []
-    state = catalog.stage_state(stage)
+    state = catalog.stage_state(stage, [t["item_id"] for t in tasks])
     todo, skipped = [], []
     for t in tasks:
         prev = state.get(t["item_id"])
@@ -70,7 +73,7 @@ def plan(catalog: Catalog, stage: str, tasks: Sequence[Mapping[str, Any]], force
 
 def run_stage(
     stage: Stage,
-    tasks: Sequence[Mapping[str, Any]],
+    tasks: Iterable[Mapping[str, Any]],
     catalog: Catalog,
     runner: Any,
     run_id: str,
@@ -79,13 +82,28 @@ def run_stage(
     progress: bool = True,
     flush_every: int = 64,
     flush_every_s: float = 2.0,
+    plan_chunk: int = PLAN_CHUNK,
 ) -> StageReport:
-    todo, skipped = plan(catalog, stage.name, tasks, force)
-    report = StageReport(stage.name, total=len(tasks), skipped=len(skipped))
-    by_id = {t["item_id"]: t for t in todo}
-    bar = StageProgress(stage.name, total=len(todo), skipped=len(skipped), enabled=progress)
+    """Run `tasks` (a list or a stream) through `runner`: planned `plan_chunk` at a time as the runner asks for
+    more, outcomes recorded in batches. The driver holds one chunk, the tasks in flight and one batch of outcomes,
+    never the whole corpus."""
+    report = StageReport(stage.name, total=0)
+    bar = StageProgress(stage.name, total=None, enabled=progress)
+    in_flight: dict[str, tuple[Any, Any]] = {}  # item_id -> (input_uri, input_fingerprint) until recorded
     pending: list[Outcome] = []
     t0 = last_flush = time.perf_counter()
+
+    def planned() -> Iterator[Mapping[str, Any]]:
+        it = iter(tasks)
+        while chunk := list(itertools.islice(it, plan_chunk)):
+            todo, skipped = plan(catalog, stage.name, chunk, force)
+            del chunk
+            report.total += len(todo) + len(skipped)
+            report.skipped += len(skipped)
+            bar.planned(len(todo), len(skipped))
+            for t in todo:
+                in_flight[t["item_id"]] = (t.get("input_uri"), t.get("input_fingerprint"))
+            yield from todo
 
     def flush() -> None:
         if not pending:
@@ -93,19 +111,16 @@ def run_stage(
         done = [o for o in pending if o.status == "done"]
         if done and on_done:
             on_done(done)  # the stage's sink first: state says done only once the output is recorded
-        catalog.record_stage_results(
-            {
-                "item_id": o.item_id, "stage": stage.name, "status": o.status, "reason": o.reason,
-                "input_uri": by_id[o.item_id].get("input_uri"),
-                "input_fingerprint": by_id[o.item_id].get("input_fingerprint"),
-                "run_id": run_id, "duration_s": o.duration_s,
-            }
-            for o in pending
-        )
+        rows = []
+        for o in pending:
+            uri, fp = in_flight.pop(o.item_id, (None, None))
+            rows.append({"item_id": o.item_id, "stage": stage.name, "status": o.status, "reason": o.reason,
+                         "input_uri": uri, "input_fingerprint": fp, "run_id": run_id, "duration_s": o.duration_s})
+        catalog.record_stage_results(rows)
         pending.clear()
 
     try:
-        for outcome in runner.map(stage, todo):
+        for outcome in runner.map(stage, planned()):
             report.counts[outcome.status] += 1
             if outcome.reason:
                 report.reasons[outcome.reason.splitlines()[0][:160]] += 1
@@ -137,19 +152,20 @@ class Manifest:
 class ItemStage:
     """What a per-item stage declares; `run_item_stage` does the rest.
 
-    `plan(catalog)` lists the tasks: dicts with `item_id`, `input_uri`, `input_fingerprint` (from
-    `common.fingerprint`) and, when the stage writes a file per item, `out_path`. `stage` runs the pure
-    `process(task, context)` on the runner. A done result's file (`path`, `bytes`, `checksum`) is registered as an
-    artifact of `artifact_kind`; `record` adds the stage's own rows; `after` is the stage's global step once the
-    items are through (its return value comes back in `StageRun.after`)."""
+    `plan(catalog)` yields the tasks (a generator: the driver draws them in chunks): dicts with `item_id`,
+    `input_uri`, `input_fingerprint` (from `common.fingerprint`) and, when the stage writes a file per item,
+    `out_path`. `stage` runs the pure `process(task, context)` on the runner. A done result's file (`path`,
+    `bytes`, `checksum`) is registered as an artifact of `artifact_kind`; `record` adds the stage's own rows;
+    `after(catalog, run_id)` is the stage's global step once the items are through (its return value comes back
+    in `StageRun.after`)."""
 
     stage: Stage
-    plan: Callable[[Catalog], list[dict[str, Any]]]
+    plan: Callable[[Catalog], Iterable[dict[str, Any]]]  # a stream (generator) or a list
     config: Mapping[str, Any]  # what the run record stores
     folders: Sequence[Path] = ()  # where the stage writes: temp files a killed run left there are removed first
     artifact_kind: str | None = None
     record: Callable[[Catalog, list[Outcome], str], None] | None = None
-    after: Callable[[Catalog, str, list[dict[str, Any]]], Any] | None = None
+    after: Callable[[Catalog, str], Any] | None = None
     manifest: Manifest | None = None
     run_counts: Callable[[], Mapping[str, Any]] | None = None  # more for the run record's counts when it ends ok
 
@@ -187,7 +203,7 @@ def run_item_stage(decl: ItemStage, catalog: Catalog, runner: Any, force: bool =
 
         report = run_stage(decl.stage, tasks, catalog, runner, run_id, on_done=on_done, force=force,
                            progress=progress)
-        after = decl.after(catalog, run_id, tasks) if decl.after else None
+        after = decl.after(catalog, run_id) if decl.after else None
         manifest_path = None
         if decl.manifest:
             m = decl.manifest

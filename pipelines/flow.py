@@ -14,7 +14,7 @@ import json
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -291,10 +291,10 @@ def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = F
             fc = dataclasses.replace(fc, dpflow_checkpoint=str(Path(resolved).resolve()))
     root = cfg.artifacts_dir / "flow"
 
-    def plan(catalog: Catalog) -> list[dict[str, Any]]:
-        return [{"item_id": r["item_id"], "input_uri": r["input_uri"], "row": r, "flow": dataclasses.asdict(fc),
+    def plan(catalog: Catalog) -> Iterator[dict[str, Any]]:  # streamed: the driver draws it in chunks
+        return ({"item_id": r["item_id"], "input_uri": r["input_uri"], "row": r, "flow": dataclasses.asdict(fc),
                  "out_path": str(artifact_path(root, r["item_id"])), "input_fingerprint": settings_fingerprint(fc, r)}
-                for r in catalog.items().to_pylist()]  # only items whose ingest is done have rows here
+                for r in catalog.iter_rows("SELECT * FROM items ORDER BY item_id"))  # items whose ingest is done
 
     def record(catalog: Catalog, outcomes: list[Outcome], run_id: str) -> None:
         catalog.upsert("flow_stats", [

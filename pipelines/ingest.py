@@ -4,9 +4,13 @@ items manifest, and quarantine unreadable items with a reason."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
+
+import numpy as np
 
 from rich.console import Console
 from rich.markup import escape
@@ -14,7 +18,8 @@ from rich.markup import escape
 from common.progress import make_console
 
 from catalog import Catalog
-from manifests import ITEMS, SplitRatios, assign_split, validate_rows, write_manifest
+from manifests import ITEMS, SplitRatios, assign_split, validate_rows
+from manifests.io import ManifestWriter
 from common.fingerprint import fingerprint
 from pipelines.config import PipelineConfig, SourceConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
@@ -55,30 +60,66 @@ def item_fingerprint(ref: ItemRef, sc: SourceConfig, cfg: PipelineConfig) -> str
     return fingerprint(str(ref.fingerprint), [sc.tier, sc.options, dataclasses.asdict(cfg.splits)])
 
 
-def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
-                   notes: dict[str, list[str]] | None = None) -> tuple[list[dict[str, Any]], dict[str, str], Counter]:
-    """List every item of every configured source. A source that cannot be read is reported, not fatal; what a
-    source's discovery says about the source as a whole (its `notes`) goes into `notes` and is printed."""
-    tasks: list[dict[str, Any]] = []
-    errors: dict[str, str] = {}
+class SeenIds:
+    """Which item ids discovery has handed out, as sorted 64-bit hashes (8 bytes an item, no Python object per
+    item), and the source entry each came from. A hash collision (p ≈ n²/2⁶⁵) would quarantine an item as a
+    duplicate; the reason names both entries."""
+
+    def __init__(self) -> None:
+        self.hashes = np.empty(0, np.uint64)
+        self.sources = np.empty(0, np.uint16)
+
+    @staticmethod
+    def hash(item_id: str) -> int:
+        return int.from_bytes(hashlib.blake2b(item_id.encode(), digest_size=8).digest(), "little")
+
+    def first_of(self, hashes: np.ndarray) -> np.ndarray:
+        """Per hash, the source index that handed it out before, or -1."""
+        if not len(self.hashes):
+            return np.full(len(hashes), -1, np.int64)
+        pos = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
+        return np.where(self.hashes[pos] == hashes, self.sources[pos].astype(np.int64), np.int64(-1))
+
+    def add(self, hashes: np.ndarray, source: int) -> None:
+        new = np.sort(hashes)
+        at = np.searchsorted(self.hashes, new)
+        self.hashes = np.insert(self.hashes, at, new)
+        self.sources = np.insert(self.sources, at, np.uint16(source))
+
+
+def discover_tasks(cfg: PipelineConfig, console: Console | None = None, notes: dict[str, list[str]] | None = None,
+                   errors: dict[str, str] | None = None, counts: Counter | None = None,
+                   chunk: int = 4096) -> Iterator[dict[str, Any]]:
+    """Stream every item of every configured source, `chunk` refs at a time (nothing per item is kept). A source
+    that cannot be read goes into `errors`, not raised; what a source's discovery says about the source as a whole
+    (its `notes`) goes into `notes` and is printed; `counts` gets the items discovered per source. A second item
+    with an id already handed out is a task that names it a duplicate (quarantined)."""
+    errors = {} if errors is None else errors
     notes = {} if notes is None else notes
-    counts: Counter = Counter()
-    first_uri: dict[str, str] = {}
+    counts = Counter() if counts is None else counts
+    seen = SeenIds()
+    labels: list[str] = []
     for sc in cfg.sources:
         label = f"{sc.kind}:{sc.root}"
+        labels.append(label)
         try:
             adapter = make_source(sc.kind, str(cfg.path(sc.root)), tier=sc.tier, **sc.options)
-            for ref in adapter.discover():
-                task = {"item_id": ref.item_id, "input_uri": ref.input_uri,
-                        "input_fingerprint": item_fingerprint(ref, sc, cfg),
-                        "adapter": adapter, "ref": ref}
-                if ref.item_id in first_uri:
-                    task["duplicate_of"] = first_uri[ref.item_id]
-                    task["item_id"] = f"{ref.item_id}#dup{counts[label]}"  # keep it visible in the catalog
-                else:
-                    first_uri[ref.item_id] = ref.input_uri
-                tasks.append(task)
-                counts[label] += 1
+            refs = iter(adapter.discover())  # a list works too
+            while block := list(itertools.islice(refs, chunk)):
+                hashes = np.array([seen.hash(ref.item_id) for ref in block], np.uint64)
+                before = seen.first_of(hashes)
+                fresh: dict[int, str] = {}  # duplicates inside the block
+                for ref, h, first in zip(block, hashes.tolist(), before.tolist()):
+                    task = {"item_id": ref.item_id, "input_uri": ref.input_uri,
+                            "input_fingerprint": item_fingerprint(ref, sc, cfg), "adapter": adapter, "ref": ref}
+                    if first >= 0 or h in fresh:
+                        task["duplicate_of"] = fresh.get(h) or f"an item of {labels[first]} discovered before it"
+                        task["item_id"] = f"{ref.item_id}#dup{counts[label]}"  # keep it visible in the catalog
+                    else:
+                        fresh[h] = ref.input_uri
+                    counts[label] += 1
+                    yield task
+                seen.add(np.array(list(fresh), np.uint64), len(labels) - 1)
             if adapter.notes:
                 notes[label] = list(adapter.notes)
                 for line in adapter.notes:
@@ -88,7 +129,6 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None,
             errors[label] = str(e)
             if console:
                 console.print(f"[red]source {escape(label)} skipped:[/red] {escape(str(e))}", highlight=False)
-    return tasks, errors, counts
 
 
 def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
@@ -98,31 +138,35 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
     notes: dict[str, list[str]] = {}
     errors: dict[str, str] = {}
     discovered: Counter = Counter()
-    ingested: list[dict[str, Any]] = []
+    run_rows: list[ManifestWriter] = []  # this run's rows, written to its items manifest as they are recorded
 
-    def plan(catalog: Catalog) -> list[dict[str, Any]]:
-        tasks, source_errors, counts = discover_tasks(cfg, console, notes)
-        errors.update(source_errors)
-        discovered.update(counts)
-        return tasks
+    def plan(catalog: Catalog) -> Iterator[dict[str, Any]]:
+        return discover_tasks(cfg, console, notes, errors, discovered)
 
     def record(catalog: Catalog, outcomes: list[Outcome], run_id: str) -> None:
         # an adapter may return the publisher's official split (e.g. SSv2's train/validation/test files)
-        rows = [{**o.result, "split": o.result.get("split") or assign_split(o.result["group_id"], ratios)}
-                for o in outcomes]
+        rows = validate_rows(ITEMS, [{**o.result, "split": o.result.get("split")
+                                      or assign_split(o.result["group_id"], ratios)} for o in outcomes])
         catalog.upsert_items(rows)
-        ingested.extend(rows)
+        if not run_rows:
+            run_rows.append(ManifestWriter(cfg.manifests_dir / "runs" / run_id / "items.parquet",
+                                           {"run_id": run_id, "kind": "items"}))
+        run_rows[0].write(rows)
 
-    def after(catalog: Catalog, run_id: str, tasks: list[dict[str, Any]]) -> None:
+    def after(catalog: Catalog, run_id: str) -> None:
         catalog.drop_items_not_done("ingest")
-        if ingested:
-            write_manifest(validate_rows(ITEMS, ingested), cfg.manifests_dir / "runs" / run_id / "items.parquet",
-                           {"run_id": run_id, "kind": "items"})
+        if run_rows:
+            run_rows[0].close()
 
-    run = run_item_stage(ItemStage(
-        INGEST, plan, cfg.to_dict(), record=record, after=after,
-        manifest=Manifest(cfg.manifests_dir / "items.parquet", "items-snapshot", lambda c: c.items()),
-        # what `pyramid status` shows per source, from the latest ingest
-        run_counts=lambda: {"source_notes": notes} if notes else {},
-    ), catalog, runner, force=force, progress=progress, console=console)
+    try:
+        run = run_item_stage(ItemStage(
+            INGEST, plan, cfg.to_dict(), record=record, after=after,
+            manifest=Manifest(cfg.manifests_dir / "items.parquet", "items-snapshot",
+                              lambda c: c.reader("SELECT * FROM items ORDER BY item_id")),
+            # what `pyramid status` shows per source, from the latest ingest
+            run_counts=lambda: {"source_notes": notes} if notes else {},
+        ), catalog, runner, force=force, progress=progress, console=console)
+    finally:
+        for writer in run_rows:
+            writer.abort()  # a run that failed leaves no half manifest (a no-op once closed)
     return IngestReport(run.run_id, run.report, errors, discovered, str(run.manifest_path), notes)

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 from rich.console import Console
@@ -133,19 +133,18 @@ def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: st
     named = _workdir_relative(ckpt, cfg)  # what the latents' meta records: the same in any workdir
     root = cfg.artifacts_dir / "latents"
 
-    def plan(catalog: Catalog) -> list[dict[str, Any]]:
-        flows = catalog.sql(
+    def plan(catalog: Catalog) -> Iterator[dict[str, Any]]:  # streamed: the driver draws it in chunks
+        flows = catalog.iter_rows(
             """SELECT f.item_id, f.artifact_path, a.blake2b FROM flow_stats f
                JOIN artifacts a ON a.path = f.artifact_path JOIN done_items('flow') d ON d.item_id = f.item_id
-               ORDER BY f.item_id"""
-        ).to_pylist()
-        return [{"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
+               ORDER BY f.item_id""")
+        return ({"item_id": r["item_id"], "input_uri": r["artifact_path"], "flow_path": r["artifact_path"],
                  "checkpoint": named, "checkpoint_sha": ckpt_sha,
                  "out_path": str(artifact_path(root, r["item_id"], ".latent.npz")),
                  "input_fingerprint": latents_fingerprint(r["blake2b"], ckpt_sha)}
-                for r in flows]
+                for r in flows)
 
-    def after(catalog: Catalog, run_id: str, tasks: list[dict[str, Any]]) -> dict[str, Any]:
+    def after(catalog: Catalog, run_id: str) -> dict[str, Any]:
         stats = latent_statistics(catalog)
         out = cfg.manifests_dir / "latent_stats.json"
         out.parent.mkdir(parents=True, exist_ok=True)

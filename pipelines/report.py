@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import pyarrow as pa
 from rich.table import Table
@@ -26,23 +25,24 @@ def arrow_to_rich(table: pa.Table, title: str | None = None, max_rows: int = 200
 def funnel_table(catalog: Catalog) -> Table:
     """Per configured source entry (`kind:root`; four LeRobot roots are four rows): items discovered by ingest,
     done, quarantined, failed, then one row per later stage."""
-    from catalog.entries import item_entries
+    from catalog.entries import EntryMap
 
-    funnel = catalog.funnel()
-    entries = item_entries(catalog)
-    tiers: dict[str, int] = {}
-    splits: Counter = Counter()
-    for item_id, tier, split in catalog.con.execute("SELECT item_id, tier, split FROM items").fetchall():
-        entry = entries.get(item_id, item_id.split("/", 1)[0])
-        tiers[entry] = min(tier, tiers.get(entry, tier))
-        splits[(entry, split)] += 1
+    with EntryMap(catalog) as m:  # in DuckDB: no Python object per item
+        funnel = catalog.funnel(m)
+        kind = "split_part(s.item_id, '/', 1)"
+        per_entry = catalog.con.execute(  # an items row holds the URI its entry is read from
+            f"""SELECT {m.own(kind, 's.input_uri')} AS entry, min(s.tier), count(*) FILTER (WHERE s.split = 'train'),
+                       count(*) FILTER (WHERE s.split = 'val'), count(*) FILTER (WHERE s.split = 'test')
+                FROM items s LEFT JOIN _odd_entries odd USING (item_id) GROUP BY 1""").fetchall()
+    tiers = {entry: tier for entry, tier, *_ in per_entry}
+    splits = {entry: counts for entry, _, *counts in per_entry}
     table = Table(title="Funnel per source entry and stage")
     for col in ("source", "root", "tier", "stage", "seen", "done", "quarantined", "failed", "train/val/test"):
         table.add_column(col, justify="left" if col in ("source", "root", "stage") else "right", overflow="fold")
     for row in funnel.to_pylist():
         entry = row["entry"]
         root = entry.split(":", 1)[1] if ":" in entry else ""
-        split_text = "/".join(str(splits[(entry, s)]) for s in ("train", "val", "test")) if row["stage"] == "ingest" else ""
+        split_text = "/".join(str(n) for n in splits.get(entry, (0, 0, 0))) if row["stage"] == "ingest" else ""
         table.add_row(row["source"], root, str(tiers.get(entry, "")), row["stage"], str(row["seen"]), str(row["done"]),
                       str(row["quarantined"]), str(row["failed"]), split_text)
     return table
@@ -132,9 +132,15 @@ def notes_table(catalog: Catalog) -> Table:
     return table
 
 
-def reasons_table(catalog: Catalog) -> Table:
-    q = catalog.quarantine()
-    return arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")
+def reasons_table(catalog: Catalog, max_rows: int = 200) -> Table:
+    """The first `max_rows` quarantined and failed items with their reasons, and how many more there are."""
+    q = catalog.quarantine(limit=max_rows)
+    out = arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")
+    total = catalog.con.execute(
+        "SELECT count(*) FROM item_stages WHERE status IN ('quarantined', 'failed')").fetchone()[0]
+    if total > q.num_rows:
+        out.caption = f"{total - q.num_rows} more rows not shown"
+    return out
 
 
 def latent_stats_table(stats: dict) -> Table:

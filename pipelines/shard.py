@@ -330,6 +330,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
         console.print(f"[shard] removed {p.name}, left by an interrupted run", highlight=False, markup=False)
     settings = shard_settings(cfg)
     out_root = cfg.artifacts_dir / "samples"
+    planned: list[str] = []
 
     def plan(catalog: Catalog) -> list[dict[str, Any]]:
         static = "" if cfg.shards.include_static else "AND NOT f.is_static"
@@ -345,6 +346,7 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
             if other != r["item_id"]:
                 raise ValueError(f"items {other} and {r['item_id']} map to the same shard key {sample_key(other)}")
         tasks = []
+        planned[:] = [r["item_id"] for r in items]  # what the shard set packs (packing is global: it holds them)
         for r in items:
             row = {k: v for k, v in r.items() if k not in ("latent_path", "latent_checksum")}
             tasks.append({"item_id": r["item_id"], "input_uri": r["latent_path"], "latent_path": r["latent_path"],
@@ -353,8 +355,8 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
                           "input_fingerprint": sample_fingerprint(r["latent_checksum"], row, settings)})
         return tasks
 
-    def pack(catalog: Catalog, run_id: str, tasks: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
-        return pack_shard_set(cfg, catalog, root, settings, [t["item_id"] for t in tasks], run_id, console)
+    def pack(catalog: Catalog, run_id: str) -> tuple[list[dict[str, Any]], bool]:
+        return pack_shard_set(cfg, catalog, root, settings, planned, run_id, console)
 
     sh = cfg.shards
     stage = Stage("shard", build_sample,

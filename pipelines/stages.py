@@ -8,14 +8,15 @@ item failed (a rerun retries it). Either way the run goes on.
 
 from __future__ import annotations
 
+import itertools
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 from common.errors import BadInput  # every layer raises it; part of the stage API, so re-exported here
 
-__all__ = ["BadInput", "Outcome", "Resources", "Stage", "batches", "execute", "execute_batch"]
+__all__ = ["BadInput", "Outcome", "Resources", "Stage", "batches", "execute", "execute_batch", "iter_batches"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +70,10 @@ def execute_batch(stage: Stage, tasks: Sequence[Mapping[str, Any]], context: Any
 def batches(tasks: Sequence[Mapping[str, Any]], size: int) -> list[list[Mapping[str, Any]]]:
     size = max(1, size)
     return [list(tasks[i : i + size]) for i in range(0, len(tasks), size)]
+
+
+def iter_batches(tasks: Iterable[Mapping[str, Any]], size: int) -> Iterator[list[Mapping[str, Any]]]:
+    """Batches of `size` tasks, drawn from `tasks` (a list or a stream) only as they are asked for."""
+    it, size = iter(tasks), max(1, size)
+    while batch := list(itertools.islice(it, size)):
+        yield batch

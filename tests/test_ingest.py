@@ -165,3 +165,57 @@ def test_ray_beam_and_local_ingest_agree(workdir, engine, request, tmp_path_fact
     assert len(items) > 0 and strip(local_items) == strip(items)
     status = lambda rows: sorted((r["item_id"], r["status"], r["reason"]) for r in rows)
     assert status(local_state) == status(state)  # the same quarantines, with the same reasons
+
+
+def _ssv2_labels_only(root, ids):
+    """An SSv2 release whose label files list `ids` and whose video folder is empty (a partial download)."""
+    (root / "20bn-something-something-v2").mkdir(parents=True)
+    (root / "labels").mkdir()
+    entries = [{"id": i, "label": f"pushing cup {i}", "template": "Pushing [something]", "placeholders": ["cup"]}
+               for i in ids]
+    (root / "labels" / "train.json").write_text(json.dumps(entries, indent=1))
+
+
+def test_discovery_streams_and_quarantines_ids_a_source_before_already_gave(tmp_path):
+    """Discovery is a stream, deduplicated across chunks: the same release configured twice gives every id
+    once, and the second copy's items are quarantined as duplicates naming the first entry."""
+    from pipelines.config import config_from_dict
+    from pipelines.ingest import discover_tasks
+
+    ids = [str(i) for i in range(100, 107)]
+    for name in ("a", "b"):
+        _ssv2_labels_only(tmp_path / name, ids)
+    opts = {"missing_clips": "quarantine"}
+    cfg = config_from_dict({"workdir": str(tmp_path), "runner": {"engine": "local"}, "sources": [
+        {"kind": "ssv2", "root": "a", "options": opts}, {"kind": "ssv2", "root": "b", "options": opts}]})
+    stream = discover_tasks(cfg, chunk=3)
+    first = next(stream)  # nothing is listed up front
+    assert first["item_id"] == "ssv2/100" and "duplicate_of" not in first
+    tasks = [first, *stream]
+    dups = [t for t in tasks if "duplicate_of" in t]
+    assert len(tasks) == 14 and [t["item_id"] for t in dups][:2] == ["ssv2/100#dup0", "ssv2/101#dup1"]
+    assert len(dups) == 7 and all(t["duplicate_of"] == "an item of ssv2:a discovered before it" for t in dups)
+    with Catalog(cfg.catalog_path) as cat:
+        report = ingest(cfg, cat, make_runner("local"), progress=False)
+        reasons = [r["reason"] for r in cat.quarantine().to_pylist()]
+    assert report.stage.as_dict() == {"total": 14, "skipped": 0, "done": 0, "quarantined": 14, "failed": 0}
+    assert sum(r.startswith("duplicate item id: ") for r in reasons) == 7
+    assert sum(r.startswith("missing video file") for r in reasons) == 7
+
+
+def test_label_files_stream_record_by_record_whatever_the_read_size(tmp_path):
+    from pipelines.sources import SourceError
+    from pipelines.sources.ssv2 import iter_json_array
+
+    path = tmp_path / "train.json"
+    records = [{"id": str(i), "label": "pushing \"cup\" ]", "template": "t", "placeholders": ["a", "b"]}
+               for i in range(50)]
+    path.write_text(json.dumps(records, indent=2) + "\n")
+    for chunk in (1, 7, 1 << 20):
+        assert list(iter_json_array(path, chunk=chunk)) == records
+    path.write_text("[1, 22, 333]")
+    assert list(iter_json_array(path, chunk=2)) == [1, 22, 333]  # a number cut by a read is read on
+    for bad, says in (('{"id": "1"}', "must be a list"), ("[1, 2", "not valid JSON"), ("[1] x", "not valid JSON")):
+        path.write_text(bad)
+        with pytest.raises(SourceError, match=says):
+            list(iter_json_array(path, chunk=3))

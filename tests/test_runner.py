@@ -149,6 +149,33 @@ def test_rerun_skips_done_and_quarantined_redoes_failed_and_changed(tmp_path, en
         assert attempts["toy/5"] == 3 and attempts["toy/2"] == 2 and attempts["toy/0"] == 1
 
 
+def test_the_driver_draws_a_streamed_plan_in_chunks_and_skips_per_chunk(tmp_path):
+    """A plan that is a stream is drawn a chunk at a time as the runner asks for more (the driver never holds the
+    corpus), and a rerun decides skip/redo chunk by chunk from the catalog."""
+    drawn = []
+
+    def stream(n=50):
+        for t in tasks(n):
+            drawn.append(t["item_id"])
+            yield t
+
+    seen_at_first_flush = []
+
+    def on_done(outcomes):
+        if not seen_at_first_flush:
+            seen_at_first_flush.append(len(drawn))
+
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        first = run_stage(STAGE, stream(), cat, LocalRunner(), "run1", on_done=on_done, progress=False,
+                          flush_every=1, plan_chunk=8)
+        assert first.as_dict() == {"total": 50, "skipped": 0, "done": 48, "quarantined": 1, "failed": 1}
+        assert seen_at_first_flush == [8]  # one chunk drawn when the first outcome was recorded
+        assert cat.sql("SELECT count(*) AS n FROM item_stages").column(0).to_pylist() == [50]
+        drawn.clear()
+        second = run_stage(STAGE, stream(), cat, LocalRunner(), "run2", progress=False, plan_chunk=8)
+        assert second.skipped == 49 and second.processed == 1 and len(drawn) == 50  # the failed one is redone
+
+
 def squares_stage(tmp_path, plan_error=False):
     """A toy per-item stage on the driver: 5 items, one file each, item 3 quarantined."""
     def plan(catalog):
@@ -157,7 +184,7 @@ def squares_stage(tmp_path, plan_error=False):
         return [{"item_id": f"toy/{i}", "x": i, "input_uri": f"mem://{i}", "input_fingerprint": "v1",
                  "out_path": str(tmp_path / "out" / f"{i}.txt")} for i in range(5)]
 
-    def after(catalog, run_id, tasks):
+    def after(catalog, run_id):
         return catalog.done("square").num_rows
 
     return ItemStage(Stage("square", stage_fns.write_square), plan, {"setting": 1}, folders=[tmp_path / "out"],

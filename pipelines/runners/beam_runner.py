@@ -1,7 +1,8 @@
 """The Apache Beam runner: the same stage functions as a Beam pipeline (DirectRunner here; Flink, Spark or
 Dataflow through `runner.beam_options`).
 
-The pipeline is Create(batches) → Reshuffle (spreads batches over workers) → ParDo(stage). The DoFn runs the
+The pipeline is Create(batches) → Reshuffle (spreads batches over workers) → ParDo(stage), one pipeline per window
+of `window` tasks drawn from the driver's stream (so the driver never holds more than a window). The DoFn runs the
 stage's `setup` once per worker (`DoFn.setup`) and writes each batch's outcomes to `<outcome dir>/<batch>.json`
 (temp name, then rename, so a retried bundle overwrites and a reader never sees half a file). The files are
 JSON, never pickles: the driver reads them as data, so a file planted in a shared temp folder cannot run code
@@ -25,6 +26,7 @@ import base64
 import contextlib
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -34,9 +36,9 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from pipelines.stages import Outcome, Stage, batches, execute_batch
+from pipelines.stages import Outcome, Stage, execute_batch, iter_batches
 
 POLL_S = 0.2
 
@@ -69,8 +71,10 @@ class BeamRunner:
     name = "beam"
 
     def __init__(self, runner: str = "DirectRunner", num_workers: int | None = None,
-                 options: Sequence[str] = (), temp_dir: str | None = None, torch_threads: int = 1):
+                 options: Sequence[str] = (), temp_dir: str | None = None, torch_threads: int = 1,
+                 window: int = 50_000):
         self.runner, self.num_workers, self.options = runner, num_workers, list(options)
+        self.window = window  # tasks per pipeline run
         self.temp_dir, self.torch_threads = temp_dir, torch_threads
 
     def pool_size(self, stage: Stage, n_batches: int) -> int:
@@ -89,12 +93,17 @@ class BeamRunner:
             extra.update(direct_num_workers=self.pool_size(stage, n_batches), direct_running_mode="multi_processing")
         return PipelineOptions(self.options, **{k: v for k, v in extra.items() if k not in given})
 
-    def map(self, stage: Stage, tasks: Sequence[Mapping[str, Any]]) -> Iterator[Outcome]:
-        if not tasks:
-            return
+    def map(self, stage: Stage, tasks: Iterable[Mapping[str, Any]]) -> Iterator[Outcome]:
+        """A stream of tasks runs as one pipeline per window of `window` tasks (one pipeline for a corpus that
+        fits in one), so the driver never holds more than a window of tasks."""
+        per_window = max(1, self.window // max(1, stage.resources.batch_size))
+        stream = iter_batches(tasks, stage.resources.batch_size)
+        while work := list(itertools.islice(stream, per_window)):
+            yield from self._run(stage, work)
+
+    def _run(self, stage: Stage, work: list[list[Mapping[str, Any]]]) -> Iterator[Outcome]:
         import apache_beam as beam
 
-        work = batches(tasks, stage.resources.batch_size)
         failure: list[BaseException] = []  # the pipeline's error, or a dead worker process
         with tempfile.TemporaryDirectory(prefix=f"beam-{stage.name}-", dir=self.temp_dir,
                                          ignore_cleanup_errors=True) as out_dir, _worker_deaths(failure):

@@ -7,14 +7,15 @@ Only paths and small result dicts cross process boundaries, never frames (anchor
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping
 
 import ray
 
-from pipelines.stages import Outcome, Stage, batches, execute_batch
+from pipelines.stages import Outcome, Stage, execute_batch, iter_batches
 from common.torch_compat import WORKER_ENV
 
 
@@ -101,13 +102,17 @@ class RayRunner:
             size = min(size, r.max_workers)
         return max(1, min(size, n_batches))
 
-    def map(self, stage: Stage, tasks: Sequence[Mapping[str, Any]]) -> Iterator[Outcome]:
+    def map(self, stage: Stage, tasks: Iterable[Mapping[str, Any]]) -> Iterator[Outcome]:
         """Yield outcomes as batches finish. A worker that dies (OOM, segfault) fails only its own batch;
         it is replaced, and the stage gives up only when workers keep dying (e.g. `setup` itself raises)."""
-        if not tasks:
+        stream = iter_batches(tasks, stage.resources.batch_size)  # drawn as workers free up, never all at once
+        first = next(stream, None)
+        if first is None:  # no tasks: Ray is not even started
             return
-        work = list(reversed(batches(tasks, stage.resources.batch_size)))
-        size = self.pool_size(stage, len(work))
+        ahead = [first, *itertools.islice(stream, self.pool_size(stage, 1 << 30) - 1)]  # enough to size the pool
+        size = self.pool_size(stage, len(ahead))
+        work = itertools.chain(ahead, stream)
+        del ahead
         options = dict(num_cpus=stage.resources.num_cpus, num_gpus=stage.resources.num_gpus)
 
         def spawn():
@@ -124,10 +129,17 @@ class RayRunner:
         in_flight: dict[Any, tuple[Any, list[Mapping[str, Any]]]] = {}
         deaths = 0
         try:
-            while work or in_flight:
-                while idle and work:
-                    actor, batch = idle.pop(), work.pop()
+            exhausted = False
+            while True:
+                while idle and not exhausted:
+                    batch = next(work, None)
+                    if batch is None:
+                        exhausted = True
+                        break
+                    actor = idle.pop()
                     in_flight[actor.run.remote(batch)] = (actor, batch)
+                if not in_flight:
+                    break
                 done, _ = ray.wait(list(in_flight), num_returns=1)
                 actor, batch = in_flight.pop(done[0])
                 try:

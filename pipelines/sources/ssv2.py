@@ -21,15 +21,19 @@ Facts: shared research motus_and_formats.md §2.2.
   naming the file, the record and the field.
 - fps, size and frame count come from probing the stream. SSv2 is said to be 12 fps and 240 px high, but the
   pipeline checks rather than assumes.
-- The parsed label files are used only during discovery; each item carries its own small label entry in its
-  `ItemRef`. The adapter holds nothing big because it is pickled with every task sent to a worker.
+- The label files are streamed record by record into a temporary SQLite index during discovery (52 k entries are
+  never Python objects at once); each item carries its own small label entry in its `ItemRef`. The adapter holds
+  nothing big because it is pickled with every task sent to a worker.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
+import sqlite3
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
@@ -87,21 +91,120 @@ def check_record(name: str, index: int, entry: Any) -> None:
             raise SourceError(f"{where}: field 'placeholders' must list strings, got {str(value)[:60]}")
 
 
-def read_label_files(label_dir: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """id -> every (label file name, entry) that lists it. More than one means the release is inconsistent.
-    Each record is checked against the official schema (SourceError naming file, record and field)."""
-    listed: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for name in SPLIT_FILES:
-        path = label_dir / name
-        if not path.exists():
-            continue  # a partial download (e.g. no test.json): its ids fall back to the hash split
-        entries = _read_json(path)
-        if not isinstance(entries, list):
-            raise SourceError(f"ssv2: {path} must be a list of {{'id': ...}} entries, got {type(entries).__name__}")
-        for i, entry in enumerate(entries):
-            check_record(name, i, entry)
-            listed.setdefault(entry["id"], []).append((name, entry))
-    return listed
+def iter_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[Any]:
+    """The elements of a JSON file that holds one top-level array, parsed one at a time (52 k SSv2 label records
+    are never held at once). A file that is not valid JSON, or not an array, is read whole for the same
+    SourceError the whole-file reader gives."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as f:
+        buf, pos, eof = "", 0, False
+
+        def fill() -> None:
+            nonlocal buf, pos, eof
+            data = f.read(chunk)
+            eof = not data
+            buf, pos = buf[pos:] + data, 0
+
+        def skip_ws() -> None:
+            nonlocal pos
+            while True:
+                while pos < len(buf) and buf[pos] in " \t\n\r":
+                    pos += 1
+                if pos < len(buf) or eof:
+                    return
+                fill()
+
+        def not_an_array() -> SourceError:
+            entries = _read_json(path)  # raises for invalid JSON
+            return SourceError(f"ssv2: {path} must be a list of {{'id': ...}} entries, got {type(entries).__name__}")
+
+        skip_ws()
+        if buf[pos:pos + 1] != "[":
+            raise not_an_array()
+        pos += 1
+        skip_ws()
+        if buf[pos:pos + 1] == "]":
+            return
+        while True:
+            while True:  # a value that ends exactly at the end of what was read may continue (a number): read on
+                try:
+                    value, end = decoder.raw_decode(buf, pos)
+                    if end < len(buf) or eof:
+                        break
+                except json.JSONDecodeError:
+                    if eof:
+                        raise not_an_array() from None
+                fill()
+            pos = end
+            yield value
+            skip_ws()
+            sep = buf[pos:pos + 1]
+            pos += 1
+            if sep == "]":
+                skip_ws()
+                if pos < len(buf):
+                    raise not_an_array()
+                return
+            if sep != ",":
+                raise not_an_array()
+            skip_ws()
+
+
+_NUMERIC = "(id GLOB '[0-9]*' AND id NOT GLOB '*[^0-9]*')"
+# _sort_key in SQL: numeric ids in numeric order (by length, then digits, leading zeros aside), then the others
+_ID_ORDER = (f"NOT {_NUMERIC}, CASE WHEN {_NUMERIC} THEN length(ltrim(id, '0')) END, "
+             f"CASE WHEN {_NUMERIC} THEN ltrim(id, '0') END, id")
+
+
+class LabelIndex:
+    """The label files' records by id, in a temporary SQLite file (the driver holds no object per listed clip):
+    each record is checked against the official schema as it streams in (SourceError naming file, record and
+    field), and the webms on disk are listed next to them."""
+
+    def __init__(self, label_dir: Path, video_dir: Path, folder: Path):
+        self.db = sqlite3.connect(folder / "labels.sqlite")
+        for pragma in ("journal_mode = OFF", "synchronous = OFF", "temp_store = FILE", "cache_size = -8000"):
+            self.db.execute(f"PRAGMA {pragma}")
+        self.db.execute("CREATE TABLE listed (id TEXT, file INTEGER, rec INTEGER, entry TEXT)")
+        self.db.execute("CREATE TABLE disk (id TEXT PRIMARY KEY)")
+        self.files = list(SPLIT_FILES)
+        for fi, name in enumerate(self.files):
+            path = label_dir / name
+            if not path.exists():
+                continue  # a partial download (e.g. no test.json): its ids fall back to the hash split
+            rows = []
+            for i, entry in enumerate(iter_json_array(path)):
+                check_record(name, i, entry)
+                rows.append((entry["id"], fi, i, json.dumps(entry)))
+                if len(rows) >= 8192:
+                    self.db.executemany("INSERT INTO listed VALUES (?, ?, ?, ?)", rows)
+                    rows = []
+            self.db.executemany("INSERT INTO listed VALUES (?, ?, ?, ?)", rows)
+        self.db.execute("CREATE INDEX listed_id ON listed (id)")
+        webms = (p.stem for p in video_dir.glob("*.webm"))
+        while block := list(itertools.islice(webms, 8192)):
+            self.db.executemany("INSERT OR IGNORE INTO disk VALUES (?)", [(i,) for i in block])
+
+    def absent(self) -> tuple[int, Counter, list[str]]:
+        """Listed clips the disk lacks: how many, per label file (the first that lists each), the first five."""
+        absent = "SELECT id, min(file) AS file FROM listed WHERE id NOT IN (SELECT id FROM disk) GROUP BY id"
+        per_file = Counter({self.files[f]: n for f, n in self.db.execute(
+            f"SELECT file, count(*) FROM ({absent}) GROUP BY file")})
+        first = [r[0] for r in self.db.execute(f"SELECT id FROM ({absent}) ORDER BY {_ID_ORDER} LIMIT 5")]
+        return sum(per_file.values()), per_file, first
+
+    def clips(self, listed_on_disk_only: bool) -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
+        """(clip id, every (label file, entry) that lists it) for the clips on disk and, unless
+        `listed_on_disk_only`, the listed ones the disk lacks, in `_sort_key` order."""
+        listed = "SELECT id FROM listed" + (" WHERE id IN (SELECT id FROM disk)" if listed_on_disk_only else "")
+        rows = self.db.execute(
+            f"SELECT id, l.file, l.entry FROM (SELECT id FROM disk UNION {listed}) LEFT JOIN listed l USING (id) "
+            f"ORDER BY {_ID_ORDER}, l.file, l.rec")
+        for clip_id, group in itertools.groupby(rows, key=lambda r: r[0]):
+            yield clip_id, [(self.files[f], json.loads(e)) for _, f, e in group if f is not None]
+
+    def close(self) -> None:
+        self.db.close()
 
 
 def read_class_index(label_dir: Path) -> dict[str, str]:
@@ -141,30 +244,35 @@ class SSv2Source(SourceAdapter):
                               "20bn-something-something-v2-?? tar parts into it)")
 
     def discover(self) -> Iterator[ItemRef]:
-        listed = read_label_files(self.label_dir)
         classes = read_class_index(self.label_dir)
-        on_disk = {p.stem for p in self.video_dir.glob("*.webm")}
-        absent = sorted(set(listed) - on_disk, key=_sort_key)
-        if absent and self.missing_clips != "quarantine":
-            # a partial download: what is on disk is the dataset; the rest is one line, not a row per clip
-            files = ", ".join(f"{n} in {f}" for f, n in sorted(Counter(listed[c][0][0] for c in absent).items()))
-            are = "clips are" if len(absent) != 1 else "clip is"
-            self.notes.append(f"{len(absent)} listed {are} not on disk ({files}; first: {', '.join(absent[:5])}); "
-                              "set the source option missing_clips: quarantine to list each one")
-            listed = {c: v for c, v in listed.items() if c in on_disk}
-        for clip_id in sorted(on_disk | set(listed), key=_sort_key):
-            path = self.video_dir / f"{clip_id}.webm"
-            entries = listed.get(clip_id, [])
-            details: dict[str, Any] = {"label_files": [name for name, _ in entries]}
-            if entries:
-                name, entry = entries[0]
-                details.update(split=SPLIT_FILES[name], label=entry.get("label"), template=entry.get("template"),
-                               placeholders=entry.get("placeholders"))
-                if entry.get("template"):
-                    details["class_index"] = classes.get(strip_brackets(entry["template"]))
-            # The label entry is part of the fingerprint so that a relabelled clip is redone on rerun.
-            label_hash = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
-            yield ItemRef(self.item_id(clip_id), clip_id, str(path), f"{fingerprint(path)}-{label_hash}", details)
+        with tempfile.TemporaryDirectory(prefix="ssv2-labels-") as tmp:
+            index = LabelIndex(self.label_dir, self.video_dir, Path(tmp))
+            try:
+                n_absent, per_file, first = index.absent()
+                summary = n_absent and self.missing_clips != "quarantine"
+                if summary:
+                    # a partial download: what is on disk is the dataset; the rest is one line, not a row per clip
+                    files = ", ".join(f"{n} in {f}" for f, n in sorted(per_file.items()))
+                    are = "clips are" if n_absent != 1 else "clip is"
+                    self.notes.append(f"{n_absent} listed {are} not on disk ({files}; first: {', '.join(first)}); "
+                                      "set the source option missing_clips: quarantine to list each one")
+                for clip_id, entries in index.clips(listed_on_disk_only=bool(summary)):
+                    yield self._ref(clip_id, entries, classes)
+            finally:
+                index.close()
+
+    def _ref(self, clip_id: str, entries: list[tuple[str, dict[str, Any]]], classes: dict[str, str]) -> ItemRef:
+        path = self.video_dir / f"{clip_id}.webm"
+        details: dict[str, Any] = {"label_files": [name for name, _ in entries]}
+        if entries:
+            name, entry = entries[0]
+            details.update(split=SPLIT_FILES[name], label=entry.get("label"), template=entry.get("template"),
+                           placeholders=entry.get("placeholders"))
+            if entry.get("template"):
+                details["class_index"] = classes.get(strip_brackets(entry["template"]))
+        # The label entry is part of the fingerprint so that a relabelled clip is redone on rerun.
+        label_hash = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
+        return ItemRef(self.item_id(clip_id), clip_id, str(path), f"{fingerprint(path)}-{label_hash}", details)
 
     def probe(self, ref: ItemRef) -> dict[str, Any]:
         path = Path(ref.input_uri)
