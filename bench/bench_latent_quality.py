@@ -38,6 +38,7 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 VARIANTS: dict[str, dict[str, Any]] = {
     "before": {"vae.recon_balance": "none", "vae.moving_weight": 1.0, "vae.lr_decay_steps": 0},
     "default": {},
+    "no_coarse": {"vae.coarse_weight": 0.0, "vae.coarse_skip": False},  # the default before coarse_skip
     "moving": {"vae.moving_weight": 8.0},
     "frame": {"vae.decoder_condition": "frame"},  # the decoder sees the pair's first frame (frame_decoder.py)
     # alignment counts more: 30% of each batch labelled (Motus: 10%) and λ_align 20 (default 5)
