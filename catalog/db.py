@@ -124,7 +124,7 @@ class Catalog:
             raise
         # paths under the catalog's folder (the workdir) are stored relative to it and resolved on read
         self.root = self.path.resolve().parent
-        self._db = self.con.execute("SELECT current_database()").fetchone()[0]
+        self._db = self.con.execute("SELECT current_database()").fetchall()[0][0]
         if not read_only:
             described.rename_legacy_columns(self.con)  # before new columns are added under the new names
             for name, schema in SCHEMAS.items():

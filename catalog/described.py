@@ -201,7 +201,7 @@ def reading_views(con: duckdb.DuckDBPyConnection, root: Path) -> list[str]:
     """Temporary views named like the tables that resolve stored paths against `root` (catalog/paths.py) and,
     in an older catalog opened read-only, show old column names under their new ones; item_status too when the
     file has none; and the `done_items(stage)` table macro. Returns the tables given a view."""
-    db = con.execute("SELECT current_database()").fetchone()[0]
+    db = con.execute("SELECT current_database()").fetchall()[0][0]
     made = []
     for table in SCHEMAS:
         sql = paths.reading_view(db, table, _columns(con, table), root, RENAMED_COLUMNS.get(table, {}))

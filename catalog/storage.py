@@ -40,9 +40,9 @@ def storage_number(path: str | os.PathLike) -> int | None:
 
 def storage_tag(con: duckdb.DuckDBPyConnection) -> str:
     """The storage version DuckDB reports for the connection's database, e.g. `v1.0.0+`."""
-    row = con.execute("SELECT tags['storage_version'] FROM duckdb_databases() "
-                      "WHERE database_name = current_database()").fetchone()
-    return str(row[0]) if row and row[0] else "unknown"
+    rows = con.execute("SELECT tags['storage_version'] FROM duckdb_databases() "
+                      "WHERE database_name = current_database()").fetchall()
+    return str(rows[0][0]) if rows and rows[0][0] else "unknown"
 
 
 def rewrite_if_newer(path: Path) -> Path | None:

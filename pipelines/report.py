@@ -137,7 +137,7 @@ def reasons_table(catalog: Catalog, max_rows: int = 200) -> Table:
     q = catalog.quarantine(limit=max_rows)
     out = arrow_to_rich(q.select(["item_id", "stage", "status", "reason"]), title="Quarantined and failed items")
     total = catalog.con.execute(
-        "SELECT count(*) FROM item_stages WHERE status IN ('quarantined', 'failed')").fetchone()[0]
+        "SELECT count(*) FROM item_stages WHERE status IN ('quarantined', 'failed')").fetchall()[0][0]
     if total > q.num_rows:
         out.caption = f"{total - q.num_rows} more rows not shown"
     return out

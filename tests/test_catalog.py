@@ -81,6 +81,19 @@ def test_funnel_counts_per_source_and_stage(tmp_path):
         assert funnel[("task_agnostic", "ingest")]["quarantined"] == 1
 
 
+def test_the_status_tables_leave_the_connection_ready_for_the_next_query(tmp_path):
+    """The demo prints the funnel, the quarantine table (first N rows and a count) and then queries again on the
+    same connection: DuckDB 2 refuses a query while an earlier result is unfinished."""
+    from pipelines.report import funnel_table, reasons_table
+
+    with Catalog(tmp_path / "c.duckdb") as cat:
+        cat.record_stage_results([{"item_id": f"task_agnostic/a/e{i}", "stage": "ingest", "status": "quarantined",
+                                   "reason": "x", "run_id": "r"} for i in range(3)])
+        funnel_table(cat)
+        assert reasons_table(cat, max_rows=2).caption == "1 more rows not shown"
+        assert cat.sql("SELECT count(*) AS n FROM item_stages").to_pylist() == [{"n": 3}]
+
+
 def test_second_writer_gets_a_clear_lock_error(tmp_path):
     import multiprocessing as mp
 
