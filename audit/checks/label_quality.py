@@ -165,16 +165,17 @@ def shard_samples(ctx: AuditContext) -> dict[str, list[dict]]:
     return ctx.memo("shard_samples", read)
 
 
-def _minority(ctx: AuditContext, key: str, what: str) -> Outcome:
-    """Fail the samples of a shard set whose `key` differs from the set's most common value."""
+def _minority(ctx: AuditContext, key: str, what: str, exempt: frozenset[str] = frozenset()) -> Outcome:
+    """Fail the samples of a shard set whose `key` differs from the set's most common value (values in `exempt`
+    are checked but neither counted nor failed)."""
     out = Outcome()
     for shard_set, metas in shard_samples(ctx).items():
         values = Counter(str(m.get(key) or "unrecorded") for m in metas)
-        common, n = values.most_common(1)[0] if values else ("", 0)
+        common, n = (Counter({v: c for v, c in values.items() if v not in exempt}).most_common(1) or [("", 0)])[0]
         for m in metas:
             out.checked.append(m["item_id"])
             value = str(m.get(key) or "unrecorded")
-            if value != common:
+            if value != common and value not in exempt:
                 out.fail(m["item_id"], f"{what} {_short(value)}; {n} of the {len(metas)} samples of "
                                        f"{Path(shard_set).name} have {_short(common)}")
         out.stats[shard_set] = dict(values)
@@ -182,13 +183,14 @@ def _minority(ctx: AuditContext, key: str, what: str) -> Outcome:
 
 
 @check("flow_backend_mixing", "shards", "warning",
-       "One shard set whose samples' latents come from flows of different backends (dis, dpflow, simulation): "
-       "each backend sees motion differently, so the same motion gets different latents. The samples of all but "
-       "the most common backend fail.")
+       "One shard set whose samples' latents come from flows of different estimators (dis, dpflow): each "
+       "estimator sees motion differently, so the same motion gets different latents. The samples of all but the "
+       "most common estimator fail. Exact simulator flow (sim) is the motion itself, not an estimate, and is "
+       "not counted.")
 def flow_backend_mixing(ctx: AuditContext) -> Outcome:
     if not ctx.shards:
         return Outcome.skipped(NO_SHARDS)
-    return _minority(ctx, "flow_backend", "flow by")
+    return _minority(ctx, "flow_backend", "flow by", exempt=frozenset({"sim"}))
 
 
 @check("label_checkpoint", "labels", "error",
