@@ -52,6 +52,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "coarse_skip": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True},  # + a linear path from pooled flow to μ
     "coarse_skip_align": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.lambda_align": 20.0,
                           "vae.labelled_fraction": 0.3},
+    "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True},
     "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
