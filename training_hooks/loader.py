@@ -63,7 +63,7 @@ from flow_extraction.frames import fit_canvas, to_canvas
 from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collate_labels, pad_actions,
                                      threaded_batches, widen_frames, worker_init)
 from training_hooks.mixture import MixturePlan, mixture_weights, read_clip, weighted_stream
-from manifests.shard_format import Sample, decode_sample, iter_samples, read_index
+from manifests.shard_format import Sample, decode_sample, index_path, iter_samples, read_index
 
 log = logging.getLogger(__name__)
 
@@ -466,8 +466,7 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     `num_workers` threads or processes, as `cfg.worker_kind` says."""
     cfg.validate()
     index = read_index(shards)
-    root = Path(shards)
-    root = root.parent if root.suffix == ".json" else root
+    root = index_path(shards).parent
     chosen = [(root / sh["path"], int(sh.get("n_samples") or 0)) for sh in index["shards"] if sh.get("split") == split]
     if not chosen:
         have = sorted({str(sh.get("split")) for sh in index["shards"]})
@@ -476,12 +475,12 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     if cfg.action_mode == "latent" and cfg.normalise != "none" and "latent_action" not in stats:
         have = sorted({str(sh.get("split")) for sh in index["shards"]})
         raise ValueError(
-            f"{root / 'index.json'} has no latent-action statistics to normalise with (normalise={cfg.normalise!r}); "
+            f"{index_path(shards)} has no latent-action statistics to normalise with (normalise={cfg.normalise!r}); "
             f"its shards hold {', '.join(have) or 'no'} split(s) and the build that wrote it took statistics from "
             "train shards only: rebuild the set with `pyramid shard` (a set without train shards then gets them from "
             "the splits it has, marked in index.json) or load it with normalise='none'")
     if stats.get("note"):
-        log.warning("loader: %s: %s", root / "index.json", stats["note"])
+        log.warning("loader: %s: %s", index_path(shards), stats["note"])
     dataset = ShardWindows(chosen, cfg, stats, batch_size, drop_last=drop_last, seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size)
     mix = mixture_weights(cfg.tier_weights, cfg.source_weights)

@@ -106,7 +106,7 @@ def shard_files(ctx: AuditContext) -> Outcome:
             if problem:
                 out.fail(row["path"], problem)
         folder = shard_set_folder(rows)
-        subject = str(folder / "index.json")
+        subject = str(index_path(folder))
         out.checked.append(subject)
         problem = _check_index(folder, rows)
         if problem:
