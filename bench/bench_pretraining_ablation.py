@@ -42,6 +42,7 @@ import yaml  # noqa: E402
 
 from bench.bench_latent_quality import CONFIG, build_corpus  # noqa: E402
 from catalog import Catalog  # noqa: E402
+from manifests.shard_format import read_index  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.label import run_label  # noqa: E402
 from pipelines.runners import make_runner  # noqa: E402
@@ -216,7 +217,7 @@ def main() -> None:
     print(f"[ablation] corpus at {args.out} ready in {time.perf_counter() - t0:.0f}s: {corpus['stage3']}", flush=True)
     if args.corpus_only:
         return
-    index = json.loads((args.out / "shards_target" / "index.json").read_text())
+    index = read_index(args.out / "shards_target", check_files=False)
     action_dim = max(len(s["q99"]) for s in index["stats"]["actions"].values())
     runs = args.out / f"runs_{args.steps}_{args.stage3_steps}"
     records = []

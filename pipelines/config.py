@@ -56,7 +56,7 @@ class SamplesConfig:
 
 @dataclass
 class ShardConfig:
-    """WebDataset shards: one sample per labelled clip (see training_hooks/shard_format.py)."""
+    """WebDataset shards: one sample per labelled clip (see manifests/shard_format.py)."""
 
     output: str = "shards"  # the shard root, relative to workdir (one registered set per root)
     target_mb: float = 512.0  # a shard closes once it passes this size (the last one per split is smaller)

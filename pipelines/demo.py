@@ -15,6 +15,7 @@ from common.progress import make_console
 from audit import run_audit
 from catalog import Catalog
 from latent_action_vae.train import ResumeMismatch
+from manifests.shard_format import index_path
 from pipelines.config import PipelineConfig
 from pipelines.flow import flow_stats_by_source, run_flow
 from pipelines.ingest import ingest
@@ -56,7 +57,7 @@ def train_from_shards(cfg: PipelineConfig, shards_root: Path, err: Console) -> D
     make_train, make_val = shard_batches(shards_root, loader, train_cfg, num_workers=0)
     # one run folder per (trainer settings, shard set): a rerun of the demo resumes it (a finished run costs
     # nothing), and changed settings or shards start a new run instead of being refused by the resume check
-    key = json.dumps([train_cfg.to_dict(), loader], sort_keys=True) + (shards_root / "index.json").read_text()
+    key = json.dumps([train_cfg.to_dict(), loader], sort_keys=True) + index_path(shards_root).read_text()
     out = cfg.path("motus") / hashlib.blake2b(key.encode(), digest_size=4).hexdigest()
     result = train(train_cfg, make_train, make_val, out, resume=True)
     with open(result.metrics_path) as f:
@@ -134,7 +135,7 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
     steps = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in timings.items() if k != "total_s")
     console.print(f"demo done in {timings['total_s']:.1f}s ({steps}); driver peak memory {driver_peak_rss_mb():.0f} MiB",
                   highlight=False)
-    where = [("catalog", cfg.catalog_path), ("items manifest", report.manifest_path), ("shards", shards.root / "index.json"),
+    where = [("catalog", cfg.catalog_path), ("items manifest", report.manifest_path), ("shards", index_path(shards.root)),
              ("Motus-layout export", export.out), ("audit report", audit.report_path), ("audit summary", audit.json_path)]
     if trained is not None:
         where.append(("Motus checkpoint", trained.checkpoint))

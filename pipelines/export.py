@@ -18,7 +18,6 @@ default MiniLM's 384) stop the export unless `allow_text_width` (for a Motus who
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -28,7 +27,8 @@ from typing import Any, Callable
 import numpy as np
 
 from manifests.io import atomic_write, atomic_write_text
-from training_hooks.shard_format import (SHARDS_FORMAT, decode_sample, encode_mp4, group_samples, read_tar)
+from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, sha256_file
+from manifests.shard_video import encode_mp4
 
 MOTUS_FOLDERS = ("videos", "metas", "latent_action_dim14", "umt5_wan", "qpos")
 # the width of the released Motus's text input: UMT5-XXL states into Wan's text_embedding, a Linear 4096 -> 3072
@@ -38,19 +38,6 @@ DEFAULT_CAPTION = "{embodiment} robot: random joint exploration"
 # the released Motus stage-2 window: 8 video frames every 6 frames, plus the condition frame; shorter clips are
 # skipped by its loader, so the export lists them
 MOTUS_WINDOW_FRAMES = 8 * 6 + 1
-
-
-def read_shard_index(root: str | Path) -> dict[str, Any]:
-    index_path = Path(root) / "index.json"
-    if not index_path.exists():
-        raise FileNotFoundError(f"no shard set at {root} (index.json missing): run `pyramid shard` first")
-    index = json.loads(index_path.read_text())
-    if index.get("format") != SHARDS_FORMAT:
-        raise ValueError(f"{index_path}: format {index.get('format')!r}, expected {SHARDS_FORMAT}")
-    for sh in index["shards"]:
-        if not (Path(root) / sh["path"]).exists():
-            raise FileNotFoundError(f"shard {sh['path']} listed in {index_path} is missing")
-    return index
 
 
 def motus_stem(item_id: str) -> str:
@@ -91,10 +78,10 @@ def _clear_previous_export(out: Path) -> None:
     previous.unlink()
 
 
-def caption_for(meta: dict[str, Any], caption: str = DEFAULT_CAPTION) -> str:
+def caption_for(meta: SampleMeta | None, caption: str = DEFAULT_CAPTION) -> str:
     """The instruction written for a clip without language lines."""
-    text = caption.format(embodiment=meta.get("embodiment") or "unknown", source=meta.get("source", ""),
-                          tier=meta.get("tier", ""))
+    text = caption.format(embodiment=(meta.embodiment if meta else "") or "unknown",
+                          source=meta.source if meta else "", tier=meta.tier if meta else "")
     if not text.strip():
         raise ValueError(f"caption {caption!r} gives an empty instruction: the Motus loader refuses those")
     return text
@@ -120,9 +107,9 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
     `allow_text_width`; shards without any language get zero embeddings of that width."""
     import torch
 
-    index = read_shard_index(shard_root)
+    index = read_index(shard_root)
     out = Path(out)
-    caption_for({}, caption)  # a template that gives an empty text fails before anything is written
+    caption_for(None, caption)  # a template that gives an empty text fails before anything is written
     language = index["stats"].get("language") or {}
     dim = int(language.get("dim") or MOTUS_TEXT_DIM)
     check_text_width(dim, language.get("encoder"), allow_text_width)
@@ -133,42 +120,41 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
     for sh in index["shards"]:
         if splits and sh["split"] not in splits:
             continue
-        for key, members in group_samples(read_tar(Path(shard_root) / sh["path"])):
-            sample = decode_sample(key, members)
+        for sample in read_samples(index_path(shard_root).parent / sh["path"]):
             meta = sample.meta
-            root, stem = out / meta["source"], motus_stem(meta["item_id"])
-            other = stems.setdefault((meta["source"], stem), meta["item_id"])
-            if other != meta["item_id"]:
-                raise ValueError(f"items {other} and {meta['item_id']} both map to {meta['source']}/videos/{stem}.mp4")
+            root, stem = out / meta.source, motus_stem(meta.item_id)
+            other = stems.setdefault((meta.source, stem), meta.item_id)
+            if other != meta.item_id:
+                raise ValueError(f"items {other} and {meta.item_id} both map to {meta.source}/videos/{stem}.mp4")
             for folder in MOTUS_FOLDERS:
                 (root / folder).mkdir(parents=True, exist_ok=True)
-            if meta["video_format"] == "mp4":
+            if meta.video_format == "mp4":
                 video = sample.video
             else:
                 frames = (sample.frames([i])[0] for i in range(sample.n_frames))
-                video, _ = encode_mp4(frames, float(meta["fps"]))
+                video, _ = encode_mp4(frames, float(meta.fps))
             atomic_write(root / "videos" / f"{stem}.mp4", lambda f: f.write(video))
             lines = sample.lines or [caption_for(meta, caption)]
             atomic_write_text(root / "metas" / f"{stem}.txt", "\n".join(lines) + "\n")
             _save_torch(root / "latent_action_dim14" / f"{stem}.pt", torch.from_numpy(sample.latent_action.astype(np.float32)))
             if sample.language and any(e.shape[1] != dim for e in sample.language):
-                raise ValueError(f"{meta['item_id']}: language embeddings {sample.language[0].shape[1]} wide, the shard "
+                raise ValueError(f"{meta.item_id}: language embeddings {sample.language[0].shape[1]} wide, the shard "
                                  f"index says {dim} ({language.get('encoder')}): reshard with one encoder")
             embeddings = ([torch.from_numpy(e.astype(np.float32)) for e in sample.language] if sample.language
                           else [torch.zeros(1, dim) for _ in lines])
             _save_torch(root / "umt5_wan" / f"{stem}.pt", embeddings)
             if sample.actions is not None:
                 _save_torch(root / "qpos" / f"{stem}.pt", torch.from_numpy(sample.actions.astype(np.float32)))
-            per_source[meta["source"]] = per_source.get(meta["source"], 0) + 1
-            items.append({"item_id": meta["item_id"], "path": f"{meta['source']}/videos/{stem}.mp4",
-                          "split": meta["split"], "frames": sample.n_frames, "has_qpos": sample.actions is not None,
+            per_source[meta.source] = per_source.get(meta.source, 0) + 1
+            items.append({"item_id": meta.item_id, "path": f"{meta.source}/videos/{stem}.mp4",
+                          "split": meta.split, "frames": sample.n_frames, "has_qpos": sample.actions is not None,
                           "captioned": not sample.lines})
             if on_item:
-                on_item(meta["item_id"])
+                on_item(meta.item_id)
     for stale in sorted(out.rglob("cached_episodes*.pkl")):  # the Motus loader's episode caches, any version
         stale.unlink()
     short = sorted(i["item_id"] for i in items if i["frames"] < MOTUS_WINDOW_FRAMES)
-    index_sha = hashlib.sha256((Path(shard_root) / "index.json").read_bytes()).hexdigest()
+    index_sha = sha256_file(index_path(shard_root))
     atomic_write_text(out / "export.json", json.dumps(
         {"format": "motus-pyramid/motus-export/v1", "shard_index_sha256": index_sha, "encoder": language.get("encoder"),
          "embedding_dim": dim, "per_source": per_source, "motus_window_frames": MOTUS_WINDOW_FRAMES,

@@ -16,7 +16,6 @@ starts there; `frame_index == length − 1` marks it).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
@@ -29,8 +28,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from manifests.io import atomic_write_text
-from pipelines.export import DEFAULT_CAPTION, caption_for, read_shard_index
-from training_hooks.shard_format import decode_sample, group_samples, read_tar
+from manifests.shard_format import SampleMeta, index_path, read_index, read_sample_metas, read_samples, sha256_file
+from pipelines.export import DEFAULT_CAPTION, caption_for
 
 LEROBOT_EXPORT_FORMAT = "motus-pyramid/lerobot-export/v1"
 CAMERA = "observation.images.main"
@@ -83,47 +82,46 @@ class LeRobotExportReport:
     datasets: dict[str, LeRobotGroup]
 
 
-def dataset_name(meta: dict[str, Any]) -> str:
+def dataset_name(meta: SampleMeta) -> str:
     """`<embodiment>-<fps>fps`, with `-noaction` for clips without real actions; only [A-Za-z0-9_-] kept."""
-    emb = re.sub(r"[^A-Za-z0-9_-]", "_", str(meta.get("embodiment") or "unknown"))
+    emb = re.sub(r"[^A-Za-z0-9_-]", "_", str(meta.embodiment or "unknown"))
     return f"{emb}-{lerobot_fps(meta)}fps" + ("" if _has_actions(meta) else "-noaction")
 
 
-def lerobot_fps(meta: dict[str, Any]) -> int:
+def lerobot_fps(meta: SampleMeta) -> int:
     """LeRobot stores an integer fps; frames are kept as they are (16.67 Hz RoboTwin becomes 17)."""
-    return max(1, round(float(meta["fps"])))
+    return max(1, round(float(meta.fps)))
 
 
-def _has_actions(meta: dict[str, Any]) -> bool:
-    return bool(meta.get("has_actions", True)) and int(meta.get("action_dim") or 0) > 0
+def _has_actions(meta: SampleMeta) -> bool:
+    return bool(meta.has_actions) and int(meta.action_dim or 0) > 0
 
 
 def plan_groups(shard_root: str | Path, splits: tuple[str, ...] | None = ("train",)) -> dict[str, LeRobotGroup]:
     """Read every sample's JSON (not its video) and group the clips into datasets; a clip whose action schema or
     frame size disagrees with its dataset's is an error, before anything is written."""
-    index = read_shard_index(shard_root)
+    index = read_index(shard_root)
     groups: dict[str, LeRobotGroup] = {}
     for sh in index["shards"]:
         if splits and sh["split"] not in splits:
             continue
-        for key, members in group_samples(read_tar(Path(shard_root) / sh["path"], ("json",))):
-            meta = json.loads(members["json"])
+        for _, meta in read_sample_metas(index_path(shard_root).parent / sh["path"]):
             name = dataset_name(meta)
-            dim = int(meta.get("action_dim") or 0) if _has_actions(meta) else 0
+            dim = int(meta.action_dim or 0) if _has_actions(meta) else 0
             candidate = LeRobotGroup(
-                name, str(meta.get("embodiment") or "unknown"), lerobot_fps(meta),
-                tuple(int(v) for v in meta["frame_size"]), dim, list(meta.get("action_names") or []) if dim else [],
-                list(meta.get("action_semantics") or []) if dim else [], str(meta.get("action_timing") or "") if dim else "",
-                int(meta.get("latent_dim") or 14))
+                name, str(meta.embodiment or "unknown"), lerobot_fps(meta),
+                tuple(int(v) for v in meta.frame_size), dim, list(meta.action_names or []) if dim else [],
+                list(meta.action_semantics or []) if dim else [], str(meta.action_timing or "") if dim else "",
+                int(meta.latent_dim or 14))
             group = groups.setdefault(name, candidate)
             for attr in ("frame_size", "action_dim", "action_names", "action_semantics", "action_timing", "latent_dim"):
                 if getattr(group, attr) != getattr(candidate, attr):
-                    raise ValueError(f"LeRobot dataset {name}: {meta['item_id']} has {attr} {getattr(candidate, attr)!r}, "
+                    raise ValueError(f"LeRobot dataset {name}: {meta.item_id} has {attr} {getattr(candidate, attr)!r}, "
                                      f"{group.item_ids[0]} has {getattr(group, attr)!r}; one dataset holds one schema")
-            group.item_ids.append(meta["item_id"])
-            group.source_fps.add(float(meta["fps"]))
-            group.delta_frames.add(int(meta.get("delta_frames") or 0))
-            group.frames += int(meta["n_frames"])
+            group.item_ids.append(meta.item_id)
+            group.source_fps.add(float(meta.fps))
+            group.delta_frames.add(int(meta.delta_frames or 0))
+            group.frames += int(meta.n_frames)
     return dict(sorted(groups.items()))
 
 
@@ -177,7 +175,7 @@ def export_lerobot(shard_root: str | Path, out: str | Path, splits: tuple[str, .
     """Write the shards of `splits` (train by default; None: every split) as LeRobot v3.0 datasets under `out`,
     one per `dataset_name`. Clips without language get `caption` (see `export.caption_for`) as their task."""
     out = Path(out)
-    caption_for({}, caption)
+    caption_for(None, caption)
     groups = plan_groups(shard_root, splits)
     if not groups:
         raise ValueError(f"no clips of split(s) {', '.join(splits or ())} in {shard_root}")
@@ -190,12 +188,11 @@ def export_lerobot(shard_root: str | Path, out: str | Path, splits: tuple[str, .
             from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
             writers: dict[str, Any] = {}
-            index = read_shard_index(shard_root)
+            index = read_index(shard_root)
             for sh in index["shards"]:
                 if splits and sh["split"] not in splits:
                     continue
-                for key, members in group_samples(read_tar(Path(shard_root) / sh["path"])):
-                    sample = decode_sample(key, members)
+                for sample in read_samples(index_path(shard_root).parent / sh["path"]):
                     group = groups[dataset_name(sample.meta)]
                     if group.name not in writers:
                         writers[group.name] = LeRobotDataset.create(
@@ -203,11 +200,11 @@ def export_lerobot(shard_root: str | Path, out: str | Path, splits: tuple[str, .
                             robot_type=group.embodiment, features=group.features(), use_videos=True, vcodec=vcodec)
                     _write_episode(writers[group.name], group, sample, caption)
                     if on_item:
-                        on_item(sample.meta["item_id"])
+                        on_item(sample.meta.item_id)
             for name, ds in writers.items():
                 ds.finalize()
                 shutil.rmtree(staging / name / "images", ignore_errors=True)  # the writer's emptied frame folder
-        index_sha = hashlib.sha256((Path(shard_root) / "index.json").read_bytes()).hexdigest()
+        index_sha = sha256_file(index_path(shard_root))
         atomic_write_text(staging / "export.json", json.dumps(
             {"format": LEROBOT_EXPORT_FORMAT, "codebase_version": "v3.0", "shard_index_sha256": index_sha,
              "splits": list(splits) if splits else None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import shutil
 from dataclasses import dataclass, field
@@ -32,14 +31,15 @@ from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path
 from flow_extraction.frames import iter_frames, native_frame_index
 from manifests.actions import row_semantics
-from manifests.io import atomic_write, atomic_write_text
+from manifests.io import atomic_write
 from pipelines.config import PipelineConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.label import read_latents
 from common.progress import make_console
 from pipelines.stages import BadInput, Resources, Stage
-from training_hooks.shard_format import (SAMPLE_FORMAT, SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample,
-                                         group_samples, read_tar, sample_key, write_tar)
+from manifests.shard_format import (SAMPLE_FORMAT, SampleMeta, encode_sample, index_entry, read_labels, read_tar,
+                                    read_index, sample_key, write_index, write_tar)
+from manifests.shard_video import encode_jpeg_stream, encode_mp4
 
 
 # --- step 1: one sample per item ----------------------------------------------------------------------------------
@@ -85,22 +85,23 @@ def build_sample(task: Mapping[str, Any], encoder) -> dict[str, Any]:
     actions = _item_actions(row, n_frames, s["fps"])
     lines = [line for line in (row.get("language") or []) if line.strip()]
     language = encoder.encode(lines) if (encoder is not None and lines) else []
-    meta = {
-        "item_id": row["item_id"], "source": row["source"], "tier": int(row["tier"]), "split": row["split"],
-        "group_id": row["group_id"], "embodiment": row["embodiment"], "fps": float(latent_meta["fps"]),
-        "n_frames": n_frames, "frame_size": list(s["working_size"]), "video_format": s["video_format"],
-        "frame_offsets": offsets, "delta_frames": int(latent_meta["delta_frames"]), "delta_s": s["delta_s"],
-        "grid": latent_meta["grid"], "flow_backend": latent_meta["flow_backend"],
-        "vae_checkpoint_blake2b": latent_meta.get("checkpoint_blake2b", latent_meta.get("checkpoint_sha")), "latent_dim": int(latents.shape[1]),
-        "action_dim": int(actions.shape[1]) if actions is not None else 0,
-        "action_names": list(row.get("action_names") or []) if actions is not None else [],
+    meta = SampleMeta(
+        item_id=row["item_id"], source=row["source"], tier=int(row["tier"]), split=row["split"],
+        group_id=row["group_id"], embodiment=row["embodiment"], fps=float(latent_meta["fps"]),
+        n_frames=n_frames, frame_size=list(s["working_size"]), video_format=s["video_format"],
+        frame_offsets=offsets, delta_frames=int(latent_meta["delta_frames"]), delta_s=s["delta_s"],
+        grid=latent_meta["grid"], flow_backend=latent_meta["flow_backend"],
+        vae_checkpoint_blake2b=latent_meta.get("checkpoint_blake2b", latent_meta.get("checkpoint_sha")),
+        latent_dim=int(latents.shape[1]),
+        action_dim=int(actions.shape[1]) if actions is not None else 0,
+        action_names=list(row.get("action_names") or []) if actions is not None else [],
         # what each dim means and whether row t acts after frame t (manifests/actions.py): a trainer that derives
         # the action over a window from actions.npy needs it
-        "action_semantics": row_semantics(row)[0] if actions is not None else [],
-        "action_timing": row_semantics(row)[1] if actions is not None else None,
-        "language_encoder": encoder.name if (encoder is not None and lines) else None,
-        "language_dim": encoder.dim if (encoder is not None and lines) else None,
-    }
+        action_semantics=row_semantics(row)[0] if actions is not None else [],
+        action_timing=row_semantics(row)[1] if actions is not None else None,
+        language_encoder=encoder.name if (encoder is not None and lines) else None,
+        language_dim=encoder.dim if (encoder is not None and lines) else None,
+    )
     members = encode_sample(meta, video, latents, actions, lines, language)
     path = Path(task["out_path"])
     size, checksum = atomic_write(path, lambda f: write_tar(f, members))
@@ -187,20 +188,12 @@ class ColumnStats:
                 "max": self.hi.tolist(), "q01": self.quantile(0.01).tolist(), "q99": self.quantile(0.99).tolist()}
 
 
-STATS_MEMBERS = ("json", "la14.npy", "actions.npy")
-
-
 def _stat_rows(samples: list[dict[str, Any]], splits: list[str]
-               ) -> Iterator[tuple[dict[str, Any], np.ndarray, np.ndarray | None]]:
+               ) -> Iterator[tuple[SampleMeta, np.ndarray, np.ndarray | None]]:
     """(meta, latent rows, action rows or None) of every sample of `splits`, reading only those members of each tar."""
     for s in samples:
-        if s["split"] not in splits:
-            continue
-        for _, group in group_samples(read_tar(s["path"], STATS_MEMBERS)):
-            meta = json.loads(group["json"])
-            # format v2 stores [T, 0] and has_actions false for items without actions; v1 left the member out
-            has = "actions.npy" in group and meta.get("has_actions", True)
-            yield meta, np.load(io.BytesIO(group["la14.npy"])), np.load(io.BytesIO(group["actions.npy"])) if has else None
+        if s["split"] in splits:
+            yield from read_labels(s["path"])
 
 
 def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -216,16 +209,16 @@ def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
         n_items += 1
         latents.add(latent)
         if action is not None and len(action):
-            actions.setdefault(meta["embodiment"], ColumnStats()).add(action)
-        if meta.get("language_encoder"):
-            encoders.add((meta["language_encoder"], meta["language_dim"]))
+            actions.setdefault(meta.embodiment, ColumnStats()).add(action)
+        if meta.language_encoder:
+            encoders.add((meta.language_encoder, meta.language_dim))
     if len(encoders) > 1:
         raise ValueError(f"samples were embedded with different language encoders {sorted(encoders)}: rebuild them")
     if n_items:
         for meta, latent, action in _stat_rows(samples, splits):
             latents.add_to_histogram(latent)
             if action is not None and len(action):
-                actions[meta["embodiment"]].add_to_histogram(action)
+                actions[meta.embodiment].add_to_histogram(action)
     stats: dict[str, Any] = {"split": "train"} if splits == ["train"] else {
         "split": splits, "note": f"no train shards: statistics from {' and '.join(splits)}"}
     if n_items:  # "items" lets an audit check the stats against the shards' item lists
@@ -237,32 +230,21 @@ def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_shard_set(root: Path, shards: list[dict[str, Any]], stats: dict[str, Any], settings: dict[str, Any],
                     run_id: str) -> list[dict[str, Any]]:
     """Write every shard and index.json into a staging folder, then swap it in for `root`. Returns the rows."""
     staging = root.with_name(f"{root.name}.staging-{run_id}")
     shutil.rmtree(staging, ignore_errors=True)
-    rows = []
+    rows, entries = [], []
     try:
         for sh in shards:
             path = staging / sh["path"]
             path.parent.mkdir(parents=True, exist_ok=True)
             write_tar(path, (m for s in sh["samples"] for m in read_tar(s["path"])))
-            rows.append({"path": str(root / sh["path"]), "split": sh["split"], "tier": sh["tier"],
-                         "index": sh["index"], "n_samples": len(sh["samples"]), "bytes": path.stat().st_size,
-                         "sha256": _sha256(path), "item_ids": [s["item_id"] for s in sh["samples"]], "run_id": run_id})
-        index = {"format": SHARDS_FORMAT, "settings": settings, "stats": stats,
-                 "shards": [{**{k: r[k] for k in ("split", "tier", "index", "n_samples", "bytes", "sha256", "item_ids")},
-                             "path": sh["path"]} for r, sh in zip(rows, shards)]}
-        atomic_write_text(staging / "index.json", json.dumps(index, indent=1))
+            entries.append(index_entry(staging, sh["path"], sh["split"], sh["tier"], sh["index"],
+                                       [s["item_id"] for s in sh["samples"]]))
+            rows.append({**entries[-1], "path": str(root / sh["path"]), "run_id": run_id})
+        write_index(staging, entries, stats, settings)
         old = root.with_name(f"{root.name}.old-{run_id}")
         if root.exists():
             root.rename(old)
@@ -397,17 +379,15 @@ def pack_shard_set(cfg: PipelineConfig, catalog: Catalog, root: Path, settings: 
 
 def _unchanged(root: Path, set_fp: str, catalog: Catalog) -> bool:
     """The registered set at `root` was built from exactly these samples and settings, and its files are intact."""
-    index = root / "index.json"
-    if not index.exists():
-        return False
     try:
-        if json.loads(index.read_text())["settings"].get("set_fingerprint") != set_fp:
+        index = read_index(root, check_files=False)
+        if index["settings"].get("set_fingerprint") != set_fp:
             return False
-    except (ValueError, KeyError):
+    except (OSError, ValueError, KeyError):
         return False
     # the registered rows must be the ones this index describes: a run killed after swapping a new set in but
     # before registering it leaves the previous set's rows, which this catches (the set is then rewritten)
-    listed = {str(root / sh["path"]): (sh["sha256"], sh["item_ids"]) for sh in json.loads(index.read_text())["shards"]}
+    listed = {str(root / sh["path"]): (sh["sha256"], sh["item_ids"]) for sh in index["shards"]}
     rows = catalog.sql("SELECT path, bytes, sha256, item_ids FROM shards WHERE shard_set = ?", [str(root)]).to_pylist()
     return (bool(rows) and {r["path"]: (r["sha256"], list(r["item_ids"])) for r in rows} == listed
             and all(Path(r["path"]).exists() and Path(r["path"]).stat().st_size == r["bytes"] for r in rows))

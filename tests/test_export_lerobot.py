@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.export_lerobot import ACTION, CAMERA, LATENT, export_lerobot
-from tests.shard_fixtures import decode_index, footage_clips, index_coded_clip, write_shard_set
-from training_hooks.shard_format import decode_sample, group_samples, read_tar
+from pipelines.samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
+from manifests.shard_format import decode_sample, group_samples, read_tar
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_clips_without_actions_form_their_own_dataset_and_a_reexport_replaces_th
     samples = [decode_sample(k, m) for sh in sorted((tmp / "shards" / "train").glob("*.tar"))
                for k, m in group_samples(read_tar(sh))]
     footage = [s for s in samples if s.actions is None]
-    assert [s.meta["item_id"] for s in footage] == ["clip/000", "clip/001"]
+    assert [s.meta.item_id for s in footage] == ["clip/000", "clip/001"]
     assert list(ds.meta.episodes["length"]) == [s.n_frames for s in footage]
     table = ds.hf_dataset.with_format("numpy")
     np.testing.assert_array_equal(np.stack(table[: footage[0].n_frames][LATENT])[:-1], footage[0].latent_action)

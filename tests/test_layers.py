@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # module or package -> floor; the longest matching name wins, so an entry point can sit above its package
 LAYERS = {
     "common": 0,  # errors, torch process set-up, progress, config building
-    "manifests": 1,  # schemas, manifest I/O, splits, action semantics
+    "manifests": 1,  # schemas, manifest I/O, splits, action semantics, the shard format
     "media": 2,  # format codecs: TFRecord, frames in TFRecord episodes, HDF5 image datasets
     "catalog": 2,  # the DuckDB catalog
     "flow_extraction": 3,  # flow backends, frame streaming, the flow artifact

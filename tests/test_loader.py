@@ -1,5 +1,5 @@
 """The shard loader yields exactly the Motus batch contract: shapes, window rule, normalisation, order, splitting,
-bad samples. Shard sets are written in the real format by tests/shard_fixtures.py (real footage + index-coded clips)."""
+bad samples. Shard sets are written in the real format by pipelines/samples/shard_sets.py (real footage + index-coded clips)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from tests.shard_fixtures import decode_index, footage_clips, index_coded_clip, write_shard_set
-from training_hooks.loader import LoaderConfig, make_loader, open_shard_index
+from pipelines.samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
+from manifests.shard_format import read_index
+from training_hooks.loader import LoaderConfig, make_loader
 
 H, W = 96, 80
 CONTRACT = {"first_frame", "video_frames", "action_sequence", "language_embedding", "language_mask", "item_id", "tier"}
@@ -268,7 +269,7 @@ def test_frames_are_the_decoded_jpegs_scaled_to_unit_range(tmp_path):
     clip = footage_clips(1, size=(H, W), n_frames=(20, 21))[0]
     write_shard_set(tmp_path / "s", [clip])
     b = next(iter(make_loader(tmp_path / "s", "train", cfg(normalise="none", video_step=2), batch_size=1)))
-    from training_hooks.shard_format import decode_sample, group_samples, map_tar
+    from manifests.shard_format import decode_sample, group_samples, map_tar
     (key, members), = group_samples(map_tar(next((tmp_path / "s").rglob("*.tar"))))
     sample = decode_sample(key, members)
     # the condition index c: the decoded frame the first frame equals
@@ -314,7 +315,7 @@ def test_missing_shard_file_is_a_clear_error(footage, tmp_path):
     gone = tmp_path / "s" / index["shards"][1]["path"]
     gone.unlink()
     with pytest.raises(FileNotFoundError, match="pyramid-train-000001.tar"):
-        open_shard_index(tmp_path / "s")
+        read_index(tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="pyramid-train-000001.tar"):
         make_loader(tmp_path / "s", "train", cfg(), batch_size=1)
     with pytest.raises(FileNotFoundError, match="pyramid-train-000001.tar"):
@@ -352,7 +353,7 @@ def test_video_step_in_seconds_gives_every_frame_rate_the_same_time_span(tmp_pat
 def test_shards_without_embeddings_use_the_configured_text_width(tmp_path):
     root = tmp_path / "shards"
     write_shard_set(root, [index_coded_clip(f"probe/{i}", 30, (H, W)) for i in range(2)], samples_per_shard=1)
-    index = open_shard_index(root)
+    index = read_index(root)
     assert not (index["stats"].get("language") or {}).get("dim")
     b = next(iter(make_loader(root, "train", cfg(text_dim=384), batch_size=2)))
     assert b["language_embedding"].shape == (2, 32, 384) and not b["language_mask"].any()

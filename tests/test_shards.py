@@ -21,7 +21,7 @@ from pipelines.runners import make_runner
 from pipelines.shard import clean_stale, plan_shards, run_shard
 from pipelines.sources import load_actions
 from pipelines.vae import run_vae_train
-from training_hooks.shard_format import decode_sample, group_samples, read_tar
+from manifests.shard_format import decode_sample, group_samples, read_tar
 
 TINY = {"runner.engine": "local", "flow.store_size": [32, 32], "vae.image_size": 32,
         "vae.widths": [8, 16, 32, 64, 128], "vae.latent_channels": 64, "vae.hidden": 64, "vae.batch_size": 8,
@@ -67,17 +67,17 @@ def test_every_labelled_item_is_in_exactly_one_shard_of_its_split_with_its_value
         assert Path(r["path"]).exists() and r["bytes"] == Path(r["path"]).stat().st_size
         assert r["sha256"] == hashlib.sha256(Path(r["path"]).read_bytes()).hexdigest()
         samples = samples_in(r["path"])
-        assert [s.meta["item_id"] for s in samples] == r["item_ids"] and r["n_samples"] == len(samples)
+        assert [s.meta.item_id for s in samples] == r["item_ids"] and r["n_samples"] == len(samples)
         for s in samples:
-            item = items[s.meta["item_id"]]
-            assert s.meta["split"] == item["split"] == r["split"]
-            seen.append(s.meta["item_id"])
-            expected, _ = read_latents(latents[s.meta["item_id"]])
+            item = items[s.meta.item_id]
+            assert s.meta.split == item["split"] == r["split"]
+            seen.append(s.meta.item_id)
+            expected, _ = read_latents(latents[s.meta.item_id])
             np.testing.assert_array_equal(s.latent_action, expected)
             assert s.n_frames == item["frame_count"] == len(expected) + 1
             np.testing.assert_allclose(s.actions, load_actions(item).astype(np.float32), rtol=0, atol=0)
-            assert s.meta["action_semantics"] == item["action_semantics"] and len(item["action_semantics"]) == \
-                s.actions.shape[1] and s.meta["action_timing"] == item["action_timing"] == "after"
+            assert s.meta.action_semantics == item["action_semantics"] and len(item["action_semantics"]) == \
+                s.actions.shape[1] and s.meta.action_timing == item["action_timing"] == "after"
             first = s.frames([0])[0]
             _, source_first, _ = next(iter_frames(item, (384, 320)))
             assert first.shape == (384, 320, 3) and np.abs(first.astype(int) - source_first).mean() < 3
@@ -341,7 +341,7 @@ def test_samples_are_rebuilt_when_their_catalog_row_or_file_changes(labelled):
         report = run_shard(cfg, cat, make_runner("local"), progress=False)
     assert report.stage.counts["done"] == 2 and not report.unchanged
     assert sample_path.exists()
-    texts = {s.meta["item_id"]: s.lines for r in shard_rows(cfg) for s in samples_in(r["path"])}
+    texts = {s.meta.item_id: s.lines for r in shard_rows(cfg) for s in samples_in(r["path"])}
     assert texts[item["item_id"]] == ["a new instruction"]
 
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from pipelines.shard import train_stats
-from tests.shard_fixtures import clip_members, footage_clips, write_shard_set
+from pipelines.samples.shard_sets import clip_members, footage_clips, write_shard_set
 from training_hooks.loader import LoaderConfig, make_loader
-from training_hooks.shard_format import write_tar
+from manifests.shard_format import write_tar
 
 
 def _samples(tmp_path, clips):

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from flow_extraction.frames import fit_canvas, to_canvas
-from training_hooks.shard_format import Sample, decode_jpeg_frame
+from manifests.shard_format import Sample
+from manifests.shard_video import decode_jpeg_frame
 
 # --- frames into batches ------------------------------------------------------------------------------------------
 
@@ -63,7 +64,7 @@ class FrameBatch:
         `Undecodable` when the sample's frames do not decode."""
         try:
             size = sample.frame_size
-            jpeg = sample.meta.get("video_format") == "jpeg"
+            jpeg = sample.meta.video_format == "jpeg"
             unique = sorted(set(wanted))
             decoded = None if jpeg else dict(zip(unique, sample.frames(unique)))  # mp4: one pass up to the last
         except Exception as exc:  # noqa: BLE001 - whatever the container library raises

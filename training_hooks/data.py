@@ -105,7 +105,8 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: Any, num_workers: i
     depend on a saved loader state). `loader.tier_weights` / `source_weights` weigh the train
     windows (training_hooks/mixture.py); held-out windows are read unweighted.
     The trainer config `cfg` is a `training_hooks.train.TrainConfig`."""
-    from training_hooks.loader import LoaderConfig, make_loader, open_shard_index
+    from manifests.shard_format import read_index
+    from training_hooks.loader import LoaderConfig, make_loader
 
     m = cfg.model
     implied = {"num_video_frames": m.num_video_frames, "action_ratio": m.action_ratio, "action_dim": m.action_dim,
@@ -118,7 +119,7 @@ def shard_batches(shards: Path, loader: dict[str, Any], cfg: Any, num_workers: i
     loader_cfg.validate()  # bad mixture weights fail here, before any process starts training
     val_cfg = replace(loader_cfg, tier_weights=None, source_weights=None)
     # fail before step 0, on every rank alike, rather than on one rank mid-run (the others would hang in allreduce)
-    index = open_shard_index(shards)
+    index = read_index(shards)
     lang_dim = (index.get("stats", {}).get("language") or {}).get("dim")
     if lang_dim and lang_dim != m.text_dim:
         raise ValueError(f"the shards' language embeddings are {lang_dim}-d ({index['stats']['language'].get('encoder')}) "

@@ -6,7 +6,7 @@ exactly the dict the Motus trainer consumes (research motus_and_formats.md §1.2
         ...               # [initial_state], item_id, tier
 
 Pipeline, one plain generator per step, run by every consumer (a worker thread or process, or the caller):
-shards of this consumer → samples (a `shard_format.Sample`, frames still encoded, a view into the memory-mapped
+shards of this consumer → samples (a `manifests.shard_format.Sample`, frames still encoded, a view into the memory-mapped
 shard) → windows (index sets drawn by the Motus rule) → shuffle buffer (holds encoded clips only) → labels cut
 and normalised, frames decoded straight into the batch being filled → batches.
 
@@ -29,7 +29,7 @@ replacement, weighted by sample count, per-consumer seeds) and count steps, as W
 
 Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed, it shuffles
 shards after splitting (a rank would see the same shards every epoch), it has no sample-level fallback, and its
-handlers drop bad samples uncounted. Tars are memory-mapped (`shard_format.map_tar`): a window reads the pages of
+handlers drop bad samples uncounted. Tars are memory-mapped (`manifests.shard_format.map_tar`): a window reads the pages of
 its 9 JPEGs, not the whole clip.
 
 Mixture. With `tier_weights` or `source_weights` each window's group is drawn by weight, its clip from that
@@ -63,7 +63,7 @@ from flow_extraction.frames import fit_canvas, to_canvas
 from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collate_labels, pad_actions,
                                      threaded_batches, widen_frames, worker_init)
 from training_hooks.mixture import MixturePlan, mixture_weights, read_clip, weighted_stream
-from training_hooks.shard_format import Sample, decode_sample, group_samples, map_tar, open_shard_index
+from manifests.shard_format import Sample, decode_sample, index_path, iter_samples, read_index
 
 log = logging.getLogger(__name__)
 
@@ -357,11 +357,11 @@ class _Consumer:
                 if len(sample.actions) != T:
                     self._skip("actions_rows", key, f"{len(sample.actions)} action rows for {T} frames")
                     continue
-                if cfg.normalise != "none" and sample.meta.get("embodiment") not in self.ds.action_stats:
+                if cfg.normalise != "none" and sample.meta.embodiment not in self.ds.action_stats:
                     self._skip("no_action_stats", key,
-                               f"no train-split action stats for {sample.meta.get('embodiment')!r}")
+                               f"no train-split action stats for {sample.meta.embodiment!r}")
                     continue
-            step = clip_step(cfg, sample.meta.get("fps"))
+            step = clip_step(cfg, sample.meta.fps)
             for _ in range(cfg.windows_per_clip):
                 yield sample, draw_window(T, cfg, self.rng, step)
 
@@ -392,7 +392,7 @@ class _Consumer:
             if self.ds.latent_norm is not None:
                 actions = self.ds.latent_norm(actions)
         else:
-            embodiment = sample.meta.get("embodiment")
+            embodiment = sample.meta.embodiment
             norm = self.ds.action_norm(embodiment)
             actions = sample.actions[window.rows]
             if cfg.state_from_actions:
@@ -405,9 +405,9 @@ class _Consumer:
         language = None
         if sample.language:
             language = sample.language[int(self.rng.integers(len(sample.language)))][: cfg.max_text_len]
-        tier = sample.meta.get("tier")
+        tier = sample.meta.tier
         return {"actions": actions, "state": state, "language": language,
-                "item_id": str(sample.meta.get("item_id", sample.key)), "tier": int(tier) if tier is not None else -1}
+                "item_id": str(sample.meta.item_id), "tier": int(tier) if tier is not None else -1}
 
     def _skip(self, reason: str, key: str, why: Any) -> None:
         self.ds.skips[self.slot, SKIP_REASONS.index(reason)] += 1
@@ -420,7 +420,7 @@ class _Consumer:
 def _read(path: Path) -> Iterator[tuple[str, dict[str, memoryview]]]:
     if not path.is_file():
         raise FileNotFoundError(f"shard file missing: {path}")
-    yield from group_samples(map_tar(path))
+    yield from iter_samples(path, mapped=True)
 
 
 # --- the loader ---------------------------------------------------------------------------------------------------
@@ -465,9 +465,8 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     like Motus's training loader; evaluation passes drop_last=False so a small val split still counts).
     `num_workers` threads or processes, as `cfg.worker_kind` says."""
     cfg.validate()
-    index = open_shard_index(shards)
-    root = Path(shards)
-    root = root.parent if root.suffix == ".json" else root
+    index = read_index(shards)
+    root = index_path(shards).parent
     chosen = [(root / sh["path"], int(sh.get("n_samples") or 0)) for sh in index["shards"] if sh.get("split") == split]
     if not chosen:
         have = sorted({str(sh.get("split")) for sh in index["shards"]})
@@ -476,12 +475,12 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     if cfg.action_mode == "latent" and cfg.normalise != "none" and "latent_action" not in stats:
         have = sorted({str(sh.get("split")) for sh in index["shards"]})
         raise ValueError(
-            f"{root / 'index.json'} has no latent-action statistics to normalise with (normalise={cfg.normalise!r}); "
+            f"{index_path(shards)} has no latent-action statistics to normalise with (normalise={cfg.normalise!r}); "
             f"its shards hold {', '.join(have) or 'no'} split(s) and the build that wrote it took statistics from "
             "train shards only: rebuild the set with `pyramid shard` (a set without train shards then gets them from "
             "the splits it has, marked in index.json) or load it with normalise='none'")
     if stats.get("note"):
-        log.warning("loader: %s: %s", root / "index.json", stats["note"])
+        log.warning("loader: %s: %s", index_path(shards), stats["note"])
     dataset = ShardWindows(chosen, cfg, stats, batch_size, drop_last=drop_last, seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size)
     mix = mixture_weights(cfg.tier_weights, cfg.source_weights)

@@ -16,9 +16,7 @@ every n-th clip of each group (all of a group's clips when it has fewer than n),
 
 from __future__ import annotations
 
-import json
 import mmap
-import tarfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from training_hooks.shard_format import split_member
+from manifests.shard_format import SampleMeta, scan_samples
 
 MIX_BY = ("tier", "source")
 TIERS = range(1, 7)
@@ -70,29 +68,11 @@ class Clip:
     spans: tuple[tuple[str, int, int], ...]
 
 
-def scan_shard(path: Path) -> list[tuple[str, dict[str, Any], tuple[tuple[str, int, int], ...]]]:
-    """(key, metadata, member spans) of every sample in a shard, reading only tar headers and the JSON members."""
-    out: list[tuple[str, dict[str, Any], list[tuple[str, int, int]]]] = []
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        with tarfile.open(fileobj=mapped, mode="r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, suffix = split_member(info.name)
-                if not out or out[-1][0] != key:
-                    out.append((key, {}, []))
-                out[-1][2].append((suffix, info.offset_data, info.size))
-                if suffix == "json":
-                    out[-1][1].update(json.loads(mapped[info.offset_data:info.offset_data + info.size]))
-    return [(key, meta, tuple(spans)) for key, meta, spans in out]
-
-
-def group_of(meta: Mapping[str, Any], key: str, by: str) -> Any:
+def group_of(meta: SampleMeta, key: str, by: str) -> Any:
     """A clip's tier (int, −1 when unknown) or source (the item id's `source/` prefix, the project's contract)."""
     if by == "tier":
-        tier = meta.get("tier")
-        return int(tier) if tier is not None else -1
-    item_id = str(meta.get("item_id") or key)
+        return int(meta.tier) if meta.tier is not None else -1
+    item_id = str(meta.item_id or key)
     return item_id.split("/")[0]
 
 
@@ -105,7 +85,7 @@ class MixturePlan:
         self.by, self.shards = by, [Path(p) for p in shards]
         self.clips: dict[Any, list[Clip]] = {}
         for i, path in enumerate(self.shards):
-            for key, meta, spans in scan_shard(path):
+            for key, meta, spans in scan_samples(path):
                 group = group_of(meta, key, by)
                 self.clips.setdefault(group, []).append(Clip(i, key, group, spans))
         unknown = [g for g in weights if g not in self.clips]

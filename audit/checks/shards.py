@@ -1,15 +1,11 @@
 """Shards: every registered WebDataset tar is there and is what the catalog says, every labelled item sits in
 exactly one shard of its own split, and shard sizes are even.
 
-A shard set is the folder holding its tars and `index.json` ({"format": "motus-pyramid/shards/v1", "shards":
-[{"path" (relative), "split", "tier", "index", "n_samples", "bytes", "sha256", "item_ids"}], "stats": {...}}).
-Inside a tar, a sample's members share a key (the member name up to the first dot of its base name) and its
-`<key>.json` member names the item (`item_id`).
+The shard set is read through the format's owner, manifests/shard_format.py (layout: docs/formats.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import statistics
 import tarfile
@@ -18,8 +14,8 @@ from pathlib import Path
 
 from audit.context import AuditContext
 from audit.registry import Outcome, check
+from manifests.shard_format import index_path, read_index, read_sample_json, sha256_file
 
-INDEX_FORMAT = "motus-pyramid/shards/v1"
 NO_SHARDS = "no shards registered in the catalog (run the shard stage)"
 
 
@@ -43,24 +39,12 @@ def shard_set_folder(rows: list[dict]) -> Path:
     return Path(*common)
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
 def tar_sample_meta(path: Path) -> list[dict]:
     """Each sample's `<key>.json` in a tar, in tar order; `item_id` filled in when the sample lacks one."""
     metas = []
-    with tarfile.open(path, "r") as tar:
-        for info in tar:
-            base = info.name.rpartition("/")[2]
-            if info.isfile() and base.partition(".")[2] == "json":
-                meta = json.loads(tar.extractfile(info).read())
-                meta = meta if isinstance(meta, dict) else {}
-                metas.append({**meta, "item_id": str(meta.get("item_id", f"<no item_id in {info.name}>"))})
+    for key, meta in read_sample_json(path):
+        meta = meta if isinstance(meta, dict) else {}
+        metas.append({**meta, "item_id": str(meta.get("item_id", f"<no item_id in {key}.json>"))})
     return metas
 
 
@@ -76,7 +60,7 @@ def _check_tar(row: dict) -> str | None:
     size = path.stat().st_size
     if size != row["bytes"]:
         return f"{size} bytes on disk, {row['bytes']} registered"
-    if sha256_of(path) != row["sha256"]:
+    if sha256_file(path) != row["sha256"]:
         return "sha256 differs from the registered one (the file changed after it was written)"
     try:
         ids = tar_item_ids(path)
@@ -90,15 +74,14 @@ def _check_tar(row: dict) -> str | None:
 
 
 def _check_index(folder: Path, rows: list[dict]) -> str | None:
-    index_path = folder / "index.json"
-    if not index_path.exists():
+    if not index_path(folder).exists():
         return "no index.json in the shard set folder"
     try:
-        index = json.loads(index_path.read_text())
+        index = read_index(folder, check_files=False)
     except (OSError, json.JSONDecodeError) as e:
         return f"unreadable index.json: {e}"
-    if index.get("format") != INDEX_FORMAT:
-        return f"format {index.get('format')!r}, expected {INDEX_FORMAT!r}"
+    except ValueError as e:  # the format or the shards list
+        return str(e).removeprefix(f"{index_path(folder)}: ")
     listed = {str((folder / s["path"]).resolve()): s for s in index.get("shards", [])}
     registered = {str(Path(r["path"]).resolve()): r for r in rows}
     problems = [f"{Path(p).name} registered but not in index.json" for p in sorted(set(registered) - set(listed))]
@@ -123,7 +106,7 @@ def shard_files(ctx: AuditContext) -> Outcome:
             if problem:
                 out.fail(row["path"], problem)
         folder = shard_set_folder(rows)
-        subject = str(folder / "index.json")
+        subject = str(index_path(folder))
         out.checked.append(subject)
         problem = _check_index(folder, rows)
         if problem:

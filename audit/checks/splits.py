@@ -3,7 +3,6 @@ statistics used to normalise."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +11,7 @@ from audit.checks.duplicates import SPLIT_ORDER, connected_sets, exact_pairs, ne
 from audit.checks.shards import shard_set_folder, shards_by_set
 from audit.context import AuditContext
 from audit.registry import Outcome, check
+from manifests.shard_format import index_path, read_index
 
 
 @check("group_split_leak", "splits", "error",
@@ -59,7 +59,7 @@ def _recorded_splits(stats: Any, path: str = "stats") -> Iterator[tuple[str, lis
 
 def _shard_index_paths(ctx: AuditContext) -> list[Path]:
     folders = {shard_set_folder(rows) for rows in shards_by_set(ctx).values()}
-    return sorted(f / "index.json" for f in folders if (f / "index.json").exists())
+    return sorted(index_path(f) for f in folders if index_path(f).exists())
 
 
 @check("normalisation_from_train", "splits", "error",
@@ -85,10 +85,10 @@ def normalisation_from_train(ctx: AuditContext) -> Outcome:
                                   f"{train_items[embodiment]} train items of {embodiment} have actions and flow")
     for index in _shard_index_paths(ctx):
         try:
-            stats = json.loads(index.read_text()).get("stats") or {}
-        except (OSError, json.JSONDecodeError):
+            content = read_index(index, check_files=False)
+        except (OSError, ValueError):
             continue  # shard_files reports an unreadable index
-        shards = json.loads(index.read_text()).get("shards") or []
+        stats, shards = content.get("stats") or {}, content["shards"]
         # a set without train shards (one validation download) has nothing to leak into: its stats come from the
         # splits it has, and say so (pipelines/shard.py train_stats)
         no_train = not any(sh.get("split") == "train" for sh in shards)

