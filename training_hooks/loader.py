@@ -5,10 +5,9 @@ exactly the dict the Motus trainer consumes (research motus_and_formats.md §1.2
     for batch in loader:  # first_frame, video_frames, action_sequence, language_embedding, language_mask,
         ...               # [initial_state], item_id, tier
 
-Pipeline, one plain generator per step, run by every consumer (a worker thread or process, or the caller):
-shards of this consumer → samples (a `manifests.shard_format.Sample`, frames still encoded, a view into the memory-mapped
-shard) → windows (index sets drawn by the Motus rule) → shuffle buffer (holds encoded clips only) → labels cut
-and normalised, frames decoded straight into the batch being filled → batches.
+Pipeline, one generator per step, run by every consumer (worker thread, process or caller): this consumer's shards →
+samples (`manifests.shard_format.Sample`, frames still encoded, views into the mapped shard) → windows (Motus rule)
+→ shuffle buffer (encoded clips only) → labels cut and normalised, frames decoded into the batch → batches.
 
 Window rule, step = `video_step` (or `video_step_s` × the clip's fps, rounded to a multiple of r: the same time
 span for every frame rate), F frames, ratio r, g = step / r, A = F·r, clip of T frames:
@@ -43,8 +42,8 @@ workers `make_loader` sets OpenCV to one thread in the calling process (before a
 fork-safe); worker processes get one torch thread in `worker_init_fn`.
 
 Bad samples (undecodable member or frame, T < 2, latent rows ≠ T−1, no or misaligned actions in `real` mode, an
-embodiment without train-split action stats when normalising in `real` mode) are (the first few per reason and consumer) and counted in `loader.skipped` (all workers, shared memory); a missing
-shard file is a FileNotFoundError naming it.
+embodiment without train-split action stats when normalising in `real` mode) are skipped, logged (the first few
+per reason and consumer) and counted in `loader.skipped`; a missing shard file is a FileNotFoundError naming it.
 """
 
 from __future__ import annotations
