@@ -34,6 +34,7 @@ class StageReport:
     skipped: int = 0
     counts: Counter = field(default_factory=Counter)
     reasons: Counter = field(default_factory=Counter)  # quarantine/failure reasons (first line, truncated)
+    nodes: Counter = field(default_factory=Counter)  # items per cluster node (Ray runs; empty in-process)
     wall_s: float = 0.0
 
     @property
@@ -122,6 +123,8 @@ def run_stage(
     try:
         for outcome in runner.map(stage, planned()):
             report.counts[outcome.status] += 1
+            if outcome.node:
+                report.nodes[outcome.node] += 1
             if outcome.reason:
                 report.reasons[outcome.reason.splitlines()[0][:160]] += 1
             pending.append(outcome)
@@ -132,6 +135,9 @@ def run_stage(
     finally:
         flush()  # even when the run is interrupted: what finished stays recorded
         bar.close()
+        if progress and len(report.nodes) > 1:
+            spread = ", ".join(f"{node} {n}" for node, n in report.nodes.most_common())
+            bar.console.print(f"[{stage.name}] items per node: {spread}", highlight=False, markup=False)
     report.wall_s = time.perf_counter() - t0
     return report
 
@@ -212,4 +218,5 @@ def run_item_stage(decl: ItemStage, catalog: Catalog, runner: Any, force: bool =
         counts = dict(decl.run_counts() if decl.run_counts else {})
         return StageRun(run_id, report, after, manifest_path)
     finally:
-        catalog.finish_run(run_id, status, {**(report.as_dict() if report else {}), **counts})
+        nodes = {"nodes": dict(report.nodes)} if report and report.nodes else {}
+        catalog.finish_run(run_id, status, {**(report.as_dict() if report else {}), **nodes, **counts})

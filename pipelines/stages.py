@@ -42,6 +42,7 @@ class Outcome:
     result: Mapping[str, Any] | None = None
     reason: str | None = None
     duration_s: float = 0.0
+    node: str | None = None  # the cluster node that ran it (Ray: the node id's first 12 hex digits)
 
 
 def _failure_reason(e: BaseException) -> str:

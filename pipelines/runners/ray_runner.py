@@ -7,6 +7,7 @@ Only paths and small result dicts cross process boundaries, never frames (anchor
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import math
@@ -28,12 +29,13 @@ class _StageWorker:
         set_worker_threads(torch_threads)
         self.stage = stage
         self.context = stage.setup() if stage.setup else None
+        self.node = ray.get_runtime_context().get_node_id()[:12]
 
     def ready(self) -> bool:
         return True
 
     def run(self, tasks: list[Mapping[str, Any]]) -> list[Outcome]:
-        return execute_batch(self.stage, tasks, self.context)
+        return [dataclasses.replace(o, node=self.node) for o in execute_batch(self.stage, tasks, self.context)]
 
 
 # Ray >= 2.5x turns token authentication on for a local `ray.init()` when RAY_AUTH_MODE is unset, and logs a
