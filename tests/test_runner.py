@@ -107,7 +107,7 @@ def test_beam_outcome_files_are_data_that_round_trip():
                             Outcome("toy/1", "quarantined", reason="bad"),
                             Outcome("toy/2", "done", result={"model": object()})])
     assert json.loads(data)[1] == {"item_id": "toy/1", "status": "quarantined", "result": None, "reason": "bad",
-                                   "duration_s": 0.0}
+                                   "duration_s": 0.0, "node": None}
     back = decode_outcomes(data)
     got = back[0].result
     assert got["stats"]["shape"] == (2, 3) and got["by_tier"] == {3: 1, 4: 2} and got["raw"] == b"\x00\xff"
