@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from flow_extraction.base import FlowConfigError
+from media.hdf5_open import open_hdf5
 
 DEFAULT_ABS_TOL_M = 0.01  # occlusion tolerance: 1 cm (float16 depth steps are <= 0.5 mm below 1 m) ...
 DEFAULT_REL_TOL = 0.01  # ... plus 1 % of the point's depth (depth-buffer precision falls off with distance)
@@ -92,7 +93,7 @@ def resolve_sim_file(media: str | Path) -> tuple[Path, str]:
         raise FileNotFoundError(f"no simulation extras at {path} (from {media})")
     if path.name == "sim.h5":
         return path, "task_agnostic"
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         if "observation" in f and "sim" in f:
             return path, "robotwin"
     raise ValueError(f"{path}: neither a task-agnostic sim.h5 nor a RoboTwin episode with sim extras")
@@ -124,7 +125,7 @@ def load_sim_extras(media: str | Path, camera: str, frames: Sequence[int]) -> Si
     if idx.size == 0:
         raise ValueError("no frames requested")
     keys = _layout_keys(layout, camera)
-    with h5py.File(path, "r") as f:
+    with open_hdf5(path) as f:
         missing = [k for k in ("depth", "seg", "K", "w2c") if keys[k] not in f]
         if missing:
             raise KeyError(f"{path}: camera {camera!r} has no {', '.join(keys[k] for k in missing)}")

@@ -11,6 +11,7 @@ import h5py
 import numpy as np
 
 from common.errors import BadInput
+from media.hdf5_open import UnsafeHDF5, open_hdf5
 
 XPL_RGB_MARKER = b"XPL-RGB1"  # payload of the JPEG COM segment XPolicyLab's encode_image_bit stamps
 
@@ -95,9 +96,11 @@ def iter_hdf5_frames(path: str, key: str) -> Iterator[np.ndarray]:
     """RGB frames of the image dataset `key` in an episode HDF5 (media URI `episode.hdf5#key`), either layout."""
     name = Path(path).name
     try:
-        h5 = h5py.File(path, "r")
+        h5 = open_hdf5(path)
     except OSError as e:
         raise BadInput(f"unreadable HDF5 {name}: {e}") from e
+    except UnsafeHDF5 as e:
+        raise BadInput(str(e)) from None
     with h5:
         if key not in h5:
             raise BadInput(f"missing key {key} in {name}")

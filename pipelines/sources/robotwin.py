@@ -43,6 +43,7 @@ import h5py
 import numpy as np
 
 from media.hdf5_images import image_encoding, image_reader
+from media.hdf5_open import UnsafeHDF5, open_hdf5
 from pipelines.media import check_finite, file_checksum, fingerprint
 from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from pipelines.stages import BadInput
@@ -165,9 +166,11 @@ class RoboTwinSource(SourceAdapter):
     def probe(self, ref: ItemRef) -> dict[str, Any]:
         path = Path(ref.input_uri)
         try:
-            h5 = h5py.File(path, "r")
+            h5 = open_hdf5(path)
         except OSError as e:
             raise BadInput(f"unreadable HDF5 {path.name}: {e}") from e
+        except UnsafeHDF5 as e:
+            raise BadInput(str(e)) from None
         with h5:
             layout = self._layout(h5)
             if layout == LAYOUT_2026:
@@ -310,7 +313,7 @@ class RoboTwinSource(SourceAdapter):
     @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
         path = row["input_uri"]
-        with h5py.File(path, "r") as h5:
+        with open_hdf5(path) as h5:
             if "joint_action" not in h5 and ("action" in h5 or "vision" in h5):  # the 2026 layout
                 vector, _, _ = joint_vector(h5, "action")
                 name = "action/ joint vector"
