@@ -124,3 +124,33 @@ def test_push_dry_run_plans_the_upload_with_a_dataset_card(tmp_path, monkeypatch
     (tmp_path / "empty").mkdir()
     with pytest.raises(hub.HubError, match="holds no files"):
         hub.push(tmp_path / "empty", "acme/x", dry_run=True)
+
+
+def test_a_hub_token_never_reaches_the_output_or_the_catalog(tmp_path, cache, monkeypatch):
+    """The token is the user's: `fetch`, `push --dry-run` and a failing push print nothing of it, and an ingest of
+    the fetched data stores no environment in the catalog's run records."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    secret = "hf_" + "Zq" * 17
+    monkeypatch.setenv("HF_TOKEN", secret)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    cli = CliRunner()
+    shards = tmp_path / "shards"
+    (shards / "train").mkdir(parents=True)
+    (shards / "train" / "shard-000000.tar").write_bytes(b"x" * 10)
+    outputs = [cli.invoke(app, ["fetch", REPO_ID, "--out", str(tmp_path / "fetched")]),
+               cli.invoke(app, ["fetch", "acme/not_cached", "--out", str(tmp_path / "missing")]),
+               cli.invoke(app, ["push", str(shards), "acme/x", "--dry-run"]),
+               cli.invoke(app, ["push", str(shards), "acme/x"])]
+    assert [o.exit_code for o in outputs] == [0, 2, 0, 2], [o.output for o in outputs]
+    assert all(secret not in o.output for o in outputs)
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(f"sources:\n  - {{kind: lerobot, root: {tmp_path / 'fetched'}}}\nrunner: {{engine: local}}\n")
+    ingested = cli.invoke(app, ["ingest", "--config", str(cfg), "--workdir", str(tmp_path / "work")])
+    assert ingested.exit_code == 0, ingested.output
+    assert secret not in ingested.output
+    with Catalog(tmp_path / "work" / "catalog.duckdb", read_only=True) as cat:
+        stored = json.dumps(cat.sql("SELECT * FROM runs").to_pylist(), default=str)
+    assert "ingest" in stored and secret not in stored
