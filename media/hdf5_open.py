@@ -53,7 +53,10 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
     h5 = h5py.File(path, "r")
     try:
         check_links(h5, path)
-    except BaseException:
+    except UnsafeHDF5:
         h5.close()
         raise
+    except (RuntimeError, KeyError, ValueError) as e:  # HDF5 cannot walk its own link table: a damaged file
+        h5.close()
+        raise OSError(f"damaged HDF5 structure: {e}") from e
     return h5

@@ -24,7 +24,7 @@ from common.fingerprint import fingerprint
 from pipelines.config import PipelineConfig, SourceConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.sources import ItemRef, SourceAdapter, SourceError, make_source
-from pipelines.stages import BadInput, Outcome, Resources, Stage
+from pipelines.stages import BadInput, Outcome, Resources, Stage, failure_reason
 
 
 def probe_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
@@ -125,10 +125,12 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None, notes: d
                 for line in adapter.notes:
                     if console:
                         console.print(f"[yellow]source {escape(label)}:[/yellow] {escape(line)}", highlight=False)
-        except SourceError as e:
-            errors[label] = str(e)
+        except Exception as e:  # noqa: BLE001 - one unreadable source never stops the others
+            # a SourceError says what is wrong; anything else is an adapter meeting input it did not expect
+            # (damaged metadata of a kind no check names yet): the source is skipped with the error and where
+            errors[label] = str(e) if isinstance(e, SourceError) else f"unexpected {failure_reason(e)}"
             if console:
-                console.print(f"[red]source {escape(label)} skipped:[/red] {escape(str(e))}", highlight=False)
+                console.print(f"[red]source {escape(label)} skipped:[/red] {escape(errors[label])}", highlight=False)
 
 
 def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,

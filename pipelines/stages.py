@@ -45,7 +45,7 @@ class Outcome:
     node: str | None = None  # the cluster node that ran it (Ray: the node id's first 12 hex digits)
 
 
-def _failure_reason(e: BaseException) -> str:
+def failure_reason(e: BaseException) -> str:
     frames = traceback.extract_tb(e.__traceback__)
     where = f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})" if frames else ""
     return f"{type(e).__name__}: {e}{where}"
@@ -61,7 +61,7 @@ def execute(stage: Stage, task: Mapping[str, Any], context: Any) -> Outcome:
     except BadInput as e:
         return Outcome(item_id, "quarantined", reason=str(e), duration_s=time.perf_counter() - t0)
     except Exception as e:  # noqa: BLE001 - a failure of one item is recorded, never raised
-        return Outcome(item_id, "failed", reason=_failure_reason(e), duration_s=time.perf_counter() - t0)
+        return Outcome(item_id, "failed", reason=failure_reason(e), duration_s=time.perf_counter() - t0)
 
 
 def execute_batch(stage: Stage, tasks: Sequence[Mapping[str, Any]], context: Any) -> list[Outcome]:

@@ -33,7 +33,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from pipelines.media import check_finite, file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
 from pipelines.stages import BadInput
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
@@ -107,10 +107,7 @@ class AnyPosSource(SourceAdapter):
             path = self.root / rel
             if not path.exists():
                 continue
-            try:
-                meta = json.loads(path.read_text())
-            except json.JSONDecodeError as e:
-                raise SourceError(f"anypos: {rel} is not valid JSON: {e}") from e
+            meta = read_json(path, "anypos", rel)
             if isinstance(meta, str):
                 return ([meta.strip()] if meta.strip() else []), rel
             if isinstance(meta, dict):

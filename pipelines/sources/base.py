@@ -24,6 +24,14 @@ class SourceError(Exception):
     """The source as a whole cannot be read (wrong root, missing dataset-level metadata)."""
 
 
+def read_json(path: Path, who: str, shown: str | Path | None = None) -> Any:
+    """A dataset-level JSON file, or `SourceError` naming it when it is not JSON (or not UTF-8 text)."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SourceError(f"{who}: {shown if shown is not None else path} is not valid JSON: {e}") from e
+
+
 @dataclass(frozen=True)
 class ItemRef:
     """What discovery knows about an item: enough for a worker to find and probe it."""

@@ -59,7 +59,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines.media import VideoInfo, fingerprint
-from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
 from pipelines.sources.ego4d_video import VideoFacts, Window, _video_facts, clear_video_cache, cut_window
 from pipelines.stages import BadInput
 
@@ -180,11 +180,7 @@ class Ego4DSource(SourceAdapter):
         return max(versions, key=lambda v: int(v[1:]))
 
     def _load(self, relative: str) -> Any:
-        path = self.base / relative
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SourceError(f"ego4d: {path} is not valid JSON: {e}") from e
+        return read_json(self.base / relative, "ego4d")
 
     # --- discovery (driver) ---
 

@@ -99,7 +99,7 @@ import pyarrow.parquet as pq
 
 from pipelines.media import check_finite, fingerprint
 from manifests import actions as action_semantics
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
 from pipelines.sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
                                             episode_language, feature_dim, feature_names, language_columns,
                                             parse_splits, read_episode_rows, read_task_table, short_camera,
@@ -143,10 +143,7 @@ class LeRobotSource(SourceAdapter):
         info_path = self.root / "meta" / "info.json"
         if not info_path.exists():
             raise SourceError(f"lerobot: {info_path} is missing (is {self.root} a LeRobot dataset folder?)")
-        try:
-            info = json.loads(info_path.read_text())
-        except json.JSONDecodeError as e:
-            raise SourceError(f"lerobot: {info_path} is not valid JSON: {e}") from e
+        info = read_json(info_path, "lerobot")
         version = str(info.get("codebase_version"))
         if version not in KNOWN_VERSIONS:
             raise SourceError(

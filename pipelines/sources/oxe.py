@@ -70,7 +70,7 @@ import numpy as np
 from media.tfrecord import scan_records
 from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, parse_episode, read_episode_record
 from pipelines.media import check_finite, fingerprint
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
 from pipelines.sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
                                         columns, flatten_features, resolve_key_map, split_key)
 from pipelines.stages import BadInput
@@ -246,10 +246,7 @@ class OXESource(SourceAdapter):
         path = d / "dataset_info.json"
         if not path.exists():
             return {}
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise SourceError(f"oxe: {path} is not valid JSON: {e}") from e
+        return read_json(path, "oxe")
 
     def _dataset_name(self, d: Path) -> str:
         info = self._dataset_info(d)

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from pipelines.media import file_checksum, fingerprint, probe_video
-from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras
+from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
 from pipelines.stages import BadInput
 
 VIDEO_DIR = "20bn-something-something-v2"
@@ -60,10 +60,7 @@ def strip_brackets(template: str) -> str:
 
 
 def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SourceError(f"ssv2: {path} is not valid JSON: {e}") from e
+    return read_json(path, "ssv2")
 
 
 # the official label files' record fields and their JSON types (test.json releases ids only)
@@ -101,7 +98,10 @@ def iter_json_array(path: Path, chunk: int = 1 << 20) -> Iterator[Any]:
 
         def fill() -> None:
             nonlocal buf, pos, eof
-            data = f.read(chunk)
+            try:
+                data = f.read(chunk)
+            except UnicodeDecodeError as e:
+                raise SourceError(f"ssv2: {path} is not valid JSON: {e}") from e
             eof = not data
             buf, pos = buf[pos:] + data, 0
 

@@ -11,14 +11,13 @@ dataset.json has `action_semantics` / `action_timing` (manifests/actions.py) or 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
 
 from pipelines.media import check_finite, file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
 from pipelines.stages import BadInput
 
 FORMAT = "motus-pyramid/task_agnostic"
@@ -34,10 +33,7 @@ class TaskAgnosticSource(SourceAdapter):
         meta_path = self.root / "dataset.json"
         if not meta_path.exists():
             raise SourceError(f"task_agnostic: {meta_path} is missing (is {self.root} a task-agnostic dataset root?)")
-        try:
-            self.meta = json.loads(meta_path.read_text())
-        except json.JSONDecodeError as e:
-            raise SourceError(f"task_agnostic: {meta_path} is not valid JSON: {e}") from e
+        self.meta = read_json(meta_path, "task_agnostic")
         missing = [k for k in _REQUIRED_META if k not in self.meta]
         if missing or self.meta.get("format") != FORMAT:
             raise SourceError(f"task_agnostic: {meta_path} must have format={FORMAT!r} and fields {list(_REQUIRED_META)}; missing {missing}")
@@ -68,7 +64,7 @@ class TaskAgnosticSource(SourceAdapter):
         path = Path(row["input_uri"]) / "actions.npy"
         try:
             actions = np.load(path).astype(np.float64)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError) as e:
             raise BadInput(f"unreadable {path}: {e}") from e
         check_finite(f"actions.npy of {row['item_id']}", actions)
         return actions
@@ -82,7 +78,7 @@ class TaskAgnosticSource(SourceAdapter):
         try:
             joints = np.load(ep / "joints.npy")
             actions = np.load(ep / "actions.npy")
-        except (ValueError, OSError) as e:
+        except (ValueError, OSError, EOFError) as e:
             raise BadInput(f"unreadable joints/actions in {ep.name}: {e}") from e
         dim = len(meta["action_names"])
         for name, arr in (("actions.npy", actions), ("joints.npy", joints)):
