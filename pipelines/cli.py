@@ -374,7 +374,16 @@ def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = Workdir
     from pipelines.report import (embodiment_table, funnel_table, inventory_table, notes_table, reasons_table,
                                   semantics_table)
 
+    from catalog import Catalog, CatalogLockedError
+
     cfg = _config(config, workdir)
+    try:
+        Catalog(cfg.catalog_path, read_only=True).close()
+    except CatalogLockedError:  # a job holds the catalog: what its stages wrote to progress/ instead
+        _print_progress(cfg)
+        return
+    except FileNotFoundError:
+        pass  # _open_catalog says so
     with _open_catalog(cfg, read_only=True) as cat:
         console.print(inventory_table(cat))
         console.print(embodiment_table(cat))
@@ -382,6 +391,22 @@ def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = Workdir
         console.print(funnel_table(cat))
         console.print(notes_table(cat))
         console.print(reasons_table(cat))
+
+
+def _print_progress(cfg) -> None:
+    from rich.table import Table
+
+    from pipelines.driver import read_progress
+
+    rows = read_progress(Path(cfg.catalog_path).parent)
+    console.print(f"catalog {cfg.catalog_path} is held by a running job; the full status is readable when it "
+                  "ends. Stage progress (progress/<stage>.json):", highlight=False, markup=False)
+    table = Table("stage", "state", "done", "quarantined", "failed", "skipped", "planned", "items/s", "updated",
+                  "run")
+    for p in rows:
+        table.add_row(p["stage"], p["state"], *(str(p.get(k, "")) for k in ("done", "quarantined", "failed",
+                      "skipped", "total", "items_per_s", "updated_at", "run_id")))
+    console.print(table if rows else "no stage has written progress yet")
 
 
 @catalog_app.command("sql")

@@ -8,7 +8,10 @@ batches as they arrive, so a killed run keeps what it finished. See docs/stages.
 
 from __future__ import annotations
 
+import datetime as dt
 import itertools
+import json
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,11 +23,12 @@ import pyarrow as pa
 from catalog import Catalog
 from common.progress import StageProgress, make_console
 from manifests import write_manifest
-from manifests.io import remove_stale_temps
+from manifests.io import atomic_write_text, remove_stale_temps
 from pipelines.stages import Outcome, Stage
 
 SKIP_STATUSES = ("done", "quarantined")
 PLAN_CHUNK = 4096  # tasks planned (skip/redo decided against the catalog) at a time
+PROGRESS_DIR = "progress"  # <workdir>/progress/<stage>.json: what a running stage has done (readable while it runs)
 
 
 @dataclass
@@ -119,6 +123,7 @@ def run_stage(
                          "input_uri": uri, "input_fingerprint": fp, "run_id": run_id, "duration_s": o.duration_s})
         catalog.record_stage_results(rows)
         pending.clear()
+        write_progress(catalog.root, report, run_id, "running", t0)
 
     try:
         for outcome in runner.map(stage, planned()):
@@ -135,11 +140,50 @@ def run_stage(
     finally:
         flush()  # even when the run is interrupted: what finished stays recorded
         bar.close()
+        write_progress(catalog.root, report, run_id, "ended", t0)
         if progress and len(report.nodes) > 1:
             spread = ", ".join(f"{node} {n}" for node, n in report.nodes.most_common())
             bar.console.print(f"[{stage.name}] items per node: {spread}", highlight=False, markup=False)
     report.wall_s = time.perf_counter() - t0
     return report
+
+
+def write_progress(workdir: Path, report: StageReport, run_id: str, state: str, t0: float) -> None:
+    """`<workdir>/progress/<stage>.json`, replaced atomically at every flush: the one thing a reader can open
+    while the driver holds the catalog (DuckDB allows one writing process and no readers beside it)."""
+    elapsed = time.perf_counter() - t0
+    done = report.processed
+    atomic_write_text(Path(workdir) / PROGRESS_DIR / f"{report.stage}.json", json.dumps({
+        "stage": report.stage, "run_id": run_id, "state": state, "pid": os.getpid(),
+        "updated_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        **report.as_dict(),
+        "items_per_s": round(done / elapsed, 3) if elapsed > 0 else 0.0, "elapsed_s": round(elapsed, 1)}) + "\n")
+
+
+def read_progress(workdir: Path) -> list[dict[str, Any]]:
+    """The progress files of a workdir's stages (newest first); a running one whose driver is gone says so."""
+    out = []
+    for f in sorted((Path(workdir) / PROGRESS_DIR).glob("*.json")):
+        try:
+            p = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if p.get("state") == "running" and not _alive(int(p.get("pid", 0))):
+            p["state"] = "killed (its driver is gone)"
+        out.append(p)
+    return sorted(out, key=lambda p: p.get("updated_at", ""), reverse=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # --- the lifecycle ------------------------------------------------------------------------------------------------

@@ -38,3 +38,11 @@ def write_square(task, context):
         raise BadInput("three is a bad input")
     size, checksum = atomic_write_text(task["out_path"], str(task["x"] ** 2))
     return {"path": task["out_path"], "bytes": size, "checksum": checksum}
+
+
+def slow_square(task, context):
+    """A square that takes a while (a long job to watch from another process)."""
+    import time
+
+    time.sleep(float(task.get("sleep", 0.2)))
+    return {"y": task["x"] ** 2}
