@@ -138,13 +138,21 @@ def read_episode_rows(path: Path, episode_index: int, columns: Sequence[str], sh
 
 
 
+def _text_lines(path: Path) -> list[str]:
+    """The lines of a JSONL metadata file, or `SourceError` naming it when it is not UTF-8 text."""
+    try:
+        return path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise SourceError(f"lerobot: {path} is not UTF-8 text: {e}") from e
+
+
 def read_task_table(root: Path) -> dict[int, str]:
     """task_index -> task text from meta/tasks.jsonl (v2.x) or meta/tasks.parquet (v3.0; lerobot writes the text
     as the pandas index); {} when the dataset has neither."""
     jsonl = root / "meta" / "tasks.jsonl"
     if jsonl.exists():
         out = {}
-        for line in jsonl.read_text().splitlines():
+        for line in _text_lines(jsonl):
             if line.strip():
                 entry = json.loads(line)
                 out[int(entry["task_index"])] = str(entry["task"])
@@ -189,7 +197,7 @@ def v2_episodes(root: Path, version: str, data_path: str, video_path: str, camer
     if not path.exists():
         raise SourceError(f"lerobot: {path} is missing (codebase_version {version} lists its episodes there)")
     episodes = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(_text_lines(path), 1):
         if not line.strip():
             continue
         try:

@@ -354,8 +354,8 @@ class RoboTwinSource(SourceAdapter):
         if f is None:
             return []
         try:
-            data = json.loads(f.read_text())
-        except json.JSONDecodeError as e:
+            data = json.loads(f.read_bytes().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BadInput(f"instructions file {f.name} is not JSON: {e}") from e
         if isinstance(data, dict):
             return [str(s) for s in data.get("seen", [])]
