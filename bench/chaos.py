@@ -5,9 +5,10 @@ kill, rerun ok, identical, broken invariants) and a JSON summary.
 
     .venv/bin/python bench/chaos.py --trials 24 [--seed 0] [--stages ingest flow ...] [--out bench_out/chaos]
 
-Stages are taken in turn; the kill time is uniform in [0.2, 0.95] of the stage's uninterrupted wall time (start-up
-included). Each trial works in its own copy of the workdir in another folder, so outputs that depend on the
-workdir's path count as not identical.
+Stages are taken in turn; each is killed a seeded random time into its work: uniform in [0.05, 0.95] of the
+span from the moment it started working (its progress file, or the trainers' metrics.csv, appeared: imports and
+setup done) to its end in the uninterrupted run. Each trial works in its own copy of the workdir in another
+folder, so outputs that depend on the workdir's path count as not identical.
 """
 
 from __future__ import annotations

@@ -98,6 +98,8 @@ def run_stage(
     pending: list[Outcome] = []
     t0 = last_flush = time.perf_counter()
 
+    write_progress(catalog.root, report, run_id, "running", t0)  # started: planning
+
     def planned() -> Iterator[Mapping[str, Any]]:
         it = iter(tasks)
         while chunk := list(itertools.islice(it, plan_chunk)):

@@ -65,24 +65,36 @@ def make_workdir(root: Path) -> Path:
     return root
 
 
-def run(stage: str, workdir: Path, kill_after_s: float | None = None, timeout_s: float = 600) -> tuple[int | None, float]:
-    """(return code, wall s) of one stage; killed (return code None) after `kill_after_s` if it is still running."""
+def marker(stage: str, workdir: Path) -> Path:
+    """The file whose appearance says the stage has started its work (imports and setup done)."""
+    return {"vae": workdir / "vae" / "metrics.csv", "train": workdir / "motus" / "metrics.csv"}.get(
+        stage, workdir / "progress" / f"{stage}.json")
+
+
+def run(stage: str, workdir: Path, kill_after_s: float | None = None,
+        timeout_s: float = 600) -> tuple[int | None, float, float]:
+    """(return code, wall s, s until the stage started its work) of one stage; with `kill_after_s`, its process
+    group is killed that long after the work started (return code None), if it is still running then."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    started_file = marker(stage, workdir)
+    started_file.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    log = (workdir / f".{stage}.log").open("a")
-    proc = subprocess.Popen(command(stage, workdir), env=env, stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    try:
-        proc.wait(timeout=kill_after_s if kill_after_s is not None else timeout_s)
-    except subprocess.TimeoutExpired:
-        if kill_after_s is None:
-            raise
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
-        proc.wait()
-        return None, time.perf_counter() - t0
-    finally:
-        log.close()
-    return proc.returncode, time.perf_counter() - t0
+    started = float("nan")
+    with (workdir / f".{stage}.log").open("a") as log:
+        proc = subprocess.Popen(command(stage, workdir), env=env, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        while proc.poll() is None and time.perf_counter() - t0 < timeout_s:
+            if started != started and started_file.exists():
+                started = time.perf_counter() - t0
+            if kill_after_s is not None and started == started and time.perf_counter() - t0 >= started + kill_after_s:
+                os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
+                proc.wait()
+                return None, time.perf_counter() - t0, started
+            time.sleep(0.02)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise TimeoutError(f"{stage} ran past {timeout_s} s")
+    return proc.returncode, time.perf_counter() - t0, started
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str) -> list[tuple]:
@@ -183,7 +195,7 @@ class Trial:
                 f"{'yes' if self.identical else 'NO'} | {'; '.join(self.problems) or '—'} |")
 
 
-HEADER = ("| trial | stage | kill at (s) | state after kill | rerun ok | identical | broken invariants |\n"
+HEADER = ("| trial | stage | killed (s into its work) | state after kill | rerun ok | identical | broken invariants |\n"
           "|---|---|---|---|---|---|---|")
 
 
@@ -194,24 +206,26 @@ class Reference:
         self.root = root
         self.workdir = make_workdir(root / "reference")
         self.durations: dict[str, float] = {}
+        self.work: dict[str, float] = {}  # seconds from the stage's start of work to its end
         self.outputs: dict[str, Any] = {}
         for stage in STAGES:
             shutil.copytree(self.workdir, root / "before" / stage, symlinks=True)
-            code, wall = run(stage, self.workdir)
+            code, wall, started = run(stage, self.workdir)
             if code != 0:
                 log = (self.workdir / f".{stage}.log").read_text()[-3000:]
                 raise RuntimeError(f"reference run of {stage} exited {code}:\n{log}")
             self.durations[stage] = wall
+            self.work[stage] = wall - started if started == started else wall
             self.outputs[stage] = outputs(self.workdir, stage)
 
     def trial(self, n: int, stage: str, rng: random.Random) -> Trial:
         """Kill `stage` at a random moment of its reference duration, rerun it, check and compare."""
         workdir = self.root / "trials" / f"{n:03d}_{stage}"
         shutil.copytree(self.root / "before" / stage, workdir, symlinks=True)
-        kill_s = rng.uniform(0.2, 0.95) * self.durations[stage]
-        code, _ = run(stage, workdir, kill_after_s=kill_s)
+        kill_s = rng.uniform(0.05, 0.95) * self.work[stage]
+        code, _, _ = run(stage, workdir, kill_after_s=kill_s)
         state = "finished before the kill" if code is not None else state_after_kill(workdir, stage)
-        code, _ = run(stage, workdir)
+        code, _, _ = run(stage, workdir)
         rerun_ok = code == 0
         problems = check_invariants(workdir) if rerun_ok else [(workdir / f".{stage}.log").read_text()[-500:]]
         identical = rerun_ok and outputs(workdir, stage) == self.outputs[stage]
