@@ -46,6 +46,9 @@ def _open_catalog(cfg, read_only: bool = False):
         catalog = Catalog(cfg.catalog_path, read_only=read_only)
     except (CatalogLockedError, FileNotFoundError) as e:
         err.print(f"[red]{escape(str(e))}[/red]", highlight=False)
+        if isinstance(e, CatalogLockedError):
+            err.print("`pyramid status` shows the running job's progress meanwhile (progress/<stage>.json)",
+                      highlight=False, markup=False)
         raise typer.Exit(2)
     for run_id in catalog.killed_runs:
         err.print(f"run {run_id} was left running by a driver that is gone: marked killed", highlight=False,
