@@ -143,7 +143,7 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     model.train()
     torch.manual_seed(_step_seed(vc.seed, step))  # the noise of step k is the same on a resumed run
     for group in optimiser.param_groups:
-        group["lr"] = lr_at(step, vc)
+        group["lr"] = lr_at(step, vc) * group.get("lr_scale", 1.0)
     x, target, mask = model.prepare(batch["flow"], batch["valid"])
     out = model(x, frame=model.prepare_frame(batch.get("frame")))
     weight = None
@@ -168,6 +168,15 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
             "lr": lr_at(step, vc)}
 
 
+def make_optimiser(model: LatentActionVAE, vc: VAEConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the alignment heads, if any, in a second group whose lr is scaled by
+    `align_head_lr` (`train_step` applies each group's `lr_scale` to the schedule)."""
+    heads = [p for name, p in model.named_parameters() if name.startswith("align_")]
+    rest = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("align_")]
+    groups = [{"params": rest}] + ([{"params": heads, "lr_scale": vc.align_head_lr}] if heads else [])
+    return torch.optim.AdamW(groups, lr=vc.lr, weight_decay=vc.weight_decay)
+
+
 def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
     vc = cfg.vae
     train_rows = [r for r in rows if r["split"] == "train"]
@@ -180,8 +189,7 @@ def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
     sampler = PairSampler(train_rows, vc, action_stats, seed=vc.seed, cache_items=vc.cache_items)
     torch.manual_seed(vc.seed)
     model = LatentActionVAE(vc, align_heads=sorted(action_stats))  # linear alignment: a head per labelled embodiment
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=vc.lr,
-                                  weight_decay=vc.weight_decay)
+    optimiser = make_optimiser(model, vc)
     return model, optimiser, sampler, action_stats, source_balance(train_rows, vc)
 
 

@@ -65,9 +65,30 @@ def test_the_head_trains_the_encoder_and_unlabelled_samples_need_no_head():
     assert identity.align_heads == [] and not any("align" in k for k in identity.state_dict())
 
 
+def test_the_heads_learn_at_their_own_rate():
+    from latent_action_vae.train import lr_at, make_optimiser, train_step
+
+    vc = VAEConfig(align_head="linear", align_head_lr=10.0, batch_size=2, **SMALL)
+    model = LatentActionVAE(vc, align_heads=["aloha"])
+    opt = make_optimiser(model, vc)
+    assert [len(g["params"]) for g in opt.param_groups] == [len(list(model.parameters())) - 2, 2]
+    batch = {"flow": torch.randn(2, 2, 32, 32), "valid": torch.ones(2, 32, 32, dtype=torch.bool),
+             "action": torch.zeros(2, 14), "action_mask": torch.ones(2, 14, dtype=torch.bool),
+             "labelled": torch.tensor([True, False]), "item_ids": ["a", "b"], "embodiments": ["aloha", None]}
+    train_step(model, opt, batch, vc, step=5)
+    assert opt.param_groups[0]["lr"] == pytest.approx(lr_at(5, vc))
+    assert opt.param_groups[1]["lr"] == pytest.approx(10 * lr_at(5, vc))
+    one = make_optimiser(LatentActionVAE(VAEConfig(**SMALL)), VAEConfig(**SMALL))  # identity: one group, as before
+    assert len(one.param_groups) == 1
+    with pytest.raises(ValueError, match="'embodiments'"):
+        train_step(model, opt, {k: v for k, v in batch.items() if k != "embodiments"}, vc, step=6)
+
+
 def test_bad_align_head_names_the_key():
     with pytest.raises(ConfigError, match="vae.align_head"):
         load_config(None, **{"vae.align_head": "mlp"})
+    with pytest.raises(ConfigError, match="vae.align_head_lr"):
+        load_config(None, **{"vae.align_head_lr": 0})
     assert load_config(None).vae.align_head == "identity"  # the code's default: today's behaviour
 
 
