@@ -63,7 +63,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "coarse_skip_head_lr10": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.align_head": "linear",
                               "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3, "vae.align_head_lr": 10.0},
     "frame_skip_head": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True,
-                        "vae.align_head": "linear", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
+                        "vae.align_head": "linear", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3,
+                        "vae.align_head_lr": 10.0},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
