@@ -2,8 +2,8 @@
 flow read linearly from z, when `coarse_weight` > 0).
 
 Alignment compares μ itself (`align_head: identity`) or a linear head's read of μ (`linear`, one head per
-embodiment: `LatentActionVAE.predict_action`) with the action change. It counts only labelled samples and only the action dims an embodiment really has (`action_mask`), so
-unlabelled pairs and padded dims never pull on μ. λ_a = 0 or β = 0 switch their terms off exactly.
+embodiment: `LatentActionVAE.predict_action`) with the action change. It counts only labelled samples and only
+the action dims an embodiment really has (`action_mask`), so unlabelled pairs and padded dims never pull on μ. λ_a = 0 or β = 0 switch their terms off exactly.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ def test_each_embodiment_head_recovers_its_own_linear_map_from_mu():
     start = model.align_weight.detach().clone()
     n, d = 512, 14
     mu = torch.randn(n, d)
-    maps = {"arm3": (torch.randn(3, d) * 0.3, torch.randn(3) * 0.2), "arm7": (torch.randn(7, d) * 0.3, torch.randn(7) * 0.2)}
+    maps = {name: (torch.randn(k, d) * 0.3, torch.randn(k) * 0.2) for name, k in (("arm3", 3), ("arm7", 7))}
     embodiments = ["arm3" if i % 2 == 0 else "arm7" for i in range(n)]
     action, action_mask = torch.zeros(n, d), torch.zeros(n, d, dtype=torch.bool)
     for i, emb in enumerate(embodiments):
