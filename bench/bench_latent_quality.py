@@ -54,6 +54,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
                           "vae.labelled_fraction": 0.3},
     "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True},
     "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0},
+    # alignment through a linear head per embodiment (LAOM) instead of μ[:d] = the action change
+    "coarse_skip_head": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.align_head": "linear",
+                         "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
+    "coarse_skip_head_l5": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.align_head": "linear"},
+    "coarse_skip_head_l80": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.align_head": "linear",
+                             "vae.lambda_align": 80.0, "vae.labelled_fraction": 0.3},
+    "coarse_skip_head_lr10": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.align_head": "linear",
+                              "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3, "vae.align_head_lr": 10.0},
+    "frame_skip_head": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True,
+                        "vae.align_head": "linear", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3,
+                        "vae.align_head_lr": 10.0},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),

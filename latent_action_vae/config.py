@@ -33,6 +33,9 @@ class VAEConfig:
     moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
     moving_px: float = 0.5
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes
+    align_head: str = "identity"  # identity: μ[:d] ≈ the embodiment's d-dim action change | linear: a linear head
+    #   per aligned embodiment, action change ≈ W_e μ + b_e (LAOM), trained jointly, its gradient into the encoder
+    align_head_lr: float = 1.0  # the linear heads learn at lr × this (they see only the labelled share of a batch)
     labelled_fraction: float = 0.1  # share of each batch drawn from labelled pairs
     align_embodiments: list[str] = field(default_factory=list)  # embodiments whose actions align μ ([]: all)
     tier_weights: dict[str, float] = field(default_factory=dict)  # {"1": w, ...}; missing tiers weigh 1

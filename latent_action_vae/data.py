@@ -340,6 +340,7 @@ class PairSampler:
             "flow": torch.from_numpy(flow), "valid": torch.from_numpy(valid), "action": torch.from_numpy(action),
             "action_mask": torch.from_numpy(action_mask), "labelled": torch.from_numpy(labelled.copy()),
             "item_ids": [self.items[i]["item_id"] for i in items.tolist()],
+            "embodiments": [self.items[i].get("embodiment") for i in items.tolist()],
             "pair_index": torch.from_numpy(pairs.astype(np.int64)),
             "pair_frames": torch.from_numpy(frames),  # (t1, t2) at the artifact's fps
             "frame": torch.from_numpy(first) if with_frames and first is not None else None,  # uint8 [B,3,h,w]

@@ -1,8 +1,9 @@
 """The objective: flow reconstruction + λ_a · alignment of μ with real action changes + β · KL (+ the coarse
 flow read linearly from z, when `coarse_weight` > 0).
 
-Alignment counts only labelled samples and only the action dims an embodiment really has (`action_mask`), so
-unlabelled pairs and padded dims never pull on μ. λ_a = 0 or β = 0 switch their terms off exactly.
+Alignment compares μ itself (`align_head: identity`) or a linear head's read of μ (`linear`, one head per
+embodiment: `LatentActionVAE.predict_action`) with the action change. It counts only labelled samples and only
+the action dims an embodiment really has (`action_mask`), so unlabelled pairs and padded dims never pull on μ. λ_a = 0 or β = 0 switch their terms off exactly.
 """
 
 from __future__ import annotations
@@ -71,11 +72,12 @@ def vae_loss(out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Ten
              action_mask: torch.Tensor, labelled: torch.Tensor, beta: float, lambda_align: float,
              sample_weight: torch.Tensor | None = None, moving_weight: float = 1.0,
              moving_threshold: float = 0.0, recon_kind: str = "squared",
-             coarse_weight: float = 0.0) -> dict[str, torch.Tensor]:
+             coarse_weight: float = 0.0, align_pred: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """The loss terms; `align_pred` (the alignment heads' read of μ, [B, D]) replaces μ in the alignment."""
     recon = reconstruction(out["recon"], target, mask, sample_weight, moving_weight, moving_threshold, recon_kind)
     kl_dims = kl_per_dim(out["mu"], out["logvar"])
     kl = kl_dims.sum(1).mean()
-    align = alignment(out["mu"], action, action_mask, labelled)
+    align = alignment(out["mu"] if align_pred is None else align_pred, action, action_mask, labelled)
     total = recon
     if beta:
         total = total + beta * kl

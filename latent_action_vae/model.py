@@ -12,8 +12,9 @@ encoder/decoder train. Motus's shipped latent stats (2048 = 4 × 512 per row) ma
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +50,9 @@ def build_dcae(cfg: VAEConfig) -> nn.Module:
 
 
 class LatentActionVAE(nn.Module):
-    def __init__(self, cfg: VAEConfig):
+    def __init__(self, cfg: VAEConfig, align_heads: Sequence[str] = ()):
+        """`align_heads`: the embodiments that get a linear alignment head (`align_head: linear`; from the training
+        records, stored in the checkpoint); ignored with identity alignment."""
         super().__init__()
         self.cfg = cfg
         self.dcae = build_dcae(cfg)
@@ -79,6 +82,19 @@ class LatentActionVAE(nn.Module):
             nn.init.zeros_(self.coarse_head.bias)
 
         self.skip = nn.Linear(2 * cfg.coarse_cells ** 2, cfg.latent_dim) if cfg.coarse_skip else None
+        # one linear head μ → normalised action change (padded to latent_dim) per aligned embodiment; built last,
+        # so the other modules start as they would without it
+        if cfg.align_head not in ("identity", "linear"):
+            raise ValueError(f"vae.align_head must be identity or linear, got {cfg.align_head!r}")
+        self.align_heads = list(align_heads) if cfg.align_head == "linear" else []
+        if len(set(self.align_heads)) != len(self.align_heads):
+            raise ValueError(f"align heads name an embodiment twice: {self.align_heads}")
+        self.align_weight = self.align_bias = None
+        if self.align_heads:
+            n, d = len(self.align_heads), cfg.latent_dim
+            bound = 1 / math.sqrt(d)  # nn.Linear's default range
+            self.align_weight = nn.Parameter(torch.empty(n, d, d).uniform_(-bound, bound))
+            self.align_bias = nn.Parameter(torch.empty(n, d).uniform_(-bound, bound))
 
     # --- inputs ---------------------------------------------------------------------------------------------
     def prepare(self, flow_px: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -131,7 +147,27 @@ class LatentActionVAE(nn.Module):
             out["coarse"] = self.coarse_head(z).view(-1, 2, g, g)
         return out
 
+    def predict_action(self, mu: torch.Tensor, embodiments: Sequence[str | None],
+                       use: torch.Tensor | None = None) -> torch.Tensor:
+        """The alignment heads' read of μ [B, D]: W_e μ + b_e for each sample's embodiment e ([B, D], in the
+        normalised action units, padded like the targets). Samples not in `use` (e.g. unlabelled) give zeros and
+        need no head; a used sample whose embodiment has none is an error."""
+        use = torch.ones(len(embodiments), dtype=torch.bool) if use is None else use.bool().cpu()
+        index = torch.zeros(len(embodiments), dtype=torch.long)
+        for i, (emb, used) in enumerate(zip(embodiments, use.tolist())):
+            if not used:
+                continue
+            if emb not in self.align_heads:
+                raise ValueError(f"no alignment head for embodiment {emb!r} (heads: {self.align_heads or 'none'}; "
+                                 "vae.align_head: linear builds one per embodiment with action statistics)")
+            index[i] = self.align_heads.index(emb)
+        if not self.align_heads:
+            return torch.zeros_like(mu)
+        index = index.to(mu.device)
+        pred = torch.einsum("bij,bj->bi", self.align_weight[index], mu) + self.align_bias[index]
+        return pred * use.to(mu.device, mu.dtype)[:, None]
+
     def describe(self) -> dict[str, Any]:
         return {"config": asdict(self.cfg), "params": sum(p.numel() for p in self.parameters()),
                 "trainable": sum(p.numel() for p in self.parameters() if p.requires_grad),
-                "token_shape": list(self.token_shape)}
+                "token_shape": list(self.token_shape), "align_heads": list(self.align_heads)}

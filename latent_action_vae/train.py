@@ -83,14 +83,15 @@ def read_vae_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 def checkpoint_identity(state: Mapping[str, Any]) -> str:
     """What names a VAE checkpoint in labels' and shards' provenance: a hash of its weights, its learning
     settings and its action statistics (not of the file's bytes, which differ between equal checkpoints)."""
+    heads = {"align_heads": list(state["align_heads"])} if state.get("align_heads") else {}  # older ones: as before
     return content_identity(state["model"], {"kind": state["kind"], "vae_config": _learning_settings(state["vae_config"]),
-                                             "action_stats": state["action_stats"]})
+                                             "action_stats": state["action_stats"], **heads})
 
 
 def load_vae(path: str | os.PathLike) -> tuple[LatentActionVAE, dict[str, Any]]:
     """Model (eval mode) and the checkpoint's other contents (config, step, action stats, manifest hash)."""
     state = read_vae_checkpoint(path)
-    model = LatentActionVAE(VAEConfig(**state["vae_config"]))
+    model = LatentActionVAE(VAEConfig(**state["vae_config"]), align_heads=state.get("align_heads", ()))
     model.load_state_dict(state["model"])
     return model.eval(), state
 
@@ -142,15 +143,20 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     model.train()
     torch.manual_seed(_step_seed(vc.seed, step))  # the noise of step k is the same on a resumed run
     for group in optimiser.param_groups:
-        group["lr"] = lr_at(step, vc)
+        group["lr"] = lr_at(step, vc) * group.get("lr_scale", 1.0)
     x, target, mask = model.prepare(batch["flow"], batch["valid"])
     out = model(x, frame=model.prepare_frame(batch.get("frame")))
     weight = None
     if item_weights is not None and vc.recon_balance != "none":
         weight = torch.tensor([item_weights[i] for i in batch["item_ids"]], dtype=target.dtype, device=target.device)
+    align_pred = None
+    if vc.align_head == "linear":
+        if "embodiments" not in batch:
+            raise ValueError("vae.align_head: linear needs each sample's embodiment in the batch ('embodiments')")
+        align_pred = model.predict_action(out["mu"], batch["embodiments"], batch["labelled"])
     losses = vae_loss(out, target, mask, batch["action"], batch["action_mask"], batch["labelled"], vc.beta,
                       vc.lambda_align, weight, vc.moving_weight, vc.moving_px / vc.flow_scale_px, vc.recon_loss,
-                      vc.coarse_weight)
+                      vc.coarse_weight, align_pred)
     optimiser.zero_grad(set_to_none=True)
     losses["loss"].backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -160,6 +166,15 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     return {"loss": losses["loss"].item(), "recon": losses["recon"].item(), "kl": losses["kl"].item(),
             "align": losses["align"].item(), "epe_px": epe.item(), "labelled": int(batch["labelled"].sum()),
             "lr": lr_at(step, vc)}
+
+
+def make_optimiser(model: LatentActionVAE, vc: VAEConfig) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters; the alignment heads, if any, in a second group whose lr is scaled by
+    `align_head_lr` (`train_step` applies each group's `lr_scale` to the schedule)."""
+    heads = [p for name, p in model.named_parameters() if name.startswith("align_")]
+    rest = [p for name, p in model.named_parameters() if p.requires_grad and not name.startswith("align_")]
+    groups = [{"params": rest}] + ([{"params": heads, "lr_scale": vc.align_head_lr}] if heads else [])
+    return torch.optim.AdamW(groups, lr=vc.lr, weight_decay=vc.weight_decay)
 
 
 def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
@@ -173,9 +188,8 @@ def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
     action_stats = compute_action_stats(labelled)
     sampler = PairSampler(train_rows, vc, action_stats, seed=vc.seed, cache_items=vc.cache_items)
     torch.manual_seed(vc.seed)
-    model = LatentActionVAE(vc)
-    optimiser = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=vc.lr,
-                                  weight_decay=vc.weight_decay)
+    model = LatentActionVAE(vc, align_heads=sorted(action_stats))  # linear alignment: a head per labelled embodiment
+    optimiser = make_optimiser(model, vc)
     return model, optimiser, sampler, action_stats, source_balance(train_rows, vc)
 
 
@@ -203,8 +217,14 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         changed = sorted(k for k in new if old.get(k) != new[k])
         # a checkpoint written before the hash was workdir-relative names the same rows by absolute paths
         same_rows = state["manifest_hash"] in (manifest_hash, _manifest_digest(rows, None))
-        if changed or not same_rows:
-            what = f"VAE settings {changed}" if changed else "the flow manifest (items or their flow changed)"
+        same_heads = list(state.get("align_heads", [])) == model.align_heads
+        if changed or not same_rows or not same_heads:
+            if changed:
+                what = f"VAE settings {changed}"
+            elif not same_rows:
+                what = "the flow manifest (items or their flow changed)"
+            else:
+                what = f"alignment heads {state.get('align_heads', [])} (now {model.align_heads})"
             raise ResumeMismatch(
                 f"{ckpt_path} was trained with other {what}; use --no-resume to start over "
                 "(or a different vae.output folder)"
@@ -231,7 +251,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
 
         return {"kind": CHECKPOINT_KIND, "model": model.state_dict(), "optimiser": optimiser.state_dict(),
                 "step": step, "vae_config": dataclasses.asdict(vc), "manifest_hash": manifest_hash,
-                "excluded": exclude,
+                "excluded": exclude, **({"align_heads": list(model.align_heads)} if model.align_heads else {}),
                 "action_stats": {k: v.to_dict() for k, v in action_stats.items()},
                 "code_version": code_version(), "describe": model.describe()}
 

@@ -200,6 +200,10 @@ def validate(cfg: PipelineConfig) -> None:
     if v.coarse_weight < 0 or v.coarse_cells < 1 or v.coarse_cells > v.image_size:
         raise ConfigError(f"vae.coarse_weight must be >= 0 and vae.coarse_cells in 1..image_size ({v.image_size}), "
                           f"got {v.coarse_weight} and {v.coarse_cells}")
+    if v.align_head not in ("identity", "linear"):
+        raise ConfigError(f"vae.align_head: {v.align_head!r} is not one of identity, linear")
+    if not v.align_head_lr > 0:
+        raise ConfigError(f"vae.align_head_lr must be > 0, got {v.align_head_lr}")
     if v.coarse_skip and v.input != "flow":
         raise ConfigError("vae.coarse_skip reads the pooled input flow: it needs vae.input: flow")
     if v.recon_floor_px <= 0 or v.moving_weight < 1 or v.moving_px < 0 or v.lr_decay_steps < 0:
