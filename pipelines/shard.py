@@ -196,18 +196,26 @@ def _stat_rows(samples: list[dict[str, Any]], splits: list[str]
             yield from read_labels(s["path"])
 
 
+def _source(item_id: str) -> str:
+    return str(item_id).split("/")[0]  # the item id contract: `source/native_id`
+
+
 def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
-    """Normalisation statistics from the train split only: latent actions, and real actions per embodiment.
+    """Normalisation statistics from the train split only: latent actions (over all items, and per embodiment,
+    i.e. per source, the item id's prefix: `latent_action_by_embodiment`), and real actions per embodiment.
     A set without train samples (e.g. one validation download) gets them from the splits it has, so its loader can
     normalise too; `split` lists those splits and `note` says so (the audit accepts that only for a set without
     train shards). Two streaming passes over the sample tars (never the whole corpus in memory)."""
     present = {s["split"] for s in samples}
     splits = ["train"] if "train" in present or not present else sorted(present, key=("train", "val", "test").index)
-    latents, actions = ColumnStats(), {}
+    latents, by_source, actions = ColumnStats(), {}, {}
     encoders, n_items = set(), 0
     for meta, latent, action in _stat_rows(samples, splits):
         n_items += 1
         latents.add(latent)
+        group = by_source.setdefault(_source(meta.item_id), [ColumnStats(), 0])  # [stats, items]
+        group[0].add(latent)
+        group[1] += 1
         if action is not None and len(action):
             actions.setdefault(meta.embodiment, ColumnStats()).add(action)
         if meta.language_encoder:
@@ -217,12 +225,16 @@ def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
     if n_items:
         for meta, latent, action in _stat_rows(samples, splits):
             latents.add_to_histogram(latent)
+            by_source[_source(meta.item_id)][0].add_to_histogram(latent)
             if action is not None and len(action):
                 actions[meta.embodiment].add_to_histogram(action)
     stats: dict[str, Any] = {"split": "train"} if splits == ["train"] else {
         "split": splits, "note": f"no train shards: statistics from {' and '.join(splits)}"}
     if n_items:  # "items" lets an audit check the stats against the shards' item lists
         stats["latent_action"] = {**latents.describe(), "items": n_items}
+        # per source, for loader.latent_normalise_by: embodiment (the global stats stay for older readers)
+        stats["latent_action_by_embodiment"] = {src: {**s.describe(), "items": n}
+                                                for src, (s, n) in sorted(by_source.items())}
     stats["actions"] = {emb: s.describe() for emb, s in sorted(actions.items())}
     if encoders:
         (name, dim), = encoders

@@ -8,6 +8,8 @@ exactly the dict the Motus trainer consumes (research motus_and_formats.md §1.2
 Pipeline, one generator per step, run by every consumer (worker thread, process or caller): this consumer's shards →
 samples (`manifests.shard_format.Sample`, frames still encoded, views into the mapped shard) → windows (Motus rule)
 → shuffle buffer (encoded clips only) → labels cut and normalised, frames decoded into the batch → batches.
+Labels are normalised with the index's train-split stats: real actions per embodiment, latent actions with one
+global map or their embodiment's (`latent_normalise_by`, training_hooks/normalise.py).
 
 Window rule, step = `video_step` (or `video_step_s` × the clip's fps, rounded to a multiple of r: the same time
 span for every frame rate), F frames, ratio r, g = step / r, A = F·r, clip of T frames:
@@ -62,14 +64,14 @@ from flow_extraction.frames import fit_canvas, to_canvas
 from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collate_labels, pad_actions,
                                      threaded_batches, widen_frames, worker_init)
 from training_hooks.mixture import MixturePlan, mixture_weights, read_clip, weighted_stream
+from training_hooks.normalise import (BY_EMBODIMENT, LATENT_GROUPINGS, NORMALISERS, LatentNormalisers, Normaliser,
+                                      no_embodiment_stats)
 from manifests.shard_format import Sample, decode_sample, index_path, iter_samples, read_index
 
 log = logging.getLogger(__name__)
 
 ACTION_MODES = ("latent", "real")
-NORMALISERS = ("q01q99", "meanstd", "none")
 WORKER_KINDS = ("thread", "process")
-Q_CLIP = 1.5  # q01q99 maps q01..q99 to −1..1; values beyond are clipped to ±1.5
 SKIP_REASONS = ("undecodable_sample", "undecodable_frames", "too_short", "latent_rows", "no_actions",
                 "actions_rows", "no_action_stats")
 LOGGED_PER_REASON = 5  # per consumer; the counter keeps counting after that
@@ -92,6 +94,8 @@ class LoaderConfig:
     action_dim: int = 14  # D; real actions with fewer dims are zero-padded
     max_text_len: int = 32  # L: language tokens kept per sample (zero-padded)
     normalise: str = "q01q99"  # q01q99 | meanstd | none (Motus itself feeds latents raw)
+    # latent actions: one map for all (global) or one per embodiment, i.e. per source (training_hooks/normalise.py)
+    latent_normalise_by: str = "global"
     state_from_actions: bool = True  # real mode: initial_state = the action row at the condition frame
     shuffle_buffer: int = 64  # windows held for shuffling; holds their clips still encoded (~MBs each, not frames)
     windows_per_clip: int = 1  # windows drawn per clip visit
@@ -111,6 +115,8 @@ class LoaderConfig:
             raise ValueError(f"action_mode {self.action_mode!r} is not one of {ACTION_MODES}")
         if self.normalise not in NORMALISERS:
             raise ValueError(f"normalise {self.normalise!r} is not one of {NORMALISERS}")
+        if self.latent_normalise_by not in LATENT_GROUPINGS:
+            raise ValueError(f"latent_normalise_by {self.latent_normalise_by!r} is not one of {LATENT_GROUPINGS}")
         if self.worker_kind not in WORKER_KINDS:
             raise ValueError(f"worker_kind {self.worker_kind!r} is not one of {WORKER_KINDS}")
         if min(self.height, self.width, self.num_video_frames, self.video_step, self.action_ratio,
@@ -122,37 +128,6 @@ class LoaderConfig:
     @property
     def num_actions(self) -> int:
         return self.num_video_frames * self.action_ratio
-
-
-# --- normalisation ------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Normaliser:
-    """x → clip((x − offset) · scale); per dimension."""
-
-    offset: np.ndarray
-    scale: np.ndarray
-    clip: float | None
-
-    @classmethod
-    def from_stats(cls, stats: Mapping[str, Sequence[float]], how: str, what: str) -> Normaliser | None:
-        if how == "none":
-            return None
-        need = ("q01", "q99") if how == "q01q99" else ("mean", "std")
-        if any(k not in stats for k in need):
-            raise KeyError(f"index stats for {what} lack {need} (normalise: {how}); rebuild the shards or use 'none'")
-        if how == "q01q99":
-            lo, hi = np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)
-            span = hi - lo
-            # a dimension that never moves (q01 == q99) maps to 0 instead of dividing by zero
-            scale = np.where(span > 1e-8, 2.0 / np.maximum(span, 1e-8), 0.0).astype(np.float32)
-            return cls((lo + hi) / 2, scale, Q_CLIP)
-        mean, std = np.asarray(stats["mean"], np.float32), np.asarray(stats["std"], np.float32)
-        return cls(mean, np.where(std > 1e-8, 1.0 / np.maximum(std, 1e-8), 1.0).astype(np.float32), None)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = (x - self.offset) * self.scale
-        return np.clip(y, -self.clip, self.clip) if self.clip is not None else y
 
 
 # --- window rule --------------------------------------------------------------------------------------------------
@@ -212,8 +187,8 @@ class ShardWindows(IterableDataset):
             raise ValueError(f"batch_size must be >= 1, not {batch_size}")
         self.shards, self.cfg, self.batch_size, self.drop_last = shards, cfg, batch_size, drop_last
         self.seed, self.epoch, self.rank, self.world_size = seed, epoch, rank, world_size
-        self.latent_norm = (Normaliser.from_stats(stats.get("latent_action", {}), cfg.normalise, "latent_action")
-                            if cfg.action_mode == "latent" else None)
+        self.latent_norms = (LatentNormalisers(stats, cfg.normalise, cfg.latent_normalise_by)
+                             if cfg.action_mode == "latent" else None)
         self.action_stats = stats.get("actions", {})
         self._action_norms: dict[str, Normaliser | None] = {}
         self.lang_dim = int((stats.get("language") or {}).get("dim") or cfg.text_dim or 0)
@@ -388,8 +363,9 @@ class _Consumer:
         cfg, state = self.cfg, None
         if cfg.action_mode == "latent":
             actions = sample.latent_action[window.rows]
-            if self.ds.latent_norm is not None:
-                actions = self.ds.latent_norm(actions)
+            norm = self.ds.latent_norms(str(sample.meta.item_id or sample.key))
+            if norm is not None:
+                actions = norm(actions)
         else:
             embodiment = sample.meta.embodiment
             norm = self.ds.action_norm(embodiment)
@@ -478,6 +454,9 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
             f"its shards hold {', '.join(have) or 'no'} split(s) and the build that wrote it took statistics from "
             "train shards only: rebuild the set with `pyramid shard` (a set without train shards then gets them from "
             "the splits it has, marked in index.json) or load it with normalise='none'")
+    if (cfg.action_mode == "latent" and cfg.normalise != "none" and cfg.latent_normalise_by == "embodiment"
+            and BY_EMBODIMENT not in stats):
+        raise ValueError(no_embodiment_stats(str(index_path(shards))))
     if stats.get("note"):
         log.warning("loader: %s: %s", index_path(shards), stats["note"])
     dataset = ShardWindows(chosen, cfg, stats, batch_size, drop_last=drop_last, seed=seed, epoch=epoch, rank=rank,

@@ -166,6 +166,12 @@ def train_stats(clips: Iterable[Clip]) -> dict[str, Any]:
     stats: dict[str, Any] = {"split": "train", "actions": {}}
     if train:
         stats["latent_action"] = describe(np.concatenate([c.latent for c in train]))
+        by_source: dict[str, list[np.ndarray]] = {}  # an embodiment is the item id's source
+        for c in train:
+            if len(c.latent):
+                by_source.setdefault(c.item_id.split("/")[0], []).append(c.latent)
+        stats["latent_action_by_embodiment"] = {src: describe(np.concatenate(rows))
+                                                for src, rows in sorted(by_source.items())}
     for emb in sorted({c.embodiment for c in train if c.actions is not None}):
         stats["actions"][emb] = describe(np.concatenate([c.actions for c in train if c.embodiment == emb]))
     dims = {int(c.language[0].shape[1]) for c in train if c.language}
