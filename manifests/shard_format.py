@@ -16,6 +16,7 @@ from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from common import storage
 from manifests.io import atomic_write_text
 from manifests.shard_video import decode_frames
 
@@ -188,7 +189,7 @@ def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
 def read_tar(path: str | Path, suffixes: Sequence[str] | None = None) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) in tar order; with `suffixes`, only those members are read (the others are skipped
     without reading their bytes, e.g. the video when only labels are wanted)."""
-    with tarfile.open(path, "r") as tar:
+    with storage.open_file(path) as f, tarfile.open(fileobj=f, mode="r") as tar:
         for info in tar:
             if info.isfile() and (suffixes is None or split_member(info.name)[1] in suffixes):
                 yield info.name, tar.extractfile(info).read()
@@ -201,18 +202,32 @@ def map_tar(path: str | Path, suffixes: Sequence[str] | None = None) -> Iterator
     The mapping lives as long as any view does. Shard sets are replaced by renaming folders, never rewritten in
     place, so a mapped shard does not change under its reader (on a local filesystem an unlinked file stays
     readable while mapped). On network filesystems (NFS, FUSE mounts of object stores) an I/O error on a mapped
-    page is a SIGBUS rather than an OSError: copy shards to local disk for training."""
+    page is a SIGBUS rather than an OSError: copy shards to local disk for training, or read them by URL.
+    A URL (`s3://...`) is fetched whole into memory (one GET) and viewed there (`view_tar`)."""
+    if storage.is_url(path):
+        return view_tar(storage.read_bytes(path), storage.redact(path), suffixes)
     with open(path, "rb") as f:
         if not f.seek(0, io.SEEK_END):
             raise tarfile.ReadError(f"{path}: empty file")
         mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-    view = memoryview(mapped)
-    with tarfile.open(fileobj=mapped, mode="r:") as tar:
+    return _tar_views(mapped, str(path), suffixes)
+
+
+def view_tar(data: bytes, name: str, suffixes: Sequence[str] | None = None) -> Iterator[tuple[str, memoryview]]:
+    """As `map_tar` over a shard already in memory (e.g. fetched from object storage); `name` is for errors."""
+    if not data:
+        raise tarfile.ReadError(f"{name}: empty file")
+    return _tar_views(data, name, suffixes)
+
+
+def _tar_views(buffer: Any, name: str, suffixes: Sequence[str] | None) -> Iterator[tuple[str, memoryview]]:
+    view = memoryview(buffer)
+    with tarfile.open(fileobj=io.BytesIO(buffer) if isinstance(buffer, bytes) else buffer, mode="r:") as tar:
         for info in tar:
             if info.isfile() and (suffixes is None or split_member(info.name)[1] in suffixes):
                 end = info.offset_data + info.size
                 if end > len(view):
-                    raise tarfile.ReadError(f"{path}: unexpected end of data in member {info.name}")
+                    raise tarfile.ReadError(f"{name}: unexpected end of data in member {info.name}")
                 yield info.name, view[info.offset_data:end]
 
 
@@ -326,10 +341,32 @@ def scan_samples(path: str | Path) -> list[tuple[str, SampleMeta, tuple[tuple[st
 
 # --- the shard index ----------------------------------------------------------------------------------------------
 
-def index_path(root: str | Path) -> Path:
-    """`<root>/index.json`, or `root` itself when it names the JSON file."""
+def index_path(root: str | Path) -> Path | str:
+    """`<root>/index.json`, or `root` itself when it names the JSON file; a URL (`s3://...`) stays a URL string."""
+    if storage.is_url(root):
+        return str(root) if str(root).endswith(".json") else storage.join(root, INDEX_NAME)
     root = Path(root)
     return root if root.suffix == ".json" else root / INDEX_NAME
+
+
+def set_root(root: str | Path) -> Path | str:
+    """The folder (or URL prefix) a shard set's relative shard paths start from."""
+    return storage.parent(index_path(root))
+
+
+def webdataset_urls(root: str | Path, split: str | None = None) -> list[str]:
+    """The shard URLs of a set (one split, or all) as the `webdataset` package opens them: local paths as they are,
+    object-storage URLs as `pipe:` commands that stream the object through `python -m common.storage cat` (its
+    credentials from the environment, as ours)."""
+    import shlex
+    import sys
+
+    base = set_root(root)
+    paths = [storage.join(base, sh["path"]) for sh in read_index(root, check_files=False)["shards"]
+             if split is None or sh.get("split") == split]
+    if not storage.is_url(base):
+        return [str(p) for p in paths]
+    return [f"pipe:{shlex.quote(sys.executable)} -m common.storage cat {shlex.quote(p)}" for p in paths]
 
 
 def sha256_file(path: str | Path) -> str:
@@ -355,31 +392,47 @@ def write_index(root: str | Path, shards: Sequence[Mapping[str, Any]], stats: Ma
     index = {"format": SHARDS_FORMAT, "settings": dict(settings), "stats": dict(stats),
              "shards": [{k: sh[k] for k in INDEX_ENTRY_FIELDS} for sh in shards]}
     path = index_path(root)
-    atomic_write_text(path, json.dumps(index, indent=1))
+    if storage.is_url(path):
+        storage.write_bytes(path, json.dumps(index, indent=1).encode())  # one PUT: whole or absent
+    else:
+        atomic_write_text(path, json.dumps(index, indent=1))
     return path
 
 
 def read_index(root: str | Path, check_files: bool = True) -> dict[str, Any]:
-    """Read and validate a shard set's index: its format and shards list, and (`check_files`) every shard file
-    there at its size."""
+    """Read and validate a shard set's index (a folder or a URL prefix): its format and shards list, and
+    (`check_files`) every shard file there at its size."""
     path = index_path(root)
-    if not path.is_file():
-        raise FileNotFoundError(f"no shard index at {path} (write shards with the shard stage first)")
-    index = json.loads(path.read_text())
+    try:
+        text = storage.read_text(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"no shard index at {storage.redact(path)} (write shards with the shard stage first)"
+                                ) from None
+    index = json.loads(text)
+    where = storage.redact(path)
     if not isinstance(index, dict) or index.get("format") != SHARDS_FORMAT:
         found = index.get("format") if isinstance(index, dict) else type(index).__name__
-        raise ValueError(f"{path}: format {found!r}, expected {SHARDS_FORMAT!r}")
+        raise ValueError(f"{where}: format {found!r}, expected {SHARDS_FORMAT!r}")
     if not isinstance(index.get("shards"), list):
-        raise ValueError(f"{path}: no 'shards' list")
+        raise ValueError(f"{where}: no 'shards' list")
     if not check_files:
         return index
-    missing = [sh["path"] for sh in index["shards"] if not (path.parent / sh["path"]).is_file()]
+    sizes = _shard_sizes(path, index["shards"])
+    missing = [sh["path"] for sh in index["shards"] if sh["path"] not in sizes]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} shard file(s) listed in {path} are missing: {', '.join(missing[:5])}"
+        raise FileNotFoundError(f"{len(missing)} shard file(s) listed in {where} are missing: {', '.join(missing[:5])}"
                                 + (" ..." if len(missing) > 5 else ""))
     # a size mismatch means a shard was truncated or replaced after the index was written (sha256 is too slow here)
-    resized = [sh["path"] for sh in index["shards"]
-               if sh.get("bytes") is not None and (path.parent / sh["path"]).stat().st_size != sh["bytes"]]
+    resized = [sh["path"] for sh in index["shards"] if sh.get("bytes") is not None and sizes[sh["path"]] != sh["bytes"]]
     if resized:
-        raise ValueError(f"{len(resized)} shard file(s) differ in size from {path}: {', '.join(resized[:5])}")
+        raise ValueError(f"{len(resized)} shard file(s) differ in size from {where}: {', '.join(resized[:5])}")
     return index
+
+
+def _shard_sizes(index_file: str | Path, shards: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    """{relative path: size} of the listed shards that exist: one listing for a URL (thousands of objects cost one
+    request per thousand), one stat per shard locally."""
+    if storage.is_url(index_file):
+        return storage.list_files(storage.parent(index_file))
+    base = Path(index_file).parent
+    return {sh["path"]: (base / sh["path"]).stat().st_size for sh in shards if (base / sh["path"]).is_file()}

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from common import storage
 from common.config import ConfigError, build_dataclass, read_yaml_mapping  # noqa: F401 (ConfigError: the CLI's)
 from flow_extraction.config import FlowConfig
 from latent_action_vae.config import VAEConfig
@@ -101,7 +102,10 @@ class PipelineConfig:
 
     # --- derived paths ---
     def path(self, rel: str | os.PathLike) -> Path:
-        """An absolute path: relative ones are under the workdir, so catalog paths work from any directory."""
+        """An absolute path: relative ones are under the workdir, so catalog paths work from any directory. An
+        object-storage URL (`s3://bucket/prefix`, docs/storage.md) is returned as it is, a string."""
+        if storage.is_url(rel):
+            return str(rel)
         p = Path(rel)
         return p if p.is_absolute() else Path(self.workdir).resolve() / p
 

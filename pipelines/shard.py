@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -27,6 +28,7 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common import storage
 from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path
 from flow_extraction.frames import iter_frames, native_frame_index
@@ -37,8 +39,8 @@ from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.label import read_latents
 from common.progress import make_console
 from pipelines.stages import BadInput, Resources, Stage
-from manifests.shard_format import (SAMPLE_FORMAT, SampleMeta, encode_sample, index_entry, read_labels, read_tar,
-                                    read_index, sample_key, write_index, write_tar)
+from manifests.shard_format import (INDEX_NAME, SAMPLE_FORMAT, SampleMeta, encode_sample, index_entry, index_path,
+                                    read_labels, read_tar, read_index, sample_key, write_index, write_tar)
 from manifests.shard_video import encode_jpeg_stream, encode_mp4
 
 
@@ -242,9 +244,11 @@ def train_stats(samples: list[dict[str, Any]]) -> dict[str, Any]:
     return stats
 
 
-def write_shard_set(root: Path, shards: list[dict[str, Any]], stats: dict[str, Any], settings: dict[str, Any],
+def write_shard_set(root: Path | str, shards: list[dict[str, Any]], stats: dict[str, Any], settings: dict[str, Any],
                     run_id: str) -> list[dict[str, Any]]:
     """Write every shard and index.json into a staging folder, then swap it in for `root`. Returns the rows."""
+    if storage.is_url(root):
+        return _write_remote_set(str(root), shards, stats, settings, run_id)
     staging = root.with_name(f"{root.name}.staging-{run_id}")
     shutil.rmtree(staging, ignore_errors=True)
     rows, entries = [], []
@@ -267,9 +271,36 @@ def write_shard_set(root: Path, shards: list[dict[str, Any]], stats: dict[str, A
     return rows
 
 
-def clean_stale(root: Path) -> list[Path]:
+def _write_remote_set(root: str, shards: list[dict[str, Any]], stats: dict[str, Any], settings: dict[str, Any],
+                      run_id: str) -> list[dict[str, Any]]:
+    """The object-store swap: old index deleted first, each shard built in a local temp file and uploaded as one
+    object, the index last, then the objects the new index does not list (the old set's leftovers) deleted."""
+    storage.remove(index_path(root))
+    rows, entries = [], []
+    with tempfile.TemporaryDirectory(prefix="pyramid-shard-") as tmp:
+        for sh in shards:
+            local = Path(tmp) / sh["path"]
+            local.parent.mkdir(parents=True, exist_ok=True)
+            write_tar(local, (m for s in sh["samples"] for m in read_tar(s["path"])))
+            entries.append(index_entry(tmp, sh["path"], sh["split"], sh["tier"], sh["index"],
+                                       [s["item_id"] for s in sh["samples"]]))
+            storage.put_file(local, storage.join(root, sh["path"]))
+            local.unlink()
+            rows.append({**entries[-1], "path": storage.join(root, sh["path"]), "run_id": run_id})
+    write_index(root, entries, stats, settings)
+    listed = {e["path"] for e in entries} | {INDEX_NAME}
+    for rel in storage.list_files(root):
+        if rel not in listed:
+            storage.remove(storage.join(root, rel))
+    return rows
+
+
+def clean_stale(root: Path | str) -> list[Path]:
     """Remove what a killed run left: staging folders (never registered), and the previous set once the new one
-    is in place (a run killed between the two renames gets its previous set back)."""
+    is in place (a run killed between the two renames gets its previous set back). An object-storage root has
+    neither (a killed run's uploads are unlisted objects, replaced or deleted by the next write)."""
+    if storage.is_url(root):
+        return []
     stale = sorted(root.parent.glob(f"{root.name}.staging-*"))
     for old in sorted(root.parent.glob(f"{root.name}.old-*")):
         if root.exists():
@@ -287,7 +318,7 @@ def clean_stale(root: Path) -> list[Path]:
 class ShardReport:
     run_id: str
     stage: StageReport
-    root: Path
+    root: Path | str  # a str for an object-storage URL
     shards: list[dict[str, Any]] = field(default_factory=list)
     unchanged: bool = False
 
@@ -366,8 +397,8 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
     return ShardReport(run.run_id, run.report, root, rows, unchanged)
 
 
-def pack_shard_set(cfg: PipelineConfig, catalog: Catalog, root: Path, settings: dict[str, Any], wanted: list[str],
-                   run_id: str, console: Console) -> tuple[list[dict[str, Any]], bool]:
+def pack_shard_set(cfg: PipelineConfig, catalog: Catalog, root: Path | str, settings: dict[str, Any],
+                   wanted: list[str], run_id: str, console: Console) -> tuple[list[dict[str, Any]], bool]:
     """Step 2: pack the built samples of `wanted` into the shard set at `root`, unless the registered set there
     is already exactly that; returns its rows and whether it was unchanged."""
     samples = catalog.sql(
@@ -382,14 +413,15 @@ def pack_shard_set(cfg: PipelineConfig, catalog: Catalog, root: Path, settings: 
                 "per_tier": cfg.shards.per_tier}
     if _unchanged(root, set_fp, catalog):
         rows = catalog.sql("SELECT * FROM shards WHERE shard_set = ? ORDER BY path", [str(root)]).to_pylist()
-        console.print(f"[shard] {len(rows)} shards in {root} are up to date", highlight=False, markup=False)
+        console.print(f"[shard] {len(rows)} shards in {storage.redact(root)} are up to date", highlight=False,
+                      markup=False)
         return rows, True
     rows = write_shard_set(root, shards, train_stats(samples), settings, run_id)
     catalog.replace_shard_set(str(root), rows)
     return rows, False
 
 
-def _unchanged(root: Path, set_fp: str, catalog: Catalog) -> bool:
+def _unchanged(root: Path | str, set_fp: str, catalog: Catalog) -> bool:
     """The registered set at `root` was built from exactly these samples and settings, and its files are intact."""
     try:
         index = read_index(root, check_files=False)
@@ -399,7 +431,11 @@ def _unchanged(root: Path, set_fp: str, catalog: Catalog) -> bool:
         return False
     # the registered rows must be the ones this index describes: a run killed after swapping a new set in but
     # before registering it leaves the previous set's rows, which this catches (the set is then rewritten)
-    listed = {str(root / sh["path"]): (sh["sha256"], sh["item_ids"]) for sh in index["shards"]}
+    listed = {str(storage.join(root, sh["path"])): (sh["sha256"], sh["item_ids"]) for sh in index["shards"]}
     rows = catalog.sql("SELECT path, bytes, sha256, item_ids FROM shards WHERE shard_set = ?", [str(root)]).to_pylist()
-    return (bool(rows) and {r["path"]: (r["sha256"], list(r["item_ids"])) for r in rows} == listed
-            and all(Path(r["path"]).exists() and Path(r["path"]).stat().st_size == r["bytes"] for r in rows))
+    if not rows or {r["path"]: (r["sha256"], list(r["item_ids"])) for r in rows} != listed:
+        return False
+    if storage.is_url(root):
+        sizes = storage.list_files(root)
+        return all(sizes.get(sh["path"]) == sh["bytes"] for sh in index["shards"])
+    return all(Path(r["path"]).exists() and Path(r["path"]).stat().st_size == r["bytes"] for r in rows)

@@ -42,3 +42,34 @@ def ray_session():
     init_ray(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a free localhost port for the session (tests/s3_server.py); skipped without moto."""
+    from tests.s3_server import MotoServer, moto_available
+
+    why = moto_available()
+    if why:
+        pytest.skip(why)
+    server = MotoServer(tmp_path_factory.mktemp("moto") / "moto.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, monkeypatch, request) -> str:
+    """`s3://<fresh bucket>` on the test server, with the AWS_* variables pointing at it for this test."""
+    import uuid
+
+    from common import storage
+
+    for var in storage.S3_ENV:
+        monkeypatch.delenv(var, raising=False)
+    for var, value in s3_server.env().items():
+        monkeypatch.setenv(var, value)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_server.endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}"

@@ -31,7 +31,7 @@ replacement, weighted by sample count, per-consumer seeds) and count steps, as W
 Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed, it shuffles
 shards after splitting (a rank would see the same shards every epoch), it has no sample-level fallback, and its
 handlers drop bad samples uncounted. Tars are memory-mapped (`manifests.shard_format.map_tar`): a window reads the pages of
-its 9 JPEGs, not the whole clip.
+its 9 JPEGs, not the whole clip. A set on object storage (`s3://...`, docs/storage.md) is read a whole shard per GET.
 
 Mixture. With `tier_weights` or `source_weights` each window's group is drawn by weight, its clip from that
 group's endless stream (`training_hooks/mixture.py`): proportions follow the weights whatever the groups' sizes.
@@ -66,7 +66,8 @@ from training_hooks.batching import (BufferPool, FrameBatch, Undecodable, collat
 from training_hooks.mixture import MixturePlan, mixture_weights, read_clip, weighted_stream
 from training_hooks.normalise import (BY_EMBODIMENT, LATENT_GROUPINGS, NORMALISERS, LatentNormalisers, Normaliser,
                                       no_embodiment_stats)
-from manifests.shard_format import Sample, decode_sample, index_path, iter_samples, read_index
+from common import storage
+from manifests.shard_format import Sample, decode_sample, index_path, iter_samples, read_index, set_root
 
 log = logging.getLogger(__name__)
 
@@ -392,8 +393,8 @@ class _Consumer:
                         " (further skips for this reason are only counted)" if n == LOGGED_PER_REASON else "")
 
 
-def _read(path: Path) -> Iterator[tuple[str, dict[str, memoryview]]]:
-    if not path.is_file():
+def _read(path: Path | str) -> Iterator[tuple[str, dict[str, memoryview]]]:
+    if not storage.is_url(path) and not path.is_file():  # a missing URL is a FileNotFoundError from the GET
         raise FileNotFoundError(f"shard file missing: {path}")
     yield from iter_samples(path, mapped=True)
 
@@ -441,8 +442,9 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
     `num_workers` threads or processes, as `cfg.worker_kind` says."""
     cfg.validate()
     index = read_index(shards)
-    root = index_path(shards).parent
-    chosen = [(root / sh["path"], int(sh.get("n_samples") or 0)) for sh in index["shards"] if sh.get("split") == split]
+    root = set_root(shards)
+    chosen = [(storage.join(root, sh["path"]), int(sh.get("n_samples") or 0))
+              for sh in index["shards"] if sh.get("split") == split]
     if not chosen:
         have = sorted({str(sh.get("split")) for sh in index["shards"]})
         raise ValueError(f"{root}: no shards for split {split!r} (splits: {', '.join(have) or 'none'})")
@@ -474,6 +476,6 @@ def make_loader(shards: str | Path, split: str, cfg: LoaderConfig, batch_size: i
         # one OpenCV thread per worker; set before the fork for process workers (see worker_init)
         cv2.setNumThreads(1)
     log.info("loader: %d %s shard(s) from %s, batch %d, %d %s worker(s), rank %d/%d, seed %d epoch %d, config %s",
-             len(chosen), split, root, batch_size, num_workers, cfg.worker_kind, rank, world_size, seed, epoch,
-             asdict(cfg))
+             len(chosen), split, storage.redact(root), batch_size, num_workers, cfg.worker_kind, rank, world_size,
+             seed, epoch, asdict(cfg))
     return ShardLoader(dataset, num_workers)

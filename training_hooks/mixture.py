@@ -82,6 +82,10 @@ class MixturePlan:
     def __init__(self, shards: Sequence[Path], by: str, weights: Mapping[Any, float], split: str = "train"):
         if by not in MIX_BY:
             raise ValueError(f"mixture by {by!r} is not one of {MIX_BY}")
+        remote = [p for p in shards if "://" in str(p)]  # clips are read by offset from mapped local files
+        if remote:
+            raise ValueError(f"loader: tier/source weights need local shards; copy {remote[0]} and its set to local "
+                             "disk first (docs/storage.md) or drop the weights")
         self.by, self.shards = by, [Path(p) for p in shards]
         self.clips: dict[Any, list[Clip]] = {}
         for i, path in enumerate(self.shards):
