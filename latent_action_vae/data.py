@@ -347,20 +347,23 @@ class PairSampler:
         }
 
     # --- training batches -------------------------------------------------------------------------------------
-    def indices(self, step: int, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(item index, pair index, labelled) of each sample of a step's batch: a pure function of (seed, step)."""
+    def indices(self, step: int, batch_size: int | None = None,
+                rank: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(item index, pair index, labelled) of each sample of a step's batch: a pure function of (seed, step) and,
+        for the other processes of a distributed run, their rank."""
         b = int(batch_size or self.cfg.batch_size)
         n_lab = self.labelled_count(b)
-        rng = np.random.default_rng([self.seed, int(step)])
+        rng = np.random.default_rng([self.seed, int(step)] + ([int(rank)] if rank else []))
         lab_items, lab_pairs = (self._labelled_part.draw(rng, n_lab) if n_lab
                                 else (np.empty(0, np.int64), np.empty(0, np.int64)))
         all_items, all_pairs = self._all_part.draw(rng, b - n_lab)
         labelled = np.r_[np.ones(n_lab, bool), np.zeros(b - n_lab, bool)]
         return np.r_[lab_items, all_items], np.r_[lab_pairs, all_pairs], labelled
 
-    def batch(self, step: int, batch_size: int | None = None) -> dict[str, Any]:
-        """The training batch of `step`: labelled samples first, then samples from all items (flagged unlabelled)."""
-        return self._assemble(*self.indices(step, batch_size))
+    def batch(self, step: int, batch_size: int | None = None, rank: int = 0) -> dict[str, Any]:
+        """The training batch of `step` (of process `rank`): labelled samples first, then samples from all items
+        (flagged unlabelled)."""
+        return self._assemble(*self.indices(step, batch_size, rank))
 
     # --- one ordered pass -------------------------------------------------------------------------------------
     def iter_batches(self, batch_size: int, max_pairs: int | None = None,

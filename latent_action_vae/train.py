@@ -124,7 +124,7 @@ def source_balance(rows: list[dict[str, Any]], vc: VAEConfig) -> dict[str, float
     return {r["item_id"]: 1.0 / scale[r["source"]] ** power for r in rows}
 
 
-def _step_seed(seed: int, step: int) -> int:
+def _step_seed(seed: int, step: int | str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest(), "big") >> 1
 
 
@@ -138,10 +138,36 @@ class TrainResult:
     metrics_path: Path
 
 
+def _world() -> tuple[int, int]:
+    """(rank, world size) of a `torch.distributed` run (`pyramid vae train --nproc N`), else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    """Sum every parameter's gradient over the processes and divide by their number (what DDP does; by hand so the
+    model's own methods stay callable). A parameter this process did not use (an embodiment's alignment head
+    with no sample here) contributes zeros, so every process joins every reduction in the same order."""
+    import torch.distributed as dist
+
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+        dist.all_reduce(p.grad)
+        p.grad /= world
+
+
 def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
                item_weights: dict[str, float] | None = None) -> dict[str, float]:
     model.train()
-    torch.manual_seed(_step_seed(vc.seed, step))  # the noise of step k is the same on a resumed run
+    rank, world = _world()
+    # the noise of step k is the same on a resumed run (and differs between the processes of one)
+    torch.manual_seed(_step_seed(vc.seed, step if rank == 0 else f"{step}:{rank}"))
     for group in optimiser.param_groups:
         group["lr"] = lr_at(step, vc) * group.get("lr_scale", 1.0)
     x, target, mask = model.prepare(batch["flow"], batch["valid"])
@@ -159,12 +185,21 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
                       vc.coarse_weight, align_pred)
     optimiser.zero_grad(set_to_none=True)
     losses["loss"].backward()
+    if world > 1:
+        _average_gradients(model, world)
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     optimiser.step()
     with torch.no_grad():
         epe = end_point_error_px(out["recon"], target, mask, vc.flow_scale_px)
-    return {"loss": losses["loss"].item(), "recon": losses["recon"].item(), "kl": losses["kl"].item(),
-            "align": losses["align"].item(), "epe_px": epe.item(), "labelled": int(batch["labelled"].sum()),
+        logged = torch.stack([losses["loss"], losses["recon"], losses["kl"], losses["align"], epe,
+                              batch["labelled"].sum().to(epe.dtype)]).detach()
+        if world > 1:  # the figures of the whole step, over every process's batch
+            import torch.distributed as dist
+
+            dist.all_reduce(logged)
+            logged[:5] /= world
+    loss, recon, kl, align, epe, labelled = logged.tolist()
+    return {"loss": loss, "recon": recon, "kl": kl, "align": align, "epe_px": epe, "labelled": int(labelled),
             "lr": lr_at(step, vc)}
 
 
@@ -200,12 +235,16 @@ class ResumeMismatch(ValueError):
 def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None, progress: bool = True,
               console: Console | None = None, exclude: Mapping[str, str] | None = None) -> TrainResult:
     """Train (or resume) on the flow manifest's train items, less `exclude` (item id → reason: audit-flagged
-    duplicates and static clips, recorded in the checkpoint)."""
+    duplicates and static clips, recorded in the checkpoint). Inside a `torch.distributed` run (`pyramid vae train
+    --nproc N`) every process trains on batches of its own (`vae.batch_size` each) with gradients averaged; rank 0
+    writes the metrics and checkpoints, and every rank resumes from the same checkpoint."""
     console = console or make_console(stderr=True)
+    rank, world = _world()
+    progress = progress and rank == 0
     exclude = dict(sorted((exclude or {}).items()))
     vc = cfg.vae
     steps = vc.steps if steps is None else steps
-    torch.set_num_threads(vc.threads)
+    torch.set_num_threads(max(1, vc.threads // world))
     out_dir = cfg.path(vc.output)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
     rows, manifest_hash = flow_manifest_rows(cfg, exclude)
@@ -232,18 +271,23 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         start = state["step"]
-        console.print(f"[vae] resuming from step {start} ({ckpt_path})", markup=False, highlight=False)
+        if rank == 0:
+            console.print(f"[vae] resuming from step {start} ({ckpt_path})", markup=False, highlight=False)
     metrics_path = out_dir / "metrics.csv"
+    if rank > 0:  # the other processes train; rank 0 writes
+        return _train_quietly(model, optimiser, sampler, vc, item_weights, start, steps, rank, ckpt_path,
+                              metrics_path)
     out_dir.mkdir(parents=True, exist_ok=True)
     truncate_metrics_csv(metrics_path, start, METRICS)
     summary = sampler.summary()
     tiers = ", ".join(f"L{t}: {v['items']} items/{v['pairs']} pairs" for t, v in sorted(summary["by_tier"].items()))
     lab = summary["by_labelled"].get("labelled", {"items": 0, "pairs": 0})
+    ranks = f"; {world} processes, each its own batch" if world > 1 else ""
     if exclude:
         console.print(f"[vae] left out {len(exclude)} audit-flagged items (duplicates, static): "
                       + ", ".join(list(exclude)[:5]) + (" ..." if len(exclude) > 5 else ""), markup=False, highlight=False)
     console.print(f"[vae] training on {summary['items']} train items ({tiers}); labelled {lab['items']} items / "
-                  f"{lab['pairs']} pairs, {summary['labelled_per_batch']} per batch of {summary['batch_size']}",
+                  f"{lab['pairs']} pairs, {summary['labelled_per_batch']} per batch of {summary['batch_size']}{ranks}",
                   markup=False, highlight=False)
 
     def state_at(step: int) -> dict[str, Any]:
@@ -266,7 +310,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         for step in range(start, steps):
             last = train_step(model, optimiser, sampler.batch(step), vc, step, item_weights)
             wall = time.perf_counter() - t0
-            last.update(step=step, wall_s=wall, samples_per_s=(step - start + 1) * vc.batch_size / wall)
+            last.update(step=step, wall_s=wall, samples_per_s=(step - start + 1) * vc.batch_size * world / wall)
             bar.update("done", note=f"loss {last['loss']:.4f} recon {last['recon']:.4f} kl {last['kl']:.2f} "
                                      f"align {last['align']:.4f} epe {last['epe_px']:.2f}px")
             if step % vc.log_every == 0 or step == steps - 1:
@@ -279,6 +323,15 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         save_checkpoint(ckpt_path, state_at(start))
     rate = last.get("samples_per_s", 0.0)
     return TrainResult(ckpt_path, steps, start, last, rate, metrics_path)
+
+
+def _train_quietly(model, optimiser, sampler, vc: VAEConfig, item_weights, start: int, steps: int, rank: int,
+                   ckpt_path: Path, metrics_path: Path) -> TrainResult:
+    """A rank other than 0: the same steps on its own batches, joining every gradient reduction; writes nothing."""
+    last: dict[str, float] = {}
+    for step in range(start, steps):
+        last = train_step(model, optimiser, sampler.batch(step, rank=rank), vc, step, item_weights)
+    return TrainResult(ckpt_path, steps, start, last, 0.0, metrics_path)
 
 
 __all__ = ["ActionStats", "CHECKPOINT_KIND", "ResumeMismatch", "TrainResult", "checkpoint_identity",

@@ -144,6 +144,7 @@ def vae_train(
     workdir: Optional[Path] = WorkdirOpt,
     steps: Optional[int] = typer.Option(None, "--steps", help="Train up to this step (default: vae.steps)."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Continue from the last checkpoint if present."),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (torchrun, gloo), each training on batches of its own."),
 ):
     """Train the DC-AE latent-action VAE on the flow manifest (90% reconstruction, 10% action alignment, KL)."""
     from pipelines.vae import run_vae_train
@@ -152,8 +153,8 @@ def vae_train(
     err.print(cfg.to_yaml(), highlight=False)
     with _open_catalog(cfg) as cat:
         try:
-            result = run_vae_train(cfg, cat, resume=resume, steps=steps, console=err)
-        except (FileNotFoundError, ValueError) as e:
+            result = run_vae_train(cfg, cat, resume=resume, steps=steps, console=err, nproc=nproc)
+        except (FileNotFoundError, ValueError, RuntimeError) as e:
             err.print(f"[red]vae train:[/red] {escape(str(e))}", highlight=False)
             raise typer.Exit(2)
     console.print(f"checkpoint {result.checkpoint} at step {result.steps}; metrics {result.metrics_path}; "

@@ -24,16 +24,21 @@ def excluded_items(cfg: PipelineConfig, catalog: Catalog) -> dict[str, str]:
 
 
 def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, steps: int | None = None,
-                  progress: bool = True, console: Console | None = None):
+                  progress: bool = True, console: Console | None = None, nproc: int = 1):
+    """Train the VAE in this process, or in `nproc` processes on this machine (torchrun, gloo: each trains on its
+    own batches, gradients averaged; this process keeps the catalog and records the run)."""
     from latent_action_vae.train import train_vae
 
     console = console or make_console(stderr=True)
     remove_leftovers("vae-train", [cfg.path(cfg.vae.output) / "checkpoints"], console)
-    run_id = catalog.start_run("vae-train", cfg.to_dict(), engine="torch")
+    run_id = catalog.start_run("vae-train", {**cfg.to_dict(), "nproc": nproc}, engine="torch")
     status, counts = "failed", {}
     try:
-        result = train_vae(cfg, resume=resume, steps=steps, progress=progress, console=console,
-                           exclude=excluded_items(cfg, catalog))
+        exclude = excluded_items(cfg, catalog)
+        if nproc > 1:
+            result = _train_in_processes(cfg, nproc, resume, steps, exclude)
+        else:
+            result = train_vae(cfg, resume=resume, steps=steps, progress=progress, console=console, exclude=exclude)
         ckpt = result.checkpoint
         catalog.add_artifacts([{"item_id": None, "stage": "vae-train", "kind": "vae_checkpoint", "path": str(ckpt),
                                 "bytes": ckpt.stat().st_size,
@@ -44,6 +49,66 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
         return result
     finally:
         catalog.finish_run(run_id, status, counts)
+
+
+def _train_in_processes(cfg: PipelineConfig, nproc: int, resume: bool, steps: int | None, exclude: dict[str, str]):
+    """`torchrun --standalone --nproc_per_node N -m pipelines.vae` with the resolved config and the excluded items
+    in a temp folder; the ranks' output passes through; rank 0 reports the result as its last line."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from latent_action_vae.train import TrainResult
+
+    with tempfile.TemporaryDirectory(prefix="vae-ddp-") as tmp:
+        data = {**cfg.to_dict(), "workdir": str(Path(cfg.workdir).resolve())}  # the ranks may start elsewhere
+        (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+        (Path(tmp) / "exclude.json").write_text(json.dumps(exclude))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "pipelines.vae", "--config", str(Path(tmp) / "config.yaml"),
+               "--exclude", str(Path(tmp) / "exclude.json"), "--result", str(Path(tmp) / "result.json")]
+        cmd += (["--steps", str(steps)] if steps is not None else []) + ([] if resume else ["--no-resume"])
+        done = subprocess.run(cmd)
+        if done.returncode != 0:
+            raise RuntimeError(f"VAE training in {nproc} processes failed (exit {done.returncode}); see above")
+        r = json.loads((Path(tmp) / "result.json").read_text())
+    return TrainResult(Path(r["checkpoint"]), r["steps"], r["resumed_from"], r["last"], r["samples_per_s"],
+                       Path(r["metrics_path"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank of `pyramid vae train --nproc N` (started by torchrun, which sets RANK / WORLD_SIZE)."""
+    import argparse
+    import json
+
+    import torch.distributed as dist
+
+    from latent_action_vae.train import train_vae
+    from pipelines.config import load_config
+
+    ap = argparse.ArgumentParser(prog="python -m pipelines.vae")
+    ap.add_argument("--config", required=True)
+    ap.add_argument("--exclude", required=True)
+    ap.add_argument("--result", required=True)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--no-resume", action="store_true")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    dist.init_process_group("gloo")
+    try:
+        result = train_vae(cfg, resume=not args.no_resume, steps=args.steps,
+                           exclude=json.loads(Path(args.exclude).read_text()))
+        dist.barrier()  # rank 0's last checkpoint is written before any rank exits
+        if dist.get_rank() == 0:
+            Path(args.result).write_text(json.dumps({
+                "checkpoint": str(result.checkpoint), "steps": result.steps, "resumed_from": result.resumed_from,
+                "last": result.last, "samples_per_s": result.samples_per_s, "metrics_path": str(result.metrics_path)}))
+    finally:
+        dist.destroy_process_group()
+    return 0
 
 
 def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None = None,
@@ -108,3 +173,7 @@ def _flatten(results: dict[str, Any], prefix: str = "") -> dict[str, dict[str, f
         if scope != "meta":  # counts, settings and timings, kept in eval.json only
             walk(node, scope, "")
     return out
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
