@@ -384,7 +384,11 @@ def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = Workdir
     try:
         Catalog(cfg.catalog_path, read_only=True).close()
     except CatalogLockedError:  # a job holds the catalog: what its stages wrote to progress/ instead
-        _print_progress(cfg)
+        from pipelines.report import progress_table
+
+        console.print(f"catalog {cfg.catalog_path} is held by a running job; the full status is readable when it "
+                      "ends. Stage progress (progress/<stage>.json):", highlight=False, markup=False)
+        console.print(progress_table(Path(cfg.catalog_path).parent))
         return
     except FileNotFoundError:
         pass  # _open_catalog says so
@@ -395,22 +399,6 @@ def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = Workdir
         console.print(funnel_table(cat))
         console.print(notes_table(cat))
         console.print(reasons_table(cat))
-
-
-def _print_progress(cfg) -> None:
-    from rich.table import Table
-
-    from pipelines.driver import read_progress
-
-    rows = read_progress(Path(cfg.catalog_path).parent)
-    console.print(f"catalog {cfg.catalog_path} is held by a running job; the full status is readable when it "
-                  "ends. Stage progress (progress/<stage>.json):", highlight=False, markup=False)
-    table = Table("stage", "state", "done", "quarantined", "failed", "skipped", "planned", "items/s", "updated",
-                  "run")
-    for p in rows:
-        table.add_row(p["stage"], p["state"], *(str(p.get(k, "")) for k in ("done", "quarantined", "failed",
-                      "skipped", "total", "items_per_s", "updated_at", "run_id")))
-    console.print(table if rows else "no stage has written progress yet")
 
 
 @catalog_app.command("sql")

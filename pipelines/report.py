@@ -198,3 +198,18 @@ def shards_table(report) -> Table:
         table.add_row(split, str(d["shards"]), str(d["samples"]), f"{d['bytes'] / 1e6:.1f}",
                       f"{d['bytes'] / 1e6 / max(d['shards'], 1):.1f}")
     return table
+
+
+def progress_table(workdir) -> Table | str:
+    """What each stage of a running job has done, from its `progress/<stage>.json` (readable while the job holds
+    the catalog)."""
+    from pipelines.driver import read_progress
+
+    rows = read_progress(workdir)
+    if not rows:
+        return "no stage has written progress yet"
+    table = Table("stage", "state", "done", "quarantined", "failed", "skipped", "planned", "items/s", "updated", "run")
+    for p in rows:
+        table.add_row(p["stage"], p["state"], *(str(p.get(k, "")) for k in (
+            "done", "quarantined", "failed", "skipped", "total", "items_per_s", "updated_at", "run_id")))
+    return table
