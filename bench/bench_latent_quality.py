@@ -50,6 +50,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "coarse": {"vae.coarse_weight": 10.0},
     "coarse_align": {"vae.coarse_weight": 10.0, "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
     "coarse_skip": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True},  # + a linear path from pooled flow to μ
+    # ... which starts as whitened PCA-k (and the coarse head as its inverse): μ = PCA-k at step 0
+    "coarse_skip_pca": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca"},
     "coarse_skip_align": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.lambda_align": 20.0,
                           "vae.labelled_fraction": 0.3},
     "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True},

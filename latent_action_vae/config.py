@@ -30,6 +30,9 @@ class VAEConfig:
     coarse_cells: int = 8
     coarse_skip: bool = False  # μ also gets a linear read of the input's coarse_cells² pooled flow (in px), beside
     #   the DC-AE path, so a linear code of the coarse motion (what PCA keeps) is reachable from the first step
+    coarse_skip_init: str = "random"  # random | pca: the skip starts as the whitened top-k principal components of
+    #   the train pairs' pooled flow and the DC-AE path's share of μ at zero, so μ starts as PCA-k; with
+    #   coarse_weight > 0 the coarse head starts as PCA's inverse (latent_action_vae/pca_init.py)
     moving_weight: float = 1.0  # pixels whose true |flow| > moving_px weigh this much more in reconstruction
     moving_px: float = 0.5
     lambda_align: float = 5.0  # weight of aligning μ with real normalised action changes

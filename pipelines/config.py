@@ -210,6 +210,10 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"vae.align_head_lr must be > 0, got {v.align_head_lr}")
     if v.coarse_skip and v.input != "flow":
         raise ConfigError("vae.coarse_skip reads the pooled input flow: it needs vae.input: flow")
+    if v.coarse_skip_init not in ("random", "pca"):
+        raise ConfigError(f"vae.coarse_skip_init: {v.coarse_skip_init!r} is not one of random, pca")
+    if v.coarse_skip_init == "pca" and not v.coarse_skip:
+        raise ConfigError("vae.coarse_skip_init: pca initialises the coarse skip: it needs vae.coarse_skip: true")
     if v.recon_floor_px <= 0 or v.moving_weight < 1 or v.moving_px < 0 or v.lr_decay_steps < 0:
         raise ConfigError("vae.recon_floor_px must be > 0, vae.moving_weight >= 1, vae.moving_px >= 0 and "
                           "vae.lr_decay_steps >= 0")

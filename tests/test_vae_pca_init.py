@@ -1,0 +1,96 @@
+"""`vae.coarse_skip_init: pca`: μ starts as the whitened PCA-k code of the pooled flow, and the coarse head as its
+inverse; checked on flows with a known low-rank structure, through the config and a real training run."""
+
+import numpy as np
+import pytest
+import torch
+
+from latent_action_vae.baselines import PCA
+from latent_action_vae.config import VAEConfig
+from latent_action_vae.model import LatentActionVAE
+from latent_action_vae.pca_init import init_from_pca, skip_features
+from pipelines.config import ConfigError, load_config
+
+SMALL = {"image_size": 32, "widths": [8, 16, 32, 64, 128], "latent_channels": 64, "hidden": 64, "coarse_cells": 4}
+
+
+def low_rank_batches(n_batches=8, batch=32, rank=3, seed=0):
+    """Flows (canvas px) made of `rank` fixed smooth fields with random per-pair amplitudes of different sizes."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")
+    fields = np.stack([np.stack([np.ones_like(xx), np.zeros_like(xx)]), np.stack([yy, xx]),
+                       np.stack([np.sin(np.pi * xx), np.cos(np.pi * yy)])])[:rank]
+    scales = np.array([3.0, 1.5, 0.5])[:rank]
+    out = []
+    for _ in range(n_batches):
+        amp = rng.normal(size=(batch, rank)) * scales
+        flow = np.einsum("br,rchw->bchw", amp, fields) + 0.2  # a constant drift: the mean PCA must remove
+        out.append({"flow": torch.from_numpy(flow).float(), "valid": torch.ones(batch, 32, 32, dtype=torch.bool)})
+    return out
+
+
+def test_mu_starts_as_the_whitened_pca_code_and_the_coarse_head_inverts_it():
+    torch.manual_seed(0)
+    model = LatentActionVAE(VAEConfig(coarse_skip=True, coarse_weight=1.0, coarse_skip_init="pca", **SMALL)).eval()
+    batches = low_rank_batches()
+    fitted = init_from_pca(model, batches)
+    assert fitted["pairs"] == 256 and fitted["components"] == 14
+    assert fitted["explained"] == pytest.approx(1.0, abs=1e-4)  # rank 3: three components hold it all
+
+    feats = np.concatenate([skip_features(model, b).double().numpy() for b in batches])
+    scores = PCA.fit(feats, 3).transform(feats)
+    with torch.no_grad():
+        outs = [model(model.prepare(b["flow"], b["valid"])[0], sample=False) for b in batches]
+    mu = torch.cat([o["mu"] for o in outs]).double().numpy()
+    # the first three dims are the principal scores (up to sign), scaled to unit spread, centred
+    for i in range(3):
+        assert abs(np.corrcoef(mu[:, i], scores[:, i])[0, 1]) > 0.9999
+        assert mu[:, i].std() == pytest.approx(1.0, rel=1e-3)
+        assert abs(mu[:, i].mean()) < 1e-3
+    # components past the rank carry nothing, and are not whitened into unit-spread noise
+    assert np.abs(mu[:, 3:]).max() < 1e-3
+    # z = μ → the coarse head gives back the pooled flow (network units), as PCA-3 reconstructs it exactly here
+    coarse = torch.cat([o["coarse"] for o in outs]).flatten(1).double().numpy()
+    np.testing.assert_allclose(coarse * model.cfg.flow_scale_px, feats, atol=1e-3)
+
+
+def test_a_random_skip_does_not_start_as_pca():
+    """The control: the default init gives a μ whose top dim is far from the first principal score."""
+    torch.manual_seed(0)
+    model = LatentActionVAE(VAEConfig(coarse_skip=True, **SMALL)).eval()
+    batches = low_rank_batches()
+    feats = np.concatenate([skip_features(model, b).double().numpy() for b in batches])
+    scores = PCA.fit(feats, 1).transform(feats)[:, 0]
+    with torch.no_grad():
+        mu = torch.cat([model(model.prepare(b["flow"], b["valid"])[0], sample=False)["mu"] for b in batches]).numpy()
+    assert max(abs(np.corrcoef(mu[:, i], scores)[0, 1]) for i in range(14)) < 0.999
+
+
+def test_config_names_the_key():
+    with pytest.raises(ConfigError, match="coarse_skip_init"):
+        load_config(None, **{"vae.coarse_skip_init": "svd"})
+    with pytest.raises(ConfigError, match="needs vae.coarse_skip: true"):
+        load_config(None, **{"vae.coarse_skip_init": "pca", "vae.coarse_skip": False})
+    with pytest.raises(ValueError, match="needs the coarse skip"):
+        init_from_pca(LatentActionVAE(VAEConfig(**SMALL)), low_rank_batches(1))
+
+
+def test_training_starts_from_pca_logs_it_and_resumes_exactly(workdir, capsys):
+    from catalog import Catalog
+    from latent_action_vae.train import read_vae_checkpoint
+    from pipelines.vae import run_vae_train
+    from tests.test_vae_train_label import metrics, prepared
+
+    cfg = prepared(workdir, **{"vae.coarse_skip": True, "vae.coarse_weight": 10.0, "vae.coarse_skip_init": "pca"})
+    ckpt = cfg.path("vae") / "checkpoints" / "last.pt"
+    with Catalog(cfg.catalog_path) as cat:
+        run_vae_train(cfg, cat, progress=False)
+        assert "μ starts as PCA-14 of the pooled flow" in capsys.readouterr().err
+        straight, state = metrics(cfg), read_vae_checkpoint(ckpt)
+        # a resumed run takes the checkpoint's weights (no second PCA fit) and repeats the straight run exactly
+        run_vae_train(cfg, cat, resume=False, steps=2, progress=False)
+        capsys.readouterr()
+        assert run_vae_train(cfg, cat, steps=4, progress=False).resumed_from == 2
+        assert "μ starts as PCA" not in capsys.readouterr().err
+        assert metrics(cfg) == straight
+        assert torch.equal(read_vae_checkpoint(ckpt)["model"]["skip.weight"], state["model"]["skip.weight"])
