@@ -52,6 +52,10 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "coarse_skip": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True},  # + a linear path from pooled flow to μ
     # ... which starts as whitened PCA-k (and the coarse head as its inverse): μ = PCA-k at step 0
     "coarse_skip_pca": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca"},
+    # ... and the decoder = the coarse head's flow upsampled + a gated DC-AE decode: the way back starts as PCA's
+    "coarse_skip_pca_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
+                            "vae.coarse_residual": True},
+    "coarse_skip_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_residual": True},
     "coarse_skip_align": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.lambda_align": 20.0,
                           "vae.labelled_fraction": 0.3},
     "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True},

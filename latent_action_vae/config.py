@@ -30,6 +30,8 @@ class VAEConfig:
     coarse_cells: int = 8
     coarse_skip: bool = False  # μ also gets a linear read of the input's coarse_cells² pooled flow (in px), beside
     #   the DC-AE path, so a linear code of the coarse motion (what PCA keeps) is reachable from the first step
+    coarse_residual: bool = False  # the decoder's flow = the coarse head's g×g flow, bilinearly upsampled, + a gated
+    #   DC-AE decode (gate from 0, ReZero-style): the way back starts linear (as PCA's) and the DC-AE adds detail
     coarse_skip_init: str = "random"  # random | pca: the skip starts as the whitened top-k principal components of
     #   the train pairs' pooled flow and the DC-AE path's share of μ at zero, so μ starts as PCA-k; with
     #   coarse_weight > 0 the coarse head starts as PCA's inverse (latent_action_vae/pca_init.py)

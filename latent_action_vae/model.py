@@ -1,6 +1,9 @@
 """The latent-action VAE: flow → DC-AE encoder → tokens (4 × 512 at 64²) → light encoder → 14-d Gaussian,
 and back: 14-d → light decoder → tokens → DC-AE decoder → flow.
 
+With `coarse_residual` the way back is the coarse head's linear g×g flow, upsampled, plus a gated DC-AE decode
+(`pca_init.py` starts the pair as PCA's code and reconstruction).
+
 With `decoder_condition: frame` the way back is a U-Net on the pair's first frame modulated by z
 (`frame_decoder.py`): z then carries the motion, the frame says where the movers are. The encoder is the same.
 
@@ -82,6 +85,12 @@ class LatentActionVAE(nn.Module):
             nn.init.zeros_(self.coarse_head.bias)
 
         self.skip = nn.Linear(2 * cfg.coarse_cells ** 2, cfg.latent_dim) if cfg.coarse_skip else None
+        # coarse_residual: flow = upsampled coarse head + gate · DC-AE decode, the gate starting at 0
+        self.decoder_gate = None
+        if cfg.coarse_residual:
+            if self.coarse_head is None or self.frame_conditioned:
+                raise ValueError("vae.coarse_residual needs the coarse head (coarse_weight > 0) and decoder_condition none")
+            self.decoder_gate = nn.Parameter(torch.zeros(()))
         # one linear head μ → normalised action change (padded to latent_dim) per aligned embodiment; built last,
         # so the other modules start as they would without it
         if cfg.align_head not in ("identity", "linear"):
@@ -136,7 +145,13 @@ class LatentActionVAE(nn.Module):
                 raise ValueError("a frame-conditioned decoder needs the pair's first frame")
             return self.frame_decoder(z, frame)
         tokens = self.from_latent(z).view(-1, *self.token_shape)
-        return self.flow_head(self.dcae.decode(tokens).sample)
+        flow = self.flow_head(self.dcae.decode(tokens).sample)
+        if self.decoder_gate is None:
+            return flow
+        g = self.cfg.coarse_cells
+        coarse = self.coarse_head(z).view(-1, 2, g, g)
+        base = F.interpolate(coarse, size=flow.shape[-2:], mode="bilinear", align_corners=False)
+        return base + self.decoder_gate * flow
 
     def forward(self, x: torch.Tensor, sample: bool = True, frame: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         mu, logvar = self.encode(x)

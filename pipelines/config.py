@@ -210,6 +210,9 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"vae.align_head_lr must be > 0, got {v.align_head_lr}")
     if v.coarse_skip and v.input != "flow":
         raise ConfigError("vae.coarse_skip reads the pooled input flow: it needs vae.input: flow")
+    if v.coarse_residual and (v.coarse_weight <= 0 or v.decoder_condition != "none"):
+        raise ConfigError("vae.coarse_residual adds the coarse head's flow to the DC-AE decoder's: it needs "
+                          "vae.coarse_weight > 0 and vae.decoder_condition: none")
     if v.coarse_skip_init not in ("random", "pca"):
         raise ConfigError(f"vae.coarse_skip_init: {v.coarse_skip_init!r} is not one of random, pca")
     if v.coarse_skip_init == "pca" and not v.coarse_skip:

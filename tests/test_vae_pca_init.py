@@ -94,3 +94,30 @@ def test_training_starts_from_pca_logs_it_and_resumes_exactly(workdir, capsys):
         assert "μ starts as PCA" not in capsys.readouterr().err
         assert metrics(cfg) == straight
         assert torch.equal(read_vae_checkpoint(ckpt)["model"]["skip.weight"], state["model"]["skip.weight"])
+
+
+def test_coarse_residual_decoder_starts_as_the_upsampled_pca_reconstruction_and_learns_its_gate():
+    torch.manual_seed(0)
+    model = LatentActionVAE(VAEConfig(coarse_skip=True, coarse_weight=1.0, coarse_skip_init="pca",
+                                      coarse_residual=True, **SMALL))
+    batches = low_rank_batches()
+    init_from_pca(model, batches)
+    x, target, mask = model.prepare(batches[0]["flow"], batches[0]["valid"])
+    out = model(x, sample=False)
+    # with the gate at 0 the DC-AE adds nothing: the flow is the coarse head's, bilinearly upsampled
+    expected = torch.nn.functional.interpolate(out["coarse"], size=(32, 32), mode="bilinear", align_corners=False)
+    assert out["recon"].shape == target.shape == (32, 2, 32, 32)
+    torch.testing.assert_close(out["recon"], expected)
+    # ... which here (smooth rank-3 fields) is already close to the target, far closer than zero flow
+    err = (out["recon"] - target).norm(dim=1).mean().item()
+    assert err < 0.2 * target.norm(dim=1).mean().item()
+    # the gate gets a gradient, so the DC-AE path can join in
+    (out["recon"] - target).pow(2).mean().backward()
+    assert model.decoder_gate.grad is not None and model.decoder_gate.grad.abs().item() > 0
+
+
+def test_coarse_residual_config_needs_the_coarse_head():
+    with pytest.raises(ConfigError, match="coarse_residual"):
+        load_config(None, **{"vae.coarse_residual": True, "vae.coarse_weight": 0.0})
+    with pytest.raises(ValueError, match="coarse_residual"):
+        LatentActionVAE(VAEConfig(coarse_residual=True, **SMALL))
