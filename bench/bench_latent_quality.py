@@ -76,8 +76,9 @@ FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
     ("R² pooled", ("probe", "pooled_flow", "r2")), ("R² random", ("probe", "random_init", "r2")),
     ("EPE", ("epe_px", "trained", "mean")), ("EPE zero", ("epe_px", "zero_flow", "mean")),
-    ("EPE field", ("epe_px", "mean_field", "mean")), ("mov EPE", ("moving_epe_px", "trained", "mean")),
-    ("mov zero", ("moving_epe_px", "zero_flow", "mean")), ("bits", ("information", "total_bits")),
+    ("EPE field", ("epe_px", "mean_field", "mean")), ("EPE PCA-k", ("epe_px", "pca_k", "mean")),
+    ("mov EPE", ("moving_epe_px", "trained", "mean")), ("mov zero", ("moving_epe_px", "zero_flow", "mean")),
+    ("mov PCA-k", ("moving_epe_px", "pca_k", "mean")), ("bits", ("information", "total_bits")),
     ("dims≥½", ("information", "dims_over_min")), ("S-PCFC", ("s_pcfc", "value")),
 )
 

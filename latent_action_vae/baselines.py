@@ -47,6 +47,10 @@ class PCA:
     def transform(self, x: np.ndarray) -> np.ndarray:
         return (np.asarray(x, np.float64) - self.mean) @ self.components.T
 
+    def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """x projected onto the top-k components and back: the best rank-k linear reconstruction (squared error)."""
+        return self.transform(x) @ self.components + self.mean
+
 
 def information_bits(mu: np.ndarray, var: np.ndarray) -> np.ndarray:
     """Per latent dim, the most bits an encoder can pass through it: ½·log2(1 + Var_x[μ] / E_x[σ²]).

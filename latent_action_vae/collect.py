@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from latent_action_vae.baselines import MOVING_PX, PCA, POOL_GRID, MeanFields, per_pair_epe_px, pooled_flow
 from latent_action_vae.losses import kl_per_dim
@@ -47,6 +48,9 @@ class Collected:
     # a frame-conditioned decoder given z = 0 (the prior mean): what the first frame alone predicts; NaN otherwise
     prior_epe_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
     prior_moving_epe_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    # the train PCA-k of the 8×8-pooled flow, reconstructed and upsampled: the linear decoder to beat; NaN without it
+    pca_epe_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    pca_moving_epe_px: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def __len__(self) -> int:
         return len(self.item_ids)
@@ -67,6 +71,7 @@ class Collected:
             embodiments=[self.embodiments[i] for i in idx], sources=[self.sources[i] for i in idx],
             examples=[e for e in self.examples if e.item_id in kept_items],
             prior_epe_px=self.prior_epe_px[idx], prior_moving_epe_px=self.prior_moving_epe_px[idx],
+            pca_epe_px=self.pca_epe_px[idx], pca_moving_epe_px=self.pca_moving_epe_px[idx],
         )
 
     @property
@@ -107,7 +112,7 @@ def _model_device(model: torch.nn.Module) -> torch.device:
 
 
 def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, sources: list[str],
-               mean_fields: MeanFields | None, reverse: bool) -> dict[str, Any]:
+               mean_fields: MeanFields | None, reverse: bool, pca: PCA | None = None) -> dict[str, Any]:
     """One batch through the model: per-pair numpy outputs, plus the tensors the picture needs."""
     ids = [str(i) for i in batch["item_ids"]]
     device = _model_device(model)
@@ -126,11 +131,17 @@ def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, s
     elif decode:
         recon = model.decode(mu)
     field = mean_fields.predict(target, sources) if mean_fields is not None else None
+    pooled = pooled_flow(batch["flow"], batch["valid"])
+    linear = None
+    if pca is not None:  # PCA-k's reconstruction of the pooled flow, bilinearly upsampled, in network units
+        coarse = torch.from_numpy(pca.reconstruct(pooled) / scale).to(target).view(len(ids), 2, *POOL_GRID)
+        linear = F.interpolate(coarse, size=target.shape[-2:], mode="bilinear", align_corners=False)
     epe = {name: (per_pair_epe_px(pred, target, mask, scale, moving) if pred is not None else nan)
            for name, pred, moving in (("epe", recon, None), ("moving", recon, MOVING_PX), ("zero", zero, None),
                                       ("zero_moving", zero, MOVING_PX), ("field", field, None),
                                       ("field_moving", field, MOVING_PX), ("prior", prior, None),
-                                      ("prior_moving", prior, MOVING_PX))}
+                                      ("prior_moving", prior, MOVING_PX), ("pca", linear, None),
+                                      ("pca_moving", linear, MOVING_PX))}
     mu_rev = None
     if reverse:
         x_rev, _, _ = model.prepare(-batch["flow"].to(device), batch["valid"].to(device))
@@ -138,7 +149,7 @@ def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, s
     as_np = lambda t: t.double().cpu().numpy()  # noqa: E731
     out = {k: as_np(v) for k, v in epe.items()}
     out.update({"mu": as_np(mu), "kl": as_np(kl_per_dim(mu, logvar)), "var": as_np(logvar.exp()),
-                "pooled": pooled_flow(batch["flow"], batch["valid"]),
+                "pooled": pooled,
                 "frames": np.asarray(batch["pair_frames"], dtype=np.int64).reshape(-1, 2),
                 "action": as_np(batch["action"]), "amask": batch["action_mask"].bool().cpu().numpy(),
                 "labelled": batch["labelled"].bool().cpu().numpy(),
@@ -151,20 +162,20 @@ def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, s
 
 def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: Any = None,
             decode: bool = True, keep_examples: int = 0, mean_fields: MeanFields | None = None,
-            reverse: bool = False) -> Collected:
+            reverse: bool = False, pca: PCA | None = None) -> Collected:
     """Run `model` (a LatentActionVAE) in eval mode over `batches` and gather per-pair μ, σ², KL, EPEs, pooled
     flow and targets.
 
     `rows` (flow-manifest dicts or a pyarrow Table) give each pair's embodiment and source by item_id, unless
     batches carry `embodiment` / `source` lists themselves; one of the two is required. `decode=False` skips
     the decoder (EPE is then NaN): probes on the train split only need μ. `mean_fields` adds the per-source
-    mean-field EPEs; `reverse` also encodes the negated flow (for S-PCFC). `keep_examples` > 0 keeps, for that
+    mean-field EPEs, `pca` those of its reconstruction of the pooled flow (upsampled); `reverse` also encodes the negated flow (for S-PCFC). `keep_examples` > 0 keeps, for that
     many distinct items, the pair with the most motion, for the picture. The model's train/eval mode is
     restored afterwards.
     """
     lookup = _row_lookup(rows)
     keys = ("mu", "kl", "var", "pooled", "frames", "epe", "moving", "zero", "zero_moving", "field", "field_moving",
-            "prior", "prior_moving",
+            "prior", "prior_moving", "pca", "pca_moving",
             "action", "amask", "labelled", "pair") + (("mu_rev",) if reverse else ())
     parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     item_ids: list[str] = []
@@ -177,7 +188,7 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
         with torch.inference_mode():
             for batch in batches:
                 batch_sources = _provenance(batch, lookup, "source")
-                out = _run_batch(model, batch, decode, batch_sources, mean_fields, reverse)
+                out = _run_batch(model, batch, decode, batch_sources, mean_fields, reverse, pca)
                 for k in keys:
                     parts[k].append(out[k])
                 item_ids += out["ids"]
@@ -201,7 +212,8 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
                      action=cat("action", d), action_mask=cat("amask", d, bool), labelled=cat("labelled", dtype=bool),
                      item_ids=item_ids, pair_index=cat("pair", dtype=np.int64), embodiments=embodiments,
                      sources=sources, examples=list(examples.values()),
-                     prior_epe_px=cat("prior"), prior_moving_epe_px=cat("prior_moving"))
+                     prior_epe_px=cat("prior"), prior_moving_epe_px=cat("prior_moving"),
+                     pca_epe_px=cat("pca"), pca_moving_epe_px=cat("pca_moving"))
 
 
 @dataclass

@@ -281,11 +281,12 @@ def _scope_report(train: Collected, rnd_train: Collected, held: Collected, rnd_h
         "probe": probe,
         "epe_px": {"trained": _epe_summary(held.epe_px), "random_init": _epe_summary(rnd_held.epe_px),
                    "zero_flow": _epe_summary(held.zero_epe_px), "mean_field": _epe_summary(held.meanfield_epe_px),
-                   "frame_only": _epe_summary(held.prior_epe_px)},
+                   "frame_only": _epe_summary(held.prior_epe_px), "pca_k": _epe_summary(held.pca_epe_px)},
         "moving_epe_px": {"trained": _epe_summary(held.moving_epe_px),
                           "zero_flow": _epe_summary(held.zero_moving_epe_px),
                           "mean_field": _epe_summary(held.meanfield_moving_epe_px),
-                          "frame_only": _epe_summary(held.prior_moving_epe_px), "threshold_px": MOVING_PX},
+                          "frame_only": _epe_summary(held.prior_moving_epe_px),
+                          "pca_k": _epe_summary(held.pca_moving_epe_px), "threshold_px": MOVING_PX},
         "information": information_summary(held.mu, held.var),
         "s_pcfc": _spcfc(held),
         "kl": kl_summary(held.kl, active_threshold),
@@ -323,7 +324,7 @@ def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batche
     fit = timed("flow_baselines", lambda: fit_flow_baselines(model, (train_all_batches_fn or train_batches_fn)(), rows))
     train = timed("trained_train", lambda: collect(model, train_batches_fn(), rows, decode=False))
     held = timed("trained_heldout", lambda: collect(model, heldout_batches_fn(), rows, keep_examples=4 * n_pictures,
-                                                    mean_fields=fit.mean_fields, reverse=True))
+                                                    mean_fields=fit.mean_fields, reverse=True, pca=fit.pca))
     rnd_train = timed("random_train", lambda: collect(random_model, train_batches_fn(), rows, decode=False))
     rnd_held = timed("random_heldout", lambda: collect(random_model, heldout_batches_fn(), rows))
     if not len(held):

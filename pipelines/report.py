@@ -156,15 +156,16 @@ def latent_stats_table(stats: dict) -> Table:
 
 
 def evaluation_table(results: dict) -> Table:
-    """Per scope of a VAE evaluation: probe R² of μ beside its baselines, EPE beside zero flow and the mean field,
-    information and collapse — the figures that cannot flatter (research `latent_actions.md`)."""
+    """Per scope of a VAE evaluation: probe R² of μ beside its baselines, EPE beside zero flow, the mean field and
+    PCA-k's reconstruction (upsampled), information and collapse — the figures that cannot flatter (research `latent_actions.md`)."""
     table = Table(title="Latent-action VAE on held-out groups (probe R²: μ vs baselines; EPE in px)")
     # a frame-conditioned decoder also reports what the first frame alone predicts (z = 0)
     frame_only = any((r.get("epe_px", {}).get("frame_only") or {}).get("mean") is not None
                      for k, r in results.items() if k != "meta")
-    epe_cols = ("trained", "zero_flow", "mean_field") + (("frame_only",) if frame_only else ())
+    epe_cols = ("trained", "zero_flow", "mean_field", "pca_k") + (("frame_only",) if frame_only else ())
     columns = ("scope", "pairs / items", "R² μ", "PCA-k", "pooled flow", "random μ", "EPE", "zero", "mean field",
-               *(("frame only",) if frame_only else ()), "moving EPE", "zero", "bits (dims ≥ ½)", "S-PCFC")
+               "PCA-k", *(("frame only",) if frame_only else ()), "moving EPE", "zero", "PCA-k", "bits (dims ≥ ½)",
+               "S-PCFC")
     for col in columns:
         table.add_column(col, justify="left" if col == "scope" else "right")
 
@@ -179,7 +180,7 @@ def evaluation_table(results: dict) -> Table:
         table.add_row(scope, f"{r.get('n_heldout_pairs', '')} / {r.get('n_heldout_items', '')}",
                       *(num(probe.get(m, {}).get("r2")) for m in ("trained", "pca_k", "pooled_flow", "random_init")),
                       *(num((epe.get(m) or {}).get("mean"), "{:.2f}") for m in epe_cols),
-                      *(num(moving.get(m, {}).get("mean"), "{:.2f}") for m in ("trained", "zero_flow")),
+                      *(num((moving.get(m) or {}).get("mean"), "{:.2f}") for m in ("trained", "zero_flow", "pca_k")),
                       f"{num(info.get('total_bits'), '{:.1f}')} ({info.get('dims_over_min', '—')})",
                       num(r.get("s_pcfc", {}).get("value")))
     excluded = results.get("meta", {}).get("excluded") or {}

@@ -132,6 +132,7 @@ def test_pca_k_keeps_the_top_directions_of_synthetic_features():
     # the top 3 scores span the generating directions: a linear read-out recovers them
     back = scores[:, :3] @ pca.components[:3] + pca.mean
     assert np.abs(back - x).max() < 0.1
+    np.testing.assert_allclose(PCA.fit(x, 3).reconstruct(x), back)  # the rank-3 reconstruction the eval upsamples
 
 
 def test_information_per_dim_is_the_gaussian_channel_bound():
@@ -309,6 +310,8 @@ def test_evaluate_end_to_end(corpus, tmp_path):
         assert np.isfinite(s["probe"]["random_init"]["r2"]) and np.isfinite(s["probe"]["random_init"]["mse"])
         assert s["probe"]["trained"]["mse"] < s["probe"]["mean"]["mse"]
         assert s["epe_px"]["trained"]["mean"] < 0.05 < s["epe_px"]["zero_flow"]["mean"]
+        # a uniform translation is a constant pooled field: PCA-k's reconstruction, upsampled, is exact too
+        assert s["epe_px"]["pca_k"]["mean"] < 0.05 and s["moving_epe_px"]["pca_k"]["mean"] < 0.05
         assert np.isfinite(s["epe_px"]["random_init"]["median"])
         assert s["kl"]["active_dims"] == 2  # only μ[:2] moves
         assert len(s["kl"]["per_dim"]) == D and all(np.isfinite(s["kl"]["per_dim"]))
