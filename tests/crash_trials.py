@@ -256,7 +256,8 @@ def killed_in_vae_training(ref: Reference, workdir: Path) -> tuple[int, dict[str
 
     def must(stage: str, code: int | None) -> None:
         if code != 0:
-            raise RuntimeError(f"{stage} in {workdir} exited {code}:\n{(workdir / f'.{stage}.log').read_text()[-3000:]}")
+            log = (workdir / f".{stage}.log").read_text()[-3000:]
+            raise RuntimeError(f"{stage} in {workdir} exited {code}:\n{log}")
 
     for stage in ("ingest", "flow"):
         must(stage, run(stage, workdir)[0])

@@ -98,7 +98,8 @@ def test_catalog_sql_status_and_audit_read_a_snapshot_while_a_job_holds_the_cata
         sql = cli.invoke(app, ["catalog", "sql", "SELECT item_id FROM items ORDER BY item_id", "--workdir", str(work)])
         assert sql.exit_code == 0, sql.output
         assert "robotwin/ep0" in sql.stdout and "robotwin/ep2" in sql.stdout and "robotwin/ep3" not in sql.stdout
-        assert f"held by a running job, hold (run {run_id}" in _flat(sql.stderr) and "snapshot taken at" in _flat(sql.stderr)
+        said = _flat(sql.stderr)
+        assert f"held by a running job, hold (run {run_id}" in said and "snapshot taken at" in said
 
         status = cli.invoke(app, ["status", "--workdir", str(work)])
         assert status.exit_code == 0, status.output
@@ -106,7 +107,8 @@ def test_catalog_sql_status_and_audit_read_a_snapshot_while_a_job_holds_the_cata
 
         audit = cli.invoke(app, ["audit", "--workdir", str(work), "--fail-on", "never", "--out", str(tmp_path / "r")])
         assert audit.exit_code == 0, audit.output
-        assert "snapshot taken at" in _flat(audit.stderr) and "audit.json and audit.html only" in _flat(audit.stderr)
+        said = _flat(audit.stderr)
+        assert "snapshot taken at" in said and "audit.json and audit.html only" in said
         assert "catalog_snapshot_taken_at" in json.loads((tmp_path / "r" / "audit.json").read_text())
         assert job.poll() is None  # the job still holds the catalog, untouched by the readers
         assert list(scratch.iterdir()) == []  # each snapshot removed once read
