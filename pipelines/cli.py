@@ -385,7 +385,8 @@ def push(
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
     """Print the inventory (items, frames, hours, labelled share per source and tier), embodiment and rate per
     source with where each came from, the action semantics per source, the funnel, what the latest ingest noted
-    per source (e.g. partial downloads), quarantine reasons."""
+    per source (e.g. partial downloads), quarantine reasons. While a job holds the catalog: its stages' progress
+    files, then all that from a snapshot of the catalog."""
     from pipelines.report import (embodiment_table, funnel_table, inventory_table, notes_table, reasons_table,
                                   semantics_table)
 
@@ -411,7 +412,8 @@ def catalog_sql(
     workdir: Optional[Path] = WorkdirOpt,
     max_rows: int = typer.Option(200, "--max-rows"),
 ):
-    """Run a read-only SQL query on the catalog and print the result as a table."""
+    """Run a read-only SQL query on the catalog and print the result as a table (from a snapshot of the catalog
+    while a job holds it)."""
     import duckdb
 
     from pipelines.report import arrow_to_rich
