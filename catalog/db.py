@@ -133,15 +133,20 @@ class Catalog:
             self.con = self._open_snapshot(read_only)
         # paths under the catalog's folder (the workdir) are stored relative to it and resolved on read
         self.root = self.path.resolve().parent
-        self._db = self.con.execute("SELECT current_database()").fetchall()[0][0]
-        if not read_only:
-            described.rename_legacy_columns(self.con)  # before new columns are added under the new names
-            for name, schema in SCHEMAS.items():
-                self.con.execute(_ddl(name, schema))
-                self._add_missing_columns(name, schema)
-            described.describe(self.con)
-            self.killed_runs = self._close_dead_runs()
-        described.reading_views(self.con, self.root)
+        try:
+            self._db = self.con.execute("SELECT current_database()").fetchall()[0][0]
+            if not read_only:
+                described.rename_legacy_columns(self.con)  # before new columns are added under the new names
+                for name, schema in SCHEMAS.items():
+                    self.con.execute(_ddl(name, schema))
+                    self._add_missing_columns(name, schema)
+                described.describe(self.con)
+                if not self.is_snapshot:  # the job holding the catalog closed dead runs when it opened it
+                    self.killed_runs = self._close_dead_runs()
+            described.reading_views(self.con, self.root)
+        except BaseException:
+            self.close()  # a snapshot's copy goes with it
+            raise
 
     def _open_snapshot(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         self._snapshot_dir = Path(tempfile.mkdtemp(prefix="pyramid-catalog-snapshot-"))

@@ -29,7 +29,8 @@ from pipelines.stages import BadInput, Outcome, Resources, Stage, failure_reason
 
 def probe_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
     """Stage function: the adapter probes its item and returns the catalog row (split assigned later). An item
-    whose input or media files resolve outside the source root (a symlink out of it) is quarantined, its input unread."""
+    whose input or media files resolve outside the source root (a symlink out of it) is quarantined; its input
+    file is checked before the adapter opens it."""
     adapter: SourceAdapter = task["adapter"]
     ref: ItemRef = task["ref"]
     if task.get("duplicate_of"):
