@@ -62,8 +62,9 @@ def _open_catalog(cfg, read_only: bool = False, snapshot: bool = False):
 
 def snapshot_note(catalog) -> str:
     """What a reader of a snapshot should know: which job holds the catalog and when the copy was taken."""
-    jobs = ", ".join(f"{r['job']} (run {r['run_id']}, pid {r['pid']})" for r in catalog.running_runs()) or "a job"
-    return (f"catalog {catalog.path} is held by a running job, {jobs}: this reads a snapshot taken at "
+    jobs = ", ".join(f"{r['job']} (run {r['run_id']}, pid {r['pid']})" for r in catalog.running_runs())
+    holder = f"a running job, {jobs}" if jobs else "another process (a job that has not recorded its run yet?)"
+    return (f"catalog {catalog.path} is held by {holder}: this reads a snapshot taken at "
             f"{catalog.snapshot_taken_at:%Y-%m-%d %H:%M:%S} UTC; what the job records after that is not in it")
 
 
