@@ -128,6 +128,8 @@ def run_audit(cfg: PipelineConfig, catalog: Catalog, out_dir: str | Path | None 
                    "workdir": str(Path(cfg.workdir).resolve()), "catalog": str(cfg.catalog_path),
                    "report": result.report_path.name, "settings": settings.to_dict(),
                    "funnel": funnel(ctx), "checks": [r.to_json() for r in results]}
+        if catalog.is_snapshot:  # a job held the catalog: its state as of the copy
+            summary["catalog_snapshot_taken_at"] = catalog.snapshot_taken_at.isoformat(timespec="seconds")
         atomic_write_text(result.json_path, json.dumps(summary, indent=1, default=str) + "\n")
         atomic_write_text(result.report_path, render_html(result, ctx))
         result.seconds = time.perf_counter() - t0

@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
@@ -104,35 +106,67 @@ def _now() -> dt.datetime:
 class Catalog:
     """A DuckDB file with the pipeline's tables. Use as a context manager, or call `close()`."""
 
-    def __init__(self, path: str | os.PathLike, read_only: bool = False):
+    def __init__(self, path: str | os.PathLike, read_only: bool = False, snapshot: bool = False):
+        """With `snapshot`, a catalog that another process holds (a running job) is read from a copy taken now
+        (`snapshot_taken_at` says when; None when the file itself was opened): a read-only copy, or a writable
+        one whose writes are discarded at `close()`. Without it, a held catalog is a `CatalogLockedError`."""
         self.path = Path(path)
         self.read_only = read_only
-        if read_only and not self.path.exists():
+        if (read_only or snapshot) and not self.path.exists():
             raise FileNotFoundError(f"no catalog at {self.path} (run `pyramid ingest` or `pyramid demo` first)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.storage_backup = None  # where a catalog in a newer storage format was kept when it was rewritten
         self.killed_runs: list[str] = []  # runs found `running` with their driver gone, marked killed on open
+        self.snapshot_taken_at: dt.datetime | None = None
+        self._snapshot_dir: Path | None = None
         try:
             if not read_only:
                 self.storage_backup = storage.rewrite_if_newer(self.path)
             self.con = storage.connect(self.path, read_only)
         except duckdb.IOException as e:
-            if "lock" in str(e).lower():
+            if "lock" not in str(e).lower():
+                raise
+            if not snapshot:
                 raise CatalogLockedError(
                     f"catalog {self.path} is held open by another process (a running pyramid job?): {e}"
                 ) from e
-            raise
+            self.con = self._open_snapshot(read_only)
         # paths under the catalog's folder (the workdir) are stored relative to it and resolved on read
         self.root = self.path.resolve().parent
-        self._db = self.con.execute("SELECT current_database()").fetchall()[0][0]
-        if not read_only:
-            described.rename_legacy_columns(self.con)  # before new columns are added under the new names
-            for name, schema in SCHEMAS.items():
-                self.con.execute(_ddl(name, schema))
-                self._add_missing_columns(name, schema)
-            described.describe(self.con)
-            self.killed_runs = self._close_dead_runs()
-        described.reading_views(self.con, self.root)
+        try:
+            self._db = self.con.execute("SELECT current_database()").fetchall()[0][0]
+            if not read_only:
+                described.rename_legacy_columns(self.con)  # before new columns are added under the new names
+                for name, schema in SCHEMAS.items():
+                    self.con.execute(_ddl(name, schema))
+                    self._add_missing_columns(name, schema)
+                described.describe(self.con)
+                if not self.is_snapshot:  # the job holding the catalog closed dead runs when it opened it
+                    self.killed_runs = self._close_dead_runs()
+            described.reading_views(self.con, self.root)
+        except BaseException:
+            self.close()  # a snapshot's copy goes with it
+            raise
+
+    def _open_snapshot(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        self._snapshot_dir = Path(tempfile.mkdtemp(prefix="pyramid-catalog-snapshot-"))
+        try:
+            taken_at = _now()
+            con = storage.connect(storage.snapshot(self.path, self._snapshot_dir), read_only)
+        except BaseException:
+            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+            raise
+        self.snapshot_taken_at = taken_at
+        return con
+
+    @property
+    def is_snapshot(self) -> bool:
+        return self.snapshot_taken_at is not None
+
+    def running_runs(self) -> list[dict[str, Any]]:
+        """Runs marked `running` (in a snapshot: the job that holds the catalog, as of the copy)."""
+        return self.sql("SELECT run_id, job, started_at, pid, host FROM runs WHERE status = 'running' "
+                        "ORDER BY started_at").to_pylist()
 
     @property
     def storage_version(self) -> str:
@@ -154,6 +188,9 @@ class Catalog:
     # --- plumbing -------------------------------------------------------------------------------------------
     def close(self) -> None:
         self.con.close()
+        if self._snapshot_dir is not None:
+            shutil.rmtree(self._snapshot_dir, ignore_errors=True)
+            self._snapshot_dir = None
 
     def __enter__(self) -> "Catalog":
         return self

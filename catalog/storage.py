@@ -11,6 +11,7 @@ the original is kept beside it as `<name>.storage-<N>.bak`.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -25,6 +26,35 @@ def connect(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
     """A connection to the catalog file; new files are created in `STORAGE_VERSION`."""
     return duckdb.connect(str(path), read_only=read_only,
                           config={"storage_compatibility_version": STORAGE_VERSION})
+
+
+def snapshot(path: Path, into: Path, tries: int = 8) -> Path:
+    """Copy the catalog file and its write-ahead log into the folder `into` while another process writes it, and
+    return the copy's path. DuckDB appends committed transactions to the WAL and folds it into the file at a
+    checkpoint, so a copy of both that neither changed during is the catalog as of its last commit (opening the
+    copy replays its WAL). A copy during which the writer changed either file is taken again, up to `tries` times;
+    the last one is kept (DuckDB replays only the WAL's complete commits)."""
+    files = [path, Path(f"{path}.wal")]
+    for _ in range(tries):
+        before = [_signature(f) for f in files]
+        for f in files:
+            dst = into / f.name
+            dst.unlink(missing_ok=True)
+            try:
+                shutil.copyfile(f, dst)
+            except FileNotFoundError:  # no WAL (nothing since the last checkpoint), or it was just folded in
+                pass
+        if [_signature(f) for f in files] == before:
+            break
+    return into / path.name
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
 
 
 def storage_number(path: str | os.PathLike) -> int | None:

@@ -39,21 +39,33 @@ def _config(config: Optional[Path], workdir: Optional[Path], **overrides):
     return cfg
 
 
-def _open_catalog(cfg, read_only: bool = False):
+def _open_catalog(cfg, read_only: bool = False, snapshot: bool = False):
+    """The catalog, or exit 2 saying why not. With `snapshot`, a catalog that a running job holds is read from a
+    copy taken now, and stderr says so."""
     from catalog import Catalog, CatalogLockedError
 
     try:
-        catalog = Catalog(cfg.catalog_path, read_only=read_only)
+        catalog = Catalog(cfg.catalog_path, read_only=read_only, snapshot=snapshot)
     except (CatalogLockedError, FileNotFoundError) as e:
         err.print(f"[red]{escape(str(e))}[/red]", highlight=False)
         if isinstance(e, CatalogLockedError):
-            err.print("`pyramid status` shows the running job's progress meanwhile (progress/<stage>.json)",
+            err.print("`pyramid status`, `pyramid catalog sql` and `pyramid audit` read a snapshot of it meanwhile",
                       highlight=False, markup=False)
         raise typer.Exit(2)
+    if catalog.is_snapshot:
+        err.print(snapshot_note(catalog), highlight=False, markup=False)
     for run_id in catalog.killed_runs:
         err.print(f"run {run_id} was left running by a driver that is gone: marked killed", highlight=False,
                   markup=False)
     return catalog
+
+
+def snapshot_note(catalog) -> str:
+    """What a reader of a snapshot should know: which job holds the catalog and when the copy was taken."""
+    jobs = ", ".join(f"{r['job']} (run {r['run_id']}, pid {r['pid']})" for r in catalog.running_runs())
+    holder = f"a running job, {jobs}" if jobs else "another process (a job that has not recorded its run yet?)"
+    return (f"catalog {catalog.path} is held by {holder}: this reads a snapshot taken at "
+            f"{catalog.snapshot_taken_at:%Y-%m-%d %H:%M:%S} UTC; what the job records after that is not in it")
 
 
 def _runner(cfg):
@@ -374,25 +386,18 @@ def push(
 def status(config: Optional[Path] = ConfigOpt, workdir: Optional[Path] = WorkdirOpt):
     """Print the inventory (items, frames, hours, labelled share per source and tier), embodiment and rate per
     source with where each came from, the action semantics per source, the funnel, what the latest ingest noted
-    per source (e.g. partial downloads), quarantine reasons."""
+    per source (e.g. partial downloads), quarantine reasons. While a job holds the catalog: its stages' progress
+    files, then all that from a snapshot of the catalog."""
     from pipelines.report import (embodiment_table, funnel_table, inventory_table, notes_table, reasons_table,
                                   semantics_table)
 
-    from catalog import Catalog, CatalogLockedError
-
     cfg = _config(config, workdir)
-    try:
-        Catalog(cfg.catalog_path, read_only=True).close()
-    except CatalogLockedError:  # a job holds the catalog: what its stages wrote to progress/ instead
-        from pipelines.report import progress_table
+    with _open_catalog(cfg, read_only=True, snapshot=True) as cat:
+        if cat.is_snapshot:  # a job holds the catalog: its stages' progress files are newer than the snapshot
+            from pipelines.report import progress_table
 
-        console.print(f"catalog {cfg.catalog_path} is held by a running job; the full status is readable when it "
-                      "ends. Stage progress (progress/<stage>.json):", highlight=False, markup=False)
-        console.print(progress_table(Path(cfg.catalog_path).parent))
-        return
-    except FileNotFoundError:
-        pass  # _open_catalog says so
-    with _open_catalog(cfg, read_only=True) as cat:
+            console.print("Stage progress of the running job (progress/<stage>.json):", highlight=False, markup=False)
+            console.print(progress_table(Path(cfg.catalog_path).parent))
         console.print(inventory_table(cat))
         console.print(embodiment_table(cat))
         console.print(semantics_table(cat))
@@ -408,13 +413,14 @@ def catalog_sql(
     workdir: Optional[Path] = WorkdirOpt,
     max_rows: int = typer.Option(200, "--max-rows"),
 ):
-    """Run a read-only SQL query on the catalog and print the result as a table."""
+    """Run a read-only SQL query on the catalog and print the result as a table (from a snapshot of the catalog
+    while a job holds it)."""
     import duckdb
 
     from pipelines.report import arrow_to_rich
 
     cfg = _config(config, workdir)
-    with _open_catalog(cfg, read_only=True) as cat:
+    with _open_catalog(cfg, read_only=True, snapshot=True) as cat:
         try:
             result = cat.sql(query)
         except duckdb.Error as e:
@@ -500,7 +506,10 @@ def _audit_catalog(cfg, out: Optional[Path], settings):
         err.print(f"[red]no catalog at {escape(str(cfg.catalog_path))} (run `pyramid ingest` or `pyramid demo` "
                   "first)[/red]", highlight=False)
         raise typer.Exit(2)
-    with _open_catalog(cfg) as cat:
+    with _open_catalog(cfg, snapshot=True) as cat:
+        if cat.is_snapshot:
+            err.print("the audit's verdicts go to audit.json and audit.html only: the catalog's audit_results "
+                      "are written by an audit run while no job holds it", highlight=False, markup=False)
         return run_audit(cfg, cat, out_dir=out, console=console, settings=settings)
 
 

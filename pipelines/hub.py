@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Sequence
 
 from huggingface_hub import DatasetCardData
@@ -102,6 +102,10 @@ def fetch(repo_id: str, local_dir: str | Path | None = None, allow_patterns: str
         raise HubError(f"{where} is not in the hub cache {cache} and {state}: {how}") from e
     except (RepositoryNotFoundError, GatedRepoError) as e:
         raise HubError(f"{where}: {type(e).__name__}: the repo does not exist or needs a token with access") from e
+    except ValueError as e:  # huggingface_hub refuses a file name that would leave the snapshot folder
+        if "Invalid" not in str(e):
+            raise
+        raise HubError(f"{where}: {e}") from e
     files = [f for f in filter_repo_objects(_files_under(snapshot), allow_patterns=patterns)]
     if not files:
         hint = " (offline: only files fetched earlier are in the cache)" if offline else ""
@@ -118,10 +122,26 @@ def _matching(folder: Path, patterns: list[str] | None) -> list[str]:
 
 
 def _link_tree(snapshot: Path, files: Iterable[str], local_dir: Path) -> Path:
-    """local_dir/<rel> -> the cached blob, for each file (replacing stale links; never overwriting real files)."""
-    for rel in files:
+    """local_dir/<rel> -> the cached blob, for each file (replacing stale links; never overwriting real files).
+    Nothing is written outside local_dir and nothing links outside the repo's cache folder: a file name that is
+    absolute or climbs with `..`, a folder of local_dir that is a symlink out of it, or a snapshot entry that
+    resolves outside the cache (a doctored cache copied from elsewhere) is a HubError naming it."""
+    repo_cache = snapshot.parent.parent.resolve()  # <cache>/<type>s--<owner>--<name>: blobs/, snapshots/, refs/
+    local_root = local_dir.resolve()
+    links = []
+    for rel in files:  # every name checked before anything is written
+        _check_repo_path(rel)
         target = (snapshot / rel).resolve()
+        if not _is_within(target, repo_cache):
+            raise HubError(f"{rel} of the cached snapshot {snapshot} resolves to {target}, outside the repo's cache "
+                           f"folder {repo_cache}: refusing to link it (the cache was altered; fetch into a fresh one)")
         dst = local_dir / rel
+        if not _is_within(dst.parent.resolve(), local_root):
+            link = next((p for p in reversed(dst.parents) if p.is_symlink() and _is_within(p, local_dir)), dst.parent)
+            raise HubError(f"{link} is a symlink out of {local_dir} (to {link.resolve()}): refusing to write {rel} "
+                           "through it; remove the link or use another local_dir")
+        links.append((rel, target, dst))
+    for rel, target, dst in links:
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.is_symlink():
             if dst.resolve() == target:
@@ -136,6 +156,17 @@ def _link_tree(snapshot: Path, files: Iterable[str], local_dir: Path) -> Path:
         except OSError:
             shutil.copy2(target, dst)  # file systems without symlinks
     return local_dir
+
+
+def _check_repo_path(rel: str) -> None:
+    """A repo file name is a relative POSIX path that stays inside the repo: no leading `/` and no `..`."""
+    if not rel or PurePosixPath(rel).is_absolute() or ".." in PurePosixPath(rel).parts:
+        raise HubError(f"repo file name {rel!r} is absolute or climbs out of the repo with '..': refusing to write "
+                       "it (a file name on the Hub must be a relative path inside the repo)")
+
+
+def _is_within(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def add_to_cache(folder: str | Path, repo_id: str, cache_dir: str | Path | None = None, revision: str = "main",

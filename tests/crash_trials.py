@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import duckdb
 import yaml
@@ -71,10 +71,11 @@ def marker(stage: str, workdir: Path) -> Path:
         stage, workdir / "progress" / f"{stage}.json")
 
 
-def run(stage: str, workdir: Path, kill_after_s: float | None = None,
-        timeout_s: float = 600) -> tuple[int | None, float, float]:
+def run(stage: str, workdir: Path, kill_after_s: float | None = None, timeout_s: float = 600,
+        kill_when: Callable[[], bool] | None = None) -> tuple[int | None, float, float]:
     """(return code, wall s, s until the stage started its work) of one stage; with `kill_after_s`, its process
-    group is killed that long after the work started (return code None), if it is still running then."""
+    group is killed that long after the work started (return code None), if it is still running then; with
+    `kill_when`, as soon as that returns True."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     started_file = marker(stage, workdir)
     started_file.unlink(missing_ok=True)
@@ -86,7 +87,8 @@ def run(stage: str, workdir: Path, kill_after_s: float | None = None,
         while proc.poll() is None and time.perf_counter() - t0 < timeout_s:
             if started != started and started_file.exists():
                 started = time.perf_counter() - t0
-            if kill_after_s is not None and started == started and time.perf_counter() - t0 >= started + kill_after_s:
+            if (kill_after_s is not None and started == started and time.perf_counter() - t0 >= started + kill_after_s
+                    or kill_when is not None and kill_when()):
                 os.killpg(proc.pid, signal.SIGKILL)  # the driver and everything it started
                 proc.wait()
                 return None, time.perf_counter() - t0, started
@@ -120,6 +122,15 @@ def outputs(workdir: Path, stage: str) -> Any:
                           "ORDER BY item_id, kind")
     finally:
         con.close()
+
+
+def shard_files(workdir: Path) -> dict[str, str]:
+    """sha256 of every file under the workdir's shards/, by path relative to it."""
+    import hashlib
+
+    root = workdir / "shards"
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def temp_files(workdir: Path) -> list[str]:
@@ -217,6 +228,8 @@ class Reference:
             self.durations[stage] = wall
             self.work[stage] = wall - started if started == started else wall
             self.outputs[stage] = outputs(self.workdir, stage)
+            if stage == "shard":
+                self.shards = shard_files(self.workdir)
 
     def trial(self, n: int, stage: str, rng: random.Random) -> Trial:
         """Kill `stage` at a random moment of its reference duration, rerun it, check and compare."""
@@ -230,6 +243,31 @@ class Reference:
         problems = check_invariants(workdir) if rerun_ok else [(workdir / f".{stage}.log").read_text()[-500:]]
         identical = rerun_ok and outputs(workdir, stage) == self.outputs[stage]
         return Trial(n, stage, kill_s, state, rerun_ok, identical, problems)
+
+
+def killed_in_vae_training(ref: Reference, workdir: Path) -> tuple[int, dict[str, str]]:
+    """A second run of the reference's config in its own folder (the same samples and config files, copied before
+    ingest): ingest, flow, VAE training killed (process group, SIGKILL) once its first checkpoint is on disk and
+    resumed by a rerun, label, shard. Returns (the step of the checkpoint the kill left, its shard files)."""
+    from manifests.checkpoints import load_checkpoint
+
+    shutil.copytree(ref.root / "before" / "ingest", workdir, symlinks=True)
+    ckpt = workdir / "vae" / "checkpoints" / "last.pt"
+
+    def must(stage: str, code: int | None) -> None:
+        if code != 0:
+            log = (workdir / f".{stage}.log").read_text()[-3000:]
+            raise RuntimeError(f"{stage} in {workdir} exited {code}:\n{log}")
+
+    for stage in ("ingest", "flow"):
+        must(stage, run(stage, workdir)[0])
+    code, _, _ = run("vae", workdir, kill_when=ckpt.exists)
+    if code is not None:
+        raise RuntimeError(f"VAE training ended (exit {code}) before the kill")
+    killed_at = int(load_checkpoint(ckpt)["step"])
+    for stage in ("vae", "label", "shard"):
+        must(stage, run(stage, workdir)[0])
+    return killed_at, shard_files(workdir)
 
 
 def summary(trials: list[Trial]) -> str:

@@ -149,3 +149,42 @@ def test_a_run_left_running_by_a_dead_driver_is_marked_killed_by_the_next_writer
     with Catalog(path) as cat:
         assert cat.killed_runs == []
         assert cat.sql("SELECT status FROM runs WHERE run_id = ?", [own]).column(0).to_pylist() == ["running"]
+
+
+def _write_batches(path, ready, release):
+    cat = Catalog(path)
+    cat.start_run("writer", {})
+    ready.set()
+    n = 0
+    while not release.is_set():
+        cat.upsert_items([row(n + k) for k in range(5)])  # one transaction of 5 rows
+        n += 5
+        if n % 100 == 0:
+            cat.con.execute("CHECKPOINT")  # folds the WAL into the file: the copy must not mix before and after
+    cat.close()
+
+
+def test_snapshots_of_a_catalog_being_written_show_whole_transactions(tmp_path):
+    import multiprocessing as mp
+
+    path = tmp_path / "c.duckdb"
+    Catalog(path).close()
+    ctx = mp.get_context("spawn")
+    ready, release = ctx.Event(), ctx.Event()
+    p = ctx.Process(target=_write_batches, args=(str(path), ready, release))
+    p.start()
+    try:
+        assert ready.wait(60)
+        seen = []
+        for _ in range(15):
+            with Catalog(path, read_only=True, snapshot=True) as cat:
+                assert cat.is_snapshot and [r["job"] for r in cat.running_runs()] == ["writer"]
+                item_ids = cat.sql("SELECT item_id FROM items").column(0).to_pylist()
+            ids = sorted(int(i.removeprefix("robotwin/ep")) for i in item_ids)
+            assert ids == list(range(len(ids))) and len(ids) % 5 == 0  # every batch whole, none missing
+            seen.append(len(ids))
+        assert seen == sorted(seen) and seen[-1] > seen[0]  # the writer went on meanwhile
+    finally:
+        release.set()
+        p.join(60)
+    assert p.exitcode == 0

@@ -154,3 +154,33 @@ def test_a_hub_token_never_reaches_the_output_or_the_catalog(tmp_path, cache, mo
     with Catalog(tmp_path / "work" / "catalog.duckdb", read_only=True) as cat:
         stored = json.dumps(cat.sql("SELECT * FROM runs").to_pylist(), default=str)
     assert "ingest" in stored and secret not in stored
+
+
+def test_fetch_writes_nothing_outside_local_dir_and_links_nothing_outside_the_cache(cache, tmp_path):
+    """A repo file name that is absolute or climbs with `..`, a folder of local_dir that links out of it, and a
+    cached snapshot entry that links out of the cache (a doctored cache copied from elsewhere) are refused, each
+    with an error naming it, before anything is written."""
+    snapshot = hub.fetch(REPO_ID, cache_dir=cache)
+    local = tmp_path / "datasets" / "aloha_demo"
+    before = tree(tmp_path)
+    for name in ("../escaped.json", "meta/../../escaped.json", "/tmp/escaped.json"):
+        with pytest.raises(hub.HubError, match=r"absolute or climbs out of the repo"):
+            hub._link_tree(snapshot, ["meta/info.json", name], local)  # the names the Hub would hand over
+    assert tree(tmp_path) == before and not local.exists() and not Path("/tmp/escaped.json").exists()
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    local.mkdir(parents=True)
+    (local / "data").symlink_to(elsewhere)
+    with pytest.raises(hub.HubError, match=r"data is a symlink out of .*remove the link"):
+        hub.fetch(REPO_ID, local, allow_patterns=["meta/*", "data/*"], cache_dir=cache)
+    assert list(elsewhere.iterdir()) == [] and not (local / "meta").exists()
+    (local / "data").unlink()
+
+    secret = tmp_path / "home" / "id_ed25519"
+    secret.parent.mkdir()
+    secret.write_text("private key")
+    (snapshot / "meta" / "stolen.json").symlink_to(secret)
+    with pytest.raises(hub.HubError, match=r"meta/stolen.json of the cached snapshot .* outside the repo's cache"):
+        hub.fetch(REPO_ID, local, cache_dir=cache)
+    assert tree(local) == set()

@@ -5,11 +5,18 @@ lists inputs (cheap: no decoding); `probe(ref)` runs in workers, opens the input
 item's catalog row (`discover()` may add source-level lines to `notes`). The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
 official split (e.g. SSv2's label files) as "train", "val" or "test". Unusable input raises
 `BadInput(reason)` so the item is quarantined with the reason and the run goes on.
+
+An item's files are read only where they really are inside the source root: ingest quarantines an item whose
+input or media path resolves, through a symlink, anywhere else (`SourceAdapter.outside_root`), unless the target is
+under a folder of the source option `link_roots` or is a blob of a Hugging Face hub cache (where `pyramid fetch`
+links point).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +25,10 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from manifests import actions
+
+
+# a file of a Hugging Face hub cache: <cache>/<type>s--<owner>--<name>/blobs/<git sha1 or sha256>
+_HUB_BLOB = re.compile(r"/(?:datasets|models|spaces)--[^/]+/blobs/(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 
 
 class SourceError(Exception):
@@ -56,6 +67,12 @@ class SourceAdapter(ABC):
         self.notes: list[str] = []
         if not self.root.exists():
             raise SourceError(f"{self.name}: root {self.root} does not exist")
+        links = options.get("link_roots") or []
+        if isinstance(links, (str, os.PathLike)) or not all(isinstance(p, (str, os.PathLike)) for p in links):
+            raise SourceError(f"{self.name}: the option link_roots is a list of folders, not {links!r}")
+        # where an item's files may really be: the root (itself possibly a link) and the folders the user names
+        self.link_roots = [Path(os.path.realpath(self.root)),
+                           *(Path(os.path.realpath(Path(p).expanduser())) for p in links)]
 
     def item_id(self, native_id: str) -> str:
         return f"{self.name}/{native_id}"
@@ -70,6 +87,19 @@ class SourceAdapter(ABC):
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
         """The item's actions, float64 [frame_count, action_dim] at the item's native fps (labelled sources only)."""
         raise NotImplementedError(f"{cls.name} items carry no actions")
+
+    def outside_root(self, uri: str | None) -> str | None:
+        """Why the local file named by `uri` (the path before any `#`) must not be read: it resolves, through a
+        symlink, outside the source root and `link_roots`; None when it may be read (inside them, a hub cache
+        blob, or not a local path)."""
+        path = (uri or "").split("#", 1)[0]
+        if not path or "://" in path:
+            return None
+        real = Path(os.path.realpath(path))
+        if any(real == r or r in real.parents for r in self.link_roots) or _HUB_BLOB.search(real.as_posix()):
+            return None
+        return (f"{path} is a symlink (or lies under one) to {real}, outside the source root {self.root}: not "
+                "read; list the target folder in the source option link_roots to ingest it")
 
     def base_row(self, ref: ItemRef) -> dict[str, Any]:
         return {"item_id": ref.item_id, "source": self.name, "native_id": ref.native_id, "tier": self.tier,
