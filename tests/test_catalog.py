@@ -1,3 +1,4 @@
+import contextlib
 import json
 
 import pytest
@@ -94,22 +95,30 @@ def test_the_status_tables_leave_the_connection_ready_for_the_next_query(tmp_pat
         assert cat.sql("SELECT count(*) AS n FROM item_stages").to_pylist() == [{"n": 3}]
 
 
-def test_second_writer_gets_a_clear_lock_error(tmp_path):
+@contextlib.contextmanager
+def other_process(target, path):
+    """`target(path, ready, release)` in a spawned process holding the catalog at `path`; yields the process once it
+    is ready, releases and joins it on the way out."""
     import multiprocessing as mp
 
-    path = tmp_path / "c.duckdb"
-    Catalog(path).close()
     ctx = mp.get_context("spawn")
     ready, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=_hold_catalog, args=(str(path), ready, release))
+    p = ctx.Process(target=target, args=(str(path), ready, release))
     p.start()
     try:
         assert ready.wait(60)
-        with pytest.raises(CatalogLockedError, match="held open by another process"):
-            Catalog(path)
+        yield p
     finally:
         release.set()
-        p.join(30)
+        p.join(60)
+
+
+def test_second_writer_gets_a_clear_lock_error(tmp_path):
+    path = tmp_path / "c.duckdb"
+    Catalog(path).close()
+    with other_process(_hold_catalog, path):
+        with pytest.raises(CatalogLockedError, match="held open by another process"):
+            Catalog(path)
 
 
 def _hold_catalog(path, ready, release):
@@ -165,16 +174,9 @@ def _write_batches(path, ready, release):
 
 
 def test_snapshots_of_a_catalog_being_written_show_whole_transactions(tmp_path):
-    import multiprocessing as mp
-
     path = tmp_path / "c.duckdb"
     Catalog(path).close()
-    ctx = mp.get_context("spawn")
-    ready, release = ctx.Event(), ctx.Event()
-    p = ctx.Process(target=_write_batches, args=(str(path), ready, release))
-    p.start()
-    try:
-        assert ready.wait(60)
+    with other_process(_write_batches, path) as p:
         seen = []
         for _ in range(15):
             with Catalog(path, read_only=True, snapshot=True) as cat:
@@ -184,7 +186,4 @@ def test_snapshots_of_a_catalog_being_written_show_whole_transactions(tmp_path):
             assert ids == list(range(len(ids))) and len(ids) % 5 == 0  # every batch whole, none missing
             seen.append(len(ids))
         assert seen == sorted(seen) and seen[-1] > seen[0]  # the writer went on meanwhile
-    finally:
-        release.set()
-        p.join(60)
     assert p.exitcode == 0
