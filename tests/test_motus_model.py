@@ -231,3 +231,33 @@ def test_positions_start_at_a_usable_scale():
     assert 0.35 < model.pos_frame.std().item() < 0.65
     old = Motus(MotusConfig(**{**TINY, "pos_init_std": 0.02}))
     assert old.pos_frame.std().item() < 0.05
+
+
+def test_motion_input_embeds_frame_differences():
+    """`motion_input` adds a map of each patch's change from the previous frame to the video tokens: off by default
+    (no new weights, so earlier checkpoints load), trained by the loss when on, and with the content map silenced
+    the IDM reads only the changes between frames (a brightness shift of every frame changes nothing)."""
+    torch.manual_seed(0)
+    plain = Motus(MotusConfig(**TINY))
+    assert not any(k.startswith("motion_encoder") for k in plain.state_dict())
+    torch.manual_seed(0)
+    model = Motus(MotusConfig(**TINY, motion_input=True))
+    assert model.state_dict()["motion_encoder.weight"].shape == (TINY["d_video"], model.cfg.patch_dim)
+    losses = model(make_batch(model.cfg), torch.Generator().manual_seed(0))
+    losses["loss"].backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
+    model = trained_like(model)
+    with torch.no_grad():
+        model.video_encoder.weight.zero_()
+        model.video_encoder.bias.zero_()
+    b = make_batch(model.cfg)
+    ff, frames = b["first_frame"] * 0.5, b["video_frames"] * 0.5
+
+    def idm(first, video):
+        return model.idm(first, video, num_steps=3, generator=seeded())
+
+    base = idm(ff, frames)
+    torch.testing.assert_close(idm(ff + 0.25, frames + 0.25), base, atol=1e-4, rtol=1e-4)
+    moved = frames.clone()
+    moved[:, 1] = moved[:, 1].roll(4, dims=-1)
+    assert (idm(ff, moved) - base).abs().max() > 1e-3

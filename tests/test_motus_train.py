@@ -161,6 +161,22 @@ def test_resume_refuses_other_settings(tmp_path):
     assert train(other, make_train, make_val, tmp_path, resume=False, progress=False).resumed_from == 0
 
 
+def test_a_checkpoint_from_before_a_new_model_key_resumes(tmp_path):
+    """A checkpoint whose config lacks a model key added later (motion_input) resumes when the run keeps that
+    key's default, and is refused, naming it, when the run changes it."""
+    cfg = tiny_config(steps=4)
+    make_train, make_val = data_for(cfg)
+    train(cfg, make_train, make_val, tmp_path, progress=False)
+    last = tmp_path / "checkpoints/last.pt"
+    state = torch.load(last, weights_only=False)
+    del state["config"]["model"]["motion_input"]
+    torch.save(state, last)
+    assert train(tiny_config(steps=6), make_train, make_val, tmp_path, progress=False).resumed_from == 4
+    moving = tiny_config(steps=8, model=MotusConfig(**{**TINY_MODEL, "motion_input": True}))
+    with pytest.raises(ValueError, match=r"model\.motion_input: False -> True"):
+        train(moving, make_train, make_val, tmp_path, progress=False)
+
+
 def test_stage3_starts_from_a_stage2_checkpoint(tmp_path):
     stage2 = tiny_config(steps=2, checkpoint_every=2)
     make_train, make_val = data_for(stage2)

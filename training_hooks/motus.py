@@ -43,6 +43,9 @@ class MotusConfig:
     # video tokens: any input H×W is area-pooled to work_size, then patchified
     work_size: list[int] = field(default_factory=lambda: [48, 40])  # H, W
     patch_size: int = 8
+    # video tokens also embed their patch's change from the previous frame (frame f − frame f−1, 0 for the
+    # condition frame) through their own linear map: motion visible to the first layer (docs/trainer.md)
+    motion_input: bool = False
     # transformer
     n_layers: int = 3
     n_heads: int = 4
@@ -282,6 +285,7 @@ class Motus(nn.Module):
         n_patches = gh * gw
         # video expert: patch embedding, factorised learned positions (frame, row, col), time, decoder
         self.video_encoder = nn.Linear(cfg.patch_dim, cfg.d_video)
+        self.motion_encoder = nn.Linear(cfg.patch_dim, cfg.d_video) if cfg.motion_input else None
         # positions at a scale comparable to the patch embedding's output (~0.3-0.5): from 0.02 they stayed too
         # small to tell frames apart after 1,000 steps (research latent_actions.md §5)
         std = cfg.pos_init_std
@@ -331,7 +335,10 @@ class Motus(nn.Module):
         """
         cfg = self.cfg
         B, n_frames, n_patches, _ = video_x.shape
-        xv = self.video_encoder(torch.cat([cond[:, None], video_x], dim=1))
+        frames = torch.cat([cond[:, None], video_x], dim=1)
+        xv = self.video_encoder(frames)
+        if self.motion_encoder is not None:  # each patch's change from the previous frame; none at the condition
+            xv = xv + self.motion_encoder(torch.cat([torch.zeros_like(frames[:, :1]), frames.diff(dim=1)], dim=1))
         pos = (self.pos_frame + self.pos_row + self.pos_col).flatten(1, 2)  # [1+F, P, d]
         xv = (xv + pos).flatten(1, 2)
         cond_v = F.silu(self.video_time(torch.stack([torch.zeros_like(t_video), t_video], dim=1)))  # [B, 2, d]

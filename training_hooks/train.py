@@ -234,7 +234,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         state = read_checkpoint(last_path)
         old, new = state["config"], cfg.to_dict()
         differ = ", ".join(filter(None, [
-            _differing(old["model"], new["model"], "model."),
+            _differing({**dataclasses.asdict(MotusConfig()), **old["model"]}, new["model"], "model."),
             _differing({k: old[k] for k in RESUME_KEYS}, {k: new[k] for k in RESUME_KEYS})]))
         if differ:
             raise ValueError(f"{last_path} was trained with other settings ({differ}); resume with the same ones, "
