@@ -81,6 +81,12 @@ WEAK_DEMO_LATENTS = Defect("the demo's briefly trained VAE gives this source wea
                            ("latent_collapse", "latent_action_agreement"), planted=False)
 for _source in ("task_agnostic", "anypos", "robotwin", "oxe", "lerobot", "ssv2", "ego4d"):
     DEFECTS[_source] = WEAK_DEMO_LATENTS
+# not planted: the 2026-layout RoboTwin episode saves no depth or segmentation, so its flow is DIS on the rendered
+# video (mean 0.25 px, mostly noise on a still background) where its siblings get exact sim flow (0.04 px); a latent
+# that keeps the linear code of the motion (vae.coarse_skip_init: pca) puts it apart from the rest of RoboTwin
+DEFECTS["robotwin/episode_0000000"] = Defect(
+    "the 2026-layout episode's flow is DIS on video, its siblings' exact sim flow: its latents sit apart",
+    ("latent_outliers", *WEAK_DEMO_LATENTS.checks), planted=False)
 
 # dataset folder → {episode index: damage}: what `damage_actions` (and `damage_state`) do to the LeRobot samples
 LEROBOT_ACTION_DEFECTS = {"aloha_demo_v3": {1: "idle", 2: "chatter"},
