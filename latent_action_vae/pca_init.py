@@ -18,6 +18,9 @@ import torch.nn.functional as F
 
 from latent_action_vae.baselines import PCA
 
+PCA_INIT_PAIRS = 4000  # train pairs the init's PCA is fitted on, spread evenly over every item's pairs (fixed: it
+#   decides the starting weights, so it is not a run-only setting)
+
 
 def skip_features(model: Any, batch: dict[str, Any]) -> torch.Tensor:
     """What the coarse skip reads from a batch: the network input's coarse_cells² pooled flow, in pixels."""

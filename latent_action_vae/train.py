@@ -30,7 +30,7 @@ from manifests.io import truncate_metrics_csv
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
 from latent_action_vae.model import LatentActionVAE
-from latent_action_vae.pca_init import init_from_pca
+from latent_action_vae.pca_init import PCA_INIT_PAIRS, init_from_pca
 from latent_action_vae.config import VAEConfig
 from pipelines.config import PipelineConfig
 from common.progress import StageProgress, make_console
@@ -275,7 +275,7 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
         if rank == 0:
             console.print(f"[vae] resuming from step {start} ({ckpt_path})", markup=False, highlight=False)
     if start == 0 and vc.coarse_skip_init == "pca":  # every rank fits the same PCA (one ordered pass)
-        fitted = init_from_pca(model, sampler.iter_batches(vc.batch_size, max_pairs=vc.eval_max_pairs))
+        fitted = init_from_pca(model, sampler.iter_batches(vc.batch_size, max_pairs=PCA_INIT_PAIRS))
         if rank == 0:
             console.print(f"[vae] μ starts as PCA-{fitted['components']} of the pooled flow of {fitted['pairs']} train "
                           f"pairs ({fitted['explained']:.0%} of its variance)", markup=False, highlight=False)
