@@ -81,6 +81,23 @@ def _table(header: Iterable[str], rows: Iterable[Iterable[str]], numeric: set[in
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def item_facts(row: dict | None, flow: dict | None) -> str:
+    """The one-line facts of an item in the report (split, duration, fps, size, mean flow); a value the source did
+    not give (an on-disk audit of a stream with no frame rate has no duration) reads '?'."""
+    if not row:
+        return ""
+
+    def num(key: str, fmt: str) -> str:
+        v = row.get(key)
+        return "?" if v is None else format(v, fmt)
+
+    facts = (f'{_esc(row.get("split") or "?")} · {num("duration_s", ".2f")} s · {num("fps", ".4g")} fps · '
+             f'{num("width", ".0f")}×{num("height", ".0f")}')
+    if flow:
+        facts += f' · mean flow {flow["mean_px"]:.2f} px' + (" · <b>static</b>" if flow["is_static"] else "")
+    return facts
+
+
 class Report:
     PICTURE_HEIGHT = 72  # px of the contact sheets (flow pictures are a quarter taller)
 
@@ -150,14 +167,7 @@ class Report:
         return f'<div class="pics">{"".join(f"<div>{x}</div>" for x in out)}</div>'
 
     def item_line(self, item_id: str) -> str:
-        row = self.ctx.items_by_id.get(item_id)
-        facts = ""
-        if row:
-            facts = (f'{_esc(row["split"])} · {row["duration_s"]:.2f} s · {row["fps"]:.4g} fps · '
-                     f'{row["width"]}×{row["height"]}')
-            fs = self.ctx.flow_stats.get(item_id)
-            if fs:
-                facts += f' · mean flow {fs["mean_px"]:.2f} px' + (" · <b>static</b>" if fs["is_static"] else "")
+        facts = item_facts(self.ctx.items_by_id.get(item_id), self.ctx.flow_stats.get(item_id))
         return f'<code>{_esc(item_id)}</code> <span class="muted">{facts}</span> {self.files(item_id)}'
 
     # --- sections -------------------------------------------------------------------------------------------

@@ -189,3 +189,14 @@ def test_a_crashing_check_is_reported_and_fails_the_gate(workdir, monkeypatch):
     assert crashed.status == "crashed" and "RuntimeError: bug in a check" in crashed.crashed
     assert result.failed("error") == [crashed] and not result.gate("error")
     assert "bug in a check" in result.report_path.read_text()  # the other checks' report is still written
+
+
+def test_item_facts_say_what_is_missing_instead_of_failing():
+    from audit.report import item_facts
+
+    row = {"split": "train", "duration_s": 2.5, "fps": 30.0, "width": 320, "height": 240}
+    assert item_facts(row, {"mean_px": 1.234, "is_static": True}) == \
+        "train · 2.50 s · 30 fps · 320×240 · mean flow 1.23 px · <b>static</b>"
+    # an on-disk audit of a stream with no frame rate has no duration: the line still renders
+    assert item_facts({**row, "duration_s": None, "fps": None, "width": None}, None) == "train · ? s · ? fps · ?×240"
+    assert item_facts(None, None) == ""
