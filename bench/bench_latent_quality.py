@@ -56,6 +56,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "coarse_skip_pca_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
                             "vae.coarse_residual": True},
     "coarse_skip_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_residual": True},
+    # ... on 16×16 cells: a finer linear field, less of the thin arms' motion smeared over the background
+    "coarse_skip_pca_res16": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
+                              "vae.coarse_residual": True, "vae.coarse_cells": 16},
     "coarse_skip_align": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.lambda_align": 20.0,
                           "vae.labelled_fraction": 0.3},
     "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True},
