@@ -169,7 +169,8 @@ def collect(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]], rows: 
     `rows` (flow-manifest dicts or a pyarrow Table) give each pair's embodiment and source by item_id, unless
     batches carry `embodiment` / `source` lists themselves; one of the two is required. `decode=False` skips
     the decoder (EPE is then NaN): probes on the train split only need μ. `mean_fields` adds the per-source
-    mean-field EPEs, `pca` those of its reconstruction of the pooled flow (upsampled); `reverse` also encodes the negated flow (for S-PCFC). `keep_examples` > 0 keeps, for that
+    mean-field EPEs, `pca` those of its reconstruction of the pooled flow (upsampled); `reverse` also encodes the
+    negated flow (for S-PCFC). `keep_examples` > 0 keeps, for that
     many distinct items, the pair with the most motion, for the picture. The model's train/eval mode is
     restored afterwards.
     """

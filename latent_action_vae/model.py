@@ -134,9 +134,14 @@ class LatentActionVAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens = self.dcae.encode(x).latent
         mu, logvar = self.to_posterior(tokens.flatten(1)).chunk(2, dim=1)
-        if self.skip is not None:  # flow input only (config validation): x is flow / flow_scale_px
-            mu = mu + self.skip(F.adaptive_avg_pool2d(x, self.cfg.coarse_cells).flatten(1) * self.cfg.flow_scale_px)
+        if self.skip is not None:
+            mu = mu + self.skip(self.skip_input(x))
         return mu, logvar.clamp(-12, 8)
+
+    def skip_input(self, x: torch.Tensor) -> torch.Tensor:
+        """What the coarse skip reads: the input's coarse_cells² pooled flow, in px (flow input only, by config
+        validation: x is flow / flow_scale_px)."""
+        return F.adaptive_avg_pool2d(x, self.cfg.coarse_cells).flatten(1) * self.cfg.flow_scale_px
 
     def decode(self, z: torch.Tensor, frame: torch.Tensor | None = None) -> torch.Tensor:
         """z → flow (network units); `frame` is the prepared first frame (`prepare_frame`) when conditioned."""

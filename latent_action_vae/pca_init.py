@@ -14,7 +14,6 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from latent_action_vae.baselines import PCA
 
@@ -23,9 +22,8 @@ PCA_INIT_PAIRS = 4000  # train pairs the init's PCA is fitted on, spread evenly 
 
 
 def skip_features(model: Any, batch: dict[str, Any]) -> torch.Tensor:
-    """What the coarse skip reads from a batch: the network input's coarse_cells² pooled flow, in pixels."""
-    x, _, _ = model.prepare(batch["flow"], batch["valid"])
-    return F.adaptive_avg_pool2d(x, model.cfg.coarse_cells).flatten(1) * model.cfg.flow_scale_px
+    """What the coarse skip reads from a batch (`LatentActionVAE.skip_input` of the prepared input)."""
+    return model.skip_input(model.prepare(batch["flow"], batch["valid"])[0])
 
 
 @torch.no_grad()
@@ -39,8 +37,7 @@ def init_from_pca(model: Any, batches: Iterable[dict[str, Any]]) -> dict[str, An
     if len(feats) <= k:
         raise ValueError(f"coarse_skip_init: pca needs more than {k} train pairs, got {len(feats)}")
     pca = PCA.fit(feats, k)
-    centred = feats - pca.mean
-    std = np.sqrt((centred @ pca.components.T).var(0))  # each component's spread, in px
+    std = np.sqrt(pca.transform(feats).var(0))  # each component's spread, in px
     # a component with (next to) no variance is not blown up into unit-spread noise
     std = np.maximum(std, max(float(std[0]) * 1e-3, 1e-6))
     kept = len(pca.components)
