@@ -55,6 +55,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # ... and the decoder = the coarse head's flow upsampled + a gated DC-AE decode: the way back starts as PCA's
     "coarse_skip_pca_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
                             "vae.coarse_residual": True},
+    # ... and the upsampled coarse flow masked per pixel by a U-Net on the first frame (vae.coarse_mask: frame)
+    "coarse_skip_pca_res_mask": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
+                                 "vae.coarse_residual": True, "vae.coarse_mask": "frame"},
     "coarse_skip_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_residual": True},
     # ... on 16×16 cells: a finer linear field, less of the thin arms' motion smeared over the background
     "coarse_skip_pca_res16": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",

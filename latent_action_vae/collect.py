@@ -125,7 +125,7 @@ def _run_batch(model: torch.nn.Module, batch: Mapping[str, Any], decode: bool, s
     zero = torch.zeros_like(target)
     nan = torch.full((len(ids),), float("nan"), device=target.device)
     recon = prior = None
-    if decode and getattr(model, "frame_conditioned", False):
+    if decode and getattr(model, "needs_frame", False):
         frame = model.prepare_frame(batch["frame"].to(device) if batch.get("frame") is not None else None)
         recon, prior = model.decode(mu, frame), model.decode(torch.zeros_like(mu), frame)
     elif decode:

@@ -32,6 +32,9 @@ class VAEConfig:
     #   the DC-AE path, so a linear code of the coarse motion (what PCA keeps) is reachable from the first step
     coarse_residual: bool = False  # the decoder's flow = the coarse head's g×g flow, bilinearly upsampled, + a gated
     #   DC-AE decode (gate from 0, ReZero-style): the way back starts linear (as PCA's) and the DC-AE adds detail
+    coarse_mask: str = "none"  # none | frame (with coarse_residual): the upsampled coarse flow is multiplied per pixel
+    #   by 2·sigmoid(a small U-Net on the pair's first frame, modulated by z), starting at exactly 1, so the decoder
+    #   can keep the coarse motion on the movers it sees and off the still background around them
     coarse_skip_init: str = "random"  # random | pca: the skip starts as the whitened top-k principal components of
     #   the train pairs' pooled flow and the DC-AE path's share of μ at zero, so μ starts as PCA-k; with
     #   coarse_weight > 0 the coarse head starts as PCA's inverse (latent_action_vae/pca_init.py)

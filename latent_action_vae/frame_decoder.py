@@ -29,7 +29,8 @@ def _block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
 
 
 class FrameConditionedDecoder(nn.Module):
-    def __init__(self, latent_dim: int, widths: tuple[int, ...] = (16, 32, 64, 96, 128), hidden: int = 256):
+    def __init__(self, latent_dim: int, widths: tuple[int, ...] = (16, 32, 64, 96, 128), hidden: int = 256,
+                 out_channels: int = 2):
         super().__init__()
         self.widths = tuple(widths)
         self.down = nn.ModuleList([_block(3, widths[0])] +
@@ -42,10 +43,10 @@ class FrameConditionedDecoder(nn.Module):
         # FiLM keeps PyTorch's default init: zero-initialised (an unmodulated U-Net at step 0), z got no gradient,
         # the decoder learnt from the frame alone and z collapsed to the prior in 2 of 3 seeds (0 bits; measured
         # with bench/bench_latent_quality.py, docs/latent_quality.md)
-        self.head = nn.Conv2d(widths[0], 2, 1)
+        self.head = nn.Conv2d(widths[0], out_channels, 1)
 
     def forward(self, z: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
-        """z [B, latent_dim], frame [B, 3, H, W] in [−1, 1] → flow [B, 2, H, W] (network units)."""
+        """z [B, latent_dim], frame [B, 3, H, W] in [−1, 1] → [B, out_channels, H, W] (flow in network units)."""
         skips, h = [], frame
         for stage in self.down:
             h = stage(h)

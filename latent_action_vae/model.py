@@ -4,6 +4,9 @@ and back: 14-d → light decoder → tokens → DC-AE decoder → flow.
 With `coarse_residual` the way back is the coarse head's linear g×g flow, upsampled, plus a gated DC-AE decode
 (`pca_init.py` starts the pair as PCA's code and reconstruction).
 
+With `coarse_mask: frame` the upsampled coarse flow is also multiplied per pixel by a mask that a small U-Net reads
+from the pair's first frame (modulated by z): the coarse cells' motion stays on the movers the frame shows.
+
 With `decoder_condition: frame` the way back is a U-Net on the pair's first frame modulated by z
 (`frame_decoder.py`): z then carries the motion, the frame says where the movers are. The encoder is the same.
 
@@ -91,6 +94,19 @@ class LatentActionVAE(nn.Module):
             if self.coarse_head is None or self.frame_conditioned:
                 raise ValueError("vae.coarse_residual needs the coarse head (coarse_weight > 0) and decoder_condition none")
             self.decoder_gate = nn.Parameter(torch.zeros(()))
+        # coarse_mask: frame — the upsampled coarse flow times 2·sigmoid(U-Net(first frame, z)); the head starts at
+        # zero, so the mask starts at exactly 1 (the PCA start is kept) and learns where the movers are
+        if cfg.coarse_mask not in ("none", "frame"):
+            raise ValueError(f"vae.coarse_mask must be none or frame, got {cfg.coarse_mask!r}")
+        self.coarse_mask = None
+        if cfg.coarse_mask == "frame":
+            if self.decoder_gate is None:
+                raise ValueError("vae.coarse_mask: frame masks the coarse residual's flow: it needs vae.coarse_residual")
+            self.coarse_mask = FrameConditionedDecoder(cfg.latent_dim, widths=(16, 32, 64, 64), hidden=128,
+                                                       out_channels=1)
+            nn.init.zeros_(self.coarse_mask.head.weight)
+            nn.init.zeros_(self.coarse_mask.head.bias)
+        self.needs_frame = self.frame_conditioned or self.coarse_mask is not None
         # one linear head μ → normalised action change (padded to latent_dim) per aligned embodiment; built last,
         # so the other modules start as they would without it
         if cfg.align_head not in ("identity", "linear"):
@@ -123,11 +139,12 @@ class LatentActionVAE(nn.Module):
     def prepare_frame(self, frames: torch.Tensor | None) -> torch.Tensor | None:
         """The decoder's frame input (stored uint8 first frames → [−1, 1] at image_size²); None when the decoder
         takes no frame. A frame-conditioned model given no frames says what to do."""
-        if not self.frame_conditioned:
+        if not self.needs_frame:
             return None
         if frames is None:
-            raise ValueError("this VAE's decoder is conditioned on the first frame (vae.decoder_condition: frame), "
-                             "but the flow artifacts hold no frames: rerun `pyramid flow` with flow.store_frames: true")
+            raise ValueError("this VAE's decoder reads the first frame (vae.decoder_condition: frame or "
+                             "vae.coarse_mask: frame), but the flow artifacts hold no frames: rerun `pyramid flow` "
+                             "with flow.store_frames: true")
         return frame_input(frames, self.cfg.image_size)
 
     # --- model ----------------------------------------------------------------------------------------------
@@ -156,6 +173,10 @@ class LatentActionVAE(nn.Module):
         g = self.cfg.coarse_cells
         coarse = self.coarse_head(z).view(-1, 2, g, g)
         base = F.interpolate(coarse, size=flow.shape[-2:], mode="bilinear", align_corners=False)
+        if self.coarse_mask is not None:
+            if frame is None:
+                raise ValueError("a decoder with vae.coarse_mask: frame needs the pair's first frame")
+            base = base * 2 * torch.sigmoid(self.coarse_mask(z, frame))
         return base + self.decoder_gate * flow
 
     def forward(self, x: torch.Tensor, sample: bool = True, frame: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

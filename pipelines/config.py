@@ -213,6 +213,13 @@ def validate(cfg: PipelineConfig) -> None:
     if v.coarse_residual and (v.coarse_weight <= 0 or v.decoder_condition != "none"):
         raise ConfigError("vae.coarse_residual adds the coarse head's flow to the DC-AE decoder's: it needs "
                           "vae.coarse_weight > 0 and vae.decoder_condition: none")
+    if v.coarse_mask not in ("none", "frame"):
+        raise ConfigError(f"vae.coarse_mask: {v.coarse_mask!r} is not one of none, frame")
+    if v.coarse_mask == "frame" and not v.coarse_residual:
+        raise ConfigError("vae.coarse_mask: frame masks the coarse residual's flow: it needs vae.coarse_residual: true")
+    if v.coarse_mask == "frame" and not cfg.flow.store_frames:
+        raise ConfigError("vae.coarse_mask: frame needs the first frames in the flow artifacts: "
+                          "set flow.store_frames: true")
     if v.coarse_skip_init not in ("random", "pca"):
         raise ConfigError(f"vae.coarse_skip_init: {v.coarse_skip_init!r} is not one of random, pca")
     if v.coarse_skip_init == "pca" and not v.coarse_skip:

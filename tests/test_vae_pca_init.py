@@ -121,3 +121,52 @@ def test_coarse_residual_config_needs_the_coarse_head():
         load_config(None, **{"vae.coarse_residual": True, "vae.coarse_weight": 0.0})
     with pytest.raises(ValueError, match="coarse_residual"):
         LatentActionVAE(VAEConfig(coarse_residual=True, **SMALL))
+
+
+def test_coarse_mask_starts_at_one_then_learns_to_zero_still_background():
+    """`vae.coarse_mask: frame`: at step 0 the decode equals the unmasked coarse residual's; trained on a case
+    where only a square that the frame shows moves, the mask learns to keep the coarse flow off the background."""
+    torch.manual_seed(0)
+    kw = dict(coarse_skip=True, coarse_weight=1.0, coarse_skip_init="pca", coarse_residual=True, **SMALL)
+    plain, masked = LatentActionVAE(VAEConfig(**kw)), LatentActionVAE(VAEConfig(coarse_mask="frame", **kw))
+    b, rng = 64, np.random.default_rng(0)
+    frames = np.zeros((b, 3, 32, 32), np.uint8)
+    flow = np.zeros((b, 2, 32, 32), np.float32)
+    for i in range(b):  # a bright 6×6 square at a random place moves by a random vector; the rest is still
+        r, c = rng.integers(0, 26, 2)
+        frames[i, :, r:r + 6, c:c + 6] = 255
+        flow[i, :, r:r + 6, c:c + 6] = rng.normal(size=(2, 1, 1)) * 4
+    init_from_pca(plain, [{"flow": torch.from_numpy(flow), "valid": torch.ones(b, 32, 32, dtype=torch.bool)}])
+    masked.load_state_dict(plain.state_dict(), strict=False)  # the same PCA start; the mask net is extra
+    frame = masked.prepare_frame(torch.from_numpy(frames))
+    x, target, valid = masked.prepare(torch.from_numpy(flow), torch.ones(b, 32, 32, dtype=torch.bool))
+    with torch.no_grad():
+        z = masked.encode(x)[0]
+        torch.testing.assert_close(masked.decode(z, frame), plain.decode(z))
+    with pytest.raises(ValueError, match="store_frames"):
+        masked.prepare_frame(None)
+
+    still = target.norm(dim=1) == 0
+    def background_error():
+        with torch.no_grad():
+            return masked.decode(masked.encode(x)[0], frame).norm(dim=1)[still].mean().item()
+    before = background_error()
+    opt = torch.optim.Adam(masked.parameters(), lr=3e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        out = masked(x, sample=False, frame=frame)
+        (out["recon"] - target).pow(2).sum(1).mean().backward()
+        opt.step()
+    assert before > 0.01 and background_error() < 0.3 * before
+
+
+def test_coarse_mask_config_errors():
+    with pytest.raises(ConfigError, match="coarse_mask"):
+        load_config(None, **{"vae.coarse_mask": "edges"})
+    with pytest.raises(ConfigError, match="needs vae.coarse_residual"):
+        load_config(None, **{"vae.coarse_mask": "frame", "vae.coarse_weight": 10.0})
+    with pytest.raises(ConfigError, match="store_frames"):
+        load_config(None, **{"vae.coarse_mask": "frame", "vae.coarse_weight": 10.0, "vae.coarse_residual": True,
+                             "flow.store_frames": False})
+    with pytest.raises(ValueError, match="coarse_residual"):
+        LatentActionVAE(VAEConfig(coarse_mask="frame", coarse_weight=1.0, **SMALL))
