@@ -129,7 +129,7 @@ def test_coarse_mask_starts_at_one_then_learns_to_zero_still_background():
     torch.manual_seed(0)
     kw = dict(coarse_skip=True, coarse_weight=1.0, coarse_skip_init="pca", coarse_residual=True, **SMALL)
     plain, masked = LatentActionVAE(VAEConfig(**kw)), LatentActionVAE(VAEConfig(coarse_mask="frame", **kw))
-    b, rng = 64, np.random.default_rng(0)
+    b, rng = 32, np.random.default_rng(0)
     frames = np.zeros((b, 3, 32, 32), np.uint8)
     flow = np.zeros((b, 2, 32, 32), np.float32)
     for i in range(b):  # a bright 6×6 square at a random place moves by a random vector; the rest is still
@@ -152,12 +152,12 @@ def test_coarse_mask_starts_at_one_then_learns_to_zero_still_background():
             return masked.decode(masked.encode(x)[0], frame).norm(dim=1)[still].mean().item()
     before = background_error()
     opt = torch.optim.Adam(masked.parameters(), lr=3e-3)
-    for _ in range(150):
+    for _ in range(30):
         opt.zero_grad()
         out = masked(x, sample=False, frame=frame)
         (out["recon"] - target).pow(2).sum(1).mean().backward()
         opt.step()
-    assert before > 0.01 and background_error() < 0.3 * before
+    assert before > 0.005 and background_error() < 0.3 * before
 
 
 def test_coarse_mask_config_errors():
