@@ -36,7 +36,8 @@ METADATA_CHECKS = {"media_readable", "stream_matches_metadata", "actions_match_f
                    "values_in_bounds", "missing_fields", "duplicate_item_ids", "quarantined_other", "duration",
                    "language_empty", "language_template", "language_single_instruction"}
 METADATA_CATEGORIES = {"dataset", "motion"}  # every check of these reads files and actions only
-DECODE_CHECKS = {"black_frames", "frozen_frames"}  # and media_readable decodes a few frames of every item
+DECODE_CHECKS = {"black_frames", "frozen_frames", "frame_stutter", "concealed_errors"}  # and media_readable
+# decodes every item's frames
 
 
 class _NotDecoded(dict):
@@ -75,7 +76,7 @@ class DiskContext(AuditContext):
         if actions is not None:
             given["actions"] = actions
         if not decode:  # media_readable then reports missing files and the reader's refusals, decoding nothing
-            given["frames"] = given["decoded"] = _NotDecoded()
+            given["media"] = given["frames"] = given["decoded"] = _NotDecoded()
         self.__dict__.update(given)  # fills the cached properties, so nothing asks the catalog
 
 

@@ -40,9 +40,9 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     defects.add_robotwin_defects(samples / "robotwin")
     defects.add_duplicate_defects(samples / "task_agnostic" / "aloha_random")
     defects.add_static_ssv2_clip(samples / "ssv2")
-    # 4 episodes with planted action defects, 11 with planted file, timestamp, language and state defects
+    # 4 episodes with planted action defects, 13 with planted file, timestamp, video, language and state defects
     # (frames cut from a task-agnostic episode, as the demo's: drawn frames bounce a square, which jitter may flag)
-    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 15, seed=1, version="v2.1", size=(48, 64),
+    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 17, seed=1, version="v2.1", size=(48, 64),
                   frames_from=_first_episode_video(samples), damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
     defects.damage_lerobot_files(samples / "lerobot" / "aloha_demo_v21", defects.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
     cfg = config(workdir)
