@@ -67,10 +67,12 @@ class AuditConfig:
     pts_tolerance_s: float = 1e-4  # |video pts − recorded timestamp| allowed per frame (+ half a tick of the
     # container's clock); LeRobot's reader rejects a frame further than its tolerance_s (1e-4 s) from the query
     # media pass (audit/media.py): every frame of the main camera decoded once
-    stutter_repeat_share: float = 0.1  # a step (mean |grey Δ| of consecutive frames) this share of the clip's median
+    stutter_repeat_share: float = 0.1  # a step (grey change of consecutive frames beyond codec noise) at most this
+    # share of the clip's median step ...
     stutter_min_repeats: int = 2  # ... repeated this many times in a row (one picture shown 3 times) ...
-    stutter_neighbour_share: float = 0.5  # ... between steps of at least this share of the median is a stutter
-    stutter_min_motion: float = 0.05  # clips whose median step is below this (grey levels) are not judged
+    stutter_neighbour_share: float = 0.5  # ... entered from a step of at least this share of the median ...
+    stutter_catch_up: float = 2.0  # ... and left with a jump of at least this × the median (the scene moved on)
+    stutter_min_motion: float = 0.01  # clips whose median step is below this (grey levels) are not judged
     max_concealed_frames: int = 0  # frames FFmpeg may decode by concealing errors before an item fails
     # language (audit/checks/language.py) and state (audit/checks/state.py)
     min_episodes_for_language: int = 10  # fewer: one instruction for all episodes is not judged

@@ -19,14 +19,16 @@ from common.errors import BadInput
 from flow_extraction.frames import iter_frames
 from pipelines.stages import Resources, Stage, execute
 
-STEP_WIDTH = 64  # consecutive frames are compared as grey thumbnails this wide
+STEP_WIDTH = 64  # consecutive frames are compared as grey thumbnails this wide ...
+NOISE_LEVEL = 8.0  # ... counting only what changes beyond this many grey levels: codec noise (a keyframe that codes
+# the same picture again, with g=2 every other frame) stays below it, a moving edge does not
 
 
 @dataclass(frozen=True)
 class RepeatRun:
     """Frames first..last each show (nearly) the picture of the frame before: one picture held for
-    last − first + 2 frames. `before`/`after` are the mean |grey difference| of the steps into frame first − 1 and
-    out of frame last (None at the clip's ends); `median` is the clip's median step."""
+    last − first + 2 frames. `before`/`after` are the steps into frame first − 1 and out of frame last (None at the
+    clip's ends). A step is the mean grey change between two frames beyond `NOISE_LEVEL` (thumbnails)."""
 
     first: int
     last: int
@@ -43,7 +45,7 @@ class MediaFacts:
     item_id: str
     frames: FrameFacts
     decoded: int  # frames of the window decoded
-    median_step: float  # median mean |grey difference| between consecutive frames
+    median_step: float  # median step between consecutive frames (mean grey change beyond NOISE_LEVEL)
     repeat_runs: list[RepeatRun]  # runs of at least `min_repeats` repeated pictures (see `repeat_runs`)
     corrupt_frames: int | None  # frames decoded with error concealment; None: not a video file (HDF5, TFRecord)
 
@@ -104,7 +106,7 @@ def media_facts(row: Mapping[str, Any], frames_per_item: int, size_hw: tuple[int
                            (STEP_WIDTH, max(1, round(STEP_WIDTH * h / w))), interpolation=cv2.INTER_AREA)
         small = small.astype(np.float32)
         if previous is not None:
-            steps.append(float(np.abs(small - previous).mean()))
+            steps.append(float(np.maximum(np.abs(small - previous) - NOISE_LEVEL, 0).mean()))
         previous, count = small, count + 1
     order = sorted(wanted)
     if len(sampled) < len(order):

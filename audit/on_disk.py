@@ -11,6 +11,7 @@ listed as not run. The report, audit.json and the `--fail-on` gate are the pipel
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import time
@@ -68,8 +69,8 @@ class DiskContext(AuditContext):
 
     def __init__(self, cfg: PipelineConfig, settings: AuditConfig, rows: list[dict[str, Any]],
                  quarantine: list[dict[str, Any]], actions: dict[str, np.ndarray | str] | None, decode: bool,
-                 label: str):
-        super().__init__(cfg, None, settings)
+                 label: str, runner: Any = None):
+        super().__init__(cfg, None, settings, runner)
         self.label, self.decode = label, decode
         given = {"items": rows, "quarantine": quarantine, "flow_stats": {}, "latent_paths": {}, "latents": {},
                  "shards": [], "seen": {r["item_id"] for r in rows} | {r["item_id"] for r in quarantine}}
@@ -150,8 +151,12 @@ def selected(name: str, category: str, decode: bool) -> str | None:
 
 
 def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | None = None, decode: bool = False,
-                     console: Console | None = None, options: dict[str, Any] | None = None) -> AuditResult:
-    """Audit the dataset `spec` (KIND:PATH) on disk; write audit.json and audit.html to `out_dir`."""
+                     console: Console | None = None, options: dict[str, Any] | None = None,
+                     cfg: PipelineConfig | None = None, runner: Any = None) -> AuditResult:
+    """Audit the dataset `spec` (KIND:PATH) on disk; write audit.json and audit.html to `out_dir`. `cfg` (default:
+    the built-in defaults) gives the camera the media pass decodes and everything else the source's reader takes;
+    its sources and workdir are replaced by `spec` and `out_dir`. `runner` runs the media pass (`--decode`) on
+    workers; None decodes in this process."""
     from audit.funnel import funnel
     from audit.report import render_html
 
@@ -160,8 +165,9 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
     kind, root = parse_source(spec)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    cfg = load_config(None, workdir=str(out), **{"runner.engine": "local"})
-    cfg.sources = [SourceConfig(kind=kind, root=str(root), options=dict(options or {}))]
+    base = cfg if cfg is not None else load_config(None, **{"runner.engine": "local"})
+    cfg = dataclasses.replace(base, workdir=str(out),
+                              sources=[SourceConfig(kind=kind, root=str(root), options=dict(options or {}))])
     label = f"{kind}:{root}"
     if kind == "lerobot" and not decode:
         table, rows, actions = lerobot_rows(kind, root, dict(options or {}))
@@ -169,7 +175,7 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
     else:
         rows, quarantine = probed_rows(cfg, console)
         actions, table = None, None
-    ctx = DiskContext(cfg, settings, rows, quarantine, actions, decode, label)
+    ctx = DiskContext(cfg, settings, rows, quarantine, actions, decode, label, runner)
     if table is not None:
         ctx.memo("lerobot_tables", lambda: [table])  # the tables just read: every dataset check shares them
     else:

@@ -107,9 +107,11 @@ def audit_table(result: AuditResult) -> Table:
 
 
 def run_audit(cfg: PipelineConfig, catalog: Catalog, out_dir: str | Path | None = None,
-              console: Console | None = None, settings: AuditConfig | None = None) -> AuditResult:
+              console: Console | None = None, settings: AuditConfig | None = None, runner: Any = None) -> AuditResult:
     """Run all checks over the catalog, its artifacts and shards; store the verdicts in `audit_results`; write
-    `audit.json` and a self-contained `audit.html` to `out_dir` (default `<workdir>/reports`)."""
+    `audit.json` and a self-contained `audit.html` to `out_dir` (default `<workdir>/reports`). `runner` (a Ray or
+    Beam runner from `pipelines.runners`) runs the media pass, every item's frames decoded once, on its workers;
+    None decodes the items one after another in this process."""
     from audit.report import render_html
 
     console = console or make_console(stderr=True)
@@ -119,7 +121,7 @@ def run_audit(cfg: PipelineConfig, catalog: Catalog, out_dir: str | Path | None 
     run_id = catalog.start_run("audit", {"pipeline": cfg.to_dict(), "audit": settings.to_dict()})
     status, results = "failed", []
     try:
-        ctx = AuditContext(cfg, catalog, settings)
+        ctx = AuditContext(cfg, catalog, settings, runner)
         results = [run_check(check, ctx) for check in all_checks()]
         _store(catalog, run_id, results)
         result = AuditResult(run_id, results, out / "audit.html", out / "audit.json", time.perf_counter() - t0)

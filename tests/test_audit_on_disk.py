@@ -121,3 +121,20 @@ def test_bad_source_arguments_exit_2(tmp_path, args, message):
 def test_a_folder_that_is_not_a_lerobot_dataset_exits_2(tmp_path):
     result, _ = audit(tmp_path, "--source", f"lerobot:{tmp_path}")
     assert result.exit_code == 2 and "meta/info.json is missing" in result.output
+
+
+def test_config_and_workdir_are_honoured_with_a_source(tmp_path):
+    root = write_lerobot(tmp_path / "clean_v21", 3, seed=2, version="v2.1", size=(32, 48))
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text("runner: {engine: local}\nsources:\n  - {kind: ssv2, root: elsewhere}\n")
+    cli = CliRunner()
+    result = cli.invoke(app, ["audit", "--source", f"lerobot:{root}", "--config", str(cfg), "--workdir",
+                              str(tmp_path / "w"), "--decode", "--fail-on", "warning"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "w" / "reports" / "clean_v21" / "audit.json").read_text())
+    assert summary["source"] == f"lerobot:{root}"  # the config's sources give way to --source
+    assert {c["name"]: c["n_checked"] for c in summary["checks"]}["frame_stutter"] == 3
+    cfg.write_text("runner: {engine: local}\nno_such_section: 1\n")
+    result = cli.invoke(app, ["audit", "--source", f"lerobot:{root}", "--config", str(cfg), "--out",
+                              str(tmp_path / "o")])
+    assert result.exit_code == 2 and "config error" in result.output

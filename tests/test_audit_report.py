@@ -154,7 +154,8 @@ def test_cli_gate_exit_codes(defect_pyramid, tmp_path):
                         "  - {kind: robotwin, root: samples/robotwin}\n  - {kind: ssv2, root: samples/ssv2}\n")
     workdir = tmp_path / "w"
     shutil.copytree(defect_pyramid, workdir)
-    base = ["audit", "--config", str(cfg_file), "--workdir", str(workdir), "--out", str(tmp_path / "out")]
+    base = ["audit", "--config", str(cfg_file), "--workdir", str(workdir), "--out", str(tmp_path / "out"),
+            "--engine", "local"]
     failing = cli.invoke(app, base)
     assert failing.exit_code == 1, failing.output
     assert "media_readable" in failing.output and "audit gate failed at --fail-on error" in failing.output
@@ -169,7 +170,7 @@ def test_cli_gate_exit_codes(defect_pyramid, tmp_path):
 def test_cli_gate_passes_a_clean_catalog(workdir):
     cli = CliRunner()
     cli.invoke(app, ["ingest", "--workdir", str(workdir), "--engine", "local"])  # ssv2 & co. are missing: exit 1
-    result = cli.invoke(app, ["audit", "--workdir", str(workdir), "--fail-on", "warning"])
+    result = cli.invoke(app, ["audit", "--workdir", str(workdir), "--fail-on", "warning", "--engine", "local"])
     assert result.exit_code == 0, result.output
     assert "media_readable" in result.output and "reports/audit.html" in result.output
 

@@ -89,28 +89,30 @@ def held_pictures(facts: MediaFacts, steps: np.ndarray | None, s: AuditConfig) -
     per-step changes [T−1, D]) move. Empty when the clip barely moves or every hold is explained."""
     if facts.median_step < s.stutter_min_motion:
         return []
-    floor = s.stutter_neighbour_share * facts.median_step
+    floor, jump = s.stutter_neighbour_share * facts.median_step, s.stutter_catch_up * facts.median_step
     typical = np.median(np.abs(steps), axis=0) if steps is not None and len(steps) else None
     found = []
     for r in facts.repeat_runs:
-        if r.before is None or r.after is None or r.before < floor or r.after < floor:
-            continue  # the picture slows into or out of the hold: a scene that pauses
+        if r.before is None or r.after is None or r.before < floor or r.after < jump:
+            continue  # the picture slows into the hold or starts again slowly: a scene that pauses
         if typical is not None and typical.max() > 0:
             held = np.abs(steps[max(r.first - 1, 0):r.last])  # the action steps while the picture is held
             moving = typical > 0
             if not len(held) or not (held[:, moving].mean(axis=0) >= 0.5 * typical[moving]).any():
                 continue  # the robot stood still too: the frames are right to repeat
-        found.append(f"frames {r.first - 1}-{r.last} show one picture ({r.repeats + 1} frames) between moving "
-                     f"frames (steps {r.before:.2f} and {r.after:.2f}, median {facts.median_step:.2f})")
+        found.append(f"frames {r.first - 1}-{r.last} show one picture ({r.repeats + 1} frames), then the picture "
+                     f"jumps {r.after / facts.median_step:.1f}× the clip's median step")
     return found
 
 
 @check("frame_stutter", "content", "warning",
        "Encoder or capture stutter: one picture held for more than stutter_min_repeats frames in a row (each step "
-       "below stutter_repeat_share of the clip's median step) while the frames right before and after it move "
-       "(steps above stutter_neighbour_share of the median) and, where the item has actions, the actions move "
-       "during the hold. A still scene, a clip that barely moves or a robot that stood still explains repeated "
-       "frames; a stalled encoder does not, and the frames no longer match their actions.")
+       "at most stutter_repeat_share of the clip's median step; a step is the grey change beyond codec noise), "
+       "entered from a moving frame (a step of at least stutter_neighbour_share of the median) and left with a jump "
+       "(at least stutter_catch_up × the median: the scene moved on while the picture stood) and, where the item "
+       "has actions, with the actions moving during the hold. A still or pausing scene, a clip that barely moves "
+       "or a robot that stood still explains repeated frames; a stalled encoder does not, and its frames no "
+       "longer match their actions.")
 def frame_stutter(ctx: AuditContext) -> Outcome:
     from audit.checks.motion import Motion
     from manifests.actions import row_semantics

@@ -222,7 +222,8 @@ def damage_lerobot_files(root: Path, plan: dict[int, str]) -> list[Path]:
                 frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
             ticks = 10 * np.arange(len(frames))  # a clock 10 ticks per frame
             if kind == "stutter":  # the encoder got the same picture until the capture caught up
-                frames[mid + 1:mid + STUTTER_HOLD] = frames[mid]
+                k = stutter_start(frames)
+                frames[k + 1:k + STUTTER_HOLD] = frames[k]
             else:  # frames stamped with their (late) capture times, the rows with the nominal grid
                 ticks[mid:mid + JITTER_FRAMES] += round(10 * JITTER_SHARE)
             write_h264_ticks(video, frames, fps, ticks, 10)
@@ -251,6 +252,14 @@ def damage_lerobot_files(root: Path, plan: dict[int, str]) -> list[Path]:
     (meta / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
     (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     return changed + [orphan, meta / "info.json"]
+
+
+def stutter_start(frames: np.ndarray) -> int:
+    """Where to hold a picture so that the stutter is plain: the frame k whose scene moves both into k and out of
+    the hold (into k + STUTTER_HOLD) the most. A hold where the scene itself slows down looks like a pause."""
+    d = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # d[k - 1]: frame k against k − 1
+    k = np.arange(1, len(frames) - STUTTER_HOLD)
+    return int(k[np.argmax(np.minimum(d[k - 1], d[k + STUTTER_HOLD - 1]))])
 
 
 def write_h264_ticks(path: Path, frames: np.ndarray, fps: float, ticks: np.ndarray, ticks_per_frame: int) -> None:
