@@ -86,6 +86,7 @@ class AuditConfig:
     min_informative_dims: int = 1  # ... and a source with fewer such dims is collapsed
     min_probe_r2: float = 0.0  # a labelled source whose latent→action probe R² is below this (0 = the mean guess)
     items_per_source_in_report: int = 3  # contact sheets and flow pictures per source
+    failing_items_in_report: int = 50  # failing items listed per check in audit.html (all: audit_failures.csv)
     action_bounds: list[BoundRule] = field(default_factory=_default_bounds)
 
     def bound_for(self, embodiment: str, name: str) -> BoundRule | None:

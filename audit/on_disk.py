@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import time
 import uuid
 from pathlib import Path
@@ -26,9 +25,8 @@ from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.lerobot_tables import Tables, dataset_tables, read_tables
 from audit.registry import Outcome, all_checks
-from audit.run import JSON_FORMAT, AuditResult, CheckResult, audit_table, run_check
+from audit.run import JSON_FORMAT, AuditResult, CheckResult, audit_table, run_check, write_outputs
 from common.progress import make_console
-from manifests.io import atomic_write_text
 from pipelines.config import PipelineConfig, SourceConfig, load_config
 from pipelines.stages import BadInput
 
@@ -158,7 +156,6 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
     its sources and workdir are replaced by `spec` and `out_dir`. `runner` runs the media pass (`--decode`) on
     workers; None decodes in this process."""
     from audit.funnel import funnel
-    from audit.report import render_html
 
     console = console or make_console(stderr=True)
     settings = settings or AuditConfig()
@@ -190,8 +187,7 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "source": label,
                "decode": decode, "report": result.report_path.name, "settings": settings.to_dict(),
                "funnel": funnel(ctx), "checks": [r.to_json() for r in results]}
-    atomic_write_text(result.json_path, json.dumps(summary, indent=1, default=str) + "\n")
-    atomic_write_text(result.report_path, render_html(result, ctx))
+    write_outputs(result, summary, ctx)
     result.seconds = time.perf_counter() - t0
     console.print(audit_table(result))
     console.print(f"audit of {len(rows)} items of {label} ({len(quarantine)} refused by its reader) in "
