@@ -66,6 +66,8 @@ def test_the_reasons_say_what_is_wrong(planted):
     s, ep = AuditConfig(), "lerobot/aloha_demo_v21/episode_0000"
     assert "does not increase" in D.monotonic(planted, s)[ep + "04"]
     assert "+1.0 frames" in D.drift(planted, s)[ep + "05"]
+    assert "cam_high: 4 of 26 frames sit off their timestamps" in D.pts_drift(planted, s)[ep + "16"]
+    assert "(+13.3 ms)" in D.pts_drift(planted, s)[ep + "16"]
     assert "git-lfs pointer" in D.bad_files(planted, s)[ep + "07"]
     assert "action max[0] is" in D.stale_stats(planted, s)[ep + "08"]
     assert "task_index [99]" in D.task_indices(planted, s)[ep + "09"]

@@ -109,7 +109,7 @@ def test_flipped_bytes_decode_with_concealment_and_fail_concealed_errors(tmp_pat
     assert facts.corrupt_frames == 0
 
 
-@pytest.mark.parametrize("engine", ["local", "ray"])
+@pytest.mark.parametrize("engine", ["local", "ray", "beam"])
 def test_the_media_pass_on_workers_gives_the_drivers_facts(tmp_path, engine):
     from pipelines.runners import make_runner
 
@@ -122,7 +122,8 @@ def test_the_media_pass_on_workers_gives_the_drivers_facts(tmp_path, engine):
     rows.append({**row_of(tmp_path / "missing.mp4"), "item_id": "test/missing"})
     s = AuditConfig()
     in_driver = run_media_stage(rows, s, 0)
-    runner = make_runner(engine, num_cpus=2) if engine == "ray" else make_runner(engine)
+    runner = {"ray": lambda: make_runner("ray", num_cpus=2), "beam": lambda: make_runner("beam", num_workers=2),
+              "local": lambda: make_runner("local")}[engine]()
     try:
         on_engine = run_media_stage(rows, s, 0, runner)
     finally:

@@ -80,6 +80,8 @@ def test_decode_adds_the_media_checks_and_finds_exactly_the_planted_defects(plan
     assert media["failing_item_ids"] == [f"{V21}/episode_000007"] and "does not decode" in media["reasons"][
         f"{V21}/episode_000007"]
     assert {c["name"]: c["status"] for c in summary["checks"]}["black_frames"] == "pass"
+    stutter = next(c for c in summary["checks"] if c["name"] == "frame_stutter")
+    assert "show one picture (4 frames), then the picture jumps" in stutter["reasons"][f"{V21}/episode_000015"]
 
 
 def test_a_clean_dataset_passes_the_strictest_gate(tmp_path):
