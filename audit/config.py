@@ -108,6 +108,8 @@ def validate_audit_config(ac: AuditConfig) -> None:
                 if isinstance(getattr(ac, f.name), (int, float)) and getattr(ac, f.name) < 0]
     if negative:
         raise ConfigError(f"audit: {', '.join(negative)} must be >= 0")
+    if ac.stutter_min_repeats < 1:
+        raise ConfigError("audit.stutter_min_repeats must be >= 1 (a picture repeated at least once)")
     if ac.max_duration_s <= ac.min_duration_s:
         raise ConfigError("audit.min_duration_s must be below audit.max_duration_s")
     for i, rule in enumerate(ac.action_bounds):
