@@ -64,6 +64,16 @@ class AuditConfig:
     timestamp_tolerance_s: float = 1e-4  # |Δt − 1/fps| allowed between rows (LeRobot's default tolerance_s)
     stats_tolerance: float = 1e-3  # stored stats may differ from the data's by this share of the dim's range (≥ 1)
     rate_tolerance: float = 0.01  # a camera's rate may differ from the dataset's fps by this share
+    pts_tolerance_s: float = 1e-4  # |video pts − recorded timestamp| allowed per frame (+ half a tick of the
+    # container's clock); LeRobot's reader rejects a frame further than its tolerance_s (1e-4 s) from the query
+    # media pass (audit/media.py): every frame of the main camera decoded once
+    stutter_repeat_share: float = 0.1  # a step (grey change of consecutive frames beyond codec noise) at most this
+    # share of the clip's median step ...
+    stutter_min_repeats: int = 2  # ... repeated this many times in a row (one picture shown 3 times) ...
+    stutter_neighbour_share: float = 0.5  # ... entered from a step of at least this share of the median ...
+    stutter_catch_up: float = 2.0  # ... and left with a jump of at least this × the median (the scene moved on)
+    stutter_min_motion: float = 0.01  # clips whose median step is below this (grey levels) are not judged
+    max_concealed_frames: int = 0  # frames FFmpeg may decode by concealing errors before an item fails
     # language (audit/checks/language.py) and state (audit/checks/state.py)
     min_episodes_for_language: int = 10  # fewer: one instruction for all episodes is not judged
     max_delay_steps: int = 10  # the observation/action delay is searched over 0..this many steps
@@ -76,6 +86,7 @@ class AuditConfig:
     min_informative_dims: int = 1  # ... and a source with fewer such dims is collapsed
     min_probe_r2: float = 0.0  # a labelled source whose latent→action probe R² is below this (0 = the mean guess)
     items_per_source_in_report: int = 3  # contact sheets and flow pictures per source
+    failing_items_in_report: int = 50  # failing items listed per check in audit.html (all: audit_failures.csv)
     action_bounds: list[BoundRule] = field(default_factory=_default_bounds)
 
     def bound_for(self, embodiment: str, name: str) -> BoundRule | None:
@@ -97,6 +108,8 @@ def validate_audit_config(ac: AuditConfig) -> None:
                 if isinstance(getattr(ac, f.name), (int, float)) and getattr(ac, f.name) < 0]
     if negative:
         raise ConfigError(f"audit: {', '.join(negative)} must be >= 0")
+    if ac.stutter_min_repeats < 1:
+        raise ConfigError("audit.stutter_min_repeats must be >= 1 (a picture repeated at least once)")
     if ac.max_duration_s <= ac.min_duration_s:
         raise ConfigError("audit.min_duration_s must be below audit.max_duration_s")
     for i, rule in enumerate(ac.action_bounds):

@@ -10,7 +10,8 @@ from typing import Any, Callable, TypeVar
 import numpy as np
 
 from audit.config import AuditConfig
-from audit.frames import FrameFacts, sample_frames
+from audit.frames import FrameFacts
+from audit.media import MediaFacts, run_media_stage
 from catalog import Catalog
 from pipelines.config import PipelineConfig
 from common.errors import BadInput
@@ -19,10 +20,11 @@ T = TypeVar("T")
 
 
 class AuditContext:
-    def __init__(self, cfg: PipelineConfig, catalog: Catalog, settings: AuditConfig):
+    def __init__(self, cfg: PipelineConfig, catalog: Catalog, settings: AuditConfig, runner: Any = None):
         self.cfg = cfg
         self.catalog = catalog
         self.settings = settings
+        self.runner = runner  # runs the media pass on workers (Ray, Beam); None: in this process, item by item
         self._memo: dict[str, Any] = {}
 
     def memo(self, key: str, compute: Callable[[], T]) -> T:
@@ -53,17 +55,14 @@ class AuditContext:
         return {r["item_id"]: r for r in rows}
 
     @cached_property
+    def media(self) -> dict[str, MediaFacts | str]:
+        """item id → what decoding every frame of its main camera found (`audit/media.py`), or why it could not."""
+        return run_media_stage(self.items, self.settings, self.cfg.flow.camera, self.runner)
+
+    @cached_property
     def frames(self) -> dict[str, FrameFacts | str]:
         """item id → facts about a few of its frames, or the reason they could not be decoded."""
-        s = self.settings
-        out: dict[str, FrameFacts | str] = {}
-        for row in self.items:
-            try:
-                indices, frames = sample_frames(row, s.frames_per_item, tuple(s.frame_size), self.cfg.flow.camera)
-                out[row["item_id"]] = FrameFacts.of(row["item_id"], indices, frames)
-            except Exception as e:  # noqa: BLE001 - one unreadable file is one failing item, never a crashed check
-                out[row["item_id"]] = str(e) if isinstance(e, BadInput) else f"{type(e).__name__}: {e}"
-        return out
+        return {k: v.frames if isinstance(v, MediaFacts) else v for k, v in self.media.items()}
 
     @cached_property
     def decoded(self) -> dict[str, FrameFacts]:

@@ -11,8 +11,8 @@ listed as not run. The report, audit.json and the `--fail-on` gate are the pipel
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-import json
 import time
 import uuid
 from pathlib import Path
@@ -25,9 +25,8 @@ from audit.config import AuditConfig
 from audit.context import AuditContext
 from audit.lerobot_tables import Tables, dataset_tables, read_tables
 from audit.registry import Outcome, all_checks
-from audit.run import JSON_FORMAT, AuditResult, CheckResult, audit_table, run_check
+from audit.run import JSON_FORMAT, AuditResult, CheckResult, audit_table, run_check, write_outputs
 from common.progress import make_console
-from manifests.io import atomic_write_text
 from pipelines.config import PipelineConfig, SourceConfig, load_config
 from pipelines.stages import BadInput
 
@@ -36,7 +35,8 @@ METADATA_CHECKS = {"media_readable", "stream_matches_metadata", "actions_match_f
                    "values_in_bounds", "missing_fields", "duplicate_item_ids", "quarantined_other", "duration",
                    "language_empty", "language_template", "language_single_instruction"}
 METADATA_CATEGORIES = {"dataset", "motion"}  # every check of these reads files and actions only
-DECODE_CHECKS = {"black_frames", "frozen_frames"}  # and media_readable decodes a few frames of every item
+DECODE_CHECKS = {"black_frames", "frozen_frames", "frame_stutter", "concealed_errors"}  # and media_readable
+# decodes every item's frames
 
 
 class _NotDecoded(dict):
@@ -67,15 +67,15 @@ class DiskContext(AuditContext):
 
     def __init__(self, cfg: PipelineConfig, settings: AuditConfig, rows: list[dict[str, Any]],
                  quarantine: list[dict[str, Any]], actions: dict[str, np.ndarray | str] | None, decode: bool,
-                 label: str):
-        super().__init__(cfg, None, settings)
+                 label: str, runner: Any = None):
+        super().__init__(cfg, None, settings, runner)
         self.label, self.decode = label, decode
         given = {"items": rows, "quarantine": quarantine, "flow_stats": {}, "latent_paths": {}, "latents": {},
                  "shards": [], "seen": {r["item_id"] for r in rows} | {r["item_id"] for r in quarantine}}
         if actions is not None:
             given["actions"] = actions
         if not decode:  # media_readable then reports missing files and the reader's refusals, decoding nothing
-            given["frames"] = given["decoded"] = _NotDecoded()
+            given["media"] = given["frames"] = given["decoded"] = _NotDecoded()
         self.__dict__.update(given)  # fills the cached properties, so nothing asks the catalog
 
 
@@ -149,18 +149,22 @@ def selected(name: str, category: str, decode: bool) -> str | None:
 
 
 def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | None = None, decode: bool = False,
-                     console: Console | None = None, options: dict[str, Any] | None = None) -> AuditResult:
-    """Audit the dataset `spec` (KIND:PATH) on disk; write audit.json and audit.html to `out_dir`."""
+                     console: Console | None = None, options: dict[str, Any] | None = None,
+                     cfg: PipelineConfig | None = None, runner: Any = None) -> AuditResult:
+    """Audit the dataset `spec` (KIND:PATH) on disk; write audit.json and audit.html to `out_dir`. `cfg` (default:
+    the built-in defaults) gives the camera the media pass decodes and everything else the source's reader takes;
+    its sources and workdir are replaced by `spec` and `out_dir`. `runner` runs the media pass (`--decode`) on
+    workers; None decodes in this process."""
     from audit.funnel import funnel
-    from audit.report import render_html
 
     console = console or make_console(stderr=True)
     settings = settings or AuditConfig()
     kind, root = parse_source(spec)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    cfg = load_config(None, workdir=str(out), **{"runner.engine": "local"})
-    cfg.sources = [SourceConfig(kind=kind, root=str(root), options=dict(options or {}))]
+    base = cfg if cfg is not None else load_config(None, **{"runner.engine": "local"})
+    cfg = dataclasses.replace(base, workdir=str(out),
+                              sources=[SourceConfig(kind=kind, root=str(root), options=dict(options or {}))])
     label = f"{kind}:{root}"
     if kind == "lerobot" and not decode:
         table, rows, actions = lerobot_rows(kind, root, dict(options or {}))
@@ -168,7 +172,7 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
     else:
         rows, quarantine = probed_rows(cfg, console)
         actions, table = None, None
-    ctx = DiskContext(cfg, settings, rows, quarantine, actions, decode, label)
+    ctx = DiskContext(cfg, settings, rows, quarantine, actions, decode, label, runner)
     if table is not None:
         ctx.memo("lerobot_tables", lambda: [table])  # the tables just read: every dataset check shares them
     else:
@@ -183,8 +187,7 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
                "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "source": label,
                "decode": decode, "report": result.report_path.name, "settings": settings.to_dict(),
                "funnel": funnel(ctx), "checks": [r.to_json() for r in results]}
-    atomic_write_text(result.json_path, json.dumps(summary, indent=1, default=str) + "\n")
-    atomic_write_text(result.report_path, render_html(result, ctx))
+    write_outputs(result, summary, ctx)
     result.seconds = time.perf_counter() - t0
     console.print(audit_table(result))
     console.print(f"audit of {len(rows)} items of {label} ({len(quarantine)} refused by its reader) in "

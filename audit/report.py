@@ -4,6 +4,7 @@ that opens anywhere, with links to the items' files relative to where the report
 from __future__ import annotations
 
 import base64
+import heapq
 import html
 import json
 import os
@@ -100,6 +101,7 @@ def item_facts(row: dict | None, flow: dict | None) -> str:
 
 class Report:
     PICTURE_HEIGHT = 72  # px of the contact sheets (flow pictures are a quarter taller)
+    SET_MEMBERS = 8  # members shown per duplicate set
 
     def __init__(self, result: "AuditResult", ctx: AuditContext):
         self.result, self.ctx = result, ctx
@@ -226,18 +228,36 @@ class Report:
                 "yet, or labelled (and of those, sharded).</p>" + table + "<h3>Why items stopped</h3>" + why)
 
     def failing(self) -> str:
+        """Per failing check: its count and its top items (those failing the most checks first), with a pointer to
+        the CSV of all; the page stays the same size at 100 k items."""
         parts = ['<h2 id="failing">Failing items</h2>']
         failed = [c for c in self.result.results if c.outcome.failures or c.crashed]
+        top = self.ctx.settings.failing_items_in_report
+        csv_path = self.result.csv_path
         if not failed:
             parts.append('<p class="muted">No check failed.</p>')
+        elif csv_path is not None:
+            parts.append(f'<p class="muted">Every failing item of every check, with its reason: '
+                         f'{self.link(str(csv_path), csv_path.name)}. Each check below lists its first {top}, items '
+                         "that fail the most checks first.</p>")
+        per_item: dict[str, int] = defaultdict(int)
         for c in failed:
+            for s in c.outcome.failures:
+                per_item[s] += 1
+        for c in failed:
+            n = len(c.outcome.failures)
             parts.append(f'<h3 id="check-{c.check.name}"><span class="badge {c.check.severity}">{c.check.severity}'
-                         f"</span> {_esc(c.check.name)} — {len(c.outcome.failures)} of {len(c.outcome.checked)}</h3>")
+                         f"</span> {_esc(c.check.name)} — {n} of {len(c.outcome.checked)}</h3>")
             if c.crashed:
                 parts.append(f"<pre>{_esc(c.crashed)}</pre>")
-            rows = [[f"<code>{_esc(s)}</code>", _esc(why), self.files(s)] for s, why in sorted(c.outcome.failures.items())]
+            shown = heapq.nsmallest(top, c.outcome.failures, key=lambda s: (-per_item[s], s))
+            rows = [[f"<code>{_esc(s)}</code>", _esc(c.outcome.failures[s]), str(per_item[s]), self.files(s)]
+                    for s in shown]
             if rows:
-                parts.append(_table(["item", "why", "files"], rows))
+                parts.append(_table(["item", "why", "checks failed", "files"], rows, {2}))
+            if n > len(shown):
+                parts.append(f'<p class="muted">… and {n - len(shown)} more (all in '
+                             f'{_esc(csv_path.name if csv_path else "audit.json")}).</p>')
         return "".join(parts)
 
     def duplicates(self) -> str:
@@ -251,12 +271,16 @@ class Report:
             parts.append(f"<h3>{_esc(name)}: {len(c.outcome.sets)} set(s)</h3>")
             for members in c.outcome.sets[:20]:
                 lines = []
-                for m in members:
+                for m in members[:self.SET_MEMBERS]:
                     verdict = (f'<span class="badge {c.check.severity}">{_esc(c.outcome.failures[m])}</span>'
                                if m in c.outcome.failures else '<span class="badge pass">kept</span>')
                     pictures = "" if name == "cross_split_duplicates" else self.pictures(m)  # shown above
                     lines.append(f"<div>{self.item_line(m)} {verdict}{pictures}</div>")
+                if len(members) > self.SET_MEMBERS:
+                    lines.append(f'<div class="muted">… and {len(members) - self.SET_MEMBERS} more members</div>')
                 parts.append(f'<div class="item">{"".join(lines)}</div>')
+            if len(c.outcome.sets) > 20:
+                parts.append(f'<p class="muted">… and {len(c.outcome.sets) - 20} more sets (in audit.json).</p>')
         if not any_sets:
             parts.append('<p class="muted">No duplicate sets.</p>')
         return "".join(parts)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
+import os
 import time
 import traceback
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ from pipelines.config import PipelineConfig
 from common.progress import make_console
 
 JSON_FORMAT = "motus-pyramid/audit/v1"
+CSV_NAME = "audit_failures.csv"  # every failing (check, item) with its reason; the HTML shows the top of each check
+CSV_COLUMNS = ("check", "category", "severity", "item_id", "reason")
 FAIL_ON = ("error", "warning", "never")
 
 
@@ -56,6 +60,7 @@ class AuditResult:
     report_path: Path
     json_path: Path
     seconds: float
+    csv_path: Path | None = None
 
     def failed(self, severity: str = "error") -> list[CheckResult]:
         """Checks that failed at `severity` or above (a crashed check counts as failed at any severity)."""
@@ -92,6 +97,35 @@ def _store(catalog: Catalog, run_id: str, results: list[CheckResult]) -> int:
     return catalog.upsert("audit_results", rows)
 
 
+def write_failures_csv(path: Path, results: list[CheckResult]) -> int:
+    """All failing (check, item) pairs with their reasons, one row each, check by check (temp file, then rename).
+    Returns the rows written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    n = 0
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(CSV_COLUMNS)
+        for r in results:
+            c = r.check
+            for subject, reason in sorted(r.outcome.failures.items()):
+                writer.writerow((c.name, c.category, c.severity, subject, reason))
+                n += 1
+    os.replace(tmp, path)
+    return n
+
+
+def write_outputs(result: AuditResult, summary: dict[str, Any], ctx: AuditContext) -> None:
+    """audit.json, the failures CSV and audit.html of one audit."""
+    from audit.report import render_html
+
+    result.csv_path = result.json_path.with_name(CSV_NAME)
+    summary["failures_csv"] = result.csv_path.name
+    atomic_write_text(result.json_path, json.dumps(summary, indent=1, default=str) + "\n")
+    write_failures_csv(result.csv_path, result.results)
+    atomic_write_text(result.report_path, render_html(result, ctx))
+
+
 def audit_table(result: AuditResult) -> Table:
     """The compact console summary: one row per check."""
     colour = {"error": "red", "warning": "yellow", "info": "cyan"}
@@ -107,11 +141,11 @@ def audit_table(result: AuditResult) -> Table:
 
 
 def run_audit(cfg: PipelineConfig, catalog: Catalog, out_dir: str | Path | None = None,
-              console: Console | None = None, settings: AuditConfig | None = None) -> AuditResult:
+              console: Console | None = None, settings: AuditConfig | None = None, runner: Any = None) -> AuditResult:
     """Run all checks over the catalog, its artifacts and shards; store the verdicts in `audit_results`; write
-    `audit.json` and a self-contained `audit.html` to `out_dir` (default `<workdir>/reports`)."""
-    from audit.report import render_html
-
+    `audit.json` and a self-contained `audit.html` to `out_dir` (default `<workdir>/reports`). `runner` (a Ray or
+    Beam runner from `pipelines.runners`) runs the media pass, every item's frames decoded once, on its workers;
+    None decodes the items one after another in this process."""
     console = console or make_console(stderr=True)
     settings = settings or AuditConfig()
     out = Path(out_dir) if out_dir else cfg.path("reports")
@@ -119,7 +153,7 @@ def run_audit(cfg: PipelineConfig, catalog: Catalog, out_dir: str | Path | None 
     run_id = catalog.start_run("audit", {"pipeline": cfg.to_dict(), "audit": settings.to_dict()})
     status, results = "failed", []
     try:
-        ctx = AuditContext(cfg, catalog, settings)
+        ctx = AuditContext(cfg, catalog, settings, runner)
         results = [run_check(check, ctx) for check in all_checks()]
         _store(catalog, run_id, results)
         result = AuditResult(run_id, results, out / "audit.html", out / "audit.json", time.perf_counter() - t0)
@@ -130,8 +164,7 @@ def run_audit(cfg: PipelineConfig, catalog: Catalog, out_dir: str | Path | None 
                    "funnel": funnel(ctx), "checks": [r.to_json() for r in results]}
         if catalog.is_snapshot:  # a job held the catalog: its state as of the copy
             summary["catalog_snapshot_taken_at"] = catalog.snapshot_taken_at.isoformat(timespec="seconds")
-        atomic_write_text(result.json_path, json.dumps(summary, indent=1, default=str) + "\n")
-        atomic_write_text(result.report_path, render_html(result, ctx))
+        write_outputs(result, summary, ctx)
         result.seconds = time.perf_counter() - t0
         status = "ok"
     finally:

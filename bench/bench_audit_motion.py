@@ -4,7 +4,7 @@ vectorised pass over the same actions (per-dim range and step percentiles, what 
 - motion checks (audit/checks/motion.py) on ALOHA-shaped random walks in memory: the checks' own cost, not I/O;
 - dataset, language and state checks (audit/checks/dataset.py, language.py, state.py) on a LeRobot v3.0 dataset
   written to a temporary folder (one data parquet, the episodes parquet with per-episode stats, one small mp4 per
-  camera whose header is read): reading its files included.
+  camera whose header is read and packets demuxed, 4 frames each): reading its files included.
 
     .venv/bin/python bench/bench_audit_motion.py [--episodes 1000] [--steps 200] [--repeats 3]
 """
@@ -34,7 +34,8 @@ ALOHA = ["absolute:joint"] * 6 + ["absolute:gripper"] + ["absolute:joint"] * 6 +
 RULES = (motion.idle, motion.frozen, motion.jumps, motion.chatter, motion.saturated)
 DATASET_RULES = (dataset.monotonic, dataset.spacing, dataset.drift, dataset.frame_indices, dataset.global_index,
                  dataset.task_indices, dataset.info_matches, dataset.orphans, dataset.stale_stats, dataset.bad_files,
-                 dataset.camera_lengths, dataset.camera_rates, language.single_instruction, state.dead, state.delays)
+                 dataset.camera_lengths, dataset.camera_rates, dataset.pts_drift, language.single_instruction, state.dead,
+                 state.delays)
 CAMERAS = ("observation.images.cam_high", "observation.images.cam_left_wrist")
 FPS = 30
 
@@ -141,7 +142,7 @@ def main() -> None:
         print(f"{name:<16}{t * scale:>20.3f}{t / base:>12.1f}")
     dataset_total = t_tables + sum(per_dataset_rule.values())
     print(f"dataset, language and state checks on a LeRobot v3.0 dataset of the same episodes on disk")
-    for name, t in [("read files", t_tables), *per_dataset_rule.items(), ("all fifteen", dataset_total),
+    for name, t in [("read files", t_tables), *per_dataset_rule.items(), (f"all {len(DATASET_RULES)}", dataset_total),
                     ("motion+dataset", total + dataset_total)]:
         print(f"{name:<16}{t * scale:>20.3f}{t / base:>12.1f}")
 

@@ -80,7 +80,10 @@ def media_uri(row: Mapping[str, Any], camera: int = 0) -> str:
     return uris[min(camera, len(uris) - 1)]
 
 
-def _decode_video(path: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator[np.ndarray]:
+def _decode_video(path: str, start_s: float, tolerance_s: float = 1e-3,
+                  report: dict[str, Any] | None = None) -> Iterator[np.ndarray]:
+    """RGB frames from `start_s` on. `report`, when given, counts the frames FFmpeg flagged corrupt (decoded with
+    error concealment: a damaged bitstream that still "decodes") under "corrupt_frames"."""
     try:
         with av.open(path) as container:
             stream = container.streams.video[0]
@@ -91,12 +94,15 @@ def _decode_video(path: str, start_s: float, tolerance_s: float = 1e-3) -> Itera
                 t = frame.time if frame.time is not None else 0.0
                 if t < start_s - tolerance_s:
                     continue  # seek lands on the keyframe before the window
+                if report is not None and frame.is_corrupt:
+                    report["corrupt_frames"] = report.get("corrupt_frames", 0) + 1
                 yield frame.to_ndarray(format="rgb24")
     except av.error.FFmpegError as e:
         raise BadInput(f"video {Path(path).name} does not decode: {e.strerror or type(e).__name__}") from e
 
 
-def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator[np.ndarray]:
+def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3,
+                report: dict[str, Any] | None = None) -> Iterator[np.ndarray]:
     """RGB frames of a media URI, by its kind: an RLDS episode inside a TFRecord shard
     (`shard#record=N&offset=B&key=steps/...`), one view of a video (`video.mp4#crop=...`), an HDF5 image dataset
     (`file.hdf5#key`: per-frame JPEG bytes, legacy or XPolicyLab-marked, or raw uint8 RGB arrays), a video file."""
@@ -107,12 +113,12 @@ def _open_media(uri: str, start_s: float, tolerance_s: float = 1e-3) -> Iterator
     path, _, fragment = uri.partition("#")
     if fragment.startswith("crop="):  # one view of a frame that stacks several (AnyPos/ATARA head over wrists)
         x, y, w, h = crop_box(uri)
-        return (f[y:y + h, x:x + w] for f in _decode_video(path, start_s, tolerance_s))
+        return (f[y:y + h, x:x + w] for f in _decode_video(path, start_s, tolerance_s, report))
     if "#" in uri:
         from media.hdf5_images import iter_hdf5_frames
 
         return iter_hdf5_frames(*uri.split("#", 1))
-    return _decode_video(uri, start_s, tolerance_s)
+    return _decode_video(uri, start_s, tolerance_s, report)
 
 
 def crop_box(uri: str) -> tuple[int, int, int, int]:
@@ -134,16 +140,18 @@ def native_frame_index(frames, native_fps: float, fps: float | None) -> np.ndarr
 
 
 def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int = 0,
-                fps: float | None = None) -> Iterator[tuple[int, np.ndarray, Canvas]]:
+                fps: float | None = None,
+                report: dict[str, Any] | None = None) -> Iterator[tuple[int, np.ndarray, Canvas]]:
     """Yield (frame index, RGB uint8 canvas frame, canvas geometry) for the item's window.
 
     With `fps` below the item's native rate, frames are picked nearest to a regular grid at `fps` (indices then
-    count resampled frames). Raises BadInput when the stream ends before the item's `frame_count`.
+    count resampled frames). Raises BadInput when the stream ends before the item's `frame_count`. `report`
+    (video files only) gets the count of frames decoded with error concealment ("corrupt_frames").
     """
     uri = media_uri(row, camera)
     native_fps = float(row["fps"])
     expected = int(row["frame_count"])
-    frames = _open_media(uri, _start_s(row, camera), 0.5 / native_fps)  # half a frame: float timestamps drift
+    frames = _open_media(uri, _start_s(row, camera), 0.5 / native_fps, report)  # half a frame: float timestamps drift
     canvas = None
     next_pick, out_index, seen = 0, 0, 0
     for native_index, frame in enumerate(frames):

@@ -457,10 +457,15 @@ def audit(
                                          "pipeline (lerobot:ROOT, rlds:BUILDER_DIR, robotwin:TREE, ...); no "
                                          "catalog, --out defaults to reports/<dataset folder>."),
     decode: bool = typer.Option(False, "--decode", help="With --source: also decode frames (readable media, black "
-                                "and frozen cameras)."),
+                                "and frozen cameras, stutter, concealed decode errors)."),
+    engine: Optional[str] = typer.Option(None, "--engine", help="Runs the media pass (every item's frames decoded "
+                                         "once): ray, beam or local. Default: the config's engine; with --source and "
+                                         "no --config, local."),
 ):
     """Audit dataset quality (integrity, content, duplicates, splits, labels, shards): a table of checks, a
-    self-contained HTML report and audit.json; a non-zero exit when a check at --fail-on or above fails."""
+    self-contained HTML report and audit.json; a non-zero exit when a check at --fail-on or above fails. With
+    --source, --config gives the engine, the camera and the readers' settings (its sources are replaced by the one
+    named) and --workdir the default --out (<workdir>/reports/<dataset folder>)."""
     from audit import load_audit_config
     from audit.run import FAIL_ON
     from pipelines.config import ConfigError
@@ -474,29 +479,34 @@ def audit(
         err.print(f"[red]audit config error:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     if source is not None:
-        result = _audit_on_disk(source, out, settings, decode)
+        cfg = _config(config, None, **{"runner.engine": engine or (None if config else "local")})
+        result = _audit_on_disk(source, out, settings, decode, cfg, workdir)
     else:
         if decode:
             err.print("[red]--decode goes with --source (the pipeline's audit always decodes)[/red]", highlight=False)
             raise typer.Exit(2)
-        result = _audit_catalog(_config(config, workdir), out, settings)
+        result = _audit_catalog(_config(config, workdir, **{"runner.engine": engine}), out, settings)
     if not result.gate(fail_on):
         names = ", ".join(f"{r.check.name} ({r.check.severity})" for r in result.failed(fail_on))
         err.print(f"[red]audit gate failed at --fail-on {fail_on}:[/red] {escape(names)}", highlight=False)
         raise typer.Exit(1)
 
 
-def _audit_on_disk(source: str, out: Optional[Path], settings, decode: bool):
+def _audit_on_disk(source: str, out: Optional[Path], settings, decode: bool, cfg, workdir: Optional[Path]):
     from audit.on_disk import parse_source, run_source_audit
     from pipelines.sources.base import SourceError
 
+    runner = _runner(cfg) if decode else None
     try:
         _, root = parse_source(source)
-        return run_source_audit(source, out or Path("reports") / root.name, settings, decode=decode,
-                                console=console)
+        return run_source_audit(source, out or (workdir or Path(".")) / "reports" / root.name, settings,
+                                decode=decode, console=console, cfg=cfg, runner=runner)
     except (ValueError, SourceError) as e:
         err.print(f"[red]cannot audit {escape(source)}:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
+    finally:
+        if runner is not None:
+            runner.close()
 
 
 def _audit_catalog(cfg, out: Optional[Path], settings):
@@ -506,11 +516,15 @@ def _audit_catalog(cfg, out: Optional[Path], settings):
         err.print(f"[red]no catalog at {escape(str(cfg.catalog_path))} (run `pyramid ingest` or `pyramid demo` "
                   "first)[/red]", highlight=False)
         raise typer.Exit(2)
-    with _open_catalog(cfg, snapshot=True) as cat:
-        if cat.is_snapshot:
-            err.print("the audit's verdicts go to audit.json and audit.html only: the catalog's audit_results "
-                      "are written by an audit run while no job holds it", highlight=False, markup=False)
-        return run_audit(cfg, cat, out_dir=out, console=console, settings=settings)
+    runner = _runner(cfg)
+    try:
+        with _open_catalog(cfg, snapshot=True) as cat:
+            if cat.is_snapshot:
+                err.print("the audit's verdicts go to audit.json and audit.html only: the catalog's audit_results "
+                          "are written by an audit run while no job holds it", highlight=False, markup=False)
+            return run_audit(cfg, cat, out_dir=out, console=console, settings=settings, runner=runner)
+    finally:
+        runner.close()
 
 
 def main() -> None:

@@ -128,8 +128,12 @@ def run_demo(cfg: PipelineConfig, console: Console | None = None, err: Console |
         trained = train_from_shards(cfg, shards.root, err)
         timings["motus_train_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with Catalog(cfg.catalog_path) as catalog:
-        audit = run_audit(cfg, catalog, console=console)
+    runner = runner_from_config(cfg.runner)  # the audit's media pass decodes every item on the engine's workers
+    try:
+        with Catalog(cfg.catalog_path) as catalog:
+            audit = run_audit(cfg, catalog, console=console, runner=runner)
+    finally:
+        runner.close()
     timings["audit_s"] = time.perf_counter() - t0
     timings["total_s"] = time.perf_counter() - t_start
     steps = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in timings.items() if k != "total_s")

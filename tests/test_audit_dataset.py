@@ -26,7 +26,7 @@ RULES = {"timestamps_monotonic": D.monotonic, "timestamp_spacing": D.spacing, "t
          "info_matches_data": D.info_matches, "orphan_rows": D.orphans, "stale_stats": D.stale_stats,
          "media_files": D.bad_files, "camera_lengths": D.camera_lengths, "camera_rates": D.camera_rates,
          "language_single_instruction": L.single_instruction, "dead_joints": S.dead,
-         "action_delay": lambda t, s: S.delays(t, s)[0]}
+         "action_delay": lambda t, s: S.delays(t, s)[0], "pts_drift": D.pts_drift}
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def clean(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    root = write_lerobot(tmp_path_factory.mktemp("lerobot") / "aloha_demo_v21", 15, seed=1, version="v2.1",
+    root = write_lerobot(tmp_path_factory.mktemp("lerobot") / "aloha_demo_v21", 17, seed=1, version="v2.1",
                          size=(32, 48), damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
     defects.damage_lerobot_files(root, defects.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
     return read_tables(root)
@@ -66,6 +66,8 @@ def test_the_reasons_say_what_is_wrong(planted):
     s, ep = AuditConfig(), "lerobot/aloha_demo_v21/episode_0000"
     assert "does not increase" in D.monotonic(planted, s)[ep + "04"]
     assert "+1.0 frames" in D.drift(planted, s)[ep + "05"]
+    assert "cam_high: 4 of 26 frames sit off their timestamps" in D.pts_drift(planted, s)[ep + "16"]
+    assert "(+13.3 ms)" in D.pts_drift(planted, s)[ep + "16"]
     assert "git-lfs pointer" in D.bad_files(planted, s)[ep + "07"]
     assert "action max[0] is" in D.stale_stats(planted, s)[ep + "08"]
     assert "task_index [99]" in D.task_indices(planted, s)[ep + "09"]
@@ -73,7 +75,7 @@ def test_the_reasons_say_what_is_wrong(planted):
     failures, stats = S.delays(planted, s)
     assert "by 6 steps" in failures[ep + "12"] and stats["median_delay_steps"] == 1
     assert "belong to episodes the metadata does not list: [99]" in D.orphans(planted, s)["lerobot/aloha_demo_v21"]
-    assert "total_videos 17" in D.info_matches(planted, s)["lerobot/aloha_demo_v21"]
+    assert "total_videos 19" in D.info_matches(planted, s)["lerobot/aloha_demo_v21"]
 
 
 def test_zero_byte_files_are_named_with_their_episode(clean, tmp_path):

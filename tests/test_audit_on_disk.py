@@ -18,7 +18,7 @@ V21 = "lerobot/aloha_demo_v21"
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    root = write_lerobot(tmp_path_factory.mktemp("lerobot") / "aloha_demo_v21", 15, seed=1, version="v2.1",
+    root = write_lerobot(tmp_path_factory.mktemp("lerobot") / "aloha_demo_v21", 17, seed=1, version="v2.1",
                          size=(32, 48), damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
     defects.damage_lerobot_files(root, defects.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
     return root
@@ -64,7 +64,9 @@ def test_a_lerobot_root_is_audited_from_its_files_and_fails_the_gate(planted, tm
     # without --decode nothing is decoded: the git-lfs pointer in place of an mp4 is media_files' finding alone
     lfs = f"{V21}/episode_000007"
     assert found.pop(lfs) == {"media_files"}
-    assert defects.unexplained(found, planted_in_v21() - {lfs}) == {}
+    stutter = f"{V21}/episode_000015"  # and a stutter shows only in decoded frames
+    assert stutter not in found
+    assert defects.unexplained(found, planted_in_v21() - {lfs, stutter}) == {}
     html = (tmp_path / "out" / "audit.html").read_text()
     assert f"lerobot:{planted}" in html and "(on disk, no pipeline)" in html and "timestamps_monotonic" in html
     assert "data:image/png;base64" not in html.split('id="gallery"')[1]  # no frames decoded for the gallery
@@ -78,6 +80,8 @@ def test_decode_adds_the_media_checks_and_finds_exactly_the_planted_defects(plan
     assert media["failing_item_ids"] == [f"{V21}/episode_000007"] and "does not decode" in media["reasons"][
         f"{V21}/episode_000007"]
     assert {c["name"]: c["status"] for c in summary["checks"]}["black_frames"] == "pass"
+    stutter = next(c for c in summary["checks"] if c["name"] == "frame_stutter")
+    assert "show one picture (4 frames), then the picture jumps" in stutter["reasons"][f"{V21}/episode_000015"]
 
 
 def test_a_clean_dataset_passes_the_strictest_gate(tmp_path):
@@ -119,3 +123,20 @@ def test_bad_source_arguments_exit_2(tmp_path, args, message):
 def test_a_folder_that_is_not_a_lerobot_dataset_exits_2(tmp_path):
     result, _ = audit(tmp_path, "--source", f"lerobot:{tmp_path}")
     assert result.exit_code == 2 and "meta/info.json is missing" in result.output
+
+
+def test_config_and_workdir_are_honoured_with_a_source(tmp_path):
+    root = write_lerobot(tmp_path / "clean_v21", 3, seed=2, version="v2.1", size=(32, 48))
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text("runner: {engine: local}\nsources:\n  - {kind: ssv2, root: elsewhere}\n")
+    cli = CliRunner()
+    result = cli.invoke(app, ["audit", "--source", f"lerobot:{root}", "--config", str(cfg), "--workdir",
+                              str(tmp_path / "w"), "--decode", "--fail-on", "warning"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "w" / "reports" / "clean_v21" / "audit.json").read_text())
+    assert summary["source"] == f"lerobot:{root}"  # the config's sources give way to --source
+    assert {c["name"]: c["n_checked"] for c in summary["checks"]}["frame_stutter"] == 3
+    cfg.write_text("runner: {engine: local}\nno_such_section: 1\n")
+    result = cli.invoke(app, ["audit", "--source", f"lerobot:{root}", "--config", str(cfg), "--out",
+                              str(tmp_path / "o")])
+    assert result.exit_code == 2 and "config error" in result.output

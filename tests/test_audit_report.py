@@ -40,9 +40,9 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     defects.add_robotwin_defects(samples / "robotwin")
     defects.add_duplicate_defects(samples / "task_agnostic" / "aloha_random")
     defects.add_static_ssv2_clip(samples / "ssv2")
-    # 4 episodes with planted action defects, 11 with planted file, timestamp, language and state defects
+    # 4 episodes with planted action defects, 13 with planted file, timestamp, video, language and state defects
     # (frames cut from a task-agnostic episode, as the demo's: drawn frames bounce a square, which jitter may flag)
-    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 15, seed=1, version="v2.1", size=(48, 64),
+    write_lerobot(samples / "lerobot" / "aloha_demo_v21", 17, seed=1, version="v2.1", size=(48, 64),
                   frames_from=_first_episode_video(samples), damage=defects.LEROBOT_ACTION_DEFECTS["aloha_demo_v21"])
     defects.damage_lerobot_files(samples / "lerobot" / "aloha_demo_v21", defects.LEROBOT_FILE_DEFECTS["aloha_demo_v21"])
     cfg = config(workdir)
@@ -154,7 +154,8 @@ def test_cli_gate_exit_codes(defect_pyramid, tmp_path):
                         "  - {kind: robotwin, root: samples/robotwin}\n  - {kind: ssv2, root: samples/ssv2}\n")
     workdir = tmp_path / "w"
     shutil.copytree(defect_pyramid, workdir)
-    base = ["audit", "--config", str(cfg_file), "--workdir", str(workdir), "--out", str(tmp_path / "out")]
+    base = ["audit", "--config", str(cfg_file), "--workdir", str(workdir), "--out", str(tmp_path / "out"),
+            "--engine", "local"]
     failing = cli.invoke(app, base)
     assert failing.exit_code == 1, failing.output
     assert "media_readable" in failing.output and "audit gate failed at --fail-on error" in failing.output
@@ -169,7 +170,7 @@ def test_cli_gate_exit_codes(defect_pyramid, tmp_path):
 def test_cli_gate_passes_a_clean_catalog(workdir):
     cli = CliRunner()
     cli.invoke(app, ["ingest", "--workdir", str(workdir), "--engine", "local"])  # ssv2 & co. are missing: exit 1
-    result = cli.invoke(app, ["audit", "--workdir", str(workdir), "--fail-on", "warning"])
+    result = cli.invoke(app, ["audit", "--workdir", str(workdir), "--fail-on", "warning", "--engine", "local"])
     assert result.exit_code == 0, result.output
     assert "media_readable" in result.output and "reports/audit.html" in result.output
 

@@ -426,3 +426,70 @@ def camera_lengths_check(ctx: AuditContext) -> Outcome:
        "fps by more than rate_tolerance: frames are matched to the wrong rows.")
 def camera_rates_check(ctx: AuditContext) -> Outcome:
     return apply(ctx, camera_rates, heads=_heads)
+
+
+def packet_times(t: Tables) -> dict[str, tuple[np.ndarray, float] | str]:
+    """Video file → (its frames' presentation times in seconds, in presentation order; one tick of its clock), from
+    the packets (demuxed, nothing decoded), or why it could not be read."""
+    out: dict[str, tuple[np.ndarray, float] | str] = {}
+    for f in t.video_files():
+        path = t.root / f
+        if not path.exists() or file_problem(path):
+            out[f] = "missing or not a video"
+            continue
+        try:
+            with av.open(str(path)) as c:
+                v = c.streams.video[0]
+                tb = v.time_base
+                pts = np.sort(np.array([p.pts for p in c.demux(v) if p.pts is not None and p.size], np.int64))
+                out[f] = (pts * float(tb), float(tb))
+        except (av.FFmpegError, IndexError, OSError) as e:
+            out[f] = f"unreadable: {e}"
+    return out
+
+
+def pts_drift(t: Tables, s: AuditConfig, pts: dict | None = None) -> dict[str, str]:
+    """Frames whose presentation time in the video (minus the episode's from_timestamp) is not the timestamp its
+    data row records, beyond pts_tolerance_s plus half a tick of the container's clock."""
+    pts = packet_times(t) if pts is None else pts
+    rows, ts_all = t.rows(), t.columns.get("timestamp")
+    if ts_all is None:
+        return {}
+    out: dict[str, list[str]] = {}
+    for index, ep in sorted(t.episodes.items()):
+        r = rows.get(index)
+        if r is None or not len(r):
+            continue
+        ts = ts_all[r].astype(np.float64)
+        for cam, v in ep["videos"].items():
+            got = pts.get(v["file"])
+            if not isinstance(got, tuple):
+                continue  # media_files / camera checks report unreadable files
+            times, tick = got
+            start = float(v.get("from") or 0.0)
+            if v.get("to") is not None:
+                times = times[(times >= start - tick / 2) & (times < float(v["to"]) - tick / 2)]
+            times = times - start
+            n = min(len(ts), len(times))
+            if not n:
+                continue
+            off = times[:n] - ts[:n]
+            bad = np.abs(off) > s.pts_tolerance_s + tick / 2
+            if bad.any():
+                k = int(np.abs(off).argmax())
+                out.setdefault(t.item_id(index), []).append(
+                    f"{cam.rsplit('.', 1)[-1]}: {int(bad.sum())} of {n} frames sit off their timestamps; worst frame "
+                    f"{k} at {times[k]:.4f} s in the video, its timestamp {ts[k]:.4f} s ({off[k] * 1e3:+.1f} ms)")
+    return {k: "; ".join(v[:3]) for k, v in out.items()}
+
+
+def _pts(ctx: AuditContext, t: Tables) -> dict:
+    return ctx.memo(f"pts:{t.root}", lambda: packet_times(t))
+
+
+@check("pts_drift", "dataset", "warning",
+       "A camera's presentation timestamps (the pts in the video container, read from its packets, nothing decoded) "
+       "disagree with the timestamps the data rows record, frame by frame, beyond pts_tolerance_s: a reader that "
+       "seeks the video by the recorded time (LeRobot's) gets another frame or refuses the episode.")
+def pts_drift_check(ctx: AuditContext) -> Outcome:
+    return apply(ctx, pts_drift, pts=_pts)

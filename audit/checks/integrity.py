@@ -207,3 +207,22 @@ def duplicate_item_ids(ctx: AuditContext) -> Outcome:
        "Items quarantined or failed in any stage for a reason no other check covers (read the reason).")
 def quarantined_other(ctx: AuditContext) -> Outcome:
     return from_quarantine(ctx, "quarantined_other", Outcome(checked=sorted({r["item_id"] for r in ctx.quarantine})))
+
+
+@check("concealed_errors", "integrity", "error",
+       "Video frames FFmpeg decoded only by concealing errors (macroblocks it could not parse filled in from their "
+       "neighbours; FFmpeg marks such frames corrupt): bytes flipped or overwritten inside the video data, which "
+       "still 'decodes' with every frame present and passes media_readable. More than max_concealed_frames such "
+       "frames fail the item. A flipped bit that leaves the bitstream valid cannot be seen: H.264 and mp4 carry no "
+       "checksum of the picture data.")
+def concealed_errors(ctx: AuditContext) -> Outcome:
+    from audit.media import MediaFacts
+
+    judged = {k: v for k, v in ctx.media.items() if isinstance(v, MediaFacts) and v.corrupt_frames is not None}
+    out = Outcome(checked=list(judged))
+    limit = ctx.settings.max_concealed_frames
+    for item_id, facts in judged.items():
+        if facts.corrupt_frames > limit:
+            out.fail(item_id, f"{facts.corrupt_frames} of {facts.decoded} frames decoded with error concealment "
+                              f"(damaged video data)")
+    return out

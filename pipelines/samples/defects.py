@@ -62,8 +62,10 @@ DEFECTS = {
 LEROBOT_DATASET_DEFECT = Defect("a data file of an episode the metadata does not list; info.json total_videos two "
                                 "too many", ("orphan_rows", "info_matches_data"))
 for _index, _what, _checks, _reason in (
-        (4, "two timestamps swapped", ("timestamps_monotonic", "timestamp_spacing"), ""),
-        (5, "a frame dropped: the timestamps skip one period", ("timestamp_spacing", "timestamp_drift"), ""),
+        # the video's frames keep their times: the damaged timestamps disagree with the video's pts too
+        (4, "two timestamps swapped", ("timestamps_monotonic", "timestamp_spacing", "pts_drift"), ""),
+        (5, "a frame dropped: the timestamps skip one period", ("timestamp_spacing", "timestamp_drift", "pts_drift"),
+         ""),
         (6, "frame_index repeats a value", ("frame_indices",), "frame_index is not"),
         (7, "the head camera's mp4 is a git-lfs pointer", ("media_readable", "media_files"), "video"),
         (8, "episodes_stats.jsonl left from before an edit: a stale action max", ("stale_stats",), ""),
@@ -72,7 +74,9 @@ for _index, _what, _checks, _reason in (
         (11, "an instruction with template leftovers", ("language_template",), ""),
         (12, "the state trails the action by 6 steps instead of 1", ("action_delay",), ""),
         (13, "a state joint that never moves while its action does", ("dead_joints",), ""),
-        (14, "the global index of an episode shifted by 1000", ("global_index",), "")):
+        (14, "the global index of an episode shifted by 1000", ("global_index",), ""),
+        (15, "the head camera stutters: one picture held for 4 frames mid-motion", ("frame_stutter",), ""),
+        (16, "the head camera's frame times jitter: 4 frames stamped 0.4 frame late in the mp4", ("pts_drift",), "")):
     DEFECTS[f"lerobot/aloha_demo_v21/episode_{_index:06d}"] = Defect(_what, _checks, _reason)
 DEFECTS["lerobot/aloha_demo_v21"] = LEROBOT_DATASET_DEFECT
 # not planted: the demo's VAE trains for minutes on a few dozen clips, so the per-source label checks may find its
@@ -94,11 +98,15 @@ LEROBOT_ACTION_DEFECTS = {"aloha_demo_v3": {1: "idle", 2: "chatter"},
                                              12: "delay", 13: "dead_joint"}}
 LEROBOT_FILE_DEFECTS = {"aloha_demo_v21": {4: "timestamps_backwards", 5: "dropped_frame", 6: "frame_index",
                                            7: "lfs_pointer", 8: "stale_stats", 9: "task_index",
-                                           10: "empty_instruction", 11: "template_instruction", 14: "global_index"}}
+                                           10: "empty_instruction", 11: "template_instruction", 14: "global_index",
+                                           15: "stutter", 16: "pts_jitter"}}
 STATE_DAMAGE = ("delay", "dead_joint")
 TEMPLATE_TASK = "put the [object] in the box at <top center>"
 LFS_POINTER_TEXT = ("version https://git-lfs.github.com/spec/v1\n"
                     "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 48213\n")
+
+STUTTER_HOLD = 4  # frames showing the held picture in the "stutter" episode
+JITTER_FRAMES, JITTER_SHARE = 4, 0.4  # frames stamped late in the "pts_jitter" episode, by this share of a frame
 
 STATIC_SSV2_ID = "990001"
 EXACT_COPY, NEAR_COPY = "episode_900004", "episode_900003"
@@ -206,6 +214,20 @@ def damage_lerobot_files(root: Path, plan: dict[int, str]) -> list[Path]:
             new_task(index, "")
         elif kind == "template_instruction":
             new_task(index, TEMPLATE_TASK)
+        elif kind in ("stutter", "pts_jitter"):
+            key = next(k for k, f in info["features"].items() if f.get("dtype") == "video")
+            video = root / info["video_path"].format(episode_chunk=index // info["chunks_size"], video_key=key,
+                                                     episode_index=index)
+            with av.open(str(video)) as container:
+                frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+            ticks = 10 * np.arange(len(frames))  # a clock 10 ticks per frame
+            if kind == "stutter":  # the encoder got the same picture until the capture caught up
+                k = stutter_start(frames)
+                frames[k + 1:k + STUTTER_HOLD] = frames[k]
+            else:  # frames stamped with their (late) capture times, the rows with the nominal grid
+                ticks[mid:mid + JITTER_FRAMES] += round(10 * JITTER_SHARE)
+            write_h264_ticks(video, frames, fps, ticks, 10)
+            changed.append(video)
         elif kind == "lfs_pointer":
             key = next(k for k, f in info["features"].items() if f.get("dtype") == "video")
             video = root / info["video_path"].format(episode_chunk=index // info["chunks_size"], video_key=key,
@@ -230,6 +252,32 @@ def damage_lerobot_files(root: Path, plan: dict[int, str]) -> list[Path]:
     (meta / "tasks.jsonl").write_text("".join(json.dumps(t) + "\n" for t in tasks))
     (meta / "episodes.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     return changed + [orphan, meta / "info.json"]
+
+
+def stutter_start(frames: np.ndarray) -> int:
+    """Where to hold a picture so that the stutter is plain: the frame k whose scene moves both into k and out of
+    the hold (into k + STUTTER_HOLD) the most. A hold where the scene itself slows down looks like a pause."""
+    d = np.abs(np.diff(frames.astype(np.int16), axis=0)).mean(axis=(1, 2, 3))  # d[k - 1]: frame k against k − 1
+    k = np.arange(1, len(frames) - STUTTER_HOLD)
+    return int(k[np.argmax(np.minimum(d[k - 1], d[k + STUTTER_HOLD - 1]))])
+
+
+def write_h264_ticks(path: Path, frames: np.ndarray, fps: float, ticks: np.ndarray, ticks_per_frame: int) -> None:
+    """An H.264 mp4 of these frames (as the LeRobot v2.1 sample writes them) whose frame i is presented at
+    ticks[i] / (fps · ticks_per_frame) seconds."""
+    from fractions import Fraction
+
+    tb = Fraction(1, round(fps * ticks_per_frame))
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=Fraction(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = tb
+        stream.options = {"crf": "18", "preset": "fast", "g": "2"}
+        for rgb, tick in zip(frames, ticks):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts, frame.time_base = int(tick), tb
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
 
 
 def truncate_file(path: Path, keep_fraction: float = 0.5) -> None:
