@@ -251,10 +251,12 @@ def shard(
 
 @export_app.command("motus")
 def export_motus_cmd(
-    out: Path = typer.Argument(..., help="Folder to write <source>/{videos,metas,latent_action_dim14,umt5_wan,qpos}/ into."),
+    out: str = typer.Argument(..., help="Folder to write <source>/{videos,metas,latent_action_dim14,umt5_wan,qpos}/ into "
+                              "(local: a bucket URL is refused with what to do instead)."),
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
-    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
+                                         "(s3://...; default: <workdir>/<shards.output>)."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train — a Motus tree has no splits)."),
     caption: Optional[str] = typer.Option(None, "--caption", help="Instruction for clips without language; "
                                           "{embodiment}, {source}, {tier} are filled in (default: "
@@ -290,10 +292,12 @@ def export_motus_cmd(
 
 @export_app.command("lerobot")
 def export_lerobot_cmd(
-    out: Path = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width into."),
+    out: str = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width "
+                              "into (local: a bucket URL is refused with what to do instead)."),
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
-    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
+                                         "(s3://...; default: <workdir>/<shards.output>)."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train)."),
     caption: Optional[str] = typer.Option(None, "--caption", help="Task of clips without language; {embodiment}, "
                                           "{source}, {tier} are filled in (default: '{embodiment} robot: random joint exploration')."),
@@ -317,8 +321,9 @@ def export_lerobot_cmd(
 
 @app.command()
 def train(
-    shards: Path = typer.Option(..., "--shards", help="Shard root (the folder with index.json), e.g. demo_run/shards."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: metrics.csv, eval.json, checkpoints/."),
+    shards: str = typer.Option(..., "--shards", help="Shard root (the folder or bucket URL with index.json), e.g. "
+                               "demo_run/shards or s3://bucket/sets/v1."),
+    out: str = typer.Option(..., "--out", "-o", help="Run folder (local): metrics.csv, eval.json, checkpoints/."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (configs/train_demo.yaml): model:, loader:, steps, lr, ..."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Train up to this step (default: the config's steps)."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (torchrun, gloo); each gets its own shards."),
@@ -330,6 +335,13 @@ def train(
     import subprocess
     import sys
 
+    from common import storage
+
+    if storage.is_url(out):
+        err.print(f"[red]--out {escape(storage.redact(out))}: the run folder is local (checkpoints are written and "
+                  "resumed in place); copy it to a bucket after the run. --shards may be a bucket URL.[/red]",
+                  highlight=False)
+        raise typer.Exit(2)
     args = ["--shards", str(shards), "--out", str(out), "--num-workers", str(num_workers)]
     args += ["--config", str(config)] if config else []
     args += ["--steps", str(steps)] if steps is not None else []

@@ -26,8 +26,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common import storage
 from manifests.io import atomic_write, atomic_write_text
-from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, sha256_file
+from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, set_root, sha256_file
 from manifests.shard_video import encode_mp4
 
 MOTUS_FOLDERS = ("videos", "metas", "latent_action_dim14", "umt5_wan", "qpos")
@@ -63,6 +64,16 @@ def _save_torch(path: Path, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def local_out(out: str | Path) -> Path:
+    """The export folder as a local path; a bucket URL is refused with what to do instead (an export is a tree of
+    many small files that Motus and LeRobot read from disk, written in place and checked before it is complete)."""
+    if storage.is_url(out):
+        raise ValueError(f"exports are written to a local folder, not {storage.redact(out)}: export to disk, then "
+                         "copy the folder up (e.g. `aws s3 sync OUT s3://bucket/prefix`); the input shards (--shards) "
+                         "may be a bucket URL")
+    return storage.local_path(out)
 
 
 def _clear_previous_export(out: Path) -> None:
@@ -107,8 +118,8 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
     `allow_text_width`; shards without any language get zero embeddings of that width."""
     import torch
 
+    out = local_out(out)
     index = read_index(shard_root)
-    out = Path(out)
     caption_for(None, caption)  # a template that gives an empty text fails before anything is written
     language = index["stats"].get("language") or {}
     dim = int(language.get("dim") or MOTUS_TEXT_DIM)
@@ -120,7 +131,7 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
     for sh in index["shards"]:
         if splits and sh["split"] not in splits:
             continue
-        for sample in read_samples(index_path(shard_root).parent / sh["path"]):
+        for sample in read_samples(storage.join(set_root(shard_root), sh["path"])):
             meta = sample.meta
             root, stem = out / meta.source, motus_stem(meta.item_id)
             other = stems.setdefault((meta.source, stem), meta.item_id)
