@@ -6,9 +6,10 @@ user:password part), `name` the URL's last path part, so the dataset folder keep
 items the ids a local copy of the same folder gets. Beside the files, `.listing.json` records the remote listing the mirror was made from: per file its size and
 the store's version tag (S3's ETag, else the modification time). Each run lists the prefix once (one LIST per 1,000
 objects) and compares: an unchanged file is kept, a new or changed one is fetched again, and a file gone from the
-bucket is removed from the mirror. A rerun on an unchanged bucket downloads nothing. Downloads go through a temp name
-and the listing is written last, so a killed run leaves no file that looks complete but is not; the next run fetches
-what is missing. The local copy's mtime is set to the remote object's, so adapters that fingerprint by (size, mtime)
+bucket is removed from the mirror. A rerun on an unchanged bucket downloads nothing. Downloads go through a temp name,
+and the listing vouches only for files in place (it is rewritten before the downloads with the unchanged files, then
+every few seconds with those fetched so far), so a killed run leaves no file that looks complete but is not, and the
+next run fetches only what is still missing or changed. The local copy's mtime is set to the remote object's, so adapters that fingerprint by (size, mtime)
 see the same fingerprint for a refetched identical object.
 
 Every file under the prefix is fetched (the adapters' layouts differ: LeRobot's meta/ and data/ folders, RoboTwin's
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 from common import storage
 
 LISTING = ".listing.json"
+CHECKPOINT_S = 5.0  # how often a long download records its progress in the listing
 FORMAT = "motus-pyramid/source-cache/v1"
 
 
@@ -110,15 +113,26 @@ def mirror(url: str, local: str | os.PathLike) -> CacheReport:
     except (OSError, ValueError):
         before = {}
     local.mkdir(parents=True, exist_ok=True)
-    # the old listing goes first: a run killed mid-way must not leave a listing that vouches for missing files
-    listing_path.unlink(missing_ok=True)
+
+    def unchanged(rel: str) -> bool:
+        old, info, dest = before.get(rel), remote[rel], local / rel
+        return bool(old and old.get("size") == info["size"] and old.get("version") == info["version"]
+                    and dest.is_file() and dest.stat().st_size == info["size"])
+
+    def write_listing(files: dict[str, Any]) -> None:
+        storage.write_bytes(listing_path, json.dumps({"format": FORMAT, "url": report.url, "files": files},
+                                                     indent=1, sort_keys=True).encode())
+
+    # the listing vouches only for files that are in place: first those kept, then each fetched one as it lands
+    # (written every CHECKPOINT_S), so a killed run's next run fetches only what it had not fetched yet
+    current = {rel: remote[rel] for rel in remote if unchanged(rel)}
+    report.kept = len(current)
+    write_listing(current)
+    last = time.monotonic()
     for rel, info in sorted(remote.items()):
-        dest = local / rel
-        old = before.get(rel)
-        if (old and old.get("size") == info["size"] and old.get("version") == info["version"]
-                and dest.is_file() and dest.stat().st_size == info["size"]):
-            report.kept += 1
+        if rel in current:
             continue
+        dest = local / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         try:
             storage.get_file(storage.join(url, rel), dest)
@@ -127,8 +141,12 @@ def mirror(url: str, local: str | os.PathLike) -> CacheReport:
                           f"{storage.redact(f'{type(e).__name__}: {e}')}") from None
         if info["mtime"] is not None:
             os.utime(dest, (info["mtime"], info["mtime"]))
+        current[rel] = info
         report.fetched.append(rel)
         report.bytes_fetched += info["size"]
+        if time.monotonic() - last >= CHECKPOINT_S:
+            write_listing(current)
+            last = time.monotonic()
     for path in sorted(p for p in local.rglob("*") if p.is_file() or p.is_symlink()):
         rel = path.relative_to(local).as_posix()
         if rel != LISTING and rel not in remote:
@@ -137,6 +155,5 @@ def mirror(url: str, local: str | os.PathLike) -> CacheReport:
     for folder in sorted((p for p in local.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
         if not any(folder.iterdir()):
             folder.rmdir()
-    storage.write_bytes(listing_path, json.dumps({"format": FORMAT, "url": report.url, "files": remote},
-                                                 indent=1, sort_keys=True).encode())
+    write_listing(current)
     return report

@@ -6,6 +6,7 @@ catalog, its manifests or an error."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 from pathlib import Path
@@ -152,3 +153,55 @@ def test_pyramid_train_refuses_a_bucket_as_run_folder(tmp_path):
     result = CliRunner().invoke(app, ["train", "--shards", "s3://my-bucket/v1", "--out", "s3://my-bucket/runs/a"])
     assert result.exit_code == 2 and "the run folder is local" in result.output
     assert not list(tmp_path.iterdir()) and not Path("s3:").exists()
+
+
+def test_a_bucket_workdir_on_the_command_line_is_a_config_error():
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    result = CliRunner().invoke(app, ["status", "--workdir", "s3://my-bucket/run1"])  # typer makes it s3:/my-bucket/run1
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "is not a local path" in said and "docs/storage.md" in said
+    assert not Path("s3:").exists()
+
+
+def test_the_mirror_follows_the_bucket_and_a_killed_download_is_finished_next_time(s3_bucket, tmp_path, monkeypatch):
+    from pipelines import source_cache
+
+    url, local = f"{s3_bucket}/data/tree", tmp_path / "cache" / "tree"
+    storage.write_bytes(f"{url}/a.bin", b"a" * 10)
+    storage.write_bytes(f"{url}/sub/b.bin", b"b" * 20)
+    storage.write_bytes(f"{s3_bucket}/data/tree-other/c.bin", b"not under the root")
+    first = source_cache.mirror(url, local)
+    assert sorted(first.fetched) == ["a.bin", "sub/b.bin"] and first.bytes_fetched == 30
+    assert (local / "sub" / "b.bin").read_bytes() == b"b" * 20
+
+    storage.remove(f"{url}/sub/b.bin")
+    storage.write_bytes(f"{url}/a.bin", b"A" * 10)  # same size, new ETag
+    storage.write_bytes(f"{url}/d.bin", b"d")
+    storage.write_bytes(f"{url}/e.bin", b"e")
+    real_get, calls = storage.get_file, []
+
+    def dying_get(path, dest):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed mid-download")
+        return real_get(path, dest)
+
+    monkeypatch.setattr(storage, "get_file", dying_get)
+    monkeypatch.setattr(source_cache, "CHECKPOINT_S", 0.0)  # record progress after every file
+    with pytest.raises(KeyboardInterrupt):
+        source_cache.mirror(url, local)
+    vouched = json.loads((local / source_cache.LISTING).read_text())["files"]
+    assert sorted(vouched) == ["a.bin"]  # the new a.bin, fetched before the kill; nothing stale or unfetched
+    assert (local / "a.bin").read_bytes() == b"A" * 10 and not (local / "d.bin").exists()
+    monkeypatch.setattr(storage, "get_file", real_get)
+    again = source_cache.mirror(url, local)
+    assert sorted(again.fetched) == ["d.bin", "e.bin"] and again.removed == ["sub/b.bin"]
+    assert sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) == [
+        source_cache.LISTING, "a.bin", "d.bin", "e.bin"]
+    assert (local / "a.bin").read_bytes() == b"A" * 10
+    assert not source_cache.mirror(url, local).fetched
+    listing = (local / source_cache.LISTING).read_text()
+    assert SECRET_KEY not in listing and ACCESS_KEY not in listing
