@@ -252,7 +252,7 @@ def shard(
 @export_app.command("motus")
 def export_motus_cmd(
     out: str = typer.Argument(..., help="Folder to write <source>/{videos,metas,latent_action_dim14,umt5_wan,qpos}/ into "
-                              "(local: a bucket URL is refused with what to do instead)."),
+                              "(or a bucket URL: staged locally, uploaded when complete)."),
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
     shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
@@ -265,18 +265,20 @@ def export_motus_cmd(
                                           "4096 wide (the released Motus's text layer takes UMT5-XXL's 4096)."),
 ):
     """Export the shards to the folder layout the released Motus stage-2 loader reads."""
-    from pipelines.export import DEFAULT_CAPTION, export_motus
+    from common import storage
+    from pipelines.export import DEFAULT_CAPTION, export_motus, export_target
 
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION,
-                              allow_text_width=allow_text_width)
+        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
+            report = export_motus(root, local, tuple(split) if split else ("train",),
+                                  caption=caption or DEFAULT_CAPTION, allow_text_width=allow_text_width)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
+        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
         raise typer.Exit(2)
     counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
-    console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {report.out}; "
+    console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {storage.redact(out)}; "
                   f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
     if not report.motus_width:
         console.print(f"[yellow]note:[/yellow] E={report.embedding_dim} (--allow-text-width): the released Motus's text "
@@ -293,7 +295,7 @@ def export_motus_cmd(
 @export_app.command("lerobot")
 def export_lerobot_cmd(
     out: str = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width "
-                              "into (local: a bucket URL is refused with what to do instead)."),
+                              "into (or a bucket URL: staged locally, uploaded when complete)."),
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
     shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
@@ -303,19 +305,22 @@ def export_lerobot_cmd(
                                           "{source}, {tier} are filled in (default: '{embodiment} robot: random joint exploration')."),
 ):
     """Export the shards as LeRobot v3.0 datasets (lerobot's writer): video, real actions, latent actions, tasks, stats."""
-    from pipelines.export import DEFAULT_CAPTION
+    from common import storage
+    from pipelines.export import DEFAULT_CAPTION, export_target
     from pipelines.export_lerobot import LATENT, export_lerobot
 
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_lerobot(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
+        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
+            report = export_lerobot(root, local, tuple(split) if split else ("train",),
+                                    caption=caption or DEFAULT_CAPTION)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
+        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
         raise typer.Exit(2)
     for name, g in report.datasets.items():
         action = f"action [{g.action_dim}]" if g.action_dim else "no real actions"
-        console.print(f"{report.out / name}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
+        console.print(f"{storage.join(storage.redact(out), name)}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
                       f"{LATENT} [{g.latent_dim}]", highlight=False)
 
 

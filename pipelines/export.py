@@ -18,11 +18,13 @@ default MiniLM's 384) stop the export unless `allow_text_width` (for a Motus who
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -67,13 +69,49 @@ def _save_torch(path: Path, obj: Any) -> None:
 
 
 def local_out(out: str | Path) -> Path:
-    """The export folder as a local path; a bucket URL is refused with what to do instead (an export is a tree of
-    many small files that Motus and LeRobot read from disk, written in place and checked before it is complete)."""
+    """The export folder as a local path. The writers take local folders only (an export is a tree of many small
+    files written in place and checked before it is complete); `export_target` stages an export bound for a
+    bucket."""
     if storage.is_url(out):
-        raise ValueError(f"exports are written to a local folder, not {storage.redact(out)}: export to disk, then "
-                         "copy the folder up (e.g. `aws s3 sync OUT s3://bucket/prefix`); the input shards (--shards) "
-                         "may be a bucket URL")
+        raise ValueError(f"export_motus / export_lerobot write a local folder, not {storage.redact(out)}: use "
+                         "`pyramid export ... s3://...` (or `export_target`), which stages it locally and uploads it")
     return storage.local_path(out)
+
+
+@contextlib.contextmanager
+def export_target(out: str | Path) -> Iterator[Path]:
+    """The local folder to export into: `out` itself, or for a bucket URL a staging folder under $TMPDIR whose tree
+    is uploaded to `out` when the export completes (`upload_export`), then deleted. An export that fails uploads
+    nothing."""
+    if not storage.is_url(out):
+        yield storage.local_path(out)
+        return
+    existing = storage.list_files(out)
+    if existing and "export.json" not in existing:  # as locally: a non-empty prefix that is not an export
+        raise FileExistsError(f"{storage.redact(out)} holds objects and no export.json: choose an empty prefix or a "
+                              "previous export's")
+    with tempfile.TemporaryDirectory(prefix="pyramid-export-") as tmp:
+        stage = Path(tmp) / "export"
+        yield stage
+        upload_export(stage, str(out))
+
+
+def upload_export(local: Path, url: str) -> int:
+    """Upload the export tree `local` to the prefix `url`, replacing a previous export there whole: its
+    export.json is deleted first (the prefix reads as no export until the new one is complete), every file is
+    uploaded, objects of the previous export that the new tree lacks are deleted, and export.json goes last.
+    Returns the number of objects written."""
+    files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+    if "export.json" not in files:
+        raise FileNotFoundError(f"{local}: no export.json, not a finished export")
+    storage.remove(storage.join(url, "export.json"))
+    for rel, path in files.items():
+        if rel != "export.json":
+            storage.put_file(path, storage.join(url, rel))
+    for rel in sorted(set(storage.list_files(url)) - set(files)):
+        storage.remove(storage.join(url, rel))
+    storage.put_file(files["export.json"], storage.join(url, "export.json"))
+    return len(files)
 
 
 def _clear_previous_export(out: Path) -> None:

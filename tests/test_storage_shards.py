@@ -184,27 +184,40 @@ def test_pyramid_train_reads_shards_from_the_bucket(built, tmp_path):
     assert SECRET_KEY not in result.output
 
 
-def test_export_reads_the_bucket_and_refuses_a_bucket_output(built, tmp_path):
+def test_export_reads_the_bucket_and_writes_to_one(built, tmp_path):
     from typer.testing import CliRunner
 
     from pipelines.cli import app
 
     cfg, local, remote = built
     runner = CliRunner()
+
+    def export(out: str, shards: str):
+        return runner.invoke(app, ["export", "motus", out, "--workdir", str(cfg.workdir), "--shards", shards,
+                                   "--allow-text-width"])
+
     for name, root in (("bucket", remote.root), ("disk", str(local.root))):
-        result = runner.invoke(app, ["export", "motus", str(tmp_path / name), "--workdir", str(cfg.workdir),
-                                     "--shards", root, "--allow-text-width"])
+        result = export(str(tmp_path / name), root)
         assert result.exit_code == 0, result.output
-    files = {name: sorted(p.relative_to(tmp_path / name) for p in (tmp_path / name).rglob("*") if p.is_file())
-             for name in ("bucket", "disk")}
+    files = {name: sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*")
+                          if p.is_file()) for name in ("bucket", "disk")}
     assert files["bucket"] == files["disk"] and len(files["bucket"]) > 5
     for rel in files["bucket"]:
         assert (tmp_path / "bucket" / rel).read_bytes() == (tmp_path / "disk" / rel).read_bytes(), rel
-    result = runner.invoke(app, ["export", "motus", f"{remote.root}/motus", "--workdir", str(cfg.workdir),
-                                 "--shards", remote.root, "--allow-text-width"])
-    said = " ".join(result.output.split())  # the console wraps long lines
-    assert result.exit_code == 2 and "written to a local folder" in said and "aws s3 sync" in said
-    assert not storage.list_files(f"{remote.root}/motus")
+
+    out = "s3://pyramid-shards/exports/motus"  # the export itself to a bucket: the same tree, byte for byte
+    storage.write_bytes(f"{out}/lerobot/videos/stale.mp4", b"from an older export")
+    storage.write_bytes(f"{out}/export.json", b"{}")
+    result = export(out, remote.root)
+    assert result.exit_code == 0 and out in result.output, result.output
+    assert sorted(storage.list_files(out)) == files["disk"]  # the older export's leftovers are gone
+    for rel in files["disk"]:
+        assert storage.read_bytes(f"{out}/{rel}") == (tmp_path / "disk" / rel).read_bytes(), rel
+    before = storage.list_files(remote.root)  # a prefix that is not an export is refused, never emptied
+    result = export(remote.root, remote.root)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "holds objects and no export.json" in said
+    assert storage.list_files(remote.root) == before and SECRET_KEY not in said
 
 
 def test_audit_checks_the_shards_in_the_bucket(built, tmp_path):
