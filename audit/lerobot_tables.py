@@ -229,7 +229,7 @@ def dataset_tables(ctx) -> list[Tables]:
         for s in ctx.cfg.sources:
             if s.kind != "lerobot":
                 continue
-            root = ctx.cfg.path(s.root)
+            root = ctx.cfg.source_dir(s.root)  # a root in a bucket: its mirror in the source cache
             if not (root / "meta" / "info.json").exists():
                 continue  # the source's own errors are the ingest's business
             repo = str((s.options or {}).get("repo_name") or root.name)

@@ -4,7 +4,8 @@ counts per dataset root: four LeRobot datasets are four rows, not one `lerobot` 
 An entry's label is `kind:root` as the config writes it (the label ingest prints its notes under). An item belongs
 to the entry of its kind whose root holds the item's input file (the longest such root); when no root holds it (the
 data moved) and its kind has one entry, that one; otherwise (a root since dropped from the config) its kind alone.
-Entries come from the configs of the ingest runs, newest first.
+Entries come from the configs of the ingest runs, newest first. A root in a bucket (`s3://...`) holds the items
+read from its mirror in the workdir's source cache (pipelines/source_cache.py).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from catalog import paths
+from common import storage
 
 
 def configured_entries(catalog: Any) -> list[tuple[str, str, list[str]]]:
@@ -33,6 +35,8 @@ def configured_entries(catalog: Any) -> list[tuple[str, str, list[str]]]:
                 continue
             seen.add(label)
             p = Path(root)
+            if storage.is_url(root):  # a root in a bucket: its items are read from its mirror in the source cache
+                p = Path(cfg.get("source_cache") or "cache/sources") / storage.cache_key(root)
             bases = [p] if p.is_absolute() else [Path(catalog.root) / p] + (
                 [Path(cfg["workdir"]) / p] if cfg.get("workdir") else [])
             roots = {os.path.normpath(b) for b in bases} | {b.resolve().as_posix() for b in bases}

@@ -59,6 +59,19 @@ def name(path: str | os.PathLike) -> str:
     return str(path).rstrip("/").rpartition("/")[2] if is_url(path) else local_path(path).name
 
 
+def cache_key(url: str | os.PathLike) -> str:
+    """A stable local relative path for a URL (a source root's mirror, pipelines/source_cache.py): a hash of its
+    redacted form, then its last path part as it is, so that a mirrored dataset folder keeps its name (adapters
+    derive item ids from it)."""
+    import hashlib
+
+    clean = redact(url).rstrip("/")
+    tail = name(clean)
+    if not tail or tail in (".", "..") or "\\" in tail or "\x00" in tail:
+        tail = "root"
+    return f"{hashlib.sha256(clean.encode()).hexdigest()[:16]}/{tail}"
+
+
 # --- credentials --------------------------------------------------------------------------------------------------
 
 def storage_options(protocol: str | None) -> dict[str, Any]:
@@ -159,6 +172,19 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     fs, inner = filesystem(path)
     try:
         return fs.cat_file(inner)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no such object: {redact(path)}") from None
+
+
+def read_range(path: str | os.PathLike, start: int, end: int) -> bytes:
+    """Bytes [start, end) of a file: one ranged GET for a URL."""
+    if not is_url(path):
+        with open(local_path(path), "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    fs, inner = filesystem(path)
+    try:
+        return fs.cat_file(inner, start=start, end=end)
     except FileNotFoundError:
         raise FileNotFoundError(f"no such object: {redact(path)}") from None
 

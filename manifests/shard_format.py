@@ -12,7 +12,7 @@ import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -326,9 +326,10 @@ def scan_samples(path: str | Path) -> list[tuple[str, SampleMeta, tuple[tuple[st
     """(key, metadata, (suffix, byte offset, size) of each member) of every sample, reading only tar headers and
     the JSON members: a reader can then take any sample straight from the mapped tar."""
     out: list[tuple[str, dict[str, Any], list[tuple[str, int, int]]]] = []
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-        with tarfile.open(fileobj=mapped, mode="r:") as tar:
-            for info in tar:
+
+    def scan(fileobj, read: Callable[[int, int], bytes]) -> None:
+        with tarfile.open(fileobj=fileobj, mode="r:") as tar:
+            for info in tar:  # tarfile seeks to its next header itself, so `read` may move the file position
                 if not info.isfile():
                     continue
                 key, suffix = split_member(info.name)
@@ -336,7 +337,14 @@ def scan_samples(path: str | Path) -> list[tuple[str, SampleMeta, tuple[tuple[st
                     out.append((key, {}, []))
                 out[-1][2].append((suffix, info.offset_data, info.size))
                 if suffix == "json":
-                    out[-1][1].update(json.loads(mapped[info.offset_data:info.offset_data + info.size]))
+                    out[-1][1].update(json.loads(read(info.offset_data, info.size)))
+
+    if storage.is_url(path):  # a shard in a bucket: headers and JSON members through buffered range reads
+        with storage.open_file(path) as f:
+            scan(f, lambda offset, size: (f.seek(offset), f.read(size))[1])
+    else:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            scan(mapped, lambda offset, size: mapped[offset:offset + size])
     return [(key, SampleMeta.from_json(meta, key), tuple(spans)) for key, meta, spans in out]
 
 # --- the shard index ----------------------------------------------------------------------------------------------
@@ -371,7 +379,7 @@ def webdataset_urls(root: str | Path, split: str | None = None) -> list[str]:
 
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with storage.open_file(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

@@ -251,10 +251,12 @@ def shard(
 
 @export_app.command("motus")
 def export_motus_cmd(
-    out: Path = typer.Argument(..., help="Folder to write <source>/{videos,metas,latent_action_dim14,umt5_wan,qpos}/ into."),
+    out: str = typer.Argument(..., help="Folder to write <source>/{videos,metas,latent_action_dim14,umt5_wan,qpos}/ into "
+                              "(or a bucket URL: staged locally, uploaded when complete)."),
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
-    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
+                                         "(s3://...; default: <workdir>/<shards.output>)."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train — a Motus tree has no splits)."),
     caption: Optional[str] = typer.Option(None, "--caption", help="Instruction for clips without language; "
                                           "{embodiment}, {source}, {tier} are filled in (default: "
@@ -263,18 +265,20 @@ def export_motus_cmd(
                                           "4096 wide (the released Motus's text layer takes UMT5-XXL's 4096)."),
 ):
     """Export the shards to the folder layout the released Motus stage-2 loader reads."""
-    from pipelines.export import DEFAULT_CAPTION, export_motus
+    from common import storage
+    from pipelines.export import DEFAULT_CAPTION, export_motus, export_target
 
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_motus(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION,
-                              allow_text_width=allow_text_width)
+        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
+            report = export_motus(root, local, tuple(split) if split else ("train",),
+                                  caption=caption or DEFAULT_CAPTION, allow_text_width=allow_text_width)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
+        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
         raise typer.Exit(2)
     counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
-    console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {report.out}; "
+    console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {storage.redact(out)}; "
                   f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
     if not report.motus_width:
         console.print(f"[yellow]note:[/yellow] E={report.embedding_dim} (--allow-text-width): the released Motus's text "
@@ -290,35 +294,41 @@ def export_motus_cmd(
 
 @export_app.command("lerobot")
 def export_lerobot_cmd(
-    out: Path = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width into."),
+    out: str = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width "
+                              "into (or a bucket URL: staged locally, uploaded when complete)."),
     config: Optional[Path] = ConfigOpt,
     workdir: Optional[Path] = WorkdirOpt,
-    shards: Optional[Path] = typer.Option(None, "--shards", help="Shard root (default: <workdir>/<shards.output>)."),
+    shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
+                                         "(s3://...; default: <workdir>/<shards.output>)."),
     split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train)."),
     caption: Optional[str] = typer.Option(None, "--caption", help="Task of clips without language; {embodiment}, "
                                           "{source}, {tier} are filled in (default: '{embodiment} robot: random joint exploration')."),
 ):
     """Export the shards as LeRobot v3.0 datasets (lerobot's writer): video, real actions, latent actions, tasks, stats."""
-    from pipelines.export import DEFAULT_CAPTION
+    from common import storage
+    from pipelines.export import DEFAULT_CAPTION, export_target
     from pipelines.export_lerobot import LATENT, export_lerobot
 
     cfg = _config(config, workdir)
     root = shards or cfg.path(cfg.shards.output)
     try:
-        report = export_lerobot(root, out, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION)
+        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
+            report = export_lerobot(root, local, tuple(split) if split else ("train",),
+                                    caption=caption or DEFAULT_CAPTION)
     except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(str(e))}", highlight=False)
+        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
         raise typer.Exit(2)
     for name, g in report.datasets.items():
         action = f"action [{g.action_dim}]" if g.action_dim else "no real actions"
-        console.print(f"{report.out / name}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
+        console.print(f"{storage.join(storage.redact(out), name)}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
                       f"{LATENT} [{g.latent_dim}]", highlight=False)
 
 
 @app.command()
 def train(
-    shards: Path = typer.Option(..., "--shards", help="Shard root (the folder with index.json), e.g. demo_run/shards."),
-    out: Path = typer.Option(..., "--out", "-o", help="Run folder: metrics.csv, eval.json, checkpoints/."),
+    shards: str = typer.Option(..., "--shards", help="Shard root (the folder or bucket URL with index.json), e.g. "
+                               "demo_run/shards or s3://bucket/sets/v1."),
+    out: str = typer.Option(..., "--out", "-o", help="Run folder (local): metrics.csv, eval.json, checkpoints/."),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Trainer YAML (configs/train_demo.yaml): model:, loader:, steps, lr, ..."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Train up to this step (default: the config's steps)."),
     nproc: int = typer.Option(1, "--nproc", help="Processes on this machine (torchrun, gloo); each gets its own shards."),
@@ -330,6 +340,13 @@ def train(
     import subprocess
     import sys
 
+    from common import storage
+
+    if storage.is_url(out):
+        err.print(f"[red]--out {escape(storage.redact(out))}: the run folder is local (checkpoints are written and "
+                  "resumed in place); copy it to a bucket after the run. --shards may be a bucket URL.[/red]",
+                  highlight=False)
+        raise typer.Exit(2)
     args = ["--shards", str(shards), "--out", str(out), "--num-workers", str(num_workers)]
     args += ["--config", str(config)] if config else []
     args += ["--steps", str(steps)] if steps is not None else []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,7 @@ class PipelineConfig:
     # paths are relative to the current directory, like --config (None: the demo skips training)
     train_config: str | None = None
     artifacts: str = "artifacts"  # relative to workdir
+    source_cache: str = "cache/sources"  # relative to workdir: local mirrors of source roots in buckets
 
     # --- derived paths ---
     def path(self, rel: str | os.PathLike) -> Path:
@@ -108,6 +110,13 @@ class PipelineConfig:
             return str(rel)
         p = Path(rel)
         return p if p.is_absolute() else Path(self.workdir).resolve() / p
+
+    def source_dir(self, root: str) -> Path:
+        """The local folder a source root is read from: the root itself, or for a bucket URL its mirror in the
+        source cache (pipelines/source_cache.py; ingest brings it up to date)."""
+        if storage.is_url(root):
+            return self.path(self.source_cache) / storage.cache_key(root)
+        return self.path(root)
 
     @property
     def catalog_path(self) -> Path:
@@ -160,6 +169,14 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError(f"runner.engine: {cfg.runner.engine!r} is not one of {', '.join(ENGINES)}")
     if cfg.runner.torch_threads < 1:
         raise ConfigError("runner.torch_threads must be >= 1")
+    # the catalog (DuckDB, one writer, file locks), its manifests and the per-item artifacts (flow, labels:
+    # written in place, read back by memory map) stay on a local or shared filesystem; sources and shards may be
+    # in a bucket (docs/storage.md)
+    for key in ("workdir", "catalog", "manifests", "artifacts", "source_cache"):
+        if storage.is_url(getattr(cfg, key)) or re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/[^/]", str(getattr(cfg, key))):
+            raise ConfigError(f"{key}: {storage.redact(getattr(cfg, key))} is not a local path: the workdir, catalog, "
+                              "manifests, artifacts and source cache stay on local (or shared) disk; sources "
+                              "(sources[].root) and shards (shards.output) may be bucket URLs (docs/storage.md)")
     try:
         SplitRatios(cfg.splits.train, cfg.splits.val, cfg.splits.test, cfg.splits.salt)
     except ValueError as e:

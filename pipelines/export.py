@@ -18,16 +18,19 @@ default MiniLM's 384) stop the export unless `allow_text_width` (for a Motus who
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from common import storage
 from manifests.io import atomic_write, atomic_write_text
-from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, sha256_file
+from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, set_root, sha256_file
 from manifests.shard_video import encode_mp4
 
 MOTUS_FOLDERS = ("videos", "metas", "latent_action_dim14", "umt5_wan", "qpos")
@@ -63,6 +66,52 @@ def _save_torch(path: Path, obj: Any) -> None:
     import torch
 
     atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def local_out(out: str | Path) -> Path:
+    """The export folder as a local path. The writers take local folders only (an export is a tree of many small
+    files written in place and checked before it is complete); `export_target` stages an export bound for a
+    bucket."""
+    if storage.is_url(out):
+        raise ValueError(f"export_motus / export_lerobot write a local folder, not {storage.redact(out)}: use "
+                         "`pyramid export ... s3://...` (or `export_target`), which stages it locally and uploads it")
+    return storage.local_path(out)
+
+
+@contextlib.contextmanager
+def export_target(out: str | Path) -> Iterator[Path]:
+    """The local folder to export into: `out` itself, or for a bucket URL a staging folder under $TMPDIR whose tree
+    is uploaded to `out` when the export completes (`upload_export`), then deleted. An export that fails uploads
+    nothing."""
+    if not storage.is_url(out):
+        yield storage.local_path(out)
+        return
+    existing = storage.list_files(out)
+    if existing and "export.json" not in existing:  # as locally: a non-empty prefix that is not an export
+        raise FileExistsError(f"{storage.redact(out)} holds objects and no export.json: choose an empty prefix or a "
+                              "previous export's")
+    with tempfile.TemporaryDirectory(prefix="pyramid-export-") as tmp:
+        stage = Path(tmp) / "export"
+        yield stage
+        upload_export(stage, str(out))
+
+
+def upload_export(local: Path, url: str) -> int:
+    """Upload the export tree `local` to the prefix `url`, replacing a previous export there whole: its
+    export.json is deleted first (the prefix reads as no export until the new one is complete), every file is
+    uploaded, objects of the previous export that the new tree lacks are deleted, and export.json goes last.
+    Returns the number of objects written."""
+    files = {p.relative_to(local).as_posix(): p for p in sorted(local.rglob("*")) if p.is_file()}
+    if "export.json" not in files:
+        raise FileNotFoundError(f"{local}: no export.json, not a finished export")
+    storage.remove(storage.join(url, "export.json"))
+    for rel, path in files.items():
+        if rel != "export.json":
+            storage.put_file(path, storage.join(url, rel))
+    for rel in sorted(set(storage.list_files(url)) - set(files)):
+        storage.remove(storage.join(url, rel))
+    storage.put_file(files["export.json"], storage.join(url, "export.json"))
+    return len(files)
 
 
 def _clear_previous_export(out: Path) -> None:
@@ -107,8 +156,8 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
     `allow_text_width`; shards without any language get zero embeddings of that width."""
     import torch
 
+    out = local_out(out)
     index = read_index(shard_root)
-    out = Path(out)
     caption_for(None, caption)  # a template that gives an empty text fails before anything is written
     language = index["stats"].get("language") or {}
     dim = int(language.get("dim") or MOTUS_TEXT_DIM)
@@ -120,7 +169,7 @@ def export_motus(shard_root: str | Path, out: str | Path, splits: tuple[str, ...
     for sh in index["shards"]:
         if splits and sh["split"] not in splits:
             continue
-        for sample in read_samples(index_path(shard_root).parent / sh["path"]):
+        for sample in read_samples(storage.join(set_root(shard_root), sh["path"])):
             meta = sample.meta
             root, stem = out / meta.source, motus_stem(meta.item_id)
             other = stems.setdefault((meta.source, stem), meta.item_id)

@@ -27,9 +27,10 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from common import storage
 from manifests.io import atomic_write_text
-from manifests.shard_format import SampleMeta, index_path, read_index, read_sample_metas, read_samples, sha256_file
-from pipelines.export import DEFAULT_CAPTION, caption_for
+from manifests.shard_format import SampleMeta, index_path, read_index, read_sample_metas, read_samples, set_root, sha256_file
+from pipelines.export import DEFAULT_CAPTION, caption_for, local_out
 
 LEROBOT_EXPORT_FORMAT = "motus-pyramid/lerobot-export/v1"
 CAMERA = "observation.images.main"
@@ -105,7 +106,7 @@ def plan_groups(shard_root: str | Path, splits: tuple[str, ...] | None = ("train
     for sh in index["shards"]:
         if splits and sh["split"] not in splits:
             continue
-        for _, meta in read_sample_metas(index_path(shard_root).parent / sh["path"]):
+        for _, meta in read_sample_metas(storage.join(set_root(shard_root), sh["path"])):
             name = dataset_name(meta)
             dim = int(meta.action_dim or 0) if _has_actions(meta) else 0
             candidate = LeRobotGroup(
@@ -174,11 +175,11 @@ def export_lerobot(shard_root: str | Path, out: str | Path, splits: tuple[str, .
                    vcodec: str = "libsvtav1") -> LeRobotExportReport:
     """Write the shards of `splits` (train by default; None: every split) as LeRobot v3.0 datasets under `out`,
     one per `dataset_name`. Clips without language get `caption` (see `export.caption_for`) as their task."""
-    out = Path(out)
+    out = local_out(out)
     caption_for(None, caption)
     groups = plan_groups(shard_root, splits)
     if not groups:
-        raise ValueError(f"no clips of split(s) {', '.join(splits or ())} in {shard_root}")
+        raise ValueError(f"no clips of split(s) {', '.join(splits or ())} in {storage.redact(shard_root)}")
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging-", dir=out.parent))
@@ -192,7 +193,7 @@ def export_lerobot(shard_root: str | Path, out: str | Path, splits: tuple[str, .
             for sh in index["shards"]:
                 if splits and sh["split"] not in splits:
                     continue
-                for sample in read_samples(index_path(shard_root).parent / sh["path"]):
+                for sample in read_samples(storage.join(set_root(shard_root), sh["path"])):
                     group = groups[dataset_name(sample.meta)]
                     if group.name not in writers:
                         writers[group.name] = LeRobotDataset.create(

@@ -8,6 +8,7 @@ import hashlib
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 import numpy as np
@@ -15,6 +16,7 @@ import numpy as np
 from rich.console import Console
 from rich.markup import escape
 
+from common import storage
 from common.progress import make_console
 
 from catalog import Catalog
@@ -94,6 +96,24 @@ class SeenIds:
         self.sources = np.insert(self.sources, at, np.uint16(source))
 
 
+def source_root(cfg: PipelineConfig, sc: SourceConfig, console: Console | None = None) -> Path:
+    """The local folder the adapter reads: the root itself, or for a bucket URL (`s3://...`) its mirror in the
+    workdir's source cache, brought up to date first (pipelines/source_cache.py)."""
+    root = cfg.path(sc.root)
+    if not storage.is_url(root):
+        return root
+    from pipelines.source_cache import mirror
+
+    try:
+        report = mirror(root, cfg.source_dir(sc.root))
+    except (OSError, ValueError) as e:
+        raise SourceError(storage.redact(str(e))) from None
+    if console:
+        console.print(f"source {escape(storage.redact(sc.kind + ':' + sc.root))}: {escape(report.summary())}",
+                      highlight=False)
+    return report.local
+
+
 def discover_tasks(cfg: PipelineConfig, console: Console | None = None, notes: dict[str, list[str]] | None = None,
                    errors: dict[str, str] | None = None, counts: Counter | None = None,
                    chunk: int = 4096) -> Iterator[dict[str, Any]]:
@@ -110,7 +130,7 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None, notes: d
         label = f"{sc.kind}:{sc.root}"
         labels.append(label)
         try:
-            adapter = make_source(sc.kind, str(cfg.path(sc.root)), tier=sc.tier, **sc.options)
+            adapter = make_source(sc.kind, str(source_root(cfg, sc, console)), tier=sc.tier, **sc.options)
             refs = iter(adapter.discover())  # a list works too
             while block := list(itertools.islice(refs, chunk)):
                 hashes = np.array([seen.hash(ref.item_id) for ref in block], np.uint64)

@@ -22,26 +22,17 @@ from pipelines.shard import clean_stale, plan_shards, run_shard
 from pipelines.sources import load_actions
 from pipelines.vae import run_vae_train
 from manifests.shard_format import decode_sample, group_samples, read_tar
+from tests.pipeline_setup import TINY as SETUP_TINY, labelled_workdir
 
-TINY = {"runner.engine": "local", "flow.store_size": [32, 32], "vae.image_size": 32,
-        "vae.widths": [8, 16, 32, 64, 128], "vae.latent_channels": 64, "vae.hidden": 64, "vae.batch_size": 8,
-        "vae.steps": 2, "vae.threads": 1, "shards.target_mb": 0.5}
+TINY = {**SETUP_TINY, "shards.target_mb": 0.5}
 
 
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory, sim_samples):
     """A workdir whose robotwin and task-agnostic items are labelled, and a first shard set written."""
-    root = tmp_path_factory.mktemp("shards")
-    shutil.copytree(sim_samples, root / "samples")
-    cfg = load_config(None, workdir=str(root), **TINY)
-    cfg.sources = [s for s in cfg.sources if s.kind in ("robotwin", "task_agnostic")]
-    runner = make_runner("local")
+    cfg = labelled_workdir(tmp_path_factory.mktemp("shards"), sim_samples, **TINY)
     with Catalog(cfg.catalog_path) as cat:
-        ingest(cfg, cat, runner, progress=False)
-        run_flow(cfg, cat, runner, progress=False)
-        run_vae_train(cfg, cat, progress=False)
-        run_label(cfg, cat, runner, progress=False)
-        report = run_shard(cfg, cat, runner, progress=False)
+        report = run_shard(cfg, cat, make_runner("local"), progress=False)
     return cfg, report
 
 

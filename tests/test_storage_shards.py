@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,20 +15,13 @@ import torch
 from catalog import Catalog
 from common import storage
 from manifests.shard_format import INDEX_NAME, read_index, sample_key, webdataset_urls
-from pipelines.config import load_config
-from pipelines.flow import run_flow
-from pipelines.ingest import ingest
-from pipelines.label import run_label
 from pipelines.runners import make_runner
 from pipelines.shard import run_shard
-from pipelines.vae import run_vae_train
+from tests.pipeline_setup import labelled_workdir
 from tests.s3_server import SECRET_KEY
 from training_hooks.loader import LoaderConfig, make_loader
 
-TINY = {"runner.engine": "local", "flow.store_size": [32, 32], "vae.image_size": 32,
-        "vae.widths": [8, 16, 32, 64, 128], "vae.latent_channels": 64, "vae.hidden": 64, "vae.batch_size": 8,
-        "vae.steps": 2, "vae.threads": 1, "shards.target_mb": 0.3}
-
+TARGET_MB = 0.3
 
 @pytest.fixture(scope="module")
 def s3_env(s3_server):
@@ -46,21 +39,32 @@ def s3_env(s3_server):
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory, sim_samples, s3_env):
-    """A labelled workdir with one shard set on local disk and the same set written to the bucket."""
-    root = tmp_path_factory.mktemp("s3shards")
-    shutil.copytree(sim_samples, root / "samples")
-    cfg = load_config(None, workdir=str(root), **TINY)
-    cfg.sources = [s for s in cfg.sources if s.kind in ("robotwin", "task_agnostic")]
+    """The sample sources put in the bucket, a workdir that ingests them from there (through its source cache) and
+    labels them, and one shard set written to local disk and the same set to the bucket."""
+    for path in sorted(p for p in sim_samples.rglob("*") if p.is_file()):
+        storage.put_file(path, f"{s3_env}/samples/{path.relative_to(sim_samples).as_posix()}")
+    cfg = labelled_workdir(tmp_path_factory.mktemp("s3shards"), sim_samples, sources_at=s3_env,
+                           **{"shards.target_mb": TARGET_MB})
     runner = make_runner("local")
     with Catalog(cfg.catalog_path) as cat:
-        ingest(cfg, cat, runner, progress=False)
-        run_flow(cfg, cat, runner, progress=False)
-        run_vae_train(cfg, cat, progress=False)
-        run_label(cfg, cat, runner, progress=False)
         local = run_shard(cfg, cat, runner, progress=False)
         cfg.shards.output = f"{s3_env}/sets/v1"
         remote = run_shard(cfg, cat, runner, progress=False)
     return cfg, local, remote
+
+
+def test_the_pipeline_ran_from_sources_in_the_bucket(built):
+    cfg, local, _ = built
+    assert all(s.root.startswith("s3://pyramid-shards/samples/") for s in cfg.sources)
+    assert not (Path(cfg.workdir) / "samples").exists()
+    cache = cfg.path(cfg.source_cache)
+    with Catalog(cfg.catalog_path, read_only=True) as cat:
+        items = cat.items().to_pylist()
+        text = str(cat.sql("SELECT * FROM item_stages").to_pylist()) + str(items)
+    assert len(items) == 5 and all(Path(i["input_uri"]).is_relative_to(cache) for i in items)
+    assert sorted(i for sh in read_index(local.root)["shards"] for i in sh["item_ids"]) == sorted(
+        i["item_id"] for i in items)
+    assert SECRET_KEY not in text and os.environ["AWS_ACCESS_KEY_ID"] not in text
 
 
 def test_the_bucket_holds_the_same_set_as_local_disk(built):
@@ -135,9 +139,97 @@ def test_a_killed_upload_leaves_no_index_and_the_next_run_rewrites_the_set(built
     with pytest.raises(FileNotFoundError, match="no shard index"):
         make_loader(remote.root, "train", LoaderConfig(), batch_size=1)
     monkeypatch.setattr(storage, "put_file", real_put)
-    monkeypatch.setattr(cfg.shards, "target_mb", TINY["shards.target_mb"])
+    monkeypatch.setattr(cfg.shards, "target_mb", TARGET_MB)
     with Catalog(cfg.catalog_path) as cat:
         again = run_shard(cfg, cat, make_runner("local"), progress=False)
     assert not again.unchanged and [r["sha256"] for r in again.shards] == [r["sha256"] for r in remote.shards]
     assert sorted(storage.list_files(remote.root)) == sorted([INDEX_NAME] + [
         sh["path"] for sh in read_index(remote.root)["shards"]])
+
+
+# --- the CLI and the readers of a set in a bucket -----------------------------------------------------------------
+
+def test_mixture_weights_read_the_bucket_as_local_disk(built):
+    _, local, remote = built
+    cfg = LoaderConfig(height=32, width=32, num_video_frames=2, video_step=2, shuffle_buffer=4,
+                       source_weights={"robotwin": 1.0, "task_agnostic": 1.0})
+    batches = {}
+    for name, root in (("bucket", remote.root), ("disk", local.root)):
+        loader = make_loader(root, "train", cfg, batch_size=2, seed=3)
+        assert loader.dataset.mixture.describe()["weights"] == {"robotwin": 0.5, "task_agnostic": 0.5}
+        batches[name] = [b for _, b in zip(range(4), loader)]  # endless: the first four batches
+    for a, b in zip(batches["bucket"], batches["disk"]):
+        assert a["item_id"] == b["item_id"]
+        torch.testing.assert_close(a["video_frames"], b["video_frames"], rtol=0, atol=0)
+
+
+def test_pyramid_train_reads_shards_from_the_bucket(built, tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    _, _, remote = built
+    lang = read_index(remote.root)["stats"].get("language") or {}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "steps": 2, "batch_size": 1, "log_every": 1, "checkpoint_every": 2, "eval_every": 100, "eval_windows": 0,
+        "model": {"work_size": [16, 16], "patch_size": 4, "n_layers": 1, "n_heads": 2, "head_dim": 16, "d_video": 32,
+                  "d_action": 16, "d_und": 16, "text_dim": int(lang.get("dim") or 16), "num_video_frames": 2},
+        "loader": {"height": 32, "width": 32, "video_step": 2, "shuffle_buffer": 2}}))
+    result = CliRunner().invoke(app, ["train", "--shards", remote.root, "--out", str(tmp_path / "run"),
+                                      "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert SECRET_KEY not in result.output
+
+
+def test_export_reads_the_bucket_and_writes_to_one(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    cfg, local, remote = built
+    runner = CliRunner()
+
+    def export(out: str, shards: str):
+        return runner.invoke(app, ["export", "motus", out, "--workdir", str(cfg.workdir), "--shards", shards,
+                                   "--allow-text-width"])
+
+    for name, root in (("bucket", remote.root), ("disk", str(local.root))):
+        result = export(str(tmp_path / name), root)
+        assert result.exit_code == 0, result.output
+    files = {name: sorted(p.relative_to(tmp_path / name).as_posix() for p in (tmp_path / name).rglob("*")
+                          if p.is_file()) for name in ("bucket", "disk")}
+    assert files["bucket"] == files["disk"] and len(files["bucket"]) > 5
+    for rel in files["bucket"]:
+        assert (tmp_path / "bucket" / rel).read_bytes() == (tmp_path / "disk" / rel).read_bytes(), rel
+
+    out = "s3://pyramid-shards/exports/motus"  # the export itself to a bucket: the same tree, byte for byte
+    storage.write_bytes(f"{out}/lerobot/videos/stale.mp4", b"from an older export")
+    storage.write_bytes(f"{out}/export.json", b"{}")
+    result = export(out, remote.root)
+    assert result.exit_code == 0 and out in result.output, result.output
+    assert sorted(storage.list_files(out)) == files["disk"]  # the older export's leftovers are gone
+    for rel in files["disk"]:
+        assert storage.read_bytes(f"{out}/{rel}") == (tmp_path / "disk" / rel).read_bytes(), rel
+    before = storage.list_files(remote.root)  # a prefix that is not an export is refused, never emptied
+    result = export(remote.root, remote.root)
+    said = " ".join(result.output.split())
+    assert result.exit_code == 2 and "holds objects and no export.json" in said
+    assert storage.list_files(remote.root) == before and SECRET_KEY not in said
+
+
+def test_audit_checks_the_shards_in_the_bucket(built, tmp_path):
+    from audit import run_audit
+
+    cfg, _, remote = built
+    with Catalog(cfg.catalog_path) as cat:
+        result = run_audit(cfg, cat, out_dir=tmp_path / "reports")
+    files = result.result("shard_files")
+    assert files.status == "pass", files.outcome.failures
+    assert any(p.startswith(remote.root) for p in files.outcome.checked)
+    assert f"{remote.root}/{INDEX_NAME}" in files.outcome.checked
+    assert result.result("shard_membership").status == "pass"
+    text = (tmp_path / "reports" / "audit.json").read_text()
+    assert SECRET_KEY not in text and remote.root in text

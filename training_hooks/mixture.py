@@ -24,6 +24,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from common import storage
 from manifests.shard_format import SampleMeta, scan_samples
 
 MIX_BY = ("tier", "source")
@@ -82,11 +83,8 @@ class MixturePlan:
     def __init__(self, shards: Sequence[Path], by: str, weights: Mapping[Any, float], split: str = "train"):
         if by not in MIX_BY:
             raise ValueError(f"mixture by {by!r} is not one of {MIX_BY}")
-        remote = [p for p in shards if "://" in str(p)]  # clips are read by offset from mapped local files
-        if remote:
-            raise ValueError(f"loader: tier/source weights need local shards; copy {remote[0]} and its set to local "
-                             "disk first (docs/storage.md) or drop the weights")
-        self.by, self.shards = by, [Path(p) for p in shards]
+        # local shards are memory-mapped; shards in a bucket (s3://...) are read a clip per ranged GET
+        self.by, self.shards = by, [p if storage.is_url(p) else Path(p) for p in shards]
         self.clips: dict[Any, list[Clip]] = {}
         for i, path in enumerate(self.shards):
             for key, meta, spans in scan_samples(path):
@@ -118,11 +116,16 @@ class MixturePlan:
         return [clips[i] for i in mine]
 
 
-def read_clip(clip: Clip, views: dict[int, memoryview], paths: Sequence[Path]) -> tuple[str, dict[str, memoryview]]:
-    """(key, {suffix: view}) of a clip, from its memory-mapped shard (mapped once per consumer, in `views`)."""
+def read_clip(clip: Clip, views: dict[int, memoryview], paths: Sequence[Path | str]) -> tuple[str, dict[str, memoryview]]:
+    """(key, {suffix: view}) of a clip, from its memory-mapped shard (mapped once per consumer, in `views`), or
+    for a shard in a bucket from one ranged read of the clip's bytes."""
+    path = paths[clip.shard]
+    if storage.is_url(path):  # the clip's members are adjacent in the tar: one ranged read for all of them
+        start = min(offset for _, offset, _ in clip.spans)
+        data = memoryview(storage.read_range(path, start, max(offset + size for _, offset, size in clip.spans)))
+        return clip.key, {suffix: data[offset - start:offset - start + size] for suffix, offset, size in clip.spans}
     view = views.get(clip.shard)
     if view is None:
-        path = paths[clip.shard]
         if not path.is_file():
             raise FileNotFoundError(f"shard file missing: {path}")
         with open(path, "rb") as f:

@@ -354,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="YAML: TrainConfig keys (model: nested) and an optional loader:")
     ap.add_argument("--out", type=Path, required=True, help="run folder: metrics.csv, eval.json, checkpoints/")
     data = ap.add_mutually_exclusive_group(required=True)
-    data.add_argument("--shards", type=Path, help="folder of WebDataset shards (train and val splits)")
+    data.add_argument("--shards", help="folder or bucket URL (s3://...) of WebDataset shards (train and val splits)")
     data.add_argument("--synthetic", type=int, metavar="N", help="train on N fixed moving-square samples")
     ap.add_argument("--steps", type=int, help="override steps")
     ap.add_argument("--image-size", type=int, nargs=2, default=[384, 320], metavar=("H", "W"),

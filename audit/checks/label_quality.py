@@ -157,7 +157,7 @@ def shard_samples(ctx: AuditContext) -> dict[str, list[dict]]:
             metas = out.setdefault(shard_set, [])
             for row in rows:
                 try:
-                    metas += tar_sample_meta(Path(row["path"]))
+                    metas += tar_sample_meta(row["path"])
                 except Exception:  # noqa: BLE001 - a missing or broken tar is shard_files' finding
                     continue
         return out

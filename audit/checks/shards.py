@@ -1,7 +1,8 @@
 """Shards: every registered WebDataset tar is there and is what the catalog says, every labelled item sits in
 exactly one shard of its own split, and shard sizes are even.
 
-The shard set is read through the format's owner, manifests/shard_format.py (layout: docs/formats.md).
+The shard set is read through the format's owner, manifests/shard_format.py (layout: docs/formats.md); a set in
+a bucket (`s3://...`) through common/storage.py.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from audit.context import AuditContext
 from audit.registry import Outcome, check
+from common import storage
 from manifests.shard_format import index_path, read_index, read_sample_json, sha256_file
 
 NO_SHARDS = "no shards registered in the catalog (run the shard stage)"
@@ -26,8 +28,11 @@ def shards_by_set(ctx: AuditContext) -> dict[str, list[dict]]:
     return dict(by_set)
 
 
-def shard_set_folder(rows: list[dict]) -> Path:
-    """The shard set's root: the `shard_set` value when it names a folder, else the deepest common folder."""
+def shard_set_folder(rows: list[dict]) -> Path | str:
+    """The shard set's root: the `shard_set` value when it names a folder (or a bucket URL), else the deepest
+    common folder."""
+    if storage.is_url(rows[0]["shard_set"]):
+        return rows[0]["shard_set"]
     root = Path(rows[0]["shard_set"])
     if root.is_dir():
         return root
@@ -54,12 +59,12 @@ def tar_item_ids(path: Path) -> list[str]:
 
 
 def _check_tar(row: dict) -> str | None:
-    path = Path(row["path"])
-    if not path.exists():
+    path = row["path"] if storage.is_url(row["path"]) else Path(row["path"])
+    if not storage.exists(path):
         return "file missing"
-    size = path.stat().st_size
+    size = storage.size(path)
     if size != row["bytes"]:
-        return f"{size} bytes on disk, {row['bytes']} registered"
+        return f"{size} bytes {'in the bucket' if storage.is_url(path) else 'on disk'}, {row['bytes']} registered"
     if sha256_file(path) != row["sha256"]:
         return "sha256 differs from the registered one (the file changed after it was written)"
     try:
@@ -73,8 +78,13 @@ def _check_tar(row: dict) -> str | None:
     return None
 
 
-def _check_index(folder: Path, rows: list[dict]) -> str | None:
-    if not index_path(folder).exists():
+def _same(path: str | Path) -> str:
+    """A shard path in one spelling, to compare index.json's entries with the catalog's rows."""
+    return str(path) if storage.is_url(path) else str(Path(path).resolve())
+
+
+def _check_index(folder: Path | str, rows: list[dict]) -> str | None:
+    if not storage.exists(index_path(folder)):
         return "no index.json in the shard set folder"
     try:
         index = read_index(folder, check_files=False)
@@ -82,13 +92,13 @@ def _check_index(folder: Path, rows: list[dict]) -> str | None:
         return f"unreadable index.json: {e}"
     except ValueError as e:  # the format or the shards list
         return str(e).removeprefix(f"{index_path(folder)}: ")
-    listed = {str((folder / s["path"]).resolve()): s for s in index.get("shards", [])}
-    registered = {str(Path(r["path"]).resolve()): r for r in rows}
-    problems = [f"{Path(p).name} registered but not in index.json" for p in sorted(set(registered) - set(listed))]
-    problems += [f"{Path(p).name} in index.json but not registered" for p in sorted(set(listed) - set(registered))]
+    listed = {_same(storage.join(folder, s["path"])): s for s in index.get("shards", [])}
+    registered = {_same(r["path"]): r for r in rows}
+    problems = [f"{storage.name(p)} registered but not in index.json" for p in sorted(set(registered) - set(listed))]
+    problems += [f"{storage.name(p)} in index.json but not registered" for p in sorted(set(listed) - set(registered))]
     for p in sorted(set(listed) & set(registered)):
         if listed[p].get("sha256") != registered[p]["sha256"] or listed[p].get("n_samples") != registered[p]["n_samples"]:
-            problems.append(f"{Path(p).name}: index.json and catalog disagree on sha256 or n_samples")
+            problems.append(f"{storage.name(p)}: index.json and catalog disagree on sha256 or n_samples")
     return "; ".join(problems[:5]) if problems else None
 
 

@@ -11,6 +11,7 @@ from audit.checks.duplicates import SPLIT_ORDER, connected_sets, exact_pairs, ne
 from audit.checks.shards import shard_set_folder, shards_by_set
 from audit.context import AuditContext
 from audit.registry import Outcome, check
+from common import storage
 from manifests.shard_format import index_path, read_index
 
 
@@ -59,7 +60,7 @@ def _recorded_splits(stats: Any, path: str = "stats") -> Iterator[tuple[str, lis
 
 def _shard_index_paths(ctx: AuditContext) -> list[Path]:
     folders = {shard_set_folder(rows) for rows in shards_by_set(ctx).values()}
-    return sorted(index_path(f) for f in folders if index_path(f).exists())
+    return sorted((index_path(f) for f in folders if storage.exists(index_path(f))), key=str)
 
 
 @check("normalisation_from_train", "splits", "error",
