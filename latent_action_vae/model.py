@@ -102,9 +102,9 @@ class LatentActionVAE(nn.Module):
         if cfg.coarse_mask == "frame":
             if self.decoder_gate is None:
                 raise ValueError("vae.coarse_mask: frame masks the coarse residual's flow: it needs vae.coarse_residual")
-            # widths (16, 32, 64, 64) cost 1.8× the plain step for the same figures as these (1.36×):
-            # docs/latent_quality.md, sixth round
-            self.coarse_mask = FrameConditionedDecoder(cfg.latent_dim, widths=(8, 16, 32, 32), hidden=128,
+            # 1.8× the plain step's time; widths (8, 16, 32, 32) cost 1.36× but gave back a third of the gain
+            # (docs/latent_quality.md, sixth round)
+            self.coarse_mask = FrameConditionedDecoder(cfg.latent_dim, widths=(16, 32, 64, 64), hidden=128,
                                                        out_channels=1)
             nn.init.zeros_(self.coarse_mask.head.weight)
             nn.init.zeros_(self.coarse_mask.head.bias)
