@@ -212,6 +212,37 @@ def test_config_errors_name_the_key(tmp_path):
         main(["--config", str(tmp_path / "missing.yaml"), "--out", str(tmp_path), "--synthetic", "4"])
 
 
+def test_mode_shares_schedule_switches_modes_at_its_steps(tmp_path):
+    """A curriculum from the YAML config: the IDM setting alone for the first steps, then VLA alone; the realised
+    shares in metrics.csv switch at the configured step, the video loss only counts once video is generated, and a
+    resume with another schedule is refused. Bad schedules are errors naming the key."""
+    path = tmp_path / "cfg.yaml"
+    settings = {"model": TINY_MODEL, "steps": 10, "batch_size": 4, "lr": 3e-3, "warmup_steps": 2, "log_every": 1,
+                "checkpoint_every": 5, "eval_every": 100, "eval_windows": 0, "mode_shares_schedule": {0: {"idm": 1}, 6: {"vla": 1}}}
+    path.write_text(yaml.safe_dump(settings))
+    cfg, _ = load_train_config(path)
+    assert cfg.mode_shares_at(5) == {"idm": 1} and cfg.mode_shares_at(6) == {"vla": 1}
+    make_train, make_val = data_for(cfg)
+    result = train(cfg, make_train, make_val, tmp_path / "run", progress=False)
+    rows = metric_rows(tmp_path / "run")
+    assert [float(r["share_idm"]) for r in rows] == [1.0] * 6 + [0.0] * 4
+    assert [float(r["share_vla"]) for r in rows] == [0.0] * 6 + [1.0] * 4
+    assert all(float(r["loss_video"]) == 0 for r in rows[:6]) and all(float(r["loss_video"]) > 0 for r in rows[6:])
+    assert result.mode_shares["idm"] == 0.6 and result.mode_shares["vla"] == 0.4
+    # before the first entry, and with no schedule, the model's shares hold
+    late = dataclasses.replace(cfg, mode_shares_schedule={4: {"wm": 1}})
+    assert late.mode_shares_at(3) == cfg.model.mode_shares and tiny_config().mode_shares_at(7) == cfg.model.mode_shares
+    other = dataclasses.replace(cfg, steps=12, mode_shares_schedule={0: {"idm": 1}, 8: {"vla": 1}})
+    with pytest.raises(ValueError, match="mode_shares_schedule"):
+        train(other, make_train, make_val, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"mode_shares_schedule: each key .* \[0, steps=10\), got 10"):
+        tiny_config(steps=10, mode_shares_schedule={0: {"idm": 1}, 10: {"vla": 1}})
+    with pytest.raises(ValueError, match=r"mode_shares_schedule\[3\]: unknown mode\(s\) \['ibm'\]"):
+        tiny_config(mode_shares_schedule={3: {"ibm": 1}})
+    with pytest.raises(ValueError, match=r"mode_shares_schedule\[0\] must be >= 0 with a positive sum"):
+        tiny_config(mode_shares_schedule={0: {"idm": 0}})
+
+
 def test_two_processes_train_in_lockstep(tmp_path):
     config = tmp_path / "tiny.yaml"
     settings = dataclasses.asdict(tiny_config(checkpoint_every=100, eval_every=100))

@@ -82,12 +82,7 @@ class MotusConfig:
                              f"({self.patch_size}), got {self.work_size}")
         if self.time_sampling not in TIME_SAMPLINGS:
             raise ValueError(f"model.time_sampling: {self.time_sampling!r} is not one of {', '.join(TIME_SAMPLINGS)}")
-        unknown = sorted(set(self.mode_shares) - set(MODES))
-        if unknown:
-            raise ValueError(f"model.mode_shares: unknown mode(s) {unknown}; modes are {', '.join(MODES)}")
-        shares = self.mode_shares.values()
-        if not all(isinstance(v, (int, float)) and v >= 0 for v in shares) or sum(shares) <= 0:
-            raise ValueError(f"model.mode_shares must be >= 0 with a positive sum, got {self.mode_shares}")
+        check_mode_shares(self.mode_shares, "model.mode_shares")
         if self.rope_dims < 0 or self.rope_dims % 2 or self.rope_dims > self.head_dim:
             raise ValueError(f"model.rope_dims must be even and in [0, head_dim={self.head_dim}], got {self.rope_dims}")
         if self.pos_init_std < 0:
@@ -108,8 +103,25 @@ class MotusConfig:
     @property
     def shares(self) -> list[float]:
         """Normalised mode shares in MODES order."""
-        total = sum(self.mode_shares.values())
-        return [self.mode_shares.get(m, 0.0) / total for m in MODES]
+        return shares_vector(self.mode_shares)
+
+
+def check_mode_shares(shares: Any, where: str) -> None:
+    """A ValueError naming `where` unless `shares` maps known modes to numbers >= 0 with a positive sum."""
+    if not isinstance(shares, dict):
+        raise ValueError(f"{where} must be a mapping of mode to share ({', '.join(MODES)}), got {shares!r}")
+    unknown = sorted(set(shares) - set(MODES), key=str)
+    if unknown:
+        raise ValueError(f"{where}: unknown mode(s) {unknown}; modes are {', '.join(MODES)}")
+    values = shares.values()
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in values) or sum(values) <= 0:
+        raise ValueError(f"{where} must be >= 0 with a positive sum, got {shares}")
+
+
+def shares_vector(shares: dict[str, float]) -> list[float]:
+    """Mode shares normalised to sum 1, in MODES order (missing modes: 0)."""
+    total = sum(shares.values())
+    return [shares.get(m, 0.0) / total for m in MODES]
 
 
 # --- small parts --------------------------------------------------------------------------------------------
@@ -374,9 +386,12 @@ class Motus(nn.Module):
         action[first_action:first_action + n_actions] = steps / ratio
         return torch.cat([video, action])
 
-    def sample_modes(self, n: int, generator: torch.Generator | None = None):
-        """Per sample a training mode (index into MODES, drawn with cfg.mode_shares) and its (t_video, t_action)."""
-        mode = torch.multinomial(torch.tensor(self.cfg.shares), n, replacement=True, generator=generator)
+    def sample_modes(self, n: int, generator: torch.Generator | None = None,
+                     mode_shares: dict[str, float] | None = None):
+        """Per sample a training mode (index into MODES, drawn with `mode_shares`, default cfg.mode_shares) and
+        its (t_video, t_action)."""
+        shares = self.cfg.shares if mode_shares is None else shares_vector(mode_shares)
+        mode = torch.multinomial(torch.tensor(shares), n, replacement=True, generator=generator)
         t_v, t_a = self.sample_t(n, generator), self.sample_t(n, generator)
         idm, vla, wm, vgm = (mode == MODES.index(m) for m in ("idm", "vla", "wm", "vgm"))
         t_v = torch.where(idm, 0.0, torch.where(vla, 1.0, t_v))
@@ -388,9 +403,10 @@ class Motus(nn.Module):
             return torch.sigmoid(torch.randn(n, generator=generator))
         return torch.rand(n, generator=generator)
 
-    def forward(self, batch: dict[str, torch.Tensor],
-                generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """Rectified-flow training losses on a Motus batch: per sample a mode (cfg.mode_shares) fixes or draws
+    def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None,
+                mode_shares: dict[str, float] | None = None) -> dict[str, torch.Tensor]:
+        """Rectified-flow training losses on a Motus batch: per sample a mode (`mode_shares`, default
+        cfg.mode_shares; the trainer passes its `mode_shares_schedule`'s entry for the step) fixes or draws
         t_video and t_action, x_t = (1 − t)·x0 + t·ε, target ε − x0; MSE on the F predicted frames and on the
         actions, leaving out a modality given clean (its velocity at t=0 is unpredictable noise). Also returns
         `mode_counts` [len(MODES)], the samples drawn per mode."""
@@ -401,7 +417,7 @@ class Motus(nn.Module):
         x0_v = self.frames_to_patches(batch["video_frames"])
         x0_a = batch["action_sequence"].float()
         B = x0_v.shape[0]
-        mode, t_v, t_a = self.sample_modes(B, generator)
+        mode, t_v, t_a = self.sample_modes(B, generator, mode_shares)
         t_v, t_a = t_v.to(device), t_a.to(device)
         eps_v = torch.randn(x0_v.shape, generator=generator).to(device)
         eps_a = torch.randn(x0_a.shape, generator=generator).to(device)

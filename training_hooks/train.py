@@ -37,7 +37,7 @@ from common.config import build_dataclass, read_yaml_mapping
 from training_hooks.data import Batch, SyntheticMotion, TrainBatches, derive_seed, shard_batches
 from training_hooks.evaluation import ACTION_ERRORS, ActionMeans, evaluate, format_eval, window_groups
 from training_hooks.mixture import TIERS, MixtureCounter, format_mixture
-from training_hooks.motus import MODES, Motus, MotusConfig
+from training_hooks.motus import MODES, Motus, MotusConfig, check_mode_shares
 
 # v2: the shared rotary clock, mode shares and scaled positions; v1 checkpoints hold other weights and keys
 CHECKPOINT_KIND = "motus-pyramid/motus/v2"
@@ -46,7 +46,7 @@ CHECKPOINT_KIND = "motus-pyramid/motus/v2"
 METRICS = ("step", "loss", "loss_video", "loss_action", "lr", "samples_per_s", *(f"share_{m}" for m in MODES),
            *(f"tier_{k}" for k in TIERS))
 # settings a resumed run must share with its checkpoint (the model's shape, and what the optimiser state holds)
-RESUME_KEYS = ("stage", "lr", "betas", "weight_decay")
+RESUME_KEYS = ("stage", "lr", "betas", "weight_decay", "mode_shares_schedule")
 
 
 @dataclass
@@ -74,6 +74,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1  # torch threads per process
     device: str = "cpu"  # where the model trains and evaluates (cpu | cuda | cuda:N); batches are moved there
+    # training modes by step, a curriculum: {from_step: mode shares}, each entry holding from its step until the
+    # next; model.mode_shares before the first (and throughout when null). E.g. {0: {idm: 1}, 500: {joint: 0.2,
+    # idm: 0.4, vla: 0.2, wm: 0.2}}: the IDM setting alone for 500 steps, then the mixed shares (docs/trainer.md)
+    mode_shares_schedule: dict[int, dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.stage not in (2, 3):
@@ -97,9 +101,20 @@ class TrainConfig:
             raise ValueError("eval_splits must name held-out splits, not train")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        for start, shares in (self.mode_shares_schedule or {}).items():
+            if not isinstance(start, int) or isinstance(start, bool) or not 0 <= start < self.steps:
+                raise ValueError(f"mode_shares_schedule: each key is the step its shares start at, an integer in "
+                                 f"[0, steps={self.steps}), got {start!r}")
+            check_mode_shares(shares, f"mode_shares_schedule[{start}]")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def mode_shares_at(self, step: int) -> dict[str, float]:
+        """The mode shares training step `step` draws with: the last `mode_shares_schedule` entry at or before it,
+        else model.mode_shares."""
+        starts = [k for k in (self.mode_shares_schedule or {}) if k <= step]
+        return self.mode_shares_schedule[max(starts)] if starts else self.model.mode_shares
 
 
 def load_train_config(path: str | os.PathLike | None, **overrides: Any) -> tuple[TrainConfig, dict[str, Any]]:
@@ -235,7 +250,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         old, new = state["config"], cfg.to_dict()
         differ = ", ".join(filter(None, [
             _differing({**dataclasses.asdict(MotusConfig()), **old["model"]}, new["model"], "model."),
-            _differing({k: old[k] for k in RESUME_KEYS}, {k: new[k] for k in RESUME_KEYS})]))
+            _differing({k: old.get(k) for k in RESUME_KEYS}, {k: new[k] for k in RESUME_KEYS})]))
         if differ:
             raise ValueError(f"{last_path} was trained with other settings ({differ}); resume with the same ones, "
                              "or start over with resume=False / --no-resume or another output folder")
@@ -298,7 +313,10 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
             batch = {k: v.to(cfg.device) if torch.is_tensor(v) else v for k, v in batch.items()}
             lr = scheduler.get_last_lr()[0]
             generator = torch.Generator().manual_seed(derive_seed(cfg.seed, step, rank))
-            losses = net(batch, generator=generator)
+            step_shares = cfg.mode_shares_at(step)
+            if step == start or step_shares is not cfg.mode_shares_at(step - 1):
+                log(f"step {step}: training modes drawn with shares {step_shares}")
+            losses = net(batch, generator=generator, mode_shares=step_shares)
             if is_main:
                 action_means.add(batch)
             modes_logged += losses["mode_counts"].cpu()
