@@ -1,4 +1,5 @@
-"""`pyramid`: one command-line entry point, a subcommand per job. Each is a thin shell over a library function."""
+"""`pyramid`: one command-line entry point, a subcommand per job. Each is a thin shell over a library function.
+The shared options and openers are in `shared.py`; `export` and `audit` have their own files."""
 
 from __future__ import annotations
 
@@ -9,70 +10,16 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from common.progress import make_console
+from pipelines.cli.audit import audit
+from pipelines.cli.export import export_app
+from pipelines.cli.shared import (ConfigOpt, EngineOpt, RayAddressOpt, WorkdirOpt, _config, _open_catalog, _runner,
+                                  console, err)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="motus-pyramid: the Motus data pyramid to labelled training shards.")
 catalog_app = typer.Typer(no_args_is_help=True, help="Query the DuckDB catalog.")
 app.add_typer(catalog_app, name="catalog")
 vae_app = typer.Typer(no_args_is_help=True, help="Train and evaluate the latent-action VAE.")
 app.add_typer(vae_app, name="vae")
-export_app = typer.Typer(no_args_is_help=True, help="Export shards to other training layouts.")
-app.add_typer(export_app, name="export")
-
-console = make_console()
-err = make_console(stderr=True)
-
-ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: built-in defaults, as configs/demo.yaml).")
-WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Where the catalog, manifests and samples live.")
-EngineOpt = typer.Option(None, "--engine", help="ray (default), beam or local.")
-RayAddressOpt = typer.Option(None, "--ray-address", help="Ray cluster address (default: a local Ray instance; RAY_ADDRESS also works).")
-
-
-def _config(config: Optional[Path], workdir: Optional[Path], **overrides):
-    from pipelines.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(config, workdir=str(workdir) if workdir else None, **overrides)
-    except ConfigError as e:
-        err.print(f"[red]config error:[/red] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2)
-    return cfg
-
-
-def _open_catalog(cfg, read_only: bool = False, snapshot: bool = False):
-    """The catalog, or exit 2 saying why not. With `snapshot`, a catalog that a running job holds is read from a
-    copy taken now, and stderr says so."""
-    from catalog import Catalog, CatalogLockedError
-
-    try:
-        catalog = Catalog(cfg.catalog_path, read_only=read_only, snapshot=snapshot)
-    except (CatalogLockedError, FileNotFoundError) as e:
-        err.print(f"[red]{escape(str(e))}[/red]", highlight=False)
-        if isinstance(e, CatalogLockedError):
-            err.print("`pyramid status`, `pyramid catalog sql` and `pyramid audit` read a snapshot of it meanwhile",
-                      highlight=False, markup=False)
-        raise typer.Exit(2)
-    if catalog.is_snapshot:
-        err.print(snapshot_note(catalog), highlight=False, markup=False)
-    for run_id in catalog.killed_runs:
-        err.print(f"run {run_id} was left running by a driver that is gone: marked killed", highlight=False,
-                  markup=False)
-    return catalog
-
-
-def snapshot_note(catalog) -> str:
-    """What a reader of a snapshot should know: which job holds the catalog and when the copy was taken."""
-    jobs = ", ".join(f"{r['job']} (run {r['run_id']}, pid {r['pid']})" for r in catalog.running_runs())
-    holder = f"a running job, {jobs}" if jobs else "another process (a job that has not recorded its run yet?)"
-    return (f"catalog {catalog.path} is held by {holder}: this reads a snapshot taken at "
-            f"{catalog.snapshot_taken_at:%Y-%m-%d %H:%M:%S} UTC; what the job records after that is not in it")
-
-
-def _runner(cfg):
-    from pipelines.runners import runner_from_config
-
-    return runner_from_config(cfg.runner)
-
 
 @app.command()
 def samples(
@@ -249,81 +196,6 @@ def shard(
         raise typer.Exit(1)
 
 
-@export_app.command("motus")
-def export_motus_cmd(
-    out: str = typer.Argument(..., help="Folder to write <source>/{videos,metas,latent_action_dim14,umt5_wan,qpos}/ into "
-                              "(or a bucket URL: staged locally, uploaded when complete)."),
-    config: Optional[Path] = ConfigOpt,
-    workdir: Optional[Path] = WorkdirOpt,
-    shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
-                                         "(s3://...; default: <workdir>/<shards.output>)."),
-    split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train — a Motus tree has no splits)."),
-    caption: Optional[str] = typer.Option(None, "--caption", help="Instruction for clips without language; "
-                                          "{embodiment}, {source}, {tier} are filled in (default: "
-                                          "'{embodiment} robot: random joint exploration')."),
-    allow_text_width: bool = typer.Option(False, "--allow-text-width", help="Export language embeddings that are not "
-                                          "4096 wide (the released Motus's text layer takes UMT5-XXL's 4096)."),
-):
-    """Export the shards to the folder layout the released Motus stage-2 loader reads."""
-    from common import storage
-    from pipelines.export import DEFAULT_CAPTION, export_motus, export_target
-
-    cfg = _config(config, workdir)
-    root = shards or cfg.path(cfg.shards.output)
-    try:
-        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
-            report = export_motus(root, local, tuple(split) if split else ("train",),
-                                  caption=caption or DEFAULT_CAPTION, allow_text_width=allow_text_width)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
-        raise typer.Exit(2)
-    counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
-    console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {storage.redact(out)}; "
-                  f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
-    if not report.motus_width:
-        console.print(f"[yellow]note:[/yellow] E={report.embedding_dim} (--allow-text-width): the released Motus's text "
-                      "layer takes 4096; change its text_embedding before training on this export", highlight=False)
-    if report.short:
-        from pipelines.export import MOTUS_WINDOW_FRAMES
-
-        console.print(f"{len(report.short)} clips are shorter than Motus's default window ({MOTUS_WINDOW_FRAMES} "
-                      f"frames: 8 video frames every 6) and will be skipped by its loader; listed in export.json "
-                      f"(shorter_than_window): {', '.join(report.short[:5])}{' ...' if len(report.short) > 5 else ''}",
-                      highlight=False)
-
-
-@export_app.command("lerobot")
-def export_lerobot_cmd(
-    out: str = typer.Argument(..., help="Folder to write one LeRobot v3.0 dataset per embodiment, fps and action width "
-                              "into (or a bucket URL: staged locally, uploaded when complete)."),
-    config: Optional[Path] = ConfigOpt,
-    workdir: Optional[Path] = WorkdirOpt,
-    shards: Optional[str] = typer.Option(None, "--shards", help="Shard root, a folder or a bucket URL "
-                                         "(s3://...; default: <workdir>/<shards.output>)."),
-    split: Optional[list[str]] = typer.Option(None, "--split", help="Splits to export (repeatable; default: train)."),
-    caption: Optional[str] = typer.Option(None, "--caption", help="Task of clips without language; {embodiment}, "
-                                          "{source}, {tier} are filled in (default: '{embodiment} robot: random joint exploration')."),
-):
-    """Export the shards as LeRobot v3.0 datasets (lerobot's writer): video, real actions, latent actions, tasks, stats."""
-    from common import storage
-    from pipelines.export import DEFAULT_CAPTION, export_target
-    from pipelines.export_lerobot import LATENT, export_lerobot
-
-    cfg = _config(config, workdir)
-    root = shards or cfg.path(cfg.shards.output)
-    try:
-        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
-            report = export_lerobot(root, local, tuple(split) if split else ("train",),
-                                    caption=caption or DEFAULT_CAPTION)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
-        raise typer.Exit(2)
-    for name, g in report.datasets.items():
-        action = f"action [{g.action_dim}]" if g.action_dim else "no real actions"
-        console.print(f"{storage.join(storage.redact(out), name)}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
-                      f"{LATENT} [{g.latent_dim}]", highlight=False)
-
-
 @app.command()
 def train(
     shards: str = typer.Option(..., "--shards", help="Shard root (the folder or bucket URL with index.json), e.g. "
@@ -460,88 +332,8 @@ def demo(
     run_demo(cfg, console=console, err=err)
 
 
-@app.command()
-def audit(
-    config: Optional[Path] = ConfigOpt,
-    workdir: Optional[Path] = WorkdirOpt,
-    fail_on: str = typer.Option("error", "--fail-on", help="Exit 1 when a check at this severity or above fails: "
-                                "error, warning or never."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Folder for audit.html and audit.json "
-                                       "(default: <workdir>/reports)."),
-    audit_config: Optional[Path] = typer.Option(None, "--audit-config", help="YAML overriding audit thresholds "
-                                                "(fields of audit.config.AuditConfig)."),
-    source: Optional[str] = typer.Option(None, "--source", help="KIND:PATH: audit a dataset on disk without the "
-                                         "pipeline (lerobot:ROOT, rlds:BUILDER_DIR, robotwin:TREE, ...); no "
-                                         "catalog, --out defaults to reports/<dataset folder>."),
-    decode: bool = typer.Option(False, "--decode", help="With --source: also decode frames (readable media, black "
-                                "and frozen cameras, stutter, concealed decode errors)."),
-    engine: Optional[str] = typer.Option(None, "--engine", help="Runs the media pass (every item's frames decoded "
-                                         "once): ray, beam or local. Default: the config's engine; with --source and "
-                                         "no --config, local."),
-):
-    """Audit dataset quality (integrity, content, duplicates, splits, labels, shards): a table of checks, a
-    self-contained HTML report and audit.json; a non-zero exit when a check at --fail-on or above fails. With
-    --source, --config gives the engine, the camera and the readers' settings (its sources are replaced by the one
-    named) and --workdir the default --out (<workdir>/reports/<dataset folder>)."""
-    from audit import load_audit_config
-    from audit.run import FAIL_ON
-    from pipelines.config import ConfigError
-
-    if fail_on not in FAIL_ON:
-        err.print(f"[red]--fail-on must be one of {', '.join(FAIL_ON)}, not {escape(fail_on)!r}[/red]", highlight=False)
-        raise typer.Exit(2)
-    try:
-        settings = load_audit_config(audit_config)
-    except ConfigError as e:
-        err.print(f"[red]audit config error:[/red] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2)
-    if source is not None:
-        cfg = _config(config, None, **{"runner.engine": engine or (None if config else "local")})
-        result = _audit_on_disk(source, out, settings, decode, cfg, workdir)
-    else:
-        if decode:
-            err.print("[red]--decode goes with --source (the pipeline's audit always decodes)[/red]", highlight=False)
-            raise typer.Exit(2)
-        result = _audit_catalog(_config(config, workdir, **{"runner.engine": engine}), out, settings)
-    if not result.gate(fail_on):
-        names = ", ".join(f"{r.check.name} ({r.check.severity})" for r in result.failed(fail_on))
-        err.print(f"[red]audit gate failed at --fail-on {fail_on}:[/red] {escape(names)}", highlight=False)
-        raise typer.Exit(1)
-
-
-def _audit_on_disk(source: str, out: Optional[Path], settings, decode: bool, cfg, workdir: Optional[Path]):
-    from audit.on_disk import parse_source, run_source_audit
-    from pipelines.sources.base import SourceError
-
-    runner = _runner(cfg) if decode else None
-    try:
-        _, root = parse_source(source)
-        return run_source_audit(source, out or (workdir or Path(".")) / "reports" / root.name, settings,
-                                decode=decode, console=console, cfg=cfg, runner=runner)
-    except (ValueError, SourceError) as e:
-        err.print(f"[red]cannot audit {escape(source)}:[/red] {escape(str(e))}", highlight=False)
-        raise typer.Exit(2)
-    finally:
-        if runner is not None:
-            runner.close()
-
-
-def _audit_catalog(cfg, out: Optional[Path], settings):
-    from audit import run_audit
-
-    if not cfg.catalog_path.exists():
-        err.print(f"[red]no catalog at {escape(str(cfg.catalog_path))} (run `pyramid ingest` or `pyramid demo` "
-                  "first)[/red]", highlight=False)
-        raise typer.Exit(2)
-    runner = _runner(cfg)
-    try:
-        with _open_catalog(cfg, snapshot=True) as cat:
-            if cat.is_snapshot:
-                err.print("the audit's verdicts go to audit.json and audit.html only: the catalog's audit_results "
-                          "are written by an audit run while no job holds it", highlight=False, markup=False)
-            return run_audit(cfg, cat, out_dir=out, console=console, settings=settings, runner=runner)
-    finally:
-        runner.close()
+app.add_typer(export_app, name="export")
+app.command()(audit)
 
 
 def main() -> None:
