@@ -261,10 +261,9 @@ def bad_files(t: Tables, s: AuditConfig) -> dict[str, str]:
     return {k: "; ".join(v[:3]) + (" ..." if len(v) > 3 else "") for k, v in found.items()}
 
 
-def headers(t: Tables) -> dict[str, tuple[int, float] | str]:
-    """Video file → (frames, average rate) from its container header (packets counted when the header has no
-    frame count), or why it could not be read. Nothing is decoded."""
-    out: dict[str, tuple[int, float] | str] = {}
+def per_video(t: Tables, read: Callable[[Any, Any], Any]) -> dict[str, Any]:
+    """Video file → read(container, its video stream), or why the file could not be opened or read."""
+    out: dict[str, Any] = {}
     for f in t.video_files():
         path = t.root / f
         if not path.exists() or file_problem(path):
@@ -272,12 +271,17 @@ def headers(t: Tables) -> dict[str, tuple[int, float] | str]:
             continue
         try:
             with av.open(str(path)) as c:
-                v = c.streams.video[0]
-                frames = int(v.frames) or sum(1 for p in c.demux(v) if p.size)
-                out[f] = (frames, float(v.average_rate or v.base_rate or 0))
+                out[f] = read(c, c.streams.video[0])
         except (av.FFmpegError, IndexError, OSError) as e:
             out[f] = f"unreadable: {e}"
     return out
+
+
+def headers(t: Tables) -> dict[str, tuple[int, float] | str]:
+    """Video file → (frames, average rate) from its container header (packets counted when the header has no
+    frame count), or why it could not be read. Nothing is decoded."""
+    return per_video(t, lambda c, v: (int(v.frames) or sum(1 for p in c.demux(v) if p.size),
+                                      float(v.average_rate or v.base_rate or 0)))
 
 
 def camera_lengths(t: Tables, s: AuditConfig, heads: dict | None = None) -> dict[str, str]:
@@ -431,21 +435,11 @@ def camera_rates_check(ctx: AuditContext) -> Outcome:
 def packet_times(t: Tables) -> dict[str, tuple[np.ndarray, float] | str]:
     """Video file → (its frames' presentation times in seconds, in presentation order; one tick of its clock), from
     the packets (demuxed, nothing decoded), or why it could not be read."""
-    out: dict[str, tuple[np.ndarray, float] | str] = {}
-    for f in t.video_files():
-        path = t.root / f
-        if not path.exists() or file_problem(path):
-            out[f] = "missing or not a video"
-            continue
-        try:
-            with av.open(str(path)) as c:
-                v = c.streams.video[0]
-                tb = v.time_base
-                pts = np.sort(np.array([p.pts for p in c.demux(v) if p.pts is not None and p.size], np.int64))
-                out[f] = (pts * float(tb), float(tb))
-        except (av.FFmpegError, IndexError, OSError) as e:
-            out[f] = f"unreadable: {e}"
-    return out
+    def read(c, v):
+        pts = np.sort(np.array([p.pts for p in c.demux(v) if p.pts is not None and p.size], np.int64))
+        return pts * float(v.time_base), float(v.time_base)
+
+    return per_video(t, read)
 
 
 def pts_drift(t: Tables, s: AuditConfig, pts: dict | None = None) -> dict[str, str]:
