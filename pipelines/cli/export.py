@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.markup import escape
@@ -30,17 +30,11 @@ def export_motus_cmd(
 ):
     """Export the shards to the folder layout the released Motus stage-2 loader reads."""
     from common import storage
-    from pipelines.export import DEFAULT_CAPTION, export_motus, export_target
+    from pipelines.export import DEFAULT_CAPTION, export_motus
 
-    cfg = _config(config, workdir)
-    root = shards or cfg.path(cfg.shards.output)
-    try:
-        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
-            report = export_motus(root, local, tuple(split) if split else ("train",),
-                                  caption=caption or DEFAULT_CAPTION, allow_text_width=allow_text_width)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
-        raise typer.Exit(2)
+    report = _export(config, workdir, shards, out, lambda root, local: export_motus(
+        root, local, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION,
+        allow_text_width=allow_text_width))
     counts = ", ".join(f"{s} {n}" for s, n in sorted(report.per_source.items()))
     console.print(f"exported {sum(report.per_source.values())} clips ({counts}) to {storage.redact(out)}; "
                   f"language {report.encoder or 'none'} E={report.embedding_dim}", highlight=False)
@@ -70,19 +64,28 @@ def export_lerobot_cmd(
 ):
     """Export the shards as LeRobot v3.0 datasets (lerobot's writer): video, real actions, latent actions, tasks, stats."""
     from common import storage
-    from pipelines.export import DEFAULT_CAPTION, export_target
+    from pipelines.export import DEFAULT_CAPTION
     from pipelines.export_lerobot import LATENT, export_lerobot
 
-    cfg = _config(config, workdir)
-    root = shards or cfg.path(cfg.shards.output)
-    try:
-        with export_target(out) as local:  # a bucket URL: staged locally, uploaded once complete
-            report = export_lerobot(root, local, tuple(split) if split else ("train",),
-                                    caption=caption or DEFAULT_CAPTION)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
-        raise typer.Exit(2)
+    report = _export(config, workdir, shards, out, lambda root, local: export_lerobot(
+        root, local, tuple(split) if split else ("train",), caption=caption or DEFAULT_CAPTION))
     for name, g in report.datasets.items():
         action = f"action [{g.action_dim}]" if g.action_dim else "no real actions"
         console.print(f"{storage.join(storage.redact(out), name)}: {len(g.item_ids)} episodes, {g.frames} frames, {g.fps} fps, {action}, "
                       f"{LATENT} [{g.latent_dim}]", highlight=False)
+
+
+def _export(config, workdir, shards: Optional[str], out: str, run: Callable[[str, Path], Any]):
+    """The shard root (--shards or the config's), `run(root, local folder)` into OUT (a bucket URL: staged locally,
+    uploaded once complete), or exit 2 with the reason, credentials redacted."""
+    from common import storage
+    from pipelines.export import export_target
+
+    cfg = _config(config, workdir)
+    root = shards or cfg.path(cfg.shards.output)
+    try:
+        with export_target(out) as local:
+            return run(root, local)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        err.print(f"[red]export:[/red] {escape(storage.redact(str(e)))}", highlight=False)
+        raise typer.Exit(2)
