@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.sources.base import SourceError
-from pipelines.sources.lerobot_meta import (_column_2d, feature_dim, read_task_table, v2_episodes,
+from sources.base import SourceError
+from sources.lerobot_meta import (_column_2d, feature_dim, read_task_table, v2_episodes,
                                             v3_episodes)
 from pipelines.stages import BadInput
 
