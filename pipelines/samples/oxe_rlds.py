@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from pipelines.samples.sim_oxe import VIEWS, ArmSim, motion, quat_to_rpy, rpy_to_quat
-from pipelines.samples.sim_task_agnostic import atomic_path as _atomic, write_json as _write_json
+from pipelines.samples.files import atomic_path as _atomic, write_json as _write_json
 from media.tfrecord import TFRecordWriter, encode_example
 
 VERSION = "0.1.0"
