@@ -26,9 +26,9 @@ from audit.context import AuditContext
 from audit.lerobot_tables import Tables, dataset_tables, read_tables
 from audit.registry import Outcome, all_checks
 from audit.run import JSON_FORMAT, AuditResult, CheckResult, audit_table, run_check, write_outputs
+from common.errors import BadInput
 from common.progress import make_console
 from pipelines.config import PipelineConfig, SourceConfig, load_config
-from pipelines.stages import BadInput
 
 KIND_ALIASES = {"rlds": "oxe"}
 METADATA_CHECKS = {"media_readable", "stream_matches_metadata", "actions_match_frames", "finite_values",

@@ -101,9 +101,9 @@ from sources.media import check_finite, fingerprint
 from manifests import actions as action_semantics
 from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
 from sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
-                                            episode_language, feature_dim, feature_names, language_columns,
-                                            parse_splits, read_episode_rows, read_task_table, short_camera,
-                                            totals_mismatch, v2_episodes, v3_episodes)
+                                  episode_language, feature_dim, feature_names, language_columns,
+                                  parse_splits, read_episode_rows, read_task_table, short_camera,
+                                  totals_mismatch, v2_episodes, v3_episodes)
 from sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
 from common.errors import BadInput
 

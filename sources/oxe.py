@@ -72,7 +72,7 @@ from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, p
 from sources.media import check_finite, fingerprint
 from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
 from sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
-                                        columns, flatten_features, resolve_key_map, split_key)
+                              columns, flatten_features, resolve_key_map, split_key)
 from common.errors import BadInput
 
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
