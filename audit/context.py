@@ -72,7 +72,7 @@ class AuditContext:
     @cached_property
     def actions(self) -> dict[str, np.ndarray | str]:
         """item id → actions [T, D] of items that have them, or the reason they could not be read."""
-        from pipelines.sources import load_actions
+        from sources import load_actions
 
         out: dict[str, np.ndarray | str] = {}
         for row in self.items:

@@ -17,10 +17,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.sources.base import SourceError
-from pipelines.sources.lerobot_meta import (_column_2d, feature_dim, read_task_table, v2_episodes,
-                                            v3_episodes)
-from pipelines.stages import BadInput
+from common.errors import BadInput
+from sources.base import SourceError
+from sources.lerobot_meta import (_column_2d, feature_dim, read_task_table, v2_episodes,
+                                  v3_episodes)
 
 V2_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
 V2_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"

@@ -26,9 +26,9 @@ from audit.context import AuditContext
 from audit.lerobot_tables import Tables, dataset_tables, read_tables
 from audit.registry import Outcome, all_checks
 from audit.run import JSON_FORMAT, AuditResult, CheckResult, audit_table, run_check, write_outputs
+from common.errors import BadInput
 from common.progress import make_console
 from pipelines.config import PipelineConfig, SourceConfig, load_config
-from pipelines.stages import BadInput
 
 KIND_ALIASES = {"rlds": "oxe"}
 METADATA_CHECKS = {"media_readable", "stream_matches_metadata", "actions_match_frames", "finite_values",
@@ -48,7 +48,7 @@ class _NotDecoded(dict):
 
 def parse_source(spec: str) -> tuple[str, Path]:
     """`KIND:PATH` → (adapter kind, existing root). `rlds` names the OXE/RLDS adapter."""
-    from pipelines.sources import SOURCES
+    from sources import SOURCES
 
     kind, sep, path = spec.partition(":")
     kind = KIND_ALIASES.get(kind.strip().lower(), kind.strip().lower())
@@ -92,7 +92,7 @@ def _episode_language(t: Tables, rows: np.ndarray, episode: dict[str, Any]) -> l
 
 def lerobot_rows(kind: str, root: Path, options: dict[str, Any]) -> tuple[Tables, list[dict], dict[str, np.ndarray]]:
     """One item row per listed episode of a LeRobot dataset, and its actions, from the tables alone."""
-    from pipelines.sources import make_source
+    from sources import make_source
 
     adapter = make_source(kind, str(root), **options)  # what the dims mean, the embodiment: as ingest reads them
     t = read_tables(root, f"lerobot/{adapter.repo_name}")

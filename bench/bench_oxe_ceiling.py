@@ -33,7 +33,7 @@ from flow_extraction.artifacts import read_flow_artifact  # noqa: E402
 from manifests.actions import pair_action  # noqa: E402
 from flow_extraction.config import FlowConfig  # noqa: E402
 from pipelines.flow import compute_item_flow, make_backends  # noqa: E402
-from pipelines.sources.oxe import OXESource  # noqa: E402
+from sources.oxe import OXESource  # noqa: E402
 
 DATASET = "fractal20220817_data"
 

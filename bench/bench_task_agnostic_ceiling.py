@@ -35,7 +35,7 @@ from flow_extraction.artifacts import read_flow_artifact  # noqa: E402
 from flow_extraction.config import FlowConfig  # noqa: E402
 from pipelines.flow import compute_item_flow, make_backends  # noqa: E402
 from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS  # noqa: E402
-from pipelines.sources.task_agnostic import TaskAgnosticSource  # noqa: E402
+from sources.task_agnostic import TaskAgnosticSource  # noqa: E402
 
 CONFIGS = {  # generator settings: before issue 21, and today's defaults
     "before": {"cameras": ("top",), "motion": "uniform"},

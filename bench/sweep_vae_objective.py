@@ -62,7 +62,7 @@ def export(workdir: str, out: str, config: str | None) -> None:
     vc = cfg.vae
     with Catalog(cfg.catalog_path, read_only=True) as cat:
         excluded = excluded_items(cfg, cat)
-    rows, _ = flow_manifest_rows(cfg, excluded)
+    rows, _ = flow_manifest_rows(cfg.manifests_dir, cfg.path("."), excluded)
     train = [r for r in rows if r["split"] == "train"]
     labelled = [r for r in train if r["has_actions"] and (not vc.align_embodiments or r["embodiment"] in vc.align_embodiments)]
     stats = compute_action_stats(labelled)

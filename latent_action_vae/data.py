@@ -29,7 +29,7 @@ from common.errors import BadInput
 from flow_extraction.frames import native_frame_index
 from latent_action_vae.config import VAEConfig
 from manifests.actions import pair_action, row_semantics
-from pipelines.sources import load_actions
+from sources import load_actions
 
 ACTION_WIDTH = 14  # Motus's latent-action width; embodiments with fewer dims are padded and masked
 

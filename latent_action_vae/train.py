@@ -32,7 +32,6 @@ from latent_action_vae.losses import end_point_error_px, vae_loss
 from latent_action_vae.model import LatentActionVAE
 from latent_action_vae.pca_init import PCA_INIT_PAIRS, init_from_pca
 from latent_action_vae.config import VAEConfig
-from pipelines.config import PipelineConfig
 from common.progress import StageProgress, make_console
 
 CHECKPOINT_KIND = "motus-pyramid/latent-action-vae/v1"
@@ -43,15 +42,16 @@ METRICS = ("step", "loss", "recon", "kl", "align", "epe_px", "labelled", "lr", "
 RUN_ONLY_SETTINGS = ("steps", "threads", "log_every", "checkpoint_every", "eval_max_pairs", "cache_items", "output")
 
 
-def flow_manifest_rows(cfg: PipelineConfig, exclude: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
-    """Rows of the flow manifest, less the `exclude`d item ids, and a hash of their content (recorded in
-    checkpoints; a rerun of the flow stage that changes nothing keeps the hash, and so does another workdir:
-    artifact paths enter it relative to the workdir)."""
-    path = cfg.manifests_dir / "flow.parquet"
+def flow_manifest_rows(manifests_dir: str | os.PathLike, workdir: str | os.PathLike,
+                       exclude: Mapping[str, str] | None = None) -> tuple[list[dict[str, Any]], str]:
+    """Rows of the flow manifest in `manifests_dir`, less the `exclude`d item ids, and a hash of their content
+    (recorded in checkpoints; a rerun of the flow stage that changes nothing keeps the hash, and so does another
+    workdir: artifact paths enter it relative to `workdir`)."""
+    path = Path(manifests_dir) / "flow.parquet"
     if not path.exists():
         raise FileNotFoundError(f"no flow manifest at {path}: run `pyramid flow` first")
     rows = [r for r in pq.read_table(path).to_pylist() if r["item_id"] not in (exclude or {})]
-    return rows, _manifest_digest(rows, cfg.path("."))
+    return rows, _manifest_digest(rows, Path(workdir).resolve())
 
 
 def _manifest_digest(rows: list[dict[str, Any]], root: Path | None) -> str:
@@ -213,8 +213,7 @@ def make_optimiser(model: LatentActionVAE, vc: VAEConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=vc.lr, weight_decay=vc.weight_decay)
 
 
-def build(cfg: PipelineConfig, rows: list[dict[str, Any]]):
-    vc = cfg.vae
+def build(vc: VAEConfig, rows: list[dict[str, Any]]):
     train_rows = [r for r in rows if r["split"] == "train"]
     if not train_rows:
         raise ValueError("the flow manifest has no train-split items to train on")
@@ -233,9 +232,11 @@ class ResumeMismatch(ValueError):
     """The checkpoint to resume was trained on other data or with other learning settings."""
 
 
-def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None, progress: bool = True,
-              console: Console | None = None, exclude: Mapping[str, str] | None = None) -> TrainResult:
-    """Train (or resume) on the flow manifest's train items, less `exclude` (item id → reason: audit-flagged
+def train_vae(vc: VAEConfig, workdir: str | os.PathLike, manifests_dir: str | os.PathLike, out_dir: str | os.PathLike,
+              resume: bool = True, steps: int | None = None, progress: bool = True, console: Console | None = None,
+              exclude: Mapping[str, str] | None = None) -> TrainResult:
+    """Train (or resume) into `out_dir` on the train items of the flow manifest in `manifests_dir` (artifact paths
+    hashed relative to `workdir`), less `exclude` (item id → reason: audit-flagged
     duplicates and static clips, recorded in the checkpoint). Inside a `torch.distributed` run (`pyramid vae train
     --nproc N`) every process trains on batches of its own (`vae.batch_size` each) with gradients averaged; rank 0
     writes the metrics and checkpoints, and every rank resumes from the same checkpoint."""
@@ -243,13 +244,12 @@ def train_vae(cfg: PipelineConfig, resume: bool = True, steps: int | None = None
     rank, world = _world()
     progress = progress and rank == 0
     exclude = dict(sorted((exclude or {}).items()))
-    vc = cfg.vae
     steps = vc.steps if steps is None else steps
     torch.set_num_threads(max(1, vc.threads // world))
-    out_dir = cfg.path(vc.output)
+    out_dir = Path(out_dir)
     ckpt_path = out_dir / "checkpoints" / "last.pt"
-    rows, manifest_hash = flow_manifest_rows(cfg, exclude)
-    model, optimiser, sampler, action_stats, item_weights = build(cfg, rows)
+    rows, manifest_hash = flow_manifest_rows(manifests_dir, workdir, exclude)
+    model, optimiser, sampler, action_stats, item_weights = build(vc, rows)
     start = 0
     if resume and ckpt_path.exists():
         state = read_vae_checkpoint(ckpt_path)

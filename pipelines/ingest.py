@@ -25,7 +25,7 @@ from manifests.io import ManifestWriter
 from common.fingerprint import fingerprint
 from pipelines.config import PipelineConfig, SourceConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
-from pipelines.sources import ItemRef, SourceAdapter, SourceError, make_source
+from sources import ItemRef, SourceAdapter, SourceError, make_source
 from pipelines.stages import BadInput, Outcome, Resources, Stage, failure_reason
 
 

@@ -60,7 +60,7 @@ def _item_actions(row: Mapping[str, Any], n_frames: int, fps: float | None) -> n
     """The item's actions at the stored frames (resampled with the same rule as frames), or None."""
     if not row["has_actions"]:
         return None
-    from pipelines.sources import load_actions
+    from sources import load_actions
 
     actions = np.asarray(load_actions(dict(row)), np.float64)
     idx = native_frame_index(np.arange(n_frames), float(row["fps"]), fps)

@@ -23,6 +23,13 @@ def excluded_items(cfg: PipelineConfig, catalog: Catalog) -> dict[str, str]:
     return flagged_items(cfg, catalog)
 
 
+
+def _train_args(cfg: PipelineConfig) -> tuple:
+    """What `train_vae` takes of the pipeline config: the VAE's own settings, the workdir, the manifests and
+    output folders."""
+    return cfg.vae, cfg.path("."), cfg.manifests_dir, cfg.path(cfg.vae.output)
+
+
 def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, steps: int | None = None,
                   progress: bool = True, console: Console | None = None, nproc: int = 1):
     """Train the VAE in this process, or in `nproc` processes on this machine (torchrun, gloo: each trains on its
@@ -38,7 +45,8 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
         if nproc > 1:
             result = _train_in_processes(cfg, nproc, resume, steps, exclude)
         else:
-            result = train_vae(cfg, resume=resume, steps=steps, progress=progress, console=console, exclude=exclude)
+            result = train_vae(*_train_args(cfg), resume=resume, steps=steps, progress=progress, console=console,
+                               exclude=exclude)
         ckpt = result.checkpoint
         catalog.add_artifacts([{"item_id": None, "stage": "vae-train", "kind": "vae_checkpoint", "path": str(ckpt),
                                 "bytes": ckpt.stat().st_size,
@@ -99,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     dist.init_process_group("gloo")
     try:
-        result = train_vae(cfg, resume=not args.no_resume, steps=args.steps,
+        result = train_vae(*_train_args(cfg), resume=not args.no_resume, steps=args.steps,
                            exclude=json.loads(Path(args.exclude).read_text()))
         dist.barrier()  # rank 0's last checkpoint is written before any rank exits
         if dist.get_rank() == 0:
@@ -133,7 +141,7 @@ def run_vae_eval(cfg: PipelineConfig, catalog: Catalog, checkpoint: str | None =
     random_model = LatentActionVAE(model.cfg).eval()
     stats = {k: ActionStats.from_dict(v) for k, v in state["action_stats"].items()}
     excluded = excluded_items(cfg, catalog)
-    rows, _ = flow_manifest_rows(cfg, excluded)
+    rows, _ = flow_manifest_rows(cfg.manifests_dir, cfg.path("."), excluded)
     train_rows = [r for r in rows if r["split"] == "train"]
     heldout_rows = [r for r in rows if r["split"] in ("val", "test")]
     if not heldout_rows:

@@ -1,7 +1,7 @@
 """Published step features of the OXE datasets in the key table, compactly: the released features.json trees
 (tensorflow/datasets `docs/catalog/<name>.md`, version 0.1.0), trimmed to the keys a reader maps plus a few it must
 ignore (depth images, embeddings, alternative actions). Rows marked ASSUMED had no catalog page: their keys come
-from Octo's standardization transform and their sizes are a guess (pipelines/sources/oxe_datasets.py says so too).
+from Octo's standardization transform and their sizes are a guess (sources/oxe_datasets.py says so too).
 
 Notation, keys relative to `steps/`: `img(H,W)` RGB Image, `depth(H,W)` 1-channel Image, `text` Text,
 `str` string Tensor, `f32(7)` / `f64(2)` / `i32(3)` / `i64(10)` / `u8(7)` Tensors, `f32` / `bool` scalars.

@@ -15,9 +15,9 @@ from manifests import actions as sem
 from media.tfrecord_frames import parse_episode, read_episode_record
 from pipelines.samples.lerobot_ds import JOINT_NAMES, sample_episodes, write_lerobot
 from pipelines.samples.oxe_rlds import write_oxe
-from pipelines.sources import SourceError
-from pipelines.sources.lerobot import LeRobotSource
-from pipelines.sources.oxe import OXESource
+from sources import SourceError
+from sources.lerobot import LeRobotSource
+from sources.oxe import OXESource
 
 RAMP = np.arange(10, dtype=np.float64)[:, None] * np.array([1.0, 10.0])  # a[t] = (t, 10 t)
 

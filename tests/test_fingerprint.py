@@ -13,7 +13,7 @@ from pipelines.flow import _ITEM_WINDOW, _NOT_IN_OUTPUT, settings_fingerprint
 from pipelines.ingest import item_fingerprint
 from pipelines.label import latents_fingerprint
 from pipelines.shard import sample_fingerprint, shard_settings
-from pipelines.sources import ItemRef
+from sources import ItemRef
 
 
 def blake64(text: str) -> str:
@@ -82,7 +82,7 @@ def test_helper_joins_strings_as_they_are_and_the_rest_as_sorted_json():
 
 
 def test_the_adapters_file_fingerprint_is_the_old_recipe(tmp_path):
-    from pipelines.media import fingerprint as files_fingerprint
+    from sources.media import fingerprint as files_fingerprint
 
     a, b = tmp_path / "a.mp4", tmp_path / "b.parquet"
     a.write_bytes(b"12345")

@@ -16,8 +16,8 @@ from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.lerobot_ds import write_lerobot
-from pipelines.sources import SOURCES
-from pipelines.sources.lerobot import LeRobotSource
+from sources import SOURCES
+from sources.lerobot import LeRobotSource
 
 REPO_ID = "acme/aloha_demo"
 

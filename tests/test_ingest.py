@@ -204,8 +204,8 @@ def test_discovery_streams_and_quarantines_ids_a_source_before_already_gave(tmp_
 
 
 def test_label_files_stream_record_by_record_whatever_the_read_size(tmp_path):
-    from pipelines.sources import SourceError
-    from pipelines.sources.ssv2 import iter_json_array
+    from sources import SourceError
+    from sources.ssv2 import iter_json_array
 
     path = tmp_path / "train.json"
     records = [{"id": str(i), "label": "pushing \"cup\" ]", "template": "t", "placeholders": ["a", "b"]}

@@ -19,7 +19,7 @@ from scipy.spatial.transform import Rotation
 from media.tfrecord import iter_records, parse_example
 from media.tfrecord_frames import iter_tfrecord_frames
 from pipelines.samples.oxe_rlds import write_oxe
-from pipelines.sources.oxe import OXESource
+from sources.oxe import OXESource
 
 FRACTAL = "fractal20220817_data"
 N, SIZE = 4, (128, 160)  # the demo's episode count; half the demo's image size keeps the flow cheap

@@ -25,7 +25,8 @@ import pytest
 
 from pipelines.samples import sim_task_agnostic
 from pipelines.samples.sim_robotwin import write_robotwin
-from pipelines.samples.sim_task_agnostic import atomic_path, write_task_agnostic
+from pipelines.samples.files import atomic_path
+from pipelines.samples.sim_task_agnostic import write_task_agnostic
 
 ALOHA_DATASET_KEYS = {
     "format", "version", "embodiment", "fps", "action_space", "action_names", "state_names", "cameras",
@@ -302,11 +303,12 @@ def test_one_draw_depth_and_segmentation_match_mujoco_renderer():
     """SimCamera reads depth and segmentation from one draw; it must equal mujoco.Renderer's two draws."""
     import mujoco
 
-    from pipelines.samples.mujoco_render import SimCamera, body_names
+    from pipelines.samples.aloha_sim import aloha_constants
+    from pipelines.samples.mujoco_render import SimCamera, aloha_model_path, body_names
 
-    model = mujoco.MjModel.from_xml_path(str(sim_task_agnostic.aloha_model_path()))
+    model = mujoco.MjModel.from_xml_path(str(aloha_model_path()))
     data = mujoco.MjData(model)
-    data.qpos[:16] = sim_task_agnostic._aloha_constants().START_ARM_POSE
+    data.qpos[:16] = aloha_constants().START_ARM_POSE
     data.qpos[0] = 0.4  # break the left/right symmetry
     mujoco.mj_forward(model, data)
     names = body_names(model)

@@ -19,7 +19,7 @@ from pipelines.ingest import ingest
 from pipelines.label import read_latents, run_label
 from pipelines.runners import make_runner
 from pipelines.shard import clean_stale, plan_shards, run_shard
-from pipelines.sources import load_actions
+from sources import load_actions
 from pipelines.vae import run_vae_train
 from manifests.shard_format import decode_sample, group_samples, read_tar
 from tests.pipeline_setup import TINY as SETUP_TINY, labelled_workdir

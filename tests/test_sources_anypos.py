@@ -24,8 +24,8 @@ from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.anypos_layout import CAPTION, write_anypos
-from pipelines.sources import SOURCES, SourceError
-from pipelines.sources.anypos import ALOHA_NAMES, AnyPosSource, view_boxes
+from sources import SOURCES, SourceError
+from sources.anypos import ALOHA_NAMES, AnyPosSource, view_boxes
 from pipelines.stages import BadInput
 
 TASK = "random_exploration"

@@ -28,8 +28,8 @@ from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
-from pipelines.sources import SOURCES, SourceError
-from pipelines.sources.lerobot import LeRobotSource, composite_t_layout
+from sources import SOURCES, SourceError
+from sources.lerobot import LeRobotSource, composite_t_layout
 
 V3_SEED, V2_SEED = 0, 1
 N_V3, N_V2 = 3, 4

@@ -124,7 +124,7 @@ def v3_tree(tmp_path_factory) -> Path:
 
 
 def test_v3_to_timestamp_at_the_last_frame_is_tolerated_by_one_frame_period(tmp_path, v3_tree):
-    from pipelines.sources.lerobot import LeRobotSource
+    from sources.lerobot import LeRobotSource
     from tests.test_sources_lerobot import decoded_window, means
 
     root = tmp_path / REPO

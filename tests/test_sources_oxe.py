@@ -28,8 +28,8 @@ from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.oxe_rlds import write_oxe
-from pipelines.sources import SOURCES, SourceError
-from pipelines.sources.oxe import OXESource
+from sources import SOURCES, SourceError
+from sources.oxe import OXESource
 from pipelines.stages import BadInput
 
 FRACTAL, BRIDGE = "fractal20220817_data", "bridge_dataset"

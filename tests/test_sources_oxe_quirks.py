@@ -165,7 +165,7 @@ def write_pusht(root: Path, lengths=(9, 12, 10)) -> Path:
 def test_generic_reader_keeps_language_state_rt1_actions_embodiment_and_rate(tmp_path):
     import numpy as np
 
-    from pipelines.sources.oxe import OXESource
+    from sources.oxe import OXESource
 
     root = tmp_path / "oxe"
     write_pusht(root)
@@ -268,7 +268,7 @@ def write_builder(root: Path, name: str, flat: dict, lengths=(6, 8), text: str =
 
 def test_sample_datasets_map_to_keys_their_written_features_json_has():
     from pipelines.samples.oxe_rlds import SCHEMAS, features_json
-    from pipelines.sources.oxe_keys import OXE_DATASETS, flatten_features, resolve_key_map
+    from sources.oxe_keys import OXE_DATASETS, flatten_features, resolve_key_map
 
     # the trees the sample generator writes (and taco_play's); all 53 table datasets: tests/test_sources_oxe_table.py
     published = {name: features_json(name, SCHEMAS[name]["size"]) for name in SCHEMAS}

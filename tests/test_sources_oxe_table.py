@@ -11,8 +11,8 @@ import numpy as np
 
 from manifests import actions
 from media.tfrecord import encode_example, write_records
-from pipelines.sources.oxe_keys import _names, _table_semantics, flatten_features, resolve_key_map, split_key
-from pipelines.sources.oxe_datasets import OXE_DATASETS
+from sources.oxe_keys import _names, _table_semantics, flatten_features, resolve_key_map, split_key
+from sources.oxe_datasets import OXE_DATASETS
 from tests.oxe_schemas import SCHEMAS, features_json, flat_schema
 from tests.test_sources_oxe import oracle_example, oracle_records
 from tests.test_sources_oxe_quirks import cli_ingest, write_builder
@@ -85,7 +85,7 @@ def _publish(root, name, lengths):
 
 
 def test_control_columns_chunked_actions_and_compressed_state_end_to_end(tmp_path):
-    from pipelines.sources.oxe import OXESource
+    from sources.oxe import OXESource
 
     root = tmp_path / "oxe"
     franka = "nyu_franka_play_dataset_converted_externally_to_rlds"
@@ -138,7 +138,7 @@ def test_control_columns_chunked_actions_and_compressed_state_end_to_end(tmp_pat
 
 
 def test_language_table_instructions_stored_as_code_points_decode_to_text():
-    from pipelines.sources.oxe import _text
+    from sources.oxe import _text
 
     steps, width = 3, 512
     codes = np.zeros((steps, width), np.int32)

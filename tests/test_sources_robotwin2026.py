@@ -26,8 +26,8 @@ from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from pipelines.samples.sim_robotwin import (convert_to_2026, encode_jpegs_like_robotwin, encode_jpegs_xpolicylab,
                                             write_robotwin_2026)
-from pipelines.sources import SourceError, load_actions
-from pipelines.sources.robotwin import RoboTwinSource, joint_vector
+from sources import SourceError, load_actions
+from sources.robotwin import RoboTwinSource, joint_vector
 
 CAMS_2026 = ["cam_head", "cam_left_wrist", "cam_right_wrist"]
 PARTS = ("left_arm_joint_states", "left_ee_joint_states", "right_arm_joint_states", "right_ee_joint_states")

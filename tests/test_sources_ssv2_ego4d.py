@@ -22,13 +22,13 @@ from catalog import Catalog
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.real_clips import (SSV2_FPS, SSV2_HEIGHT, VP9_OPTIONS, encode_video, resize_to_height,
-                                          write_ego4d, write_ssv2)
-from pipelines.sources import SOURCES, SourceError
-from pipelines.sources import ego4d as ego4d_module
-from pipelines.sources import ego4d_video
-from pipelines.sources.ego4d import Ego4DSource, clean_narration
-from pipelines.sources.ssv2 import SSv2Source
+from pipelines.samples.real_clips import SSV2_FPS, SSV2_HEIGHT, write_ego4d, write_ssv2
+from pipelines.samples.real_footage import VP9_OPTIONS, encode_video, resize_to_height
+from sources import SOURCES, SourceError
+from sources import ego4d as ego4d_module
+from sources import ego4d_video
+from sources.ego4d import Ego4DSource, clean_narration
+from sources.ssv2 import SSv2Source
 
 N_CLIPS, N_VIDEOS = 8, 3
 SPLIT_FILES = {"train.json": "train", "validation.json": "val", "test.json": "test"}

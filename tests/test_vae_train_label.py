@@ -243,8 +243,8 @@ def test_align_embodiments_limits_which_actions_align_latents(workdir):
     from latent_action_vae.train import build, flow_manifest_rows
 
     cfg = prepared(workdir, **{"vae.align_embodiments": ["so100_bimanual"]})
-    rows, _ = flow_manifest_rows(cfg)
-    _, _, sampler, stats, _ = build(cfg, rows)
+    rows, _ = flow_manifest_rows(cfg.manifests_dir, cfg.path("."))
+    _, _, sampler, stats, _ = build(cfg.vae, rows)
     assert set(stats) == {"so100_bimanual"}
     batch = sampler.batch(0)
     labelled = [i for i, lab in zip(batch["item_ids"], batch["labelled"].tolist()) if lab]

@@ -61,7 +61,7 @@ def audit(
 
 def _audit_on_disk(source: str, out: Optional[Path], settings, decode: bool, cfg, workdir: Optional[Path]):
     from audit.on_disk import parse_source, run_source_audit
-    from pipelines.sources.base import SourceError
+    from sources.base import SourceError
 
     runner = _runner(cfg) if decode else None
     try:

@@ -1,4 +1,4 @@
-"""Task-agnostic episodes in the layout AnyPos/ATARA publish (pipelines/sources/anypos.py reads it).
+"""Task-agnostic episodes in the layout AnyPos/ATARA publish (sources/anypos.py reads it).
 
     <root>/<task>/episode_<i>.mp4        cv2.VideoWriter mp4v: the main view on top, both wrists at half size side
                                          by side below it (Motus's T layout, the proportions of AnyPos's 640x720)
@@ -19,8 +19,8 @@ import av
 import cv2
 import numpy as np
 
-from pipelines.samples.sim_task_agnostic import atomic_path
-from pipelines.sources.lerobot_video import composite_t_layout
+from pipelines.samples.files import atomic_path
+from sources.lerobot_video import composite_t_layout
 
 CAPTION = "random joint-space exploration of both arms"
 

@@ -1,4 +1,4 @@
-"""Small LeRobot datasets in both layouts the LeRobot adapter reads (pipelines/sources/lerobot.py).
+"""Small LeRobot datasets in both layouts the LeRobot adapter reads (sources/lerobot.py).
 
 - v3.0 is written by lerobot's own writer (`LeRobotDataset.create` → `add_frame` → `save_episode` → `finalize`,
   lerobot 0.4.4): episodes parquet, concatenated data parquet, one concatenated AV1 mp4 per camera.

@@ -5,7 +5,7 @@
     <root>/<dataset>/0.1.0/<dataset>-train.tfrecord-00000-of-00001
     <root>/<dataset>/0.1.0/<dataset>-val.tfrecord-00000-of-00001      (when n_episodes >= 3)
 
-One `tf.train.Example` per episode, flattened the way TFDS serializes RLDS (see pipelines/sources/oxe.py): every
+One `tf.train.Example` per episode, flattened the way TFDS serializes RLDS (see sources/oxe.py): every
 step field is one feature holding all T steps concatenated (`steps/observation/image` = T JPEGs,
 `steps/action/world_vector` = 3T floats, `steps/is_first` = T int64 0/1, text = T strings). The feature trees
 below follow the released features.json files of each dataset (key names, shapes, dtypes; the long tail of
@@ -38,7 +38,7 @@ import cv2
 import numpy as np
 
 from pipelines.samples.sim_oxe import VIEWS, ArmSim, motion, quat_to_rpy, rpy_to_quat
-from pipelines.samples.sim_task_agnostic import atomic_path as _atomic, write_json as _write_json
+from pipelines.samples.files import atomic_path as _atomic, write_json as _write_json
 from media.tfrecord import TFRecordWriter, encode_example
 
 VERSION = "0.1.0"

@@ -86,7 +86,7 @@ def footage_clips(n: int, size: tuple[int, int] = (96, 80), n_frames: tuple[int,
     import cv2
 
     from flow_extraction.frames import fit_canvas, to_canvas
-    from pipelines.samples.real_clips import load_source, resample
+    from pipelines.samples.real_footage import load_source, resample
 
     rng = np.random.default_rng(seed)
     sources = [load_source("bikes"), load_source("carphone")]

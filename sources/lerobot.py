@@ -97,15 +97,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.media import check_finite, fingerprint
+from sources.media import check_finite, fingerprint
 from manifests import actions as action_semantics
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
-from pipelines.sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
-                                            episode_language, feature_dim, feature_names, language_columns,
-                                            parse_splits, read_episode_rows, read_task_table, short_camera,
-                                            totals_mismatch, v2_episodes, v3_episodes)
-from pipelines.sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
-from pipelines.stages import BadInput
+from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
+                                  episode_language, feature_dim, feature_names, language_columns,
+                                  parse_splits, read_episode_rows, read_task_table, short_camera,
+                                  totals_mismatch, v2_episodes, v3_episodes)
+from sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
+from common.errors import BadInput
 
 V2_VERSIONS = ("v2.0", "v2.1")
 V3_VERSIONS = ("v3.0",)

@@ -8,8 +8,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.media import VideoInfo, file_checksum, probe_video
-from pipelines.stages import BadInput
+from sources.media import VideoInfo, file_checksum, probe_video
+from common.errors import BadInput
 
 
 # ------------------------------------------------------------------------------------------- probing, cached

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines.sources.base import SourceError
-from pipelines.stages import BadInput
+from sources.base import SourceError
+from common.errors import BadInput
 
 IMAGE_PREFIX = "observation.images."
 SPLIT_NAMES = {"train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -44,9 +44,9 @@ import numpy as np
 
 from media.hdf5_images import image_encoding, image_reader
 from media.hdf5_open import UnsafeHDF5, open_hdf5
-from pipelines.media import check_finite, file_checksum, fingerprint
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
-from pipelines.stages import BadInput
+from sources.media import check_finite, file_checksum, fingerprint
+from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from common.errors import BadInput
 
 ROBOTWIN_HZ = 250.0 / 15.0
 SIM_HZ = 250.0  # RoboTwin's physics rate (timestep 1/250 s)

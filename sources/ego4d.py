@@ -58,10 +58,10 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.media import VideoInfo, fingerprint
-from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
-from pipelines.sources.ego4d_video import VideoFacts, Window, _video_facts, clear_video_cache, cut_window
-from pipelines.stages import BadInput
+from sources.media import VideoInfo, fingerprint
+from sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
+from sources.ego4d_video import VideoFacts, Window, _video_facts, clear_video_cache, cut_window
+from common.errors import BadInput
 
 DEFAULT_LICENCE = "Ego4D licence agreement, research use"
 CAMERA = "head"  # Ego4D is filmed by a head-mounted camera

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipelines.sources.anypos import AnyPosSource
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError
-from pipelines.sources.ego4d import Ego4DSource
-from pipelines.sources.lerobot import LeRobotSource
-from pipelines.sources.oxe import OXESource
-from pipelines.sources.robotwin import RoboTwinSource
-from pipelines.sources.ssv2 import SSv2Source
-from pipelines.sources.task_agnostic import TaskAgnosticSource
+from sources.anypos import AnyPosSource
+from sources.base import ItemRef, SourceAdapter, SourceError
+from sources.ego4d import Ego4DSource
+from sources.lerobot import LeRobotSource
+from sources.oxe import OXESource
+from sources.robotwin import RoboTwinSource
+from sources.ssv2 import SSv2Source
+from sources.task_agnostic import TaskAgnosticSource
 
 SOURCES: dict[str, type[SourceAdapter]] = {
     cls.name: cls for cls in (SSv2Source, Ego4DSource, RoboTwinSource, TaskAgnosticSource, AnyPosSource, OXESource,

@@ -13,7 +13,7 @@ import av
 import numpy as np
 
 from common.fingerprint import fingerprint as hash_parts
-from pipelines.stages import BadInput
+from common.errors import BadInput
 
 
 @dataclass(frozen=True)

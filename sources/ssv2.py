@@ -38,9 +38,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
-from pipelines.media import file_checksum, fingerprint, probe_video
-from pipelines.sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
-from pipelines.stages import BadInput
+from sources.media import file_checksum, fingerprint, probe_video
+from sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
+from common.errors import BadInput
 
 VIDEO_DIR = "20bn-something-something-v2"
 LABEL_DIR = "labels"

@@ -32,9 +32,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipelines.media import check_finite, file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
-from pipelines.stages import BadInput
+from sources.media import check_finite, file_checksum, fingerprint, probe_video
+from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from common.errors import BadInput
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
 ALOHA_NAMES = ([f"left_arm_{i}" for i in range(6)] + ["left_gripper"]

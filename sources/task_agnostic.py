@@ -16,9 +16,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from pipelines.media import check_finite, file_checksum, fingerprint, probe_video
-from pipelines.sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
-from pipelines.stages import BadInput
+from sources.media import check_finite, file_checksum, fingerprint, probe_video
+from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from common.errors import BadInput
 
 FORMAT = "motus-pyramid/task_agnostic"
 _REQUIRED_META = ("embodiment", "fps", "action_names", "cameras")

@@ -1,7 +1,7 @@
 """Open X-Embodiment key maps: which features of an RLDS episode are cameras, state, action, language and
 episode control, from the per-dataset table or, for other datasets, from their `features.json`.
 
-Used by `pipelines/sources/oxe.py`; see its docstring for the layout and docs/formats.md for the rules.
+Used by `sources/oxe.py`; see its docstring for the layout and docs/formats.md for the rules.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from manifests import actions
-from pipelines.sources.oxe_datasets import OXE_DATASETS
-from pipelines.sources.oxe_rates import OXE_OVERVIEW
+from sources.oxe_datasets import OXE_DATASETS
+from sources.oxe_rates import OXE_OVERVIEW
 
 STEPS = "steps/"
 
