@@ -150,11 +150,12 @@ def selected(name: str, category: str, decode: bool) -> str | None:
 
 def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | None = None, decode: bool = False,
                      console: Console | None = None, options: dict[str, Any] | None = None,
-                     cfg: PipelineConfig | None = None, runner: Any = None) -> AuditResult:
+                     cfg: PipelineConfig | None = None, runner: Any = None, label: str | None = None) -> AuditResult:
     """Audit the dataset `spec` (KIND:PATH) on disk; write audit.json and audit.html to `out_dir`. `cfg` (default:
     the built-in defaults) gives the camera the media pass decodes and everything else the source's reader takes;
     its sources and workdir are replaced by `spec` and `out_dir`. `runner` runs the media pass (`--decode`) on
-    workers; None decodes in this process."""
+    workers; None decodes in this process. `label` names the dataset in the report (default `spec`'s KIND:ROOT;
+    the CLI passes the bucket URL of a mirrored root)."""
     from audit.funnel import funnel
 
     console = console or make_console(stderr=True)
@@ -165,7 +166,7 @@ def run_source_audit(spec: str, out_dir: str | Path, settings: AuditConfig | Non
     base = cfg if cfg is not None else load_config(None, **{"runner.engine": "local"})
     cfg = dataclasses.replace(base, workdir=str(out),
                               sources=[SourceConfig(kind=kind, root=str(root), options=dict(options or {}))])
-    label = f"{kind}:{root}"
+    label = label or f"{kind}:{root}"
     if kind == "lerobot" and not decode:
         table, rows, actions = lerobot_rows(kind, root, dict(options or {}))
         quarantine = []

@@ -205,3 +205,45 @@ def test_the_mirror_follows_the_bucket_and_a_killed_download_is_finished_next_ti
     assert not source_cache.mirror(url, local).fetched
     listing = (local / source_cache.LISTING).read_text()
     assert SECRET_KEY not in listing and ACCESS_KEY not in listing
+
+
+def test_audit_source_reads_a_bucket_root_through_its_mirror(dataset, s3_bucket, tmp_path):
+    """`pyramid audit --source lerobot:s3://...`: the same verdicts as the audit of the same tree on disk, the report
+    names the bucket URL, a second audit downloads nothing, and a root that is not there exits 2 without a secret."""
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    url = f"{s3_bucket}/datasets/aloha_demo"
+    upload(dataset, url)
+    cli = CliRunner()
+
+    def verdicts(summary: dict) -> dict:
+        return {c["name"]: (c["status"], sorted(c["failing_item_ids"])) for c in summary["checks"]}
+
+    local = cli.invoke(app, ["audit", "--source", f"lerobot:{dataset}", "--out", str(tmp_path / "local"),
+                             "--decode", "--fail-on", "never"])
+    assert local.exit_code == 0, local.output
+    expected = json.loads((tmp_path / "local" / "audit.json").read_text())
+
+    said = ""
+    for attempt in range(2):
+        result = cli.invoke(app, ["audit", "--source", f"lerobot:{url}", "--workdir", str(tmp_path / "w"),
+                                  "--decode", "--fail-on", "never"])
+        assert result.exit_code == 0, result.output
+        said += result.output
+        n_files = sum(1 for p in dataset.rglob("*") if p.is_file())
+        fetched = n_files if attempt == 0 else 0
+        assert f"{fetched} file(s) fetched" in " ".join(result.output.split())
+    summary = json.loads((tmp_path / "w" / "reports" / "aloha_demo" / "audit.json").read_text())
+    assert summary["source"] == f"lerobot:{url}"
+    assert verdicts(summary) == verdicts(expected)
+    assert any(c["failing_item_ids"] for c in summary["checks"])  # the truncated video is found from the bucket too
+    assert list((tmp_path / "w" / "cache" / "sources").glob("*/aloha_demo/meta/info.json"))
+
+    missing = cli.invoke(app, ["audit", "--source", f"lerobot:{s3_bucket}/datasets/none", "--workdir",
+                               str(tmp_path / "w")])
+    assert missing.exit_code == 2 and "cannot audit" in missing.output and "no objects" in " ".join(
+        missing.output.split())
+    text = said + missing.output + (tmp_path / "w" / "reports" / "aloha_demo" / "audit.html").read_text()
+    assert SECRET_KEY not in text and ACCESS_KEY not in text

@@ -21,7 +21,8 @@ def audit(
     audit_config: Optional[Path] = typer.Option(None, "--audit-config", help="YAML overriding audit thresholds "
                                                 "(fields of audit.config.AuditConfig)."),
     source: Optional[str] = typer.Option(None, "--source", help="KIND:PATH: audit a dataset on disk without the "
-                                         "pipeline (lerobot:ROOT, rlds:BUILDER_DIR, robotwin:TREE, ...); no "
+                                         "pipeline (lerobot:ROOT, rlds:BUILDER_DIR, robotwin:TREE, ...; ROOT may be "
+                                         "s3://bucket/prefix, mirrored under <workdir>/cache/sources first); no "
                                          "catalog, --out defaults to reports/<dataset folder>."),
     decode: bool = typer.Option(False, "--decode", help="With --source: also decode frames (readable media, black "
                                 "and frozen cameras, stutter, concealed decode errors)."),
@@ -65,15 +66,35 @@ def _audit_on_disk(source: str, out: Optional[Path], settings, decode: bool, cfg
 
     runner = _runner(cfg) if decode else None
     try:
+        source, label = _mirrored(source, cfg, workdir)
         _, root = parse_source(source)
         return run_source_audit(source, out or (workdir or Path(".")) / "reports" / root.name, settings,
-                                decode=decode, console=console, cfg=cfg, runner=runner)
-    except (ValueError, SourceError) as e:
+                                decode=decode, console=console, cfg=cfg, runner=runner, label=label)
+    except (ValueError, OSError, SourceError) as e:
         err.print(f"[red]cannot audit {escape(source)}:[/red] {escape(str(e))}", highlight=False)
         raise typer.Exit(2)
     finally:
         if runner is not None:
             runner.close()
+
+
+def _mirrored(source: str, cfg, workdir: Optional[Path]) -> tuple[str, Optional[str]]:
+    """`KIND:s3://bucket/prefix` → (`KIND:<its local mirror>`, the label the report shows: the URL, redacted). The
+    mirror is `<workdir or .>/cache/sources/...`, the folder ingest uses for the same URL, brought up to date the
+    same way (only new or changed objects fetched; pipelines/source_cache.py). A local path passes unchanged."""
+    import dataclasses
+
+    from common import storage
+    from pipelines.source_cache import mirror
+
+    kind, sep, path = source.partition(":")
+    if not sep or not storage.is_url(path.strip()):
+        return source, None
+    url = path.strip()
+    local = dataclasses.replace(cfg, workdir=str(workdir or Path("."))).source_dir(url)
+    report = mirror(url, local)
+    console.print(f"source {escape(kind)}:{escape(report.summary())}", highlight=False)
+    return f"{kind}:{report.local}", f"{kind}:{storage.redact(url)}"
 
 
 def _audit_catalog(cfg, out: Optional[Path], settings):
