@@ -41,6 +41,8 @@ from flow_extraction.sim_flow import SimFlowBackend  # noqa: E402
 REDUCED = [192, 160]  # H, W: twice the 96×80 store, and above the VAE's 64² input
 SETTINGS = {f"{p} @{'x'.join(map(str, hw))}": {"dis_preset": p, "flow_size": hw}
             for hw in ([384, 320], REDUCED) for p in ("medium", "fast", "ultrafast")}
+STORE = [96, 80]  # the stored size itself: the cheapest flow that fills the artifact
+SETTINGS.update({f"{p} @{'x'.join(map(str, STORE))}": {"dis_preset": p, "flow_size": STORE} for p in ("medium", "fast")})
 BEFORE = "medium @384x320"
 MOVING_PX = 1.0  # exact sim flow above this counts as a moving pixel
 
