@@ -184,3 +184,31 @@ def test_flow_size_computes_at_the_reduced_size_and_a_change_redoes_only_frame_f
     cfg.flow.flow_size = [400, 320]
     with pytest.raises(ConfigError, match="flow.flow_size"):
         validate(cfg)
+
+
+def test_dis_knobs_redo_frame_flow_items_and_bad_values_stop_the_config(workdir):
+    """flow.dis_*: a knob set over the preset reaches every frame-flow item (recorded in its checkpoint, the
+    items redone, the flow changed); back to null (the preset's) they are redone once more, then skipped; a bad
+    value stops the config with the knob's name."""
+    from pipelines.config import ConfigError, validate
+
+    cfg = setup_catalog(workdir, store_size=[48, 40])
+    _, before, items, _ = flow_run(cfg)
+    ta = next(k for k in items if k.startswith("task_agnostic"))
+    old = read_flow_artifact(before[ta]["artifact_path"])  # read now: the rerun writes the same path
+    cfg.flow.dis_gradient_descent_iterations = 12
+    report, tuned, _, _ = flow_run(cfg)
+    assert report.stage.processed == len(items) == 5
+    new = read_flow_artifact(tuned[ta]["artifact_path"])
+    assert "+gd12" in new.meta["checkpoint"] and "gd" not in old.meta["checkpoint"]
+    assert not np.array_equal(old.flow, new.flow)
+    cfg.flow.dis_gradient_descent_iterations = None
+    assert flow_run(cfg)[0].stage.processed == 5  # the preset's own settings again: redone
+    assert flow_run(cfg)[0].stage.skipped == 5  # and then unchanged
+
+    cfg.flow.dis_patch_stride = 12
+    with pytest.raises(ConfigError, match="flow.dis_.*patch_stride 12 must not exceed the patch size 8"):
+        validate(cfg)
+    cfg.flow.dis_patch_stride, cfg.flow.dis_refinement_iterations = None, -2  # e.g. a typo for 2
+    with pytest.raises(ConfigError, match="refinement_iterations must be an integer >= 0"):
+        validate(cfg)
