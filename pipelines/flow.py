@@ -260,11 +260,13 @@ def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
     """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else.
     `flow_size` counts (as the size it resolves to) only where the frame backend runs at a size other than the
     canvas (so full-size workdirs made before the setting keep their fingerprints) and not for items that get
-    exact sim flow (made at the canvas); a `dis_*` knob counts when it is set (null: the preset's)."""
+    exact sim flow (made at the canvas); a `dis_*` knob counts when it is set (null: the preset's) and DIS makes
+    the item's flow."""
     flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
     exact = fc.sim_for_sim_tiers and sim_media(row, fc.camera) is not None
-    for knob in [k for k, v in flow.items() if k.startswith("dis_") and k != "dis_preset" and v is None]:
-        flow.pop(knob)  # a knob left to the preset: fingerprints made before the knobs existed stay valid
+    for knob in [k for k, v in flow.items() if k.startswith("dis_") and k != "dis_preset"
+                 and (v is None or exact or fc.backend != "dis")]:
+        flow.pop(knob)  # a knob left to the preset, or one DIS does not run for: earlier fingerprints stay valid
     flow.pop("flow_size")
     if fc.flow_hw() != tuple(fc.working_size) and not exact:
         flow["flow_size"] = list(fc.flow_hw())  # the size it resolves to: null and its value name one output
