@@ -41,7 +41,8 @@ class FlowConfig:
     working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
     store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
     flow_size: list[int] | None = None  # H, W the frame backend (DIS, DPFlow) runs at, vectors rescaled to canvas
-    #   pixels; None: twice store_size (192×160), capped at the canvas; working_size: full size (before 2026-12).
+    #   pixels; None: 4/3 of store_size, rounded down (128×106), capped at the canvas (bench/bench_flow.py; twice
+    #   store_size, 192×160, until 2026-12); working_size: full size (before that).
     #   Exact sim flow is always made at the canvas.
     store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
     #   decoder reads it (vae.decoder_condition: frame)
@@ -55,7 +56,8 @@ class FlowConfig:
     dis_patch_size: int | None = None
     dis_patch_stride: int | None = None
     dis_gradient_descent_iterations: int | None = None
-    dis_refinement_iterations: int | None = None
+    dis_refinement_iterations: int | None = 0  # 0 with 128×106: the medium preset's accuracy on moving pixels at
+    #   1.6× its throughput at 192×160 (README "Flow"); None: the preset's (5)
     dpflow_checkpoint: str | None = "things"  # a name (things, sintel, kitti, spring, chairs) or a .ckpt path
     dpflow_random_init: bool = False  # tests only: never silently random
     dpflow_allow_download: bool = False
@@ -70,8 +72,9 @@ class FlowConfig:
                                                          "gradient_descent_iterations", "refinement_iterations")}
 
     def flow_hw(self) -> tuple[int, int]:
-        """(H, W) the frame backend computes at: `flow_size`, or by default twice the store size (a 2×2 area
-        average per stored pixel keeps what the store can hold), no larger than the working canvas."""
+        """(H, W) the frame backend computes at: `flow_size`, or by default 4/3 of the store size, rounded down
+        (128×106 for 96×80: with medium's finest scale at half of it, DIS searches at about 2/3 of the store's
+        resolution), no larger than the working canvas."""
         if self.flow_size:
             return int(self.flow_size[0]), int(self.flow_size[1])
-        return tuple(min(2 * int(s), int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore
+        return tuple(min(4 * int(s) // 3, int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore
