@@ -7,7 +7,9 @@
 2. The stage on real footage (the sample pyramid's SSv2 and Ego4D clips, `--scale` as `pyramid samples`): the
    decode-only bound (the stage's own frame streaming onto the canvas, no flow; raw decoding too) and the flow
    stage's throughput (`compute_item_flow`: decode, flow, statistics, the artifact) per DIS preset at the canvas
-   and at `flow_size` 192×160, as ratios to decode-only. Throughput counts CPU seconds of this process (decoder
+   and at 192×160 (the default before 2026-12), then DIS knobs over a preset (fs finest scale, st patch stride,
+   gd gradient-descent and vr variational-refinement iterations) at 192×160, 128×106 and 96×80 (the default:
+   medium vr0 @128x106), as ratios to decode-only (`--only REGEX` runs the rows it matches). Throughput counts CPU seconds of this process (decoder
    threads included, min over `--repeats`), so other load on the machine does not skew the ratios.
 3. Accuracy of the STORED flow (96×80, canvas pixels): EPE of every setting against the same preset at the canvas
    and against medium at the canvas (the default before `flow_size`), with the reference's mean |flow| beside it;
@@ -41,8 +43,26 @@ from flow_extraction.sim_flow import SimFlowBackend  # noqa: E402
 REDUCED = [192, 160]  # H, W: twice the 96×80 store, and above the VAE's 64² input
 SETTINGS = {f"{p} @{'x'.join(map(str, hw))}": {"dis_preset": p, "flow_size": hw}
             for hw in ([384, 320], REDUCED) for p in ("medium", "fast", "ultrafast")}
-STORE = [96, 80]  # the stored size itself: the cheapest flow that fills the artifact
-SETTINGS.update({f"{p} @{'x'.join(map(str, STORE))}": {"dis_preset": p, "flow_size": STORE} for p in ("medium", "fast")})
+KNOB_NAMES = {"fs": "dis_finest_scale", "ps": "dis_patch_size", "st": "dis_patch_stride",
+              "gd": "dis_gradient_descent_iterations", "vr": "dis_refinement_iterations"}
+
+
+def setting(preset: str, hw: list[int], **knobs: int) -> tuple[str, dict]:
+    """A row: a preset with DIS knobs over it (short names: fs, ps, st, gd, vr) at a flow size."""
+    name = " ".join([preset, *(f"{k}{v}" for k, v in knobs.items())]) + f" @{hw[0]}x{hw[1]}"
+    return name, {"dis_preset": preset, "flow_size": hw, **{KNOB_NAMES[k]: v for k, v in knobs.items()}}
+
+
+SETTINGS.update(dict([  # tuned DIS knobs and flow sizes between the store (96×80) and 192×160
+    setting("medium", REDUCED, vr=0),
+    setting("fast", REDUCED, fs=1, vr=0),
+    setting("medium", [128, 106]),
+    setting("medium", [128, 106], vr=2),
+    setting("medium", [128, 106], gd=12),
+    setting("medium", [128, 106], vr=0),  # the default since 2026-12
+    setting("medium", [96, 80]),
+    setting("medium", [96, 80], vr=0),
+]))
 BEFORE = "medium @384x320"
 MOVING_PX = 1.0  # exact sim flow above this counts as a moving pixel
 
@@ -121,7 +141,10 @@ def epe(flow: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> float:
     return float(np.sqrt(((flow - ref) ** 2).sum(1))[valid].mean())
 
 
-def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: Path) -> None:
+def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: Path, only: str | None = None) -> None:
+    import re
+
+    settings = {k: v for k, v in SETTINGS.items() if k == BEFORE or not only or re.search(only, k)}
     n_frames = sum(int(r["frame_count"]) for r in rows)
 
     def decode_canvas() -> None:
@@ -141,15 +164,15 @@ def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: 
     print(f"   decode-only (frames onto the 384x320 canvas) {bound:8.0f} frames/s   x1.000   "
           f"(raw decoding, no canvas: {raw:.0f} frames/s)")
     results = {}
-    for name, overrides in SETTINGS.items():
-        fc = FlowConfig(store_frames=True, **overrides)
+    for name, overrides in settings.items():
+        fc = FlowConfig(store_frames=True, **{**dict.fromkeys(KNOB_NAMES.values()), **overrides})
         real_out, sim_out = root / "real" / name.replace(" ", ""), root / "sim" / name.replace(" ", "")
         real_out.mkdir(parents=True)
         sim_out.mkdir(parents=True)
         rate = n_frames / cpu_seconds(lambda: run_stage(rows, fc, real_out), repeats)
         run_stage(sim_rows, fc, sim_out)
         results[name] = (rate, stored(real_out, len(rows)), stored(sim_out, len(sim_rows)))
-        print(f"   flow stage, {name:22s} {rate:8.0f} frames/s   x{rate / bound:.3f}   "
+        print(f"   flow stage, {name:26s} {rate:8.0f} frames/s   x{rate / bound:.3f}   "
               f"(x{rate / raw:.3f} of raw decoding)")
     exact_out = root / "sim" / "exact"
     exact_out.mkdir(parents=True)
@@ -162,17 +185,18 @@ def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: 
           f"{epe(0 * ref, ref, ref_valid):.2f} px; rendered: {len(exact)} pairs of exact sim flow, "
           f"zero flow's EPE {epe(0 * exact, exact, exact_valid):.3f} px ({epe(0 * exact, exact, moving):.2f} px where "
           f"exact |flow| > {MOVING_PX} px, {moving.sum() / exact_valid.sum():.1%} of valid pixels)")
-    print(f"   {'setting':22s} {'vs same preset @384x320':>24s} {'vs ' + BEFORE:>22s} {'vs exact sim flow':>18s} "
+    print(f"   {'setting':26s} {'vs same preset @384x320':>24s} {'vs ' + BEFORE:>22s} {'vs exact sim flow':>18s} "
           f"{'(moving pixels)':>16s}")
     for name, (_, (flow, valid), (sflow, svalid)) in results.items():
-        full_name = name.split(" @")[0] + " @384x320"
-        _, (full, full_valid), _ = results[full_name]
-        both = valid & full_valid
-        vs_full = epe(flow, full, both)
+        full_name = SETTINGS[name]["dis_preset"] + " @384x320"  # the same preset, no knobs, at the canvas
+        vs_full = np.nan
+        if full_name in results:
+            _, (full, full_valid), _ = results[full_name]
+            vs_full = epe(flow, full, valid & full_valid)
         vs_before = epe(flow, ref, valid & ref_valid)
         vs_exact = epe(sflow, exact, svalid & exact_valid)
         vs_moving = epe(sflow, exact, svalid & moving)
-        print(f"   {name:22s} {vs_full:24.3f} {vs_before:22.3f} {vs_exact:18.3f} {vs_moving:16.3f}")
+        print(f"   {name:26s} {vs_full:24.3f} {vs_before:22.3f} {vs_exact:18.3f} {vs_moving:16.3f}")
 
 
 def main() -> None:
@@ -182,6 +206,7 @@ def main() -> None:
     ap.add_argument("--sim-episodes", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--dpflow", action="store_true")
+    ap.add_argument("--only", help="regex: run only the stage rows it matches (and the full-size medium baseline)")
     args = ap.parse_args()
     set_worker_threads(1)
     import cv2
@@ -192,7 +217,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         root = Path(tmp)
-        backend_rates(args.pairs, args.dpflow, root)
+        if not args.only:
+            backend_rates(args.pairs, args.dpflow, root)
         write_ssv2(root / "samples" / "ssv2", 8 * args.scale, seed=0)
         write_ego4d(root / "samples" / "ego4d", 2 * args.scale, seed=0)
         write_task_agnostic(root / "samples" / "ta", args.sim_episodes, n_frames=45, seed=1, workers=1)
@@ -201,7 +227,7 @@ def main() -> None:
             {"kind": "ego4d", "root": str(root / "samples" / "ego4d"), "options": {"before_s": 1.0, "after_s": 3.0}},
             {"kind": "ego4d", "root": str(root / "samples" / "ego4d"), "options": {"clips": "fho"}}])
         sim_rows = catalog_rows(root / "simwd", [{"kind": "task_agnostic", "root": str(root / "samples" / "ta")}])
-        stage_vs_decode(rows, sim_rows, args.repeats, root / "out")
+        stage_vs_decode(rows, sim_rows, args.repeats, root / "out", args.only)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import yaml
 
 from common import storage
 from common.config import ConfigError, build_dataclass, read_yaml_mapping  # noqa: F401 (ConfigError: the CLI's)
-from flow_extraction.config import FlowConfig
+from flow_extraction.config import FlowConfig, check_dis_knobs
 from latent_action_vae.config import VAEConfig
 
 
@@ -202,6 +202,10 @@ def validate(cfg: PipelineConfig) -> None:
         raise ConfigError("flow.batch_size must be >= 1, flow.camera >= 0 and flow.num_gpus >= 0")
     if f.dis_preset not in ("ultrafast", "fast", "medium"):
         raise ConfigError(f"flow.dis_preset: {f.dis_preset!r} is not one of ultrafast, fast, medium")
+    try:
+        check_dis_knobs(f.dis_preset, f.dis_knobs())
+    except ValueError as e:
+        raise ConfigError(f"flow.dis_*: {e}") from None
     v = cfg.vae
     if v.input not in ("flow", "colour"):
         raise ConfigError(f"vae.input: {v.input!r} is not one of flow, colour")

@@ -59,7 +59,7 @@ def make_backends(flow_cfg: dict[str, Any]) -> FlowBackends:
     else:
         from flow_extraction.dis import DISBackend
 
-        frames = DISBackend(fc.dis_preset)
+        frames = DISBackend(fc.dis_preset, **fc.dis_knobs())
     if fc.flow_hw() != tuple(fc.working_size):
         frames = ScaledBackend(frames, tuple(fc.working_size), fc.flow_hw())
     sim = None
@@ -136,8 +136,9 @@ class _Writer:
 
 
 def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory) -> tuple[_Writer, Any]:
-    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs. With a reduced
-    flow size each frame is shrunk once as it arrives; stored first frames still come from the canvas."""
+    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs. Each frame is
+    prepared once as it arrives, not once per pair it belongs to: shrunk to the flow size (a reduced flow size),
+    and turned grey for DIS. Stored first frames come from the canvas (the same as exact sim flow's)."""
     canvas_hw, flow_hw = tuple(fc.working_size), fc.flow_hw()
     starts = set(int(s) for s in pairs[:, 0])
     dframes = int(pairs[0, 1] - pairs[0, 0])
@@ -145,6 +146,7 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
     batch_a, batch_b, firsts = [], [], []
     writer, canvas = None, None
     shrink = backend.shrink if isinstance(backend, ScaledBackend) else None
+    grey = getattr(backend.backend if isinstance(backend, ScaledBackend) else backend, "grey", None)
 
     def run_batch() -> None:
         flow = backend.compute(np.stack(batch_a), np.stack(batch_b))
@@ -152,7 +154,8 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
         writer.add_frames(firsts)
 
     for idx, frame, canvas in iter_frames(row, canvas_hw, fc.camera, fc.fps):
-        recent.append((frame, shrink(frame) if shrink else frame))
+        small = shrink(frame) if shrink else frame
+        recent.append((frame, grey(small) if grey else small))
         if writer is None:
             writer = writer_factory(flow_hw)
             mask = field_mask(canvas.valid_mask(), flow_hw)
@@ -257,9 +260,13 @@ def settings_fingerprint(fc: FlowConfig, row: Mapping[str, Any]) -> str:
     """Changing the item's media/window or a flow setting that shapes the output redoes the item; nothing else.
     `flow_size` counts (as the size it resolves to) only where the frame backend runs at a size other than the
     canvas (so full-size workdirs made before the setting keep their fingerprints) and not for items that get
-    exact sim flow (made at the canvas)."""
+    exact sim flow (made at the canvas); a `dis_*` knob counts when it is set (null: the preset's) and DIS makes
+    the item's flow."""
     flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in _NOT_IN_OUTPUT}
     exact = fc.sim_for_sim_tiers and sim_media(row, fc.camera) is not None
+    for knob in [k for k, v in flow.items() if k.startswith("dis_") and k != "dis_preset"
+                 and (v is None or exact or fc.backend != "dis")]:
+        flow.pop(knob)  # a knob left to the preset, or one DIS does not run for: earlier fingerprints stay valid
     flow.pop("flow_size")
     if fc.flow_hw() != tuple(fc.working_size) and not exact:
         flow["flow_size"] = list(fc.flow_hw())  # the size it resolves to: null and its value name one output

@@ -38,10 +38,12 @@ def test_ingest_fingerprint_is_the_old_recipe():
 def test_flow_fingerprint_is_the_old_recipe_with_and_without_sim_flow():
     from flow_extraction.sim_flow import SIM_FLOW_VERSION
 
-    canvas = {"flow_size": [384, 320]}  # full size, as every workdir before flow_size was made
+    # full size with the preset's own DIS settings, as every workdir before flow_size and the dis_* knobs was made
+    canvas = {"flow_size": [384, 320], "dis_refinement_iterations": None}
     for fc in (FlowConfig(**canvas), FlowConfig(sim_for_sim_tiers=False, grid="delta", fps=10.0, **canvas)):
-        # flow_size came later: at the canvas it is left out, so these fingerprints stay
-        flow = {k: v for k, v in dataclasses.asdict(fc).items() if k not in (*_NOT_IN_OUTPUT, "flow_size")}
+        # flow_size and the knobs came later: at the canvas / left to the preset they are left out, so these stay
+        flow = {k: v for k, v in dataclasses.asdict(fc).items()
+                if k not in (*_NOT_IN_OUTPUT, "flow_size") and not (k.startswith("dis_") and k != "dis_preset")}
         if fc.sim_for_sim_tiers:
             flow["sim_flow_version"] = SIM_FLOW_VERSION
         item = {k: ROW.get("input_blake2b" if k == "input_checksum" else k) for k in _ITEM_WINDOW}
@@ -52,12 +54,15 @@ def test_flow_fingerprint_is_the_old_recipe_with_and_without_sim_flow():
 
 def test_flow_size_redoes_frame_flow_items_but_not_exact_sim_flow_items():
     canvas = FlowConfig(flow_size=[384, 320])
-    assert FlowConfig().flow_hw() == (192, 160)  # the default: twice the 96×80 store
-    assert settings_fingerprint(FlowConfig(), ROW) == settings_fingerprint(FlowConfig(flow_size=[192, 160]), ROW)
+    assert FlowConfig().flow_hw() == (128, 106)  # the default: 4/3 of the 96×80 store
+    before = FlowConfig(flow_size=[192, 160], dis_refinement_iterations=None)  # the default until 2026-12
+    assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(before, ROW)  # its items are redone
+    assert settings_fingerprint(FlowConfig(), ROW) == settings_fingerprint(FlowConfig(flow_size=[128, 106]), ROW)
     assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(canvas, ROW)
     sim = {"sim_for_sim_tiers": True}
     assert (settings_fingerprint(FlowConfig(**sim), ROW)
-            == settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), ROW))  # exact flow: made at the canvas
+            == settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), ROW)  # exact flow: made at the canvas
+            == settings_fingerprint(FlowConfig(dis_refinement_iterations=None, **sim), ROW))  # and not by DIS
     wrist = {**ROW, "cameras": ["left_camera"]}  # no exact flow for this view: computed from pixels
     assert (settings_fingerprint(FlowConfig(**sim), wrist)
             != settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), wrist))

@@ -79,6 +79,37 @@ def test_dis_rejects_unknown_preset():
         DISBackend("turbo")
 
 
+def test_dis_knobs_reach_opencv_change_the_flow_and_are_recorded():
+    """A knob set over the preset is what OpenCV's object holds (the others stay the preset's), gives another
+    field that still recovers the motion, and names itself in the recorded checkpoint; grey frames give the same
+    flow as the RGB frames they came from."""
+    first, second, truth, interior = affine_pair(0, 3.0, -2.0)
+    plain, tuned = DISBackend("medium"), DISBackend("medium", refinement_iterations=0, patch_stride=4)
+    assert tuned.settings() == {**plain.settings(), "refinement_iterations": 0, "patch_stride": 4}
+    assert plain.settings()["refinement_iterations"] > 0
+    a, b = plain.compute(first[None], second[None]), tuned.compute(first[None], second[None])
+    assert not np.allclose(a, b)
+    assert end_point_error(b[0], truth, interior) < 0.5
+    assert tuned.describe()["checkpoint"].endswith("/medium+st4+vr0")
+    assert plain.describe()["checkpoint"].endswith("/medium")
+    grey = np.stack([DISBackend.grey(first)]), np.stack([DISBackend.grey(second)])
+    assert np.array_equal(tuned.compute(*grey), b)
+
+
+@pytest.mark.parametrize("knobs,message", [
+    ({"refinement_iterations": -1}, "refinement_iterations must be an integer >= 0"),
+    ({"patch_size": 1.5}, "patch_size must be an integer >= 2"),
+    ({"patch_stride": 9}, "patch_stride 9 must not exceed the patch size 8"),
+    ({"patch_size": 4, "patch_stride": 5}, "patch_stride 5 must not exceed the patch size 4"),
+    ({"iterations": 3}, "unknown DIS knob 'iterations'"),
+])
+def test_dis_rejects_bad_knobs(knobs, message):
+    from flow_extraction.base import FlowConfigError
+
+    with pytest.raises(FlowConfigError, match=message):
+        DISBackend("medium", **knobs)
+
+
 def test_colour_wheel_fixed_radius_keeps_speed():
     slow = np.zeros((2, 4, 4), np.float32)
     slow[0] = 2.0

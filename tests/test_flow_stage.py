@@ -156,22 +156,24 @@ def test_artifacts_store_each_pairs_first_frame_from_pixels_and_from_exact_sim_f
 
 
 def test_flow_size_computes_at_the_reduced_size_and_a_change_redoes_only_frame_flow_items(workdir):
-    """flow.flow_size: DIS runs at 96×80 here (twice the 48×40 store), stored vectors stay in canvas pixels (the motion statistics agree
+    """flow.flow_size: DIS runs at 64×53 here (4/3 of the 48×40 store), stored vectors stay in canvas pixels (the motion statistics agree
     with the full-size run's), and changing it redoes items whose flow comes from pixels, not exact sim flow."""
     from pipelines.config import ConfigError, validate
 
     cfg = setup_catalog(workdir, store_size=[48, 40], flow_size=[384, 320])
     _, full, items, _ = flow_run(cfg)
-    cfg.flow.flow_size = None  # the default: twice the store size
+    cfg.flow.flow_size = None  # the default: 4/3 of the store size
     report, reduced, _, _ = flow_run(cfg)
     assert report.stage.processed == len(items) == 5
     for item_id, row in full.items():
         art = read_flow_artifact(reduced[item_id]["artifact_path"])
-        assert art.meta["flow_size"] == [96, 80] and art.flow.shape[2:] == (48, 40)
+        assert art.meta["flow_size"] == [64, 53] and art.flow.shape[2:] == (48, 40)
         assert not art.valid[:, :8].any() and art.valid[:, 20].all()  # the padding is still invalid
         if item_id.startswith("task_agnostic"):  # the arms move: a units slip (×4) would show here
             assert reduced[item_id]["mean_px"] == pytest.approx(row["mean_px"], rel=0.35)
-            assert reduced[item_id]["p99_px"] == pytest.approx(row["p99_px"], rel=0.35)
+            # 64×53 is far below production's 128×106: DIS (finest level 32×26) shortens the arms' fastest
+            # vectors, so the tail gets a looser bound; a units slip would still be ×6 or ÷6
+            assert reduced[item_id]["p99_px"] == pytest.approx(row["p99_px"], rel=0.5)
 
     cfg.flow.sim_for_sim_tiers = True
     flow_run(cfg)  # items with sim extras switch to exact flow, made at the canvas
@@ -183,4 +185,32 @@ def test_flow_size_computes_at_the_reduced_size_and_a_change_redoes_only_frame_f
 
     cfg.flow.flow_size = [400, 320]
     with pytest.raises(ConfigError, match="flow.flow_size"):
+        validate(cfg)
+
+
+def test_dis_knobs_redo_frame_flow_items_and_bad_values_stop_the_config(workdir):
+    """flow.dis_*: a knob set over the preset reaches every frame-flow item (recorded in its checkpoint, the
+    items redone, the flow changed); back to null (the preset's) they are redone once more, then skipped; a bad
+    value stops the config with the knob's name."""
+    from pipelines.config import ConfigError, validate
+
+    cfg = setup_catalog(workdir, store_size=[48, 40])
+    _, before, items, _ = flow_run(cfg)
+    ta = next(k for k in items if k.startswith("task_agnostic"))
+    old = read_flow_artifact(before[ta]["artifact_path"])  # read now: the rerun writes the same path
+    cfg.flow.dis_gradient_descent_iterations = 12
+    report, tuned, _, _ = flow_run(cfg)
+    assert report.stage.processed == len(items) == 5
+    new = read_flow_artifact(tuned[ta]["artifact_path"])
+    assert "+gd12" in new.meta["checkpoint"] and "gd" not in old.meta["checkpoint"]
+    assert not np.array_equal(old.flow, new.flow)
+    cfg.flow.dis_gradient_descent_iterations = None
+    assert flow_run(cfg)[0].stage.processed == 5  # the preset's own settings again: redone
+    assert flow_run(cfg)[0].stage.skipped == 5  # and then unchanged
+
+    cfg.flow.dis_patch_stride = 12
+    with pytest.raises(ConfigError, match="flow.dis_.*patch_stride 12 must not exceed the patch size 8"):
+        validate(cfg)
+    cfg.flow.dis_patch_stride, cfg.flow.dis_refinement_iterations = None, -2  # e.g. a typo for 2
+    with pytest.raises(ConfigError, match="refinement_iterations must be an integer >= 0"):
         validate(cfg)
