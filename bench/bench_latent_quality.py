@@ -35,17 +35,21 @@ from pipelines.vae import run_vae_eval, run_vae_train  # noqa: E402
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Objectives compared (vae.* overrides on the demo config): "before" is the objective the demo shipped with until
 # the sweep in docs/latent_quality.md, "default" is today's demo config.
+# the rounds before the coarse-residual decoder (the demo's since the fifth round) decoded through DC-AE alone
+PLAIN_DECODER = {"vae.coarse_residual": False, "vae.coarse_mask": "none"}
 VARIANTS: dict[str, dict[str, Any]] = {
     "before": {"vae.recon_balance": "none", "vae.moving_weight": 1.0, "vae.lr_decay_steps": 0},
     "default": {},
-    "no_coarse": {"vae.coarse_weight": 0.0, "vae.coarse_skip": False},  # the default before coarse_skip
+    # the default before coarse_skip
+    "no_coarse": {"vae.coarse_weight": 0.0, "vae.coarse_skip": False, "vae.coarse_skip_init": "random",
+                  **PLAIN_DECODER},
     "moving": {"vae.moving_weight": 8.0},
-    "frame": {"vae.decoder_condition": "frame"},  # the decoder sees the pair's first frame (frame_decoder.py)
+    "frame": {"vae.decoder_condition": "frame", **PLAIN_DECODER},  # the decoder sees the first frame (frame_decoder.py)
     # alignment counts more: 30% of each batch labelled (Motus: 10%) and λ_align 20 (default 5)
     "align": {"vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
     "epe": {"vae.recon_loss": "epe"},  # end-point error instead of squared error (per-source weights 1/scale)
     "epe_align": {"vae.recon_loss": "epe", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
-    "frame_epe": {"vae.decoder_condition": "frame", "vae.recon_loss": "epe"},
+    "frame_epe": {"vae.decoder_condition": "frame", "vae.recon_loss": "epe", **PLAIN_DECODER},
     # z must also give the 8×8 pooled flow through a linear head (vae.coarse_weight)
     "coarse": {"vae.coarse_weight": 10.0},
     "coarse_align": {"vae.coarse_weight": 10.0, "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
@@ -58,14 +62,22 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # ... and the upsampled coarse flow masked per pixel by a U-Net on the first frame (vae.coarse_mask: frame)
     "coarse_skip_pca_res_mask": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
                                  "vae.coarse_residual": True, "vae.coarse_mask": "frame"},
+    # ... trained at a higher peak learning rate (same steps and cosine decay; seventh round)
+    "coarse_skip_pca_res_mask_lr6e4": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True,
+                                       "vae.coarse_skip_init": "pca", "vae.coarse_residual": True,
+                                       "vae.coarse_mask": "frame", "vae.lr": 6e-4},
+    "coarse_skip_pca_res_mask_lr1e3": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True,
+                                       "vae.coarse_skip_init": "pca", "vae.coarse_residual": True,
+                                       "vae.coarse_mask": "frame", "vae.lr": 1e-3},
     "coarse_skip_res": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_residual": True},
     # ... on 16×16 cells: a finer linear field, less of the thin arms' motion smeared over the background
     "coarse_skip_pca_res16": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.coarse_skip_init": "pca",
                               "vae.coarse_residual": True, "vae.coarse_cells": 16},
     "coarse_skip_align": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.lambda_align": 20.0,
                           "vae.labelled_fraction": 0.3},
-    "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True},
-    "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0},
+    "frame_skip": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True,
+                   **PLAIN_DECODER},
+    "frame_coarse": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, **PLAIN_DECODER},
     # alignment through a linear head per embodiment (LAOM) instead of μ[:d] = the action change
     "coarse_skip_head": {"vae.coarse_weight": 10.0, "vae.coarse_skip": True, "vae.align_head": "linear",
                          "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3},
@@ -76,7 +88,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
                               "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3, "vae.align_head_lr": 10.0},
     "frame_skip_head": {"vae.decoder_condition": "frame", "vae.coarse_weight": 10.0, "vae.coarse_skip": True,
                         "vae.align_head": "linear", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.3,
-                        "vae.align_head_lr": 10.0},
+                        "vae.align_head_lr": 10.0, **PLAIN_DECODER},
 }
 FIGURES = (  # (label, path into one scope of eval.json)
     ("R² μ", ("probe", "trained", "r2")), ("R² PCA-k", ("probe", "pca_k", "r2")),
@@ -107,10 +119,17 @@ def build_corpus(out: Path, scale: int, engine: str, reuse: bool = False) -> Any
     return cfg
 
 
+def variant_overrides(variant: str, seed: int, steps: int, engine: str = "local",
+                      threads: int | None = None) -> dict[str, Any]:
+    """The demo config's vae.* overrides for one run. The cosine decay follows `steps` (the demo's decays over its
+    600), so a longer run anneals to its own end; a variant may still set its own ("before": 0, constant)."""
+    return {"vae.lr_decay_steps": steps, **VARIANTS[variant], "vae.seed": seed, "vae.steps": steps,
+            "vae.output": f"vae_{variant}_s{seed}", "runner.engine": engine,
+            **({"vae.threads": threads} if threads else {})}
+
+
 def run_one(out: Path, engine: str, variant: str, seed: int, steps: int, threads: int | None = None) -> dict[str, Any]:
-    overrides = {**VARIANTS[variant], "vae.seed": seed, "vae.steps": steps, "vae.output": f"vae_{variant}_s{seed}",
-                 "runner.engine": engine, **({"vae.threads": threads} if threads else {})}
-    cfg = load_config(CONFIG, workdir=str(out), **overrides)
+    cfg = load_config(CONFIG, workdir=str(out), **variant_overrides(variant, seed, steps, engine, threads))
     t0 = time.perf_counter()
     with Catalog(cfg.catalog_path) as cat:
         run_vae_train(cfg, cat, progress=False)
