@@ -19,3 +19,8 @@ def test_the_cosine_decay_follows_the_steps(tmp_path):
     assert (shipped.vae.lr_decay_steps, shipped.vae.lr) == (600, load_config(CONFIG).vae.lr)
     before = load_config(CONFIG, workdir=str(tmp_path), **variant_overrides("before", seed=0, steps=1200))
     assert before.vae.lr_decay_steps == 0  # its constant lr stays constant
+
+
+def test_the_earlier_rounds_keep_their_learning_rate(tmp_path):
+    mask = load_config(CONFIG, workdir=str(tmp_path), **variant_overrides("coarse_skip_pca_res_mask", seed=0, steps=600))
+    assert mask.vae.lr == 3e-4 and mask.vae.coarse_mask == "frame"
