@@ -41,9 +41,10 @@ class FlowConfig:
     working_size: list[int] = field(default_factory=lambda: [384, 320])  # H, W: Motus's canvas
     store_size: list[int] = field(default_factory=lambda: [96, 80])  # H, W of the stored flow
     flow_size: list[int] | None = None  # H, W the frame backend (DIS, DPFlow) runs at, vectors rescaled to canvas
-    #   pixels; None: 4/3 of store_size, rounded down (128×106), capped at the canvas (bench/bench_flow.py; twice
-    #   store_size, 192×160, until 2026-12); working_size: full size (before that).
-    #   Exact sim flow is always made at the canvas.
+    #   pixels; None: twice store_size (192×160), capped at the canvas; working_size: full size (before 2026-12).
+    #   128×106 with dis_refinement_iterations 2 is 1.5× faster at the same error against exact flow, but a small
+    #   RoboTwin motion then reads as static (README "Flow"), so it is not the default. Exact sim flow is always
+    #   made at the canvas.
     store_frames: bool = True  # also store each pair's first frame (RGB, store size): the VAE's frame-conditioned
     #   decoder reads it (vae.decoder_condition: frame)
     camera: int = 0  # which camera of multi-camera items
@@ -56,9 +57,7 @@ class FlowConfig:
     dis_patch_size: int | None = None
     dis_patch_stride: int | None = None
     dis_gradient_descent_iterations: int | None = None
-    dis_refinement_iterations: int | None = 2  # 2 with 128×106: the medium preset's accuracy at 192×160 on moving
-    #   and on still pixels (against exact sim flow) at 1.5× its throughput (README "Flow"; 0 is 1.7× but noisier
-    #   where the scene stands still); None: the preset's (5)
+    dis_refinement_iterations: int | None = None
     dpflow_checkpoint: str | None = "things"  # a name (things, sintel, kitti, spring, chairs) or a .ckpt path
     dpflow_random_init: bool = False  # tests only: never silently random
     dpflow_allow_download: bool = False
@@ -73,9 +72,8 @@ class FlowConfig:
                                                          "gradient_descent_iterations", "refinement_iterations")}
 
     def flow_hw(self) -> tuple[int, int]:
-        """(H, W) the frame backend computes at: `flow_size`, or by default 4/3 of the store size, rounded down
-        (128×106 for 96×80: with medium's finest scale at half of it, DIS searches at about 2/3 of the store's
-        resolution), no larger than the working canvas."""
+        """(H, W) the frame backend computes at: `flow_size`, or by default twice the store size (192×160 for
+        96×80), no larger than the working canvas."""
         if self.flow_size:
             return int(self.flow_size[0]), int(self.flow_size[1])
-        return tuple(min(4 * int(s) // 3, int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore
+        return tuple(min(2 * int(s), int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore

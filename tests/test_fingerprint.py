@@ -54,15 +54,15 @@ def test_flow_fingerprint_is_the_old_recipe_with_and_without_sim_flow():
 
 def test_flow_size_redoes_frame_flow_items_but_not_exact_sim_flow_items():
     canvas = FlowConfig(flow_size=[384, 320])
-    assert FlowConfig().flow_hw() == (128, 106)  # the default: 4/3 of the 96×80 store
-    before = FlowConfig(flow_size=[192, 160], dis_refinement_iterations=None)  # the default until 2026-12
-    assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(before, ROW)  # its items are redone
-    assert settings_fingerprint(FlowConfig(), ROW) == settings_fingerprint(FlowConfig(flow_size=[128, 106]), ROW)
+    assert FlowConfig().flow_hw() == (192, 160)  # the default: twice the 96×80 store
+    faster = FlowConfig(flow_size=[128, 106], dis_refinement_iterations=2)  # README "Flow": faster, not the default
+    assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(faster, ROW)  # switching redoes items
+    assert settings_fingerprint(FlowConfig(), ROW) == settings_fingerprint(FlowConfig(flow_size=[192, 160]), ROW)
     assert settings_fingerprint(FlowConfig(), ROW) != settings_fingerprint(canvas, ROW)
     sim = {"sim_for_sim_tiers": True}
     assert (settings_fingerprint(FlowConfig(**sim), ROW)
             == settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), ROW)  # exact flow: made at the canvas
-            == settings_fingerprint(FlowConfig(dis_refinement_iterations=None, **sim), ROW))  # and not by DIS
+            == settings_fingerprint(FlowConfig(dis_refinement_iterations=2, **sim), ROW))  # and not by DIS
     wrist = {**ROW, "cameras": ["left_camera"]}  # no exact flow for this view: computed from pixels
     assert (settings_fingerprint(FlowConfig(**sim), wrist)
             != settings_fingerprint(FlowConfig(flow_size=[384, 320], **sim), wrist))
