@@ -1,5 +1,5 @@
 """The audit's thresholds, declared once. Defaults are tuned so the genuine sample pyramid passes and each
-planted defect (`pipelines/samples/defects.py`) is caught; a YAML file (`pyramid audit --audit-config`) overrides
+planted defect (`samples/defects.py`) is caught; a YAML file (`pyramid audit --audit-config`) overrides
 any of them."""
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from audit.config import AuditConfig  # noqa: E402
 from audit.media import MEDIA_STAGE, MediaFacts, run_media_stage  # noqa: E402
 from pipelines.runners import make_runner  # noqa: E402
-from pipelines.samples.defects import write_h264_ticks  # noqa: E402
+from samples.defects import write_h264_ticks  # noqa: E402
 
 FPS = 30
 

@@ -75,7 +75,7 @@ def timed(fn, n_pairs: int) -> float:
 
 
 def backend_rates(n_pairs: int, dpflow: bool, root: Path) -> None:
-    from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS, write_task_agnostic
+    from samples.sim_task_agnostic import DEFAULT_CAMERAS, write_task_agnostic
 
     main_view = DEFAULT_CAMERAS[0]
     [ep] = write_task_agnostic(root / "ta_backends", n_episodes=1, n_frames=n_pairs + 5, seed=0, workers=1)
@@ -212,8 +212,8 @@ def main() -> None:
     import cv2
 
     cv2.setNumThreads(1)
-    from pipelines.samples.real_clips import write_ego4d, write_ssv2
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.real_clips import write_ego4d, write_ssv2
+    from samples.sim_task_agnostic import write_task_agnostic
 
     with tempfile.TemporaryDirectory(prefix="bench-flow-") as tmp:
         root = Path(tmp)

@@ -30,8 +30,8 @@ from pipelines.runners import make_runner  # noqa: E402
 
 
 def make_items(root: Path, copies: int, scale: int) -> None:
-    from pipelines.samples.sim_robotwin import write_robotwin
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_robotwin import write_robotwin
+    from samples.sim_task_agnostic import write_task_agnostic
 
     ta = root / "samples" / "task_agnostic" / "aloha_random"
     write_task_agnostic(ta, n_episodes=4 * scale, n_frames=75, seed=0)
@@ -68,7 +68,7 @@ def timed_ingest(root: Path, engine: str) -> tuple[int, float, float]:
 
 def per_source_rates(scale: int) -> dict[str, tuple[int, float]]:
     """items and items/s per source, local loop, over the whole sample pyramid."""
-    from pipelines.samples.pyramid import generate_sample_pyramid
+    from samples.pyramid import generate_sample_pyramid
 
     out = {}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-src-") as tmp:

@@ -34,7 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 
 os.environ["OMP_NUM_THREADS"] = "1"
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # pipelines.samples.shard_sets writes the shards
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # samples.shard_sets writes the shards
 
 import cv2  # noqa: E402
 import torch  # noqa: E402
@@ -109,8 +109,8 @@ def native_loader(root: Path, cfg: LoaderConfig, batch_size: int, num_workers: i
 
 def build_corpus(out: Path, n_clips: int, frames: tuple[int, int] = (60, 150), seed: int = 0) -> tuple[Path, Path, dict]:
     """The same clips written as our shards and as the Motus-native tree; returns (shards, native, sizes)."""
-    from pipelines.samples.real_footage import X264_OPTIONS, encode_video
-    from pipelines.samples.shard_sets import footage_clips, write_shard_set
+    from samples.real_footage import X264_OPTIONS, encode_video
+    from samples.shard_sets import footage_clips, write_shard_set
 
     clips = footage_clips(n_clips, size=(384, 320), n_frames=frames, seed=seed, fit="crop", prefix="bench")
     shards = out / "shards"

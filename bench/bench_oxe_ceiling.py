@@ -64,9 +64,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=100)  # not the demo's seed
     args = ap.parse_args()
 
-    from pipelines.samples.oxe_rlds import write_oxe
-    from pipelines.samples.pyramid import _first_episode_video
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.oxe_rlds import write_oxe
+    from samples.pyramid import _first_episode_video
+    from samples.sim_task_agnostic import write_task_agnostic
 
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-oxe-ceiling-") as tmp:

@@ -38,7 +38,7 @@ REPO = Path(__file__).resolve().parent.parent
 def make_ssv2(root: Path, n: int, on_disk: int, clips: list[Path]) -> None:
     """Label files listing `n` clips (80/10/10 train/validation/test); `on_disk` of them exist as hard links to
     the few real `clips`."""
-    from pipelines.samples.real_clips import ssv2_class_index
+    from samples.real_clips import ssv2_class_index
 
     labels = root / "labels"
     videos = root / "20bn-something-something-v2"
@@ -147,7 +147,7 @@ def main() -> None:
             return child_status(Path(path))
         return child_ingest(Path(path) / "ssv2", Path(path) / "work")
 
-    from pipelines.samples.real_clips import write_ssv2
+    from samples.real_clips import write_ssv2
 
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
         tmp = Path(tmp)

@@ -34,7 +34,7 @@ import numpy as np  # noqa: E402
 from flow_extraction.artifacts import read_flow_artifact  # noqa: E402
 from flow_extraction.config import FlowConfig  # noqa: E402
 from pipelines.flow import compute_item_flow, make_backends  # noqa: E402
-from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS  # noqa: E402
+from samples.sim_task_agnostic import DEFAULT_CAMERAS  # noqa: E402
 from sources.task_agnostic import TaskAgnosticSource  # noqa: E402
 
 CONFIGS = {  # generator settings: before issue 21, and today's defaults
@@ -98,7 +98,7 @@ def probe(x: np.ndarray, y: np.ndarray, groups: np.ndarray, test: np.ndarray) ->
 
 
 def generate(root: Path, settings: dict, args) -> float:
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_task_agnostic import write_task_agnostic
 
     t0 = time.perf_counter()
     write_task_agnostic(root, args.episodes, n_frames=args.frames, seed=args.seed, **settings)

@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=6)
     ap.add_argument("--steps", type=int, default=40)
     args = ap.parse_args()
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_task_agnostic import write_task_agnostic
 
     with tempfile.TemporaryDirectory(prefix="bench-vae-") as tmp:
         root = Path(tmp)

@@ -81,7 +81,7 @@ def main() -> None:
     if samples is None:
         samples = args.out / "samples"
         if not samples.exists():
-            from pipelines.samples.pyramid import generate_sample_pyramid
+            from samples.pyramid import generate_sample_pyramid
 
             generate_sample_pyramid(samples, scale=1, seed=0, defects=False)
     t0 = time.perf_counter()

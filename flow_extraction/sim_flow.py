@@ -11,7 +11,7 @@ flow estimators (DIS, DPFlow) report that region too, so the VAE learns it does 
 
 Conventions are those of :mod:`flow_extraction.base` (float32 [2, H, W], x right / y down, first → second), in
 the pixels of the native render; OpenCV pinhole with pixel centres at integer coordinates, as the generators
-in ``pipelines/samples`` write them. :func:`to_canvas` maps a native field onto the padded working canvas.
+in ``samples`` write them. :func:`to_canvas` maps a native field onto the padded working canvas.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from pipelines.report import (arrow_to_rich, evaluation_table, funnel_table, inv
                               reasons_table, shards_table)
 from pipelines.vae import run_vae_eval, run_vae_train
 from pipelines.runners import runner_from_config
-from pipelines.samples.pyramid import SAMPLES_VERSION, generate_sample_pyramid
+from samples.pyramid import SAMPLES_VERSION, generate_sample_pyramid
 from pipelines.shard import run_shard
 
 

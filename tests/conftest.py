@@ -16,8 +16,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 @pytest.fixture(scope="session")
 def sim_samples(tmp_path_factory) -> Path:
     """Small RoboTwin and task-agnostic trees (good items only), shared read-only by tests; copy before damaging."""
-    from pipelines.samples.sim_robotwin import write_robotwin
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_robotwin import write_robotwin
+    from samples.sim_task_agnostic import write_task_agnostic
 
     root = tmp_path_factory.mktemp("samples")
     write_task_agnostic(root / "task_agnostic" / "aloha_random", n_episodes=3, n_frames=20, seed=1)

@@ -55,8 +55,8 @@ def command(stage: str, workdir: Path) -> list[str]:
 
 def make_workdir(root: Path) -> Path:
     """A small sample pyramid (3 task-agnostic and 2 RoboTwin episodes) with the trial configs."""
-    from pipelines.samples.sim_robotwin import write_robotwin
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_robotwin import write_robotwin
+    from samples.sim_task_agnostic import write_task_agnostic
 
     write_task_agnostic(root / "samples" / "task_agnostic" / "aloha_random", n_episodes=3, n_frames=20, seed=1)
     write_robotwin(root / "samples" / "robotwin", n_episodes=2, seed=0)

@@ -13,8 +13,8 @@ from catalog import Catalog
 from latent_action_vae.data import action_changes, compute_action_stats
 from manifests import actions as sem
 from media.tfrecord_frames import parse_episode, read_episode_record
-from pipelines.samples.lerobot_ds import JOINT_NAMES, sample_episodes, write_lerobot
-from pipelines.samples.oxe_rlds import write_oxe
+from samples.lerobot_ds import JOINT_NAMES, sample_episodes, write_lerobot
+from samples.oxe_rlds import write_oxe
 from sources import SourceError
 from sources.lerobot import LeRobotSource
 from sources.oxe import OXESource

@@ -18,9 +18,9 @@ from pipelines.config import load_config
 from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
-from pipelines.samples import defects
-from pipelines.samples.files import write_h264
-from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
+from samples import defects
+from samples.files import write_h264
+from samples.sim_task_agnostic import DEFAULT_CAMERAS
 
 TA = "task_agnostic/aloha_random"
 MAIN_MP4 = f"rgb_{DEFAULT_CAMERAS[0]}.mp4"  # the main view: what flow and the picture checks read

@@ -18,8 +18,8 @@ from audit.checks import language as L
 from audit.checks import state as S
 from audit.config import AuditConfig
 from audit.lerobot_tables import read_tables
-from pipelines.samples import defects
-from pipelines.samples.lerobot_ds import HEAD, WRISTS, write_lerobot
+from samples import defects
+from samples.lerobot_ds import HEAD, WRISTS, write_lerobot
 
 RULES = {"timestamps_monotonic": D.monotonic, "timestamp_spacing": D.spacing, "timestamp_drift": D.drift,
          "frame_indices": D.frame_indices, "global_index": D.global_index, "task_index_valid": D.task_indices,

@@ -18,7 +18,7 @@ from audit.registry import CHECKS
 from catalog import Catalog
 from pipelines.label import run_label
 from pipelines.runners import make_runner
-from pipelines.samples import defects
+from samples import defects
 from pipelines.shard import run_shard
 from pipelines.vae import run_vae_eval, run_vae_train
 from tests.test_vae_train_label import prepared

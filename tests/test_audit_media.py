@@ -13,8 +13,8 @@ from audit.checks.content import held_pictures
 from audit.config import AuditConfig
 from audit.media import media_facts, run_media_stage
 from pipelines.cli import app
-from pipelines.samples.defects import write_h264_ticks
-from pipelines.samples.lerobot_ds import HEAD, write_lerobot
+from samples.defects import write_h264_ticks
+from samples.lerobot_ds import HEAD, write_lerobot
 
 FPS = 30
 N = 48

@@ -6,7 +6,7 @@ import pytest
 
 from audit.checks import motion
 from audit.config import AuditConfig
-from pipelines.samples.defects import damage_actions
+from samples.defects import damage_actions
 
 ALOHA = ["absolute:joint"] * 6 + ["absolute:gripper"] + ["absolute:joint"] * 6 + ["absolute:gripper"]
 NAMES = [f"{arm}_{j}" for arm in ("left", "right") for j in ("waist", "shoulder", "elbow", "forearm", "wrist", "roll",

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pipelines.cli import app
-from pipelines.samples import defects
-from pipelines.samples.lerobot_ds import write_lerobot
-from pipelines.samples.oxe_rlds import write_oxe
+from samples import defects
+from samples.lerobot_ds import write_lerobot
+from samples.oxe_rlds import write_oxe
 
 V21 = "lerobot/aloha_demo_v21"
 

@@ -18,7 +18,7 @@ from pipelines.config import load_config
 from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
-from pipelines.samples import defects
+from samples import defects
 
 CHROMIUM = Path("/usr/bin/chromium-headless-shell")
 
@@ -28,9 +28,9 @@ def defect_pyramid(tmp_path_factory, sim_samples):
     """Task-agnostic, RoboTwin, SSv2 and a LeRobot v2.1 sample with every planted defect, ingested and with flow (a
     small working canvas keeps DIS quick); no VAE, so the label checks do not run. Read-only for the tests: copy to
     change."""
-    from pipelines.samples.lerobot_ds import write_lerobot
-    from pipelines.samples.pyramid import _first_episode_video
-    from pipelines.samples.real_clips import write_ssv2
+    from samples.lerobot_ds import write_lerobot
+    from samples.pyramid import _first_episode_video
+    from samples.real_clips import write_ssv2
 
     workdir = tmp_path_factory.mktemp("audit_pyramid")
     shutil.copytree(sim_samples, workdir / "samples")

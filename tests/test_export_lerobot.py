@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from pipelines.cli import app
 from pipelines.export_lerobot import ACTION, CAMERA, LATENT, export_lerobot
-from pipelines.samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
+from samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
 from manifests.shard_format import decode_sample, group_samples, read_tar
 
 

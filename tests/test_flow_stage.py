@@ -11,8 +11,8 @@ from pipelines.config import load_config
 from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
-from pipelines.samples import defects
-from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
+from samples import defects
+from samples.sim_task_agnostic import DEFAULT_CAMERAS
 
 MAIN_MP4 = f"rgb_{DEFAULT_CAMERAS[0]}.mp4"  # the task-agnostic main view
 

@@ -12,7 +12,7 @@ from catalog import Catalog
 from catalog.entries import entry_of
 from pipelines.cli import app
 from pipelines.config import config_from_dict
-from pipelines.samples.lerobot_ds import write_lerobot
+from samples.lerobot_ds import write_lerobot
 from tests.test_sources_oxe_quirks import cli_ingest
 
 ROOTS = {"arm_a": 2, "arm_b": 3, "arm_c": 2, "arm_d": 1}  # repo name -> episodes

@@ -16,9 +16,9 @@ def samples(tmp_path_factory, sim_samples):
     and SSv2."""
     import shutil
 
-    from pipelines.samples.lerobot_ds import write_lerobot
-    from pipelines.samples.oxe_rlds import write_oxe
-    from pipelines.samples.real_clips import write_ssv2
+    from samples.lerobot_ds import write_lerobot
+    from samples.oxe_rlds import write_oxe
+    from samples.real_clips import write_ssv2
 
     root = tmp_path_factory.mktemp("fuzz_samples")
     shutil.copytree(sim_samples, root, dirs_exist_ok=True)

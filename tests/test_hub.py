@@ -15,7 +15,7 @@ from pipelines import hub
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.lerobot_ds import write_lerobot
+from samples.lerobot_ds import write_lerobot
 from sources import SOURCES
 from sources.lerobot import LeRobotSource
 

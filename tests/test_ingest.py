@@ -13,8 +13,8 @@ from manifests import ITEMS, read_manifest
 from pipelines.config import load_config
 from pipelines.ingest import ingest
 from pipelines.runners import make_runner
-from pipelines.samples import defects
-from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
+from samples import defects
+from samples.sim_task_agnostic import DEFAULT_CAMERAS
 
 MAIN_MP4 = f"rgb_{DEFAULT_CAMERAS[0]}.mp4"  # the task-agnostic main view
 
@@ -53,7 +53,7 @@ def test_ingest_fills_catalog_and_manifest_from_both_layouts(workdir):
 
 
 def test_no_group_straddles_splits_in_the_catalog(workdir):
-    from pipelines.samples.real_clips import write_ego4d, write_ssv2
+    from samples.real_clips import write_ego4d, write_ssv2
 
     write_ssv2(workdir / "samples" / "ssv2", 6, seed=3)
     write_ego4d(workdir / "samples" / "ego4d", 3, seed=3)

@@ -18,6 +18,7 @@ LAYERS = {
     "sources": 3,  # source adapters: discover and probe items, read their actions (the VAE and the audit read them here)
     "latent_action_vae": 4,
     "training_hooks": 4,
+    "samples": 4,  # the sample-pyramid generator: datasets in each tier's official layout, for the demo, tests, benches
     "pipelines": 5,  # stages, driver, runners, jobs
     "audit": 6,  # reads what the pipeline wrote, with the pipeline's config and readers
     "pipelines.cli": 7,  # entry points: parse, print, call the jobs and the audit

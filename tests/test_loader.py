@@ -1,5 +1,5 @@
 """The shard loader yields exactly the Motus batch contract: shapes, window rule, normalisation, order, splitting,
-bad samples. Shard sets are written in the real format by pipelines/samples/shard_sets.py (real footage + index-coded clips)."""
+bad samples. Shard sets are written in the real format by samples/shard_sets.py (real footage + index-coded clips)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
+from samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
 from manifests.shard_format import read_index
 from training_hooks.loader import LoaderConfig, make_loader
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from manifests.shard_format import write_tar
-from pipelines.samples.shard_sets import clip_members, decode_index, index_coded_clip, write_shard_set
+from samples.shard_sets import clip_members, decode_index, index_coded_clip, write_shard_set
 from pipelines.shard import ColumnStats, train_stats
 from training_hooks.loader import LoaderConfig, make_loader
 

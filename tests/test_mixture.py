@@ -1,6 +1,6 @@
 """The pyramid as a mixture: tier/source weights in the shard loader give the weighted proportions whatever the
 groups' sizes, the default still mixes by clip count, bad weights are clear errors, and the trainer logs the
-realised mixture. Real shards (pipelines/samples/shard_sets.py), small index-coded clips."""
+realised mixture. Real shards (samples/shard_sets.py), small index-coded clips."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.samples.shard_sets import LANG_DIM, index_coded_clip, write_shard_set
+from samples.shard_sets import LANG_DIM, index_coded_clip, write_shard_set
 from training_hooks.loader import LoaderConfig, make_loader
 
 torch.set_num_threads(1)

@@ -120,7 +120,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_a_resumed_shard_run_continues_the_same_stream(tmp_path):
     """Batches after a resume are those an uninterrupted run takes at those steps, so a shard run killed after a
     checkpoint and resumed ends with the weights and checkpoint bytes of one that never stopped."""
-    from pipelines.samples.shard_sets import LANG_DIM, footage_clips, write_shard_set
+    from samples.shard_sets import LANG_DIM, footage_clips, write_shard_set
     from training_hooks.train import shard_batches
 
     clips = footage_clips(6, size=IMAGE, prefix="tr") + footage_clips(2, size=IMAGE, seed=1, split="val", prefix="va")
@@ -317,7 +317,7 @@ def test_older_checkpoints_are_refused_clearly(tmp_path):
 def test_shard_evaluation_reads_every_held_out_split_until_it_has_its_windows(tmp_path):
     """The evaluation takes windows from the val and test shards (a small val split can miss whole tiers), reads
     them again for other windows until it has eval_windows, and groups them by tier and by source."""
-    from pipelines.samples.shard_sets import LANG_DIM, footage_clips, write_shard_set
+    from samples.shard_sets import LANG_DIM, footage_clips, write_shard_set
     from training_hooks.train import shard_batches
 
     clips = (footage_clips(4, size=IMAGE, prefix="tr") + footage_clips(2, size=IMAGE, seed=1, split="val", prefix="va")

@@ -18,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from media.tfrecord import iter_records, parse_example
 from media.tfrecord_frames import iter_tfrecord_frames
-from pipelines.samples.oxe_rlds import write_oxe
+from samples.oxe_rlds import write_oxe
 from sources.oxe import OXESource
 
 FRACTAL = "fractal20220817_data"

@@ -1,4 +1,4 @@
-"""Tests for pipelines/samples/real_clips.py: real footage in the SSv2 (L1) and Ego4D (L2) release layouts.
+"""Tests for samples/real_clips.py: real footage in the SSv2 (L1) and Ego4D (L2) release layouts.
 
 The trees are written once per module (the demo's sizes: 8 SSv2 clips, 2 Ego4D videos) and then checked
 against the released formats by decoding every file with PyAV rather than trusting what the writer returns.
@@ -16,7 +16,7 @@ import av
 import numpy as np
 import pytest
 
-from pipelines.samples.real_clips import write_ego4d, write_ssv2
+from samples.real_clips import write_ego4d, write_ssv2
 
 N_CLIPS, N_VIDEOS = 8, 2
 SSV2_ENTRY_KEYS = {"id", "label", "template", "placeholders"}

@@ -1,4 +1,4 @@
-"""Tests for the simulated sample generators (pipelines/samples/sim_task_agnostic.py, sim_robotwin.py).
+"""Tests for the simulated sample generators (samples/sim_task_agnostic.py, sim_robotwin.py).
 
 They check the on-disk contract the readers depend on by reading the files back with independent tools
 (PyAV, cv2, h5py, json), not by trusting what the writers return, and they check that the camera geometry is
@@ -23,10 +23,10 @@ import h5py
 import numpy as np
 import pytest
 
-from pipelines.samples import sim_task_agnostic
-from pipelines.samples.sim_robotwin import write_robotwin
-from pipelines.samples.files import atomic_path
-from pipelines.samples.sim_task_agnostic import write_task_agnostic
+from samples import sim_task_agnostic
+from samples.sim_robotwin import write_robotwin
+from samples.files import atomic_path
+from samples.sim_task_agnostic import write_task_agnostic
 
 ALOHA_DATASET_KEYS = {
     "format", "version", "embodiment", "fps", "action_space", "action_names", "state_names", "cameras",
@@ -303,8 +303,8 @@ def test_one_draw_depth_and_segmentation_match_mujoco_renderer():
     """SimCamera reads depth and segmentation from one draw; it must equal mujoco.Renderer's two draws."""
     import mujoco
 
-    from pipelines.samples.aloha_sim import aloha_constants
-    from pipelines.samples.mujoco_render import SimCamera, aloha_model_path, body_names
+    from samples.aloha_sim import aloha_constants
+    from samples.mujoco_render import SimCamera, aloha_model_path, body_names
 
     model = mujoco.MjModel.from_xml_path(str(aloha_model_path()))
     data = mujoco.MjData(model)

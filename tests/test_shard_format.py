@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipelines.samples.shard_sets import footage_clips, write_shard_set
+from samples.shard_sets import footage_clips, write_shard_set
 from manifests.shard_format import SampleMeta, decode_sample, group_samples, map_tar, read_tar
 from manifests.shard_video import decode_frames
 
@@ -76,7 +76,7 @@ def _v1_language(key: str, lines: list[str], language: list[np.ndarray]) -> list
 
 
 def test_every_sample_has_the_same_members_and_v1_samples_still_read(shard):
-    from pipelines.samples.shard_sets import clip_members, index_coded_clip
+    from samples.shard_sets import clip_members, index_coded_clip
 
     bare = index_coded_clip("bare/0", 8)  # no actions, no language
     full = index_coded_clip("full/0", 8, action_dim=3, lines=["lift it", "raise it"],
@@ -103,7 +103,7 @@ def test_hugging_face_datasets_loads_shards_whose_first_samples_lack_actions_and
     it: samples with actions and language after five without must still fit (typed empties, never nulls)."""
     import datasets
 
-    from pipelines.samples.shard_sets import index_coded_clip
+    from samples.shard_sets import index_coded_clip
 
     clips = [index_coded_clip(f"bare/{i}", 6) for i in range(5)]
     clips += [index_coded_clip(f"full/{i}", 7, action_dim=2, lines=["push the block"],
@@ -124,7 +124,7 @@ def test_hugging_face_datasets_loads_shards_whose_first_samples_lack_actions_and
 
 def test_train_stats_count_only_items_with_actions(tmp_path):
     from pipelines.shard import train_stats
-    from pipelines.samples.shard_sets import clip_members, index_coded_clip
+    from samples.shard_sets import clip_members, index_coded_clip
     from manifests.shard_format import write_tar
 
     samples = []
@@ -142,7 +142,7 @@ def test_mp4_encoding_gives_the_same_bytes_every_time(tmp_path):
     import subprocess
     import sys
 
-    from pipelines.samples.shard_sets import footage_clips
+    from samples.shard_sets import footage_clips
     from manifests.shard_video import _decode_mp4, encode_mp4
 
     frames = list(footage_clips(1, size=(384, 320), n_frames=(12, 12))[0].frames)  # the working canvas

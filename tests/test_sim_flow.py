@@ -27,7 +27,7 @@ from flow_extraction.sim_flow import (
     resolve_sim_file,
     to_canvas,
 )
-from pipelines.samples.sim_task_agnostic import DEFAULT_CAMERAS
+from samples.sim_task_agnostic import DEFAULT_CAMERAS
 
 MAIN = DEFAULT_CAMERAS[0]  # the task-agnostic main view, the one camera with sim extras by default
 H, W = 48, 64
@@ -296,7 +296,7 @@ def test_robotwin_flow_matches_pixels(rt_episode):
 
 def test_moving_camera_flow_matches_pixels(tmp_path):
     """A wrist camera moves with the arm: the whole scene flows, and the camera term is what explains it."""
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_task_agnostic import write_task_agnostic
 
     # wrist views render at half the main size: ask for 480×640 to get a 240×320 wrist picture
     (ep,) = write_task_agnostic(tmp_path / "wrist", n_episodes=1, n_frames=5, seed=3, cameras=("left_wrist",),

@@ -23,7 +23,7 @@ from flow_extraction.frames import iter_frames
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.anypos_layout import CAPTION, write_anypos
+from samples.anypos_layout import CAPTION, write_anypos
 from sources import SOURCES, SourceError
 from sources.anypos import ALOHA_NAMES, AnyPosSource, view_boxes
 from pipelines.stages import BadInput
@@ -33,7 +33,7 @@ TASK = "random_exploration"
 
 @pytest.fixture(scope="session")
 def task_agnostic(tmp_path_factory) -> Path:
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.sim_task_agnostic import write_task_agnostic
 
     root = tmp_path_factory.mktemp("anypos_src") / "aloha_random"
     write_task_agnostic(root, n_episodes=2, n_frames=12, seed=3, workers=1)
@@ -124,7 +124,7 @@ def test_anypos_bad_episodes_are_quarantined_with_reasons(tmp_path, anypos):
 
 def test_the_sample_pyramid_writes_an_anypos_set_the_demo_ingests(tmp_path):
     from pipelines.config import load_config
-    from pipelines.samples.pyramid import write_anypos_sample
+    from samples.pyramid import write_anypos_sample
 
     samples = tmp_path / "samples"
     samples.mkdir()

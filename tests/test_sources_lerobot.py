@@ -27,7 +27,7 @@ from flow_extraction.frames import iter_frames
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
+from samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
 from sources import SOURCES, SourceError
 from sources.lerobot import LeRobotSource, composite_t_layout
 

@@ -23,7 +23,7 @@ from catalog import Catalog
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
+from samples.lerobot_ds import HEAD, JOINT_NAMES, WRISTS, sample_episodes, write_lerobot
 
 N_V2, V2_SEED, V3_SEED = 3, 4, 5
 REPO = "quirks"

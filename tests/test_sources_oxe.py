@@ -27,7 +27,7 @@ from media.tfrecord_frames import frame_uri, iter_tfrecord_frames, parse_frame_u
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.oxe_rlds import write_oxe
+from samples.oxe_rlds import write_oxe
 from sources import SOURCES, SourceError
 from sources.oxe import OXESource
 from pipelines.stages import BadInput

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from catalog import Catalog
 from pipelines.cli import app
 from pipelines.config import config_from_dict
-from pipelines.samples.oxe_rlds import write_oxe
+from samples.oxe_rlds import write_oxe
 from media.tfrecord import encode_example, parse_example, write_records
 from tests.test_sources_oxe import oracle_example, oracle_records
 
@@ -267,7 +267,7 @@ def write_builder(root: Path, name: str, flat: dict, lengths=(6, 8), text: str =
 
 
 def test_sample_datasets_map_to_keys_their_written_features_json_has():
-    from pipelines.samples.oxe_rlds import SCHEMAS, features_json
+    from samples.oxe_rlds import SCHEMAS, features_json
     from sources.oxe_keys import OXE_DATASETS, flatten_features, resolve_key_map
 
     # the trees the sample generator writes (and taco_play's); all 53 table datasets: tests/test_sources_oxe_table.py

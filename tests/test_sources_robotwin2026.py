@@ -24,7 +24,7 @@ from media.hdf5_images import decode_image_bytes, has_xpl_rgb_marker, iter_hdf5_
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.sim_robotwin import (convert_to_2026, encode_jpegs_like_robotwin, encode_jpegs_xpolicylab,
+from samples.sim_robotwin import (convert_to_2026, encode_jpegs_like_robotwin, encode_jpegs_xpolicylab,
                                             write_robotwin_2026)
 from sources import SourceError, load_actions
 from sources.robotwin import RoboTwinSource, joint_vector

@@ -22,8 +22,8 @@ from catalog import Catalog
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.real_clips import SSV2_FPS, SSV2_HEIGHT, write_ego4d, write_ssv2
-from pipelines.samples.real_footage import VP9_OPTIONS, encode_video, resize_to_height
+from samples.real_clips import SSV2_FPS, SSV2_HEIGHT, write_ego4d, write_ssv2
+from samples.real_footage import VP9_OPTIONS, encode_video, resize_to_height
 from sources import SOURCES, SourceError
 from sources import ego4d as ego4d_module
 from sources import ego4d_video

@@ -13,7 +13,7 @@ from catalog import Catalog
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.lerobot_ds import HEAD, write_lerobot
+from samples.lerobot_ds import HEAD, write_lerobot
 
 
 def _move_and_link(path: Path, to: Path) -> Path:

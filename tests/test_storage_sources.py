@@ -21,7 +21,7 @@ from common import storage
 from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
-from pipelines.samples.lerobot_ds import write_lerobot
+from samples.lerobot_ds import write_lerobot
 from tests.s3_server import ACCESS_KEY, SECRET_KEY
 
 VIDEO = "videos/chunk-000/observation.images.cam_high/episode_{:06d}.mp4"

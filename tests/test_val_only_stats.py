@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines.shard import train_stats
-from pipelines.samples.shard_sets import clip_members, footage_clips, write_shard_set
+from samples.shard_sets import clip_members, footage_clips, write_shard_set
 from training_hooks.loader import LoaderConfig, make_loader
 from manifests.shard_format import write_tar
 

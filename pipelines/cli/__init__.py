@@ -30,7 +30,7 @@ def samples(
     defects: bool = typer.Option(True, "--defects/--no-defects", help="Add deliberately bad items."),
 ):
     """Generate the sample pyramid (all six-tier formats we can make offline) in official on-disk layouts."""
-    from pipelines.samples.pyramid import generate_sample_pyramid
+    from samples.pyramid import generate_sample_pyramid
 
     cfg = _config(None, workdir)
     target = out or cfg.path("samples")

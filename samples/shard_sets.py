@@ -86,7 +86,7 @@ def footage_clips(n: int, size: tuple[int, int] = (96, 80), n_frames: tuple[int,
     import cv2
 
     from flow_extraction.frames import fit_canvas, to_canvas
-    from pipelines.samples.real_footage import load_source, resample
+    from samples.real_footage import load_source, resample
 
     rng = np.random.default_rng(seed)
     sources = [load_source("bikes"), load_source("carphone")]
@@ -205,5 +205,5 @@ def write_shard_set(root: str | Path, clips: Sequence[Clip], samples_per_shard: 
             entries.append(index_entry(root, rel, split, None, index, [c.item_id for c in chunk]))
     stats = stats if stats is not None else train_stats(clips)
     write_index(root, entries, stats, {"video_format": video_format, "jpeg_quality": quality,
-                                       "writer": "pipelines/samples/shard_sets.py"})
+                                       "writer": "samples/shard_sets.py"})
     return read_index(root)

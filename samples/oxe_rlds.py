@@ -13,7 +13,7 @@ fields real datasets carry is trimmed to a few representative ones, which reader
 
 Motion: a commanded end-effector path per episode (position, roll-pitch-yaw, gripper; its own speed and changing
 direction, `sim_oxe.motion`) drives a MuJoCo ViperX arm through inverse kinematics on its gripper link
-(pipelines/samples/sim_oxe.py), and the images are rendered from that arm. Actions are the path's per-step deltas
+(samples/sim_oxe.py), and the images are rendered from that arm. Actions are the path's per-step deltas
 (fractal/kuka: `world_vector`, `rotation_delta`, a relative `gripper_closedness_action` of +1 close / −1 open / 0;
 bridge: a flat 7-d delta with an absolute gripper) or velocities (droid), so the action caused the frames:
 RLDS step t holds the image rendered BEFORE action t is applied, and action t moves the hand from the pose
@@ -37,8 +37,8 @@ import av
 import cv2
 import numpy as np
 
-from pipelines.samples.sim_oxe import VIEWS, ArmSim, motion, quat_to_rpy, rpy_to_quat
-from pipelines.samples.files import atomic_path as _atomic, write_json as _write_json
+from samples.sim_oxe import VIEWS, ArmSim, motion, quat_to_rpy, rpy_to_quat
+from samples.files import atomic_path as _atomic, write_json as _write_json
 from media.tfrecord import TFRecordWriter, encode_example
 
 VERSION = "0.1.0"

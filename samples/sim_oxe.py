@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.samples.mujoco_render import SimCamera, aloha_model_path, look_at_quat
+from samples.mujoco_render import SimCamera, aloha_model_path, look_at_quat
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip

@@ -82,8 +82,8 @@ import cv2
 import h5py
 import numpy as np
 
-from pipelines.samples.mujoco_render import SimCamera, body_names, cam2world_gl, run_render_jobs
-from pipelines.samples.files import atomic_path, h5_compressed, write_h264, write_json
+from samples.mujoco_render import SimCamera, body_names, cam2world_gl, run_render_jobs
+from samples.files import atomic_path, h5_compressed, write_h264, write_json
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip

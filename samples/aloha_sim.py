@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipelines.samples.mujoco_render import aloha_model_path, look_at_quat
+from samples.mujoco_render import aloha_model_path, look_at_quat
 
 # mujoco must be imported after mujoco_render has set MUJOCO_GL.
 import mujoco  # noqa: E402  isort: skip

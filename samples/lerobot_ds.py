@@ -186,7 +186,7 @@ def write_lerobot(root: str | Path, n_episodes: int, seed: int = 0, version: str
         if actions != "absolute":
             raise ValueError("planted action defects need absolute actions")
         if index < len(episodes):  # the state follows the damaged command one step later, as the samples' servo
-            from pipelines.samples.defects import STATE_DAMAGE, damage_actions, damage_state
+            from samples.defects import STATE_DAMAGE, damage_actions, damage_state
 
             ep = episodes[index]
             if kind in STATE_DAMAGE:
@@ -210,7 +210,9 @@ def _write_v3(root: Path, repo_name: str, episodes: list[Episode], fps: int, siz
               cameras: list[str]) -> None:
     # Offline, and a quiet encoder (SVT-AV1 prints its configuration for every file it writes).
     with _env(HF_HUB_OFFLINE="1", SVT_LOG="1"):
-        import pipelines  # noqa: F401  the torchvision CPU shim, before lerobot imports torchvision
+        from common.torch_compat import install_import_hook
+
+        install_import_hook()  # the torchvision CPU shim, before lerobot imports torchvision
         from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
         level = av.logging.get_level()
