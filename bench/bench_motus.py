@@ -24,7 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training_hooks.motus import Motus, MotusConfig  # noqa: E402
+from training_hooks.motus import Motus  # noqa: E402
+from training_hooks.motus_config import MotusConfig  # noqa: E402
 from training_hooks.train import (SyntheticMotion, TrainConfig, evaluate, load_motus, load_train_config,  # noqa: E402
                                   make_optimizer, train)
 

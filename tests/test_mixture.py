@@ -108,7 +108,7 @@ def test_bad_weights_are_clear_errors(pyramid):
 
 def test_trainer_logs_the_realised_mixture(pyramid, tmp_path):
     """metrics.csv gets each tier's share per row; mixture.json, the result and the checkpoint the counts."""
-    from training_hooks.motus import MotusConfig
+    from training_hooks.motus_config import MotusConfig
     from training_hooks.train import TrainConfig, shard_batches, train
 
     model = MotusConfig(work_size=[16, 16], patch_size=8, n_layers=1, n_heads=2, head_dim=8, d_video=16,
@@ -136,7 +136,7 @@ def test_trainer_logs_the_realised_mixture(pyramid, tmp_path):
 def test_a_weighted_stream_fills_batches_from_fewer_clips(pyramid):
     """Stage 3 on a few target episodes: one clip weighted alone still fills batches of 4 (its stream repeats);
     unweighted, the trainer refuses a train split smaller than a batch."""
-    from training_hooks.motus import MotusConfig
+    from training_hooks.motus_config import MotusConfig
     from training_hooks.train import TrainConfig, shard_batches
 
     tc = TrainConfig(model=MotusConfig(text_dim=LANG_DIM, num_video_frames=2), batch_size=4)

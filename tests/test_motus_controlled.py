@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training_hooks.motus import MotusConfig
+from training_hooks.motus_config import MotusConfig
 from training_hooks.train import SyntheticMotion, TrainConfig, evaluate, load_motus, train
 
 torch.set_num_threads(1)

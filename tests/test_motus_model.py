@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from training_hooks.motus import MODES, Motus, MotusConfig, apply_rotary, rotary
+from training_hooks.motus import Motus
+from training_hooks.motus_config import MODES, MotusConfig
+from training_hooks.motus_layers import apply_rotary, rotary
 
 torch.set_num_threads(1)
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 import yaml
 
-from training_hooks.motus import MODES, Motus, MotusConfig
+from training_hooks.motus import Motus
+from training_hooks.motus_config import MODES, MotusConfig
 from training_hooks.train import (CHECKPOINT_KIND, ActionMeans, SyntheticMotion, TrainConfig, build_model, evaluate,
                                   format_eval, load_motus, load_train_config, main, param_digest, train)
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from training_hooks.motus import MotusConfig
+from training_hooks.motus_config import MotusConfig
 
 Batch = dict[str, torch.Tensor]
 TrainBatches = Callable[[int, int, int], Iterator[Batch]]  # (step_offset, rank, world_size) -> batches

@@ -37,7 +37,8 @@ from common.config import build_dataclass, read_yaml_mapping
 from training_hooks.data import Batch, SyntheticMotion, TrainBatches, derive_seed, shard_batches
 from training_hooks.evaluation import ACTION_ERRORS, ActionMeans, evaluate, format_eval, window_groups
 from training_hooks.mixture import TIERS, MixtureCounter, format_mixture
-from training_hooks.motus import MODES, Motus, MotusConfig, check_mode_shares
+from training_hooks.motus import Motus
+from training_hooks.motus_config import MODES, MotusConfig, check_mode_shares
 
 # v2: the shared rotary clock, mode shares and scaled positions; v1 checkpoints hold other weights and keys
 CHECKPOINT_KIND = "motus-pyramid/motus/v2"
