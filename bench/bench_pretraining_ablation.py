@@ -54,6 +54,8 @@ ARMS = ("latent_pretrained", "random_latents", "scratch")
 CORPUS_VERSION = 1
 # stage-2 mixture: every tier the same share, whatever its clip count (Octo-style dataset weights)
 TIER_WEIGHTS = {1: 1.0, 2: 1.0, 3: 1.0, 4: 1.0, 5: 1.0, 6: 1.0}
+# stage 3 (and scratch): the VLA is scored, so it gets half the steps; the IDM keeps reading the video
+STAGE3_SHARES = {"vla": 0.5, "idm": 0.3, "joint": 0.1, "wm": 0.1}
 
 
 # --- the corpus ---------------------------------------------------------------------------------------------------
@@ -121,16 +123,23 @@ def build_shards(out: Path, scale: int, vae_steps: int, target: str, fraction: f
 # --- the arms -----------------------------------------------------------------------------------------------------
 
 def train_configs(steps: int, stage3_steps: int, seed: int, eval_windows: int, eval_steps: int,
-                  image: tuple[int, int], action_dim: int, target: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(stage-2 YAML mapping, stage-3 YAML mapping) from configs/train_demo.yaml."""
+                  image: tuple[int, int], action_dim: int, target: str,
+                  stage3_shares: dict[str, float]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(stage-2 YAML mapping, stage-3 YAML mapping) from configs/train_demo.yaml. Stage 2 keeps the config's mode
+    curriculum, its switch steps scaled to the stage-2 length; stage 3 (and scratch) trains with `stage3_shares`,
+    VLA-heavy by default because the VLA is what the ablation scores."""
     base = yaml.safe_load(TRAIN_CONFIG.read_text())
     base.update(seed=seed, checkpoint_every=10**6, log_every=20, threads=1, warmup_steps=20, eval_steps=eval_steps)
     base["loader"].update(height=image[0], width=image[1])
     s2 = copy.deepcopy(base)
     s2.update(stage=2, steps=steps - stage3_steps, eval_windows=0, eval_every=10**6)
+    if base.get("mode_shares_schedule"):
+        s2["mode_shares_schedule"] = {int(k * s2["steps"] / base["steps"]): v
+                                      for k, v in base["mode_shares_schedule"].items()}
     s2["loader"]["tier_weights"] = dict(TIER_WEIGHTS)
     s3 = copy.deepcopy(base)
-    s3.update(stage=3, steps=stage3_steps, eval_windows=eval_windows, eval_every=10**6)
+    s3.update(stage=3, steps=stage3_steps, eval_windows=eval_windows, eval_every=10**6, mode_shares_schedule=None)
+    s3["model"]["mode_shares"] = dict(stage3_shares)
     s3["model"].update(action_dim=action_dim, state_dim=action_dim, action_time=1.0)
     # the few target episodes as one endless weighted stream: fewer clips than a batch is fine
     s3["loader"].update(windows_per_clip=1, source_weights={target: 1.0})
@@ -150,7 +159,7 @@ def run_training(cfg_map: dict[str, Any], shards: Path, out: Path, device: str) 
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace, runs: Path, action_dim: int) -> dict[str, Any]:
     s2, s3 = train_configs(args.steps, args.stage3_steps, seed, args.eval_windows, args.eval_steps,
-                           tuple(args.image_size), action_dim, args.target)
+                           tuple(args.image_size), action_dim, args.target, args.stage3_shares)
     t0 = time.perf_counter()
     record: dict[str, Any] = {"arm": arm, "seed": seed}
     if arm == "scratch":
@@ -207,6 +216,8 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     ap.add_argument("--device", default="cpu", help="torch device for training (cpu | cuda)")
     ap.add_argument("--out", type=Path, default=None, help="corpus + runs (default bench_out/pretraining_ablation_s<scale>)")
+    ap.add_argument("--stage3-shares", type=json.loads, default=dict(STAGE3_SHARES),
+                    help='mode shares of stage 3 and of scratch, JSON (default %(default)s)')
     ap.add_argument("--corpus-only", action="store_true", help="build the shared corpus and stop")
     args = ap.parse_args()
     if not 0 < args.stage3_steps < args.steps:

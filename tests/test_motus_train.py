@@ -182,7 +182,9 @@ def test_stage3_starts_from_a_stage2_checkpoint(tmp_path):
     stage2 = tiny_config(steps=2, checkpoint_every=2)
     make_train, make_val = data_for(stage2)
     train(stage2, make_train, make_val, tmp_path / "stage2", progress=False)
-    stage3_model = MotusConfig(**{**TINY_MODEL, "action_dim": 5, "state_dim": 2, "n_registers": 4, "action_ratio": 2})
+    # stage 3 also brings its own training settings (here: VLA-heavy mode shares); the weights stay stage 2's
+    stage3_model = MotusConfig(**{**TINY_MODEL, "action_dim": 5, "state_dim": 2, "n_registers": 4, "action_ratio": 2,
+                                  "mode_shares": {"vla": 0.7, "idm": 0.3}})
     stage3 = tiny_config(steps=2, stage=3, model=stage3_model, init_from=str(tmp_path / "stage2/checkpoints/last.pt"))
     before, _ = load_motus(stage3.init_from)
     model = build_model(stage3)

@@ -170,6 +170,10 @@ def load_motus(path: str | os.PathLike) -> tuple[Motus, dict[str, Any]]:
     return model.eval(), state
 
 
+# model settings that say how it trains, not what its weights are: stage 3 takes them from its own config
+STAGE3_TRAINING_KEYS = ("mode_shares", "time_sampling", "video_loss_weight", "action_loss_weight")
+
+
 def build_model(cfg: TrainConfig) -> Motus:
     """A fresh model, or for stage 3 with init_from the stage-2 model with its action head swapped."""
     torch.manual_seed(cfg.seed)
@@ -178,11 +182,13 @@ def build_model(cfg: TrainConfig) -> Motus:
     model, _ = load_motus(cfg.init_from)
     m = cfg.model
     model.swap_action_head(m.action_dim, m.state_dim, m.n_registers, m.action_ratio, m.action_time)
+    # how stage 3 trains (not what the weights are) is this config's
+    model.cfg = dataclasses.replace(model.cfg, **{k: getattr(m, k) for k in STAGE3_TRAINING_KEYS})
     differ = _differing(dataclasses.asdict(model.cfg), dataclasses.asdict(m), "model.")
     if differ:
         raise ValueError(f"init_from {cfg.init_from} has other shared sizes than this config: {differ} "
                          "(only action_dim, state_dim, n_registers, action_ratio and action_time may change in "
-                         "stage 3)")
+                         f"stage 3, and the training settings {', '.join(STAGE3_TRAINING_KEYS)})")
     return model.train()
 
 
