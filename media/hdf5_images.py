@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from common.errors import BadInput
-from media.hdf5_open import UnsafeHDF5, open_hdf5
+from media.hdf5_open import open_hdf5_input
 
 XPL_RGB_MARKER = b"XPL-RGB1"  # payload of the JPEG COM segment XPolicyLab's encode_image_bit stamps
 
@@ -95,13 +95,7 @@ def image_encoding(ds: h5py.Dataset) -> str:
 def iter_hdf5_frames(path: str, key: str) -> Iterator[np.ndarray]:
     """RGB frames of the image dataset `key` in an episode HDF5 (media URI `episode.hdf5#key`), either layout."""
     name = Path(path).name
-    try:
-        h5 = open_hdf5(path)
-    except OSError as e:
-        raise BadInput(f"unreadable HDF5 {name}: {e}") from e
-    except UnsafeHDF5 as e:
-        raise BadInput(str(e)) from None
-    with h5:
+    with open_hdf5_input(path) as h5:
         if key not in h5:
             raise BadInput(f"missing key {key} in {name}")
         ds = h5[key]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import h5py
 
+from common.errors import BadInput
+
 
 class UnsafeHDF5(ValueError):
     """An HDF5 file links outside its folder."""
@@ -60,3 +62,13 @@ def open_hdf5(path: str | os.PathLike) -> h5py.File:
         h5.close()
         raise OSError(f"damaged HDF5 structure: {e}") from e
     return h5
+
+
+def open_hdf5_input(path: str | os.PathLike) -> h5py.File:
+    """`open_hdf5` for a source's input file: an unreadable or unsafe file is `BadInput` (quarantined), named."""
+    try:
+        return open_hdf5(path)
+    except OSError as e:
+        raise BadInput(f"unreadable HDF5 {Path(path).name}: {e}") from e
+    except UnsafeHDF5 as e:
+        raise BadInput(str(e)) from None

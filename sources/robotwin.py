@@ -43,7 +43,7 @@ import h5py
 import numpy as np
 
 from media.hdf5_images import image_encoding, image_reader
-from media.hdf5_open import UnsafeHDF5, open_hdf5
+from media.hdf5_open import open_hdf5, open_hdf5_input
 from sources.media import check_finite, file_checksum, fingerprint
 from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
 from common.errors import BadInput
@@ -165,13 +165,7 @@ class RoboTwinSource(SourceAdapter):
 
     def probe(self, ref: ItemRef) -> dict[str, Any]:
         path = Path(ref.input_uri)
-        try:
-            h5 = open_hdf5(path)
-        except OSError as e:
-            raise BadInput(f"unreadable HDF5 {path.name}: {e}") from e
-        except UnsafeHDF5 as e:
-            raise BadInput(str(e)) from None
-        with h5:
+        with open_hdf5_input(path) as h5:
             layout = self._layout(h5)
             if layout == LAYOUT_2026:
                 facts = self._probe_2026(h5, ref)
