@@ -42,6 +42,7 @@ import yaml  # noqa: E402
 
 from bench.bench_latent_quality import CONFIG, build_corpus  # noqa: E402
 from catalog import Catalog  # noqa: E402
+from manifests.io import atomic_write_text  # noqa: E402
 from manifests.shard_format import read_index  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
 from pipelines.label import run_label  # noqa: E402
@@ -158,6 +159,11 @@ def run_training(cfg_map: dict[str, Any], shards: Path, out: Path, device: str) 
 
 
 def run_arm(arm: str, seed: int, args: argparse.Namespace, runs: Path, action_dim: int) -> dict[str, Any]:
+    """Train one arm (resuming its runs) and return its record; an arm finished before (its `arm.json`, written
+    last) is read back, so seeds can run in separate processes and one more call prints the whole table."""
+    done_path = runs / f"{arm}_s{seed}" / "arm.json"
+    if done_path.exists():
+        return json.loads(done_path.read_text())
     s2, s3 = train_configs(args.steps, args.stage3_steps, seed, args.eval_windows, args.eval_steps,
                            tuple(args.image_size), action_dim, args.target, args.stage3_shares)
     t0 = time.perf_counter()
@@ -172,6 +178,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, runs: Path, action_di
         record["stage2_loss"] = stage2.last.get("loss")
     stage3 = run_training(s3, args.out / "shards_target", runs / f"{arm}_s{seed}" / "stage3", args.device)
     record.update(eval=stage3.eval, stage3_loss=stage3.last.get("loss"), wall_s=round(time.perf_counter() - t0, 1))
+    atomic_write_text(done_path, json.dumps(record, indent=1, default=str))
     return record
 
 
