@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
+from typing import Any
+
+# flow backends: name → the module that makes it. A module provides `from_config(fc: FlowConfig)` → a FlowBackend
+# (flow_extraction/base.py), and may provide `prepare(fc) → fc`, run once by the flow job before any worker starts
+# (to fail early, or to pin what workers should load). A new backend is its module and one line here.
+BACKENDS = {"dis": "flow_extraction.dis", "dpflow": "flow_extraction.dpflow"}
 
 # DIS knob → smallest allowed value (flow_extraction/dis.py sets them on OpenCV's object)
 DIS_KNOB_MIN = {"finest_scale": 0, "patch_size": 2, "patch_stride": 1, "gradient_descent_iterations": 1,
@@ -77,3 +84,10 @@ class FlowConfig:
         if self.flow_size:
             return int(self.flow_size[0]), int(self.flow_size[1])
         return tuple(min(2 * int(s), int(w)) for s, w in zip(self.store_size, self.working_size))  # type: ignore
+
+
+def backend_module(fc: FlowConfig) -> Any:
+    """The module of `fc.backend` (imported now: DPFlow's pulls in torch, so only when it is the one used)."""
+    if fc.backend not in BACKENDS:
+        raise ValueError(f"flow.backend: {fc.backend!r} is not one of {', '.join(BACKENDS)}")
+    return importlib.import_module(BACKENDS[fc.backend])

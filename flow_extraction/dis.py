@@ -68,3 +68,8 @@ class DISBackend:
         tuned = "".join(f"+{SETTERS[k][1]}{v}" for k, v in self.knobs.items())
         return {"backend": "dis", "checkpoint": f"opencv-{cv2.__version__}/{self.preset}{tuned}", "device": "cpu",
                 "precision": "fp32"}
+
+
+def from_config(fc: Any) -> DISBackend:
+    """The DIS backend of a FlowConfig: its preset and `dis_*` knobs."""
+    return DISBackend(fc.dis_preset, **fc.dis_knobs())

@@ -316,3 +316,21 @@ class DPFlowBackend:
                                        "(CUDA out of memory); lower batch_size")
                 out[start:stop] = outputs["flows"][:, 0].float().cpu().numpy()
         return out
+
+
+def prepare(fc: Any) -> Any:
+    """Before any worker starts: fail when the weights cannot be found; a local checkpoint file is given to the
+    workers (maybe on other nodes) by its absolute path."""
+    import dataclasses
+
+    resolved = resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init,
+                                  allow_download=fc.dpflow_allow_download)
+    if resolved and Path(resolved).exists():
+        fc = dataclasses.replace(fc, dpflow_checkpoint=str(Path(resolved).resolve()))
+    return fc
+
+
+def from_config(fc: Any) -> DPFlowBackend:
+    """The DPFlow backend of a FlowConfig: its checkpoint, batch size and weight policy."""
+    return DPFlowBackend(fc.dpflow_checkpoint, batch_size=fc.batch_size, allow_random=fc.dpflow_random_init,
+                         allow_download=fc.dpflow_allow_download)

@@ -18,7 +18,7 @@ import yaml
 
 from common import storage
 from common.config import ConfigError, build_dataclass, read_yaml_mapping  # noqa: F401 (ConfigError: the CLI's)
-from flow_extraction.config import FlowConfig, check_dis_knobs
+from flow_extraction.config import BACKENDS as FLOW_BACKENDS, FlowConfig, check_dis_knobs
 from latent_action_vae.config import VAEConfig
 
 
@@ -184,8 +184,8 @@ def validate(cfg: PipelineConfig) -> None:
     if cfg.samples.scale < 1:
         raise ConfigError("samples.scale must be >= 1")
     f = cfg.flow
-    if f.backend not in ("dis", "dpflow"):
-        raise ConfigError(f"flow.backend: {f.backend!r} is not one of dis, dpflow")
+    if f.backend not in FLOW_BACKENDS:
+        raise ConfigError(f"flow.backend: {f.backend!r} is not one of {', '.join(FLOW_BACKENDS)}")
     if f.grid not in ("native", "delta"):
         raise ConfigError(f"flow.grid: {f.grid!r} is not one of native, delta")
     if f.delta_s <= 0 or (f.fps is not None and f.fps <= 0):

@@ -24,7 +24,7 @@ from catalog import Catalog
 from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
 from flow_extraction.base import ScaledBackend
-from flow_extraction.config import FlowConfig
+from flow_extraction.config import FlowConfig, backend_module
 from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
 from pipelines.config import PipelineConfig
@@ -51,15 +51,7 @@ class FlowBackends:
 
 def make_backends(flow_cfg: dict[str, Any]) -> FlowBackends:
     fc = FlowConfig(**flow_cfg)
-    if fc.backend == "dpflow":
-        from flow_extraction.dpflow import DPFlowBackend
-
-        frames = DPFlowBackend(fc.dpflow_checkpoint, batch_size=fc.batch_size, allow_random=fc.dpflow_random_init,
-                               allow_download=fc.dpflow_allow_download)
-    else:
-        from flow_extraction.dis import DISBackend
-
-        frames = DISBackend(fc.dis_preset, **fc.dis_knobs())
+    frames = backend_module(fc).from_config(fc)
     if fc.flow_hw() != tuple(fc.working_size):
         frames = ScaledBackend(frames, tuple(fc.working_size), fc.flow_hw())
     sim = None
@@ -289,13 +281,9 @@ class FlowReport:
 def run_flow(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = False, progress: bool = True,
              console: Console | None = None) -> FlowReport:
     fc = cfg.flow
-    if fc.backend == "dpflow":  # fail before any worker starts when the weights cannot be found
-        from flow_extraction.dpflow import resolve_checkpoint
-
-        resolved = resolve_checkpoint(fc.dpflow_checkpoint, allow_random=fc.dpflow_random_init,
-                                      allow_download=fc.dpflow_allow_download)
-        if resolved and Path(resolved).exists():  # a file: workers (maybe on other nodes) get its absolute path
-            fc = dataclasses.replace(fc, dpflow_checkpoint=str(Path(resolved).resolve()))
+    prepare = getattr(backend_module(fc), "prepare", None)
+    if prepare is not None:  # e.g. DPFlow: fail before any worker starts when the weights cannot be found
+        fc = prepare(fc)
     root = cfg.artifacts_dir / "flow"
 
     def plan(catalog: Catalog) -> Iterator[dict[str, Any]]:  # streamed: the driver draws it in chunks

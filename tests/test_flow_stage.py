@@ -212,3 +212,20 @@ def test_dis_knobs_redo_frame_flow_items_and_bad_values_stop_the_config(workdir)
     cfg.flow.dis_patch_stride, cfg.flow.dis_refinement_iterations = None, -2  # e.g. a typo for 2
     with pytest.raises(ConfigError, match="refinement_iterations must be an integer >= 0"):
         validate(cfg)
+
+
+def test_a_new_backend_is_its_module_and_one_registry_line(workdir, monkeypatch):
+    from flow_extraction.config import BACKENDS
+
+    with pytest.raises(Exception, match="flow.backend: 'constant' is not one of dis, dpflow"):
+        setup_catalog(workdir, backend="constant")
+    monkeypatch.setitem(BACKENDS, "constant", "tests.constant_flow_backend")
+    cfg = setup_catalog(workdir, backend="constant", store_size=[48, 40], flow_size=[96, 80])
+    report, stats, items, arts = flow_run(cfg)
+    assert report.stage.counts["done"] == len(items) == 5 and len(arts) == 5
+    for item_id in items:
+        art = read_flow_artifact(stats[item_id]["artifact_path"])
+        assert art.meta["backend"] == "constant" and art.valid.any()
+        flow = art.flow.astype(np.float32)
+        # one pixel right at the 96x80 flow size is four canvas pixels (384 / 96); nothing moves down
+        assert np.allclose(flow[:, 0][art.valid], 4.0) and np.allclose(flow[:, 1][art.valid], 0.0)
