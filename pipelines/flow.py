@@ -30,6 +30,7 @@ from flow_extraction.stats import MotionFilter, StatsAccumulator
 from pipelines.config import PipelineConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
 from pipelines.stages import BadInput, Outcome, Resources, Stage
+from sources import SOURCES
 
 
 def delta_frames(delta_s: float, fps: float) -> int:
@@ -72,11 +73,9 @@ def sim_media(row: Mapping[str, Any], camera: int) -> tuple[str, str] | None:
     uri = row["media_uris"][min(camera, len(cams) - 1)]
     if cam not in extras.get("sim_cameras", cams):  # e.g. a wrist view rendered without depth: flow from pixels
         return None
-    if row["source"] == "task_agnostic":
-        return str(Path(uri).parent / "sim.h5"), cam
-    if row["source"] == "robotwin" and cam == "head_camera":
-        return uri.split("#", 1)[0], cam
-    return None
+    adapter = SOURCES.get(row["source"])
+    path = adapter.sim_media(row, cam, uri) if adapter is not None else None
+    return (path, cam) if path else None
 
 
 class _Writer:

@@ -88,6 +88,12 @@ class SourceAdapter(ABC):
         """The item's actions, float64 [frame_count, action_dim] at the item's native fps (labelled sources only)."""
         raise NotImplementedError(f"{cls.name} items carry no actions")
 
+    @classmethod
+    def sim_media(cls, row: dict[str, Any], camera: str, uri: str) -> str | None:
+        """The file holding exact-flow extras (depth, segmentation, poses) for `camera` of an item whose extras
+        say it has them, or None: flow from pixels. Sources written by our simulators say where they keep them."""
+        return None
+
     def outside_root(self, uri: str | None) -> str | None:
         """Why the local file named by `uri` (the path before any `#`) must not be read: it resolves, through a
         symlink, outside the source root and `link_roots`; None when it may be read (inside them, a hub cache

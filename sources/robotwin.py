@@ -305,6 +305,11 @@ class RoboTwinSource(SourceAdapter):
         return raw, "additional_info/frequency (Hz)", raw
 
     @classmethod
+    def sim_media(cls, row: dict[str, Any], camera: str, uri: str) -> str | None:
+        # our RoboTwin sample keeps depth, segmentation and poses for the head camera inside the episode HDF5
+        return uri.split("#", 1)[0] if camera == "head_camera" else None
+
+    @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
         path = row["input_uri"]
         with open_hdf5(path) as h5:

@@ -60,6 +60,10 @@ class TaskAgnosticSource(SourceAdapter):
             yield ItemRef(self.item_id(native_id), native_id, str(ep), fingerprint(watched))
 
     @classmethod
+    def sim_media(cls, row: dict[str, Any], camera: str, uri: str) -> str | None:
+        return str(Path(uri).parent / "sim.h5")  # every rendered camera's extras, beside the episode's videos
+
+    @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
         path = Path(row["input_uri"]) / "actions.npy"
         try:
