@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sources.ssv2 import strip_brackets
 from samples.real_footage import (SOURCE_FILES, VP9_OPTIONS, X264_OPTIONS, encode_video, load_source, probe,
-                                            resample, resize_to_height, write_json)
+                                  resample, resize_to_height, write_json)
 
 __all__ = ["write_ssv2", "write_ego4d", "SSV2_FPS", "SSV2_HEIGHT", "EGO4D_FPS"]
 
@@ -104,11 +105,6 @@ def _uuid4(rng: np.random.Generator) -> str:
 # ---------------------------------------------------------------------------------------------- SSv2
 
 
-def _strip_brackets(template: str) -> str:
-    """labels.json keys are templates with the brackets removed: "Holding something next to something"."""
-    return re.sub(r"\[(.*?)\]", r"\1", template)
-
-
 def _fill(template: str, placeholders: list[str]) -> str:
     """The released ``label`` is the template filled in, lower case: "holding potato next to ..."."""
     fillers = iter(placeholders)
@@ -117,7 +113,7 @@ def _fill(template: str, placeholders: list[str]) -> str:
 
 def ssv2_class_index() -> dict[str, str]:
     """labels.json: bracket-free template -> class index as a *string*, numbered in alphabetical order."""
-    names = sorted({_strip_brackets(t) for entries in SSV2_TEMPLATES.values() for t, _ in entries})
+    names = sorted({strip_brackets(t) for entries in SSV2_TEMPLATES.values() for t, _ in entries})
     return {name: str(i) for i, name in enumerate(names)}
 
 

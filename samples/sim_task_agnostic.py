@@ -50,7 +50,7 @@ import h5py
 import numpy as np
 
 from samples.aloha_sim import (CONTROL_HZ, DT, FRONT_CAMERA, WRIST_FOVY, RandomJointTargets, aloha_constants,
-                                         aloha_model, command_to_ctrl, measured_joints)
+                               aloha_model, command_to_ctrl, measured_joints)
 from samples.files import atomic_path, h5_compressed, write_h264, write_json, write_npy
 from samples.mujoco_render import SimCamera, body_names, camera_extrinsics, run_render_jobs
 

@@ -25,7 +25,7 @@ from pipelines.config import config_from_dict
 from pipelines.ingest import ingest
 from pipelines.runners import LocalRunner
 from samples.sim_robotwin import (convert_to_2026, encode_jpegs_like_robotwin, encode_jpegs_xpolicylab,
-                                            write_robotwin_2026)
+                                  write_robotwin_2026)
 from sources import SourceError, load_actions
 from sources.robotwin import RoboTwinSource, joint_vector
 
