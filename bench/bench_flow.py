@@ -35,6 +35,7 @@ import numpy as np  # noqa: E402
 
 from common.torch_compat import set_worker_threads  # noqa: E402
 from flow_extraction.artifacts import read_flow_artifact  # noqa: E402
+from flow_extraction.base import end_point_error  # noqa: E402
 from flow_extraction.config import FlowConfig  # noqa: E402
 from flow_extraction.dis import DISBackend  # noqa: E402
 from flow_extraction.frames import _open_media, _start_s, iter_frames  # noqa: E402
@@ -137,10 +138,6 @@ def stored(out: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.concatenate([a.flow.astype(np.float32) for a in arts]), np.concatenate([a.valid for a in arts]))
 
 
-def epe(flow: np.ndarray, ref: np.ndarray, valid: np.ndarray) -> float:
-    return float(np.sqrt(((flow - ref) ** 2).sum(1))[valid].mean())
-
-
 def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: Path, only: str | None = None) -> None:
     import re
 
@@ -182,8 +179,9 @@ def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: 
 
     _, (ref, ref_valid), _ = results[BEFORE]
     print(f"\n3. EPE of the stored flow (96x80, canvas px); real footage: mean |flow| of {BEFORE} "
-          f"{epe(0 * ref, ref, ref_valid):.2f} px; rendered: {len(exact)} pairs of exact sim flow, "
-          f"zero flow's EPE {epe(0 * exact, exact, exact_valid):.3f} px ({epe(0 * exact, exact, moving):.2f} px where "
+          f"{end_point_error(0 * ref, ref, ref_valid):.2f} px; rendered: {len(exact)} pairs of exact sim flow, "
+          f"zero flow's EPE {end_point_error(0 * exact, exact, exact_valid):.3f} px "
+          f"({end_point_error(0 * exact, exact, moving):.2f} px where "
           f"exact |flow| > {MOVING_PX} px, {moving.sum() / exact_valid.sum():.1%} of valid pixels)")
     print(f"   {'setting':26s} {'vs same preset @384x320':>24s} {'vs ' + BEFORE:>22s} {'vs exact sim flow':>18s} "
           f"{'(moving pixels)':>16s}")
@@ -192,10 +190,10 @@ def stage_vs_decode(rows: list[dict], sim_rows: list[dict], repeats: int, root: 
         vs_full = np.nan
         if full_name in results:
             _, (full, full_valid), _ = results[full_name]
-            vs_full = epe(flow, full, valid & full_valid)
-        vs_before = epe(flow, ref, valid & ref_valid)
-        vs_exact = epe(sflow, exact, svalid & exact_valid)
-        vs_moving = epe(sflow, exact, svalid & moving)
+            vs_full = end_point_error(flow, full, valid & full_valid)
+        vs_before = end_point_error(flow, ref, valid & ref_valid)
+        vs_exact = end_point_error(sflow, exact, svalid & exact_valid)
+        vs_moving = end_point_error(sflow, exact, svalid & moving)
         print(f"   {name:26s} {vs_full:24.3f} {vs_before:22.3f} {vs_exact:18.3f} {vs_moving:16.3f}")
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from manifests.io import atomic_write, atomic_write_text
 from latent_action_vae.baselines import MOVING_PX, PCA, POOL_GRID, consecutive_pairs, information_bits, s_pcfc
 from latent_action_vae.collect import (UNKNOWN, Collected, FlowBaselines, _row_lookup, collect,  # noqa: F401
                                        fit_flow_baselines)
@@ -340,7 +340,8 @@ def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batche
             *(c.select(m[name]) for c, m in zip(collected, masks)), ridge, active_threshold, fit.pca))
         for name in scopes}
     examples = pick_examples(held.examples, n_pictures)
-    write_bytes_atomic(out_dir / PICTURE_NAME, encode_png(draw_reconstructions(examples, flow_scale_px)))
+    png = encode_png(draw_reconstructions(examples, flow_scale_px))
+    atomic_write(out_dir / PICTURE_NAME, lambda f: f.write(png))
     report[META] = {
         "scopes": scopes,
         "counts": {"train_pairs": len(train), "train_labelled": int(train.probe_ready.sum()),
@@ -363,22 +364,8 @@ def evaluate(model: torch.nn.Module, random_model: torch.nn.Module, train_batche
                                                      "source": e.source, "epe_px": e.epe_px} for e in examples]},
     }
     report = _json_safe(report)
-    write_bytes_atomic(out_dir / JSON_NAME, (json.dumps(report, indent=2) + "\n").encode())
+    atomic_write_text(out_dir / JSON_NAME, json.dumps(report, indent=2) + "\n")
     return report
-
-
-# ================================================================================================ output
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write via a temporary sibling + rename, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _json_safe(obj: Any) -> Any:

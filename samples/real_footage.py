@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-from contextlib import contextmanager
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import av
 import cv2
 import numpy as np
+
+from samples.files import atomic_path
 
 SOURCE_FILES = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
 
@@ -90,27 +90,15 @@ def resize_to_height(frames: np.ndarray, height: int) -> np.ndarray:
     return np.stack([cv2.resize(f, (width, height), interpolation=interp) for f in frames])
 
 
-@contextmanager
-def _atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``final``; move it into place only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")  # same directory, so os.replace is atomic
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_json(path: Path, obj: Any) -> None:
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=1) + "\n")
 
 
 def encode_video(path: Path, frames: np.ndarray, fps: int, codec: str, fmt: str, options: dict[str, str]) -> None:
     """Encode RGB frames at a constant ``fps`` (pts = frame index) with PyAV, atomically."""
     h, w = frames.shape[1:3]
-    with _atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         # The temp name has no usable extension, so the container format must be given explicitly.
         with av.open(str(tmp), "w", format=fmt) as out:
             stream = out.add_stream(codec, rate=fps, options=options)

@@ -4,7 +4,6 @@ giving it another clip's future frames makes it much worse."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
 from training_hooks.motus_config import MotusConfig
