@@ -35,6 +35,9 @@ _PRIMARY_KEYS = {
 }
 
 
+SNAPSHOT_TRIES = 4  # copies of a catalog being written, each of up to storage.snapshot's own tries
+
+
 class CatalogLockedError(RuntimeError):
     """Another process holds the catalog open for writing."""
 
@@ -151,8 +154,16 @@ class Catalog:
     def _open_snapshot(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         self._snapshot_dir = Path(tempfile.mkdtemp(prefix="pyramid-catalog-snapshot-"))
         try:
-            taken_at = _now()
-            con = storage.connect(storage.snapshot(self.path, self._snapshot_dir), read_only)
+            for attempt in range(SNAPSHOT_TRIES):
+                taken_at = _now()
+                copy = storage.snapshot(self.path, self._snapshot_dir)
+                try:
+                    con = storage.connect(copy, read_only)
+                    break
+                except duckdb.Error as e:  # the writer checkpointed while every copy was taken: a torn file
+                    if attempt == SNAPSHOT_TRIES - 1:
+                        raise CatalogLockedError(f"could not take a consistent snapshot of {self.path} while "
+                                                 f"another job writes it ({e}); try again") from e
         except BaseException:
             shutil.rmtree(self._snapshot_dir, ignore_errors=True)
             raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import struct
 from pathlib import Path
 
@@ -35,7 +36,9 @@ def snapshot(path: Path, into: Path, tries: int = 8) -> Path:
     copy replays its WAL). A copy during which the writer changed either file is taken again, up to `tries` times;
     the last one is kept (DuckDB replays only the WAL's complete commits)."""
     files = [path, Path(f"{path}.wal")]
-    for _ in range(tries):
+    for attempt in range(tries):
+        if attempt:
+            time.sleep(0.005 * 2 ** attempt)  # a busy writer: give it a moment between its writes
         before = [_signature(f) for f in files]
         for f in files:
             dst = into / f.name
