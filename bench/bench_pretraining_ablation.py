@@ -183,7 +183,7 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, runs: Path, action_di
 
 
 FIGURES = (("VLA mean", "vla_mean_action_mse"), ("VLA 1x", "vla_action_mse"), ("IDM mean", "idm_mean_action_mse"),
-           ("zero", "zero_action_mse"), ("emb mean", "embodiment_mean_action_mse"))
+           ("zero", "zero_action_mse"), ("emb mean", "embodiment_mean_action_mse"), ("hold state", "hold_state_action_mse"))
 
 
 def summarise(records: list[dict[str, Any]]) -> list[str]:

@@ -299,6 +299,21 @@ def test_evaluate_reports_baselines_per_tier_and_embodiment():
     assert own["embodiment_mean_action_mse"] < own["zero_action_mse"]
 
 
+def test_evaluate_holds_the_state_as_a_baseline_where_actions_are_as_wide():
+    cfg = MotusConfig(**{**TINY_MODEL, "state_dim": TINY_MODEL["action_dim"]})
+    torch.manual_seed(0)
+    batches = SyntheticMotion(8, cfg, IMAGE, seed=3).val_batches(4)
+    result = evaluate(Motus(cfg), batches, num_steps=2, max_windows=8)
+    actions = torch.cat([b["action_sequence"] for b in batches])[:8].float()
+    state = torch.cat([b["initial_state"] for b in batches])[:8].float()
+    torch.testing.assert_close(result["hold_state_action_mse"], ((actions - state[:, None]) ** 2).mean().item())
+    assert result["hold_state_action_mse"] != result["zero_action_mse"]
+    assert "hold state" in format_eval(result)
+    narrow = MotusConfig(**{**TINY_MODEL, "state_dim": 2})  # a state of another width: no such baseline
+    result = evaluate(Motus(narrow), SyntheticMotion(8, narrow, IMAGE, seed=3).val_batches(4), num_steps=2)
+    assert "hold_state_action_mse" not in result and "hold state" not in format_eval(result)
+
+
 def test_older_checkpoints_are_refused_clearly(tmp_path):
     cfg = tiny_config(steps=2, checkpoint_every=2)
     make_train, make_val = data_for(cfg)

@@ -1,5 +1,6 @@
 """Held-out evaluation of the compact Motus: action MSE of VLA and IDM (one sample and the posterior mean), IDM on
-swapped video, the zero and per-embodiment-mean baselines, WM video; overall, per tier and per embodiment."""
+swapped video, the zero and per-embodiment-mean baselines (and, where the windows carry a state as wide as the
+action, holding that state), WM video; overall, per tier and per embodiment."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ class ActionMeans:
 # (the average of `mean_samples` samples of `mean_steps` Euler steps; with mean_samples 1, one step from t=1,
 # x0 = ε − v); idm_swapped gives IDM another window's future frames (a model that reads the video gets worse);
 # zero and embodiment_mean are the baselines
-ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean")
+ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean", "hold_state")
 
 
 @torch.no_grad()
@@ -102,6 +103,9 @@ def evaluate(model: Motus, batches: Iterable[Batch], num_steps: int = 10, seed: 
                   "idm": err(model.idm(first, video, num_steps=num_steps, **cond)),
                   "idm_mean": err(posterior_mean(model.idm, first, video, cond, mean_samples, mean_steps)),
                   "zero": err(torch.zeros_like(actions))}
+        if state is not None and state.shape[-1] == actions.shape[-1]:
+            # every action = the window's initial state: the bar for absolute joint targets (normalised units)
+            errors["hold_state"] = err(state[:keep, None, :].float().expand_as(actions))
         if B > 1:  # another window's future frames (the next one in the batch)
             errors["idm_swapped"] = err(posterior_mean(model.idm, first, video.roll(1, dims=0), cond, mean_samples,
                                                        mean_steps))
@@ -148,9 +152,10 @@ def format_eval(result: dict[str, Any]) -> str:
         return "eval: no held-out windows"
     keys = [k for k in ACTION_ERRORS if f"{k}_action_mse" in result]
     heads = {"vla": "VLA 1x", "vla_mean": "VLA mean", "idm": "IDM 1x", "idm_mean": "IDM mean",
-             "idm_swapped": "IDM swap", "zero": "zero", "embodiment_mean": "emb mean"}
+             "idm_swapped": "IDM swap", "zero": "zero", "embodiment_mean": "emb mean", "hold_state": "hold state"}
+    baselines = " / ".join(heads[k] for k in ("zero", "embodiment_mean", "hold_state") if k in keys)
     lines = [f"eval: action MSE on {result['samples']} held-out windows (1x: one sample; mean: posterior mean; "
-             f"swap: IDM given another window's video; zero / emb mean: baselines); WM video MSE "
+             f"swap: IDM given another window's video; {baselines}: baselines); WM video MSE "
              f"{result.get('wm_video_mse', float('nan')):.4f}",
              f"  {'':<24}{'n':>5}" + "".join(f"{heads[k]:>10}" for k in keys)]
     groups = [("all", result)]
