@@ -17,8 +17,8 @@ def test_local_paths_stay_paths(tmp_path):
     assert not storage.is_url(tmp_path) and not storage.is_url("relative/dir")
     assert storage.is_url("s3://b/k") and storage.scheme("GS://b/k") == "gs" and storage.scheme("file:///x") is None
     assert storage.join(tmp_path, "a", "b.txt") == tmp_path / "a" / "b.txt"
-    assert storage.join("s3://b/root/", "/a/", "b.txt") == "s3://b/root/a/b.txt"
-    assert storage.parent("s3://b/root/a.tar") == "s3://b/root" and storage.name("s3://b/root/a.tar") == "a.tar"
+    assert storage.join("s3://b/prefix/", "/a/", "b.txt") == "s3://b/prefix/a/b.txt"
+    assert storage.parent("s3://b/prefix/a.tar") == "s3://b/prefix" and storage.name("s3://b/prefix/a.tar") == "a.tar"
     target = tmp_path / "x" / "y.bin"
     storage.write_bytes(f"file://{target}", b"abc")
     assert target.read_bytes() == b"abc" and storage.read_bytes(target) == b"abc"
