@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 import struct
+import time
 from pathlib import Path
 
 import duckdb

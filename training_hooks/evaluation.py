@@ -51,7 +51,7 @@ class ActionMeans:
 # action errors per evaluation: one sample (eval_steps Euler steps) and the posterior mean E[actions | inputs]
 # (the average of `mean_samples` samples of `mean_steps` Euler steps; with mean_samples 1, one step from t=1,
 # x0 = ε − v); idm_swapped gives IDM another window's future frames (a model that reads the video gets worse);
-# zero and embodiment_mean are the baselines
+# zero, embodiment_mean and hold_state (stage 3: every action = the window's initial state) are the baselines
 ACTION_ERRORS = ("vla", "vla_mean", "idm", "idm_mean", "idm_swapped", "zero", "embodiment_mean", "hold_state")
 
 
