@@ -30,7 +30,7 @@ from pipelines.flow import run_flow  # noqa: E402
 from pipelines.ingest import ingest  # noqa: E402
 from pipelines.runners import make_runner  # noqa: E402
 from samples.pyramid import SAMPLES_VERSION, generate_sample_pyramid  # noqa: E402
-from pipelines.vae import run_vae_eval, run_vae_train  # noqa: E402
+from jobs.vae import run_vae_eval, run_vae_train  # noqa: E402
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 # Objectives compared (vae.* overrides on the demo config): "before" is the objective the demo shipped with until

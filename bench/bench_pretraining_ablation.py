@@ -48,7 +48,7 @@ from pipelines.config import load_config  # noqa: E402
 from pipelines.label import run_label  # noqa: E402
 from pipelines.runners import make_runner  # noqa: E402
 from pipelines.shard import plan_shards, run_shard, shard_settings, stable_order, train_stats, write_shard_set  # noqa: E402
-from pipelines.vae import run_vae_train  # noqa: E402
+from jobs.vae import run_vae_train  # noqa: E402
 
 TRAIN_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "train_demo.yaml"
 ARMS = ("latent_pretrained", "random_latents", "scratch")

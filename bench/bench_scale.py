@@ -179,7 +179,7 @@ def status_timing(tmp: Path, n_items: int) -> None:
     # as installed: bytecode cached (this checkout may run with PYTHONDONTWRITEBYTECODE; the cache goes to tmp)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(PYTHONPATH=str(REPO), COLUMNS="200", PYTHONPYCACHEPREFIX=str(tmp / "pycache"))
-    cmd = [sys.executable, "-m", "pipelines.cli", "status", "--workdir", str(work)]
+    cmd = [sys.executable, "-m", "jobs.cli", "status", "--workdir", str(work)]
     runs = []
     for _ in range(3):  # the first fills the bytecode cache
         before = resource.getrusage(resource.RUSAGE_CHILDREN)

@@ -24,7 +24,7 @@ from pipelines.flow import run_flow  # noqa: E402
 from pipelines.ingest import ingest  # noqa: E402
 from pipelines.label import run_label  # noqa: E402
 from pipelines.runners import make_runner  # noqa: E402
-from pipelines.vae import run_vae_train  # noqa: E402
+from jobs.vae import run_vae_train  # noqa: E402
 
 
 def main() -> None:

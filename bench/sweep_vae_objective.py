@@ -56,7 +56,7 @@ def export(workdir: str, out: str, config: str | None) -> None:
     from latent_action_vae.data import PairSampler, compute_action_stats, stats_to_dict
     from latent_action_vae.train import flow_manifest_rows
     from pipelines.config import load_config
-    from pipelines.vae import excluded_items
+    from jobs.vae import excluded_items
 
     cfg = load_config(config, workdir=workdir)
     vc = cfg.vae

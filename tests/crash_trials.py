@@ -43,7 +43,7 @@ TRAIN = {"steps": 40, "batch_size": 2, "checkpoint_every": 10, "log_every": 5, "
 
 
 def command(stage: str, workdir: Path) -> list[str]:
-    base = [sys.executable, "-m", "pipelines.cli"]
+    base = [sys.executable, "-m", "jobs.cli"]
     cfg = ["--config", str(workdir / "pyramid.yaml"), "--workdir", str(workdir)]
     if stage == "vae":
         return [*base, "vae", "train", *cfg]

@@ -12,7 +12,7 @@ from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.label import run_label
 from pipelines.runners import make_runner
-from pipelines.vae import run_vae_train
+from jobs.vae import run_vae_train
 
 TINY = {"runner.engine": "local", "flow.store_size": [32, 32], "vae.image_size": 32,
         "vae.widths": [8, 16, 32, 64, 128], "vae.latent_channels": 64, "vae.hidden": 64, "vae.batch_size": 8,

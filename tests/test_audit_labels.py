@@ -20,7 +20,7 @@ from pipelines.label import run_label
 from pipelines.runners import make_runner
 from samples import defects
 from pipelines.shard import run_shard
-from pipelines.vae import run_vae_eval, run_vae_train
+from jobs.vae import run_vae_eval, run_vae_train
 from tests.test_vae_train_label import prepared
 
 LABEL_CHECKS = ("latent_collapse", "latent_action_agreement", "flow_backend_mixing", "label_checkpoint")

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from audit.checks.content import held_pictures
 from audit.config import AuditConfig
 from audit.media import media_facts, run_media_stage
-from pipelines.cli import app
+from jobs.cli import app
 from samples.defects import write_h264_ticks
 from samples.lerobot_ds import HEAD, write_lerobot
 

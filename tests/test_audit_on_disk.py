@@ -8,7 +8,7 @@ import shutil
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from jobs.cli import app
 from samples import defects
 from samples.lerobot_ds import write_lerobot
 from samples.oxe_rlds import write_oxe

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from audit import run_audit
 from catalog import Catalog
-from pipelines.cli import app
+from jobs.cli import app
 from pipelines.config import load_config
 from pipelines.flow import run_flow
 from pipelines.ingest import ingest

@@ -2,7 +2,7 @@
 
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from jobs.cli import app
 
 cli = CliRunner()
 

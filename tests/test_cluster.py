@@ -91,7 +91,7 @@ def cluster(tmp_path):
 
 
 def _pyramid(args: list[str], workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", *args, "--config", str(workdir / "sim.yaml"),
+    out = subprocess.run([sys.executable, "-m", "jobs.cli", *args, "--config", str(workdir / "sim.yaml"),
                           "--workdir", str(workdir)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     return out

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from jobs.cli import app
 from pipelines.export_lerobot import ACTION, CAMERA, LATENT, export_lerobot
 from samples.shard_sets import decode_index, footage_clips, index_coded_clip, write_shard_set
 from manifests.shard_format import decode_sample, group_samples, read_tar

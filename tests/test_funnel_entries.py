@@ -10,7 +10,7 @@ from audit.context import AuditContext
 from audit.funnel import funnel
 from catalog import Catalog
 from catalog.entries import entry_of
-from pipelines.cli import app
+from jobs.cli import app
 from pipelines.config import config_from_dict
 from samples.lerobot_ds import write_lerobot
 from tests.test_sources_oxe_quirks import cli_ingest

@@ -131,7 +131,7 @@ def test_a_hub_token_never_reaches_the_output_or_the_catalog(tmp_path, cache, mo
     the fetched data stores no environment in the catalog's run records."""
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from jobs.cli import app
 
     secret = "hf_" + "Zq" * 17
     monkeypatch.setenv("HF_TOKEN", secret)

@@ -13,7 +13,7 @@ import time
 
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from jobs.cli import app
 
 JOB = textwrap.dedent("""
     import sys

@@ -20,7 +20,7 @@ from pipelines.label import read_latents, run_label
 from pipelines.runners import make_runner
 from pipelines.shard import clean_stale, plan_shards, run_shard
 from sources import load_actions
-from pipelines.vae import run_vae_train
+from jobs.vae import run_vae_train
 from manifests.shard_format import decode_sample, group_samples, read_tar
 from tests.pipeline_setup import TINY as SETUP_TINY, labelled_workdir
 
@@ -407,7 +407,7 @@ def test_a_copied_workdir_works_where_it_lands(labelled, tmp_path):
     from typer.testing import CliRunner
 
     from audit import run_audit
-    from pipelines.cli import app
+    from jobs.cli import app
     from rich.console import Console
 
     from training_hooks.loader import LoaderConfig, make_loader

@@ -13,7 +13,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from catalog import Catalog
-from pipelines.cli import app
+from jobs.cli import app
 from pipelines.config import config_from_dict
 from samples.oxe_rlds import write_oxe
 from media.tfrecord import encode_example, parse_example, write_records

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from jobs.cli import app
 from sources import SourceError
 from sources.ssv2 import SSv2Source
 from tests.test_sources_ssv2_ego4d import N_CLIPS, ego, load, real_trees, run, ssv2, trees  # noqa: F401  fixtures

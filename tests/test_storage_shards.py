@@ -167,7 +167,7 @@ def test_pyramid_train_reads_shards_from_the_bucket(built, tmp_path):
     import yaml
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from jobs.cli import app
 
     _, _, remote = built
     lang = read_index(remote.root)["stats"].get("language") or {}
@@ -187,7 +187,7 @@ def test_pyramid_train_reads_shards_from_the_bucket(built, tmp_path):
 def test_export_reads_the_bucket_and_writes_to_one(built, tmp_path):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from jobs.cli import app
 
     cfg, local, remote = built
     runner = CliRunner()

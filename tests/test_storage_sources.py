@@ -148,7 +148,7 @@ def test_the_workdir_and_its_artifacts_stay_local(key, tmp_path):
 def test_pyramid_train_refuses_a_bucket_as_run_folder(tmp_path):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from jobs.cli import app
 
     result = CliRunner().invoke(app, ["train", "--shards", "s3://my-bucket/v1", "--out", "s3://my-bucket/runs/a"])
     assert result.exit_code == 2 and "the run folder is local" in result.output
@@ -158,7 +158,7 @@ def test_pyramid_train_refuses_a_bucket_as_run_folder(tmp_path):
 def test_a_bucket_workdir_on_the_command_line_is_a_config_error():
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from jobs.cli import app
 
     result = CliRunner().invoke(app, ["status", "--workdir", "s3://my-bucket/run1"])  # typer makes it s3:/my-bucket/run1
     said = " ".join(result.output.split())
@@ -212,7 +212,7 @@ def test_audit_source_reads_a_bucket_root_through_its_mirror(dataset, s3_bucket,
     names the bucket URL, a second audit downloads nothing, and a root that is not there exits 2 without a secret."""
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from jobs.cli import app
 
     url = f"{s3_bucket}/datasets/aloha_demo"
     upload(dataset, url)

@@ -95,7 +95,7 @@ def test_bad_align_head_names_the_key():
 def test_checkpoint_keeps_the_heads_with_their_names_and_resumes_exactly(workdir):
     from catalog import Catalog
     from latent_action_vae.train import ResumeMismatch, load_vae, read_vae_checkpoint
-    from pipelines.vae import run_vae_train
+    from jobs.vae import run_vae_train
     from tests.test_vae_train_label import metrics, prepared
 
     cfg = prepared(workdir, **{"vae.align_head": "linear", "vae.lambda_align": 20.0, "vae.labelled_fraction": 0.5})

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from latent_action_vae.train import checkpoint_identity
 from manifests.checkpoints import load_checkpoint
-from pipelines.cli import app
+from jobs.cli import app
 
 pytestmark = pytest.mark.slow
 

@@ -78,7 +78,7 @@ def test_config_names_the_key():
 def test_training_starts_from_pca_logs_it_and_resumes_exactly(workdir, capsys):
     from catalog import Catalog
     from latent_action_vae.train import read_vae_checkpoint
-    from pipelines.vae import run_vae_train
+    from jobs.vae import run_vae_train
     from tests.test_vae_train_label import metrics, prepared
 
     cfg = prepared(workdir, **{"vae.coarse_skip": True, "vae.coarse_weight": 10.0, "vae.coarse_skip_init": "pca"})

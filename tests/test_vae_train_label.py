@@ -15,7 +15,7 @@ from pipelines.flow import run_flow
 from pipelines.ingest import ingest
 from pipelines.label import densify, read_latents, run_label
 from pipelines.runners import make_runner
-from pipelines.vae import run_vae_train
+from jobs.vae import run_vae_train
 
 TINY_VAE = {"vae.image_size": 32, "vae.widths": [8, 16, 32, 64, 128], "vae.latent_channels": 64, "vae.hidden": 64,
             "vae.batch_size": 8, "vae.steps": 4, "vae.log_every": 1, "vae.checkpoint_every": 2, "vae.threads": 1}
@@ -254,7 +254,7 @@ def test_align_embodiments_limits_which_actions_align_latents(workdir):
 def test_audit_flagged_copies_stay_out_of_vae_training_and_evaluation(workdir):
     import shutil
 
-    from pipelines.vae import run_vae_eval
+    from jobs.vae import run_vae_eval
 
     episodes = workdir / "samples" / "task_agnostic" / "aloha_random" / "episodes"
     original = sorted(p.name for p in episodes.iterdir())[0]

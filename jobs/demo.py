@@ -23,7 +23,7 @@ from pipelines.export import export_motus
 from pipelines.label import run_label
 from pipelines.report import (arrow_to_rich, evaluation_table, funnel_table, inventory_table, latent_stats_table,
                               reasons_table, shards_table)
-from pipelines.vae import run_vae_eval, run_vae_train
+from jobs.vae import run_vae_eval, run_vae_train
 from pipelines.runners import runner_from_config
 from samples.pyramid import SAMPLES_VERSION, generate_sample_pyramid
 from pipelines.shard import run_shard

@@ -60,7 +60,7 @@ def run_vae_train(cfg: PipelineConfig, catalog: Catalog, resume: bool = True, st
 
 
 def _train_in_processes(cfg: PipelineConfig, nproc: int, resume: bool, steps: int | None, exclude: dict[str, str]):
-    """`torchrun --standalone --nproc_per_node N -m pipelines.vae` with the resolved config and the excluded items
+    """`torchrun --standalone --nproc_per_node N -m jobs.vae` with the resolved config and the excluded items
     in a temp folder; the ranks' output passes through; rank 0 reports the result as its last line."""
     import json
     import subprocess
@@ -76,7 +76,7 @@ def _train_in_processes(cfg: PipelineConfig, nproc: int, resume: bool, steps: in
         (Path(tmp) / "config.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
         (Path(tmp) / "exclude.json").write_text(json.dumps(exclude))
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "pipelines.vae", "--config", str(Path(tmp) / "config.yaml"),
+               "-m", "jobs.vae", "--config", str(Path(tmp) / "config.yaml"),
                "--exclude", str(Path(tmp) / "exclude.json"), "--result", str(Path(tmp) / "result.json")]
         cmd += (["--steps", str(steps)] if steps is not None else []) + ([] if resume else ["--no-resume"])
         done = subprocess.run(cmd)
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from latent_action_vae.train import train_vae
     from pipelines.config import load_config
 
-    ap = argparse.ArgumentParser(prog="python -m pipelines.vae")
+    ap = argparse.ArgumentParser(prog="python -m jobs.vae")
     ap.add_argument("--config", required=True)
     ap.add_argument("--exclude", required=True)
     ap.add_argument("--result", required=True)

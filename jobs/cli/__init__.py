@@ -10,9 +10,9 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from pipelines.cli.audit import audit
-from pipelines.cli.export import export_app
-from pipelines.cli.shared import (ConfigOpt, EngineOpt, RayAddressOpt, WorkdirOpt, _config, _open_catalog, _runner,
+from jobs.cli.audit import audit
+from jobs.cli.export import export_app
+from jobs.cli.shared import (ConfigOpt, EngineOpt, RayAddressOpt, WorkdirOpt, _config, _open_catalog, _runner,
                                   console, err)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="motus-pyramid: the Motus data pyramid to labelled training shards.")
@@ -106,7 +106,7 @@ def vae_train(
     nproc: int = typer.Option(1, "--nproc", min=1, help="Processes on this machine (torchrun, gloo), each training on batches of its own."),
 ):
     """Train the DC-AE latent-action VAE on the flow manifest (90% reconstruction, 10% action alignment, KL)."""
-    from pipelines.vae import run_vae_train
+    from jobs.vae import run_vae_train
 
     cfg = _config(config, workdir)
     err.print(cfg.to_yaml(), highlight=False)
@@ -128,7 +128,7 @@ def vae_eval(
 ):
     """Evaluate on held-out groups: probe R²/MSE vs random-init and mean baselines, EPE, active dims."""
     from pipelines.report import evaluation_table
-    from pipelines.vae import run_vae_eval
+    from jobs.vae import run_vae_eval
 
     cfg = _config(config, workdir)
     with _open_catalog(cfg) as cat:
@@ -326,7 +326,7 @@ def demo(
     engine: Optional[str] = typer.Option(None, "--engine", help="ray (default), beam or local."),
 ):
     """The main job on built-in data: generate the sample pyramid, ingest it with Ray, print the funnel."""
-    from pipelines.demo import run_demo
+    from jobs.demo import run_demo
 
     cfg = _config(config, workdir, **{"runner.engine": engine, "samples.scale": scale})
     run_demo(cfg, console=console, err=err)

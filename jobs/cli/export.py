@@ -8,7 +8,7 @@ from typing import Any, Callable, Optional
 import typer
 from rich.markup import escape
 
-from pipelines.cli.shared import ConfigOpt, WorkdirOpt, _config, console, err
+from jobs.cli.shared import ConfigOpt, WorkdirOpt, _config, console, err
 
 export_app = typer.Typer(no_args_is_help=True, help="Export shards to other training layouts.")
 

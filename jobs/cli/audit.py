@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.markup import escape
 
-from pipelines.cli.shared import ConfigOpt, WorkdirOpt, _config, _open_catalog, _runner, console, err
+from jobs.cli.shared import ConfigOpt, WorkdirOpt, _config, _open_catalog, _runner, console, err
 
 
 def audit(
