@@ -2,7 +2,7 @@
 
 An adapter reads one dataset exactly as its publisher ships it. `discover()` runs in the driver and only
 lists inputs (cheap: no decoding); `probe(ref)` runs in workers, opens the input, validates it and returns the
-item's catalog row (`discover()` may add source-level lines to `notes`). The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
+item's record (`manifests.items.Item`) (`discover()` may add source-level lines to `notes`). The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
 official split (e.g. SSv2's label files) as "train", "val" or "test". Unusable input raises
 `BadInput(reason)` so the item is quarantined with the reason and the run goes on.
 
@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from manifests import actions
+from manifests.items import Item, dumps_extras  # noqa: F401 - dumps_extras: adapters import it from here
 
 
 # a file of a Hugging Face hub cache: <cache>/<type>s--<owner>--<name>/blobs/<git sha1 or sha256>
@@ -81,7 +82,7 @@ class SourceAdapter(ABC):
     def discover(self) -> Iterator[ItemRef]: ...
 
     @abstractmethod
-    def probe(self, ref: ItemRef) -> dict[str, Any]: ...
+    def probe(self, ref: ItemRef) -> Item: ...
 
     @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
@@ -107,14 +108,11 @@ class SourceAdapter(ABC):
         return (f"{path} is a symlink (or lies under one) to {real}, outside the source root {self.root}: not "
                 "read; list the target folder in the source option link_roots to ingest it")
 
-    def base_row(self, ref: ItemRef) -> dict[str, Any]:
-        return {"item_id": ref.item_id, "source": self.name, "native_id": ref.native_id, "tier": self.tier,
-                "input_uri": ref.input_uri}
-
-
-# The action/state columns of video-only items (human video: nothing to align latent actions with).
-HUMAN_VIDEO = dict(embodiment="human", action_dim=0, action_names=[], action_semantics=[], action_timing=None,
-                   state_dim=0, state_names=[], has_actions=False)
+    def item(self, ref: ItemRef, **known: Any) -> Item:
+        """The item record of `ref`: its ids, tier and input from here, the rest what the adapter knows (the
+        record's defaults say what follows from it)."""
+        return Item(item_id=ref.item_id, source=self.name, native_id=ref.native_id, tier=self.tier,
+                    input_uri=ref.input_uri, **known)
 
 
 def action_meaning(options: Mapping[str, Any], names: Sequence[str], default: Any, timing: str,
@@ -129,7 +127,3 @@ def action_meaning(options: Mapping[str, Any], names: Sequence[str], default: An
     except ValueError as e:
         raise SourceError(str(e)) from None
     return semantics, timing, came_from
-
-
-def dumps_extras(extras: dict[str, Any]) -> str:
-    return json.dumps(extras, sort_keys=True, default=str)
