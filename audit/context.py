@@ -72,14 +72,16 @@ class AuditContext:
     @cached_property
     def actions(self) -> dict[str, np.ndarray | str]:
         """item id → actions [T, D] of items that have them, or the reason they could not be read."""
-        from sources import load_actions
+        from sources import item_actions
 
+        files = {r["item_id"]: r["path"] for r in self.catalog.done("ingest").to_pylist()
+                 if r["kind"] == "actions"} if self.catalog is not None else {}  # a dataset on disk: its source
         out: dict[str, np.ndarray | str] = {}
         for row in self.items:
             if not row["has_actions"]:
                 continue
             try:
-                out[row["item_id"]] = np.asarray(load_actions(row), np.float64)
+                out[row["item_id"]] = item_actions({**row, "actions_path": files.get(row["item_id"])})
             except Exception as e:  # noqa: BLE001 - as above
                 out[row["item_id"]] = str(e) if isinstance(e, BadInput) else f"{type(e).__name__}: {e}"
         return out

@@ -121,7 +121,7 @@ def lerobot_rows(kind: str, root: Path, options: dict[str, Any]) -> tuple[Tables
 
 def probed_rows(cfg: PipelineConfig, console: Console) -> tuple[list[dict], list[dict]]:
     """Every item the source's adapter lists, probed in this process: (rows, quarantine records)."""
-    from pipelines.ingest import discover_tasks, probe_item
+    from pipelines.ingest import discover_tasks, probe_item  # the row only: nothing is written
 
     errors: dict[str, str] = {}
     tasks = list(discover_tasks(cfg, console, errors=errors))  # one dataset: its task list is small

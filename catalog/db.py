@@ -347,6 +347,23 @@ class Catalog:
             self.con.unregister("_wanted")
         return {item_id: (status, fp) for item_id, status, fp in rows}
 
+    def registered_files(self, stage: str, item_ids: Sequence[str]) -> dict[str, list[str]]:
+        """item_id -> the paths of the files `stage` registered for it, for `item_ids` (items without any are left
+        out)."""
+        if not item_ids:
+            return {}
+        self.con.register("_wanted", pa.table({"item_id": pa.array(list(item_ids), pa.string())}))
+        try:
+            rows = self.con.execute(
+                "SELECT a.item_id, a.path FROM artifacts a SEMI JOIN _wanted w ON a.item_id = w.item_id "
+                "WHERE a.stage = ?", [stage]).fetchall()
+        finally:
+            self.con.unregister("_wanted")
+        out: dict[str, list[str]] = {}
+        for item_id, path in rows:
+            out.setdefault(item_id, []).append(path)
+        return out
+
     def done(self, stage: str) -> pa.Table:
         """The files `stage` registered for the items whose `stage` is done (item_id, path, bytes, blake2b, kind),
         by item id. SQL that joins other tables reads the same rule as `JOIN done_items('<stage>') USING (item_id)`,

@@ -29,7 +29,7 @@ from common.errors import BadInput
 from flow_extraction.frames import native_frame_index
 from latent_action_vae.config import VAEConfig
 from manifests.actions import pair_action, row_semantics
-from sources import load_actions
+from sources import item_actions
 
 ACTION_WIDTH = 14  # Motus's latent-action width; embodiments with fewer dims are padded and masked
 
@@ -81,10 +81,11 @@ def read_pairs(path: str | Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _item_actions(row: Mapping[str, Any]) -> np.ndarray:
-    """load_actions, with the item named in every failure (the trainer's error must point at the file)."""
+    """The item's actions (its action file, `item_actions`), with the item named in every failure (the trainer's
+    error must point at the file)."""
     item_id = row["item_id"]
     try:
-        actions = load_actions(dict(row))
+        actions = item_actions(row)
     except BadInput as e:
         if item_id in str(e):
             raise

@@ -60,16 +60,19 @@ def remove_leftovers(stage: str, folders: Sequence[Any], console: Any) -> int:
 
 def plan(catalog: Catalog, stage: str, tasks: Sequence[Mapping[str, Any]], force: bool = False):
     """Split one chunk of tasks into (to do, skipped) by the catalog's stage state of those items, each task's input
-    fingerprint and, for a task that names its output file (`out_path`), whether that file still exists: done
-    means the output is there."""
+    fingerprint and whether its output is still there: the file a task names (`out_path`), or else every file the
+    stage registered for the item (a stage whose items may or may not write one, e.g. ingest's action files)."""
     if force:
         return list(tasks), []
     state = catalog.stage_state(stage, [t["item_id"] for t in tasks])
+    registered = catalog.registered_files(stage, [t["item_id"] for t in tasks if not t.get("out_path")
+                                                  and state.get(t["item_id"], ("",))[0] == "done"])
     todo, skipped = [], []
     for t in tasks:
         prev = state.get(t["item_id"])
+        outputs = [t["out_path"]] if t.get("out_path") else registered.get(t["item_id"], [])
         if (prev and prev[0] in SKIP_STATUSES and prev[1] == t.get("input_fingerprint")
-                and not (prev[0] == "done" and t.get("out_path") and not Path(t["out_path"]).exists())):
+                and not (prev[0] == "done" and not all(Path(p).exists() for p in outputs))):
             skipped.append(t)
         else:
             todo.append(t)
@@ -246,10 +249,11 @@ def run_item_stage(decl: ItemStage, catalog: Catalog, runner: Any, force: bool =
         tasks = decl.plan(catalog)
 
         def on_done(outcomes: list[Outcome]) -> None:
-            if decl.artifact_kind:
+            if decl.artifact_kind:  # a result without a file (e.g. ingest of an item without actions) has none
                 catalog.add_artifacts({"item_id": o.item_id, "stage": decl.name, "kind": decl.artifact_kind,
                                        "path": o.result["path"], "bytes": o.result["bytes"],
-                                       "blake2b": o.result["checksum"], "run_id": run_id} for o in outcomes)
+                                       "blake2b": o.result["checksum"], "run_id": run_id}
+                                      for o in outcomes if o.result.get("path"))
             if decl.record:
                 decl.record(catalog, outcomes, run_id)
 

@@ -313,8 +313,10 @@ def flow_manifest(catalog: Catalog):
         SELECT i.item_id, i.source, i.tier, i.group_id, i.split, i.embodiment, i.has_actions, i.action_dim,
                i.action_semantics, i.action_timing,
                i.fps AS native_fps, i.frame_count, i.input_uri, i.extras,
-               f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px
+               f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px,
+               x.path AS actions_path
         FROM items i JOIN flow_stats f USING (item_id) JOIN done_items('flow') USING (item_id)
+        LEFT JOIN artifacts x ON x.item_id = i.item_id AND x.stage = 'ingest' AND x.kind = 'actions'
         ORDER BY i.item_id
         """
     )

@@ -21,7 +21,9 @@ from common.progress import make_console
 
 from catalog import Catalog
 from manifests import ITEMS, SplitRatios, assign_split, validate_rows
+from manifests.action_files import SUFFIX as ACTION_SUFFIX, write_action_file
 from manifests.io import ManifestWriter
+from flow_extraction.artifacts import artifact_path
 from common.fingerprint import fingerprint
 from pipelines.config import PipelineConfig, SourceConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
@@ -50,7 +52,23 @@ def probe_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
     return row
 
 
-INGEST = Stage("ingest", probe_item, resources=Resources(num_cpus=1, batch_size=4))
+def ingest_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
+    """Stage function: the item's catalog row (`probe_item`) and, for a labelled item, its actions read from the
+    source once and written to `task["actions_path"]`, the action file later stages read (docs/formats.md)."""
+    row = probe_item(task, _context)
+    out: dict[str, Any] = {"row": row}
+    if row["has_actions"] and task.get("actions_path"):
+        actions = np.asarray(task["adapter"].load_actions(row), np.float64)
+        if actions.ndim != 2 or actions.shape[1] != row["action_dim"]:
+            raise BadInput(f"actions have shape {actions.shape}, the item says {row['action_dim']} dims a frame")
+        if not np.isfinite(actions).all():  # adapters check too; this guards one that forgets
+            raise BadInput("non-finite values in actions")
+        size, checksum = write_action_file(task["actions_path"], row["item_id"], actions, row["action_names"])
+        out.update(path=task["actions_path"], bytes=size, checksum=checksum)
+    return out
+
+
+INGEST = Stage("ingest", ingest_item, resources=Resources(num_cpus=1, batch_size=4))
 
 
 @dataclass
@@ -63,9 +81,15 @@ class IngestReport:
     source_notes: dict[str, list[str]] = field(default_factory=dict)
 
 
+def action_path(cfg: PipelineConfig, item_id: str) -> Path:
+    """Where ingest writes an item's action file: <artifacts>/actions/<item id>.actions.parquet."""
+    return artifact_path(cfg.artifacts_dir / "actions", item_id, ACTION_SUFFIX)
+
+
 def item_fingerprint(ref: ItemRef, sc: SourceConfig, cfg: PipelineConfig) -> str:
     """The item's input (as its adapter fingerprints it) and the settings that change its row: a changed tier,
-    source option or split rule redoes the item."""
+    source option or split rule redoes the item. (Items ingested before action files keep theirs: later stages
+    read their actions from the source until `pyramid ingest --force`.)"""
     return fingerprint(str(ref.fingerprint), [sc.tier, sc.options, dataclasses.asdict(cfg.splits)])
 
 
@@ -138,7 +162,8 @@ def discover_tasks(cfg: PipelineConfig, console: Console | None = None, notes: d
                 fresh: dict[int, str] = {}  # duplicates inside the block
                 for ref, h, first in zip(block, hashes.tolist(), before.tolist()):
                     task = {"item_id": ref.item_id, "input_uri": ref.input_uri,
-                            "input_fingerprint": item_fingerprint(ref, sc, cfg), "adapter": adapter, "ref": ref}
+                            "input_fingerprint": item_fingerprint(ref, sc, cfg), "adapter": adapter, "ref": ref,
+                            "actions_path": str(action_path(cfg, ref.item_id))}
                     if first >= 0 or h in fresh:
                         task["duplicate_of"] = fresh.get(h) or f"an item of {labels[first]} discovered before it"
                         task["item_id"] = f"{ref.item_id}#dup{counts[label]}"  # keep it visible in the catalog
@@ -174,8 +199,8 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
 
     def record(catalog: Catalog, outcomes: list[Outcome], run_id: str) -> None:
         # an adapter may return the publisher's official split (e.g. SSv2's train/validation/test files)
-        rows = validate_rows(ITEMS, [{**o.result, "split": o.result.get("split")
-                                      or assign_split(o.result["group_id"], ratios)} for o in outcomes])
+        rows = validate_rows(ITEMS, [{**o.result["row"], "split": o.result["row"]["split"]
+                                      or assign_split(o.result["row"]["group_id"], ratios)} for o in outcomes])
         catalog.upsert_items(rows)
         if not run_rows:
             run_rows.append(ManifestWriter(cfg.manifests_dir / "runs" / run_id / "items.parquet",
@@ -189,7 +214,8 @@ def ingest(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = Fal
 
     try:
         run = run_item_stage(ItemStage(
-            INGEST, plan, cfg.to_dict(), record=record, after=after,
+            INGEST, plan, cfg.to_dict(), folders=[cfg.artifacts_dir / "actions"], artifact_kind="actions",
+            record=record, after=after,
             manifest=Manifest(cfg.manifests_dir / "items.parquet", "items-snapshot",
                               lambda c: c.reader("SELECT * FROM items ORDER BY item_id")),
             # what `pyramid status` shows per source, from the latest ingest

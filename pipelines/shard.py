@@ -56,13 +56,14 @@ def load_sample_context(encoder: str, encoder_path: str | None, max_tokens: int,
     return load_text_encoder(encoder, encoder_path, max_tokens)
 
 
-def _item_actions(row: Mapping[str, Any], n_frames: int, fps: float | None) -> np.ndarray | None:
+def _item_actions(row: Mapping[str, Any], actions_path: str | None, n_frames: int, fps: float | None
+                  ) -> np.ndarray | None:
     """The item's actions at the stored frames (resampled with the same rule as frames), or None."""
     if not row["has_actions"]:
         return None
-    from sources import load_actions
+    from sources import item_actions
 
-    actions = np.asarray(load_actions(dict(row)), np.float64)
+    actions = item_actions({**row, "actions_path": actions_path})
     idx = native_frame_index(np.arange(n_frames), float(row["fps"]), fps)
     if idx[-1] >= len(actions):
         raise BadInput(f"{len(actions)} action rows for {idx[-1] + 1} frames")
@@ -84,7 +85,7 @@ def build_sample(task: Mapping[str, Any], encoder) -> dict[str, Any]:
         offsets = None
     if len(latents) != n_frames - 1:
         raise BadInput(f"{len(latents)} latent rows for {n_frames} frames (expected frames − 1): relabel the item")
-    actions = _item_actions(row, n_frames, s["fps"])
+    actions = _item_actions(row, task.get("actions_path"), n_frames, s["fps"])
     lines = [line for line in (row.get("language") or []) if line.strip()]
     language = encoder.encode(lines) if (encoder is not None and lines) else []
     meta = SampleMeta(
@@ -360,10 +361,11 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
     def plan(catalog: Catalog) -> list[dict[str, Any]]:
         static = "" if cfg.shards.include_static else "AND NOT f.is_static"
         items = catalog.sql(
-            f"""SELECT i.*, a.path AS latent_path, a.blake2b AS latent_checksum FROM items i
+            f"""SELECT i.*, a.path AS latent_path, a.blake2b AS latent_checksum, x.path AS actions_path FROM items i
                 JOIN done_items('label') d ON d.item_id = i.item_id
                 JOIN artifacts a ON a.item_id = i.item_id AND a.stage = 'label'
                 JOIN flow_stats f ON f.item_id = i.item_id
+                LEFT JOIN artifacts x ON x.item_id = i.item_id AND x.stage = 'ingest' AND x.kind = 'actions'
                 WHERE true {static} ORDER BY i.item_id""").to_pylist()
         keys: dict[str, str] = {}
         for r in items:
@@ -373,9 +375,9 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
         tasks = []
         planned[:] = [r["item_id"] for r in items]  # what the shard set packs (packing is global: it holds them)
         for r in items:
-            row = {k: v for k, v in r.items() if k not in ("latent_path", "latent_checksum")}
+            row = {k: v for k, v in r.items() if k not in ("latent_path", "latent_checksum", "actions_path")}
             tasks.append({"item_id": r["item_id"], "input_uri": r["latent_path"], "latent_path": r["latent_path"],
-                          "row": row, "settings": settings,
+                          "actions_path": r["actions_path"], "row": row, "settings": settings,
                           "out_path": str(artifact_path(out_root, r["item_id"], ".sample.tar")),
                           "input_fingerprint": sample_fingerprint(r["latent_checksum"], row, settings)})
         return tasks

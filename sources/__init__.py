@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
+
+from common.errors import BadInput
+from manifests.action_files import read_action_file
 
 from sources.anypos import AnyPosSource
 from sources.base import Item, ItemRef, SourceAdapter, SourceError
@@ -32,4 +37,17 @@ def load_actions(row: dict[str, Any]):
     return SOURCES[row["source"]].load_actions(row)
 
 
-__all__ = ["Item", "ItemRef", "SOURCES", "SourceAdapter", "SourceError", "load_actions", "make_source"]
+def item_actions(row: Mapping[str, Any]) -> np.ndarray:
+    """Actions [T, D] float64 of an item: from the action file ingest wrote (the row's `actions_path`, as the
+    stages' queries join it), else, for rows without one (a manifest from before action files), from the source.
+    BadInput when the file is gone or unreadable."""
+    path = row.get("actions_path")
+    if not path:
+        return np.asarray(load_actions(dict(row)), np.float64)
+    try:
+        return read_action_file(path)
+    except (OSError, ValueError) as e:
+        raise BadInput(f"action file of {row['item_id']}: {e} (run `pyramid ingest` again to rewrite it)") from e
+
+
+__all__ = ["Item", "ItemRef", "SOURCES", "SourceAdapter", "SourceError", "item_actions", "load_actions", "make_source"]

@@ -106,12 +106,19 @@ def test_media_changed_after_ingest_is_found_by_decoding_again(workdir):
 
 
 def test_actions_out_of_bounds_or_of_the_wrong_length(workdir):
-    cfg = ingested(workdir)
-    ep1, ep2 = episode(workdir, "episode_000001"), episode(workdir, "episode_000002")
+    from manifests.action_files import read_action_file, write_action_file
+
+    ep1 = episode(workdir, "episode_000001")
     actions = np.load(ep1 / "actions.npy")
-    actions[5, 1] = 5.0  # left_arm_shoulder beyond 4 rad: finite, so ingest let it through
+    actions[5, 1] = 5.0  # left_arm_shoulder beyond 4 rad: finite, so ingest lets it through
     np.save(ep1 / "actions.npy", actions)
-    np.save(ep2 / "actions.npy", np.load(ep2 / "actions.npy")[:-3])  # rows lost after ingest
+    cfg = ingested(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        files = {r["item_id"]: r["path"] for r in cat.done("ingest").to_pylist()}
+    # the checks judge the action files the stages read: one whose rows do not match the frames (as an adapter
+    # that does not compare them would write it) is caught
+    short = files[f"{TA}/episode_000002"]
+    write_action_file(short, f"{TA}/episode_000002", read_action_file(short)[:-3])
     out = run_checks(cfg, "values_in_bounds", "actions_match_frames")
     assert list(out["values_in_bounds"].failures) == [f"{TA}/episode_000001"]
     assert "left_arm_shoulder spans" in out["values_in_bounds"].failures[f"{TA}/episode_000001"]

@@ -219,3 +219,46 @@ def test_label_files_stream_record_by_record_whatever_the_read_size(tmp_path):
         path.write_text(bad)
         with pytest.raises(SourceError, match=says):
             list(iter_json_array(path, chunk=3))
+
+
+def test_labelled_items_get_one_action_file_that_later_stages_read(workdir):
+    import duckdb
+
+    from common.errors import BadInput
+    from sources import SOURCES, item_actions
+
+    cfg, _, items, _ = run_ingest(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        files = {r["item_id"]: r["path"] for r in cat.done("ingest").to_pylist() if r["kind"] == "actions"}
+    assert sorted(files) == sorted(it["item_id"] for it in items if it["has_actions"]) and len(files) == 5
+    for it in items:  # a table any Parquet reader opens: one row per native frame, the action as a fixed-size list
+        frames, dims = duckdb.sql(f"SELECT count(*), max(len(action)) FROM '{files[it['item_id']]}'").fetchall()[0]
+        assert (frames, dims) == (it["frame_count"], it["action_dim"])
+        np.testing.assert_array_equal(item_actions({**it, "actions_path": files[it["item_id"]]}),
+                                      SOURCES[it["source"]].load_actions(it))
+
+    ta = next(it for it in items if it["source"] == "task_agnostic")
+    want = SOURCES["task_agnostic"].load_actions(ta)
+    np.save(workdir / "actions_backup.npy", want)
+    source_file = next(p for p in (workdir / "samples").rglob("actions.npy") if p.parent.name in ta["input_uri"])
+    source_file.write_bytes(b"not numpy")  # later stages read the file ingest wrote, not the source again
+    np.testing.assert_array_equal(item_actions({**ta, "actions_path": files[ta["item_id"]]}), want)
+    with pytest.raises(BadInput):
+        SOURCES["task_agnostic"].load_actions(ta)
+
+
+def test_a_deleted_action_file_is_rewritten_by_the_next_ingest(workdir):
+    from common.errors import BadInput
+    from sources import item_actions
+
+    cfg, _, items, _ = run_ingest(workdir)
+    with Catalog(cfg.catalog_path) as cat:
+        files = {r["item_id"]: r["path"] for r in cat.done("ingest").to_pylist()}
+    gone = sorted(files)[0]
+    before = item_actions({"item_id": gone, "actions_path": files[gone]})
+    (workdir / files[gone]).unlink()
+    with pytest.raises(BadInput, match="pyramid ingest"):
+        item_actions({"item_id": gone, "actions_path": files[gone]})
+    _, report, _, _ = run_ingest(workdir)
+    assert (report.stage.counts["done"], report.stage.skipped) == (1, len(files) - 1)  # that item only
+    np.testing.assert_array_equal(item_actions({"item_id": gone, "actions_path": files[gone]}), before)
