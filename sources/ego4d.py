@@ -60,7 +60,7 @@ from typing import Any, Iterator
 
 from sources.media import VideoInfo, fingerprint
 from sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
-from sources.ego4d_video import VideoFacts, Window, _video_facts, clear_video_cache, cut_window
+from sources.ego4d_video import VideoFacts, FrameSpan, _video_facts, clear_video_cache, cut_window
 from common.errors import BadInput
 
 DEFAULT_LICENCE = "Ego4D licence agreement, research use"
@@ -391,7 +391,7 @@ class Ego4DSource(SourceAdapter):
         d = ref.details
         path = Path(ref.input_uri)
         facts = _video_facts(path, f"missing clip file {self.version}/clips/{path.name}")
-        win = Window(0, facts.info.frame_count, facts.info.fps)
+        win = FrameSpan(0, facts.info.frame_count, facts.info.fps)
         # grouping with the parent video keeps a clip in the same split as the rest of that recording
         group = f"ego4d/{d['video_uid']}" if d.get("video_uid") else ref.item_id
         extras = {"clip_uid": d["clip_uid"], "video_uid": d.get("video_uid"), "version": self.version,
@@ -416,7 +416,7 @@ class Ego4DSource(SourceAdapter):
             out.update(metadata_fps=float(d["metadata_fps"]), stream_fps=info.fps)
         return out
 
-    def _row(self, ref: ItemRef, path: Path, facts: VideoFacts, win: Window, language: list[str], group: str,
+    def _row(self, ref: ItemRef, path: Path, facts: VideoFacts, win: FrameSpan, language: list[str], group: str,
              extras: dict[str, Any]) -> dict[str, Any]:
         row = self.base_row(ref)
         row.update(

@@ -104,7 +104,7 @@ from sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # n
                                   episode_language, feature_dim, feature_names, language_columns,
                                   parse_splits, read_episode_rows, read_task_table, short_camera,
                                   totals_mismatch, v2_episodes, v3_episodes)
-from sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
+from sources.lerobot_video import CameraWindow, composite_t_layout, probe_window  # noqa: F401
 from common.errors import BadInput
 
 V2_VERSIONS = ("v2.0", "v2.1")
@@ -403,10 +403,10 @@ class LeRobotSource(SourceAdapter):
         return row
 
     def _camera_windows(self, ep: dict[str, Any], length: int, digest: Any
-                        ) -> tuple[dict[str, Window], dict[str, str], list[str]]:
+                        ) -> tuple[dict[str, CameraWindow], dict[str, str], list[str]]:
         """Each camera's episode window, checked against the frames that really decode in it.
 
-        Returns ({key: Window} of the cameras with files, {short name: reason} of those without, the cameras whose
+        Returns ({key: CameraWindow} of the cameras with files, {short name: reason} of those without, the cameras whose
         v3.0 `to_timestamp` is the last frame's own time). A camera without files is left out unless the config
         names it (`cameras`, `composite_cameras`); none left is BadInput, and so is a file with the wrong frames.
         """

@@ -134,7 +134,9 @@ class LoaderConfig:
 # --- window rule --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Window:
+class WindowIndices:
+    """The indices of one training window in its clip: the condition frame, the video frames, the action rows."""
+
     condition: int
     video: list[int]  # F frame indices
     rows: list[int]  # A latent or action rows
@@ -148,7 +150,7 @@ def clip_step(cfg: LoaderConfig, fps: float | None) -> int:
     return max(r, int(round(cfg.video_step_s * float(fps) / r)) * r)
 
 
-def draw_window(n_frames: int, cfg: LoaderConfig, rng: np.random.Generator, step: int | None = None) -> Window:
+def draw_window(n_frames: int, cfg: LoaderConfig, rng: np.random.Generator, step: int | None = None) -> WindowIndices:
     """One window by the Motus index rule (module docstring); needs n_frames >= 2."""
     T, step, F, r = n_frames, step or cfg.video_step, cfg.num_video_frames, cfg.action_ratio
     g = step // r
@@ -159,7 +161,7 @@ def draw_window(n_frames: int, cfg: LoaderConfig, rng: np.random.Generator, step
         rows = [min(c + k * g, T - 2) for k in range(F * r)]
     else:
         rows = [min(c + (k + 1) * g, T - 1) for k in range(F * r)]
-    return Window(c, video, rows)
+    return WindowIndices(c, video, rows)
 
 
 # --- frames -------------------------------------------------------------------------------------------------------
@@ -291,12 +293,12 @@ class _Consumer:
                     yield member
                 position += 1
 
-    def _mixed(self) -> Iterator[tuple[Sample, Window]]:
+    def _mixed(self) -> Iterator[tuple[Sample, WindowIndices]]:
         """Endless windows, each from a group drawn by weight (training_hooks/mixture.py); each group an endless
         stream of this consumer's clips of it, reshuffled every pass."""
         ds, plan, views = self.ds, self.ds.mixture, {}
 
-        def group_windows(group: Any) -> Iterator[tuple[Sample, Window]]:
+        def group_windows(group: Any) -> Iterator[tuple[Sample, WindowIndices]]:
             clips = plan.share(group, ds.seed, ds.epoch, self.me, self.consumers)
             while True:
                 produced = 0
@@ -310,7 +312,8 @@ class _Consumer:
 
         return weighted_stream(plan, {g: group_windows(g) for g in plan.groups}, self.rng)
 
-    def _windows(self, members: Iterator[tuple[str, dict[str, memoryview]]]) -> Iterator[tuple[Sample, Window]]:
+    def _windows(self, members: Iterator[tuple[str, dict[str, memoryview]]]
+                 ) -> Iterator[tuple[Sample, WindowIndices]]:
         cfg = self.cfg
         for key, group in members:
             try:
@@ -340,13 +343,13 @@ class _Consumer:
             for _ in range(cfg.windows_per_clip):
                 yield sample, draw_window(T, cfg, self.rng, step)
 
-    def _shuffle(self, items: Iterator[tuple[Sample, Window]]) -> Iterator[tuple[Sample, Window]]:
+    def _shuffle(self, items: Iterator[tuple[Sample, WindowIndices]]) -> Iterator[tuple[Sample, WindowIndices]]:
         """WebDataset's buffer shuffle with our generator: fill to `shuffle_buffer`, then swap out a random one."""
         size, rng = self.cfg.shuffle_buffer, self.rng
         if size <= 1:
             yield from items
             return
-        buf: list[tuple[Sample, Window]] = []
+        buf: list[tuple[Sample, WindowIndices]] = []
         for item in items:
             if len(buf) < size:
                 buf.append(item)
@@ -359,7 +362,7 @@ class _Consumer:
             buf[j], buf[-1] = buf[-1], buf[j]
             yield buf.pop()
 
-    def _labels(self, sample: Sample, window: Window) -> dict[str, Any]:
+    def _labels(self, sample: Sample, window: WindowIndices) -> dict[str, Any]:
         """Everything of one window but its frames: actions (normalised, padded), state, a language line, ids."""
         cfg, state = self.cfg, None
         if cfg.action_mode == "latent":
