@@ -44,11 +44,6 @@ Options
                                ("observation.images.cam_high") names. Default: all, primary camera first in
                                Motus's priority (cam_concatenated, cam_high, main/image/top/front, ...), wrists
                                after it; camera 0 is what flow uses.
-    composite: bool            record Motus's 3-view T layout (head full size on top, wrists at half size side by
-                               side below, see `composite_t_layout`) for the frame streamer: extras["composite"]
-                               names the head/left/right cameras and the composite size. Default false.
-    composite_cameras: [h, l, r]  which features form the composite (default cam_high, cam_left_wrist,
-                               cam_right_wrist)
     official_splits: "auto" | true | false
                                info.json `splits` ("train": "0:40", "test": "40:50") give the split when they are a
                                real partition (more than one split named, "auto", the default) or always (true).
@@ -127,7 +122,6 @@ CAMERA_PRIORITY = (
     "observation.images.cam_left_wrist",
     "observation.images.cam_right_wrist",
 )
-T_LAYOUT = ("observation.images.cam_high", "observation.images.cam_left_wrist", "observation.images.cam_right_wrist")
 DEFAULT_LICENCE = "unknown (see the dataset card)"
 
 
@@ -171,7 +165,11 @@ class LeRobotSource(SourceAdapter):
         self.action_names = feature_names(self.action_key, features[self.action_key]) if self.action_key else []
         self.state_names = feature_names(self.state_key, features[self.state_key]) if self.state_key else []
         self.declared_sizes = {k: declared_size(features[k]) for k in self.camera_keys}
-        self.composite = self._composite(features) if options.get("composite") else None
+        removed = [k for k in ("composite", "composite_cameras") if k in options]
+        if removed:  # nothing read extras["composite"]; the T layout itself is `composite_t_layout`
+            raise SourceError(f"lerobot: the option {removed[0]} was removed (nothing read what it recorded); name "
+                              "the cameras under `cameras` (e.g. [cam_high, cam_left_wrist, cam_right_wrist]) to "
+                              "require them in every episode")
         self.embodiment = str(options.get("embodiment") or info.get("robot_type") or "unknown")
         self.licence = str(options.get("licence") or info.get("license") or _card_licence(self.root) or DEFAULT_LICENCE)
         self.splits = self._official_splits(info.get("splits"), options.get("official_splits", "auto"))
@@ -265,21 +263,6 @@ class LeRobotSource(SourceAdapter):
             return chosen
         return next((k for k in defaults if k in features), None)
 
-    def _composite(self, features: dict[str, Any]) -> dict[str, Any]:
-        names = self.options.get("composite_cameras") or T_LAYOUT
-        keys = []
-        for cam in names:
-            match = [k for k in features if k == cam or short_camera(k) == cam]
-            if not match or features[match[0]].get("dtype") != "video":
-                raise SourceError(f"lerobot: composite needs video feature {cam!r}, which {self.root.name} lacks")
-            keys.append(match[0])
-        for k in keys:
-            if k not in self.camera_keys:
-                self.camera_keys.append(k)
-            self.required_cameras.add(k)
-        w, h = declared_size(features[keys[0]]) or (0, 0)
-        return {"cameras": [short_camera(k) for k in keys], "width": w, "height": h + h // 2}
-
     def _official_splits(self, splits: Any, mode: Any) -> dict[str, str] | None:
         if mode is False or str(mode).lower() in ("false", "no", "off") or not isinstance(splits, dict) or not splits:
             return None
@@ -369,8 +352,6 @@ class LeRobotSource(SourceAdapter):
                       if self.declared_sizes.get(k) and list(self.declared_sizes[k]) != sizes[short_camera(k)]}
         if mismatched:
             extras["declared_sizes"] = mismatched  # info.json says otherwise; the decoded size wins
-        if self.composite:
-            extras["composite"] = self.composite
         row = self.base_row(ref)
         row.update(
             group_id=ref.item_id,
@@ -408,7 +389,7 @@ class LeRobotSource(SourceAdapter):
 
         Returns ({key: CameraWindow} of the cameras with files, {short name: reason} of those without, the cameras whose
         v3.0 `to_timestamp` is the last frame's own time). A camera without files is left out unless the config
-        names it (`cameras`, `composite_cameras`); none left is BadInput, and so is a file with the wrong frames.
+        names it (`cameras`); none left is BadInput, and so is a file with the wrong frames.
         """
         wins, missing, extended = {}, {}, []
         for key in self.camera_keys:
