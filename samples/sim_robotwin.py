@@ -133,7 +133,7 @@ def _rollout(env, spec: TaskSpec, seed: int, record_every: int) -> Rollout:
             mquat.append(data.mocap_quat.copy())
         ts = env.step(action)
         obs, reward = ts.observation, ts.reward
-        if record:  # the joint-space result of this step's EE command (see module docstring)
+        if record:  # the joint-space result of this step's EE command (docs/samples.md#robotwin)
             q = data.qpos
             jact.append(np.r_[q[_LEFT_ARM], action[_GRIPPER_ACTION[0]], q[_RIGHT_ARM], action[_GRIPPER_ACTION[1]]])
     return Rollout(

@@ -136,7 +136,7 @@ def _simulate_episode(
         out["joints"][t] = measured_joints(data)
         out["xpos"][t] = data.xpos
         out["xmat"][t] = data.xmat.reshape(-1, 3, 3)
-        action = policy(t)  # the target commanded after observing frame t (see the module docstring)
+        action = policy(t)  # the target commanded after observing frame t (docs/samples.md#task-agnostic)
         out["actions"][t] = action
         data.ctrl[:] = command_to_ctrl(action)
         mujoco.mj_step(model, data, nstep=n_sub * steps_per_frame)
