@@ -45,7 +45,7 @@ def features(root: Path, work: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray
     src = OXESource(root)
     xs, ys, gs, names = [], [], [], []
     for g, ref in enumerate(sorted(src.discover(), key=lambda r: r.native_id)):
-        row = src.probe(ref)
+        row = src.probe(ref).row()
         out = work / f"{g}.npz"
         compute_item_flow({"row": row, "flow": dataclasses.asdict(fc), "out_path": str(out)}, backends)
         art = read_flow_artifact(out)

@@ -112,7 +112,7 @@ def flow_features(root: Path, camera: int, backend: str, work: Path) -> tuple[li
     src = TaskAgnosticSource(root)
     out = []
     for ref in src.discover():
-        row = src.probe(ref)
+        row = src.probe(ref).row()
         out_path = work / f"{ref.native_id}.{camera}.npz"
         if not out_path.exists():
             compute_item_flow({"row": row, "flow": dataclasses.asdict(fc), "out_path": str(out_path)}, backends)

@@ -30,7 +30,7 @@ from pipelines.stages import BadInput, Outcome, Resources, Stage, failure_reason
 
 
 def probe_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
-    """Stage function: the adapter probes its item and returns the catalog row (split assigned later). An item
+    """Stage function: the adapter probes its item; its catalog row comes back (split assigned later). An item
     whose input or media files resolve outside the source root (a symlink out of it) is quarantined; its input
     file is checked before the adapter opens it."""
     adapter: SourceAdapter = task["adapter"]
@@ -39,12 +39,12 @@ def probe_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
         raise BadInput(f"duplicate item id: {ref.input_uri} and {task['duplicate_of']} map to {ref.item_id}")
     if why := adapter.outside_root(ref.input_uri):
         raise BadInput(why)
-    row = adapter.probe(ref)
+    row = adapter.probe(ref).row()
     for uri in [row.get("input_uri"), *(row.get("media_uris") or [])]:  # what later stages will read
         if why := adapter.outside_root(uri):
             raise BadInput(why)
     try:  # a row that does not fit the contract fails this item here, not the whole run in the driver's sink
-        validate_rows(ITEMS, [{"split": "train", **row}])
+        validate_rows(ITEMS, [{**row, "split": row["split"] or "train"}])
     except ValueError as e:
         raise BadInput(f"adapter row does not fit the items schema: {e}") from e
     return row

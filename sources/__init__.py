@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sources.anypos import AnyPosSource
-from sources.base import ItemRef, SourceAdapter, SourceError
+from sources.base import Item, ItemRef, SourceAdapter, SourceError
 from sources.ego4d import Ego4DSource
 from sources.lerobot import LeRobotSource
 from sources.oxe import OXESource
@@ -32,4 +32,4 @@ def load_actions(row: dict[str, Any]):
     return SOURCES[row["source"]].load_actions(row)
 
 
-__all__ = ["ItemRef", "SOURCES", "SourceAdapter", "SourceError", "load_actions", "make_source"]
+__all__ = ["Item", "ItemRef", "SOURCES", "SourceAdapter", "SourceError", "load_actions", "make_source"]

@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sources.media import check_finite, file_checksum, fingerprint, probe_video
-from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from common.errors import BadInput
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
@@ -95,7 +95,7 @@ class AnyPosSource(SourceAdapter):
             return [], rel
         return [], None
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         d = ref.details
         video, qpos_path = Path(ref.input_uri), Path(d["qpos"])
         if not video.exists():
@@ -119,38 +119,31 @@ class AnyPosSource(SourceAdapter):
         except SourceError as e:
             raise BadInput(str(e)) from None
         head = boxes["head"]
-        row = self.base_row(ref)
-        row.update(
-            group_id=ref.item_id,
+        return self.item(
+            ref,
             media_uris=[f"{video}#crop={','.join(str(v) for v in boxes[c])}" for c in CAMERAS],
             cameras=list(CAMERAS),
             fps=info.fps,
             frame_count=info.frame_count,
             width=head[2],
             height=head[3],
-            duration_s=info.frame_count / info.fps,
-            start_s=0.0,
             embodiment=str(self.options.get("embodiment") or "unknown"),
-            action_dim=dim,
             action_names=list(names),
             action_semantics=semantics,
             action_timing=timing,
-            state_dim=dim,
             state_names=list(names),
-            has_actions=True,
             language=list(d["caption"]),
             licence=str(self.options.get("licence") or "unknown (see the dataset card)"),
             input_blake2b=file_checksum(video),
             input_bytes=video.stat().st_size + qpos_path.stat().st_size,
-            extras=dumps_extras({
+            extras={
                 "task": d["task"], "episode": d["episode"], "qpos_file": f"{d['task']}/{qpos_path.name}",
                 "caption_file": d["caption_file"], "stacked_size": [info.width, info.height], "views": boxes,
                 "codec": info.codec, "action_semantics_source": came_from or "layout",
                 "names_source": ("option" if self.options.get("action_names") else
                                  "assumed ALOHA/AgileX order" if dim == 14 else "index"),
-            }),
+            },
         )
-        return row
 
     @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:

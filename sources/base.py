@@ -1,5 +1,5 @@
 """The source-adapter interface every tier plugs into: `discover()` lists inputs in the driver, `probe(ref)` reads one
-in a worker and returns its catalog row. Contract (splits, BadInput, links): docs/formats.md#adapters."""
+in a worker and returns its `Item` record. Contract (splits, BadInput, links): docs/formats.md#adapters."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from manifests import actions
+from manifests.items import Item, dumps_extras  # noqa: F401 - dumps_extras: adapters import it from here
 
 
 # a file of a Hugging Face hub cache: <cache>/<type>s--<owner>--<name>/blobs/<git sha1 or sha256>
@@ -70,7 +71,7 @@ class SourceAdapter(ABC):
     def discover(self) -> Iterator[ItemRef]: ...
 
     @abstractmethod
-    def probe(self, ref: ItemRef) -> dict[str, Any]: ...
+    def probe(self, ref: ItemRef) -> Item: ...
 
     @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:
@@ -96,14 +97,11 @@ class SourceAdapter(ABC):
         return (f"{path} is a symlink (or lies under one) to {real}, outside the source root {self.root}: not "
                 "read; list the target folder in the source option link_roots to ingest it")
 
-    def base_row(self, ref: ItemRef) -> dict[str, Any]:
-        return {"item_id": ref.item_id, "source": self.name, "native_id": ref.native_id, "tier": self.tier,
-                "input_uri": ref.input_uri}
-
-
-# The action/state columns of video-only items (human video: nothing to align latent actions with).
-HUMAN_VIDEO = dict(embodiment="human", action_dim=0, action_names=[], action_semantics=[], action_timing=None,
-                   state_dim=0, state_names=[], has_actions=False)
+    def item(self, ref: ItemRef, **known: Any) -> Item:
+        """The item record of `ref`: its ids, tier and input from here, the rest what the adapter knows (the
+        record's defaults say what follows from it)."""
+        return Item(item_id=ref.item_id, source=self.name, native_id=ref.native_id, tier=self.tier,
+                    input_uri=ref.input_uri, **known)
 
 
 def action_meaning(options: Mapping[str, Any], names: Sequence[str], default: Any, timing: str,
@@ -118,7 +116,3 @@ def action_meaning(options: Mapping[str, Any], names: Sequence[str], default: An
     except ValueError as e:
         raise SourceError(str(e)) from None
     return semantics, timing, came_from
-
-
-def dumps_extras(extras: dict[str, Any]) -> str:
-    return json.dumps(extras, sort_keys=True, default=str)

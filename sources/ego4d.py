@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sources.media import VideoInfo, fingerprint
-from sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, read_json
 from sources.ego4d_video import VideoFacts, FrameSpan, _video_facts, clear_video_cache, cut_window
 from common.errors import BadInput
 
@@ -249,12 +249,12 @@ class Ego4DSource(SourceAdapter):
 
     # --- probing (workers) ---
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         if self.use_clips:
             return self._probe_clip_file(ref)
         return self._probe_fho(ref) if self.clips == "fho" else self._probe_narration(ref)
 
-    def _probe_narration(self, ref: ItemRef) -> dict[str, Any]:
+    def _probe_narration(self, ref: ItemRef) -> Item:
         d = ref.details
         n = d["narration"]
         path = Path(ref.input_uri)
@@ -292,7 +292,7 @@ class Ego4DSource(SourceAdapter):
                            f"stream ({info.frame_count} frames at {info.fps:g} fps); at least {self.min_frames} needed")
         return win
 
-    def _probe_fho(self, ref: ItemRef) -> dict[str, Any]:
+    def _probe_fho(self, ref: ItemRef) -> Item:
         d = ref.details
         a = d["action"]
         path = Path(ref.input_uri)
@@ -338,7 +338,7 @@ class Ego4DSource(SourceAdapter):
         text = clean_narration(a.get("narration_text") or "")
         return self._row(ref, path, facts, win, [text] if text else [], f"ego4d/{d['video_uid']}", extras)
 
-    def _probe_clip_file(self, ref: ItemRef) -> dict[str, Any]:
+    def _probe_clip_file(self, ref: ItemRef) -> Item:
         d = ref.details
         path = Path(ref.input_uri)
         facts = _video_facts(path, f"missing clip file {self.version}/clips/{path.name}")
@@ -368,9 +368,9 @@ class Ego4DSource(SourceAdapter):
         return out
 
     def _row(self, ref: ItemRef, path: Path, facts: VideoFacts, win: FrameSpan, language: list[str], group: str,
-             extras: dict[str, Any]) -> dict[str, Any]:
-        row = self.base_row(ref)
-        row.update(
+             extras: dict[str, Any]) -> Item:
+        return self.item(
+            ref,
             group_id=group,
             media_uris=[str(path)],
             cameras=[CAMERA],
@@ -380,14 +380,13 @@ class Ego4DSource(SourceAdapter):
             height=facts.info.height,
             duration_s=win.duration_s,
             start_s=win.start_s,
-            **HUMAN_VIDEO,
+            embodiment="human",
             language=language,
             licence=self.options.get("licence", DEFAULT_LICENCE),
             input_blake2b=facts.checksum,
             input_bytes=facts.size,
-            extras=dumps_extras(extras),
+            extras=extras,
         )
-        return row
 
 
 __all__ = ["Ego4DSource", "clean_narration", "clear_video_cache", "cut_window"]

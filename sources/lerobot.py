@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from sources.media import check_finite, fingerprint
 from manifests import actions as action_semantics
-from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
                                   episode_language, feature_dim, feature_names, language_columns,
                                   parse_splits, read_episode_rows, read_task_table, short_camera,
@@ -215,7 +215,7 @@ class LeRobotSource(SourceAdapter):
 
     # ---------------------------------------------------------------------------------------- probe
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         ep = ref.details
         index = int(ep["episode_index"])
         if ep.get("length") is None:
@@ -272,16 +272,15 @@ class LeRobotSource(SourceAdapter):
                       if self.declared_sizes.get(k) and list(self.declared_sizes[k]) != sizes[short_camera(k)]}
         if mismatched:
             extras["declared_sizes"] = mismatched  # info.json says otherwise; the decoded size wins
-        row = self.base_row(ref)
-        row.update(
-            group_id=ref.item_id,
+        return self.item(
+            ref,
+            split=parse_splits(self.splits, index) if self.splits else None,
             media_uris=[str(self.root / ep["videos"][k]["file"]) for k in cams],
             cameras=[short_camera(k) for k in cams],
             fps=self.fps,
             frame_count=length,
             width=width,
             height=height,
-            duration_s=length / self.fps,
             start_s=camera_start[0],
             embodiment=self.embodiment,
             action_dim=self.action_dim,
@@ -295,13 +294,8 @@ class LeRobotSource(SourceAdapter):
             licence=self.licence,
             input_blake2b=digest.hexdigest(),
             input_bytes=int(data_bytes + video_bytes),
-            extras=dumps_extras(extras),
+            extras=extras,
         )
-        if self.splits:
-            split = parse_splits(self.splits, index)
-            if split:
-                row["split"] = split
-        return row
 
     def _camera_windows(self, ep: dict[str, Any], length: int, digest: Any
                         ) -> tuple[dict[str, CameraWindow], dict[str, str], list[str]]:

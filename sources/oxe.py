@@ -16,7 +16,7 @@ import numpy as np
 from media.tfrecord import scan_records
 from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, parse_episode, read_episode_record
 from sources.media import check_finite, fingerprint
-from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
                               columns, flatten_features, resolve_key_map, split_key)
 from common.errors import BadInput
@@ -285,7 +285,7 @@ class OXESource(SourceAdapter):
 
     # -- probing
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         d = ref.details
         if d.get("dataset_error"):
             raise BadInput(d["dataset_error"])
@@ -322,17 +322,15 @@ class OXESource(SourceAdapter):
         control.update({k: km["dims"].get(k) for k in km["control"] if split_key(k)[1] is not None
                         and split_key(k)[0] in feats})
         file_path = _text(feats.get("episode_metadata/file_path"))
-        row = self.base_row(ref)
-        row.update(
-            group_id=ref.item_id,
+        return self.item(
+            ref,
+            split=SPLITS.get(d["split_name"]),
             media_uris=[frame_uri(shard, d["record"], d["offset"], cam) for cam in cams],
             cameras=[_leaf(c) for c in cams],
             fps=fps,
             frame_count=ep.steps,
             width=int(width),
             height=int(height),
-            duration_s=ep.steps / fps,
-            start_s=0.0,
             embodiment=km["embodiment"],
             action_dim=int(ep.actions.shape[1]),
             action_names=action_names,
@@ -340,12 +338,11 @@ class OXESource(SourceAdapter):
             action_timing=timing,
             state_dim=int(ep.state.shape[1]),
             state_names=_names(km["state"], ep.state_dims, km["state_names"]),
-            has_actions=True,
             language=list(dict.fromkeys(t for k in km["language"] for t in _text(feats.get(k), ep.steps))),
             licence=km["licence"],
             input_blake2b=hashlib.blake2b(data, digest_size=16).hexdigest(),
             input_bytes=len(data) + 16,
-            extras=dumps_extras({
+            extras={
                 "dataset": d["dataset"], "version": d["version"], "split_name": d["split_name"],
                 "shard": shard.name, "record": d["record"], "offset": d["offset"],
                 "file_path": file_path[0] if file_path else None,
@@ -357,12 +354,8 @@ class OXESource(SourceAdapter):
                 "fps_source": km["fps_source"],
                 "camera_sizes": {_leaf(c): list(s[:2]) for c, s in images.items()},
                 "cameras_skipped": {_leaf(c): why for c, why in skipped.items()},
-            }),
+            },
         )
-        split = SPLITS.get(d["split_name"])
-        if split:
-            row["split"] = split
-        return row
 
     @classmethod
     def load_actions(cls, row: dict[str, Any]) -> np.ndarray:

@@ -15,7 +15,7 @@ import numpy as np
 from media.hdf5_images import image_encoding, image_reader
 from media.hdf5_open import open_hdf5, open_hdf5_input
 from sources.media import check_finite, file_checksum, fingerprint
-from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning
 from common.errors import BadInput
 
 ROBOTWIN_HZ = 250.0 / 15.0
@@ -133,7 +133,7 @@ class RoboTwinSource(SourceAdapter):
             yield ItemRef(self.item_id(native_id), native_id, str(f), fingerprint(f),
                           {"task": task, "setting": setting})
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         path = Path(ref.input_uri)
         with open_hdf5_input(path) as h5:
             layout = self._layout(h5)
@@ -151,33 +151,26 @@ class RoboTwinSource(SourceAdapter):
         except SourceError as e:
             raise BadInput(str(e)) from None
         facts["extras"]["action_semantics_source"] = came_from or "layout"
-        row = self.base_row(ref)
-        row.update(
-            group_id=ref.item_id,
+        return self.item(
+            ref,
             media_uris=[f"{path}#{key}" for key in facts["keys"]],
             cameras=facts["cameras"],
             fps=fps,
             frame_count=frames,
             width=width,
             height=height,
-            duration_s=frames / fps,
-            start_s=0.0,
             embodiment=embodiment,
-            action_dim=len(facts["action_names"]),
             action_names=facts["action_names"],
             action_semantics=semantics,
             action_timing=timing,
-            state_dim=len(facts["state_names"]),
             state_names=facts["state_names"],
-            has_actions=True,
             language=language,
             licence=self.options.get("licence", "MIT (RoboTwin 2.0)"),
             input_blake2b=file_checksum(path),
             input_bytes=path.stat().st_size,
-            extras=dumps_extras({"layout": layout, "task": ref.details["task"], "setting": ref.details["setting"],
-                                 **facts["extras"]}),
+            extras={"layout": layout, "task": ref.details["task"], "setting": ref.details["setting"],
+                    **facts["extras"]},
         )
-        return row
 
     def _probe_20(self, h5: h5py.File, ref: ItemRef) -> dict[str, Any]:
         cams = [c for c in CAMERAS if f"observation/{c}/rgb" in h5]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from sources.media import file_checksum, fingerprint, probe_video
-from sources.base import HUMAN_VIDEO, ItemRef, SourceAdapter, SourceError, dumps_extras, read_json
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, read_json
 from common.errors import BadInput
 
 VIDEO_DIR = "20bn-something-something-v2"
@@ -249,7 +249,7 @@ class SSv2Source(SourceAdapter):
         label_hash = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
         return ItemRef(self.item_id(clip_id), clip_id, str(path), f"{fingerprint(path)}-{label_hash}", details)
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         path = Path(ref.input_uri)
         details = ref.details
         label_files = details["label_files"]
@@ -263,26 +263,21 @@ class SSv2Source(SourceAdapter):
         if info.fps <= 0:
             raise BadInput(f"video {path.name} declares no frame rate")
         label = details.get("label")
-        row = self.base_row(ref)
-        row.update(
-            group_id=ref.item_id,  # every SSv2 clip is its own recording
+        return self.item(  # every SSv2 clip is its own recording (group_id: the item)
+            ref,
+            split=details.get("split") or None,
             media_uris=[str(path)],
             cameras=["video"],
             fps=info.fps,
             frame_count=info.frame_count,
             width=info.width,
             height=info.height,
-            duration_s=info.frame_count / info.fps,
-            start_s=0.0,
-            **HUMAN_VIDEO,
+            embodiment="human",
             language=[label] if label else [],  # test.json releases ids only
             licence=self.options.get("licence", DEFAULT_LICENCE),
             input_blake2b=file_checksum(path),
             input_bytes=path.stat().st_size,
-            extras=dumps_extras({"template": details.get("template"), "placeholders": details.get("placeholders"),
-                                 "class_index": details.get("class_index"),
-                                 "label_file": label_files[0] if label_files else None, "codec": info.codec}),
+            extras={"template": details.get("template"), "placeholders": details.get("placeholders"),
+                    "class_index": details.get("class_index"),
+                    "label_file": label_files[0] if label_files else None, "codec": info.codec},
         )
-        if details.get("split"):
-            row["split"] = details["split"]
-        return row

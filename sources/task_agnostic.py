@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sources.media import check_finite, file_checksum, fingerprint, probe_video
-from sources.base import ItemRef, SourceAdapter, SourceError, action_meaning, dumps_extras, read_json
+from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from common.errors import BadInput
 
 FORMAT = "motus-pyramid/task_agnostic"
@@ -65,7 +65,7 @@ class TaskAgnosticSource(SourceAdapter):
         check_finite(f"actions.npy of {row['item_id']}", actions)
         return actions
 
-    def probe(self, ref: ItemRef) -> dict[str, Any]:
+    def probe(self, ref: ItemRef) -> Item:
         ep = Path(ref.input_uri)
         meta = self.meta
         for f in self._files(ep):
@@ -90,35 +90,29 @@ class TaskAgnosticSource(SourceAdapter):
                 raise BadInput(f"rgb_{cam}.mp4 has {info.frame_count} frames but the episode has {frames} action rows")
         fps = float(meta["fps"])
         files = self._files(ep) + ([ep / "sim.h5"] if (ep / "sim.h5").exists() else [])
-        row = self.base_row(ref)
-        row.update(
-            group_id=ref.item_id,
+        return self.item(
+            ref,
             media_uris=[str(ep / f"rgb_{c}.mp4") for c in meta["cameras"]],
             cameras=list(meta["cameras"]),
             fps=fps,
             frame_count=frames,
             width=videos[0].width,
             height=videos[0].height,
-            duration_s=frames / fps,
-            start_s=0.0,
             embodiment=meta["embodiment"],
-            action_dim=dim,
             action_names=list(meta["action_names"]),
             action_semantics=self.action_semantics,
             action_timing=self.action_timing,
             state_dim=joints.shape[1],
             state_names=list(meta.get("state_names", meta["action_names"])),
-            has_actions=True,
             language=list(meta.get("language", [])),
             licence=meta.get("licence"),
             input_blake2b=file_checksum(files),
             input_bytes=sum(f.stat().st_size for f in files),
-            extras=dumps_extras({"action_space": meta.get("action_space"), "mode": meta.get("mode", "sequential"),
+            extras={"action_space": meta.get("action_space"), "mode": meta.get("mode", "sequential"),
                                  "action_semantics_source": self.semantics_from,
                                  "sim_extras": (ep / "sim.h5").exists(),
                                  # layouts before sim_cameras had extras for every camera
                                  "sim_cameras": list(meta.get("sim_cameras", meta["cameras"])),
                                  # layouts before action_applied were written this way too
-                                 "action_applied": meta.get("action_applied", "after_frame")}),
+                                 "action_applied": meta.get("action_applied", "after_frame")},
         )
-        return row

@@ -79,7 +79,7 @@ def fractal(tmp_path_factory):
     root = tmp_path_factory.mktemp("oxe")
     write_oxe(root, 2, seed=3, dataset="fractal20220817_data", image_size=(64, 80))
     src = OXESource(root)
-    return [src.probe(ref) for ref in src.discover()]
+    return [src.probe(ref).row() for ref in src.discover()]
 
 
 def test_rt1_dict_action_keeps_terminate_out_of_the_vector(fractal):
@@ -110,7 +110,7 @@ def test_rt1_delta_over_a_pair_is_the_pose_change_between_its_frames(fractal):
 def test_oxe_semantics_option_overrides_the_table(tmp_path):
     write_oxe(tmp_path, 1, seed=0, dataset="fractal20220817_data", image_size=(64, 80))
     src = OXESource(tmp_path, action_semantics="velocity", action_timing="at")
-    row = src.probe(next(src.discover()))
+    row = src.probe(next(src.discover())).row()
     assert row["action_semantics"][:3] == ["velocity:ee_pos"] * 3 and row["action_timing"] == "at"
     assert json.loads(row["extras"])["action_semantics_source"] == "option"
 
@@ -122,7 +122,7 @@ def test_lerobot_check_finds_how_actions_relate_to_the_state(tmp_path, kind):
     src = LeRobotSource(root)
     parts = ["gripper" if "gripper" in n else "joint" for n in JOINT_NAMES]
     assert src.action_semantics == [f"{kind}:{p}" for p in parts]
-    row = src.probe(next(iter(src.discover())))
+    row = src.probe(next(iter(src.discover()))).row()
     assert row["action_semantics"] == src.action_semantics and row["action_timing"] == "after"
     extras = json.loads(row["extras"])
     assert extras["action_semantics_source"] == "data check"

@@ -37,7 +37,7 @@ def episodes(root):
     src = OXESource(root)
     out = []
     for ref in src.discover():
-        row = src.probe(ref)
+        row = src.probe(ref).row()
         out.append((row, np.stack(list(iter_tfrecord_frames(row["media_uris"][0]))), OXESource.load_actions(row)))
     return out
 

@@ -135,5 +135,5 @@ def test_the_sample_pyramid_writes_an_anypos_set_the_demo_ingests(tmp_path):
     (src,) = [s for s in cfg.sources if s.kind == "anypos"]
     assert src.root == "samples/anypos/atara"
     adapter = AnyPosSource(samples / "anypos" / "atara", **src.options)
-    (row,) = [adapter.probe(ref) for ref in adapter.discover()]
+    (row,) = [adapter.probe(ref).row() for ref in adapter.discover()]
     assert row["frame_count"] == 60 and row["embodiment"] == "aloha" and row["language"] == [CAPTION]

@@ -210,7 +210,7 @@ def test_frames_from_an_existing_mp4(tmp_path):
     first = cv2.resize(decoded[eps[0].length], (128, 96), interpolation=cv2.INTER_AREA)  # episode 1 continues the clip
     np.testing.assert_array_equal(eps[1].frames[HEAD][0], first)
     src_adapter = LeRobotSource(root)
-    rows = [src_adapter.probe(r) for r in src_adapter.discover()]
+    rows = [src_adapter.probe(r).row() for r in src_adapter.discover()]
     assert [r["frame_count"] for r in rows] == [e.length for e in eps]
     assert np.abs(means(decoded_window(rows[1])) - means(eps[1].frames[HEAD])).mean() < 2.0
 
@@ -221,10 +221,10 @@ def test_frames_from_an_existing_mp4(tmp_path):
 def test_splits_tier_and_camera_options(trees):
     root = trees / "samples" / "v3" / REPO
     adapter = LeRobotSource(root)
-    rows = [adapter.probe(r) for r in adapter.discover()]
-    assert all("split" not in r for r in rows)  # lerobot's lone {"train": "0:N"} is no official split
+    rows = [adapter.probe(r).row() for r in adapter.discover()]
+    assert all(r["split"] is None for r in rows)  # lerobot's lone {"train": "0:N"} is no official split
     forced = LeRobotSource(root, official_splits=True)
-    assert {forced.probe(r)["split"] for r in forced.discover()} == {"train"}
+    assert {forced.probe(r).row()["split"] for r in forced.discover()} == {"train"}
 
     info = json.loads((root / "meta" / "info.json").read_text())
     info["splits"] = {"train": "0:2", "validation": "2:3"}
@@ -346,7 +346,7 @@ def test_demux_only_check_gives_the_same_rows_and_still_catches_a_short_window(t
         root = trees / "samples" / version / REPO
         full, fast = LeRobotSource(root), LeRobotSource(root, check_decode=False)
         for ref in full.discover():
-            assert fast.probe(ref) == full.probe(ref)
+            assert fast.probe(ref).row() == full.probe(ref).row()
     root = trees / "samples" / "v3" / REPO
     meta = root / "meta" / "episodes" / "chunk-000" / "file-000.parquet"
     table = pq.read_table(meta)
@@ -358,7 +358,7 @@ def test_demux_only_check_gives_the_same_rows_and_still_catches_a_short_window(t
     ref = [r for r in fast.discover() if r.item_id == item_id(2)][0]
     n = truth("v3")[2].length
     with pytest.raises(BadInput, match=f"{WRISTS[0]}/chunk-000/file-000.mp4 holds {n - 2} decodable frames"):
-        fast.probe(ref)
+        fast.probe(ref).row()
 
 
 def test_language_falls_back_to_the_task_table_when_episodes_carry_no_tasks(trees):
@@ -371,4 +371,4 @@ def test_language_falls_back_to_the_task_table_when_episodes_carry_no_tasks(tree
     pq.write_table(pq.read_table(meta).drop_columns(["tasks"]), meta)
     for root, eps in ((v2, truth("v2")), (v3, truth("v3"))):
         adapter = LeRobotSource(root)
-        assert [adapter.probe(r)["language"] for r in adapter.discover()] == [[e.task] for e in eps]
+        assert [adapter.probe(r).row()["language"] for r in adapter.discover()] == [[e.task] for e in eps]

@@ -152,7 +152,7 @@ def test_v3_to_timestamp_at_the_last_frame_is_tolerated_by_one_frame_period(tmp_
             in state[item_id(1)]["reason"])
     # the demux-only check agrees
     fast = LeRobotSource(root, check_decode=False)
-    assert fast.probe(next(r for r in fast.discover() if r.item_id == item_id(0)))["frame_count"] == eps[0].length
+    assert fast.probe(next(r for r in fast.discover() if r.item_id == item_id(0))).row()["frame_count"] == eps[0].length
 
 
 def test_annotation_pseudo_tasks_are_not_language(tmp_path, v2):
