@@ -1,13 +1,5 @@
-"""An audit of a dataset on disk, without the pipeline: `pyramid audit --source KIND:PATH`.
-
-Nothing is ingested and no catalog is written. A LeRobot root is read once by `audit/lerobot_tables.py` and its
-episodes become item rows in memory (actions, language and timing straight from the tables); any other kind (an
-RLDS builder dir is `oxe` or `rlds`, a RoboTwin tree `robotwin`, ...) is listed and probed by its source adapter in
-this process, exactly as ingest would, and what the adapter refuses becomes a quarantine record the integrity checks
-report. The metadata-level checks run on that; `decode` adds the checks that decode frames (and, for LeRobot,
-probes every episode like the other kinds). Checks that need pipeline output (flow, labels, shards, splits) are
-listed as not run. The report, audit.json and the `--fail-on` gate are the pipeline audit's own.
-"""
+"""An audit of a dataset on disk, without the pipeline: `pyramid audit --source KIND:PATH` (README.md, "Audits"):
+no ingest, no catalog; LeRobot read from its tables, other kinds probed by their adapter in this process."""
 
 from __future__ import annotations
 

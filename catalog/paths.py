@@ -1,15 +1,5 @@
-"""A relocatable catalog: paths under the workdir are stored relative to it and resolved when read.
-
-The workdir is the folder that holds the catalog file. A path column value under it is stored without that
-prefix (`artifacts/flow/x.flow.npz`, `samples/robotwin/...hdf5#observation/head_camera/rgb`); paths elsewhere
-(source data outside the workdir) and URIs (`s3://...`) are stored as they are. Reading goes through temporary
-views named like the tables, which put the workdir of the moment back in front, so every query (joins,
-`WHERE path = ?` with absolute paths) sees absolute paths, and a copied or moved workdir points at its own files.
-Writes go to the tables themselves (`Catalog.table(name)`).
-
-Rows written before this existed hold absolute paths; they keep working where they are and become relative when
-a job rewrites them.
-"""
+"""A relocatable catalog: paths under the workdir are stored relative to it and resolved, through views named like the
+tables, when read; writes go to the tables themselves. Details: docs/formats.md#catalog ("Relocatable")."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""Process set-up for torch on this stack: the torchvision CPU shim and one torch thread per worker.
-
-torchvision 0.28.0 on PyPI is a CUDA build; on CPU torch its import dies with
-`RuntimeError: operator torchvision::nms does not exist` unless the two op schemas below exist first
-(shared research deps.md §4). ptlflow (through timm) and lerobot both import torchvision, so the shim must run
-before them in every process, Ray and Beam workers included. `install_import_hook()` arranges that lazily:
-it costs nothing until something imports torchvision, and importing any of our packages installs it.
-
-Third-party code in our venv (`import transformers`, `import torchvision`, a notebook) imports none of our
-packages, so the bootstrap also writes `PTH_NAME` into the venv's site-packages (`python -m
-common.torch_compat install-pth`): Python runs its one line at every interpreter start, and that line
-installs the same lazy hook (and does nothing when this package is not importable).
-"""
+"""Process set-up for torch on this stack: the torchvision CPU shim (installed lazily, also through a .pth file in the
+venv) and one torch thread per worker. Why: README.md, "Dependencies"."""
 
 from __future__ import annotations
 

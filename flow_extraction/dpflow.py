@@ -1,21 +1,5 @@
-"""DPFlow optical flow through ptlflow 0.4.2: checkpoint resolution, the backend, and checkpoint writing.
-
-Weights. DPFlow's released checkpoints (chairs, kitti, sintel, spring, things) live on GitHub; ptlflow fetches
-them with `torch.hub.load_state_dict_from_url`, which first looks for the URL's file name in
-`$TORCH_HOME/hub/checkpoints/` and uses a file found there as-is, with no network. So there are three ways to
-supply weights, and `resolve_checkpoint` checks them before anything slow happens:
-  1. a checkpoint name with `allow_download=True`: ptlflow downloads it where the network allows;
-  2. a checkpoint name whose file is already in the hub cache (copied there by hand on an offline machine);
-  3. a local file path: a dict with "state_dict" (and optionally "hyper_parameters"), as `save_checkpoint` writes.
-No checkpoint means random weights, which are useless for data; they are only built when asked for explicitly
-(`allow_random=True`, for tests) and `describe()` says so.
-
-Colour. ptlflow models take BGR images (they are trained on cv2-loaded frames); the DPFlow forward itself shifts
-and scales to [-1, 1] and flips back to RGB. Our frames are RGB uint8, so `compute` flips them to BGR first.
-
-Import cost. Importing ptlflow takes ~10 s (timm, lightning), so ptlflow and torch are imported only inside the
-functions that need them: modules that merely reference `DPFlowBackend` stay cheap to import.
-"""
+"""DPFlow optical flow through ptlflow 0.4.2: checkpoint resolution, the backend, and checkpoint writing. Weights,
+colour order and import cost: docs/flow.md#dpflow."""
 
 from __future__ import annotations
 

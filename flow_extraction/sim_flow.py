@@ -1,18 +1,5 @@
 """Exact optical flow for the simulated tiers, from rendered depth, body segmentation, cameras and body poses.
-
-Pixel p = (u, v) with depth z in frame t is the camera point X = z · K_t⁻¹ [u, v, 1]ᵀ (MuJoCo depth is planar
-z, so the ray's third component is 1). It lies on body b = seg_t(p), which moves rigidly, so at t+Δ the same
-material point is X' = E_{t+Δ} · T_b(t+Δ) · T_b(t)⁻¹ · E_t⁻¹ · X (E: world→camera, T_b: body→world, 4×4),
-seen at p' = π(K_{t+Δ} X'); flow = p' − p. A pixel is valid if it has geometry, X' lands in front of the
-camera and inside the image, and is not hidden at t+Δ (the depth map there is not closer than X'.z by more
-than a tolerance). Background pixels (no geometry: the empty scene beyond every body) get the flow of a point at
-infinity (camera rotation only: 0 for a static camera), valid where that point is still background at t+Δ:
-flow estimators (DIS, DPFlow) report that region too, so the VAE learns it does not move on every tier.
-
-Conventions are those of :mod:`flow_extraction.base` (float32 [2, H, W], x right / y down, first → second), in
-the pixels of the native render; OpenCV pinhole with pixel centres at integer coordinates, as the generators
-in ``samples`` write them. :func:`to_canvas` maps a native field onto the padded working canvas.
-"""
+The geometry and validity rules: docs/flow.md#sim-flow."""
 
 from __future__ import annotations
 

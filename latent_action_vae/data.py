@@ -1,18 +1,5 @@
 """Training data for the latent-action VAE: flow pairs streamed from per-item artifacts, with alignment targets.
-
-What a batch holds (see `losses.py`): stored flow in working-canvas pixels + its valid mask, and for alignment the
-real action over the same pair window (by the item's action semantics, `manifests/actions.py`), normalised per
-embodiment and padded to the latent width (14) with a mask so only dims an embodiment really has count.
-
-- `ActionStats` / `compute_action_stats`: per embodiment, q01 and q99 of the action over every flow pair
-  (t1, t2) of the TRAIN split (the only split allowed in, so val/test never leak into normalisation).
-- `normalise_action_change`: q01 → −1, q99 → +1, clipped; constant dims are masked out.
-- `PairSampler`: batches that are a pure function of (seed, step) — resuming at step k replays the same batch
-  without any sampler state in the checkpoint — while only an LRU cache of artifacts is ever in memory.
-
-Frame indices: artifact pairs count frames at the artifact's `meta["fps"]`; actions are rows at the item's native
-rate. Frame i maps to action row round(i · native_fps / flow_fps), the rule the flow stage's exact sim flow uses.
-"""
+Batches, action statistics, the sampler and frame indices: docs/vae.md#data."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""Evaluating the latent-action VAE on held-out groups: does μ carry the real action, next to baselines that
-cannot flatter it (research `latent_actions.md` §2–4)?
-
-- linear-probe R² and MSE of 14-d μ → normalised action change, fitted on TRAIN labelled pairs and scored on
-  HELD-OUT ones, beside the same probe on PCA-k of 8×8-pooled flow (k = latent dim, PCA fitted on train pairs),
-  on the pooled flow itself (the linear ceiling), on a random-init model's μ, and a mean predictor; every probe
-  picks its ridge by item-grouped cross-validation on train only;
-- flow end-point error (pixels) of decode(μ) over all valid pixels and over moving ones (|flow| > 0.5 px),
-  against zero flow, a per-source mean field (from train pairs) and the random model;
-- information per latent dim (½·log2(1 + Var μ / E σ²), bits), S-PCFC (CoMo's collapse measure) and KL per dim;
-- a picture of input flow vs reconstruction for a few held-out pairs (`picture.py`).
-
-Results are grouped by scope: `overall` and one entry per source, because the note reports task-agnostic and
-sim groups separately. Probes are fitted per embodiment inside every scope: the same action dim means different
-things on different robots, so one pooled linear map would under-rate a latent that is right for each.
-"""
+"""Evaluating the latent-action VAE on held-out groups: does μ carry the real action, next to baselines that cannot
+flatter it? Figures, scopes and per-embodiment probes: docs/vae.md#evaluate."""
 
 from __future__ import annotations
 

@@ -1,19 +1,5 @@
-"""A decoder that sees the current frame: flow = U-Net(frame t1), modulated by z at every scale.
-
-Why (research `latent_actions.md` §3): a 14-d z decoded without the image must also say *where* things move —
-which pixels are the arm, the hand, the background — before it can say *how*. With the frame given, the decoder
-finds the movers in the image and z only has to carry the motion itself; LAOF (a U-Net decoder on o_t and z) and
-SOF (first-frame conditioning) do the same. The encoder side stays Motus's: flow → DC-AE → 4 × 512 tokens → 14-d,
-so labels (which only use the encoder) keep their shape and meaning.
-
-Leakage: the decoder sees frame t1 only, never t2, so it cannot read the motion from the image pair; what it
-can guess from t1 alone (a static background, a scene's usual motion) is measured by decoding z = 0 (the prior
-mean), which the evaluation reports next to the real reconstruction.
-
-Layout: a 3×3 conv stem and stride-2 stages (64² → 4² at the defaults) on the frame; z → one scale and shift per
-channel of every up stage (FiLM); up stages concatenate the frame's skip features; a 1×1 head gives 2-channel flow
-in the VAE's network units.
-"""
+"""A decoder that sees the current frame: flow = U-Net(frame t1), modulated by z at every scale. Why, leakage and
+layout: docs/vae.md#frame-decoder."""
 
 from __future__ import annotations
 

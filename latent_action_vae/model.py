@@ -1,20 +1,5 @@
-"""The latent-action VAE: flow → DC-AE encoder → tokens (4 × 512 at 64²) → light encoder → 14-d Gaussian,
-and back: 14-d → light decoder → tokens → DC-AE decoder → flow.
-
-With `coarse_residual` the way back is the coarse head's linear g×g flow, upsampled, plus a gated DC-AE decode
-(`pca_init.py` starts the pair as PCA's code and reconstruction).
-
-With `coarse_mask: frame` the upsampled coarse flow is also multiplied per pixel by a mask that a small U-Net reads
-from the pair's first frame (modulated by z): the coarse cells' motion stays on the movers the frame shows.
-
-With `decoder_condition: frame` the way back is a U-Net on the pair's first frame modulated by z
-(`frame_decoder.py`): z then carries the motion, the frame says where the movers are. The encoder is the same.
-
-The DC-AE is diffusers' `AutoencoderDC` built from a small config (ResBlock stages, widths 8…512; no weights are
-downloaded), trained end to end with the rest. Users with a pretrained DC-AE (e.g. dc-ae-f128c512 at 256²) can
-point `pretrained_dcae` at its local diffusers folder: it is loaded and frozen, and only the light
-encoder/decoder train. Motus's shipped latent stats (2048 = 4 × 512 per row) match this token layout.
-"""
+"""The latent-action VAE: flow → DC-AE encoder → tokens → light encoder → 14-d Gaussian, and back to flow.
+Variants (coarse residual, frame mask, frame decoder) and the pretrained DC-AE: docs/vae.md#model."""
 
 from __future__ import annotations
 

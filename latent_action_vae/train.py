@@ -1,13 +1,5 @@
-"""`pyramid vae train`: train the latent-action VAE on flow from every tier, streaming pairs from the flow
-manifest, with exact resume.
-
-Exact resume without saving a data-loader state: batch k is a pure function of (seed, k) (`PairSampler.batch`)
-and so is the reparameterisation noise of step k, so a run restarted from the checkpoint of step k computes the
-same step-k loss as one that never stopped, and at 1 thread ends with the same checkpoint, tensors and bytes.
-Checkpoints hold model, optimiser, step, config, action statistics and the hash of the flow manifest they were
-trained on (artifact paths workdir-relative), only tensors and plain values (`manifests.checkpoints`); they are
-written under a temp name and renamed.
-"""
+"""`pyramid vae train`: train the latent-action VAE on flow from every tier, streaming pairs from the flow manifest,
+with exact resume (docs/vae.md#train)."""
 
 from __future__ import annotations
 

@@ -1,23 +1,5 @@
-"""What each action dim means (recorded per item at ingest), and the one rule that turns actions into "the action
-over a flow pair" for alignment, statistics, probes, audits and shards.
-
-A dim's semantics is `<kind>:<part>`: kind `absolute` (a position or a gripper opening the robot is sent to),
-`delta` (a per-step change) or `velocity` (per second); part `joint`, `ee_pos`, `ee_rot`, `ee`, `gripper`, `base`
-or `other`. Episode control (`control:terminate`, ...) describes fields such as RT-1's `terminate_episode`: an
-adapter records them beside the item, never inside the action vector.
-
-Timing says which frames an action row sits between. `after`: row t is sent after frame t is seen and moves the
-scene from frame t to t+1 (RLDS, LeRobot, RoboTwin, our sims). `at`: frame t already shows row t's effect
-(a recorded position read at the frame). Over the flow pair (t1, t2), in native frames:
-
-| kind     | timing `after`                         | timing `at`                    |
-|----------|----------------------------------------|--------------------------------|
-| absolute | a[t2−1] − a[t1−1]  (a[−1] := a[0])     | a[t2] − a[t1]                  |
-| delta    | Σ a[t1 : t2]                           | Σ a[t1+1 : t2+1]               |
-| velocity | Σ a[t1 : t2] · dt                      | Σ a[t1+1 : t2+1] · dt          |
-
-Under `after` the position at frame 0 was never commanded; a[0] stands in for it (the first step's motion is lost).
-"""
+"""What each action dim means (recorded per item at ingest), and the one rule (`pair_action`) that turns actions into
+"the action over a flow pair" for alignment, statistics, probes, audits and shards: docs/formats.md#action-semantics."""
 
 from __future__ import annotations
 

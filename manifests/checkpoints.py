@@ -1,14 +1,5 @@
 """Checkpoints as data: loaded with `torch.load(weights_only=True)` (tensors and plain types only, so a file from
-elsewhere cannot run code), and named by a hash of what they hold rather than of their pickle bytes.
-
-`content_identity(tensors, facts)` is blake2b-128 over every tensor in sorted key order (name, dtype, shape, raw
-bytes) and the facts as canonical JSON (sorted keys, no spaces). Two checkpoints with equal weights, config and
-statistics get the same identity however they were pickled (e.g. one saved after a resume).
-
-`save_checkpoint` also makes the file's bytes a function of its content: pickle memoises strings by object, so a
-state whose keys came from an unpickled checkpoint (a resumed run's optimiser state) was written with other bytes
-than an equal state built in one process; every string is interned first, so equal strings are one object.
-"""
+elsewhere cannot run code), and named by a hash of what they hold (`content_identity`) rather than of their bytes."""
 
 from __future__ import annotations
 
@@ -53,7 +44,12 @@ def _interned(value: Any) -> Any:
 
 def save_checkpoint(path: str | os.PathLike, state: Mapping[str, Any]) -> tuple[int, str]:
     """Write `state` with torch.save under a temp name, fsync, rename (manifests.io.atomic_write); equal states
-    give equal bytes (see the module docstring). Returns (bytes, blake2b-128 of the file)."""
+    give equal bytes. Returns (bytes, blake2b-128 of the file).
+
+    The file's bytes are a function of its content: pickle memoises strings by object, so a state whose keys came
+    from an unpickled checkpoint (a resumed run's optimiser state) was written with other bytes than an equal state
+    built in one process; every string is interned first, so equal strings are one object.
+    """
     import torch
 
     from manifests.io import atomic_write
@@ -75,7 +71,9 @@ def _canonical(value: Any) -> Any:
 
 def content_identity(tensors: Mapping[str, Any], facts: Mapping[str, Any]) -> str:
     """blake2b-128 (hex) of `tensors` (name → torch tensor) in sorted name order with dtype, shape and bytes,
-    and of `facts` (config, statistics: plain values) as canonical JSON."""
+    and of `facts` (config, statistics: plain values) as canonical JSON (sorted keys, no spaces). Two checkpoints
+    with equal weights, config and statistics get the same identity however they were pickled (e.g. one saved
+    after a resume)."""
     import torch
 
     h = hashlib.blake2b(digest_size=16)

@@ -1,36 +1,5 @@
-"""TFRecord files and `tf.train.Example` protos without TensorFlow.
-
-TFRecord framing (TensorFlow `core/lib/io/record_writer.cc`), repeated until end of file::
-
-    uint64  length                 little endian
-    uint32  masked_crc32c(length)  of the 8 length bytes
-    byte    data[length]
-    uint32  masked_crc32c(data)
-
-    masked_crc32c(x) = ((crc >> 15) | (crc << 17)) + 0xA282EAD8   (mod 2**32), crc = CRC-32C (Castagnoli)
-
-CRC-32C is computed here with a 256-entry table; records above a few KB are split into lanes that numpy
-updates side by side, and the lane CRCs are joined with the shift-by-L-zero-bytes operator (CRC is affine over
-GF(2)), so a multi-MB episode record checks at roughly 100 MB/s on one core instead of ~5 MB/s byte by byte.
-
-Every framing problem raises `TFRecordError` naming the file and the byte offset of the record: a file that ends
-inside a header, inside the data or inside the data CRC ("truncated"), and CRC mismatches ("corrupt").
-
-`tf.train.Example` (TensorFlow `core/example/{example,feature}.proto`) is decoded from the protobuf wire format by
-hand (no generated code, no descriptors):
-
-    Example  { Features features = 1; }
-    Features { map<string, Feature> feature = 1; }         # map entry: key = 1, value = 2
-    Feature  { oneof kind { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
-    BytesList { repeated bytes value = 1; }
-    FloatList { repeated float value = 1 [packed = true]; }  # readers must accept packed and unpacked
-    Int64List { repeated int64 value = 1 [packed = true]; }
-
-Decoded values: bytes_list -> `list[bytes]`, float_list -> float32 `np.ndarray`, int64_list -> int64
-`np.ndarray`; a Feature with no kind set decodes as an empty bytes list. TF's own writer always packs; unpacked
-lists (legal protobuf, written by some non-TF tools) are read too, and `encode_example(..., packed=False)` writes
-them for tests.
-"""
+"""TFRecord files and `tf.train.Example` protos without TensorFlow: CRC-checked framing and a hand-written protobuf
+codec. Framing, wire format, errors: docs/formats.md#oxe ("TFRecord and tf.train.Example without TensorFlow")."""
 
 from __future__ import annotations
 

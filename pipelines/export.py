@@ -1,20 +1,5 @@
-"""Export a registered shard set to the folder layout the released Motus stage-2 loader reads.
-
-    OUT/<source>/videos/<stem>.mp4                  the clip at the working size (H.264)
-    OUT/<source>/metas/<stem>.txt                   language lines, one per line
-    OUT/<source>/latent_action_dim14/<stem>.pt      float32 tensor [T−1, 14]
-    OUT/<source>/umt5_wan/<stem>.pt                 list of float32 tensors [L_i, E], one per metas line
-    OUT/<source>/qpos/<stem>.pt                     float32 tensor [T, D] (items with real actions only)
-    OUT/export.json                                 what was exported: encoder, E, counts, the shard index hash
-
-The Motus loader keeps only stems present in videos/, metas/, umt5_wan/ and latent_action_dim14/ together, and
-refuses an empty instruction ("Empty instruction text"), so a clip without language (task-agnostic robot motion)
-gets one caption line — `caption`, by default naming the embodiment and "random joint exploration", as AnyPos
-captions its data — with one all-zero [1, E] embedding (the same no-text conditioning as before). Its episode
-caches (`cached_episodes*.pkl`) are deleted on export, or a re-export would be read with a stale episode list.
-Motus feeds the embeddings into Wan's `text_embedding`, a Linear 4096 → 3072, so embeddings of another width (the
-default MiniLM's 384) stop the export unless `allow_text_width` (for a Motus whose text layer was changed).
-"""
+"""Export a registered shard set to the folder layout the released Motus stage-2 loader reads. Layout, captions and
+text width: docs/formats.md#export-motus."""
 
 from __future__ import annotations
 

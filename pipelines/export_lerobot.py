@@ -1,17 +1,5 @@
-"""Export a registered shard set as LeRobot v3.0 datasets, written by lerobot's own writer.
-
-    OUT/<embodiment>-<fps>fps/            one LeRobot v3.0 dataset per embodiment, frame rate and action width:
-        meta/info.json, meta/stats.json,  features `observation.images.main` (video), `action` [D] (real actions,
-        meta/tasks.parquet, meta/episodes/ only where the clips have them), `action.latent` [14] (the latent
-        data/, videos/                    actions), one episode per clip, its first language line as its task
-    OUT/<embodiment>-<fps>fps-noaction/   the same for an embodiment's clips without real actions (human video)
-    OUT/export.json                       per dataset: its clips in episode order, true fps, Δ, action meaning
-
-A LeRobot dataset has one fps and one feature schema, so clips are grouped by (embodiment, fps rounded to an
-integer, action width); frames are never resampled. Latent row j is the motion starting at frame j, so a clip of
-T frames has T−1 rows: frame t carries row t, and the last frame of every episode carries zeros (no motion
-starts there; `frame_index == length − 1` marks it).
-"""
+"""Export a registered shard set as LeRobot v3.0 datasets, written by lerobot's own writer, one per embodiment, frame
+rate and action presence. Layout and latent rule: docs/formats.md#export-lerobot."""
 
 from __future__ import annotations
 

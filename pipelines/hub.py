@@ -1,23 +1,5 @@
-"""The Hugging Face Hub side: `fetch` a dataset (or a subset of its files) into the local hub cache and ingest
-from there, `push` shards with a generated dataset card.
-
-fetch
-    `huggingface_hub.snapshot_download` puts the files in the hub cache (`HF_HUB_CACHE`, default
-    ~/.cache/huggingface/hub, or `cache_dir`); `local_dir` then gets symlinks to them, so the dataset is a plain
-    folder that the source adapters read (e.g. the LeRobot adapter's root) while the bytes live once, in the cache.
-    Offline (`HF_HUB_OFFLINE=1`, or `offline=True`) nothing touches the network: the snapshot comes from the cache
-    (`local_files_only=True`; the revision is resolved through the cache's `refs/<revision>`), and a repo that is
-    not there is a `HubError` that names it and says how to supply it. Caveat: offline, only files fetched
-    earlier are known, so an `allow_patterns` that matches none of them is an error rather than a download.
-    `add_to_cache` puts a folder that is already on disk (copied from another machine, or written by a sample
-    generator) into the cache layout, so offline fetches find it on air-gapped machines and in tests.
-
-push
-    Uploads every file under `shards_dir` plus a README.md dataset card (YAML front matter: licence, tags,
-    task category, size category, `configs` for the Hub viewer when the files are laid out by split) in one
-    commit to a (by default private) dataset repo. `dry_run=True` returns the plan (files, bytes, card) and sends
-    nothing; offline, a real push is refused before any request.
-"""
+"""The Hugging Face Hub side: `fetch` a dataset (or a subset of its files) into the local hub cache and ingest from
+there, `push` shards with a generated dataset card. Offline use and caveats: docs/storage.md#hub."""
 
 from __future__ import annotations
 

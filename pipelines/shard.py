@@ -1,17 +1,5 @@
-"""The shard stage: labelled clips → WebDataset tars per split, deterministic, registered only when complete.
-
-Two steps:
-1. **Samples** (a per-item stage, parallel on the runner): stream the item's frames at the working size (the same
-   frames the latents index), encode them, attach latent actions, real actions resampled to those frames, and
-   the language lines with their embeddings; write one sample tar per item under `artifacts/samples/`. Reruns
-   skip items whose latents and shard settings are unchanged.
-2. **Pack** (the driver): per split (and tier, with `shards.per_tier`), order samples by a stable hash of the
-   item id and fill shards up to `shards.target_mb`. The set is written to a staging folder next to the shard
-   root, with `index.json` (shards, checksums, item ids, train-only normalisation stats); then the staging
-   folder replaces the root and the catalog registers the set in one transaction. A killed run leaves a staging
-   folder (removed by the next run) or, killed between the swap and the registration, a set the catalog does not
-   list (the next run sees that and rewrites it); never a registered half set. Same inputs → byte-identical tars.
-"""
+"""The shard stage: labelled clips → WebDataset tars per split, deterministic, registered only when complete (a
+per-item sample step, then packing). Format and commit protocol: docs/formats.md#shards."""
 
 from __future__ import annotations
 

@@ -1,21 +1,5 @@
-"""Source roots in object storage (`root: s3://bucket/prefix`): the source tree is mirrored into a local cache under
-the workdir once, and the adapters read the mirror like any local root (docs/storage.md).
-
-The mirror of a root lives in `<workdir>/<source_cache>/<hash>/<name>/`: `hash` of the URL (without any
-user:password part), `name` the URL's last path part, so the dataset folder keeps its name and the adapters give its
-items the ids a local copy of the same folder gets. Beside the files, `.listing.json` records the remote listing the mirror was made from: per file its size and
-the store's version tag (S3's ETag, else the modification time). Each run lists the prefix once (one LIST per 1,000
-objects) and compares: an unchanged file is kept, a new or changed one is fetched again, and a file gone from the
-bucket is removed from the mirror. A rerun on an unchanged bucket downloads nothing. Downloads go through a temp name,
-and the listing vouches only for files in place (it is rewritten before the downloads with the unchanged files, then
-every few seconds with those fetched so far), so a killed run leaves no file that looks complete but is not, and the
-next run fetches only what is still missing or changed. The local copy's mtime is set to the remote object's, so adapters that fingerprint by (size, mtime)
-see the same fingerprint for a refetched identical object.
-
-Every file under the prefix is fetched (the adapters' layouts differ: LeRobot's meta/ and data/ folders, RoboTwin's
-HDF5 trees, RLDS builder folders...), so point a root at a dataset's prefix, not at a whole bucket. Credentials come
-from the environment (common/storage.py) and never reach the cache, its listing, logs or errors.
-"""
+"""Source roots in object storage (`root: s3://bucket/prefix`): the tree is mirrored into a local cache under the
+workdir, kept in step with the bucket's listing, and read like any local root (docs/storage.md, the source cache)."""
 
 from __future__ import annotations
 
@@ -96,7 +80,7 @@ def _safe(rel: str) -> bool:
 
 def mirror(url: str, local: str | os.PathLike) -> CacheReport:
     """Bring the local mirror of `url` in the folder `local` (`PipelineConfig.source_dir`) up to date with the
-    bucket (see the module docstring)."""
+    bucket: unchanged files kept, new or changed ones fetched, vanished ones removed (docs/storage.md)."""
     local = Path(local)
     report = CacheReport(storage.redact(url), local)
     remote = remote_listing(url)

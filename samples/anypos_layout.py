@@ -1,13 +1,4 @@
-"""Task-agnostic episodes in the layout AnyPos/ATARA publish (sources/anypos.py reads it).
-
-    <root>/<task>/episode_<i>.mp4        cv2.VideoWriter mp4v: the main view on top, both wrists at half size side
-                                         by side below it (Motus's T layout, the proportions of AnyPos's 640x720)
-    <root>/<task>/episode_<i>_qpos.pt    torch.save(float32 tensor [T, 14]) of the measured joint positions
-    <root>/<task>.json                   {"task", "caption"}
-
-Made from our task-agnostic generator's episodes (`sim_task_agnostic.write_task_agnostic`: main view + two wrist
-views + joints.npy). Files are written under temporary names and renamed, the caption file last.
-"""
+"""Task-agnostic episodes in the layout AnyPos/ATARA publish (sources/anypos.py reads it): docs/samples.md#anypos."""
 
 from __future__ import annotations
 

@@ -1,21 +1,5 @@
-"""Small LeRobot datasets in both layouts the LeRobot adapter reads (sources/lerobot.py).
-
-- v3.0 is written by lerobot's own writer (`LeRobotDataset.create` → `add_frame` → `save_episode` → `finalize`,
-  lerobot 0.4.4): episodes parquet, concatenated data parquet, one concatenated AV1 mp4 per camera.
-- v2.1 cannot be written by lerobot 0.4.4 (it only writes v3.0), so it is written here the way lerobot 0.3.x
-  did: info.json (codebase_version "v2.1"), episodes.jsonl, tasks.jsonl, episodes_stats.jsonl, one parquet and one
-  mp4 per episode and camera (H.264 through PyAV, where lerobot 0.3 used AV1: the reader does not care).
-
-The episodes are ALOHA-like: a head camera `observation.images.cam_high` (optionally two wrist cameras),
-a 14-d `observation.state` and `action` (left arm 6 + gripper, right arm 6 + gripper; absolute joint targets, or
-per-step deltas with `actions="delta"`), 20-40 frames each, one task sentence each. Frames are either taken from an existing mp4 (`frames_from`, e.g. a task-agnostic episode's
-`rgb_front.mp4`) or drawn: a background whose colour depends on the episode and brightens by `RAMP` per frame,
-with a moving square, so every frame has its own mean colour and a window that is off by one frame shows.
-`sample_episodes` returns exactly what `write_lerobot` writes, for tests to compare against.
-
-Measured on 2 cores (3 episodes, 96×128, three cameras): lerobot's writer about 1 s plus about 8 s to import
-lerobot (torchvision models and `datasets`); the v2.1 writer well under a second.
-"""
+"""Small LeRobot datasets in both layouts the LeRobot adapter reads: v3.0 through lerobot's own writer, v2.1 as
+lerobot 0.3 wrote it. How: docs/samples.md#lerobot."""
 
 from __future__ import annotations
 

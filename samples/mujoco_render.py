@@ -1,30 +1,5 @@
 """Headless MuJoCo rendering for the sample generators: RGB, metric depth, body segmentation and cameras.
-
-One :class:`SimCamera` owns one ``mujoco.Renderer`` of a fixed size and renders any named camera of the model.
-It is tuned for Mesa llvmpipe (the CPU OpenGL that ``MUJOCO_GL=egl`` gives on machines without a GPU):
-
-* shadows and reflections are switched off and the offscreen MSAA is disabled, which makes rendering
-  10-20x faster on llvmpipe (see ``shared/research/data_sources.md`` §1);
-* all site groups are hidden, so debugging markers (mocap axes, target spheres) never reach the pixels.
-
-Besides pixels it returns the camera geometry in the conventions the rest of the pipeline uses:
-
-* ``K``: 3x3 pinhole intrinsics in pixels, OpenCV convention (pixel centres at integer coordinates, so the
-  principal point of an H x W image is ((W-1)/2, (H-1)/2)); MuJoCo's ``fovy`` is the vertical field of view
-  and pixels are square, so fx = fy = (H/2) / tan(fovy/2);
-* ``world_to_camera``: 4x4 extrinsic in OpenCV camera axes (x right, y down, z forward). MuJoCo cameras look
-  along their local -z with +y up, so the OpenCV frame is the MuJoCo frame rotated by diag(1, -1, -1).
-
-With these, a world point X projects to ``u ~ K @ (world_to_camera @ [X, 1])[:3]`` and the rendered depth
-at that pixel equals the camera-frame z of the closest surface (MuJoCo depth is planar z, not ray length).
-
-Call :meth:`SimCamera.close` (or use it as a context manager): letting the GL context die in ``__del__`` at
-interpreter exit prints ``EGLError`` noise.
-
-:func:`run_render_jobs` spreads per-episode jobs over worker processes, each with its own model and
-:class:`SimCamera`: llvmpipe draws mesh-heavy scenes on one core per GL context (vertex-bound, more llvmpipe
-threads do not help, and ``mjr_render`` holds the GIL), so processes are the way to use a second core.
-"""
+Conventions and llvmpipe tuning: docs/samples.md#mujoco-render."""
 
 from __future__ import annotations
 

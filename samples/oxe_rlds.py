@@ -1,31 +1,5 @@
 """Pyramid tier L5 sample data: small Open X-Embodiment datasets in the official TFDS/RLDS builder layout.
-
-    <root>/<dataset>/0.1.0/dataset_info.json
-    <root>/<dataset>/0.1.0/features.json
-    <root>/<dataset>/0.1.0/<dataset>-train.tfrecord-00000-of-00001
-    <root>/<dataset>/0.1.0/<dataset>-val.tfrecord-00000-of-00001      (when n_episodes >= 3)
-
-One `tf.train.Example` per episode, flattened the way TFDS serializes RLDS (see sources/oxe.py): every
-step field is one feature holding all T steps concatenated (`steps/observation/image` = T JPEGs,
-`steps/action/world_vector` = 3T floats, `steps/is_first` = T int64 0/1, text = T strings). The feature trees
-below follow the released features.json files of each dataset (key names, shapes, dtypes; the long tail of
-fields real datasets carry is trimmed to a few representative ones, which readers must ignore).
-
-Motion: a commanded end-effector path per episode (position, roll-pitch-yaw, gripper; its own speed and changing
-direction, `sim_oxe.motion`) drives a MuJoCo ViperX arm through inverse kinematics on its gripper link
-(samples/sim_oxe.py), and the images are rendered from that arm. Actions are the path's per-step deltas
-(fractal/kuka: `world_vector`, `rotation_delta`, a relative `gripper_closedness_action` of +1 close / −1 open / 0;
-bridge: a flat 7-d delta with an absolute gripper) or velocities (droid), so the action caused the frames:
-RLDS step t holds the image rendered BEFORE action t is applied, and action t moves the hand from the pose
-frame t shows to the one frame t+1 shows (timing `after`; the last step's action is zero and carries
-`terminate_episode`). States are the pose the arm reached at each frame (IK meets the command to ~1e-5 m).
-With `frames_from` (an mp4), its frames are used instead and the states are the commanded path (frames and
-actions are then unrelated). Images are RGB arrays encoded as standard JPEG (cv2 gets BGR, so channels are
-swapped before encoding).
-
-Every file is written under a temporary name and renamed into place, and dataset_info.json is written last (and
-removed first when regenerating), so an interrupted run never looks like a complete builder dir.
-"""
+How they are made: docs/samples.md#oxe."""
 
 from __future__ import annotations
 

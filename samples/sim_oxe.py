@@ -1,26 +1,5 @@
-"""MuJoCo frames for the OXE sample: a ViperX arm whose end effector follows per-step pose deltas.
-
-The scene is gym-aloha's bimanual ViperX MJCF (``assets/bimanual_viperx_transfer_cube.xml``, Apache-2.0) with the
-right arm removed: one ViperX 300 arm on the table's edge, the table and a red cube. A commanded end-effector
-pose is turned into joint angles by damped-least-squares inverse kinematics on the gripper link (warm-started
-from the previous frame's solution, joint limits respected), the way a Cartesian controller serves RT-1-style
-delta commands; the fingers are set to the commanded closedness. Nothing else moves. IK instead of physics:
-the hand reaches every commanded pose exactly (to ~1e-5 m / 1e-4 rad; the commanded box is inside the arm's
-reach), there are no substeps to pay for, and the sample stays deterministic per seed.
-
-Poses are in the robot base frame (the arm's base: x forward across the table, y left, z up; axis-aligned with
-the world, so only an offset separates the two): position in metres, orientation as roll-pitch-yaw in radians,
-R = Rz(yaw) Ry(pitch) Rx(roll). ``motion`` draws a commanded path per episode with its own speed and changing
-direction inside a box the main camera sees; the sample's actions are that path's per-step deltas.
-
-Timing (RLDS, and ``actions`` timing ``after`` in manifests/actions.py): frame t shows pose t and is rendered
-before action t = pose t+1 − pose t is applied, so frame t+1 shows action t's effect and the motion between frames
-t1 < t2 is Σ action[t1:t2]. The last step's action is zero (nothing follows it).
-
-Cameras (MuJoCo names; views of the RLDS schemas in this order): ``oxe_main`` across the table, above and in
-front of the hand, looking back at the arm (the gripper large in view), ``oxe_side`` from the side of the
-workspace, and the arm's ``left_wrist`` camera fixed to the gripper and widened.
-"""
+"""MuJoCo frames for the OXE sample: a ViperX arm whose end effector follows per-step pose deltas (by IK).
+Scene, frames, timing and cameras: docs/samples.md#oxe."""
 
 from __future__ import annotations
 

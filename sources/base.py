@@ -1,16 +1,5 @@
-"""The source-adapter interface every tier plugs into.
-
-An adapter reads one dataset exactly as its publisher ships it. `discover()` runs in the driver and only
-lists inputs (cheap: no decoding); `probe(ref)` runs in workers, opens the input, validates it and returns the
-item's record (`manifests.items.Item`) (`discover()` may add source-level lines to `notes`). The driver assigns `split` from a hash of `group_id` unless the row carries the publisher's
-official split (e.g. SSv2's label files) as "train", "val" or "test". Unusable input raises
-`BadInput(reason)` so the item is quarantined with the reason and the run goes on.
-
-An item's files are read only where they really are inside the source root: ingest quarantines an item whose
-input or media path resolves, through a symlink, anywhere else (`SourceAdapter.outside_root`), unless the target is
-under a folder of the source option `link_roots` or is a blob of a Hugging Face hub cache (where `pyramid fetch`
-links point).
-"""
+"""The source-adapter interface every tier plugs into: `discover()` lists inputs in the driver, `probe(ref)` reads one
+in a worker and returns its `Item` record. Contract (splits, BadInput, links): docs/formats.md#adapters."""
 
 from __future__ import annotations
 
@@ -25,7 +14,7 @@ from typing import Any, ClassVar, Iterator, Mapping, Sequence
 import numpy as np
 
 from manifests import actions
-from manifests.items import Item, dumps_extras  # noqa: F401 - dumps_extras: adapters import it from here
+from manifests.items import Item
 
 
 # a file of a Hugging Face hub cache: <cache>/<type>s--<owner>--<name>/blobs/<git sha1 or sha256>

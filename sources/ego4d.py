@@ -1,54 +1,5 @@
 """Ego4D (tier L2, egocentric human video): clips cut as windows around narrations or FHO state changes, read from
-the Ego4D CLI's output.
-
-Layout read (the root is the CLI's `--output_directory`):
-
-    <root>/<version>/ego4d.json                       {"videos": [{"video_uid", "video_metadata": {"fps",
-                                                        "num_frames", ...}, ...}], "clips": [{"clip_uid",
-                                                        "video_uid", "video_start_sec", "video_end_sec"}, ...]}
-    <root>/<version>/annotations/narration.json       {video_uid: {"narration_pass_1": {"narrations": [
-                                                        {"timestamp_sec", "timestamp_frame", "narration_text",
-                                                        "annotation_uid"}, ...]}, "narration_pass_2": ...}}
-    <root>/<version>/annotations/fho_main.json        {"videos": [{"video_uid", "annotated_intervals": [{"clip_uid",
-                                                        "narrated_actions": [{"uid", "narration_text",
-                                                        "narration_timestamp_sec", "is_rejected", "is_valid_action",
-                                                        "structured_verb", "critical_frames": {"pre_45", "pre_30",
-                                                        "pre_15", "pre_frame", "contact_frame", "pnr_frame",
-                                                        "post_frame"} or null, ...}]}]}]}  (only with clips=fho)
-    <root>/<version>/full_scale/<video_uid>.mp4       the whole recording (H.264)
-    <root>/<version>/clips/<clip_uid>.mp4             benchmark clips (only read with `use_clips=True`)
-
-`<version>` is the option `version`, by default the newest `v<N>/` holding an ego4d.json. Facts: shared research
-motus_and_formats.md §2.1.
-
-Items (default): one per narration of the chosen passes (option `narration_passes`: a list of pass numbers, or
-N meaning passes 1..N; default [1]). The window is [t - before_s, t + after_s] (options, default 1 s and 3 s)
-cut to the frames the stream really holds, snapped to whole frames: `start_s` is the first frame's time,
-`frame_count` the frames inside, `duration_s = frame_count / fps`. All clips of one video share the group
-"ego4d/<video_uid>", so they land in one split (the driver's hash split; Ego4D has no overall official split).
-
-With `clips: fho` the items are the state changes of the Forecasting/Hands & Objects annotations instead: one per
-narrated action of fho_main.json (option `fho_file`) that has critical frames and is neither rejected nor invalid
-(the others are not state changes and are skipped in discovery). The window runs from the critical frame
-`fho_interval[0]` through `fho_interval[1]`, both included (default ["pre_frame", "post_frame"]; any of pre_45,
-pre_30, pre_15, pre_frame, contact_frame, pnr_frame, post_frame), critical frames being frame numbers of the
-full-scale video at its ego4d.json fps: [f0 / fps, (f1 + 1) / fps), widened by `fho_pad_s` seconds on each side
-(default 0). With `fho_window_s` set, the window is instead that long, centred on the critical frame `fho_center`
-(default pnr_frame). The window is then cut to the real stream exactly like a narration window; the instruction
-is the action's cleaned `narration_text`.
-
-With `use_clips=True` the items are the files in `clips/` instead, whole, grouped with their parent video when
-ego4d.json's `clips[]` names it.
-
-- A partial download (`--video_uids`): narration.json / fho_main.json list every video; those not on disk are
-  one line in the source's notes ("N videos narrated in annotations/narration.json are not on disk (M narrations;
-  ...)"), not a quarantine row per narration; option `missing_videos: quarantine` lists each one as before.
-- ego4d.json's `num_frames` and the stream disagree in real releases, so the stream is probed and wins; both
-  counts are kept in `extras` when they differ. A window entirely past the real end is quarantined.
-- Each video is probed (and checksummed) once per worker process, not once per clip: see `_video_facts`.
-- The parsed JSON (hundreds of MB for the full release) is used only in `discover()`; each item carries its own
-  narration in its `ItemRef`, because the adapter is pickled with every task sent to a worker.
-"""
+the Ego4D CLI's output. Layout, options and quirks: docs/formats.md#ssv2-ego4d."""
 
 from __future__ import annotations
 
@@ -60,7 +11,7 @@ from typing import Any, Iterator
 
 from sources.media import VideoInfo, fingerprint
 from sources.base import Item, ItemRef, SourceAdapter, SourceError, read_json
-from sources.ego4d_video import VideoFacts, Window, _video_facts, clear_video_cache, cut_window
+from sources.ego4d_video import VideoFacts, FrameSpan, _video_facts, clear_video_cache, cut_window
 from common.errors import BadInput
 
 DEFAULT_LICENCE = "Ego4D licence agreement, research use"
@@ -391,7 +342,7 @@ class Ego4DSource(SourceAdapter):
         d = ref.details
         path = Path(ref.input_uri)
         facts = _video_facts(path, f"missing clip file {self.version}/clips/{path.name}")
-        win = Window(0, facts.info.frame_count, facts.info.fps)
+        win = FrameSpan(0, facts.info.frame_count, facts.info.fps)
         # grouping with the parent video keeps a clip in the same split as the rest of that recording
         group = f"ego4d/{d['video_uid']}" if d.get("video_uid") else ref.item_id
         extras = {"clip_uid": d["clip_uid"], "video_uid": d.get("video_uid"), "version": self.version,
@@ -416,7 +367,7 @@ class Ego4DSource(SourceAdapter):
             out.update(metadata_fps=float(d["metadata_fps"]), stream_fps=info.fps)
         return out
 
-    def _row(self, ref: ItemRef, path: Path, facts: VideoFacts, win: Window, language: list[str], group: str,
+    def _row(self, ref: ItemRef, path: Path, facts: VideoFacts, win: FrameSpan, language: list[str], group: str,
              extras: dict[str, Any]) -> Item:
         return self.item(
             ref,

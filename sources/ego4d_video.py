@@ -61,7 +61,9 @@ def _video_facts(path: Path, missing_reason: str) -> VideoFacts:
 
 
 @dataclass(frozen=True)
-class Window:
+class FrameSpan:
+    """The whole frames of a stream that a time window covers."""
+
     first_frame: int
     frame_count: int
     fps: float
@@ -75,9 +77,9 @@ class Window:
         return self.frame_count / self.fps
 
 
-def cut_window(start_s: float, end_s: float, fps: float, stream_frames: int) -> Window:
+def cut_window(start_s: float, end_s: float, fps: float, stream_frames: int) -> FrameSpan:
     """The frames whose timestamps fall in [start_s, end_s), limited to the frames the stream holds."""
     eps = 1e-6  # a timestamp a rounding error below a frame's time still counts as that frame
     first = max(0, math.ceil(start_s * fps - eps))
     stop = min(stream_frames, math.ceil(end_s * fps - eps))
-    return Window(first, max(0, stop - first), fps)
+    return FrameSpan(first, max(0, stop - first), fps)

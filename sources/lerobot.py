@@ -1,90 +1,5 @@
-"""LeRobot datasets (tier L6 by default, L5 for the LeRobot mirrors of Open X-Embodiment): one item per episode.
-
-The root is a local LeRobot dataset folder (the one holding `meta/info.json`), e.g. what `pipelines.hub.fetch`
-or `huggingface-cli download --repo-type dataset` puts on disk. The files are read directly with pyarrow/json
-and PyAV, so any plain folder works (LeRobotDataset is not needed, nor the Hub). The reader is keyed on
-`meta/info.json` `codebase_version` (facts: shared research motus_and_formats.md §2.6 and §1.4):
-
-v3.0 (lerobot >= 0.4; many episodes per file)
-    meta/info.json                                   fps, features, splits, data_path, video_path templates
-    meta/episodes/chunk-XXX/file-XXX.parquet         episode_index, tasks, length, data/chunk_index,
-                                                     data/file_index, videos/<key>/{chunk_index, file_index,
-                                                     from_timestamp, to_timestamp}, stats/...
-    data/chunk-XXX/file-XXX.parquet                  frame rows of several episodes (episode_index column)
-    videos/<key>/chunk-XXX/file-XXX.mp4              one concatenated mp4 per camera and file (AV1 by default)
-    An episode is the window [from_timestamp, to_timestamp) of its camera files: the item's `media_uris` are the
-    concatenated mp4s and `start_s` is the window start, so the frame streamer decodes only that window.
-
-v2.0 / v2.1 (lerobot 0.1-0.3, what Motus's loader reads; one file per episode)
-    meta/info.json                                   chunks_size, data_path, video_path templates
-    meta/episodes.jsonl                              {"episode_index", "tasks", "length"} per line
-    meta/tasks.jsonl                                 {"task_index", "task"} per line
-    data/chunk-XXX/episode_XXXXXX.parquet            chunk = episode_index // chunks_size
-    videos/chunk-XXX/<key>/episode_XXXXXX.mp4        `start_s` = 0
-
-Any other `codebase_version` (v1.x's safetensors layout, a future v4) is a SourceError naming the version.
-
-Per item: item_id `lerobot/<repo name>/episode_<index:06d>` (repo name = option `repo_name`, else the root
-folder's name), group_id = the item (an episode is its own recording), fps from info.json, frame_count = the
-episode's `length`, checked in `probe` against the data rows and against the frames each camera's window really
-decodes (a mismatch is a BadInput, the item is quarantined and the rest ingests). A declared camera without
-files is left out (extras `cameras_missing`) unless the config names it; an episode with no camera files is
-quarantined. A v3.0 `to_timestamp` equal to the last frame's own time is read one frame period longer (extras
-`window_end_is_last_frame`). info.json totals that disagree with the episodes are a source note and extras
-`metadata_totals`. Actions and states come from the `action` and `observation.state` features (dims and names
-from info.json, names nested or not). Language is the text of the
-rows' `task_index` and of documented language annotation columns (`annotation.*` whose name says task_description
-or instruction) through the task table; other annotation columns point at pseudo-tasks (GR00T-style
-`annotation.human.validity` -> "valid") that are never language (extras `tasks_not_language`). Without task_index
-or a task table, the episode metadata's `tasks` are used.
-
-Options
-    tier: int                  5 for the OXE mirrors (default 6)
-    cameras: [names]           which video features, in this order; short ("cam_high") or full
-                               ("observation.images.cam_high") names. Default: all, primary camera first in
-                               Motus's priority (cam_concatenated, cam_high, main/image/top/front, ...), wrists
-                               after it; camera 0 is what flow uses.
-    composite: bool            record Motus's 3-view T layout (head full size on top, wrists at half size side by
-                               side below, see `composite_t_layout`) for the frame streamer: extras["composite"]
-                               names the head/left/right cameras and the composite size. Default false.
-    composite_cameras: [h, l, r]  which features form the composite (default cam_high, cam_left_wrist,
-                               cam_right_wrist)
-    official_splits: "auto" | true | false
-                               info.json `splits` ("train": "0:40", "test": "40:50") give the split when they are a
-                               real partition (more than one split named, "auto", the default) or always (true).
-                               A lone {"train": "0:N"} is what every lerobot writer puts there, so under "auto" it
-                               is ignored and the driver's hash split applies.
-    action_key / state_key     default `action` (or `actions`) and `observation.state` (or `state`)
-    embodiment, licence        default info.json `robot_type` / `license`, or the dataset card's `license:`
-    check_decode: bool         decode every frame of each camera window (default true); false counts the
-                               window's packets by timestamp and decodes only its first frame
-    action_semantics           what the action dims mean (manifests/actions.py): one `kind[:part]` for all dims
-                               ("delta", "absolute:joint") or a list per dim. Default: the data check below
-    action_timing              "after" (default: row t is sent after frame t, as lerobot records) or "at"
-    video_path                 a template like info.json's for videos stored elsewhere (e.g. under video/ instead of
-                               videos/); a missing file's reason names the path looked for and, when the same file
-                               lies under another top-level folder, that path and the value that reads it
-
-Action semantics: unless the option says, the first data file is checked once per source: per dim, does action[t]
-track state[t+1] (absolute), state[t+1] − state[t] (delta) or that × fps (velocity)? (rms error over the spread
-of each target; within episodes only). Dims that never move follow the majority; the part (joint, gripper, ee_pos,
-ee_rot) comes from the feature names. Extras record `action_semantics_source` (option | data check | assumed) and
-the check's median errors.
-
-Known traps
-- Timestamps are floats written by the recorder: a window is [from - half a frame, to - half a frame) and the
-  item's `start_s` is the time of the first frame that really is in the window (its pts), not the metadata value,
-  so float drift across concatenated episodes (lerobot #3177) does not shift the window by a frame.
-- In v3.0 each camera's mp4 rolls over to a new file on its own size budget, so cameras of one episode can start
-  at different times in different files; `start_s` is camera 0's, and extras["camera_start_s"] holds each
-  camera's start (same order as `cameras`) for streamers that read other cameras.
-- A truncated concatenated mp4 (its moov atom is at the front, lerobot writes faststart) still opens: the
-  episodes before the cut ingest, the later ones are quarantined because their windows hold too few frames.
-- Image-mode datasets (`dtype: "image"`, frames as PNG bytes inside the parquet) have no video to stream: SourceError.
-- AV1 (lerobot's default codec) decodes with PyAV's bundled libdav1d; torchcodec is not needed here.
-- `input_blake2b` covers the episode's own bytes (its action/state rows and the compressed packets of its
-  camera windows), not whole shared files, so checksumming stays proportional to the episode.
-"""
+"""LeRobot datasets (tier L6 by default, L5 for the LeRobot mirrors of Open X-Embodiment), v2.x and v3.0: one item
+per episode. Layout, options and quirks: docs/formats.md#lerobot."""
 
 from __future__ import annotations
 
@@ -104,7 +19,7 @@ from sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # n
                                   episode_language, feature_dim, feature_names, language_columns,
                                   parse_splits, read_episode_rows, read_task_table, short_camera,
                                   totals_mismatch, v2_episodes, v3_episodes)
-from sources.lerobot_video import Window, composite_t_layout, probe_window  # noqa: F401
+from sources.lerobot_video import CameraWindow, composite_t_layout, probe_window  # noqa: F401
 from common.errors import BadInput
 
 V2_VERSIONS = ("v2.0", "v2.1")
@@ -127,7 +42,6 @@ CAMERA_PRIORITY = (
     "observation.images.cam_left_wrist",
     "observation.images.cam_right_wrist",
 )
-T_LAYOUT = ("observation.images.cam_high", "observation.images.cam_left_wrist", "observation.images.cam_right_wrist")
 DEFAULT_LICENCE = "unknown (see the dataset card)"
 
 
@@ -171,7 +85,11 @@ class LeRobotSource(SourceAdapter):
         self.action_names = feature_names(self.action_key, features[self.action_key]) if self.action_key else []
         self.state_names = feature_names(self.state_key, features[self.state_key]) if self.state_key else []
         self.declared_sizes = {k: declared_size(features[k]) for k in self.camera_keys}
-        self.composite = self._composite(features) if options.get("composite") else None
+        removed = [k for k in ("composite", "composite_cameras") if k in options]
+        if removed:  # nothing read extras["composite"]; the T layout itself is `composite_t_layout`
+            raise SourceError(f"lerobot: the option {removed[0]} was removed (nothing read what it recorded); name "
+                              "the cameras under `cameras` (e.g. [cam_high, cam_left_wrist, cam_right_wrist]) to "
+                              "require them in every episode")
         self.embodiment = str(options.get("embodiment") or info.get("robot_type") or "unknown")
         self.licence = str(options.get("licence") or info.get("license") or _card_licence(self.root) or DEFAULT_LICENCE)
         self.splits = self._official_splits(info.get("splits"), options.get("official_splits", "auto"))
@@ -265,21 +183,6 @@ class LeRobotSource(SourceAdapter):
             return chosen
         return next((k for k in defaults if k in features), None)
 
-    def _composite(self, features: dict[str, Any]) -> dict[str, Any]:
-        names = self.options.get("composite_cameras") or T_LAYOUT
-        keys = []
-        for cam in names:
-            match = [k for k in features if k == cam or short_camera(k) == cam]
-            if not match or features[match[0]].get("dtype") != "video":
-                raise SourceError(f"lerobot: composite needs video feature {cam!r}, which {self.root.name} lacks")
-            keys.append(match[0])
-        for k in keys:
-            if k not in self.camera_keys:
-                self.camera_keys.append(k)
-            self.required_cameras.add(k)
-        w, h = declared_size(features[keys[0]]) or (0, 0)
-        return {"cameras": [short_camera(k) for k in keys], "width": w, "height": h + h // 2}
-
     def _official_splits(self, splits: Any, mode: Any) -> dict[str, str] | None:
         if mode is False or str(mode).lower() in ("false", "no", "off") or not isinstance(splits, dict) or not splits:
             return None
@@ -369,8 +272,6 @@ class LeRobotSource(SourceAdapter):
                       if self.declared_sizes.get(k) and list(self.declared_sizes[k]) != sizes[short_camera(k)]}
         if mismatched:
             extras["declared_sizes"] = mismatched  # info.json says otherwise; the decoded size wins
-        if self.composite:
-            extras["composite"] = self.composite
         return self.item(
             ref,
             split=parse_splits(self.splits, index) if self.splits else None,
@@ -397,12 +298,12 @@ class LeRobotSource(SourceAdapter):
         )
 
     def _camera_windows(self, ep: dict[str, Any], length: int, digest: Any
-                        ) -> tuple[dict[str, Window], dict[str, str], list[str]]:
+                        ) -> tuple[dict[str, CameraWindow], dict[str, str], list[str]]:
         """Each camera's episode window, checked against the frames that really decode in it.
 
-        Returns ({key: Window} of the cameras with files, {short name: reason} of those without, the cameras whose
+        Returns ({key: CameraWindow} of the cameras with files, {short name: reason} of those without, the cameras whose
         v3.0 `to_timestamp` is the last frame's own time). A camera without files is left out unless the config
-        names it (`cameras`, `composite_cameras`); none left is BadInput, and so is a file with the wrong frames.
+        names it (`cameras`); none left is BadInput, and so is a file with the wrong frames.
         """
         wins, missing, extended = {}, {}, []
         for key in self.camera_keys:

@@ -41,7 +41,7 @@ def composite_t_layout(head: np.ndarray, left: np.ndarray, right: np.ndarray) ->
 
 
 @dataclass(frozen=True)
-class Window:
+class CameraWindow:
     """What one camera's episode window really holds."""
 
     frames: int
@@ -55,7 +55,7 @@ class Window:
 
 
 def probe_window(path: Path, start: float, end: float | None, fps: float, check_decode: bool = True,
-                 digest: Any = None, label: str | None = None) -> Window:
+                 digest: Any = None, label: str | None = None) -> CameraWindow:
     """Frames of `path` whose pts lie in [start - half a frame, end - half a frame) (end None: to the end).
 
     Seeks to the window, then demuxes; with `check_decode` every packet of the window is decoded and only frames
@@ -116,5 +116,5 @@ def probe_window(path: Path, start: float, end: float | None, fps: float, check_
                        "truncated or corrupt file?)") from e
     except (OSError, ValueError) as e:
         raise BadInput(f"unreadable video {label}: {type(e).__name__}: {e}") from e
-    return Window(frames, first_time, size[0], size[1], last_time, ended, packet_bytes)
+    return CameraWindow(frames, first_time, size[0], size[1], last_time, ended, packet_bytes)
 

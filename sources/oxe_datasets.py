@@ -1,19 +1,5 @@
-"""The per-dataset key table of the Open X-Embodiment mixture as Octo and OpenVLA name it (53 datasets: the 52 of
-Octo's standardization transforms and DROID): cameras in order of preference, state, action and episode-control
-keys, what each action dim means, and the language key.
-
-Keys are relative to `steps/`. A key may end in a column slice, `action[:7]` or `action/future/xyz_residual[:3]`:
-only those columns are read (episode-control columns and the chunked future actions of bc_z stay out of the
-action vector). Embodiment and control rate come from the OXE overview sheet (`oxe_rates.py`), unless a row says.
-
-Sources, per column: cameras and state keys from OpenVLA `prismatic/vla/datasets/rlds/oxe/configs.py`
-(OXE_DATASET_CONFIGS; where OpenVLA names a key its transform derives, the raw key it is sliced from is used);
-action keys and gripper kinds from Octo `octo/data/oxe/oxe_standardization_transforms.py` (rel2abs_gripper_actions
-marks a relative gripper, invert/clip an absolute one; the columns each transform keeps); what each dim means from
-the feature descriptions of the released features.json files (tensorflow/datasets `docs/catalog/<name>.md`).
-Rows marked `assumed` say which part no published text settles (the description says "position" without
-"delta" or "absolute", or no features.json page was found); docs/formats.md lists them.
-"""
+"""The per-dataset key table of the Open X-Embodiment mixture (53 datasets, as Octo and OpenVLA name them): cameras,
+state, action and episode-control keys, what each action dim means, language. Sources: docs/formats.md#oxe."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Embodiment and control rate of each Open X-Embodiment dataset, for datasets outside the full key table.
-
-Source: the OXE dataset overview sheet (columns "Registered Dataset Name", "Robot", "Control Frequency"), as
-copied into youliangtan/oxe_contrib `docs/oxe_dataset_overview.csv` (commit 3702f04); research
-`motus_and_formats.md` §2.3 has the same rates for fractal, bridge and droid. Robot names are written as slugs;
-"Franka" is read as the Franka Emika Panda (an assumption: the sheet does not name the model). Rows the sheet
-gives no rate for ("N/A": stanford_mask_vit, tidybot, vima) have None, so their rate stays "assumed" unless the
-`fps` option says. lerobot's OXE converter config (`push_dataset_to_hub/openx/configs.yaml`, commit 66a3862)
-agrees except io_ai_tech (3 there) and spoc (3 there); the sheet is the publisher's word and is used.
-"""
+"""Embodiment and control rate of each Open X-Embodiment dataset from the OXE overview sheet, for datasets outside
+the full key table. Source and assumptions: docs/formats.md#oxe."""
 
 from __future__ import annotations
 

@@ -1,35 +1,5 @@
-"""RoboTwin episodes (tier L3): one HDF5 per episode, in either of the two layouts RoboTwin has shipped.
-
-Folder layout: `<root>/<task>/<setting>/data/episode{i}.hdf5` (RoboTwin 2.0: `<setting>` =
-`<embodiment>_<clean|randomized>_<N>`, with `instructions/episode{i}.json` ({"seen": [...], "unseen": [...]})
-and `video/episode{i}.mp4` beside `data/`), or `<task>/<env_cfg>/data/episode_{i:07d}.hdf5` (what RoboTwin's
-`scripts/process_data_xpolicylab.py` writes under `data/<dataset>/`; point the root at `data/<dataset>`).
-The layout is detected per file, so one tree may mix both. Facts: shared research motus_and_formats.md §2.4,
-§1.6, and docs/formats.md.
-
-**2.0 layout**: `observation/<cam>/rgb` per-frame JPEG bytes, `joint_action/vector` [T, D] (left arm, left
-gripper, right arm, right gripper), used both as action and as state (as Motus does).
-
-**2026 layout** (XPolicyLab trajectory format v1.0): `vision/<cam>/colors` (cam_head, cam_left_wrist,
-cam_right_wrist, cam_third_view, ...), `state/` and `action/` groups keyed per part
-(`left_arm_joint_states` [T, DOF], `left_ee_joint_states` [T] or [T, E], `right_*` likewise; single-arm
-`arm_joint_states`/`ee_joint_states`; `joint_states` [T, D] as a fallback), `additional_info/frequency`,
-`instruction`/`instructions`, `data_format_version`. Action and state vectors are built in the 2.0 order:
-left arm, left gripper (ee), right arm, right gripper (ee).
-
-- Sample rate (2.0): RoboTwin saves every 15th step of a 250 Hz sim, about 16.7 Hz, although its mp4s say
-  30 fps; the file's `control_hz` attribute wins when present, else the `fps` option (default 250/15).
-- Sample rate (2026): `additional_info/frequency`, read as Hz (XPolicyLab's meaning). RoboTwin's own converter
-  fills it with the task config's `save_freq` (15), a decimation of the 250 Hz sim, not a rate; files it wrote
-  carry the attribute `source_format = "RoboTwin"`, and for those (option `frequency_means: auto`, the default)
-  the rate is `sim_hz / frequency` (250/15 ≈ 16.7 Hz). `frequency_means: hz | save_freq` forces either reading.
-- Colour: RoboTwin (2.0 and its 2026 converter) JPEG-encodes RGB arrays without converting to BGR, so
-  `cv2.imdecode` returns RGB order and must not be swapped again ("legacy" bytes). XPolicyLab's
-  `encode_image_bit` writes standard JPEGs (BGR-converted before `cv2.imencode`) stamped with a JPEG COM
-  segment holding `XPL-RGB1`; for those `cv2.imdecode` returns BGR and exactly one swap is owed. The marker is
-  read per frame (`decode_image_bytes`), as XPolicyLab's `decode_image_bit` does. Raw uint8 [T, H, W, 3]
-  `colors` arrays are RGB already.
-"""
+"""RoboTwin episodes (tier L3): one HDF5 per episode, in either of the two layouts RoboTwin has shipped (2.0, 2026).
+Layouts, rates, colour and quirks: docs/formats.md#robotwin."""
 
 from __future__ import annotations
 

@@ -1,30 +1,5 @@
 """Something-Something v2 (tier L1, web video): one item per `<id>.webm`, as 20BN / Qualcomm release it.
-
-Layout read (the root is the folder that holds both):
-
-    <root>/20bn-something-something-v2/<id>.webm   VP9 webm (the concatenated and extracted tar parts)
-    <root>/labels/labels.json                      template without brackets -> class index (a string)
-    <root>/labels/train.json                       [{"id", "label", "template", "placeholders"}, ...]
-    <root>/labels/validation.json                  same fields
-    <root>/labels/test.json                        [{"id"}, ...] (no labels are released for test)
-
-Facts: shared research motus_and_formats.md §2.2.
-
-- Split: the official files decide it (train.json -> "train", validation.json -> "val", test.json -> "test"). A
-  webm listed in none of them gets no split here, so the driver assigns one from the hash of its group.
-- Items are the webms on disk (with their label entries) and webms on disk that no label file lists. Clips the
-  labels list but the disk lacks (a partial download) are one line in the source's notes, "N listed clips are not
-  on disk (...)", shown by ingest and `pyramid status`; option `missing_clips: quarantine` makes each one a
-  quarantined item instead ("missing video file ... listed in validation.json").
-- Label records are checked against the official schema (train/validation: string `id`, `label`, `template`,
-  `placeholders` list; test: string `id`; labels.json: template -> digit string): a mismatch is a SourceError
-  naming the file, the record and the field.
-- fps, size and frame count come from probing the stream. SSv2 is said to be 12 fps and 240 px high, but the
-  pipeline checks rather than assumes.
-- The label files are streamed record by record into a temporary SQLite index during discovery (52 k entries are
-  never Python objects at once); each item carries its own small label entry in its `ItemRef`. The adapter holds
-  nothing big because it is pickled with every task sent to a worker.
-"""
+Layout, splits and quirks: docs/formats.md#ssv2-ego4d."""
 
 from __future__ import annotations
 

@@ -1,13 +1,5 @@
-"""Task-agnostic robot motion (tier L4): Curobo/AnyPos-style random joint exploration, sequential episodes.
-
-The layout (ours, documented in docs/formats.md; the MuJoCo generator writes it):
-`<root>/dataset.json` (embodiment, fps, action/state names, cameras) and `<root>/episodes/<episode>/` with
-`rgb_<cam>.mp4` (the first camera is the main view; wrist views may follow), `joints.npy` [T, D] measured joint
-positions, `actions.npy` [T, D] joint targets commanded after observing each frame, and optionally `sim.h5`
-(depth, segmentation, cameras, body poses for exact flow, for `sim_cameras`). These are the main labelled data
-for aligning latent actions with real actions: absolute joint targets applied after each frame, unless
-dataset.json has `action_semantics` / `action_timing` (manifests/actions.py) or the source options override them.
-"""
+"""Task-agnostic robot motion (tier L4): Curobo/AnyPos-style random joint exploration in our own layout, sequential
+episodes. Layout: docs/formats.md#task-agnostic."""
 
 from __future__ import annotations
 

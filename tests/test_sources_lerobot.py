@@ -237,12 +237,10 @@ def test_splits_tier_and_camera_options(trees):
 
     with pytest.raises(SourceError, match="camera 'wrist' is not a video feature.*cam_high"):
         LeRobotSource(root, cameras=["wrist"])
-    with pytest.raises(SourceError, match="composite needs video feature 'observation.images.cam_left_wrist'"):
-        LeRobotSource(trees / "samples" / "v2" / REPO, composite=True)
-    composite = LeRobotSource(root, composite=True)
-    extras = json.loads(composite.probe(next(iter(composite.discover()))).row()["extras"])
-    assert extras["composite"] == {"cameras": ["cam_high", "cam_left_wrist", "cam_right_wrist"],
-                                   "width": 128, "height": 144}
+    with pytest.raises(SourceError, match="option composite was removed.*under `cameras`"):
+        LeRobotSource(root, composite=True)
+    with pytest.raises(SourceError, match="option composite_cameras was removed"):
+        LeRobotSource(root, composite_cameras=["cam_high", "cam_left_wrist", "cam_right_wrist"])
 
 
 def test_composite_t_layout_places_head_on_top_and_half_size_wrists_below():

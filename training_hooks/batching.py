@@ -1,17 +1,5 @@
 """Frames into Motus batches, the float buffers they live in, and the decoding threads that fill them; the shard
-loader (training_hooks/loader.py) drives these.
-
-Speed (bench/bench_loader.py, 2 cores). Per frame the JPEG is decoded into a small reused buffer that stays in
-cache and scaled into its float32 CHW slot in one pass. Float32 buffers are reused once no tensor refers to them
-(`BufferPool`: first-touch page faults on 13 MB of fresh float32 per sample were a third of the CPU on a VM).
-
-Workers. Decoding threads (`threaded_batches`) are one consumer each, decode into the float32 batches themselves
-and hand them over through bounded queues, taken round-robin as a DataLoader takes its workers' batches, so
-threads and processes give the same batches in the same order. JPEG decoding (simplejpeg) and the numpy passes
-release the GIL; tar headers, JSON and npy parsing hold it but are a tenth of a sample's time. Worker processes
-(DataLoader) send uint8 frames through shared memory (`FrameBatch` without a pool; a quarter of float32's bytes)
-and the consumer widens them (`widen_frames`).
-"""
+loader drives these. Why it is fast and why threads equal processes: docs/trainer.md#loader ("Workers")."""
 
 from __future__ import annotations
 

@@ -1,52 +1,5 @@
 """Motus training batches from our WebDataset shards: windows cut from whole clips, normalised and collated into
-exactly the dict the Motus trainer consumes (research motus_and_formats.md §1.2–1.5).
-
-    loader = make_loader("demo_run/shards", "train", LoaderConfig(), batch_size=4, num_workers=2)
-    for batch in loader:  # first_frame, video_frames, action_sequence, language_embedding, language_mask,
-        ...               # [initial_state], item_id, tier
-
-Pipeline, one generator per step, run by every consumer (worker thread, process or caller): this consumer's shards →
-samples (`manifests.shard_format.Sample`, frames still encoded, views into the mapped shard) → windows (Motus rule)
-→ shuffle buffer (encoded clips only) → labels cut and normalised, frames decoded into the batch → batches.
-Labels are normalised with the index's train-split stats: real actions per embodiment, latent actions with one
-global map or their embodiment's (`latent_normalise_by`, training_hooks/normalise.py).
-
-Window rule, step = `video_step` (or `video_step_s` × the clip's fps, rounded to a multiple of r: the same time
-span for every frame rate), F frames, ratio r, g = step / r, A = F·r, clip of T frames:
-- condition index c uniform in [0, T−1−F·step] (0 when negative); `first_frame` = frame c;
-- video frames c + (i+1)·step for i < F, clamped to T−1;
-- `latent` mode (stage 2): latent rows c + k·g for k < A, clamped to T−2 (row j = the motion starting at frame j);
-- `real` mode (stage 3): action rows c + (k+1)·g for k < A, clamped to T−1, so video frame i is the action at
-  position (i+1)·r − 1; `initial_state` = actions[c] (`state_from_actions`, RoboTwin's qpos convention).
-
-Splitting. Consumers are (rank, worker) pairs, `world_size × num_workers` of them. Every consumer shuffles the
-shard list with the same (seed, epoch) and takes every n-th shard, so the ranks see disjoint shards whose union is
-the split, and each epoch deals them out differently. With fewer shards than consumers the loader falls back to
-sample-level splitting instead of failing or duplicating: every consumer reads every shard (in the same shuffled
-order) and keeps every n-th sample; decoding only happens for kept samples, so the extra cost is tar reads. Either
-way per-consumer sample counts can differ by a shard's worth, so with `resampled=False` the ranks of a DDP run can
-get different batch counts: train multi-node with `resampled=True` (an endless stream of shards drawn with
-replacement, weighted by sample count, per-consumer seeds) and count steps, as WebDataset advises.
-
-Why not `webdataset.WebDataset` (1.0.2): its node splitter reads the rank from torch.distributed, it shuffles
-shards after splitting (a rank would see the same shards every epoch), it has no sample-level fallback, and its
-handlers drop bad samples uncounted. Tars are memory-mapped (`manifests.shard_format.map_tar`): a window reads the pages of
-its 9 JPEGs, not the whole clip. A set on object storage (`s3://...`, docs/storage.md) is read a whole shard per GET.
-
-Mixture. With `tier_weights` or `source_weights` each window's group is drawn by weight, its clip from that
-group's endless stream (`training_hooks/mixture.py`): proportions follow the weights whatever the groups' sizes.
-Without them (the default) groups come up in proportion to their clip counts.
-
-Workers. `num_workers` > 0 starts decoding threads by default (`worker_kind: thread`), each one consumer, or
-DataLoader worker processes (`worker_kind: process`, for per-sample Python that holds the GIL, e.g. mp4 clips);
-both give the same batches in the same order (`training_hooks/batching.py` says how, and why it is fast). With
-workers `make_loader` sets OpenCV to one thread in the calling process (before a fork: OpenCV's pool is not
-fork-safe); worker processes get one torch thread in `worker_init_fn`.
-
-Bad samples (undecodable member or frame, T < 2, latent rows ≠ T−1, no or misaligned actions in `real` mode, an
-embodiment without train-split action stats when normalising in `real` mode) are skipped, logged (the first few
-per reason and consumer) and counted in `loader.skipped`; a missing shard file is a FileNotFoundError naming it.
-"""
+exactly the dict the Motus trainer consumes. Window rule, splitting, workers: docs/trainer.md#loader."""
 
 from __future__ import annotations
 
@@ -134,7 +87,9 @@ class LoaderConfig:
 # --- window rule --------------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
-class Window:
+class WindowIndices:
+    """The indices of one training window in its clip: the condition frame, the video frames, the action rows."""
+
     condition: int
     video: list[int]  # F frame indices
     rows: list[int]  # A latent or action rows
@@ -148,8 +103,9 @@ def clip_step(cfg: LoaderConfig, fps: float | None) -> int:
     return max(r, int(round(cfg.video_step_s * float(fps) / r)) * r)
 
 
-def draw_window(n_frames: int, cfg: LoaderConfig, rng: np.random.Generator, step: int | None = None) -> Window:
-    """One window by the Motus index rule (module docstring); needs n_frames >= 2."""
+def draw_window(n_frames: int, cfg: LoaderConfig, rng: np.random.Generator, step: int | None = None
+                ) -> WindowIndices:
+    """One window by the Motus index rule (docs/trainer.md#loader, "Window rule"); needs n_frames >= 2."""
     T, step, F, r = n_frames, step or cfg.video_step, cfg.num_video_frames, cfg.action_ratio
     g = step // r
     top = T - 1 - F * step
@@ -159,7 +115,7 @@ def draw_window(n_frames: int, cfg: LoaderConfig, rng: np.random.Generator, step
         rows = [min(c + k * g, T - 2) for k in range(F * r)]
     else:
         rows = [min(c + (k + 1) * g, T - 1) for k in range(F * r)]
-    return Window(c, video, rows)
+    return WindowIndices(c, video, rows)
 
 
 # --- frames -------------------------------------------------------------------------------------------------------
@@ -291,12 +247,12 @@ class _Consumer:
                     yield member
                 position += 1
 
-    def _mixed(self) -> Iterator[tuple[Sample, Window]]:
+    def _mixed(self) -> Iterator[tuple[Sample, WindowIndices]]:
         """Endless windows, each from a group drawn by weight (training_hooks/mixture.py); each group an endless
         stream of this consumer's clips of it, reshuffled every pass."""
         ds, plan, views = self.ds, self.ds.mixture, {}
 
-        def group_windows(group: Any) -> Iterator[tuple[Sample, Window]]:
+        def group_windows(group: Any) -> Iterator[tuple[Sample, WindowIndices]]:
             clips = plan.share(group, ds.seed, ds.epoch, self.me, self.consumers)
             while True:
                 produced = 0
@@ -310,7 +266,8 @@ class _Consumer:
 
         return weighted_stream(plan, {g: group_windows(g) for g in plan.groups}, self.rng)
 
-    def _windows(self, members: Iterator[tuple[str, dict[str, memoryview]]]) -> Iterator[tuple[Sample, Window]]:
+    def _windows(self, members: Iterator[tuple[str, dict[str, memoryview]]]
+                 ) -> Iterator[tuple[Sample, WindowIndices]]:
         cfg = self.cfg
         for key, group in members:
             try:
@@ -340,13 +297,13 @@ class _Consumer:
             for _ in range(cfg.windows_per_clip):
                 yield sample, draw_window(T, cfg, self.rng, step)
 
-    def _shuffle(self, items: Iterator[tuple[Sample, Window]]) -> Iterator[tuple[Sample, Window]]:
+    def _shuffle(self, items: Iterator[tuple[Sample, WindowIndices]]) -> Iterator[tuple[Sample, WindowIndices]]:
         """WebDataset's buffer shuffle with our generator: fill to `shuffle_buffer`, then swap out a random one."""
         size, rng = self.cfg.shuffle_buffer, self.rng
         if size <= 1:
             yield from items
             return
-        buf: list[tuple[Sample, Window]] = []
+        buf: list[tuple[Sample, WindowIndices]] = []
         for item in items:
             if len(buf) < size:
                 buf.append(item)
@@ -359,7 +316,7 @@ class _Consumer:
             buf[j], buf[-1] = buf[-1], buf[j]
             yield buf.pop()
 
-    def _labels(self, sample: Sample, window: Window) -> dict[str, Any]:
+    def _labels(self, sample: Sample, window: WindowIndices) -> dict[str, Any]:
         """Everything of one window but its frames: actions (normalised, padded), state, a language line, ids."""
         cfg, state = self.cfg, None
         if cfg.action_mode == "latent":

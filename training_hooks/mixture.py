@@ -1,18 +1,5 @@
 """The pyramid as a mixture at training time: tier or source weights for the shard loader (Octo-style dataset
-weights), and the realised mixture the trainer logs.
-
-Without weights the loader reads its shards in turn, so each tier or source comes up in proportion to its clip
-count. With `LoaderConfig.tier_weights` (e.g. `{1: 0.2, 3: 0.3, 4: 0.5}`) or `source_weights` (e.g.
-`{ssv2: 0.5, robotwin: 0.5}`), every draw first picks a group with probability weight / Σ weights, then the next
-clip of that group: each group is an endless stream of its clips (reshuffled every pass, as Octo repeats each
-dataset before `sample_from_datasets`), so the realised proportions follow the weights whatever the groups' sizes,
-and small groups are repeated rather than exhausted. Groups present in the split but not named get weight 0.
-
-The plan is built once per loader from the split's shards: the JSON member of every sample is read (tar headers
-and ~1 KB per clip; the frames are not touched) for its tier and source, and the byte span of every member is
-kept, so a consumer reads a chosen clip straight from the memory-mapped shard. Each consumer (rank × worker) takes
-every n-th clip of each group (all of a group's clips when it has fewer than n), so the ranks read disjoint clips.
-"""
+weights), and the realised mixture the trainer logs. How draws work: docs/trainer.md#mixture."""
 
 from __future__ import annotations
 

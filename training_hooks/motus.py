@@ -1,17 +1,5 @@
-"""A compact Motus: three experts (video, action, understanding) joined by one full joint attention per layer,
-trained with rectified flow on independent per-modality timesteps, sampled in five modes (VLA, WM, IDM, VGM,
-joint). It mirrors the layout of Motus (research motus_and_formats.md §1.9) at CPU-friendly sizes.
-
-Video works in pixel space, not a VAE latent: frames are area-pooled to `work_size` (48×40 by default, 1/8 of
-384×320), cut into `patch_size`² patches and scaled to [−1, 1]; rectified flow runs on those patches. The
-condition frame is always clean (t=0), like Motus's teacher-forced condition latent; video tokens take their
-AdaLN modulation per token, so condition tokens see t=0 while the predicted frames see t_video.
-
-One clock: a rotary embedding on the joint attention's queries and keys puts video frames (0 = condition, 1..F)
-and action steps (at their real times between frames) on the same time axis, so an action token can find the
-frames around it. Training draws a mode per sample (IDM, VLA, WM, VGM, or joint independent timesteps) with
-configured shares, so each sampling mode's fixed t=0 / t=1 roles are trained on directly.
-"""
+"""A compact Motus: three experts (video, action, understanding) joined by one joint attention per layer, trained with
+rectified flow on per-modality timesteps, sampled in five modes. The model: docs/trainer.md ("The model")."""
 
 from __future__ import annotations
 

@@ -1,14 +1,5 @@
-"""The compact Motus trainer: one loop (AdamW, warmup + cosine, grad clip 0.5), atomic checkpoints with exact
-resume, periodic evaluation of the VLA / IDM / WM modes, and multi-process CPU training under torchrun (gloo + DDP).
-
-Exact resume without saving a data-loader state: `make_train_batches(step_offset, rank, world_size)` restarts
-the stream at any step, and the flow-matching noise of step k on rank r comes from a generator seeded by
-(seed, k, r), so a run restarted from the checkpoint of step k takes the same steps as one that never stopped.
-
-    python -m training_hooks.train --config cfg.yaml --out runs/motus --shards shards/   # WebDataset shards
-    python -m training_hooks.train --out runs/smoke --synthetic 64 --steps 200           # moving-square smoke test
-    python -m torch.distributed.run --standalone --nproc_per_node 2 -m training_hooks.train ...  # 2 processes
-"""
+"""The compact Motus trainer: one loop with atomic checkpoints and exact resume, periodic evaluation, multi-process
+CPU training under torchrun. The loop and launching: docs/trainer.md ("The loop", "Launching")."""
 
 from __future__ import annotations
 

@@ -1,15 +1,5 @@
-"""Duplicates: the same clip twice, byte for byte or near enough, reported as sets.
-
-Exact: the same input bytes over the same window (`items.input_blake2b`), or the same decoded pixels at the same
-sampled positions (which also catches a renamed or remuxed copy). Near: the sampled frames' dHashes agree
-(mean share of differing bits over aligned frames below `near_dup_hash_bits`) — robust to re-encoding, brightness
-and rescaling. Simulated robot episodes of one task seen from one fixed camera look alike by design, so where both
-items have actions, the actions must agree too (a copy carries its labels along; another demonstration does not).
-
-Clips of one group (one source video or episode) may overlap, so they are never near-duplicates of each other
-(an identical window twice still is an exact one). Near-duplicates are looked for after exact deduplication. In
-every set the item kept is the one in the earliest split (train, val, test), then the smallest id; the others fail.
-"""
+"""Duplicates: the same clip twice, byte for byte (`exact_pairs`) or near enough (`near_pairs`), reported as sets of
+which all but one (`keeper`) fail."""
 
 from __future__ import annotations
 
@@ -45,6 +35,7 @@ def connected_sets(pairs: Iterable[Pair]) -> list[list[str]]:
 
 
 def keeper(ctx: AuditContext, members: list[str]) -> str:
+    """The member a set keeps: the one in the earliest split (train, val, test), then the smallest id."""
     return min(members, key=lambda i: (SPLIT_ORDER.get(ctx.items_by_id[i]["split"], 9), i))
 
 
@@ -61,6 +52,9 @@ def _pixel_key(ctx: AuditContext, row: dict) -> str | None:
 
 
 def exact_pairs(ctx: AuditContext) -> list[Pair]:
+    """Exact copies: the same input bytes over the same window (`items.input_blake2b`), or the same decoded pixels
+    at the same sampled positions (which also catches a renamed or remuxed copy). Clips of one group may overlap,
+    but an identical window twice is still an exact copy."""
     def compute() -> list[Pair]:
         reasons: dict[tuple[str, str], list[str]] = defaultdict(list)
         for label, key_of in (("same input bytes and window", _window_key),
@@ -107,7 +101,14 @@ def action_distance(a: np.ndarray, b: np.ndarray, points: int = 32) -> float:
 
 
 def near_pairs(ctx: AuditContext) -> list[Pair]:
-    """Near-duplicate pairs among the items left after exact deduplication (one item per exact set)."""
+    """Near-duplicate pairs among the items left after exact deduplication (one item per exact set).
+
+    The sampled frames' dHashes agree (mean share of differing bits over aligned frames at most
+    `near_dup_hash_bits`): robust to re-encoding, brightness and rescaling. Clips of one group (one source video or
+    episode) may overlap, so they are never near-duplicates of each other. Simulated robot episodes of one task seen
+    from one fixed camera look alike by design, so where both items have actions, the actions must agree too (a copy
+    carries its labels along; another demonstration does not).
+    """
 
     def compute() -> list[Pair]:
         s = ctx.settings

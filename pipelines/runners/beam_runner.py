@@ -1,24 +1,5 @@
-"""The Apache Beam runner: the same stage functions as a Beam pipeline (DirectRunner here; Flink, Spark or
-Dataflow through `runner.beam_options`).
-
-The pipeline is Create(batches) → Reshuffle (spreads batches over workers) → ParDo(stage), one pipeline per window
-of `window` tasks drawn from the driver's stream (so the driver never holds more than a window). The DoFn runs the
-stage's `setup` once per worker (`DoFn.setup`) and writes each batch's outcomes to `<outcome dir>/<batch>.json`
-(temp name, then rename, so a retried bundle overwrites and a reader never sees half a file). The files are
-JSON, never pickles: the driver reads them as data, so a file planted in a shared temp folder cannot run code
-there. Values JSON lacks (tuples, non-string keys, bytes, dates, numpy scalars and arrays) are written tagged and
-read back as they were; an outcome holding anything else becomes a failed outcome saying so. The driver runs the
-pipeline in a thread and yields outcomes as those files appear, so progress, catalog writes and quarantine work
-exactly as with Ray. On a cluster runner the outcome directory must be on storage every worker and the driver
-share (`runner.beam_temp`).
-
-Differences from Ray: Beam retries a failing bundle and then fails the whole pipeline, so a batch that keeps
-killing its worker (or a `setup` that raises) stops the stage with the runner's error, where Ray fails only that
-batch. Ordinary item failures never get that far: `execute_batch` turns them into outcomes. A dead DirectRunner
-worker is noticed through Beam's "Worker subprocess exited with return code N" report (N ≠ 0); without it the
-DirectRunner would wait for that worker forever. A driver that stops early (Ctrl-C, a catalog error) abandons
-the pipeline thread, which runs its remaining batches into a deleted folder before the process exits.
-"""
+"""The Apache Beam runner: the same stage functions as a Beam pipeline (DirectRunner here; Flink, Spark or Dataflow
+through `runner.beam_options`). Outcome files, failures, differences from Ray: docs/stages.md#beam."""
 
 from __future__ import annotations
 
