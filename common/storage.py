@@ -4,6 +4,7 @@ environment (docs/storage.md); `redact` keeps them out of anything printed."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -149,6 +150,15 @@ def open_file(path: str | os.PathLike, mode: str = "rb") -> IO:
         return open(local_path(path), mode)
     fs, inner = filesystem(path)
     return fs.open(inner, mode)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """sha256 (hex) of a file, local or in a bucket, read in 1 MiB blocks (the one sha256 helper)."""
+    h = hashlib.sha256()
+    with open_file(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def exists(path: str | os.PathLike) -> bool:

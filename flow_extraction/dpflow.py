@@ -3,7 +3,6 @@ colour order and import cost: docs/flow.md#dpflow."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import pickle
@@ -12,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from common.storage import sha256_file
 from flow_extraction.base import FlowConfigError
 
 log = logging.getLogger(__name__)
@@ -94,14 +94,6 @@ def resolve_checkpoint(
             f"a checkpoint is a file path or one of the names {', '.join(CHECKPOINT_FILES)}."
         )
     return str(path.absolute())
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _hash_from_file_name(file_name: str) -> str:
@@ -248,7 +240,7 @@ class DPFlowBackend:
             }
         info: dict[str, Any] = {"checkpoint": resolved, "random_weights": False}
         if ckpt_file is not None and ckpt_file.is_file():
-            sha = file_sha256(ckpt_file)
+            sha = sha256_file(ckpt_file)
             info.update(checkpoint=resolved if resolved in CHECKPOINT_FILES else ckpt_file.name,
                         checkpoint_path=str(ckpt_file), checkpoint_sha256=sha)
             if resolved in CHECKPOINT_FILES:

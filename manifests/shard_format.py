@@ -4,7 +4,6 @@ and the shard set's `index.json` (the layout and every field: docs/formats.md, "
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import mmap
@@ -17,6 +16,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequenc
 import numpy as np
 
 from common import storage
+from common.storage import sha256_file  # noqa: F401 - readers of the shard format import it from here
 from manifests.io import atomic_write_text
 from manifests.shard_video import decode_frames
 
@@ -375,14 +375,6 @@ def webdataset_urls(root: str | Path, split: str | None = None) -> list[str]:
     if not storage.is_url(base):
         return [str(p) for p in paths]
     return [f"pipe:{shlex.quote(sys.executable)} -m common.storage cat {shlex.quote(p)}" for p in paths]
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with storage.open_file(path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def index_entry(root: str | Path, rel: str, split: str, tier: int | None, index: int, item_ids: Sequence[str]
