@@ -3,7 +3,6 @@ with exact resume (docs/vae.md#train)."""
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import math
@@ -18,7 +17,7 @@ import torch
 from rich.console import Console
 
 from manifests.checkpoints import content_identity, load_checkpoint, save_checkpoint
-from manifests.io import truncate_metrics_csv
+from common.run_kit import MetricsLog, derive_seed
 from latent_action_vae.data import ActionStats, PairSampler, compute_action_stats
 from latent_action_vae.losses import end_point_error_px, vae_loss
 from latent_action_vae.model import LatentActionVAE
@@ -117,10 +116,6 @@ def source_balance(rows: list[dict[str, Any]], vc: VAEConfig) -> dict[str, float
     return {r["item_id"]: 1.0 / scale[r["source"]] ** power for r in rows}
 
 
-def _step_seed(seed: int, step: int | str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{seed}:{step}".encode(), digest_size=8).digest(), "big") >> 1
-
-
 @dataclass
 class TrainResult:
     checkpoint: Path
@@ -160,7 +155,7 @@ def train_step(model, optimiser, batch, vc: VAEConfig, step: int,
     model.train()
     rank, world = _world()
     # the noise of step k is the same on a resumed run (and differs between the processes of one)
-    torch.manual_seed(_step_seed(vc.seed, step if rank == 0 else f"{step}:{rank}"))
+    torch.manual_seed(derive_seed(vc.seed, step) if rank == 0 else derive_seed(vc.seed, step, rank))
     for group in optimiser.param_groups:
         group["lr"] = lr_at(step, vc) * group.get("lr_scale", 1.0)
     x, target, mask = model.prepare(batch["flow"], batch["valid"])
@@ -275,8 +270,6 @@ def train_vae(vc: VAEConfig, workdir: str | os.PathLike, manifests_dir: str | os
     if rank > 0:  # the other processes train; rank 0 writes
         return _train_quietly(model, optimiser, sampler, vc, item_weights, start, steps, rank, ckpt_path,
                               metrics_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    truncate_metrics_csv(metrics_path, start, METRICS)
     summary = sampler.summary()
     tiers = ", ".join(f"L{t}: {v['items']} items/{v['pairs']} pairs" for t, v in sorted(summary["by_tier"].items()))
     lab = summary["by_labelled"].get("labelled", {"items": 0, "pairs": 0})
@@ -301,10 +294,7 @@ def train_vae(vc: VAEConfig, workdir: str | os.PathLike, manifests_dir: str | os
                         unit="steps")
     last: dict[str, float] = {}
     t0 = time.perf_counter()
-    with open(metrics_path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
-        if f.tell() == 0:
-            writer.writeheader()
+    with MetricsLog(metrics_path, METRICS, start) as metrics:
         for step in range(start, steps):
             last = train_step(model, optimiser, sampler.batch(step), vc, step, item_weights)
             wall = time.perf_counter() - t0
@@ -312,8 +302,7 @@ def train_vae(vc: VAEConfig, workdir: str | os.PathLike, manifests_dir: str | os
             bar.update("done", note=f"loss {last['loss']:.4f} recon {last['recon']:.4f} kl {last['kl']:.2f} "
                                      f"align {last['align']:.4f} epe {last['epe_px']:.2f}px")
             if step % vc.log_every == 0 or step == steps - 1:
-                writer.writerow({k: last[k] for k in METRICS})
-                f.flush()
+                metrics.write(last)
             if (step + 1) % vc.checkpoint_every == 0 or step == steps - 1:
                 save_checkpoint(ckpt_path, state_at(step + 1))
     bar.close()

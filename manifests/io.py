@@ -7,7 +7,7 @@ import os
 import re
 import uuid
 from pathlib import Path
-from typing import BinaryIO, Callable, Sequence
+from typing import BinaryIO, Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -135,19 +135,3 @@ def read_manifest(path: str | os.PathLike, schema: pa.Schema | None = None) -> p
             raise ValueError(f"manifest {path} lacks columns {missing}")
         table = table.select(schema.names).cast(schema)
     return table
-
-
-def truncate_metrics_csv(path: str | os.PathLike, start: int, fields: Sequence[str]) -> None:
-    """Drop the rows of a training log (a CSV with a `step` column) at or after `start`, so a run resumed from the
-    checkpoint of step `start` does not log those steps twice."""
-    import csv
-
-    path = Path(path)
-    if not path.exists():
-        return
-    with open(path, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if int(r["step"]) < start]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields))
-        writer.writeheader()
-        writer.writerows(rows)

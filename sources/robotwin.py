@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-import cv2
 import h5py
 import numpy as np
 

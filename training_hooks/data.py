@@ -3,7 +3,6 @@ WebDataset shards through `training_hooks.loader`). A factory is `make(step_offs
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import math
 import os
@@ -16,14 +15,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from common.run_kit import derive_seed
 from training_hooks.motus_config import MotusConfig
 
 Batch = dict[str, torch.Tensor]
 TrainBatches = Callable[[int, int, int], Iterator[Batch]]  # (step_offset, rank, world_size) -> batches
-
-
-def derive_seed(*parts: int) -> int:
-    return int.from_bytes(hashlib.blake2b(":".join(map(str, parts)).encode(), digest_size=8).digest(), "big") >> 1
 
 
 class SyntheticMotion:

@@ -4,7 +4,6 @@ CPU training under torchrun. The loop and launching: docs/trainer.md ("The loop"
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
 import hashlib
 import json
@@ -23,9 +22,10 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from manifests.checkpoints import load_checkpoint, save_checkpoint
-from manifests.io import atomic_write, atomic_write_text, remove_stale_temps, truncate_metrics_csv
+from common.run_kit import MetricsLog, derive_seed, settings_diff
+from manifests.io import atomic_write, atomic_write_text, remove_stale_temps
 from common.config import build_dataclass, read_yaml_mapping
-from training_hooks.data import Batch, SyntheticMotion, TrainBatches, derive_seed, shard_batches
+from training_hooks.data import Batch, SyntheticMotion, TrainBatches, shard_batches
 from training_hooks.evaluation import ACTION_ERRORS, ActionMeans, evaluate, format_eval, window_groups
 from training_hooks.mixture import TIERS, MixtureCounter, format_mixture
 from training_hooks.motus import Motus
@@ -175,17 +175,12 @@ def build_model(cfg: TrainConfig) -> Motus:
     model.swap_action_head(m.action_dim, m.state_dim, m.n_registers, m.action_ratio, m.action_time)
     # how stage 3 trains (not what the weights are) is this config's
     model.cfg = dataclasses.replace(model.cfg, **{k: getattr(m, k) for k in STAGE3_TRAINING_KEYS})
-    differ = _differing(dataclasses.asdict(model.cfg), dataclasses.asdict(m), "model.")
+    differ = settings_diff(dataclasses.asdict(model.cfg), dataclasses.asdict(m), "model.")
     if differ:
         raise ValueError(f"init_from {cfg.init_from} has other shared sizes than this config: {differ} "
                          "(only action_dim, state_dim, n_registers, action_ratio and action_time may change in "
                          f"stage 3, and the training settings {', '.join(STAGE3_TRAINING_KEYS)})")
     return model.train()
-
-
-def _differing(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> str:
-    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-    return ", ".join(f"{prefix}{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)
 
 
 def param_digest(model: torch.nn.Module) -> str:
@@ -247,8 +242,8 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         state = read_checkpoint(last_path)
         old, new = state["config"], cfg.to_dict()
         differ = ", ".join(filter(None, [
-            _differing({**dataclasses.asdict(MotusConfig()), **old["model"]}, new["model"], "model."),
-            _differing({k: old.get(k) for k in RESUME_KEYS}, {k: new[k] for k in RESUME_KEYS})]))
+            settings_diff({**dataclasses.asdict(MotusConfig()), **old["model"]}, new["model"], "model."),
+            settings_diff({k: old.get(k) for k in RESUME_KEYS}, {k: new[k] for k in RESUME_KEYS})]))
         if differ:
             raise ValueError(f"{last_path} was trained with other settings ({differ}); resume with the same ones, "
                              "or start over with resume=False / --no-resume or another output folder")
@@ -291,17 +286,13 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
         for leftover in remove_stale_temps(ckpt_dir, out_dir, recursive=False):  # an interrupted run's temp files
             log(f"removed {leftover.name}, left by an interrupted run")
         out_dir.mkdir(parents=True, exist_ok=True)
-        truncate_metrics_csv(metrics_path, start, METRICS)
     last: dict[str, float] = {}
     evaluated_at = -1
     modes_logged = torch.zeros(len(MODES))  # since the previous metrics row
     modes_run = torch.zeros(len(MODES))
     batches = make_train_batches(start, rank, world_size)
     t0 = time.perf_counter()
-    with open(metrics_path, "a", newline="") if is_main else open(os.devnull, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=METRICS)
-        if is_main and f.tell() == 0:
-            writer.writeheader()
+    with MetricsLog(metrics_path, METRICS, start, enabled=is_main) as metrics:
         for step in range(start, cfg.steps):
             batch = next(batches, None)
             if batch is None:
@@ -337,9 +328,7 @@ def train(cfg: TrainConfig, make_train_batches: TrainBatches, make_val_batches: 
                         **{f"share_{m}": round(v, 4) for m, v in zip(MODES, shares.tolist())},
                         **mixture.recent_shares()}
                 modes_logged.zero_()
-                if is_main:
-                    writer.writerow(last)
-                    f.flush()
+                metrics.write(last)
                 log(f"step {step}/{cfg.steps} loss {last['loss']:.4f} (video {last['loss_video']:.4f} action "
                     f"{last['loss_action']:.4f}) lr {lr:.2e} {rate:.1f} samples/s")
             if is_main and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
