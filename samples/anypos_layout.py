@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 import av
@@ -47,9 +48,14 @@ def write_anypos_episode(task_dir: Path, index: int, head: np.ndarray, left: np.
             os.replace(tmp_mp4, tmp)
         finally:
             tmp_mp4.unlink(missing_ok=True)
+    # torch.save names the archive's inner folder after the file it writes: saving to the final name in a scratch
+    # folder gives "episode_<i>_qpos/" as AnyPos's own files have, where a temporary name carried the process id
+    # (different bytes on every run)
     qpos_path = task_dir / f"episode_{index}_qpos.pt"
-    with atomic_path(qpos_path) as tmp:
+    with tempfile.TemporaryDirectory(dir=task_dir, prefix=".qpos.") as scratch:
+        tmp = Path(scratch) / qpos_path.name
         torch.save(torch.from_numpy(np.ascontiguousarray(qpos, np.float32)), tmp)
+        os.replace(tmp, qpos_path)
     return video
 
 

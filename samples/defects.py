@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from manifests.splits import SplitRatios, assign_split
+from samples.files import X264_REPRODUCIBLE
 
 
 @dataclass(frozen=True)
@@ -272,7 +273,7 @@ def write_h264_ticks(path: Path, frames: np.ndarray, fps: float, ticks: np.ndarr
         stream = out.add_stream("libx264", rate=Fraction(round(fps)))
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.time_base = tb
-        stream.options = {"crf": "18", "preset": "fast", "g": "2"}
+        stream.options = {"crf": "18", "preset": "fast", "g": "2", **X264_REPRODUCIBLE}
         for rgb, tick in zip(frames, ticks):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts, frame.time_base = int(tick), tb

@@ -16,6 +16,14 @@ import numpy as np
 
 H5_GZIP_LEVEL = 4  # depth/segmentation compress ~4-10x; higher levels cost time for little gain
 
+# libx264 options every sample writer adds, so the same frames always give the same bytes. x264's macroblock-tree
+# rate control, on its AVX-512 code path, reads memory that the encoder did not write: the same frames gave
+# different files (up to ~60 grey levels apart once decoded) depending on what the process had encoded before,
+# so 41 of 51 task-agnostic videos changed from one sample run to the next. Without mb-tree the bytes depend on
+# the frames alone, with x264's assembly and threads kept (no slower); at the same crf files are ~20% larger and
+# ~1 dB closer to the frames. (Turning off the assembly, or only its AVX-512 part, also works: slower, or not portable.)
+X264_REPRODUCIBLE = {"x264-params": "mbtree=0"}
+
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
@@ -62,7 +70,7 @@ def write_h264(path: Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float
             stream = container.add_stream("libx264", rate=rate)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             # "fast" preset: near-"medium" quality at a fraction of the CPU; small frames, short clips
-            stream.options = {"crf": str(crf), "preset": "fast"}
+            stream.options = {"crf": str(crf), "preset": "fast", **X264_REPRODUCIBLE}
             for frame in frames:
                 for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                     container.mux(packet)

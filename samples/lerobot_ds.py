@@ -20,6 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from samples.files import X264_REPRODUCIBLE
+
 HEAD = "observation.images.cam_high"
 WRISTS = ("observation.images.cam_left_wrist", "observation.images.cam_right_wrist")
 STATE, ACTION = "observation.state", "action"
@@ -210,10 +212,25 @@ def _write_v3(root: Path, repo_name: str, episodes: list[Episode], fps: int, siz
                     ds.add_frame(frame)
                 ds.save_episode()
             ds.finalize()
+            _order_stats(root, list(ds.meta.features))
         finally:
             # lerobot's encoder calls av.logging.restore_default_callback(), after which every FFmpeg message of
             # the process (libx264 statistics, mp4 muxer notes) goes to stderr; put PyAV's own setting back
             av.logging.set_level(level)
+
+
+def _order_stats(root: Path, features: list[str]) -> None:
+    """Rewrite lerobot's meta/stats.json with its features in the dataset's feature order.
+
+    lerobot aggregates the episodes' stats over a set of feature names (``compute_stats.aggregate_stats``), so the
+    file's key order followed the interpreter's string hashing and changed from run to run (PYTHONHASHSEED).
+    """
+    from lerobot.datasets.utils import STATS_PATH, write_json
+
+    path = root / STATS_PATH
+    stats = json.loads(path.read_text())
+    rank = {k: i for i, k in enumerate(features)}
+    write_json({k: stats[k] for k in sorted(stats, key=lambda k: (rank.get(k, len(rank)), k))}, path)
 
 
 def _write_h264(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -222,7 +239,7 @@ def _write_h264(path: Path, frames: np.ndarray, fps: int) -> None:
     with av.open(str(path), "w", format="mp4") as out:
         stream = out.add_stream("libx264", rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        stream.options = {"crf": "18", "preset": "fast", "g": "2"}
+        stream.options = {"crf": "18", "preset": "fast", "g": "2", **X264_REPRODUCIBLE}
         for i, rgb in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
             frame.pts, frame.time_base = i, Fraction(1, fps)

@@ -25,11 +25,12 @@ class SampleSummary:
 
 
 # Bumped whenever the generators' output changes, so a demo workdir regenerates its samples instead of reusing them.
-SAMPLES_VERSION = 9  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
-                     # 5: an AnyPos/ATARA-layout set; 6: task-agnostic walks bounce off their box, planted
-                     # LeRobot action defects; 7: LeRobot grippers kept in [-1, 1]; 8: the v2.1 LeRobot set gets
-                     # 11 more episodes with planted file, timestamp, index, stats, language and state defects;
-                     # 9: 2 more v2.1 episodes, a head camera that stutters and one whose frame times jitter
+SAMPLES_VERSION = 10  # 3: task-agnostic front + wrist views, varied motion; 4: OXE frames caused by its actions;
+                      # 5: an AnyPos/ATARA-layout set; 6: task-agnostic walks bounce off their box, planted
+                      # LeRobot action defects; 7: LeRobot grippers kept in [-1, 1]; 8: the v2.1 LeRobot set gets
+                      # 11 more episodes with planted file, timestamp, index, stats, language and state defects;
+                      # 9: 2 more v2.1 episodes, a head camera that stutters and one whose frame times jitter
+                      # 10: byte-reproducible (x264 without mb-tree, bit-exact WebM, ordered LeRobot stats)
 
 def sample_sizes(scale: int) -> dict[str, int]:
     # task-agnostic episodes are the main labelled data for aligning latent actions, so they get the most items

@@ -14,14 +14,14 @@ import av
 import cv2
 import numpy as np
 
-from samples.files import atomic_path
+from samples.files import X264_REPRODUCIBLE, atomic_path
 
 SOURCE_FILES = {"bikes": "bikes.mp4", "carphone": "carphone_pristine.mp4"}
 
 # VP9 at libvpx's default "good" deadline takes ~7 s for 36 frames; realtime + cpu-used 8 takes ~0.1 s.
 # crf needs b=0 (the CLI's -b:v 0) to mean constant quality instead of a capped bitrate.
 VP9_OPTIONS = {"deadline": "realtime", "cpu-used": "8", "row-mt": "1", "crf": "32", "b": "0"}
-X264_OPTIONS = {"preset": "veryfast", "crf": "23"}
+X264_OPTIONS = {"preset": "veryfast", "crf": "23", **X264_REPRODUCIBLE}
 
 
 @dataclass(frozen=True)
@@ -99,8 +99,9 @@ def encode_video(path: Path, frames: np.ndarray, fps: int, codec: str, fmt: str,
     """Encode RGB frames at a constant ``fps`` (pts = frame index) with PyAV, atomically."""
     h, w = frames.shape[1:3]
     with atomic_path(path) as tmp:
-        # The temp name has no usable extension, so the container format must be given explicitly.
-        with av.open(str(tmp), "w", format=fmt) as out:
+        # The temp name has no usable extension, so the container format must be given explicitly. Bit-exact
+        # muxing: WebM otherwise gets random track and segment UIDs, so the same frames gave different files.
+        with av.open(str(tmp), "w", format=fmt, container_options={"fflags": "+bitexact"}) as out:
             stream = out.add_stream(codec, rate=fps, options=options)
             stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
             for i, rgb in enumerate(frames):
