@@ -5,7 +5,8 @@ Media URIs come from the items table: a video file (mp4/webm, decoded with PyAV,
 record them), or `episode.hdf5#observation/<cam>/rgb` / `#vision/<cam>/colors` (RoboTwin's 2.0 and 2026 image
 datasets, decoded to RGB by media/hdf5_images.py, which knows both JPEG byte orders), or an RLDS episode inside a
 TFRecord shard (media/tfrecord_frames.py).
-Frames are padded like Motus's `resize_with_padding`: scale to fit inside the canvas, centre, pad black.
+Frames are padded like Motus's `resize_with_padding`: scale to fit inside the canvas, centre, pad black; `place`
+gives the same frame area-shrunk to smaller sizes (the flow stage's) without making the canvas.
 """
 
 from __future__ import annotations
@@ -81,14 +82,13 @@ def place(frame: np.ndarray, canvas: Canvas, sizes: list[tuple[int, int]]) -> li
     h, w = content.shape[:2]
     out = []
     for height, width in ((int(a), int(b)) for a, b in sizes):
-        small = np.zeros((height, width, 3), np.uint8)
-        if (height, width) == (canvas.height, canvas.width):
+        if canvas.height % height or canvas.width % width or (height, width) == (canvas.height, canvas.width):
+            small = np.zeros((canvas.height, canvas.width, 3), np.uint8)
             _paste(small, content, canvas.offset_y, canvas.offset_x)
-        elif canvas.height % height or canvas.width % width:
-            full = np.zeros((canvas.height, canvas.width, 3), np.uint8)
-            _paste(full, content, canvas.offset_y, canvas.offset_x)
-            small = cv2.resize(full, (width, height), interpolation=cv2.INTER_AREA)
+            if (height, width) != (canvas.height, canvas.width):
+                small = cv2.resize(small, (width, height), interpolation=cv2.INTER_AREA)
         else:
+            small = np.zeros((height, width, 3), np.uint8)
             fy, fx = canvas.height // height, canvas.width // width
             y0, x0 = canvas.offset_y // fy, canvas.offset_x // fx  # the small pixels the content touches
             y1, x1 = -(-(canvas.offset_y + h) // fy), -(-(canvas.offset_x + w) // fx)
