@@ -40,7 +40,7 @@ def end_point_error(flow: np.ndarray, reference: np.ndarray, mask: np.ndarray | 
 
 class ScaledBackend:
     """Runs a frame backend at `flow_hw` instead of the working canvas `canvas_hw`: canvas frames are area-resized
-    down (`shrink`; the flow stage shrinks each frame once as it streams), and the flow's vectors are scaled back
+    down (`shrink`; the flow stage instead places each decoded frame at the flow size as it streams), and the flow's vectors are scaled back
     to canvas pixels (x by W/w, y by H/h). The field stays at `flow_hw`; a pixel of it covers (H/h)×(W/w) canvas
     pixels. A 96×80 store keeps no more detail than a 192×160 field holds; DIS costs a third to a quarter there."""
 

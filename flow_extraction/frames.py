@@ -5,7 +5,8 @@ Media URIs come from the items table: a video file (mp4/webm, decoded with PyAV,
 record them), or `episode.hdf5#observation/<cam>/rgb` / `#vision/<cam>/colors` (RoboTwin's 2.0 and 2026 image
 datasets, decoded to RGB by media/hdf5_images.py, which knows both JPEG byte orders), or an RLDS episode inside a
 TFRecord shard (media/tfrecord_frames.py).
-Frames are padded like Motus's `resize_with_padding`: scale to fit inside the canvas, centre, pad black.
+Frames are padded like Motus's `resize_with_padding`: scale to fit inside the canvas, centre, pad black; `place`
+gives the same frame area-shrunk to smaller sizes (the flow stage's) without making the canvas.
 """
 
 from __future__ import annotations
@@ -54,12 +55,50 @@ def fit_canvas(src_hw: tuple[int, int], canvas_hw: tuple[int, int]) -> Canvas:
 
 
 def to_canvas(frame: np.ndarray, canvas: Canvas) -> np.ndarray:
+    out = np.zeros((canvas.height, canvas.width, 3), np.uint8)
+    _paste(out, _content(frame, canvas), canvas.offset_y, canvas.offset_x)
+    return out
+
+
+def _content(frame: np.ndarray, canvas: Canvas) -> np.ndarray:
+    """The source frame resized to its size on the canvas."""
     h, w = canvas.content_hw
     if (h, w) != frame.shape[:2]:
         interp = cv2.INTER_AREA if canvas.scale < 1 else cv2.INTER_LINEAR
         frame = cv2.resize(frame, (w, h), interpolation=interp)
-    out = np.zeros((canvas.height, canvas.width, 3), np.uint8)
-    out[canvas.offset_y : canvas.offset_y + h, canvas.offset_x : canvas.offset_x + w] = frame
+    return frame
+
+
+def _paste(out: np.ndarray, content: np.ndarray, y: int, x: int) -> None:
+    out[y : y + content.shape[0], x : x + content.shape[1]] = content
+
+
+def place(frame: np.ndarray, canvas: Canvas, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    """A source frame at each of `sizes` (H, W): the canvas frame area-shrunk to that size, pixel for pixel, without
+    making the canvas where the canvas divides into the size (192×160 and 96×80 of 384×320). The content is
+    resized once, as `to_canvas` does, then area-shrunk with only the letterbox rows and columns that share a block
+    with it, so the rest of the canvas's zeros are never made nor averaged. Other sizes go through the canvas."""
+    content = _content(frame, canvas)
+    h, w = content.shape[:2]
+    out = []
+    for height, width in ((int(a), int(b)) for a, b in sizes):
+        if canvas.height % height or canvas.width % width or (height, width) == (canvas.height, canvas.width):
+            small = np.zeros((canvas.height, canvas.width, 3), np.uint8)
+            _paste(small, content, canvas.offset_y, canvas.offset_x)
+            if (height, width) != (canvas.height, canvas.width):
+                small = cv2.resize(small, (width, height), interpolation=cv2.INTER_AREA)
+        else:
+            small = np.zeros((height, width, 3), np.uint8)
+            fy, fx = canvas.height // height, canvas.width // width
+            y0, x0 = canvas.offset_y // fy, canvas.offset_x // fx  # the small pixels the content touches
+            y1, x1 = -(-(canvas.offset_y + h) // fy), -(-(canvas.offset_x + w) // fx)
+            dy, dx = canvas.offset_y - y0 * fy, canvas.offset_x - x0 * fx
+            block = content
+            if (dy, dx) != (0, 0) or ((y1 - y0) * fy, (x1 - x0) * fx) != (h, w):  # blocks straddle the letterbox edge
+                block = np.zeros(((y1 - y0) * fy, (x1 - x0) * fx, 3), np.uint8)
+                _paste(block, content, dy, dx)
+            small[y0:y1, x0:x1] = cv2.resize(block, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+        out.append(small)
     return out
 
 
@@ -148,6 +187,15 @@ def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int 
     count resampled frames). Raises BadInput when the stream ends before the item's `frame_count`. `report`
     (video files only) gets the count of frames decoded with error concealment ("corrupt_frames").
     """
+    for index, frame, canvas in iter_source_frames(row, canvas_hw, camera, fps, report):
+        yield index, to_canvas(frame, canvas), canvas
+
+
+def iter_source_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int = 0,
+                       fps: float | None = None,
+                       report: dict[str, Any] | None = None) -> Iterator[tuple[int, np.ndarray, Canvas]]:
+    """`iter_frames` before the canvas: (frame index, RGB uint8 source frame, where it lands on the canvas), for
+    callers that want the frame at another size (`place`)."""
     uri = media_uri(row, camera)
     native_fps = float(row["fps"])
     expected = int(row["frame_count"])
@@ -162,7 +210,7 @@ def iter_frames(row: Mapping[str, Any], canvas_hw: tuple[int, int], camera: int 
             continue
         if canvas is None:
             canvas = fit_canvas(frame.shape[:2], canvas_hw)
-        yield out_index, to_canvas(frame, canvas), canvas
+        yield out_index, frame, canvas
         out_index += 1
         next_pick = int(native_frame_index(out_index, native_fps, fps))
     if seen < expected:

@@ -40,6 +40,7 @@ class StatsAccumulator:
         self.pair_p99: list[float] = []
         self.pair_vectors: list[tuple[float, float]] = []
         self.valid_fraction: list[float] = []
+        self._mask, self._index = None, None  # add_batch's mask and its flat indices
 
     def add(self, flow: np.ndarray, valid: np.ndarray) -> None:
         """flow [2, H, W], valid [H, W] bool."""
@@ -60,6 +61,29 @@ class StatsAccumulator:
         k = min(len(m) - 1, int(0.99 * len(m)))
         self.pair_p99.append(float(np.partition(m, k)[k]))
         self.pair_vectors.append((float(flow[0][valid].mean()), float(flow[1][valid].mean())))
+
+    def add_batch(self, flow: np.ndarray, valid: np.ndarray) -> None:
+        """flow [B, 2, H, W] with one valid mask [H, W] for every pair (frame flow: the letterbox): what `add`
+        does pair by pair, as whole-batch array operations over the valid pixels only."""
+        if self._mask is not valid:
+            self._mask, self._index = valid, np.flatnonzero(valid)
+        index, b = self._index, len(flow)
+        inside = flow.reshape(b, 2, -1).take(index, axis=2)  # [B, 2, n]
+        m = np.sqrt(inside[:, 0] ** 2 + inside[:, 1] ** 2)  # [B, n]
+        if not len(index) or not np.isfinite(m).all():
+            for f in flow:
+                self.add(f, valid)
+            return
+        n = len(index)
+        self.valid_fraction.extend([n / valid.size] * b)
+        bins = np.minimum((m / _BIN_PX).astype(np.int64), len(self.hist) - 1)
+        self.hist += np.bincount(bins.ravel(), minlength=len(self.hist))
+        self.pixel_sum.ravel()[index] += m.sum(0, dtype=np.float64)
+        self.pixel_count.ravel()[index] += b
+        self.pair_means.extend((m.sum(1, dtype=np.float64) / n).tolist())
+        k = min(n - 1, int(0.99 * n))
+        self.pair_p99.extend(np.partition(m, k, axis=1)[:, k].tolist())
+        self.pair_vectors.extend(map(tuple, (inside.sum(2, dtype=np.float64) / n).tolist()))
 
     def _percentile(self, q: float) -> float:
         total = self.hist.sum()

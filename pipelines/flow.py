@@ -25,7 +25,7 @@ from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, write_flow_artifact
 from flow_extraction.base import ScaledBackend
 from flow_extraction.config import FlowConfig, backend_module
-from flow_extraction.frames import fit_canvas, iter_frames, native_frame_index, resampled_count
+from flow_extraction.frames import fit_canvas, iter_source_frames, native_frame_index, place, resampled_count
 from flow_extraction.stats import MotionFilter, StatsAccumulator
 from pipelines.config import PipelineConfig
 from pipelines.driver import ItemStage, Manifest, StageReport, run_item_stage
@@ -96,29 +96,37 @@ class _Writer:
         self._mask, self._mask_stored = None, None
 
     def add_frames(self, frames) -> None:
-        """First frames of the next pairs (canvas RGB [B, H, W, 3]), kept at the store size."""
+        """First frames of the next pairs, already at the store size (RGB [B, h, w, 3], `place`)."""
         if self.frames is None:
             return
-        size = (self.store_hw[1], self.store_hw[0])
         for frame in frames:
-            self.frames[self.n_frames] = cv2.resize(frame, size, interpolation=cv2.INTER_AREA).transpose(2, 0, 1)
+            self.frames[self.n_frames] = frame.transpose(2, 0, 1)
             self.n_frames += 1
 
     def add(self, flow: np.ndarray, valid: np.ndarray) -> None:
-        """flow [B, 2, h, w]; valid [B, h, w], or one mask [h, w] that holds for every pair (resized once)."""
+        """flow [B, 2, h, w] (zeroed where invalid, in place); valid [B, h, w], or one mask [h, w] that holds for
+        every pair (the letterbox: statistics in whole-batch operations, the stored mask resized once)."""
         if valid.ndim == 2:
-            stored = [self._stored_mask(valid)] * len(flow)
-            valid = [valid] * len(flow)
+            self.stats.add_batch(flow, valid)
+            stored = self._stored_mask(valid)
+            invalid = ~valid
         else:
-            stored = [field_mask(v, self.store_hw) for v in valid]
-        size = (self.store_hw[1], self.store_hw[0])
-        for f, v, sv in zip(flow, valid, stored):
-            self.stats.add(f, v)
-            f = np.where(v, f, 0.0)  # padding and occluded pixels store zero flow, not backend noise
-            self.flow[self.n, 0] = cv2.resize(f[0], size, interpolation=cv2.INTER_AREA)
-            self.flow[self.n, 1] = cv2.resize(f[1], size, interpolation=cv2.INTER_AREA)
-            self.valid[self.n] = sv  # a stored pixel is valid only if every pixel under it was
-            self.n += 1
+            for f, v in zip(flow, valid):
+                self.stats.add(f, v)
+            stored = np.stack([field_mask(v, self.store_hw) for v in valid])
+            invalid = ~valid[:, None]
+        np.copyto(flow, np.float32(0), where=invalid)  # padding and occluded pixels store zero flow, not noise
+        self.flow[self.n : self.n + len(flow)] = self._shrink(flow)
+        self.valid[self.n : self.n + len(flow)] = stored  # a stored pixel is valid only if every pixel under it was
+        self.n += len(flow)
+
+    def _shrink(self, flow: np.ndarray) -> np.ndarray:
+        """Flow fields [B, 2, h, w] → the store size, area-averaged, in one resize: the 2B fields stacked as one
+        tall image, whose area blocks never straddle two fields (field k's last row maps to stored row k·h')."""
+        b, c, h, w = flow.shape
+        tall = cv2.resize(flow.reshape(b * c * h, w), (self.store_hw[1], b * c * self.store_hw[0]),
+                          interpolation=cv2.INTER_AREA)
+        return tall.reshape(b, c, *self.store_hw)
 
     def _stored_mask(self, mask: np.ndarray) -> np.ndarray:
         if self._mask is not mask:
@@ -127,16 +135,16 @@ class _Writer:
 
 
 def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory) -> tuple[_Writer, Any]:
-    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs. Each frame is
-    prepared once as it arrives, not once per pair it belongs to: shrunk to the flow size (a reduced flow size),
-    and turned grey for DIS. Stored first frames come from the canvas (the same as exact sim flow's)."""
-    canvas_hw, flow_hw = tuple(fc.working_size), fc.flow_hw()
+    """Stream frames; keep only the Δ+1 most recent; run the backend on full batches of pairs. Each decoded frame
+    is prepared once as it arrives, not once per pair it belongs to: placed straight at the flow size (`place`:
+    the canvas frame area-shrunk, without making the canvas), turned grey there for DIS, and, if it starts a pair,
+    placed at the store size too (its stored first frame, made as exact sim flow's are)."""
+    canvas_hw, flow_hw, store_hw = tuple(fc.working_size), fc.flow_hw(), tuple(fc.store_size)
     starts = set(int(s) for s in pairs[:, 0])
     dframes = int(pairs[0, 1] - pairs[0, 0])
-    recent: deque = deque(maxlen=dframes + 1)  # (canvas frame, the frame the backend gets)
+    recent: deque = deque(maxlen=dframes + 1)  # (stored first frame or None, the frame the backend gets)
     batch_a, batch_b, firsts = [], [], []
     writer, canvas = None, None
-    shrink = backend.shrink if isinstance(backend, ScaledBackend) else None
     grey = getattr(backend.backend if isinstance(backend, ScaledBackend) else backend, "grey", None)
 
     def run_batch() -> None:
@@ -144,12 +152,13 @@ def _frame_flow(row, fc: FlowConfig, backend, pairs: np.ndarray, writer_factory)
         writer.add(flow, mask)
         writer.add_frames(firsts)
 
-    for idx, frame, canvas in iter_frames(row, canvas_hw, fc.camera, fc.fps):
-        small = shrink(frame) if shrink else frame
-        recent.append((frame, grey(small) if grey else small))
+    for idx, frame, canvas in iter_source_frames(row, canvas_hw, fc.camera, fc.fps):
         if writer is None:
             writer = writer_factory(flow_hw)
             mask = field_mask(canvas.valid_mask(), flow_hw)
+        keep = writer.frames is not None and idx in starts  # a pair's first frame is stored with it
+        small, *first = place(frame, canvas, [flow_hw, store_hw] if keep else [flow_hw])
+        recent.append((first[0] if keep else None, grey(small) if grey else small))
         if idx - dframes in starts:
             batch_a.append(recent[0][1])
             batch_b.append(recent[-1][1])
@@ -173,9 +182,9 @@ def field_mask(canvas_mask: np.ndarray, field_hw: tuple[int, int]) -> np.ndarray
 def _first_frames(row, fc: FlowConfig, pairs: np.ndarray, writer: _Writer) -> None:
     """Exact sim flow never decodes the video; the stored first frames still come from it (same camera, canvas)."""
     starts = set(int(s) for s in pairs[:, 0])
-    for idx, frame, _ in iter_frames(row, tuple(fc.working_size), fc.camera, fc.fps):
+    for idx, frame, canvas in iter_source_frames(row, tuple(fc.working_size), fc.camera, fc.fps):
         if idx in starts:
-            writer.add_frames(frame[None])
+            writer.add_frames(place(frame, canvas, [writer.store_hw]))
         if writer.n_frames == len(pairs):
             break
 

@@ -166,6 +166,40 @@ def test_stats_ignore_padding():
     assert out["mean_px"] == pytest.approx(1.0) and out["valid_fraction"] == pytest.approx(0.5)
 
 
+def test_batched_statistics_match_pair_by_pair():
+    """The flow stage hands the statistics a batch of pairs with one letterbox mask; the verdict and every number
+    must be what pair-by-pair accumulation gives (a pair with a non-finite vector falls back to it)."""
+    rng = np.random.default_rng(1)
+    flow = rng.normal(0, 2, (8, 2, 48, 40)).astype(np.float32)
+    flow[2] *= 0.05  # a near-static pair
+    flow[5, 0, 30, 7] = np.nan  # one broken vector inside the content
+    valid = np.zeros((48, 40), bool)
+    valid[9:39] = True  # the letterbox's content rows
+    by_pair, batched = StatsAccumulator((48, 40), patch_px=8), StatsAccumulator((48, 40), patch_px=8)
+    for f in flow:
+        by_pair.add(f, valid)
+    batched.add_batch(flow[:4].copy(), valid)
+    batched.add_batch(flow[4:].copy(), valid)
+    a, b = by_pair.finish(), batched.finish()
+    assert a.keys() == b.keys() and a["n_pairs"] == b["n_pairs"] == 8
+    for key in a:
+        assert b[key] == (pytest.approx(a[key], rel=1e-5, abs=1e-6) if isinstance(a[key], float) else a[key]), key
+
+
+@pytest.mark.parametrize("src_hw", [(144, 176), (240, 294), (240, 564), (272, 640), (101, 37)])
+def test_frames_placed_at_a_reduced_size_are_the_canvas_frame_shrunk(src_hw):
+    """The flow stage places each decoded frame straight at the flow and store sizes; at sizes the canvas divides
+    into, that is the canvas frame area-shrunk pixel for pixel (odd letterbox offsets included), and at others too."""
+    from flow_extraction.frames import place
+
+    frame = texture(*src_hw, seed=2)
+    canvas = fit_canvas(src_hw, (384, 320))
+    sizes = [(192, 160), (96, 80), (128, 106), (384, 320)]
+    for size, small in zip(sizes, place(frame, canvas, sizes)):
+        shrunk = cv2.resize(to_canvas(frame, canvas), size[::-1], interpolation=cv2.INTER_AREA)
+        assert small.shape == (*size, 3) and np.array_equal(small, shrunk), size
+
+
 def test_canvas_pads_like_motus():
     c = fit_canvas((240, 320), (384, 320))  # RoboTwin frames on the Motus canvas
     assert (c.scale, c.offset_x, c.offset_y, c.content_hw) == (1.0, 0, 72, (240, 320))
