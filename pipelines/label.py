@@ -21,6 +21,7 @@ import numpy as np
 from rich.console import Console
 
 from catalog import Catalog
+from common.column_stats import ColumnStats
 from common.fingerprint import fingerprint
 from flow_extraction.artifacts import artifact_path, read_flow_artifact
 from manifests.io import atomic_write, atomic_write_text
@@ -103,22 +104,27 @@ class LabelReport:
 
 
 def latent_statistics(catalog: Catalog) -> dict[str, Any]:
-    """Per-dim mean, std, q01, q99 of every labelled row, for the corpus and per source."""
-    rows = catalog.done("label").to_pylist()
-    by_source: dict[str, list[np.ndarray]] = {}
-    for r in rows:
-        latents, _ = read_latents(r["path"])
-        by_source.setdefault(r["item_id"].split("/", 1)[0], []).append(latents)
-
-    def describe(arrays: list[np.ndarray]) -> dict[str, Any]:
-        x = np.concatenate(arrays)
-        return {"rows": int(len(x)), "items": len(arrays), "mean": x.mean(0).tolist(), "std": x.std(0).tolist(),
-                "q01": np.quantile(x, 0.01, axis=0).tolist(), "q99": np.quantile(x, 0.99, axis=0).tolist()}
-
-    if not by_source:
+    """Per-dim mean, std, min, max, q01, q99 of every labelled row, for the corpus and per source: two streaming
+    passes over the latent files (`ColumnStats`; quantiles to within (max − min) / 4096), so memory does not grow
+    with the corpus."""
+    corpus, by_source = ColumnStats(), {}
+    items: dict[str, int] = {}
+    for first_pass in (True, False):
+        for r in catalog.iter_rows("SELECT a.item_id, a.path FROM done_items('label') d JOIN artifacts a "
+                                   "ON a.item_id = d.item_id AND a.stage = 'label' ORDER BY a.item_id"):
+            latents, _ = read_latents(r["path"])
+            source = r["item_id"].split("/", 1)[0]
+            if first_pass:
+                corpus.add(latents)
+                by_source.setdefault(source, ColumnStats()).add(latents)
+                items[source] = items.get(source, 0) + 1
+            else:
+                corpus.add_to_histogram(latents)
+                by_source[source].add_to_histogram(latents)
+    if not items:
         return {}
-    return {"corpus": describe([a for arrays in by_source.values() for a in arrays]),
-            "per_source": {s: describe(a) for s, a in sorted(by_source.items())}}
+    return {"corpus": {**corpus.describe(), "items": sum(items.values())},
+            "per_source": {s: {**stats.describe(), "items": items[s]} for s, stats in sorted(by_source.items())}}
 
 
 def run_label(cfg: PipelineConfig, catalog: Catalog, runner: Any, checkpoint: str | None = None, force: bool = False,

@@ -164,6 +164,12 @@ def test_labels_have_one_row_per_frame_transition_for_every_item(workdir):
     corpus = report.stats["corpus"]
     assert corpus["rows"] == sum(r["frame_count"] - 1 for r in items.values())
     assert len(corpus["q01"]) == 14 and all(lo <= hi for lo, hi in zip(corpus["q01"], corpus["q99"]))
+    every = np.concatenate([read_latents(a["path"])[0] for a in arts]).astype(np.float64)  # streamed stats = exact ones
+    np.testing.assert_allclose(corpus["mean"], every.mean(0), rtol=1e-6, atol=1e-9)
+    bin_width = (every.max(0) - every.min(0)) / 4096  # q99 lies between the two rows np.quantile interpolates
+    rank, ordered = 0.99 * (len(every) - 1), np.sort(every, axis=0)
+    lo, hi = ordered[int(np.floor(rank))] - bin_width, ordered[int(np.ceil(rank))] + bin_width
+    assert ((lo - 1e-9 <= np.array(corpus["q99"])) & (np.array(corpus["q99"]) <= hi + 1e-9)).all()
     with Catalog(cfg.catalog_path) as cat:  # a rerun with the same checkpoint does nothing
         again = run_label(cfg, cat, make_runner("local"), progress=False)
     assert again.stage.processed == 0
