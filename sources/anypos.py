@@ -11,7 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sources.media import check_finite, file_checksum, fingerprint, probe_video
-from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
+from sources.base import ACTION_OPTIONS, Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from common.errors import BadInput
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
@@ -54,6 +54,7 @@ def load_qpos(path: Path) -> np.ndarray:
 class AnyPosSource(SourceAdapter):
     name = "anypos"
     default_tier = 4
+    OPTIONS = frozenset({"action_names", "embodiment", "licence"}) | ACTION_OPTIONS
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

@@ -3,6 +3,7 @@ in a worker and returns its `Item` record. Contract (splits, BadInput, links): d
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
@@ -44,9 +45,16 @@ class ItemRef:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+# Options every adapter takes; an adapter adds its own in `OPTIONS`.
+COMMON_OPTIONS = frozenset({"link_roots"})
+# ... and those of adapters whose items carry actions (read by `action_meaning`)
+ACTION_OPTIONS = frozenset({"action_semantics", "action_timing"})
+
+
 class SourceAdapter(ABC):
     name: ClassVar[str]
     default_tier: ClassVar[int]
+    OPTIONS: ClassVar[frozenset[str]] = frozenset()  # the source options this adapter reads
 
     def __init__(self, root: str | Path, tier: int | None = None, **options: Any):
         self.root = Path(root)
@@ -57,12 +65,23 @@ class SourceAdapter(ABC):
         self.notes: list[str] = []
         if not self.root.exists():
             raise SourceError(f"{self.name}: root {self.root} does not exist")
+        self.check_options(options)
         links = options.get("link_roots") or []
         if isinstance(links, (str, os.PathLike)) or not all(isinstance(p, (str, os.PathLike)) for p in links):
             raise SourceError(f"{self.name}: the option link_roots is a list of folders, not {links!r}")
         # where an item's files may really be: the root (itself possibly a link) and the folders the user names
         self.link_roots = [Path(os.path.realpath(self.root)),
                            *(Path(os.path.realpath(Path(p).expanduser())) for p in links)]
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> None:
+        """SourceError naming a source option this adapter does not read (a typo would otherwise be ignored)."""
+        known = COMMON_OPTIONS | cls.OPTIONS
+        for key in sorted(set(options) - known):
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise SourceError(f"{cls.name}: unknown source option {key!r}{hint}; this source reads "
+                              f"{', '.join(sorted(known))}")
 
     def item_id(self, native_id: str) -> str:
         return f"{self.name}/{native_id}"

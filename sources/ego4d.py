@@ -71,6 +71,9 @@ def _passes(option: Any) -> list[int]:
 class Ego4DSource(SourceAdapter):
     name = "ego4d"
     default_tier = 2
+    OPTIONS = frozenset({"after_s", "before_s", "clips", "fho_center", "fho_file", "fho_interval", "fho_pad_s",
+                           "fho_window_s", "licence", "min_frames", "missing_videos", "narration_passes", "use_clips",
+                           "version"})
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 
 from sources.media import check_finite, fingerprint
 from manifests import actions as action_semantics
-from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
+from sources.base import ACTION_OPTIONS, Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from sources.lerobot_meta import (_card_licence, _column_2d, declared_size,  # noqa: F401  re-exported
                                   episode_language, feature_dim, feature_names, language_columns,
                                   parse_splits, read_episode_rows, read_task_table, short_camera,
@@ -51,6 +51,9 @@ DEFAULT_LICENCE = "unknown (see the dataset card)"
 class LeRobotSource(SourceAdapter):
     name = "lerobot"
     default_tier = 6
+    OPTIONS = frozenset({"action_key", "cameras", "check_decode", "embodiment", "licence", "official_splits",
+                           "repo_name", "state_key", "video_path",
+                           "composite", "composite_cameras"}) | ACTION_OPTIONS  # the last two: removed, refused below
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

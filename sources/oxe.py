@@ -16,7 +16,7 @@ import numpy as np
 from media.tfrecord import scan_records
 from media.tfrecord_frames import camera_problem, decode_image_rgb, frame_uri, parse_episode, read_episode_record
 from sources.media import check_finite, fingerprint
-from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
+from sources.base import ACTION_OPTIONS, Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from sources.oxe_keys import (OXE_DATASETS, STEPS, _leaf, _names, _table_semantics,  # noqa: F401
                               columns, flatten_features, resolve_key_map, split_key)
 from common.errors import BadInput
@@ -146,6 +146,7 @@ def _version_key(name: str) -> tuple[int, ...]:
 class OXESource(SourceAdapter):
     name = "oxe"
     default_tier = 5
+    OPTIONS = frozenset({"datasets", "embodiment", "fps", "key_maps", "licence", "version"}) | ACTION_OPTIONS
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

@@ -14,7 +14,7 @@ import numpy as np
 from media.hdf5_images import image_encoding, image_reader
 from media.hdf5_open import open_hdf5, open_hdf5_input
 from sources.media import check_finite, file_checksum, fingerprint
-from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning
+from sources.base import ACTION_OPTIONS, Item, ItemRef, SourceAdapter, SourceError, action_meaning
 from common.errors import BadInput
 
 ROBOTWIN_HZ = 250.0 / 15.0
@@ -112,6 +112,7 @@ def _embedded_instructions(h5: h5py.File) -> list[str]:
 class RoboTwinSource(SourceAdapter):
     name = "robotwin"
     default_tier = 3
+    OPTIONS = frozenset({"fps", "frequency_means", "licence", "sim_hz"}) | ACTION_OPTIONS
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

@@ -200,6 +200,7 @@ def read_class_index(label_dir: Path) -> dict[str, str]:
 class SSv2Source(SourceAdapter):
     name = "ssv2"
     default_tier = 1
+    OPTIONS = frozenset({"licence", "missing_clips"})
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from sources.media import check_finite, file_checksum, fingerprint, probe_video
-from sources.base import Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
+from sources.base import ACTION_OPTIONS, Item, ItemRef, SourceAdapter, SourceError, action_meaning, read_json
 from common.errors import BadInput
 
 FORMAT = "motus-pyramid/task_agnostic"
@@ -19,6 +19,7 @@ _REQUIRED_META = ("embodiment", "fps", "action_names", "cameras")
 class TaskAgnosticSource(SourceAdapter):
     name = "task_agnostic"
     default_tier = 4
+    OPTIONS = ACTION_OPTIONS
 
     def __init__(self, root, tier=None, **options):
         super().__init__(root, tier, **options)

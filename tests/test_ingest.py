@@ -262,3 +262,16 @@ def test_a_deleted_action_file_is_rewritten_by_the_next_ingest(workdir):
     _, report, _, _ = run_ingest(workdir)
     assert (report.stage.counts["done"], report.stage.skipped) == (1, len(files) - 1)  # that item only
     np.testing.assert_array_equal(item_actions({"item_id": gone, "actions_path": files[gone]}), before)
+
+
+def test_a_misspelt_source_option_stops_that_source_with_the_option_named(workdir):
+    cfg = load_config(None, workdir=str(workdir), **{"runner.engine": "local"})
+    cfg.sources = [s for s in cfg.sources if s.kind in ("task_agnostic", "robotwin")]
+    robotwin = next(s for s in cfg.sources if s.kind == "robotwin")
+    robotwin.options = {"licence": "MIT", "sim_hzz": 50}
+    with Catalog(cfg.catalog_path) as cat:
+        report = ingest(cfg, cat, make_runner("local"), progress=False)
+        sources = {r["source"] for r in cat.items().to_pylist()}
+    (label, error), = report.source_errors.items()
+    assert label.startswith("robotwin:") and "unknown source option 'sim_hzz' (did you mean 'sim_hz'?)" in error
+    assert sources == {"task_agnostic"}  # the other source still ingests
