@@ -186,7 +186,10 @@ def bench_dpflow(bench: Bench, tiny: bool) -> None:
     size = f"{h}x{w} ({h * w / 1e6:.2f} MP)"
     t0 = time.perf_counter()
     try:
+        # the model itself at the sizes below: flow_size = the canvas, so the stage's down-scaling wrapper
+        # (ScaledBackend, for the default 192×160) is not put around it
         fc = FlowConfig(backend="dpflow", dpflow_checkpoint=None, dpflow_random_init=True, batch_size=batches[0])
+        fc = dataclasses.replace(fc, flow_size=list(fc.working_size))
         backend = make_backends(dataclasses.asdict(fc)).frames  # device "auto": CUDA when present, fp16 there
     except Exception as exc:  # noqa: BLE001
         bench.error("dpflow", exc, size)
