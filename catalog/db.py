@@ -367,7 +367,7 @@ class Catalog:
     def done(self, stage: str) -> pa.Table:
         """The files `stage` registered for the items whose `stage` is done (item_id, path, bytes, blake2b, kind),
         by item id. SQL that joins other tables reads the same rule as `JOIN done_items('<stage>') USING (item_id)`,
-        which also serves a stage that writes no files (ingest)."""
+        which also serves a stage whose items may write no file (ingest: action files of labelled items only)."""
         return self.sql(
             "SELECT a.item_id, a.path, a.bytes, a.blake2b, a.kind FROM done_items(?) d "
             "JOIN artifacts a ON a.item_id = d.item_id AND a.stage = ? ORDER BY a.item_id, a.path", [stage, stage])

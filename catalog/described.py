@@ -16,7 +16,7 @@ TABLE_COMMENTS = {
              "quarantined at ingest have no row here: see the item_status view.",
     "item_stages": "Per-item stage state: the last outcome of each (item, stage) — done, quarantined (bad input, "
                    "with the reason) or failed (an unexpected error, retried on the next run).",
-    "artifacts": "Files a stage wrote for an item (flow, latent actions, samples) or a run wrote (VAE checkpoints).",
+    "artifacts": "Files a stage wrote for an item (actions at ingest, flow, latent actions, samples) or a run wrote (VAE checkpoints).",
     "runs": "One row per job run (ingest, flow, vae, label, shard, audit, ...): config, code version, status, counts.",
     "flow_stats": "Motion statistics of each item's optical flow (the flow stage's output) and the motion filter's verdict.",
     "evaluations": "Evaluation results in long form: one row per (run, scope, metric).",
