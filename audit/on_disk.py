@@ -122,7 +122,8 @@ def probed_rows(cfg: PipelineConfig, console: Console) -> tuple[list[dict], list
     rows, quarantine = [], []
     for task in tasks:
         try:
-            rows.append({"split": "—", **probe_item(task, None)})
+            row = probe_item(task, None)
+            rows.append({**row, "split": row["split"] or "—"})
         except Exception as e:  # noqa: BLE001 - as ingest: one bad item is a record, never a stopped audit
             bad = isinstance(e, BadInput)
             status, reason = ("quarantined", str(e)) if bad else ("failed", f"{type(e).__name__}: {e}")

@@ -381,6 +381,31 @@ class Catalog:
         )
 
     # --- artifacts ------------------------------------------------------------------------------------------
+    def replace_item_files(self, stage: str, item_ids: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> int:
+        """Register the files `stage` wrote for `item_ids` this time, in place of every file it registered for
+        them before (an item redone without a file, or whose file moved, keeps no stale registration), in one
+        transaction."""
+        table = validate_rows(SCHEMAS["artifacts"], [{"created_at": _now(), **r} for r in rows])
+        table = paths.store_paths("artifacts", table, self.root)
+        self.con.register("_items", pa.table({"item_id": pa.array(list(item_ids), pa.string())}))
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.execute(f"DELETE FROM {self.table('artifacts')} a WHERE a.stage = ? AND EXISTS "
+                             "(SELECT 1 FROM _items i WHERE i.item_id = a.item_id)", [stage])
+            if table.num_rows:  # a path registered before under another item is replaced too (path is the key)
+                self.con.register("_paths", table.select(["path"]))
+                self.con.execute(f"DELETE FROM {self.table('artifacts')} a WHERE EXISTS "
+                                 "(SELECT 1 FROM _paths p WHERE p.path = a.path)")
+                self.con.unregister("_paths")
+                self._insert("artifacts", table)
+            self.con.execute("COMMIT")
+        except Exception:
+            self.con.execute("ROLLBACK")
+            raise
+        finally:
+            self.con.unregister("_items")
+        return table.num_rows
+
     def add_artifacts(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Record produced files; a file rewritten at the same path replaces its old record."""
         return self.upsert("artifacts", [{"created_at": _now(), **r} for r in rows])

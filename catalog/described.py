@@ -70,7 +70,7 @@ COLUMN_COMMENTS = {
     "artifacts": {
         "item_id": "the item the file belongs to (null for run-level files such as checkpoints)",
         "stage": "the stage that wrote the file",
-        "kind": "flow | latent_action | sample | checkpoint | ...",
+        "kind": "actions | flow | latent_action | sample | checkpoint | ...",
         "path": "the file",
         "bytes": "file size in bytes",
         "blake2b": "blake2b-128 (hex) of the file's bytes (was checksum)",

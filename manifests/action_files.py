@@ -30,14 +30,19 @@ def write_action_file(path: str | os.PathLike, item_id: str, actions: np.ndarray
     return atomic_write(path, lambda f: pq.write_table(table, f, compression="zstd"))
 
 
-def read_action_file(path: str | os.PathLike) -> np.ndarray:
-    """The actions [T, D] float64 of an action file (ValueError naming the file when it is not one)."""
+def read_action_file(path: str | os.PathLike, item_id: str | None = None) -> np.ndarray:
+    """The actions [T, D] float64 of an action file (ValueError naming the file when it is not one, or when it
+    holds another item's actions than `item_id`'s)."""
     try:
         table = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise ValueError(f"{path}: not a readable action file: {e}") from e
     if table.column_names != ["frame", "action"] or not pa.types.is_fixed_size_list(table.schema.field("action").type):
         raise ValueError(f"{path}: not an action file (columns {table.column_names})")
+    if item_id is not None:
+        meta = json.loads((table.schema.metadata or {}).get(b"motus_pyramid", b"{}"))
+        if meta.get("item_id") != item_id:
+            raise ValueError(f"{path} holds the actions of {meta.get('item_id')!r}, not of {item_id!r}")
     d = table.schema.field("action").type.list_size
     flat = table.column("action").combine_chunks().flatten().to_numpy(zero_copy_only=False)
     return np.asarray(flat, np.float64).reshape(table.num_rows, d)

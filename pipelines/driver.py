@@ -249,11 +249,12 @@ def run_item_stage(decl: ItemStage, catalog: Catalog, runner: Any, force: bool =
         tasks = decl.plan(catalog)
 
         def on_done(outcomes: list[Outcome]) -> None:
-            if decl.artifact_kind:  # a result without a file (e.g. ingest of an item without actions) has none
-                catalog.add_artifacts({"item_id": o.item_id, "stage": decl.name, "kind": decl.artifact_kind,
-                                       "path": o.result["path"], "bytes": o.result["bytes"],
-                                       "blake2b": o.result["checksum"], "run_id": run_id}
-                                      for o in outcomes if o.result.get("path"))
+            if decl.artifact_kind:  # what an item wrote this time replaces what it had registered (ingest of an
+                # item without actions writes no file, and then has none)
+                catalog.replace_item_files(decl.name, [o.item_id for o in outcomes], [
+                    {"item_id": o.item_id, "stage": decl.name, "kind": decl.artifact_kind, "path": o.result["path"],
+                     "bytes": o.result["bytes"], "blake2b": o.result["checksum"], "run_id": run_id}
+                    for o in outcomes if o.result.get("path")])
             if decl.record:
                 decl.record(catalog, outcomes, run_id)
 

@@ -325,7 +325,8 @@ def flow_manifest(catalog: Catalog):
                f.artifact_path, f.n_pairs, f.delta_frames, f.delta_s, f.grid, f.backend, f.is_static, f.mean_px,
                x.path AS actions_path
         FROM items i JOIN flow_stats f USING (item_id) JOIN done_items('flow') USING (item_id)
-        LEFT JOIN artifacts x ON x.item_id = i.item_id AND x.stage = 'ingest' AND x.kind = 'actions'
+        LEFT JOIN (SELECT a.item_id, a.path FROM artifacts a JOIN done_items('ingest') USING (item_id)
+                   WHERE a.stage = 'ingest' AND a.kind = 'actions') x ON x.item_id = i.item_id
         ORDER BY i.item_id
         """
     )

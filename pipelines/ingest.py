@@ -89,7 +89,7 @@ def action_path(cfg: PipelineConfig, item_id: str) -> Path:
 def item_fingerprint(ref: ItemRef, sc: SourceConfig, cfg: PipelineConfig) -> str:
     """The item's input (as its adapter fingerprints it) and the settings that change its row: a changed tier,
     source option or split rule redoes the item. (Items ingested before action files keep theirs: later stages
-    read their actions from the source until `pyramid ingest --force`.)"""
+    read their actions from the source until `pyramid ingest --force`, then `pyramid flow` for the VAE's manifest.)"""
     return fingerprint(str(ref.fingerprint), [sc.tier, sc.options, dataclasses.asdict(cfg.splits)])
 
 

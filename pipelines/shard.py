@@ -307,7 +307,8 @@ def run_shard(cfg: PipelineConfig, catalog: Catalog, runner: Any, force: bool = 
                 JOIN done_items('label') d ON d.item_id = i.item_id
                 JOIN artifacts a ON a.item_id = i.item_id AND a.stage = 'label'
                 JOIN flow_stats f ON f.item_id = i.item_id
-                LEFT JOIN artifacts x ON x.item_id = i.item_id AND x.stage = 'ingest' AND x.kind = 'actions'
+                LEFT JOIN (SELECT a.item_id, a.path FROM artifacts a JOIN done_items('ingest') USING (item_id)
+                           WHERE a.stage = 'ingest' AND a.kind = 'actions') x ON x.item_id = i.item_id
                 WHERE true {static} ORDER BY i.item_id""").to_pylist()
         keys: dict[str, str] = {}
         for r in items:

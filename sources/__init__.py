@@ -45,7 +45,7 @@ def item_actions(row: Mapping[str, Any]) -> np.ndarray:
     if not path:
         return np.asarray(load_actions(dict(row)), np.float64)
     try:
-        return read_action_file(path)
+        return read_action_file(path, row["item_id"])
     except (OSError, ValueError) as e:
         raise BadInput(f"action file of {row['item_id']}: {e} (run `pyramid ingest` again to rewrite it)") from e
 

@@ -165,6 +165,11 @@ def test_ray_beam_and_local_ingest_agree(workdir, engine, request, tmp_path_fact
     assert len(items) > 0 and strip(local_items) == strip(items)
     status = lambda rows: sorted((r["item_id"], r["status"], r["reason"]) for r in rows)
     assert status(local_state) == status(state)  # the same quarantines, with the same reasons
+    files = []
+    for root in (workdir, second):  # the same action files, byte for byte
+        with Catalog(root / "catalog.duckdb", read_only=True) as cat:
+            files.append(sorted((r["item_id"], r["kind"], r["blake2b"]) for r in cat.done("ingest").to_pylist()))
+    assert len(files[0]) == 5 and files[0] == files[1]
 
 
 def _ssv2_labels_only(root, ids):
@@ -245,6 +250,9 @@ def test_labelled_items_get_one_action_file_that_later_stages_read(workdir):
     np.testing.assert_array_equal(item_actions({**ta, "actions_path": files[ta["item_id"]]}), want)
     with pytest.raises(BadInput):
         SOURCES["task_agnostic"].load_actions(ta)
+    other = next(i for i in files if i != ta["item_id"])  # a file read for the wrong item is refused, not used
+    with pytest.raises(BadInput, match="holds the actions of"):
+        item_actions({**ta, "actions_path": files[other]})
 
 
 def test_a_deleted_action_file_is_rewritten_by_the_next_ingest(workdir):

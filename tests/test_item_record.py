@@ -36,5 +36,6 @@ def test_dims_and_has_actions_follow_the_names_unless_set():
     assert (declared["state_dim"], declared["has_actions"], declared["extras"]) == (7, False, '{"kept": "as is"}')
 
 
-def test_the_record_has_every_items_column_and_no_other():
-    assert [f.name for f in dataclasses.fields(Item)] == ITEMS.names
+def test_a_row_has_every_items_column_in_the_schema_order_and_no_other():
+    row = Item(item_id="x/3", source="x", native_id="3", tier=2, input_uri="x/3.mp4").row()
+    assert list(row) == ITEMS.names == [f.name for f in dataclasses.fields(Item)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -40,3 +42,34 @@ def test_a_source_added_by_its_module_and_one_registry_entry_runs_through_ingest
     assert a["duration_s"] == pytest.approx(1.2) and a["split"] in ("train", "val", "test")
     np.testing.assert_array_equal(item_actions({**a, "actions_path": files["folder/a"]})[:, 1], np.full(12, 2.0))
     assert stats["folder/a"]["mean_px"] > 1.0 > stats["folder/b"]["mean_px"]
+
+
+def test_an_item_redone_without_actions_keeps_no_action_file_registration(tmp_path, monkeypatch):
+    from manifests.items import Item
+
+    class VideoOnly(FolderSource):  # the same clips, now read as video without actions
+        def probe(self, ref):
+            return Item(**{**super().probe(ref).row(), "action_names": [], "action_semantics": [],
+                           "action_dim": None, "has_actions": None, "action_timing": None, "split": None})
+
+    root = tmp_path / "clips"
+    root.mkdir()
+    write_h264(root / "a.mp4", np.random.default_rng(1).integers(0, 255, (6, 64, 80, 3), dtype=np.uint8), 10)
+    np.save(root / "a.npy", np.zeros((6, 2)))
+    source = {"kind": "folder", "root": str(root)}
+
+    def ingest_once(adapter, tier):
+        monkeypatch.setitem(SOURCES, "folder", adapter)
+        cfg = config_from_dict({"workdir": str(tmp_path / "work"), "runner": {"engine": "local"},
+                                "sources": [{**source, "tier": tier}]})
+        with Catalog(cfg.catalog_path) as cat:
+            report = ingest(cfg, cat, make_runner("local"), progress=False)
+            return report, cat.done("ingest").to_pylist(), cat.items().to_pylist()
+
+    _, files, _ = ingest_once(FolderSource, 6)
+    assert [f["kind"] for f in files] == ["actions"]
+    report, files, items = ingest_once(VideoOnly, 5)  # a changed tier redoes the item
+    assert report.stage.counts["done"] == 1 and files == [] and items[0]["has_actions"] is False
+    Path(tmp_path / "work" / "artifacts" / "actions" / "folder" / "a.actions.parquet").unlink()
+    report, _, _ = ingest_once(VideoOnly, 5)
+    assert (report.stage.counts["done"], report.stage.skipped) == (0, 1)  # nothing stale makes it redo the item
