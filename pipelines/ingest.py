@@ -65,6 +65,8 @@ def ingest_item(task: Mapping[str, Any], _context: Any) -> dict[str, Any]:
             raise BadInput("non-finite values in actions")
         size, checksum = write_action_file(task["actions_path"], row["item_id"], actions, row["action_names"])
         out.update(path=task["actions_path"], bytes=size, checksum=checksum)
+    elif task.get("actions_path"):  # an item redone without actions leaves no file of its old ones behind
+        Path(task["actions_path"]).unlink(missing_ok=True)
     return out
 
 

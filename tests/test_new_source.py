@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -70,6 +68,6 @@ def test_an_item_redone_without_actions_keeps_no_action_file_registration(tmp_pa
     assert [f["kind"] for f in files] == ["actions"]
     report, files, items = ingest_once(VideoOnly, 5)  # a changed tier redoes the item
     assert report.stage.counts["done"] == 1 and files == [] and items[0]["has_actions"] is False
-    Path(tmp_path / "work" / "artifacts" / "actions" / "folder" / "a.actions.parquet").unlink()
+    assert not (tmp_path / "work" / "artifacts" / "actions" / "folder" / "a.actions.parquet").exists()
     report, _, _ = ingest_once(VideoOnly, 5)
     assert (report.stage.counts["done"], report.stage.skipped) == (0, 1)  # nothing stale makes it redo the item
