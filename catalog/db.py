@@ -6,6 +6,7 @@ from the Arrow schemas in `manifests.schemas`, so the catalog and the Parquet ma
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -276,25 +277,35 @@ class Catalog:
         )
 
     # --- items ----------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """Statements that land together or not at all (a crash or an error between them rolls all back)."""
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            yield
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+
     def upsert(self, table_name: str, rows: Iterable[Mapping[str, Any]] | pa.Table) -> int:
         """Insert rows into a keyed table, replacing rows with the same primary key."""
         table = rows if isinstance(rows, pa.Table) else validate_rows(SCHEMAS[table_name], rows)
         if table.num_rows == 0:
             return 0
+        with self._transaction():
+            return self._replace_keyed(table_name, table)
+
+    def _replace_keyed(self, table_name: str, table: pa.Table) -> int:
+        """Inside a transaction: delete the rows with the keys of `table`, insert `table`. DuckDB cannot update list
+        columns in place under a primary key, so replace = delete + insert."""
         table = paths.store_paths(table_name, table, self.root)  # keys (artifacts.path) compare in stored form
         keys = _PRIMARY_KEYS[table_name]
-        # DuckDB cannot update list columns in place under a primary key, so replace = delete + insert,
-        # in one transaction so a crash between the two never loses the row.
         self.con.register("_keys", table.select(list(keys)))
-        self.con.execute("BEGIN TRANSACTION")
         try:
             match = " AND ".join(f't."{k}" = k."{k}"' for k in keys)
             self.con.execute(f"DELETE FROM {self.table(table_name)} t WHERE EXISTS (SELECT 1 FROM _keys k WHERE {match})")
             self._insert(table_name, table)
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
         finally:
             self.con.unregister("_keys")
         return table.num_rows
@@ -386,25 +397,14 @@ class Catalog:
         them before (an item redone without a file, or whose file moved, keeps no stale registration), in one
         transaction."""
         table = validate_rows(SCHEMAS["artifacts"], [{"created_at": _now(), **r} for r in rows])
-        table = paths.store_paths("artifacts", table, self.root)
         self.con.register("_items", pa.table({"item_id": pa.array(list(item_ids), pa.string())}))
-        self.con.execute("BEGIN TRANSACTION")
         try:
-            self.con.execute(f"DELETE FROM {self.table('artifacts')} a WHERE a.stage = ? AND EXISTS "
-                             "(SELECT 1 FROM _items i WHERE i.item_id = a.item_id)", [stage])
-            if table.num_rows:  # a path registered before under another item is replaced too (path is the key)
-                self.con.register("_paths", table.select(["path"]))
-                self.con.execute(f"DELETE FROM {self.table('artifacts')} a WHERE EXISTS "
-                                 "(SELECT 1 FROM _paths p WHERE p.path = a.path)")
-                self.con.unregister("_paths")
-                self._insert("artifacts", table)
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
+            with self._transaction():
+                self.con.execute(f"DELETE FROM {self.table('artifacts')} a WHERE a.stage = ? AND EXISTS "
+                                 "(SELECT 1 FROM _items i WHERE i.item_id = a.item_id)", [stage])
+                return self._replace_keyed("artifacts", table) if table.num_rows else 0
         finally:
             self.con.unregister("_items")
-        return table.num_rows
 
     def add_artifacts(self, rows: Iterable[Mapping[str, Any]]) -> int:
         """Record produced files; a file rewritten at the same path replaces its old record."""
@@ -414,15 +414,10 @@ class Catalog:
         """Register a shard set whole: the old rows of `shard_set` go and the new ones come in one transaction,
         so readers see either the old set or the new one, never a mix."""
         table = validate_rows(SCHEMAS["shards"], [{"created_at": _now(), "shard_set": shard_set, **r} for r in rows])
-        self.con.execute("BEGIN TRANSACTION")
-        try:
+        with self._transaction():
             self.con.execute(f"DELETE FROM {self.table('shards')} WHERE shard_set = ? OR shard_set = ?",
                              [shard_set, paths.to_stored(shard_set, self.root)])
             self._insert("shards", table)
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
         return table.num_rows
 
     def add_evaluation(self, run_id: str, results: Mapping[str, Mapping[str, float]]) -> int:

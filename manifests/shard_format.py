@@ -16,7 +16,7 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Sequenc
 import numpy as np
 
 from common import storage
-from common.storage import sha256_file  # noqa: F401 - readers of the shard format import it from here
+from common.storage import sha256_file
 from manifests.io import atomic_write_text
 from manifests.shard_video import decode_frames
 

@@ -15,7 +15,8 @@ import numpy as np
 
 from common import storage
 from manifests.io import atomic_write, atomic_write_text
-from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, set_root, sha256_file
+from common.storage import sha256_file
+from manifests.shard_format import SampleMeta, index_path, read_index, read_samples, set_root
 from manifests.shard_video import encode_mp4
 
 MOTUS_FOLDERS = ("videos", "metas", "latent_action_dim14", "umt5_wan", "qpos")

@@ -17,7 +17,8 @@ import numpy as np
 
 from common import storage
 from manifests.io import atomic_write_text
-from manifests.shard_format import SampleMeta, index_path, read_index, read_sample_metas, read_samples, set_root, sha256_file
+from common.storage import sha256_file
+from manifests.shard_format import SampleMeta, index_path, read_index, read_sample_metas, read_samples, set_root
 from pipelines.export import DEFAULT_CAPTION, caption_for, local_out
 
 LEROBOT_EXPORT_FORMAT = "motus-pyramid/lerobot-export/v1"

@@ -16,7 +16,8 @@ from pathlib import Path
 from audit.context import AuditContext
 from audit.registry import Outcome, check
 from common import storage
-from manifests.shard_format import index_path, read_index, read_sample_json, sha256_file
+from common.storage import sha256_file
+from manifests.shard_format import index_path, read_index, read_sample_json
 
 NO_SHARDS = "no shards registered in the catalog (run the shard stage)"
 
